@@ -1,0 +1,91 @@
+"""Prometheus metrics of the pipeline: one prefix, base units, counters end in `_total`,
+no per-sensor labels. Every series exists from start-up (labelled ones are pre-initialised)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+PREFIX = "latentwatch"
+
+# Reasons a message goes to the dead-letter topic (the `reason` label and header).
+DEAD_LETTER_REASONS = (
+    "not_json",
+    "invalid_utf8",
+    "schema",  # wrong shape or types
+    "missing_channels",
+    "non_finite",  # NaN / Inf / out of float32 range
+    "too_large",
+    "bad_timestamp",
+    "late",  # older than or equal to the sensor's last scored reading (windowed models)
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+SCORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+
+
+class PipelineMetrics:
+    """All metrics of one pipeline process, in their own registry (tests make one each)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        p = PREFIX
+        self.messages_consumed = Counter(f"{p}_messages_consumed", "Kafka messages consumed from the input topic", registry=r)
+        self.readings_consumed = Counter(f"{p}_readings_consumed", "Sensor readings decoded from consumed messages", registry=r)
+        self.readings_scored = Counter(f"{p}_readings_scored", "Readings scored by the model", registry=r)
+        self.readings_warming_up = Counter(f"{p}_readings_warming_up", "Readings kept as window history before a sensor has enough to be scored", registry=r)
+        self.dead_letters = Counter(f"{p}_dead_letters", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.alerts = Counter(f"{p}_alerts", "Anomaly alerts produced, by severity", ["severity"], registry=r)
+        self.delivery_failures = Counter(f"{p}_producer_delivery_failures", "Produced messages the broker did not acknowledge", registry=r)
+        self.batches = Counter(f"{p}_batches", "Micro-batches processed", registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size_readings", "Readings per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(f"{p}_inference_duration_seconds", "Model time per micro-batch", buckets=INFERENCE_BUCKETS, registry=r)
+        self.batch_seconds = Histogram(f"{p}_batch_duration_seconds", "Wall time per micro-batch, decode to commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e_latency = Histogram(f"{p}_end_to_end_latency_seconds", "From a reading's Kafka timestamp to its batch's outputs acknowledged and offsets committed", buckets=LATENCY_BUCKETS, registry=r)
+        self.processing_delay = Gauge(f"{p}_processing_delay_seconds", "Now minus the newest event time processed", registry=r)
+        self.score = Histogram(f"{p}_reconstruction_score", "Anomaly score (reconstruction error) of scored readings", buckets=SCORE_BUCKETS, registry=r)
+        self.threshold = Gauge(f"{p}_threshold", "Current anomaly threshold on the score", registry=r)
+        self.consumer_lag = Gauge(f"{p}_consumer_lag_messages", "Consumer lag per assigned partition (librdkafka statistics)", ["topic", "partition"], registry=r)
+        self.assigned_partitions = Gauge(f"{p}_assigned_partitions", "Input partitions assigned to this process", registry=r)
+        self.last_batch = Gauge(f"{p}_last_batch_timestamp_seconds", "Unix time of the last processed batch", registry=r)
+        self.commits = Counter(f"{p}_offset_commits", "Offset commits (or committed transactions)", registry=r)
+        self.errors = Counter(f"{p}_kafka_errors", "Kafka client errors reported, by kind", ["kind"], registry=r)
+        self.model_info = Info(f"{p}_model", "The loaded model", registry=r)
+        self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
+        self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
+        self.started.set(time.time())
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason=reason)
+        for severity in ("warning", "critical"):
+            self.alerts.labels(severity=severity)
+        for kind in ("transport", "broker", "fatal"):
+            self.errors.labels(kind=kind)
+
+    def on_stats(self, stats_json: str) -> None:
+        """librdkafka `stats_cb`: per-partition consumer lag."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        for topic, t in stats.get("topics", {}).items():
+            for part, pstats in t.get("partitions", {}).items():
+                if part == "-1" or not pstats.get("fetch_state") or pstats.get("fetch_state") == "none":
+                    continue
+                lag = pstats.get("consumer_lag", -1)
+                if lag is not None and lag >= 0:
+                    self.consumer_lag.labels(topic=topic, partition=part).set(lag)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        try:
+            self.consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            pass
+
+    def serve(self, port: int, addr: str = "127.0.0.1"):
+        """Serve /metrics; returns (server, thread). Port 0 picks a free port (`server.server_port`)."""
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server, thread
