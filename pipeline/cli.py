@@ -16,8 +16,10 @@ from pipeline.errors import UserError
 COMMAND_MODULES = [
     "pipeline.cli_broker",  # broker start|stop|status
     "pipeline.cli_run",  # run, config show, schema
-    "pipeline.cli_detect",  # train, score, evaluate, report
-    "pipeline.cli_tools",  # simulate, replay, demo, alerts tail|forward, bench
+    "pipeline.cli_detect",  # train, score, evaluate
+    "pipeline.cli_sim",  # simulate, replay, report
+    "pipeline.cli_alerts",  # alerts tail|forward
+    "pipeline.cli_demo",  # demo, bench
 ]
 
 
