@@ -33,6 +33,11 @@ class Detector(ABC):
     channels: list[str]
     window: int = 1
     latent_dim: int
+    device: str = "cpu"  # where scoring runs; torch models accept "auto" | "cpu" | "cuda"
+
+    def to(self, device: str) -> "Detector":
+        """Move the model to `device` and return it. Models without torch ignore this."""
+        return self
 
     @abstractmethod
     def fit(self, X: np.ndarray, **options) -> "Detector":

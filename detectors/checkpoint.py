@@ -1,0 +1,138 @@
+"""A trained model on disk: a directory holding `weights.pt` (a plain tensor state_dict) and
+`model.json` (everything else: channels, scaler, window, kind, hyperparameters, threshold,
+training-data summary, versions).
+
+Loading never unpickles arbitrary objects (`torch.load(..., weights_only=True)`), so a checkpoint
+from an untrusted place cannot run code. Every way a checkpoint can be unusable raises one
+`CheckpointError` that names the path and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detectors import __version__
+from detectors.models import MODELS, TorchDetector, make_detector
+from detectors.scaler import Standardiser
+from detectors.thresholds import Threshold, threshold_from_dict
+
+FORMAT = "latentwatch-detector"
+FORMAT_VERSION = 1
+WEIGHTS, METADATA = "weights.pt", "model.json"
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be used; the message names the path and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    detector: TorchDetector
+    threshold: Threshold
+    metadata: dict
+    name: str  # metadata "name", else the directory name
+    version: str  # metadata "version" (default at save: the training time, e.g. 20260321T101500Z)
+
+
+def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str] | None = None) -> dict:
+    """Rows, files and per-channel mean/std/min/max: what a later reader needs to judge drift."""
+    X = np.asarray(X, dtype=np.float64)
+    return {"rows": int(len(X)), "files": [str(f) for f in (files or [])],
+            "channels": {c: {"mean": float(X[:, i].mean()), "std": float(X[:, i].std()),
+                             "min": float(X[:, i].min()), "max": float(X[:, i].max())}
+                         for i, c in enumerate(channels)}}
+
+
+def save(path: str | Path, detector: TorchDetector, threshold: Threshold, training_summary: dict, *,
+         name: str | None = None, version: str | None = None) -> Path:
+    """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or path.name,
+        "version": version or now.strftime("%Y%m%dT%H%M%SZ"),
+        "latentwatch_version": __version__,
+        "kind": detector.kind,
+        "channels": list(detector.channels),
+        "window": detector.window,
+        "latent_dim": detector.latent_dim,
+        "hyperparameters": detector.config(),
+        "scaler": detector.scaler.to_dict(),
+        "threshold": threshold.to_dict(),
+        "training": {**training_summary, "trained_at": now.isoformat(timespec="seconds")},
+    }
+    if detector.training_report is not None:
+        r = detector.training_report
+        meta["training"]["fit"] = {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                                   "best_val_loss": r.best_val_loss, "seconds": round(r.seconds, 3)}
+    tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
+    torch.save(detector.state_dict(), tmp_w)
+    tmp_m.write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n")
+    os.replace(tmp_w, path / WEIGHTS)
+    os.replace(tmp_m, path / METADATA)
+    return path
+
+
+def load(path: str | Path, device: str = "auto") -> LoadedModel:
+    """Read a model directory written by `save`; scoring runs on `device` ("auto"|"cpu"|"cuda")."""
+    path = Path(path)
+    retrain = f"retrain it with `latentwatch train --out {path}`"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no model directory here; check the path or train one with "
+                              f"`latentwatch train --out {path}`")
+    for f in (METADATA, WEIGHTS):
+        if not (path / f).is_file():
+            raise CheckpointError(f"{path}: {f} is missing, so this is not a complete model; {retrain}")
+    try:
+        meta = json.loads((path / METADATA).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: {METADATA} is not valid JSON ({exc}); {retrain}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: {METADATA} is not a latentwatch model (format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: model format version {meta.get('format_version')!r}, but this latentwatch "
+                              f"({__version__}) reads version {FORMAT_VERSION}; use a matching latentwatch or {retrain}")
+    kind = meta.get("kind")
+    if kind not in MODELS:
+        raise CheckpointError(f"{path}: unknown model kind {kind!r} (known: {', '.join(MODELS)}); "
+                              "use the latentwatch version that wrote it or retrain")
+    try:
+        channels = meta["channels"]
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise ValueError("channels must be a list of names")
+        scaler = Standardiser.from_dict(meta["scaler"])
+        if len(scaler.mean) != len(channels):
+            raise ValueError(f"scaler has {len(scaler.mean)} channels, metadata lists {len(channels)}")
+        threshold = threshold_from_dict(meta["threshold"])
+        detector = make_detector(kind, **meta["hyperparameters"], device="cpu")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {METADATA} is incomplete or inconsistent ({exc!r}); {retrain}") from None
+    try:
+        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncation, zip errors all mean "corrupt"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: {WEIGHTS} is corrupt or holds more than plain tensors, and was not "
+                              f"loaded ({first[:200]}); {retrain}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: {WEIGHTS} is not a state_dict of named tensors; {retrain}")
+    try:
+        detector.restore(channels, scaler, state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: {WEIGHTS} does not fit the model described in {METADATA} "
+                              f"({' '.join(first[:2])[:300]}); {retrain}") from None
+    detector.to(device)
+    return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")))
