@@ -1,0 +1,176 @@
+"""The pipeline's configuration: one pydantic-settings tree.
+
+Precedence: command-line flags > `LATENTWATCH_*` environment variables (nested with `__`, e.g.
+`LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS`) > the YAML config file > defaults. `kafka.consumer` and
+`kafka.producer` pass librdkafka properties straight through. Secrets are `SecretStr`: they never
+appear in `repr`, logs or `config show`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from pipeline.errors import UserError
+
+ENV_PREFIX = "LATENTWATCH_"
+_config_file: ContextVar[str | None] = ContextVar("latentwatch_config_file", default=None)
+
+
+# Our field name -> librdkafka's property.
+_LIBRDKAFKA_KEYS = {
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+}
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_endpoint_identification_algorithm: Literal["https", "none"] = "https"
+    consumer: dict[str, Any] = Field(default_factory=dict, description="librdkafka consumer properties")
+    producer: dict[str, Any] = Field(default_factory=dict, description="librdkafka producer properties")
+
+    def client_config(self) -> dict[str, Any]:
+        """Common librdkafka properties (dotted keys), secrets revealed: for clients only."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
+                                "security.protocol": self.security_protocol}
+        for field_name, key in _LIBRDKAFKA_KEYS.items():
+            value = getattr(self, field_name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                conf[key] = value
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl.endpoint.identification.algorithm"] = self.ssl_endpoint_identification_algorithm
+        return conf
+
+
+class TopicSettings(BaseModel):
+    input: str = "sensor-readings"
+    alerts: str = "anomaly-alerts"
+    dead_letter: str = "sensor-readings.dlq"
+    latent: str | None = Field(None, description="optional topic with every reading's latent vector and score")
+
+
+class BatchSettings(BaseModel):
+    max_readings: int = Field(4096, ge=1, description="score when this many readings are in hand")
+    max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
+    max_message_bytes: int = Field(1_000_000, ge=64, description="larger messages are dead letters")
+    max_future_s: float = Field(86_400.0, ge=0, description="event times further ahead are dead letters")
+
+
+class ModelSettings(BaseModel):
+    path: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class MetricsSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="address /metrics binds to; 0.0.0.0 to expose it")
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
+
+
+class AlertSettings(BaseModel):
+    critical_ratio: float = Field(2.0, gt=1.0, description="score >= ratio x threshold is critical")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    group_id: str = "latentwatch"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    late_policy: Literal["dead-letter", "score"] = Field(
+        "dead-letter", description="a reading not newer than its sensor's last one: dead-letter or score anyway")
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    create_topics: bool = Field(False, description="create missing topics at start instead of failing")
+    startup_timeout_s: float = Field(30.0, gt=0, description="give up if Kafka is unreachable this long at start")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="bound on finishing the batch in hand at exit")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked, for `config show` and logs."""
+        data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        for section in ("consumer", "producer"):
+            for key in data["kafka"][section]:
+                if any(word in key for word in ("password", "secret", "key", "token", "jaas")):
+                    data["kafka"][section][key] = "**********"
+        return data
+
+
+def load_settings(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from defaults, `config_file`, the environment and `overrides` (flags)."""
+    config_file = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file {config_file} does not exist: fix --config or {ENV_PREFIX}CONFIG")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"config file {config_file}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    init = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
+    alias = os.environ.get(ENV_PREFIX + "BOOTSTRAP")  # the short name other commands use too
+    if alias and not os.environ.get(ENV_PREFIX + "KAFKA__BOOTSTRAP_SERVERS"):
+        init.setdefault("kafka", {}).setdefault("bootstrap_servers", alias)
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        source = f" (from {config_file}, the environment or a flag)" if config_file else ""
+        raise UserError(f"invalid configuration: {where}: {err['msg']}{source}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"kafka.bootstrap_servers": x} -> {"kafka": {"bootstrap_servers": x}}."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out

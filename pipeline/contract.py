@@ -1,0 +1,174 @@
+"""The input contract: decode Kafka message values into arrays, or say why a message breaks it.
+
+One JSON object per message (UTF-8); the key, when present, is the sensor id.
+- one reading:  {"sensor_id": "pump-7", "ts": "2026-11-21T10:00:00.250Z", "values": {"temp": 71.2}}
+- a batch:      {"sensor_id": "pump-7", "readings": [{"ts": ..., "values": ...}, ...]}
+`ts` is ISO-8601 or epoch seconds; `values` is an object by channel name (must cover the model's
+channels; extra channels are ignored) or a list in the model's channel order. Readings of a batch
+are in event order. `latentwatch schema` prints this as JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Event times outside [TS_MIN, now + max_future] are out of contract (reason "bad_timestamp").
+TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+class ContractError(Exception):
+    """A message that breaks the contract; `reason` is one of metrics.DEAD_LETTER_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Decoded:
+    """The readings of one valid message: `values` [k, channels] float32, `ts` [k] epoch seconds."""
+
+    sensor_id: str
+    values: np.ndarray
+    ts: np.ndarray
+
+
+def parse_ts(raw) -> float:
+    """ISO-8601 (a naive time is UTC) or epoch seconds -> epoch seconds."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            try:
+                return float(raw)
+            except ValueError:
+                raise ContractError("bad_timestamp", f"ts {raw[:40]!r} is neither ISO-8601 nor epoch seconds") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise ContractError("schema", f"ts must be a string or a number, not {type(raw).__name__}")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Decoder:
+    """Decodes message values for a model with `channels`, enforcing size and time limits."""
+
+    channels: list[str]
+    max_message_bytes: int = 1_000_000
+    max_future_s: float = 86_400.0
+    _by_name: operator.itemgetter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        getter = operator.itemgetter(*self.channels)
+        # itemgetter of one key returns a scalar; keep rows as sequences either way.
+        self._by_name = getter if len(self.channels) > 1 else (lambda d: (getter(d),))
+
+    def decode(self, value: bytes | None, key: bytes | None, now: float) -> Decoded:
+        if value is None:
+            raise ContractError("schema", "message has no value (tombstone)")
+        if len(value) > self.max_message_bytes:
+            raise ContractError("too_large", f"{len(value)} bytes > limit {self.max_message_bytes}")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ContractError("invalid_utf8", f"byte {exc.start} is not UTF-8") from None
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ContractError("not_json", str(exc)[:200]) from None
+        if not isinstance(obj, dict):
+            raise ContractError("schema", f"expected a JSON object, got {type(obj).__name__}")
+
+        sensor_id = obj.get("sensor_id")
+        if sensor_id is None and key:
+            sensor_id = key.decode("utf-8", "replace")
+        if not isinstance(sensor_id, str) or not sensor_id:
+            raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
+
+        if "readings" in obj:
+            readings = obj["readings"]
+            if not isinstance(readings, list) or not readings:
+                raise ContractError("schema", "readings must be a non-empty list")
+        elif "values" in obj:
+            readings = (obj,)
+        else:
+            raise ContractError("schema", "neither 'values' nor 'readings' present")
+
+        try:
+            rows = [self._row(r["values"]) for r in readings]
+            ts_raw = [r["ts"] for r in readings]
+        except KeyError as exc:
+            raise ContractError("missing_channels" if exc.args and exc.args[0] not in ("values", "ts")
+                                else "schema", f"missing key {exc}") from None
+        except TypeError:
+            raise ContractError("schema", "each reading must be an object with 'ts' and 'values'") from None
+        values = self._to_array(rows)
+        ts = np.array([parse_ts(t) for t in ts_raw], dtype=np.float64)
+        if not np.all(np.isfinite(ts)) or ts.min() < TS_MIN or ts.max() > now + self.max_future_s:
+            raise ContractError("bad_timestamp", "event time before 2000 or too far in the future")
+        if len(ts) > 1 and np.any(np.diff(ts) <= 0):
+            raise ContractError("late", "readings of a batch must be in strictly increasing time order")
+        return Decoded(sensor_id, values, ts)
+
+    def _row(self, values):
+        if isinstance(values, dict):
+            return self._by_name(values)
+        if isinstance(values, list):
+            if len(values) != len(self.channels):
+                raise ContractError("missing_channels" if len(values) < len(self.channels) else "schema",
+                                    f"{len(values)} values, the model has {len(self.channels)} channels")
+            return values
+        raise ContractError("schema", "values must be an object or a list")
+
+    def _to_array(self, rows) -> np.ndarray:
+        try:
+            arr = np.array(rows)
+        except (ValueError, OverflowError):
+            raise ContractError("schema", "values are not all numbers") from None
+        if arr.dtype.kind not in "iuf" or arr.ndim != 2:
+            raise ContractError("schema", "values must all be numbers")
+        if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > FLOAT32_MAX):
+            raise ContractError("non_finite", "NaN, Inf or a value beyond float32 range")
+        return arr.astype(np.float32)
+
+
+def json_schemas() -> dict:
+    """The contract as JSON Schemas (draft 2020-12): one reading, and a batch."""
+    values = {
+        "oneOf": [
+            {"type": "object", "additionalProperties": {"type": "number"},
+             "description": "by channel name; must cover the model's channels, extras are ignored"},
+            {"type": "array", "items": {"type": "number"}, "description": "in the model's channel order"},
+        ]
+    }
+    ts = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "description": "epoch seconds"}],
+          "description": "event time; a time without zone is UTC"}
+    reading = {"type": "object", "required": ["ts", "values"], "properties": {"ts": ts, "values": values}}
+    sensor = {"type": "string", "minLength": 1, "description": "optional when the Kafka key is the sensor id"}
+    return {
+        "reading": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "latentwatch reading", "type": "object", "required": ["ts", "values"],
+            "properties": {"sensor_id": sensor, "ts": ts, "values": values},
+        },
+        "batch": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "latentwatch batch of readings from one sensor", "type": "object",
+            "required": ["readings"],
+            "properties": {"sensor_id": sensor,
+                           "readings": {"type": "array", "minItems": 1, "items": reading}},
+        },
+    }

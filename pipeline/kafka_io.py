@@ -1,0 +1,171 @@
+"""Kafka plumbing for the run loop: client configs, batch accumulation, delivery tracking,
+dead-letter records and start-up checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.config import Settings
+from pipeline.errors import UserError
+
+log = logging.getLogger("latentwatch.kafka")
+
+
+def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
+    conf = settings.kafka.client_config()
+    conf.update({
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "isolation.level": "read_committed",
+        "statistics.interval.ms": 5000,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 65536,
+        "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
+    })
+    conf.update(settings.kafka.consumer)
+    if on_stats is not None:
+        conf["stats_cb"] = on_stats
+    if on_error is not None:
+        conf["error_cb"] = on_error
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    return conf
+
+
+def producer_config(settings: Settings, on_error=None) -> dict:
+    conf = settings.kafka.client_config()
+    conf.update({
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
+    })
+    if settings.delivery == "exactly-once":
+        # Unique per process; zombies are fenced through the consumer group metadata (KIP-447).
+        conf["transactional.id"] = f"latentwatch-{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+    conf.update(settings.kafka.producer)
+    if on_error is not None:
+        conf["error_cb"] = on_error
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    return conf
+
+
+def check_cluster(settings: Settings) -> None:
+    """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create it)."""
+    conf = settings.kafka.client_config()
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    conf["log_level"] = 3
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + settings.startup_timeout_s
+    metadata = None
+    while metadata is None:
+        try:
+            metadata = admin.list_topics(timeout=min(5.0, settings.startup_timeout_s))
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"cannot reach Kafka at {settings.kafka.bootstrap_servers} after "
+                    f"{settings.startup_timeout_s:.0f} s ({exc.args[0].str()}): check --bootstrap, the security "
+                    "settings, or start a local broker with 'latentwatch broker start'") from None
+            log.warning("Kafka at %s not reachable yet, retrying", settings.kafka.bootstrap_servers)
+    t = settings.topics
+    wanted = [t.input, t.alerts, t.dead_letter] + ([t.latent] if t.latent else [])
+    missing = [name for name in wanted if name not in metadata.topics]
+    if not missing:
+        return
+    if not settings.create_topics:
+        raise UserError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}: "
+                        "create them, or pass --create-topics (LATENTWATCH_CREATE_TOPICS=true)")
+    partitions = len(metadata.topics[t.input].partitions) if t.input in metadata.topics else 8
+    futures = admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+            log.info("created topic %s (%d partitions)", name, partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+
+
+def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop) -> list[Message]:
+    """Collect up to `max_messages` messages, returning at most `max_wait_s` after the first one.
+
+    `consume(n, timeout)` returns early with whatever has arrived (confluent-kafka >= 2.13), so
+    we keep asking until the batch is full or the deadline passes. Errors pass through to the
+    caller (as messages whose `.error()` is set).
+    """
+    batch: list[Message] = []
+    deadline = None
+    while len(batch) < max_messages and not stop():
+        timeout = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
+        got = consumer.consume(max_messages - len(batch), timeout=timeout)
+        if got:
+            batch.extend(got)
+            if deadline is None:
+                deadline = time.monotonic() + max_wait_s
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if deadline is None and not got:
+            break  # nothing arrived in 100 ms: let the loop breathe (signals, metrics)
+    return batch
+
+
+@dataclass
+class DeliveryTracker:
+    """Counts acknowledgements of what we produced, so we know when it is safe to commit."""
+
+    failed: int = 0
+    first_error: str | None = None
+
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = f"{msg.topic()}: {err.str()}"
+
+    def reset(self) -> None:
+        self.failed = 0
+        self.first_error = None
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery,
+            headers: list | None = None) -> None:
+    """Produce one record, serving delivery callbacks and waiting when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """The original headers plus why and where from."""
+    headers = list(msg.headers() or [])
+    headers += [
+        ("lw-dlq-reason", reason.encode()),
+        ("lw-dlq-detail", detail[:500].encode("utf-8", "replace")),
+        ("lw-source-topic", msg.topic().encode()),
+        ("lw-source-partition", str(msg.partition()).encode()),
+        ("lw-source-offset", str(msg.offset()).encode()),
+    ]
+    return headers
+
+
+def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The offset to commit per (topic, partition): one past the highest message seen."""
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic(), m.partition())
+        if m.offset() + 1 > out.get(tp, -1):
+            out[tp] = m.offset() + 1
+    return out

@@ -1,0 +1,356 @@
+"""The run loop: consume a micro-batch, decode, score in one model call, produce alerts and dead
+letters, wait for the broker to acknowledge them, then commit the batch's offsets.
+
+Nothing is committed before everything it produced is acknowledged (at-least-once), or the
+outputs and offsets go in one Kafka transaction (exactly-once). After a failed delivery or
+commit the consumer rewinds to its committed offsets and the batch is processed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pipeline import alerts, kafka_io
+from pipeline.config import Settings
+from pipeline.contract import ContractError, Decoder, iso
+from pipeline.history import SensorHistory
+from pipeline.metrics import PipelineMetrics, observe_many
+
+log = logging.getLogger("latentwatch.run")
+
+
+@dataclass
+class Batch:
+    """One micro-batch: its messages, the valid readings as arrays, and the dead letters."""
+
+    messages: list[Message]
+    dead: list[tuple[Message, ContractError]] = field(default_factory=list)
+    valid: list[tuple[Message, str]] = field(default_factory=list)  # (message, sensor id)
+    values: list[np.ndarray] = field(default_factory=list)
+    ts: list[np.ndarray] = field(default_factory=list)
+    scores: np.ndarray | None = None  # of the readings scored (the rest are warming up)
+    alert_severities: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    """One pipeline process: `run()` until `stop()` (or a signal handled by the caller)."""
+
+    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None):
+        self.settings = settings
+        self.model = model
+        self.detector = model.detector
+        self.channels = list(self.detector.channels)
+        self.metrics = metrics or PipelineMetrics()
+        self.decoder = Decoder(self.channels, settings.batch.max_message_bytes, settings.batch.max_future_s)
+        self.history = SensorHistory(self.detector.window, len(self.channels))
+        self.exactly_once = settings.delivery == "exactly-once"
+        self._stop = threading.Event()
+        self._fatal: str | None = None
+        self._delivery = kafka_io.DeliveryTracker()
+        self._last_error_log = 0.0
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.metrics_server = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self._fatal is not None
+
+    def start(self) -> None:
+        """Check the cluster, open the clients, subscribe, serve metrics."""
+        s = self.settings
+        kafka_io.check_cluster(s)
+        m = self.metrics
+        m.model_info.info({"name": self.model.name, "version": str(self.model.version),
+                           "kind": self.detector.kind, "window": str(self.detector.window),
+                           "channels": str(len(self.channels))})
+        m.device_info.info({"device": str(getattr(self.detector, "device", "cpu"))})
+        m.threshold.set(float(self.model.threshold.value))
+        self.producer = Producer(kafka_io.producer_config(s, on_error=self._on_kafka_error))
+        if self.exactly_once:
+            self.producer.init_transactions(s.startup_timeout_s)
+        self.consumer = Consumer(kafka_io.consumer_config(s, on_stats=m.on_stats, on_error=self._on_kafka_error))
+        self.consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        if s.metrics.port is not None:
+            self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host)
+            log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_server.server_port)
+        log.info("consuming %s as group %s (%s, model %s on %s)", s.topics.input, s.group_id, s.delivery,
+                 self.model.name, getattr(self.detector, "device", "cpu"))
+
+    def run(self) -> int:
+        """The loop. Returns 0 after a clean stop, 1 after a fatal Kafka error."""
+        if self.consumer is None:
+            self.start()
+        b = self.settings.batch
+        # Messages may carry many readings; cap messages per batch at the readings target.
+        try:
+            while not self.stopping:
+                messages = kafka_io.accumulate(self.consumer, b.max_readings, b.max_wait_ms / 1000,
+                                               lambda: self.stopping)
+                messages = self._drop_consumer_errors(messages)
+                if messages:
+                    self.process(messages)
+                else:
+                    self.producer.poll(0)
+        finally:
+            self.close()
+        if self._fatal:
+            log.error("stopped on a fatal Kafka error: %s", self._fatal)
+            return 1
+        return 0
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(self.settings.shutdown_timeout_s)
+        if self.consumer is not None:
+            self.consumer.close()  # leaves the group now, so partitions move without waiting
+            self.consumer = None
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server = None
+
+    # -- one micro-batch -----------------------------------------------------------------------
+    def process(self, messages: list[Message]) -> None:
+        started = time.monotonic()
+        batch = self.decode(messages)
+        if self.exactly_once:
+            self.producer.begin_transaction()
+        self.produce_dead_letters(batch)
+        self.score_and_alert(batch)
+        if self.finish(batch):
+            self.account(batch, started)
+
+    def decode(self, messages: list[Message]) -> Batch:
+        batch = Batch(messages)
+        now = time.time()
+        late_policy_dlq = self.settings.late_policy == "dead-letter"
+        for msg in messages:
+            try:
+                d = self.decoder.decode(msg.value(), msg.key(), now)
+                key = (msg.partition(), d.sensor_id)
+                if late_policy_dlq and self.history.is_late(key, float(d.ts[0])):
+                    raise ContractError("late", f"event time {iso(float(d.ts[0]))} is not after the "
+                                                f"sensor's last reading")
+            except ContractError as err:
+                batch.dead.append((msg, err))
+                continue
+            self.history.advance(key, float(d.ts[-1]))
+            batch.valid.append((msg, d.sensor_id))
+            batch.values.append(d.values)
+            batch.ts.append(d.ts)
+        return batch
+
+    def produce_dead_letters(self, batch: Batch) -> None:
+        topic = self.settings.topics.dead_letter
+        for msg, err in batch.dead:
+            kafka_io.produce(self.producer, topic, msg.value(), msg.key(), self._delivery,
+                             kafka_io.dead_letter_headers(msg, err.reason, err.detail))
+
+    def score_and_alert(self, batch: Batch) -> None:
+        """Score every reading of the batch in one model call; produce alerts."""
+        if not batch.valid:
+            return
+        counts = np.fromiter((len(v) for v in batch.values), np.int64, len(batch.values))
+        values = np.concatenate(batch.values)
+        ts = np.concatenate(batch.ts)
+        msg_of = np.repeat(np.arange(len(batch.valid)), counts)
+        pos_in_msg = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+        keys, groups = self._group_by_sensor(batch, msg_of)
+        windows, scored_idx = self.history.windows(keys, groups, values)
+        if len(scored_idx) == 0:
+            return
+        t0 = time.perf_counter()
+        scores = self.detector.score(windows)
+        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        sensor_of = np.array([sid for _, sid in batch.valid], dtype=object)[msg_of[scored_idx]]
+        thresholds = np.asarray(self.model.threshold.thresholds(scores.score, sensor_of), dtype=np.float64)
+        batch.scores = scores.score
+
+        for j in np.flatnonzero(scores.score > thresholds):
+            i = scored_idx[j]
+            msg, sensor_id = batch.valid[msg_of[i]]
+            record = alerts.alert_record(
+                topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos_in_msg[i]),
+                sensor_id=sensor_id, ts=float(ts[i]), score=float(scores.score[j]),
+                threshold=float(thresholds[j]), channel_error=scores.channel_error[j],
+                latent=scores.latent[j], channels=self.channels, model_name=self.model.name,
+                model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio)
+            kafka_io.produce(self.producer, self.settings.topics.alerts, alerts.encode(record),
+                             sensor_id.encode(), self._delivery)
+            batch.alert_severities.append(record["severity"])
+        if self.settings.topics.latent:
+            self._produce_latent(batch, scores, scored_idx, msg_of, ts)
+
+    def _group_by_sensor(self, batch: Batch, msg_of: np.ndarray):
+        """Reading indices per (partition, sensor), in offset order (for windowed models)."""
+        if self.detector.window == 1:
+            return [], []
+        starts = np.searchsorted(msg_of, np.arange(len(batch.valid)))
+        ends = np.append(starts[1:], len(msg_of))
+        by_key: dict = {}
+        for m, (msg, sensor_id) in enumerate(batch.valid):
+            by_key.setdefault((msg.partition(), sensor_id), []).append(np.arange(starts[m], ends[m]))
+        return list(by_key), [np.concatenate(v) for v in by_key.values()]
+
+    def _produce_latent(self, batch, scores, scored_idx, msg_of, ts) -> None:
+        topic = self.settings.topics.latent
+        for j, i in enumerate(scored_idx):
+            msg, sensor_id = batch.valid[msg_of[i]]
+            record = {"sensor_id": sensor_id, "ts": iso(float(ts[i])), "score": float(scores.score[j]),
+                      "latent": [round(float(x), 5) for x in scores.latent[j]],
+                      "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}}
+            kafka_io.produce(self.producer, topic, json.dumps(record).encode(), sensor_id.encode(), self._delivery)
+
+    def finish(self, batch: Batch) -> bool:
+        """Make the batch durable: outputs acknowledged, then offsets committed. False = rewound."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in kafka_io.next_offsets(batch.messages).items()]
+        try:
+            if self.exactly_once:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata())
+                self.producer.commit_transaction()
+            else:
+                self._wait_for_acks()
+                if self._delivery.failed:
+                    raise _Rewind(f"{self._delivery.failed} deliveries failed ({self._delivery.first_error})")
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except (KafkaException, _Rewind) as exc:
+            self._recover(exc)
+            return False
+        self.metrics.commits.inc()
+        return True
+
+    def _wait_for_acks(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.producer.flush(1.0) > 0:
+            if time.monotonic() > deadline:
+                log.warning("waiting for Kafka to acknowledge %d produced messages", len(self.producer))
+                deadline = time.monotonic() + 10
+
+    def _recover(self, exc: Exception) -> None:
+        """Undo what is not durable and go back to the committed offsets."""
+        err = exc.args[0] if isinstance(exc, KafkaException) else None
+        if err is not None and err.fatal():
+            self._fatal = err.str()
+            return
+        log.warning("batch not committed, rewinding to the committed offsets: %s",
+                    err.str() if err is not None else exc)
+        if self.exactly_once:
+            try:
+                self.producer.abort_transaction(self.settings.shutdown_timeout_s)
+            except KafkaException as abort_exc:
+                if abort_exc.args[0].fatal():
+                    self._fatal = abort_exc.args[0].str()
+                    return
+        else:
+            self._wait_for_acks()
+        self._delivery.reset()
+        self.rewind()
+
+    def rewind(self) -> None:
+        assignment = self.consumer.assignment()
+        self.history.drop_partitions({tp.partition for tp in assignment})
+        if not assignment:
+            return
+        try:
+            committed = self.consumer.committed(assignment, timeout=30)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets (%s); retrying the batch later", exc.args[0].str())
+            committed = assignment
+        for tp in committed:
+            if tp.offset < 0:
+                tp.offset = -2 if self.settings.auto_offset_reset == "earliest" else -1  # BEGINNING / END
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as exc:
+                log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc.args[0].str())
+
+    def account(self, batch: Batch, started: float) -> None:
+        """Count what this committed batch did (a rewound batch is counted when redone)."""
+        m = self.metrics
+        now = time.time()
+        n_readings = sum(len(v) for v in batch.values)
+        scored = 0 if batch.scores is None else len(batch.scores)
+        for _, err in batch.dead:
+            m.dead_letters.labels(reason=err.reason).inc()
+        for sev in batch.alert_severities:
+            m.alerts.labels(severity=sev).inc()
+        if scored:
+            observe_many(m.score, batch.scores)
+        m.messages_consumed.inc(len(batch.messages))
+        m.readings_consumed.inc(n_readings)
+        m.readings_scored.inc(scored)
+        m.readings_warming_up.inc(n_readings - scored)
+        m.batches.inc()
+        m.batch_size.observe(n_readings)
+        kafka_ts = np.fromiter((msg.timestamp()[1] for msg in batch.messages), np.float64, len(batch.messages))
+        observe_many(m.e2e_latency, now - kafka_ts[kafka_ts > 0] / 1000.0)
+        if batch.ts:
+            m.processing_delay.set(max(0.0, now - max(float(t[-1]) for t in batch.ts)))
+        m.last_batch.set(now)
+        m.batch_seconds.observe(time.monotonic() - started)
+
+    # -- callbacks -----------------------------------------------------------------------------
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", _fmt(partitions))
+        self.metrics.assigned_partitions.set(len(partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Every processed batch is already committed when this runs (callbacks only fire inside
+        # consume()), so there is nothing in flight to commit: drop the state and move on.
+        log.info("revoked %s", _fmt(partitions))
+        self._forget(partitions)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        log.warning("lost %s (not committing)", _fmt(partitions))
+        self._forget(partitions)
+
+    def _forget(self, partitions) -> None:
+        self.history.drop_partitions({tp.partition for tp in partitions})
+        for tp in partitions:
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        self.metrics.assigned_partitions.set(0)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        kind = "fatal" if err.fatal() else ("transport" if err.code() in _TRANSPORT else "broker")
+        self.metrics.errors.labels(kind=kind).inc()
+        if err.fatal():
+            self._fatal = err.str()
+        now = time.monotonic()
+        if now - self._last_error_log > 5 or err.fatal():
+            self._last_error_log = now
+            log.warning("Kafka: %s (librdkafka keeps retrying)", err.str())
+
+    def _drop_consumer_errors(self, messages: list[Message]) -> list[Message]:
+        good = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                self._on_kafka_error(err)
+        return good
+
+
+class _Rewind(Exception):
+    pass
+
+
+_TRANSPORT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
+              KafkaError._TIMED_OUT, KafkaError.NETWORK_EXCEPTION}
+
+
+def _fmt(partitions) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
