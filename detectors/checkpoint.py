@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,7 +121,9 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {METADATA} is incomplete or inconsistent ({exc!r}); {retrain}") from None
     try:
-        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of files it then refuses
+            state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncation, zip errors all mean "corrupt"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: {WEIGHTS} is corrupt or holds more than plain tensors, and was not "
