@@ -147,14 +147,12 @@ class SensorSimulator:
         while self._horizon.min() < until:
             R = 8 + int((until - self._horizon.min()) / (self._gap_mean + 5))
             code = rng.integers(0, len(self.kinds), size=(S, R))
-            lo = np.array([_LEN.get(k, (5, 30))[0] for k in self.kinds])[code]
-            hi = np.array([_LEN.get(k, (5, 30))[1] for k in self.kinds])[code]
-            length = rng.integers(lo, hi + 1)
+            lens = np.array([_LEN.get(k, (5, 30)) for k in self.kinds])[code]  # [S, R, (lo, hi)]
+            length = rng.integers(lens[..., 0], lens[..., 1] + 1)
             gap = rng.geometric(1.0 / (self._gap_mean + 1.0), size=(S, R)) - 1
             end = self._horizon[:, None] + np.cumsum(gap + length, axis=1)
-            mlo = np.array([_MAG.get(k, (0, 0))[0] for k in self.kinds])[code]
-            mhi = np.array([_MAG.get(k, (0, 0))[1] for k in self.kinds])[code]
-            mag = rng.uniform(mlo, mhi) * rng.choice([-1.0, 1.0], size=(S, R))
+            mags = np.array([_MAG.get(k, (0, 0)) for k in self.kinds], dtype=float)[code]
+            mag = rng.uniform(mags[..., 0], mags[..., 1]) * rng.choice([-1.0, 1.0], size=(S, R))
             names = np.array(self.kinds)[code]
             most = np.where(np.isin(names, ["stuck"]), C, np.where(names == "spike", min(2, C), max(1, C // 2)))
             most = np.where(names == "correlation_break", np.minimum(most, C - 1), most)
