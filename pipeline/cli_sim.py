@@ -116,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Label columns (anomaly, changepoint, label...) are not sent as channels: "
                                    "they go into the `lw-truth` header ('normal' or the names of the "
                                    "non-zero labels joined by '+').")
-    r.add_argument("csv", metavar="CSV", help="CSV file with a time column (any of , ; tab)")
+    r.add_argument("csv", metavar="CSV", help="CSV file (, or ; separated) with a time column (timestamp, datetime, time or ts)")
     _kafka_flags(r)
     pace = r.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=1.0,
