@@ -51,7 +51,10 @@ def producer_config(settings: Settings, on_error=None) -> dict:
     })
     if settings.delivery == "exactly-once":
         # Unique per process; zombies are fenced through the consumer group metadata (KIP-447).
+        # A killed process leaves its open transaction behind, which holds back read_committed
+        # readers until it times out: our transactions last one batch, so keep the timeout short.
         conf["transactional.id"] = f"latentwatch-{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+        conf["transaction.timeout.ms"] = 10_000
     conf.update(settings.kafka.producer)
     if on_error is not None:
         conf["error_cb"] = on_error

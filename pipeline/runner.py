@@ -192,7 +192,7 @@ class Pipeline:
                              sensor_id.encode(), self._delivery)
             batch.alert_severities.append(record["severity"])
         if self.settings.topics.latent:
-            self._produce_latent(batch, scores, scored_idx, msg_of, ts)
+            self._produce_latent(batch, scores, scored_idx, msg_of, pos_in_msg, ts)
 
     def _group_by_sensor(self, batch: Batch, msg_of: np.ndarray):
         """Reading indices per (partition, sensor), in offset order (for windowed models)."""
@@ -205,13 +205,14 @@ class Pipeline:
             by_key.setdefault((msg.partition(), sensor_id), []).append(np.arange(starts[m], ends[m]))
         return list(by_key), [np.concatenate(v) for v in by_key.values()]
 
-    def _produce_latent(self, batch, scores, scored_idx, msg_of, ts) -> None:
+    def _produce_latent(self, batch, scores, scored_idx, msg_of, pos_in_msg, ts) -> None:
         topic = self.settings.topics.latent
         for j, i in enumerate(scored_idx):
             msg, sensor_id = batch.valid[msg_of[i]]
             record = {"sensor_id": sensor_id, "ts": iso(float(ts[i])), "score": float(scores.score[j]),
                       "latent": [round(float(x), 5) for x in scores.latent[j]],
-                      "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}}
+                      "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                                 "index": int(pos_in_msg[i])}}
             kafka_io.produce(self.producer, topic, json.dumps(record).encode(), sensor_id.encode(), self._delivery)
 
     def finish(self, batch: Batch) -> bool:
