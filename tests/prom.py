@@ -66,7 +66,7 @@ class Prometheus:
         }
         return json.dumps(cfg, indent=2)  # JSON is YAML
 
-    def start(self, timeout: float = 60.0) -> "Prometheus":
+    def start(self, timeout: float = 60.0) -> Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(self.config_text())

@@ -344,7 +344,7 @@ def test_cli_forward_uses_env_bootstrap(kafka_bootstrap, make_topic, producer, a
     res = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "alerts", "forward", "--alertmanager", alertmanager.url,
          "--topic", topic, "--group-id", group, "--batch-wait", "0.5", "--max-batches", "1"],
-        env=env, cwd=repo_root, capture_output=True, text=True, timeout=90,
+        env=env, cwd=repo_root, check=False, capture_output=True, text=True, timeout=90,
     )
     assert res.returncode == 0, res.stderr
     found = alertmanager.wait_for_alerts(2, alertname="LatentwatchAnomaly")
@@ -355,7 +355,7 @@ def test_cli_forward_uses_env_bootstrap(kafka_bootstrap, make_topic, producer, a
 def test_cli_forward_rejects_a_non_url(repo_root):
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "alerts", "forward", "--alertmanager",
                           "localhost:9093", "--bootstrap", "127.0.0.1:1"],
-                         cwd=repo_root, capture_output=True, text=True, timeout=60)
+                         cwd=repo_root, check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().startswith("latentwatch: error: --alertmanager must be an http(s) URL")
     assert "Traceback" not in res.stderr

@@ -48,7 +48,7 @@ def alerts_topic(kafka_bootstrap, make_topic, producer):
 def tail(kafka_bootstrap, *args: str, timeout: float = 90):
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "alerts", "tail", "--bootstrap", kafka_bootstrap, *args],
-        capture_output=True, text=True, timeout=timeout,
+        check=False, capture_output=True, text=True, timeout=timeout,
     )
 
 

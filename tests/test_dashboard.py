@@ -10,8 +10,6 @@ import math
 import re
 from pathlib import Path
 
-import pytest
-
 from pipeline.metrics import PipelineMetrics
 from tests.prom import make_prometheus, needs_prometheus  # noqa: F401  (fixture)
 
