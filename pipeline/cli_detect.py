@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = e.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     sk = esub.add_parser("skab", help="SKAB outlier-detection protocol (first 400 rows train, rest test)")
     sk.add_argument("--data", default=None, help="SKAB folder (default: ../shared/data/skab from here or the repo)")
-    sk.add_argument("--models", default="window,mlp,pca", help="comma-separated kinds (default: %(default)s)")
+    sk.add_argument("--models", default="pca,window,mlp", help="comma-separated kinds (default: %(default)s)")
     sk.add_argument("--variant", choices=["per-file", "anomaly-free", "both"], default="both")
     sk.add_argument("--files", type=int, default=None, help="only the first N labelled files (smoke runs)")
     sk.add_argument("--epochs", type=int, default=None)
@@ -189,9 +189,11 @@ def _evaluate_skab(args) -> int:
     results = []
     for kind in [k.strip() for k in args.models.split(",") if k.strip()]:
         for variant in variants:
+            sources = ["train", "file"] if variant == "anomaly-free" else ["train"]
             try:
-                results.append(evaluate.run_skab(root, kind, variant=variant, files=args.files, epochs=args.epochs,
-                                                 seed=args.seed, device=args.device))
+                for source in sources:
+                    results.append(evaluate.run_skab(root, kind, variant=variant, files=args.files, epochs=args.epochs,
+                                                     seed=args.seed, device=args.device, threshold_source=source))
             except ValueError as exc:
                 raise UserError(str(exc)) from None
     print(evaluate.format_table(results))
