@@ -1,0 +1,62 @@
+"""Ceilings: how fast can one Python process read the topic, bare and with our decoder?"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from pipeline import kafka_io
+from pipeline.config import load_settings
+from pipeline.contract import Decoder
+
+
+def _consumer(bootstrap: str, topic: str, partitions: int) -> Consumer:
+    """A consumer with the pipeline's fetch settings, assigned to every partition from the start."""
+    settings = load_settings(None, {"kafka.bootstrap_servers": bootstrap, "group_id": "bench-ceiling"})
+    conf = kafka_io.consumer_config(settings)
+    conf.pop("logger", None)
+    c = Consumer(conf)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return c
+
+
+def consume_rate(bootstrap: str, topic: str, ends: dict[int, int], readings_per_message: int,
+                 channels: list[str] | None = None, chunk: int = 10_000) -> dict:
+    """Read every message up to `ends`; decode each one when `channels` is given.
+
+    Timing starts when the first messages arrive (connection set-up excluded) and those first
+    messages are not counted. Returns readings/s, messages/s and the counts."""
+    t_assign = time.perf_counter()
+    c = _consumer(bootstrap, topic, len(ends))
+    decoder = Decoder(channels) if channels else None
+    total = sum(ends.values())
+    seen = first = readings = 0
+    t0 = None
+    now = time.time()
+    try:
+        deadline = time.monotonic() + 600
+        while seen < total and time.monotonic() < deadline:
+            msgs = c.consume(chunk, timeout=1.0)
+            if not msgs:
+                continue
+            if decoder is not None:
+                for m in msgs:
+                    if m.error() is None:
+                        readings += len(decoder.decode(m.value(), m.key(), now).ts)
+            n = sum(1 for m in msgs if m.error() is None)
+            seen += n
+            if t0 is None:
+                t0, first = time.perf_counter(), n
+        t_end = time.perf_counter()
+    finally:
+        c.close()
+    if seen < total:
+        raise RuntimeError(f"ceiling read only {seen} of {total} messages of {topic}")
+    counted, elapsed = seen - first, t_end - t0
+    if counted <= 0:  # everything came in the first fetch (tiny runs): time it from the assignment
+        counted, elapsed = seen, t_end - t_assign
+    return {"messages": seen, "readings": seen * readings_per_message,
+            "decoded_readings": readings if decoder else None, "seconds": round(elapsed, 3),
+            "messages_per_s": round(counted / elapsed, 1),
+            "readings_per_s": round(counted * readings_per_message / elapsed, 1)}

@@ -1,0 +1,152 @@
+"""`python -m bench` / `latentwatch bench`: run every measurement of issue 7 in one go."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=None, help="use this Kafka instead of a temporary local broker")
+    p.add_argument("--readings", type=int, default=1_000_000, help="readings per workload (default 1,000,000)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
+    p.add_argument("--workloads", default="single,batch", help="comma-separated: single, batch (default both)")
+    p.add_argument("--channels", type=int, default=16, help="channels per reading, 8-32 (default 16)")
+    p.add_argument("--sensors", type=int, default=64, help="sensors (message keys) (default 64)")
+    p.add_argument("--batch-readings", type=int, default=250, help="readings per message, batch workload (default 250)")
+    p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
+    p.add_argument("--batch-size", type=int, default=4096, help="pipeline batch.max_readings (default 4096)")
+    p.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the pipeline process")
+    p.add_argument("--naive-readings", type=int, default=20_000, help="prefix the naive baseline reads (default 20k)")
+    p.add_argument("--latency-seconds", type=float, default=15.0, help="length of the latency run (default 15)")
+    p.add_argument("--skip", default="", help="comma-separated stages to skip: ceilings,pipeline,naive,latency,model")
+    p.add_argument("--profile", action="store_true", help="run the throughput pipeline under py-spy (speedscope)")
+    p.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
+    p.add_argument("--stem", default="latest", help="results file name stem (default latest)")
+    p.add_argument("--work-dir", default=None, help="keep models, logs and profiles here (default: a temp dir)")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    if args.quick:
+        args.readings = min(args.readings, 20_000)
+        args.naive_readings = min(args.naive_readings, 2_000)
+        args.latency_seconds = min(args.latency_seconds, 3.0)
+    if not 1 <= args.channels <= 1024:
+        raise SystemExit("--channels must be positive")
+    with tempfile.TemporaryDirectory(prefix="latentwatch-bench-") as tmp:
+        work = Path(args.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        broker = None
+        if args.bootstrap:
+            bootstrap, broker_info = args.bootstrap, {"kind": "external", "version": "?"}
+        else:
+            from pipeline.broker import KAFKA_VERSION, LocalBroker
+
+            log("starting a local Kafka broker")
+            broker = LocalBroker(work / "broker")
+            bootstrap = broker.start().bootstrap
+            broker_info = {"kind": "local single-node KRaft", "version": KAFKA_VERSION}
+        try:
+            res = _measure(args, bootstrap, broker_info, work)
+        finally:
+            if broker is not None:
+                broker.stop()
+    j, md = _write(args, res)
+    log(f"wrote {j} and {md}")
+    print(Path(md).read_text())
+    return 0
+
+
+def _write(args, res):
+    from bench import report
+
+    return report.write(res, Path(args.out), args.stem)
+
+
+def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
+    from bench import report
+    from bench.ceilings import consume_rate
+    from bench.latency import run_latency
+    from bench.naive import run_naive
+    from bench.pipeline_proc import run_pipeline
+    from bench.workload import PARTITIONS, Workload, end_offsets, make_topics, produce, train_model, unique
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
+    res = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+           "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
+           "settings": {"batch_size": args.batch_size, "torch_threads_env": args.torch_threads,
+                        "partitions": PARTITIONS, "quick": args.quick},
+           "targets": report.TARGETS, "workloads": {}}
+    log(f"training the {args.model_kind} model ({args.channels} channels)")
+    model_dir = str(train_model(work / "model", args.channels, args.sensors, args.model_kind,
+                                epochs=3 if args.quick else 10))
+    from detectors.checkpoint import load
+
+    det = load(model_dir, device="cpu").detector
+    res["model"] = {"kind": det.kind, "window": det.window, "channels": len(det.channels), "path": model_dir}
+    channels = list(det.channels)
+
+    if "model" not in skip:
+        from bench import model_stage
+
+        log("model stage alone")
+        sizes = model_stage.BATCH_SIZES[:7] if args.quick else model_stage.BATCH_SIZES
+        res["model_stage"] = model_stage.run(model_dir, sizes, budget_s=0.05 if args.quick else 0.5)
+
+    shapes = {"single": 1, "batch": args.batch_readings}
+    for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        per = shapes[name]
+        w = Workload(name, per, args.channels, args.sensors, args.readings // per * per)
+        log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
+        produce(bootstrap, w)
+        ends = end_offsets(bootstrap, w.topic)
+        out: dict = {"workload": w.describe()}
+        res["workloads"][name] = out
+        if "ceilings" not in skip:
+            log(f"{name}: ceilings")
+            out["ceiling_bare"] = consume_rate(bootstrap, w.topic, ends, per)
+            out["ceiling_decode"] = consume_rate(bootstrap, w.topic, ends, per, channels)
+        if "pipeline" not in skip:
+            log(f"{name}: pipeline end to end")
+            prof = work / f"profile-{name}.speedscope.json" if args.profile else None
+            out["pipeline"] = run_pipeline(bootstrap, model_dir, w.topic, ends, per, work, args.batch_size,
+                                           env=env, profile_out=prof)
+            if prof is not None:
+                out["pipeline"]["profile"] = str(prof)
+            log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
+        if "naive" not in skip and det.window == 1:
+            log(f"{name}: naive baseline on the first {args.naive_readings:,} readings")
+            alerts = unique("naive-alerts")
+            make_topics(bootstrap, {alerts: (1, {})})
+            out["naive"] = run_naive(bootstrap, w.topic, PARTITIONS, model_dir, alerts,
+                                     min(args.naive_readings, w.readings))
+        if "latency" not in skip:
+            max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
+            rate = max_rate / 2
+            log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
+            out["latency"] = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
+                                         channels=args.channels, sensors=args.sensors, readings_per_message=per,
+                                         batch_size=args.batch_size, env=env)
+        out["verdict"] = report.verdicts(out)
+        log(f"{name}: {out['verdict']}")
+    res["loadavg_end"] = report.loadavg()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))

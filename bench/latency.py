@@ -1,0 +1,122 @@
+"""Latency at a fixed offered rate.
+
+Method: a fresh input topic (8 partitions) and an alerts topic with
+`message.timestamp.type=LogAppendTime`, so each alert carries the broker's append time: when
+the broker wrote it, i.e. its acknowledgement less the response's trip back (sub-millisecond
+on localhost). The bench produces pre-encoded messages at a steady rate (librdkafka
+`linger.ms=1`); a reading's Kafka timestamp is its message's CreateTime (set at produce()).
+Latency of an alert = alert LogAppendTime - CreateTime of the input message it names in
+`source` (partition, offset). Every alert the model raises at its real threshold is a sample
+(~1-2 % of readings: the simulator's anomalies plus the 0.99-quantile threshold's false
+alarms), so the sampled readings are spread over the whole run. Samples whose input was
+produced in the first `warmup_s` are dropped. Kafka timestamps are whole milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from bench.pipeline_proc import CommitWatcher, PipelineProcess, wait_for_commits
+from bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
+from pipeline.simulate import SensorSimulator
+
+
+def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    seen, total = 0, sum(ends.values())
+    deadline = time.monotonic() + 300
+    try:
+        while seen < total and time.monotonic() < deadline:
+            for m in c.consume(10_000, timeout=1.0):
+                if m.error() is None:
+                    seen += 1
+                    on_msg(m)
+    finally:
+        c.close()
+
+
+def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
+                sensors: int, readings_per_message: int, batch_size: int, warmup_s: float = 1.0,
+                env: dict | None = None, seed: int = SEED) -> dict:
+    topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
+    make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
+                            dlq: (1, {})})
+    n_readings = int(rate * duration)
+    sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
+    pending = list(encode_messages(sim, n_readings, readings_per_message))  # encoded before the clock starts
+
+    proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
+                           batch_size=batch_size, env=env)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all", "enable.idempotence": True,
+                  "compression.type": "lz4"})
+    watcher = CommitWatcher(bootstrap, group, topic, PARTITIONS)
+    behind_max = 0.0
+    try:
+        proc.wait_assigned()
+        time.sleep(0.5)  # let the consumer's first fetches go out
+        t0_wall = time.time()
+        t0 = time.perf_counter()
+        sent = 0
+        for key, value, k in pending:
+            due = t0 + sent / rate
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            else:
+                behind_max = max(behind_max, now - due)
+            while True:
+                try:
+                    p.produce(topic, value, key)
+                    break
+                except BufferError:
+                    p.poll(0.001)
+            p.poll(0)
+            sent += k
+        produce_s = time.perf_counter() - t0
+        p.flush(60)
+        ends = end_offsets(bootstrap, topic)
+        wait_for_commits(proc, watcher, ends, timeout=max(120.0, 4 * duration))
+        rss = proc.peak_rss_bytes()
+    finally:
+        watcher.close()
+        proc.stop()
+    del pending
+
+    alert_src: list[tuple[int, int, int]] = []  # (partition, offset, alert append time ms)
+
+    def on_alert(m):
+        src = json.loads(m.value())["source"]
+        alert_src.append((src["partition"], src["offset"], m.timestamp()[1]))
+
+    _read_all(bootstrap, alerts, 1, end_offsets(bootstrap, alerts, 1), on_alert)
+    ts_kinds = set()
+    needed = {(pa, off) for pa, off, _ in alert_src}
+    input_ts: dict[tuple[int, int], int] = {}
+
+    def on_input(m):
+        key = (m.partition(), m.offset())
+        if key in needed:
+            kind, ts = m.timestamp()
+            ts_kinds.add(kind)
+            input_ts[key] = ts
+
+    _read_all(bootstrap, topic, PARTITIONS, ends, on_input)
+    cutoff = (t0_wall + warmup_s) * 1000
+    lat = np.array([a - input_ts[(pa, off)] for pa, off, a in alert_src
+                    if (pa, off) in input_ts and input_ts[(pa, off)] >= cutoff], dtype=np.float64)
+    out = {"method": "alert LogAppendTime - input CreateTime (ms); alerts at the model's own threshold",
+           "offered_readings_per_s": round(rate, 1), "achieved_readings_per_s": round(sent / produce_s, 1),
+           "producer_max_behind_ms": round(behind_max * 1000, 2), "duration_s": round(produce_s, 2),
+           "readings": sent, "alerts": len(alert_src), "samples": int(len(lat)), "warmup_s": warmup_s,
+           "batch_size": batch_size, "peak_rss_bytes": rss.get("VmHWM")}
+    if len(lat):
+        out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                    "p999_ms": float(np.percentile(lat, 99.9)), "max_ms": float(lat.max()),
+                    "mean_ms": round(float(lat.mean()), 3)})
+    return out

@@ -1,0 +1,55 @@
+"""The naive baseline: poll one message, json.loads, one model call per reading, produce the
+alerts, wait for them, commit that one message. What a first prototype would do."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from pipeline.contract import parse_ts
+
+
+def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alerts_topic: str,
+              max_readings: int) -> dict:
+    from detectors.checkpoint import load
+
+    model = load(model_dir, device="cpu")
+    det, thr = model.detector, float(model.threshold.value)
+    channels = det.channels
+    if det.window != 1:
+        raise ValueError("the naive baseline scores one reading per call: it needs a point-wise (window 1) model")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-naive-{topic}", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    readings = alerts = messages = 0
+    t0 = None
+    try:
+        deadline = time.monotonic() + 600
+        while readings < max_readings and time.monotonic() < deadline:
+            msg = c.poll(1.0)
+            if msg is None or msg.error() is not None:
+                continue
+            if t0 is None:
+                t0 = time.perf_counter()
+            obj = json.loads(msg.value())
+            for r in obj.get("readings") or [obj]:
+                x = np.array([[[r["values"][ch] for ch in channels]]], dtype=np.float32)
+                score = float(det.score(x).score[0])
+                readings += 1
+                if score > thr:
+                    alert = {"sensor_id": obj["sensor_id"], "ts": parse_ts(r["ts"]), "score": score,
+                             "source": [msg.topic(), msg.partition(), msg.offset()]}
+                    p.produce(alerts_topic, json.dumps(alert).encode(), obj["sensor_id"].encode())
+                    alerts += 1
+            p.flush(30)
+            c.commit(message=msg, asynchronous=False)
+            messages += 1
+        elapsed = time.perf_counter() - t0
+    finally:
+        c.close()
+    return {"readings": readings, "messages": messages, "alerts": alerts, "seconds": round(elapsed, 3),
+            "readings_per_s": round(readings / elapsed, 1)}

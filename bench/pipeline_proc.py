@@ -1,0 +1,153 @@
+"""The real pipeline (`latentwatch run`) in its own process: throughput from the group's
+committed offsets, peak RSS from /proc/<pid>/status (VmHWM) read just before it is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+
+class PipelineProcess:
+    """`python -m pipeline.cli run ...` with its log in `log_path`."""
+
+    def __init__(self, bootstrap: str, model_dir: str, input_topic: str, alerts_topic: str, dlq_topic: str,
+                 group: str, log_path: Path, batch_size: int = 4096, max_wait_ms: float | None = None,
+                 env: dict | None = None, profile_out: Path | None = None):
+        self.bootstrap, self.topic, self.group = bootstrap, input_topic, group
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", model_dir, "--bootstrap", bootstrap,
+               "--input-topic", input_topic, "--alerts-topic", alerts_topic, "--dead-letter-topic", dlq_topic,
+               "--group-id", group, "--metrics-port", "0", "--batch-size", str(batch_size), "--device", "cpu"]
+        if max_wait_ms is not None:
+            cmd += ["--max-wait-ms", str(max_wait_ms)]
+        if profile_out is not None:  # py-spy must be installed in the environment
+            cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(profile_out), "-f", "speedscope",
+                   "-r", "200", "--", *cmd]
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.pid = self.proc.pid
+        self._profiled = profile_out is not None
+
+    def wait_assigned(self, timeout: float = 60) -> None:
+        """Until the pipeline logs its partition assignment."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pipeline exited ({self.proc.returncode}): {self.tail()}")
+            if "assigned " + self.topic in self.log_path.read_text():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pipeline got no partitions within {timeout:.0f} s: {self.tail()}")
+
+    def peak_rss_bytes(self) -> dict:
+        pid = self._python_pid()
+        out = {}
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    out[key] = int(rest.split()[0]) * 1024
+        except OSError:
+            pass
+        return out
+
+    def _python_pid(self) -> int:
+        if not self._profiled:
+            return self.pid
+        try:  # py-spy's child
+            kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            return int(kids[0]) if kids else self.pid
+        except OSError:
+            return self.pid
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            os.kill(self._python_pid(), signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        return rc
+
+    def tail(self, n: int = 2000) -> str:
+        return self.log_path.read_text()[-n:]
+
+
+class CommitWatcher:
+    """Reads the group's committed offsets (a consumer that never joins the group)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int):
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        self.tps = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def committed(self) -> dict[int, int]:
+        return {tp.partition: max(tp.offset, 0) for tp in self.c.committed(self.tps, timeout=10)}
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def wait_for_commits(proc: PipelineProcess, watcher: CommitWatcher, ends: dict[int, int], timeout: float,
+                     interval: float = 0.05) -> dict:
+    """Poll until every partition's committed offset reaches its end offset.
+
+    Returns the time and total committed offsets at the first commit seen and at the last."""
+    total = sum(ends.values())
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"pipeline exited ({proc.proc.returncode}): {proc.tail()}")
+        now = time.perf_counter()
+        committed = watcher.committed()
+        done = sum(min(committed[p], ends[p]) for p in ends)
+        if first is None and done > 0:
+            first = (now, done)
+        if all(committed[p] >= ends[p] for p in ends):
+            return {"first_t": first[0], "first_offsets": first[1], "last_t": now, "last_offsets": done,
+                    "total_offsets": total}
+        time.sleep(interval)
+    raise RuntimeError(f"pipeline did not commit {total} offsets within {timeout:.0f} s: {proc.tail()}")
+
+
+def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int], readings_per_message: int,
+                 work: Path, batch_size: int, env: dict | None = None, profile_out: Path | None = None,
+                 timeout: float = 1200) -> dict:
+    """The whole topic through a fresh pipeline process; readings/s between the first and last commit."""
+    from bench.workload import make_topics, unique
+
+    alerts, dlq, group = unique("alerts"), unique("dlq"), unique("group")
+    make_topics(bootstrap, {alerts: (1, {}), dlq: (1, {})})
+    proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
+                           batch_size=batch_size, env=env, profile_out=profile_out)
+    watcher = CommitWatcher(bootstrap, group, topic, len(ends))
+    try:
+        t_start = time.perf_counter()
+        proc.wait_assigned()
+        t_assigned = time.perf_counter()
+        res = wait_for_commits(proc, watcher, ends, timeout)
+        rss = proc.peak_rss_bytes()
+    finally:
+        watcher.close()
+        rc = proc.stop()
+    span = res["last_t"] - res["first_t"]
+    offsets = res["last_offsets"] - res["first_offsets"]
+    method = "first to last commit"
+    if offsets <= 0 or span <= 0:  # everything went in one commit (tiny runs): time from the assignment
+        span, offsets, method = res["last_t"] - t_assigned, res["total_offsets"], "assignment to last commit"
+    return {"readings": res["total_offsets"] * readings_per_message, "batch_size": batch_size,
+            "seconds_first_to_last_commit": round(res["last_t"] - res["first_t"], 3),
+            "seconds_assigned_to_last_commit": round(res["last_t"] - t_assigned, 3),
+            "seconds_start_to_last_commit": round(res["last_t"] - t_start, 3),
+            "readings_per_s": round(offsets * readings_per_message / span, 1), "rate_method": method,
+            "peak_rss_bytes": rss.get("VmHWM"), "rss_at_end_bytes": rss.get("VmRSS"), "exit_code": rc,
+            "alerts_topic": alerts, "group": group, "env": env or {}}

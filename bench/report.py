@@ -1,0 +1,138 @@
+"""The machine's description, the targets, and the results as JSON and a markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+GIB = 1 << 30
+# Targets of issue 7 (2-core CPU machine, one pipeline process).
+TARGETS = {"pipeline_vs_decode_ceiling": 0.70, "pipeline_vs_naive": 20.0, "p99_latency_ms": 25.0,
+           "peak_rss_bytes": 1 * GIB}
+
+
+def machine() -> dict:
+    import confluent_kafka
+    import numpy
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "numpy": numpy.__version__,
+            "confluent_kafka": confluent_kafka.__version__, "librdkafka": confluent_kafka.libversion()[0],
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def verdicts(w: dict) -> dict:
+    """Ratios against the targets for one workload's results."""
+    out = {}
+    pipe = (w.get("pipeline") or {}).get("readings_per_s")
+    dec = (w.get("ceiling_decode") or {}).get("readings_per_s")
+    naive = (w.get("naive") or {}).get("readings_per_s")
+    if pipe and dec:
+        out["pipeline_vs_decode_ceiling"] = round(pipe / dec, 3)
+    if pipe and naive:
+        out["pipeline_vs_naive"] = round(pipe / naive, 1)
+    p99 = (w.get("latency") or {}).get("p99_ms")
+    if p99 is not None:
+        out["p99_latency_ms"] = p99
+    rss = (w.get("pipeline") or {}).get("peak_rss_bytes")
+    if rss:
+        out["peak_rss_bytes"] = rss
+    out["met"] = {
+        "pipeline_vs_decode_ceiling": out.get("pipeline_vs_decode_ceiling", 0) >= TARGETS["pipeline_vs_decode_ceiling"],
+        "pipeline_vs_naive": out.get("pipeline_vs_naive", 0) >= TARGETS["pipeline_vs_naive"],
+        "p99_latency_ms": p99 is not None and p99 <= TARGETS["p99_latency_ms"],
+        "peak_rss_bytes": bool(rss) and rss <= TARGETS["peak_rss_bytes"],
+    }
+    return out
+
+
+def _n(x, digits=0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# latentwatch benchmark ({res['started_at']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / GIB:.1f} GiB RAM; "
+             f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}), numpy {m['numpy']}; "
+             f"Kafka {res['broker']['version']} ({res['broker']['kind']}). Load average at start/end: "
+             f"{res['loadavg_start']} / {res['loadavg_end']}.", "",
+             f"Model: {res['model']['kind']} (window {res['model']['window']}), {res['model']['channels']} channels. "
+             f"Pipeline batch.max_readings {res['settings']['batch_size']}. Command: `{res['command']}`", "",
+             "| workload | readings | bare consume r/s | consume+decode r/s | pipeline r/s | pipeline / decode (>= 0.70) "
+             "| naive r/s | pipeline / naive (>= 20) | latency offered r/s | p50 ms | p99 ms (<= 25) | p99.9 ms "
+             "| peak RSS MiB (<= 1024) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, w in res["workloads"].items():
+        v = w.get("verdict", {})
+        met = v.get("met", {})
+        lat = w.get("latency") or {}
+        pipe = w.get("pipeline") or {}
+
+        def mark(key, text):
+            return f"{text} {'✅' if met.get(key) else '❌'}"
+
+        lines.append(
+            f"| {name} ({w['workload']['readings_per_message']}/msg) | {_n(w['workload']['readings'])} "
+            f"| {_n(w['ceiling_bare']['readings_per_s'])} | {_n(w['ceiling_decode']['readings_per_s'])} "
+            f"| {_n(pipe.get('readings_per_s'))} | {mark('pipeline_vs_decode_ceiling', _n(v.get('pipeline_vs_decode_ceiling'), 2))} "
+            f"| {_n((w.get('naive') or {}).get('readings_per_s'))} | {mark('pipeline_vs_naive', _n(v.get('pipeline_vs_naive'), 1))} "
+            f"| {_n(lat.get('offered_readings_per_s'))} | {_n(lat.get('p50_ms'), 1)} "
+            f"| {mark('p99_latency_ms', _n(lat.get('p99_ms'), 1))} | {_n(lat.get('p999_ms'), 1)} "
+            f"| {mark('peak_rss_bytes', _n((pipe.get('peak_rss_bytes') or 0) / (1 << 20), 0))} |")
+    ms = res.get("model_stage") or {}
+    if ms.get("cpu"):
+        lines += ["", f"Model stage alone (`detector.score`, CPU, {ms['torch_threads']} torch threads):", "",
+                  "| batch | readings/s | µs per call |", "|---:|---:|---:|"]
+        lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} |" for r in ms["cpu"]]
+    gpu = ms.get("gpu") or {}
+    if gpu.get("available"):
+        lines += ["", f"GPU ({gpu['device']}), µs per call: eager / CUDA graph / torch.compile / score() end to end:", ""]
+        lines += [f"- batch {r['batch']}: {r.get('eager_us_per_call')} / {r.get('graph_us_per_call')} / "
+                  f"{r.get('compiled_us_per_call', '–')} / {r.get('score_e2e_us_per_call')}" for r in gpu["rows"]]
+    else:
+        lines += ["", "GPU: not available on this machine (the CUDA path of `bench/model_stage.py` did not run)."]
+    lines += ["", "Latency: " + next((w["latency"]["method"] for w in res["workloads"].values() if w.get("latency")), "–")
+              + "; offered rate = half the pipeline's measured maximum for that workload.",
+              "Throughput: readings between the group's first and last observed offset commit, over that time "
+              "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "
+              "first fetched batch. Naive: one message at a time, one model call per reading, flush and "
+              "synchronous commit per message, on a prefix of the topic.", ""]
+    return "\n".join(lines)
+
+
+def write(res: dict, out_dir: Path, stem: str = "latest") -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    j.write_text(json.dumps(res, indent=2) + "\n")
+    md.write_text(markdown(res))
+    return j, md

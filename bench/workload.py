@@ -1,0 +1,139 @@
+"""Workloads: a trained model, and an input topic pre-produced with simulator readings."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.simulate import SensorSimulator, iso_ts
+
+PARTITIONS = 8
+START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated event times (fixed, reproducible)
+
+
+@dataclass
+class Workload:
+    name: str
+    readings_per_message: int
+    channels: int
+    sensors: int
+    readings: int
+    topic: str = ""
+    messages: int = 0
+    bytes: int = 0
+    produce_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def make_topics(bootstrap: str, specs: dict[str, tuple[int, dict]]) -> None:
+    """Create topics {name: (partitions, config)} and wait for them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futs = admin.create_topics([NewTopic(n, p, 1, config=c) for n, (p, c) in specs.items()])
+    for fut in futs.values():
+        fut.result(timeout=60)
+
+
+def unique(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+SEED = 1  # the simulated plant: the model is trained on the same plant the workloads stream
+
+
+def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed: int = SEED,
+                rows: int = 32_000, epochs: int = 10) -> Path:
+    """Train on the simulator's plant (same seed and sensors as the stream, as the compose trainer
+    does) with a 0.99-quantile threshold on held-out normal data, and save it to `out`."""
+    from detectors.checkpoint import save, summarise_training_data
+    from detectors.models import make_detector
+    from detectors.thresholds import QuantileThreshold
+
+    sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
+    X = sim.normal_training_data(rows)
+    split = int(len(X) * 0.8)
+    det = make_detector(kind, device="cpu").fit(X[:split], sim.channel_names, epochs=epochs, seed=0)
+    from detectors.base import sliding_windows
+
+    held = det.score(sliding_windows(X[split:], det.window)).score
+    thr = QuantileThreshold(0.99).fit(held)
+    save(out, det, thr, summarise_training_data(X, sim.channel_names), name=f"bench-{kind}-{channels}ch")
+    return out
+
+
+def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, step0: int = 0):
+    """Yield (key, value bytes, readings) in time-major order: every sensor's next message, then the next step.
+
+    Values go by channel name (the contract's object form) with ISO-8601 event times, as
+    `latentwatch simulate` writes them.
+    """
+    names = sim.channel_names
+    S = sim.sensors
+    done = 0
+    chunk_steps = max(per_message, (20_000 // S) // per_message * per_message)
+    step = step0
+    while done < n_readings:
+        values, _ = sim.next_readings(chunk_steps)
+        rows = np.round(values, 5).tolist()  # [S][steps][C]
+        stamps = [iso_ts(START_TS + (step + i) * sim.interval) for i in range(chunk_steps)]
+        for m in range(0, chunk_steps, per_message):
+            for s in range(S):
+                if done >= n_readings:
+                    return
+                k = min(per_message, n_readings - done)
+                sid = sim.sensor_ids[s]
+                if per_message == 1:
+                    obj = {"sensor_id": sid, "ts": stamps[m], "values": dict(zip(names, rows[s][m]))}
+                else:
+                    obj = {"sensor_id": sid, "readings": [{"ts": stamps[m + i], "values": dict(zip(names, rows[s][m + i]))}
+                                                          for i in range(k)]}
+                yield sid.encode(), json.dumps(obj, separators=(",", ":")).encode(), k
+                done += k
+        step += chunk_steps
+
+
+def bulk_producer(bootstrap: str, linger_ms: int = 20) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "batch.size": 1_000_000,
+                     "compression.type": "lz4", "acks": "all", "enable.idempotence": True,
+                     "queue.buffering.max.messages": 500_000})
+
+
+def produce(bootstrap: str, w: Workload, seed: int = SEED) -> Workload:
+    """Create `w.topic` (8 partitions) and fill it with `w.readings` readings as fast as possible."""
+    w.topic = w.topic or unique(w.name)
+    make_topics(bootstrap, {w.topic: (PARTITIONS, {})})
+    sim = SensorSimulator(sensors=w.sensors, channels=w.channels, seed=seed)
+    p = bulk_producer(bootstrap)
+    t0 = time.monotonic()
+    for i, (key, value, _) in enumerate(encode_messages(sim, w.readings, w.readings_per_message)):
+        while True:
+            try:
+                p.produce(w.topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+        w.messages += 1
+        w.bytes += len(value)
+        if i % 1000 == 0:
+            p.poll(0)
+    if p.flush(120):
+        raise RuntimeError(f"could not deliver the workload to {w.topic}")
+    w.produce_s = round(time.monotonic() - t0, 2)
+    return w
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
+    finally:
+        c.close()
