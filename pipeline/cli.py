@@ -19,7 +19,8 @@ COMMAND_MODULES = [
     "pipeline.cli_detect",  # train, score, evaluate
     "pipeline.cli_sim",  # simulate, replay, report
     "pipeline.cli_alerts",  # alerts tail|forward
-    "pipeline.cli_demo",  # demo, bench
+    "pipeline.cli_demo",  # demo
+    "pipeline.cli_bench",  # bench
 ]
 
 

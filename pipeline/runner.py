@@ -53,6 +53,7 @@ class Pipeline:
         self.exactly_once = settings.delivery == "exactly-once"
         self._stop = threading.Event()
         self._fatal: str | None = None
+        self._producer_fatal: str | None = None  # set by the producer's error_cb; the producer is replaced
         self._delivery = kafka_io.DeliveryTracker()
         self._last_error_log = 0.0
         self.consumer: Consumer | None = None
@@ -77,9 +78,7 @@ class Pipeline:
                            "channels": str(len(self.channels))})
         m.device_info.info({"device": str(getattr(self.detector, "device", "cpu"))})
         m.threshold.set(float(self.model.threshold.value))
-        self.producer = Producer(kafka_io.producer_config(s, on_error=self._on_kafka_error))
-        if self.exactly_once:
-            self.producer.init_transactions(s.startup_timeout_s)
+        self.producer = self._new_producer()
         self.consumer = Consumer(kafka_io.consumer_config(s, on_stats=m.on_stats, on_error=self._on_kafka_error))
         self.consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -111,9 +110,19 @@ class Pipeline:
             return 1
         return 0
 
+    def _new_producer(self) -> Producer:
+        producer = Producer(kafka_io.producer_config(self.settings, on_error=self._on_producer_error))
+        if self.exactly_once:
+            producer.init_transactions(self.settings.startup_timeout_s)
+        return producer
+
     def close(self) -> None:
         if self.producer is not None:
-            self.producer.flush(self.settings.shutdown_timeout_s)
+            try:
+                self.producer.flush(self.settings.shutdown_timeout_s)
+            except KafkaException as exc:  # a producer in a fatal state refuses to flush
+                log.warning("producer not flushed at exit: %s", exc.args[0].str())
+            self.producer = None  # destroys the client: no reconnect attempts after we are done
         if self.consumer is not None:
             self.consumer.close()  # leaves the group now, so partitions move without waiting
             self.consumer = None
@@ -125,10 +134,14 @@ class Pipeline:
     def process(self, messages: list[Message]) -> None:
         started = time.monotonic()
         batch = self.decode(messages)
-        if self.exactly_once:
-            self.producer.begin_transaction()
-        self.produce_dead_letters(batch)
-        self.score_and_alert(batch)
+        try:
+            if self.exactly_once:
+                self.producer.begin_transaction()
+            self.produce_dead_letters(batch)
+            self.score_and_alert(batch)
+        except KafkaException as exc:  # e.g. a producer that hit a fatal error between batches
+            self._recover(exc)
+            return
         if self.finish(batch):
             self.account(batch, started)
 
@@ -224,9 +237,17 @@ class Pipeline:
                 self.producer.commit_transaction()
             else:
                 self._wait_for_acks()
+                if self._producer_fatal is not None:
+                    raise _Rewind(f"the producer hit a fatal error ({self._producer_fatal})")
                 if self._delivery.failed:
                     raise _Rewind(f"{self._delivery.failed} deliveries failed ({self._delivery.first_error})")
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                try:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as exc:
+                    if exc.args[0].fatal():  # the consumer cannot go on (the producer could be replaced)
+                        self._fatal = exc.args[0].str()
+                        return False
+                    raise
         except (KafkaException, _Rewind) as exc:
             self._recover(exc)
             return False
@@ -235,7 +256,7 @@ class Pipeline:
 
     def _wait_for_acks(self) -> None:
         deadline = time.monotonic() + 10
-        while self.producer.flush(1.0) > 0:
+        while self._producer_fatal is None and self.producer.flush(1.0) > 0:
             if time.monotonic() > deadline:
                 log.warning("waiting for Kafka to acknowledge %d produced messages", len(self.producer))
                 deadline = time.monotonic() + 10
@@ -243,33 +264,61 @@ class Pipeline:
     def _recover(self, exc: Exception) -> None:
         """Undo what is not durable and go back to the committed offsets."""
         err = exc.args[0] if isinstance(exc, KafkaException) else None
-        if err is not None and err.fatal():
-            self._fatal = err.str()
-            return
         log.warning("batch not committed, rewinding to the committed offsets: %s",
                     err.str() if err is not None else exc)
-        if self.exactly_once:
+        if err is not None and err.fatal():
+            self._producer_fatal = self._producer_fatal or err.str()
+        elif self._producer_fatal is None:
             try:
-                self.producer.abort_transaction(self.settings.shutdown_timeout_s)
-            except KafkaException as abort_exc:
-                if abort_exc.args[0].fatal():
-                    self._fatal = abort_exc.args[0].str()
-                    return
-        else:
-            self._wait_for_acks()
+                if self.exactly_once:
+                    self.producer.abort_transaction(self.settings.shutdown_timeout_s)
+                else:
+                    self._wait_for_acks()
+            except KafkaException as undo_exc:
+                if undo_exc.args[0].fatal():
+                    self._producer_fatal = undo_exc.args[0].str()
+        if self._producer_fatal is not None:
+            self._replace_producer()
         self._delivery.reset()
-        self.rewind()
+        if not self.stopping:
+            self.rewind()
+
+    def _replace_producer(self) -> None:
+        """A producer in a fatal state (e.g. its transaction was aborted by the coordinator while
+        the broker was down, which fences its epoch) can do nothing more: drop it, make a new one
+        (same transactional.id, which fences the old one), and redo the batch."""
+        log.warning("the producer hit a fatal error (%s): replacing it", self._producer_fatal)
+        self._producer_fatal = None
+        try:
+            self.producer.purge()
+        except KafkaException:
+            pass
+        self.producer = None
+        while not self.stopping:
+            try:
+                self.producer = self._new_producer()
+                return
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    self._fatal = exc.args[0].str()
+                    return
+                log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
 
     def rewind(self) -> None:
         assignment = self.consumer.assignment()
         self.history.drop_partitions({tp.partition for tp in assignment})
         if not assignment:
             return
-        try:
-            committed = self.consumer.committed(assignment, timeout=30)
-        except KafkaException as exc:
-            log.warning("could not read committed offsets (%s); retrying the batch later", exc.args[0].str())
-            committed = assignment
+        # Never seek without knowing the committed offsets: the assignment's offsets are INVALID,
+        # which would seek to the beginning (redo everything) or, with 'latest', skip readings.
+        committed = None
+        while committed is None:
+            try:
+                committed = self.consumer.committed(assignment, timeout=10)
+            except KafkaException as exc:
+                if self.stopping:
+                    return  # nothing was committed past the batch: the next owner redoes it
+                log.warning("could not read committed offsets (%s); retrying", exc.args[0].str())
         for tp in committed:
             if tp.offset < 0:
                 tp.offset = -2 if self.settings.auto_offset_reset == "earliest" else -1  # BEGINNING / END
@@ -324,11 +373,17 @@ class Pipeline:
             self.metrics.forget_partition(tp.topic, tp.partition)
         self.metrics.assigned_partitions.set(0)
 
-    def _on_kafka_error(self, err: KafkaError) -> None:
+    def _on_producer_error(self, err: KafkaError) -> None:
+        self._on_kafka_error(err, replaceable=True)
+
+    def _on_kafka_error(self, err: KafkaError, replaceable: bool = False) -> None:
         kind = "fatal" if err.fatal() else ("transport" if err.code() in _TRANSPORT else "broker")
         self.metrics.errors.labels(kind=kind).inc()
         if err.fatal():
-            self._fatal = err.str()
+            if replaceable:
+                self._producer_fatal = err.str()
+            else:
+                self._fatal = err.str()
         now = time.monotonic()
         if now - self._last_error_log > 5 or err.fatal():
             self._last_error_log = now

@@ -273,7 +273,9 @@ class ProduceStats:
 
 def iso_ts(epoch: float) -> str:
     """Epoch seconds -> '2026-11-21T10:00:00.250Z' (UTC, milliseconds)."""
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = round(epoch * 1000)  # round, not truncate: distinct milliseconds stay distinct
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: list[str] | None):
@@ -337,7 +339,8 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
     channels = simulator.channel_names if values_as == "object" else None
     S, b = simulator.sensors, batch_size
     rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
-    spacing = S / rate if rate > 0 else 0.001
+    spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
+    last_ms: dict[str, int] = {}  # per sensor: the last event time sent, in ms
     t_start = time.monotonic()
     done = 0
     try:
@@ -356,12 +359,15 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
                         if delay > 0 and stop.wait(delay):
                             return stats
                     sl = slice(r * b, r * b + n)
+                    sid = simulator.sensor_ids[s]
                     if start_ts is None:
-                        now = time.time()
-                        ts = [iso_ts(now - (n - 1 - i) * spacing) for i in range(n)]
+                        # Event times strictly increase per sensor at the millisecond precision we
+                        # send, even when the loop catches up in a burst.
+                        first = max(int(time.time() * 1000) - (n - 1) * spacing_ms, last_ms.get(sid, 0) + 1)
+                        last_ms[sid] = first + (n - 1) * spacing_ms
+                        ts = [iso_ts((first + i * spacing_ms) / 1000) for i in range(n)]
                     else:
                         ts = [iso_ts(start_ts + (step0 + r * b + i) * simulator.interval) for i in range(n)]
-                    sid = simulator.sensor_ids[s]
                     send(producer, topic, sid, encode_message(sid, ts, values[s, sl], channels),
                          list(zip(ts, kinds[s, sl].tolist())), stats, on_truth)
                     done += n
