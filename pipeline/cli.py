@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentwatch",
         description="Streaming anomaly detection for sensor data on Kafka.",
+        # one line per subcommand in --help, whatever the terminal width
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=16, width=140),
     )
     parser.add_argument("--version", action="version", version=f"latentwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -240,6 +240,7 @@ class Pipeline:
                 if self._producer_fatal is not None:
                     raise _Rewind(f"the producer hit a fatal error ({self._producer_fatal})")
                 if self._delivery.failed:
+                    self.metrics.delivery_failures.inc(self._delivery.failed)
                     raise _Rewind(f"{self._delivery.failed} deliveries failed ({self._delivery.first_error})")
                 try:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
