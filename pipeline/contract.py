@@ -43,7 +43,10 @@ class Decoded:
 def parse_ts(raw) -> float:
     """ISO-8601 (a naive time is UTC) or epoch seconds -> epoch seconds."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
+        try:
+            return float(raw)
+        except OverflowError:  # a JSON integer beyond float range
+            raise ContractError("bad_timestamp", "ts is an integer beyond any date") from None
     if isinstance(raw, str):
         try:
             dt = datetime.fromisoformat(raw)
@@ -97,6 +100,10 @@ class Decoder:
             sensor_id = key.decode("utf-8", "replace")
         if not isinstance(sensor_id, str) or not sensor_id:
             raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
+        try:
+            sensor_id.encode("utf-8")  # it becomes the key of what we produce
+        except UnicodeEncodeError:
+            raise ContractError("invalid_utf8", "sensor_id holds a lone surrogate (\\ud800-\\udfff)") from None
 
         if "readings" in obj:
             readings = obj["readings"]
