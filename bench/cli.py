@@ -7,7 +7,7 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-readings", type=int, default=250, help="readings per message, batch workload (default 250)")
     p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
     p.add_argument("--batch-size", type=int, default=4096, help="pipeline batch.max_readings (default 4096)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="pipeline batch.max_wait_ms (default: the pipeline's, 20)")
     p.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the pipeline process")
     p.add_argument("--naive-readings", type=int, default=20_000, help="prefix the naive baseline reads (default 20k)")
     p.add_argument("--latency-seconds", type=float, default=15.0, help="length of the latency run (default 15)")
@@ -80,14 +82,23 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
     from bench.latency import run_latency
     from bench.naive import run_naive
     from bench.pipeline_proc import run_pipeline
-    from bench.workload import PARTITIONS, Workload, end_offsets, make_topics, produce, train_model, unique
+    from bench.workload import (
+        PARTITIONS,
+        Workload,
+        end_offsets,
+        make_topics,
+        produce,
+        train_model,
+        unique,
+    )
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
-    res = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    res = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
            "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
-           "settings": {"batch_size": args.batch_size, "torch_threads_env": args.torch_threads,
+           "settings": {"batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms,
+                        "torch_threads_env": args.torch_threads,
                         "partitions": PARTITIONS, "quick": args.quick},
            "targets": report.TARGETS, "workloads": {}}
     log(f"training the {args.model_kind} model ({args.channels} channels)")
@@ -123,7 +134,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             log(f"{name}: pipeline end to end")
             prof = work / f"profile-{name}.speedscope.json" if args.profile else None
             out["pipeline"] = run_pipeline(bootstrap, model_dir, w.topic, ends, per, work, args.batch_size,
-                                           env=env, profile_out=prof)
+                                           env=env, profile_out=prof, max_wait_ms=args.max_wait_ms)
             if prof is not None:
                 out["pipeline"]["profile"] = str(prof)
             log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
@@ -139,7 +150,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
             out["latency"] = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
                                          channels=args.channels, sensors=args.sensors, readings_per_message=per,
-                                         batch_size=args.batch_size, env=env)
+                                         batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms)
         out["verdict"] = report.verdicts(out)
         log(f"{name}: {out['verdict']}")
     res["loadavg_end"] = report.loadavg()

@@ -43,7 +43,7 @@ def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int],
 
 def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
                 sensors: int, readings_per_message: int, batch_size: int, warmup_s: float = 1.0,
-                env: dict | None = None, seed: int = SEED) -> dict:
+                env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None) -> dict:
     topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
     make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
                             dlq: (1, {})})
@@ -52,7 +52,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
     pending = list(encode_messages(sim, n_readings, readings_per_message))  # encoded before the clock starts
 
     proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
-                           batch_size=batch_size, env=env)
+                           batch_size=batch_size, max_wait_ms=max_wait_ms, env=env)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all", "enable.idempotence": True,
                   "compression.type": "lz4"})
     watcher = CommitWatcher(bootstrap, group, topic, PARTITIONS)
@@ -113,8 +113,8 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
     out = {"method": "alert LogAppendTime - input CreateTime (ms); alerts at the model's own threshold",
            "offered_readings_per_s": round(rate, 1), "achieved_readings_per_s": round(sent / produce_s, 1),
            "producer_max_behind_ms": round(behind_max * 1000, 2), "duration_s": round(produce_s, 2),
-           "readings": sent, "alerts": len(alert_src), "samples": int(len(lat)), "warmup_s": warmup_s,
-           "batch_size": batch_size, "peak_rss_bytes": rss.get("VmHWM")}
+           "readings": sent, "alerts": len(alert_src), "samples": len(lat), "warmup_s": warmup_s,
+           "batch_size": batch_size, "max_wait_ms": max_wait_ms, "peak_rss_bytes": rss.get("VmHWM")}
     if len(lat):
         out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
                     "p999_ms": float(np.percentile(lat, 99.9)), "max_ms": float(lat.max()),

@@ -35,7 +35,7 @@ def cpu_sweep(detector, sizes=BATCH_SIZES, budget_s: float = 0.5, seed: int = 0)
     rows = []
     for n in sizes:
         w = (mean + std * rng.standard_normal((n, W, C))).astype(np.float32)
-        per_s, readings_s = _rate(lambda: detector.score(w), n, budget_s)
+        per_s, readings_s = _rate(lambda w=w: detector.score(w), n, budget_s)
         rows.append({"batch": n, "readings_per_s": round(readings_s, 1), "us_per_call": round(1e6 / per_s, 2)})
     return rows
 
@@ -68,7 +68,7 @@ def gpu_overhead(detector, sizes=(1, 64, 4096, 65536), budget_s: float = 0.5) ->
         x = torch.randn(n, W, C, device="cuda")
         row = {"batch": n}
         with torch.inference_mode():
-            per_s, rs = _rate(sync(lambda: net(x)), n, budget_s)
+            per_s, rs = _rate(sync(lambda x=x: net(x)), n, budget_s)
             row["eager_us_per_call"], row["eager_readings_per_s"] = round(1e6 / per_s, 2), round(rs, 1)
         # CUDA graph: capture once on a static input, replay.
         static_x = x.clone()
@@ -86,12 +86,12 @@ def gpu_overhead(detector, sizes=(1, 64, 4096, 65536), budget_s: float = 0.5) ->
         if compiled is not None:
             try:
                 with torch.inference_mode():
-                    per_s, rs = _rate(sync(lambda: compiled(x)), n, budget_s)
+                    per_s, rs = _rate(sync(lambda x=x: compiled(x)), n, budget_s)
                 row["compiled_us_per_call"], row["compiled_readings_per_s"] = round(1e6 / per_s, 2), round(rs, 1)
             except Exception as exc:  # noqa: BLE001
                 row["compile_error"] = str(exc)[:200]
         host = np.random.default_rng(0).standard_normal((n, W, C)).astype(np.float32)
-        per_s, rs = _rate(lambda: det.score(host), n, budget_s)
+        per_s, rs = _rate(lambda host=host: det.score(host), n, budget_s)
         row["score_e2e_us_per_call"], row["score_e2e_readings_per_s"] = round(1e6 / per_s, 2), round(rs, 1)
         out["rows"].append(row)
     det.to("cpu")

@@ -29,7 +29,7 @@ class PipelineProcess:
             cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(profile_out), "-f", "speedscope",
                    "-r", "200", "--", *cmd]
         self.log_path = log_path
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.pid = self.proc.pid
@@ -121,14 +121,14 @@ def wait_for_commits(proc: PipelineProcess, watcher: CommitWatcher, ends: dict[i
 
 def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int], readings_per_message: int,
                  work: Path, batch_size: int, env: dict | None = None, profile_out: Path | None = None,
-                 timeout: float = 1200) -> dict:
+                 timeout: float = 1200, max_wait_ms: float | None = None) -> dict:
     """The whole topic through a fresh pipeline process; readings/s between the first and last commit."""
     from bench.workload import make_topics, unique
 
     alerts, dlq, group = unique("alerts"), unique("dlq"), unique("group")
     make_topics(bootstrap, {alerts: (1, {}), dlq: (1, {})})
     proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
-                           batch_size=batch_size, env=env, profile_out=profile_out)
+                           batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
     watcher = CommitWatcher(bootstrap, group, topic, len(ends))
     try:
         t_start = time.perf_counter()

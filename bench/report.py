@@ -81,16 +81,18 @@ def _n(x, digits=0) -> str:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# latentwatch benchmark ({res['started_at']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / GIB:.1f} GiB RAM; "
+             (f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_bytes'] / GIB:.1f} GiB RAM; "
              f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
              f"confluent-kafka {m['confluent_kafka']} (librdkafka {m['librdkafka']}), numpy {m['numpy']}; "
              f"Kafka {res['broker']['version']} ({res['broker']['kind']}). Load average at start/end: "
-             f"{res['loadavg_start']} / {res['loadavg_end']}.", "",
-             f"Model: {res['model']['kind']} (window {res['model']['window']}), {res['model']['channels']} channels. "
-             f"Pipeline batch.max_readings {res['settings']['batch_size']}. Command: `{res['command']}`", "",
-             "| workload | readings | bare consume r/s | consume+decode r/s | pipeline r/s | pipeline / decode (>= 0.70) "
+             f"{res['loadavg_start']} / {res['loadavg_end']}."), "",
+             (f"Model: {res['model']['kind']} (window {res['model']['window']}), {res['model']['channels']} channels. "
+             f"Pipeline batch.max_readings {res['settings']['batch_size']}, batch.max_wait_ms "
+              f"{res['settings'].get('max_wait_ms') or 'default (20)'}, torch threads "
+              f"{res['settings'].get('torch_threads_env') or 'default'}. Command: `{res['command']}`"), "",
+             ("| workload | readings | bare consume r/s | consume+decode r/s | pipeline r/s | pipeline / decode (>= 0.70) "
              "| naive r/s | pipeline / naive (>= 20) | latency offered r/s | p50 ms | p99 ms (<= 25) | p99.9 ms "
-             "| peak RSS MiB (<= 1024) |",
+             "| peak RSS MiB (<= 1024) |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, w in res["workloads"].items():
         v = w.get("verdict", {})
@@ -98,7 +100,7 @@ def markdown(res: dict) -> str:
         lat = w.get("latency") or {}
         pipe = w.get("pipeline") or {}
 
-        def mark(key, text):
+        def mark(key, text, met=met):
             return f"{text} {'✅' if met.get(key) else '❌'}"
 
         lines.append(
@@ -123,10 +125,10 @@ def markdown(res: dict) -> str:
         lines += ["", "GPU: not available on this machine (the CUDA path of `bench/model_stage.py` did not run)."]
     lines += ["", "Latency: " + next((w["latency"]["method"] for w in res["workloads"].values() if w.get("latency")), "–")
               + "; offered rate = half the pipeline's measured maximum for that workload.",
-              "Throughput: readings between the group's first and last observed offset commit, over that time "
+              ("Throughput: readings between the group's first and last observed offset commit, over that time "
               "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "
               "first fetched batch. Naive: one message at a time, one model call per reading, flush and "
-              "synchronous commit per message, on a prefix of the topic.", ""]
+              "synchronous commit per message, on a prefix of the topic."), ""]
     return "\n".join(lines)
 
 
