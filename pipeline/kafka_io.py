@@ -99,18 +99,28 @@ def check_cluster(settings: Settings) -> None:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
 
 
-def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop) -> list[Message]:
+def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
+               revoked: set | None = None) -> list[Message]:
     """Collect up to `max_messages` messages, returning at most `max_wait_s` after the first one.
 
     `consume(n, timeout)` returns early with whatever has arrived (confluent-kafka >= 2.13), so
     we keep asking until the batch is full or the deadline passes. Errors pass through to the
     caller (as messages whose `.error()` is set).
+
+    `revoked` (filled by the rebalance callbacks) names partitions revoked or lost during a
+    `consume()`: messages already in hand from them are dropped, since the partition's next owner
+    (or this consumer, re-assigned from the committed offset) reads them again.
     """
+    if revoked:
+        revoked.clear()  # revoked between batches: nothing of theirs in hand
     batch: list[Message] = []
     deadline = None
     while len(batch) < max_messages and not stop():
         timeout = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
         got = consumer.consume(max_messages - len(batch), timeout=timeout)
+        if revoked:  # a rebalance ran inside consume(): what we hold of those partitions is not ours
+            batch = [m for m in batch if (m.topic(), m.partition()) not in revoked]
+            revoked.clear()
         if got:
             batch.extend(got)
             if deadline is None:

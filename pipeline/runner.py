@@ -57,6 +57,7 @@ class Pipeline:
         self._fatal: str | None = None
         self._producer_fatal: str | None = None  # set by the producer's error_cb; the producer is replaced
         self._delivery = kafka_io.DeliveryTracker()
+        self._revoked: set = set()  # (topic, partition) revoked or lost inside consume()
         self._last_error_log = 0.0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -105,7 +106,8 @@ class Pipeline:
         try:
             while not self.stopping:
                 messages = kafka_io.accumulate(self.consumer, b.max_readings, b.max_wait_ms / 1000,
-                                               lambda: self.stopping)
+                                               lambda: self.stopping,
+                                               self._revoked)
                 messages = self._drop_consumer_errors(messages)
                 if messages:
                     self.process(messages)
@@ -370,6 +372,7 @@ class Pipeline:
     def _on_revoke(self, consumer, partitions) -> None:
         # Every processed batch is already committed when this runs (callbacks only fire inside
         # consume()), so there is nothing in flight to commit: drop the state and move on.
+        # Messages of these partitions already in hand are dropped by accumulate (`_revoked`).
         log.info("revoked %s", _fmt(partitions))
         self._forget(partitions)
 
@@ -378,6 +381,7 @@ class Pipeline:
         self._forget(partitions)
 
     def _forget(self, partitions) -> None:
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         self.history.drop_partitions({tp.partition for tp in partitions})
         for tp in partitions:
             self.metrics.forget_partition(tp.topic, tp.partition)
