@@ -103,8 +103,8 @@ def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
                revoked: set | None = None) -> list[Message]:
     """Collect up to `max_messages` messages, returning at most `max_wait_s` after the first one.
 
-    `consume(n, timeout)` returns early with whatever has arrived (confluent-kafka >= 2.13), so
-    we keep asking until the batch is full or the deadline passes. Errors pass through to the
+    After the first message, `consume(n, timeout)` may return early with whatever has arrived,
+    so we keep asking until the batch is full or the deadline passes. Errors pass through to the
     caller (as messages whose `.error()` is set).
 
     `revoked` (filled by the rebalance callbacks) names partitions revoked or lost during a
@@ -116,8 +116,16 @@ def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
     batch: list[Message] = []
     deadline = None
     while len(batch) < max_messages and not stop():
-        timeout = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
-        got = consumer.consume(max_messages - len(batch), timeout=timeout)
+        if deadline is None:
+            # The first message through poll(), which returns as soon as one is there:
+            # consume(n, t) with t <= 200 ms waits all of t unless n messages arrive, which
+            # held every batch's first readings back by up to 100 ms (p50 ~50 ms at 5k msg/s).
+            first = consumer.poll(0.1)
+            got = [] if first is None else [first]
+            if got and max_messages > 1:
+                got += consumer.consume(max_messages - 1, timeout=0)  # and what is already here
+        else:
+            got = consumer.consume(max_messages - len(batch), timeout=max(0.0, deadline - time.monotonic()))
         if revoked:  # a rebalance ran inside consume(): what we hold of those partitions is not ours
             batch = [m for m in batch if (m.topic(), m.partition()) not in revoked]
             revoked.clear()
