@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pipeline batch.max_wait_ms (default: the pipeline's, 20)")
     p.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the pipeline process")
     p.add_argument("--naive-readings", type=int, default=20_000, help="prefix the naive baseline reads (default 20k)")
+    p.add_argument("--naive-seconds", type=float, default=30.0,
+                   help="... or stop the naive baseline after this long (default 30)")
     p.add_argument("--latency-seconds", type=float, default=15.0, help="length of the latency run (default 15)")
+    p.add_argument("--latency-rate", type=float, default=None,
+                   help="offered readings/s of the latency run (default: half the measured pipeline maximum)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip: ceilings,pipeline,naive,latency,model")
     p.add_argument("--profile", action="store_true", help="run the throughput pipeline under py-spy (speedscope)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
@@ -43,6 +47,7 @@ def run(args) -> int:
     if args.quick:
         args.readings = min(args.readings, 20_000)
         args.naive_readings = min(args.naive_readings, 2_000)
+        args.naive_seconds = min(args.naive_seconds, 5.0)
         args.latency_seconds = min(args.latency_seconds, 3.0)
     if not 1 <= args.channels <= 1024:
         raise SystemExit("--channels must be positive")
@@ -138,15 +143,18 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             if prof is not None:
                 out["pipeline"]["profile"] = str(prof)
             log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
+            if "ceilings" not in skip:  # again, so a change in background load shows (the ratio uses the mean)
+                out["ceiling_decode_after"] = consume_rate(bootstrap, w.topic, ends, per, channels)
         if "naive" not in skip and det.window == 1:
-            log(f"{name}: naive baseline on the first {args.naive_readings:,} readings")
+            log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
+                f"(at most {args.naive_seconds:.0f} s)")
             alerts = unique("naive-alerts")
             make_topics(bootstrap, {alerts: (1, {})})
             out["naive"] = run_naive(bootstrap, w.topic, PARTITIONS, model_dir, alerts,
-                                     min(args.naive_readings, w.readings))
+                                     min(args.naive_readings, w.readings), args.naive_seconds)
         if "latency" not in skip:
             max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
-            rate = max_rate / 2
+            rate = args.latency_rate or max_rate / 2
             log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
             out["latency"] = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
                                          channels=args.channels, sensors=args.sensors, readings_per_message=per,

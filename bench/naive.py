@@ -13,7 +13,7 @@ from pipeline.contract import parse_ts
 
 
 def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alerts_topic: str,
-              max_readings: int) -> dict:
+              max_readings: int, max_seconds: float = 30.0) -> dict:
     from detectors.checkpoint import load
 
     model = load(model_dir, device="cpu")
@@ -30,6 +30,8 @@ def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alert
     try:
         deadline = time.monotonic() + 600
         while readings < max_readings and time.monotonic() < deadline:
+            if t0 is not None and time.perf_counter() - t0 > max_seconds:
+                break
             msg = c.poll(1.0)
             if msg is None or msg.error() is not None:
                 continue
@@ -51,5 +53,5 @@ def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alert
         elapsed = time.perf_counter() - t0
     finally:
         c.close()
-    return {"readings": readings, "messages": messages, "alerts": alerts, "seconds": round(elapsed, 3),
+    return {"readings": readings, "max_readings": max_readings, "max_seconds": max_seconds, "messages": messages, "alerts": alerts, "seconds": round(elapsed, 3),
             "readings_per_s": round(readings / elapsed, 1)}
