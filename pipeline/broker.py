@@ -150,16 +150,22 @@ def _alive(pid: int) -> bool:
 class LocalBroker:
     """One broker process bound to one state folder.
 
-    `listeners` lets tests add TLS/SASL listeners: a dict name -> (protocol, port); the
-    PLAINTEXT listener on `port` always exists and is what `bootstrap` points at.
+    `extra_listeners` lets tests add TLS/SASL listeners: a dict name -> (protocol, port), their
+    settings (keystores, SASL mechanisms) going in `extra_properties`; the PLAINTEXT listener on
+    `port` always exists and is what `bootstrap` points at. `format_args` are passed to the
+    storage format of a new data dir, e.g. `["--add-scram", "SCRAM-SHA-256=[name=u,password=p]"]`.
     """
 
     def __init__(self, state_dir: Path | str | None = None, port: int | None = None,
-                 version: str = KAFKA_VERSION, extra_properties: dict[str, str] | None = None):
+                 version: str = KAFKA_VERSION, extra_properties: dict[str, str] | None = None,
+                 extra_listeners: dict[str, tuple[str, int]] | None = None,
+                 format_args: list[str] | None = None):
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.port = port
         self.version = version
         self.extra_properties = dict(extra_properties or {})
+        self.extra_listeners = dict(extra_listeners or {})
+        self.format_args = list(format_args or [])
         self._proc: subprocess.Popen | None = None
 
     # -- paths ---------------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class LocalBroker:
             data.mkdir(parents=True, exist_ok=True)
             fmt = subprocess.run(
                 [*base_cmd, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(cfg),
-                 "--ignore-formatted"], capture_output=True, text=True,
+                 "--ignore-formatted", *self.format_args], capture_output=True, text=True,
             )
             if fmt.returncode != 0:
                 (logs / "format.log").write_text(fmt.stdout + fmt.stderr)
@@ -261,6 +267,10 @@ class LocalBroker:
             "log.cleaner.dedupe.buffer.size": "2097152",
             "auto.create.topics.enable": "true",
         }
+        for name, (protocol, listener_port) in self.extra_listeners.items():
+            props["listeners"] += f",{name}://127.0.0.1:{listener_port}"
+            props["advertised.listeners"] += f",{name}://127.0.0.1:{listener_port}"
+            props["listener.security.protocol.map"] += f",{name}:{protocol}"
         props.update(self.extra_properties)
         return props
 
