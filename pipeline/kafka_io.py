@@ -67,13 +67,25 @@ def check_cluster(settings: Settings) -> None:
     conf = settings.kafka.client_config()
     conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     conf["log_level"] = 3
-    admin = AdminClient(conf)
+    refused: list[str] = []  # authentication / TLS failures: retrying will not help
+    conf["error_cb"] = lambda err: refused.append(err.str()) if err.code() in _REFUSED else None
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # e.g. an ssl.ca.location that cannot be read
+        raise UserError(f"invalid Kafka client settings: {exc.args[0].str()}: check the kafka.ssl_* "
+                        "and kafka.sasl_* settings") from None
     deadline = time.monotonic() + settings.startup_timeout_s
     metadata = None
     while metadata is None:
         try:
             metadata = admin.list_topics(timeout=min(5.0, settings.startup_timeout_s))
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if refused:
+                raise UserError(
+                    f"Kafka at {settings.kafka.bootstrap_servers} refused us ({refused[0]}): check "
+                    "kafka.security_protocol, kafka.sasl_mechanism/sasl_username/sasl_password and "
+                    "kafka.ssl_ca_location") from None
             if time.monotonic() >= deadline:
                 raise UserError(
                     f"cannot reach Kafka at {settings.kafka.bootstrap_servers} after "
@@ -97,6 +109,11 @@ def check_cluster(settings: Settings) -> None:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+
+
+# librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+            KafkaError._UNSUPPORTED_FEATURE}
 
 
 def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
