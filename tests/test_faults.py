@@ -1,0 +1,185 @@
+"""Faults against real processes, each audited with the ledger (tests/ledger.py): the broker
+killed with SIGKILL and restarted on its data dir, the pipeline killed at random points over many
+rounds, a rebalance while batches are in flight, the input topic deleted mid-run.
+
+`LATENTWATCH_SOAK_ROUNDS=N` runs the SIGKILL rounds N times over (CI default: 6 rounds).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from .process_helpers import (
+    PrivateBroker,
+    TimelineStream,
+    settled_ledger,
+    start_pipeline,
+    stop_process,
+    topic_maker,
+    wait_drained,
+    wait_url,
+)
+from .test_pipeline_process import model_dir, scrape, wait_metric  # noqa: F401 - fixture
+
+SOAK_ROUNDS = int(os.environ.get("LATENTWATCH_SOAK_ROUNDS", "6"))
+RESULTS: dict[str, object] = {}  # figures for the report, printed at the end of the module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures():
+    yield
+    if RESULTS:
+        print("\nfault figures:", RESULTS)
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    broker = PrivateBroker(tmp_path / "broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _assert_balanced(led, n, dead=0):
+    assert len(led.inputs) == n
+    assert not led.uncommitted, f"{len(led.uncommitted)} readings never committed"
+    assert not led.lost, f"lost {len(led.lost)} readings: {sorted(led.lost)[:5]}"
+    assert len({(p, o) for p, o, _ in led.dead}) == dead
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_broker_sigkill_and_restart_mid_stream(private_broker, tmp_path, model_dir, delivery):  # noqa: F811
+    """SIGKILL the broker while traffic flows, keep it down a few seconds, restart it on the same
+    data dir and port: the same pipeline process carries on by itself and the ledger balances."""
+    bs = private_broker.bootstrap
+    s = TimelineStream(topic_maker(bs))
+    producer = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5, "log_level": 0})
+    n = 6000
+    s.produce(producer, n // 2, seed=1, bad_every=500)
+    log = tmp_path / "run.log"
+    proc = start_pipeline(bs, s, model_dir, log, "--delivery", delivery)
+    try:
+        url = wait_url(proc, log)
+        wait_metric(url, "latentwatch_batches_total", 2)
+        feeder = threading.Thread(target=s.produce, args=(producer, n // 2),
+                                  kwargs={"seed": 2, "bad_every": 500, "per_second": 600})
+        feeder.start()
+        time.sleep(1.0)
+        private_broker.kill()
+        outage_start = log.stat().st_size
+        time.sleep(4)
+        assert proc.poll() is None, "the pipeline died while the broker was down"
+        scored_during = scrape(url, "latentwatch_readings_scored_total")
+        private_broker.start()
+        feeder.join(timeout=120)
+        assert not feeder.is_alive()
+        wait_drained(bs, s, proc=proc)
+        assert proc.poll() is None
+        assert scrape(url, "latentwatch_readings_scored_total") > scored_during  # resumed, same process
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    outage_log = log.read_text()[outage_start:]
+    assert "Traceback" not in outage_log
+    del producer
+    led = settled_ledger(s, bs)
+    _assert_balanced(led, n, dead=n // 500)
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"broker_kill_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, make_topic, producer, model_dir,  # noqa: F811
+                                                            tmp_path, delivery):
+    """SOAK_ROUNDS rounds of: start the pipeline, SIGKILL it at a random moment (during start-up,
+    assignment, a batch, a commit), while traffic flows; then one clean run drains the rest."""
+    s = TimelineStream(make_topic)
+    rounds = SOAK_ROUNDS
+    n = 2500 * rounds
+    feeder = threading.Thread(target=s.produce, args=(producer, n),
+                              kwargs={"bad_every": 400, "per_second": 1200})
+    feeder.start()
+    seed = int(os.environ.get("LATENTWATCH_SOAK_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"\nSIGKILL rounds: seed {seed} (LATENTWATCH_SOAK_SEED={seed} repeats the kill times)")
+    rng = np.random.default_rng(seed)
+    log = tmp_path / "run.log"
+    killed_after_batches = []
+    try:
+        for r in range(rounds):
+            proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+            url = wait_url(proc, log)
+            if r % 3:  # two rounds in three: mid-stream (batches, commits); else during start-up
+                wait_metric(url, "latentwatch_batches_total", 1, timeout=120)
+            time.sleep(float(rng.uniform(0.0, 1.5)))
+            try:
+                killed_after_batches.append(scrape(url, "latentwatch_batches_total"))
+            except OSError:
+                killed_after_batches.append(-1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+    finally:
+        feeder.join(timeout=300)
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, s, proc=proc)
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    led = settled_ledger(s, kafka_bootstrap)
+    _assert_balanced(led, n, dead=len(s.bad))
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    else:
+        assert led.duplicates <= rounds * 200  # at most the batch in flight per kill
+    RESULTS[f"sigkill_rounds_{delivery}"] = {"rounds": rounds, "readings": n, "lost": len(led.lost),
+                                             "duplicates": led.duplicates,
+                                             "batches_at_kill": killed_after_batches, "seed": seed}
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                          delivery):
+    """A second instance joins while the first is mid-batch (slow batches: a long max wait and
+    paced traffic), then leaves: nothing lost, and no reading scored twice (clean hand-overs)."""
+    s = TimelineStream(make_topic)
+    n = 8000
+    slow = ("--delivery", delivery, "--max-wait-ms", "400")
+    feeder = threading.Thread(target=s.produce, args=(producer, n), kwargs={"bad_every": 300, "per_second": 500})
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_pipeline(kafka_bootstrap, s, model_dir, log_a, *slow)
+    b = None
+    try:
+        url_a = wait_url(a, log_a)
+        feeder.start()
+        wait_metric(url_a, "latentwatch_batches_total", 3)
+        for _ in range(2):  # join, leave, join, leave
+            b = start_pipeline(kafka_bootstrap, s, model_dir, log_b, *slow)
+            url_b = wait_url(b, log_b)
+            wait_metric(url_b, "latentwatch_assigned_partitions", 1)
+            time.sleep(1.5)  # a few of its slow batches
+            assert stop_process(b) == 0
+        feeder.join(timeout=120)
+        wait_drained(kafka_bootstrap, s, proc=a)
+        assert stop_process(a) == 0
+    finally:
+        stop_process(a)
+        if b is not None:
+            stop_process(b)
+    assert "revoked" in log_a.read_text()  # the rebalance did happen to A
+    led = settled_ledger(s, kafka_bootstrap)
+    _assert_balanced(led, n, dead=len(s.bad))
+    RESULTS[f"rebalance_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
+    assert led.duplicates == 0, f"{led.duplicates} readings processed twice across the rebalances"
