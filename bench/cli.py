@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-seconds", type=float, default=15.0, help="length of the latency run (default 15)")
     p.add_argument("--latency-rate", type=float, default=None,
                    help="offered readings/s of the latency run (default: half the measured pipeline maximum)")
+    p.add_argument("--latency-fractions", default="0.5",
+                   help="comma-separated fractions of the measured maximum to offer; the first is the headline "
+                        "(default 0.5; e.g. 0.5,0.25,0.1 for a sweep)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip: ceilings,pipeline,naive,latency,model")
     p.add_argument("--profile", action="store_true", help="run the throughput pipeline under py-spy (speedscope)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
@@ -154,11 +157,19 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
                                      min(args.naive_readings, w.readings), args.naive_seconds)
         if "latency" not in skip:
             max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
-            rate = args.latency_rate or max_rate / 2
-            log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
-            out["latency"] = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
-                                         channels=args.channels, sensors=args.sensors, readings_per_message=per,
-                                         batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms)
+            fractions = [float(f) for f in args.latency_fractions.split(",") if f.strip()]
+            rates = [args.latency_rate] if args.latency_rate else [f * max_rate for f in fractions]
+            sweep = []
+            for rate in rates:
+                log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
+                lat = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
+                                  channels=args.channels, sensors=args.sensors, readings_per_message=per,
+                                  batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms)
+                lat["fraction_of_max"] = round(rate / max_rate, 3)
+                sweep.append(lat)
+            out["latency"] = sweep[0]
+            if len(sweep) > 1:
+                out["latency_sweep"] = sweep
         out["verdict"] = report.verdicts(out)
         log(f"{name}: {out['verdict']}")
     res["loadavg_end"] = report.loadavg()

@@ -83,6 +83,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
         ends = end_offsets(bootstrap, topic)
         wait_for_commits(proc, watcher, ends, timeout=max(120.0, 4 * duration))
         rss = proc.peak_rss_bytes()
+        own = proc.scrape()
     finally:
         watcher.close()
         proc.stop()
@@ -117,7 +118,8 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
            "offered_readings_per_s": round(rate, 1), "achieved_readings_per_s": round(sent / produce_s, 1),
            "producer_max_behind_ms": round(behind_max * 1000, 2), "duration_s": round(produce_s, 2),
            "readings": sent, "alerts": len(alert_src), "samples": len(lat), "warmup_s": warmup_s,
-           "batch_size": batch_size, "max_wait_ms": max_wait_ms, "peak_rss_bytes": rss.get("VmHWM")}
+           "batch_size": batch_size, "max_wait_ms": max_wait_ms, "peak_rss_bytes": rss.get("VmHWM"),
+           "pipeline_metrics": own}
     if len(lat):
         out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
                     "p999_ms": float(np.percentile(lat, 99.9)), "max_ms": float(lat.max()),

@@ -103,9 +103,19 @@ def run(model_dir: str, sizes=BATCH_SIZES, budget_s: float = 0.5) -> dict:
 
     model = load(model_dir, device="cpu")
     det = model.detector
-    return {"model": {"kind": det.kind, "window": det.window, "channels": len(det.channels)},
-            "torch_threads": torch.get_num_threads(), "cpu": cpu_sweep(det, sizes, budget_s),
-            "gpu": gpu_overhead(det, budget_s=budget_s)}
+    default = torch.get_num_threads()
+    out = {"model": {"kind": det.kind, "window": det.window, "channels": len(det.channels)},
+           "torch_threads": 1, "torch_default_threads": default}
+    try:  # one thread, as the pipeline scores on CPU; then torch's default when that is more
+        torch.set_num_threads(1)
+        out["cpu"] = cpu_sweep(det, sizes, budget_s)
+        if default > 1:
+            torch.set_num_threads(default)
+            out["cpu_default_threads"] = cpu_sweep(det, sizes, budget_s)
+    finally:
+        torch.set_num_threads(default)
+    out["gpu"] = gpu_overhead(det, budget_s=budget_s)
+    return out
 
 
 def main(argv=None) -> int:

@@ -78,6 +78,41 @@ class PipelineProcess:
         self._log.close()
         return rc
 
+    def scrape(self) -> dict:
+        """A few of the pipeline's own metrics (its /metrics address is in its log)."""
+        import re
+        import urllib.request
+
+        m = re.search(r"metrics: (http://\S+)", self.log_path.read_text())
+        if not m:
+            return {}
+        try:
+            text = urllib.request.urlopen(m.group(1), timeout=5).read().decode()
+        except OSError:
+            return {}
+        values: dict = {}
+        for line in text.splitlines():
+            if line.startswith("latentwatch_") and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        get = values.get
+        batches = get("latentwatch_batches_total") or 0
+        out = {"batches": batches,
+               "mean_readings_per_batch": round(get("latentwatch_batch_size_readings_sum", 0) / batches, 1) if batches else None,
+               "mean_batch_seconds": round(get("latentwatch_batch_duration_seconds_sum", 0) / batches, 5) if batches else None,
+               "mean_inference_seconds": round(get("latentwatch_inference_duration_seconds_sum", 0) / batches, 5)
+               if batches else None,
+               "alerts": sum(v for k, v in values.items() if k.startswith("latentwatch_alerts_total")),
+               "dead_letters": sum(v for k, v in values.items() if k.startswith("latentwatch_dead_letters_total"))}
+        buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in values.items()
+                         if k.startswith("latentwatch_end_to_end_latency_seconds_bucket") and "+Inf" not in k)
+        total = get("latentwatch_end_to_end_latency_seconds_count") or 0
+        if total:  # upper bounds of the buckets holding the quantiles (the histogram's resolution)
+            for q in (0.5, 0.99, 0.999):
+                out[f"e2e_histogram_p{str(q * 100).rstrip('0').rstrip('.').replace('.', '')}_le_s"] = next(
+                    (le for le, v in buckets if v >= q * total), None)
+        return out
+
     def tail(self, n: int = 2000) -> str:
         return self.log_path.read_text()[-n:]
 
@@ -136,6 +171,7 @@ def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int
         t_assigned = time.perf_counter()
         res = wait_for_commits(proc, watcher, ends, timeout)
         rss = proc.peak_rss_bytes()
+        own = proc.scrape()
     finally:
         watcher.close()
         rc = proc.stop()
@@ -150,4 +186,5 @@ def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int
             "seconds_start_to_last_commit": round(res["last_t"] - t_start, 3),
             "readings_per_s": round(offsets * readings_per_message / span, 1), "rate_method": method,
             "peak_rss_bytes": rss.get("VmHWM"), "rss_at_end_bytes": rss.get("VmRSS"), "exit_code": rc,
-            "alerts_topic": alerts, "group": group, "env": env or {}}
+            "alerts_topic": alerts, "group": group, "env": env or {},
+            "pipeline_metrics": own}

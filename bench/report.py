@@ -116,11 +116,24 @@ def markdown(res: dict) -> str:
             f"| {_n(lat.get('offered_readings_per_s'))} | {_n(lat.get('p50_ms'), 1)} "
             f"| {mark('p99_latency_ms', _n(lat.get('p99_ms'), 1))} | {_n(lat.get('p999_ms'), 1)} "
             f"| {mark('peak_rss_bytes', _n((pipe.get('peak_rss_bytes') or 0) / (1 << 20), 0))} |")
+    sweeps = [(name, w["latency_sweep"]) for name, w in res["workloads"].items() if w.get("latency_sweep")]
+    if sweeps:
+        lines += ["", "Latency against offered rate:", "",
+                  "| workload | fraction of max | offered r/s | p50 ms | p99 ms | p99.9 ms | samples |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {x['fraction_of_max']} | {_n(x['offered_readings_per_s'])} | {_n(x.get('p50_ms'), 1)} "
+                  f"| {_n(x.get('p99_ms'), 1)} | {_n(x.get('p999_ms'), 1)} | {x['samples']} |"
+                  for name, sweep in sweeps for x in sweep]
     ms = res.get("model_stage") or {}
     if ms.get("cpu"):
-        lines += ["", f"Model stage alone (`detector.score`, CPU, {ms['torch_threads']} torch threads):", "",
-                  "| batch | readings/s | µs per call |", "|---:|---:|---:|"]
-        lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} |" for r in ms["cpu"]]
+        other = {r["batch"]: r for r in ms.get("cpu_default_threads") or []}
+        d = ms.get("torch_default_threads")
+        lines += ["", "Model stage alone (`detector.score` on random windows, CPU):", "",
+                  (f"| batch | readings/s (1 thread, as the pipeline) | µs per call | readings/s ({d} threads) "
+                  "| µs per call |"), "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} "
+                  f"| {_n(other.get(r['batch'], {}).get('readings_per_s'))} "
+                  f"| {_n(other.get(r['batch'], {}).get('us_per_call'), 1)} |" for r in ms["cpu"]]
     gpu = ms.get("gpu") or {}
     if gpu.get("available"):
         lines += ["", f"GPU ({gpu['device']}), µs per call: eager / CUDA graph / torch.compile / score() end to end:", ""]
