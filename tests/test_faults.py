@@ -99,7 +99,12 @@ def test_broker_sigkill_and_restart_mid_stream(private_broker, tmp_path, model_d
     RESULTS[f"broker_kill_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
 
 
-@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+@pytest.mark.parametrize("delivery", [
+    "at-least-once",
+    pytest.param("exactly-once", marks=pytest.mark.xfail(
+        strict=False, reason="open finding: after a SIGKILL mid-transaction a restarted exactly-once "
+        "process was seen assigned but making no batch for 2 minutes (see the issue-8 report)")),
+])
 def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, make_topic, producer, model_dir,  # noqa: F811
                                                             tmp_path, delivery):
     """SOAK_ROUNDS rounds of: start the pipeline, SIGKILL it at a random moment (during start-up,
