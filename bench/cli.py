@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated fractions of the measured maximum to offer; the first is the headline "
                         "(default 0.5; e.g. 0.5,0.25,0.1 for a sweep)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip: ceilings,pipeline,naive,latency,model")
-    p.add_argument("--profile", action="store_true", help="run the throughput pipeline under py-spy (speedscope)")
+    p.add_argument("--profile", action="store_true", help="run the pipeline processes under py-spy (speedscope files in the work dir)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     p.add_argument("--stem", default="latest", help="results file name stem (default latest)")
     p.add_argument("--work-dir", default=None, help="keep models, logs and profiles here (default: a temp dir)")
@@ -164,7 +164,9 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
                 log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
                 lat = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
                                   channels=args.channels, sensors=args.sensors, readings_per_message=per,
-                                  batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms)
+                                  batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms,
+                                  profile_out=work / f"profile-latency-{name}-{rate:.0f}.speedscope.json"
+                                  if args.profile else None)
                 lat["fraction_of_max"] = round(rate / max_rate, 3)
                 sweep.append(lat)
             out["latency"] = sweep[0]

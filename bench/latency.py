@@ -43,7 +43,8 @@ def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int],
 
 def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
                 sensors: int, readings_per_message: int, batch_size: int, warmup_s: float = 1.0,
-                env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None) -> dict:
+                env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None,
+                profile_out: Path | None = None) -> dict:
     topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
     make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
                             dlq: (1, {})})
@@ -52,7 +53,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
     pending = list(encode_messages(sim, n_readings, readings_per_message))  # encoded before the clock starts
 
     proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
-                           batch_size=batch_size, max_wait_ms=max_wait_ms, env=env)
+                           batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all", "enable.idempotence": True,
                   "compression.type": "lz4"})
     watcher = CommitWatcher(bootstrap, group, topic, PARTITIONS)

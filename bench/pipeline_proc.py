@@ -25,9 +25,9 @@ class PipelineProcess:
                "--group-id", group, "--metrics-port", "0", "--batch-size", str(batch_size), "--device", "cpu"]
         if max_wait_ms is not None:
             cmd += ["--max-wait-ms", str(max_wait_ms)]
-        if profile_out is not None:  # py-spy must be installed in the environment
+        if profile_out is not None:  # py-spy must be installed in the environment; --idle: waits show too
             cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(profile_out), "-f", "speedscope",
-                   "-r", "200", "--", *cmd]
+                   "-r", "200", "--idle", "--", *cmd]
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
