@@ -79,6 +79,7 @@ class TopicSettings(BaseModel):
 class BatchSettings(BaseModel):
     max_readings: int = Field(4096, ge=1, description="score when this many readings are in hand")
     max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
+    max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="... or when this many bytes of messages are in hand")
     max_message_bytes: int = Field(1_000_000, ge=64, description="larger messages are dead letters")
     max_future_s: float = Field(86_400.0, ge=0, description="event times further ahead are dead letters")
 

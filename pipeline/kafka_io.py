@@ -116,13 +116,14 @@ _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENT
             KafkaError._UNSUPPORTED_FEATURE}
 
 
-def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
+def accumulate(consumer: Consumer, max_messages: int, max_bytes: int, max_wait_s: float, stop,
                revoked: set | None = None) -> list[Message]:
-    """Collect up to `max_messages` messages, returning at most `max_wait_s` after the first one.
+    """Collect up to `max_messages` messages or `max_bytes` of values, returning at most
+    `max_wait_s` after the first one arrived.
 
     After the first message, `consume(n, timeout)` may return early with whatever has arrived,
-    so we keep asking until the batch is full or the deadline passes. Errors pass through to the
-    caller (as messages whose `.error()` is set).
+    so we keep asking until the batch is full or the deadline passes. The byte cap bounds batches of
+    many-reading messages. Errors pass through (as messages whose `.error()` is set).
 
     `revoked` (filled by the rebalance callbacks) names partitions revoked or lost during a
     `consume()`: messages already in hand from them are dropped, since the partition's next owner
@@ -131,8 +132,9 @@ def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
     if revoked:
         revoked.clear()  # revoked between batches: nothing of theirs in hand
     batch: list[Message] = []
+    size = 0
     deadline = None
-    while len(batch) < max_messages and not stop():
+    while len(batch) < max_messages and size < max_bytes and not stop():
         if deadline is None:
             # The first message through poll(), which returns as soon as one is there:
             # consume(n, t) with t <= 200 ms waits all of t unless n messages arrive, which
@@ -148,6 +150,7 @@ def accumulate(consumer: Consumer, max_messages: int, max_wait_s: float, stop,
             revoked.clear()
         if got:
             batch.extend(got)
+            size += sum(len(m) for m in got)
             if deadline is None:
                 deadline = time.monotonic() + max_wait_s
         if deadline is not None and time.monotonic() >= deadline:

@@ -102,11 +102,11 @@ class Pipeline:
             # against librdkafka's threads and the broker for the same cores (on 2 shared cores:
             # 1.8x the end-to-end throughput; see bench/). OMP_NUM_THREADS overrides.
             torch.set_num_threads(1)
-        # Messages may carry many readings; cap messages per batch at the readings target.
+        # A message may carry many readings: batches are capped in messages and in bytes.
         try:
             while not self.stopping:
-                messages = kafka_io.accumulate(self.consumer, b.max_readings, b.max_wait_ms / 1000,
-                                               lambda: self.stopping,
+                messages = kafka_io.accumulate(self.consumer, b.max_readings, b.max_bytes,
+                                               b.max_wait_ms / 1000, lambda: self.stopping,
                                                self._revoked)
                 messages = self._drop_consumer_errors(messages)
                 if messages:

@@ -48,13 +48,13 @@ class Ledger:
 def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str, latent_topic: str,
                  dead_topic: str, alerts_topic: str, partitions: int, read_committed: bool = True) -> Ledger:
     led = Ledger(inputs)
-    for m in read_topic(bootstrap, latent_topic, timeout=15, read_committed=read_committed):
+    for m in read_topic(bootstrap, latent_topic, timeout=60, read_committed=read_committed):
         src = json.loads(m.value())["source"]
         led.scored[(src["partition"], src["offset"], src["index"])] += 1
-    for m in read_topic(bootstrap, dead_topic, timeout=5, read_committed=read_committed):
+    for m in read_topic(bootstrap, dead_topic, timeout=60, read_committed=read_committed):
         h = dict(m.headers())
         led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1
-    for m in read_topic(bootstrap, alerts_topic, timeout=5, read_committed=read_committed):
+    for m in read_topic(bootstrap, alerts_topic, timeout=60, read_committed=read_committed):
         src = json.loads(m.value())["source"]
         led.alerts[(src["partition"], src["offset"], src["index"])] += 1
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})

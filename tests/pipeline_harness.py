@@ -58,25 +58,32 @@ def counter(metrics, name: str, **labels) -> float:
     return 0.0 if value is None else value
 
 
-def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 20.0,
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0,
                read_committed: bool = True) -> list:
-    """All messages of `topic` (waits for `expected`, or until `timeout` with nothing new)."""
+    """All messages of `topic`: read until `expected` arrived or, without it, until the end.
+
+    "The end" is every partition's position at its high watermark. For a read_committed reader
+    that also means no transaction is left open before it (a killed producer's transaction holds
+    readers back until the broker aborts it), so nothing committed can still be on its way.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "enable.auto.commit": False,
                   "isolation.level": "read_committed" if read_committed else "read_uncommitted"})
-    c.subscribe([topic])
+    partitions = c.list_topics(topic, timeout=10).topics[topic].partitions
+    tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+    c.assign(tps)
     out = []
     deadline = time.monotonic() + timeout
-    idle_since = time.monotonic()
     while time.monotonic() < deadline:
-        msgs = c.consume(1000, timeout=0.5)
-        good = [m for m in msgs if m.error() is None]
-        out.extend(good)
-        if good:
-            idle_since = time.monotonic()
-        if expected is not None and len(out) >= expected:
-            break
-        if expected is None and out and time.monotonic() - idle_since > 3:
+        out.extend(m for m in c.consume(1000, timeout=0.5) if m.error() is None)
+        if expected is not None:
+            if len(out) >= expected:
+                break
+            continue
+        highs = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        if all(tp.offset >= highs[tp.partition] for tp in c.position(tps)):
             break
     c.close()
     return out

@@ -57,10 +57,12 @@ class Stream:
         self.anomalies: set = set()
         self._lock = threading.Lock()
 
-    def produce(self, producer, n, seed=0, anomaly_every=97, bad_every=0):
+    def produce(self, producer, n, seed=0, anomaly_every=97, bad_every=0, rate=None, stop=None):
+        """Produce up to `n` readings (at `rate` readings/s if given) until `stop` is set."""
         rng = np.random.default_rng(seed)
         values = normal_values(rng, n)
         now = time.time()
+        started = time.monotonic()
 
         def on_delivery(err, msg, anomalous=False):
             assert err is None, err
@@ -70,6 +72,10 @@ class Stream:
                     self.anomalies.add((msg.partition(), msg.offset(), 0))
 
         for i in range(n):
+            if stop is not None and stop.is_set():
+                break
+            if rate and i % 100 == 0:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
             sensor = f"s{i % 16}"
             v = values[i].copy()
             anomalous = anomaly_every and i % anomaly_every == 5
@@ -77,7 +83,8 @@ class Stream:
                 v[i % 4] += 12.0
             body = json.dumps({"sensor_id": sensor, "ts": now - n + i, "values": v.tolist()}).encode()
             if bad_every and i % bad_every == 3:
-                body = b"\x00garbage"
+                body = b"\x00garbage"  # a dead letter, not an anomaly to alert on
+                anomalous = False
             producer.produce(self.input, body, key=sensor.encode(),
                              on_delivery=lambda e, m, a=anomalous: on_delivery(e, m, a))
             if i % 500 == 0:
@@ -176,18 +183,24 @@ def test_unreachable_broker_at_start_gives_up_clearly(model_dir):
 def test_sigkill_mid_stream_loses_nothing(kafka_bootstrap, make_topic, producer, model_dir, delivery):
     """Kill -9 the pipeline at random points while traffic flows; restart; audit every reading."""
     s = Stream(make_topic)
-    n, kills = 12_000, 3
-    feeder = threading.Thread(target=s.produce, args=(producer, n), kwargs={"bad_every": 500})
-    feeder.start()
+    kills = int(os.environ.get("LATENTWATCH_SOAK_ROUNDS", "3"))
+    n = 1_000_000
+    feeding = threading.Event()
+    feeder = threading.Thread(target=s.produce, args=(producer, n),
+                              kwargs={"bad_every": 500, "rate": 1500, "stop": feeding})
+    feeder.start()  # traffic flows through every round, so each kill lands mid-stream
     rng = np.random.default_rng(7)
     for _ in range(kills):
         proc = start_run(kafka_bootstrap, s, model_dir, "--delivery", delivery)
         url = metrics_url(proc)
+        wait_metric(url, "latentwatch_assigned_partitions", 1)
         wait_metric(url, "latentwatch_batches_total", 1)
-        time.sleep(float(rng.uniform(0.0, 0.8)))
+        time.sleep(float(rng.uniform(0.0, 1.5)))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+    feeding.set()
     feeder.join()
+    n = len(s.refs)
     proc = start_run(kafka_bootstrap, s, model_dir, "--delivery", delivery)
     url = metrics_url(proc)
     deadline = time.monotonic() + 120
@@ -200,7 +213,7 @@ def test_sigkill_mid_stream_loses_nothing(kafka_bootstrap, make_topic, producer,
     assert len(led.inputs) == n
     assert not led.uncommitted, f"{len(led.uncommitted)} readings never committed"
     assert not led.lost, f"lost {len(led.lost)} readings"
-    assert len(led.dead) == n // 500
+    assert len(led.dead) == len(range(3, n, 500))
     assert not led.missing_alerts(s.anomalies)
     if delivery == "exactly-once":
         assert led.duplicates == 0
@@ -249,4 +262,4 @@ def test_two_processes_share_partitions_and_process_each_reading_once(kafka_boot
     assert scored_a > 0 and scored_b > 0 and scored_a + scored_b == 4000
     led = s.ledger(kafka_bootstrap)
     assert len(led.scored) == 4000 and led.duplicates == 0 and not led.lost and not led.uncommitted
-    assert len(read_topic(kafka_bootstrap, s.alerts, timeout=5)) >= len(s.anomalies)
+    assert len(read_topic(kafka_bootstrap, s.alerts)) >= len(s.anomalies)

@@ -32,7 +32,7 @@ def normal_values(rng, n):
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, check=False,
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -58,7 +58,7 @@ def pipeline_process(tmp_path):
 
     def start(*args: str) -> subprocess.Popen:
         log = open(tmp_path / f"run-{len(started)}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *args], cwd=ROOT, check=False,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *args], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc.log_path = tmp_path / f"run-{len(started)}.log"
         started.append(proc)
