@@ -266,8 +266,6 @@ class LocalBroker:
             "group.initial.rebalance.delay.ms": "0",
             "log.cleaner.dedupe.buffer.size": "2097152",
             "auto.create.topics.enable": "true",
-            # abort a killed producer's timed-out transaction within a second, not ten
-            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         }
         for name, (protocol, listener_port) in self.extra_listeners.items():
             props["listeners"] += f",{name}://127.0.0.1:{listener_port}"

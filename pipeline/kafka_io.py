@@ -40,7 +40,38 @@ def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
     return conf
 
 
-def producer_config(settings: Settings, on_error=None) -> dict:
+class TransactionalId:
+    """A transactional.id that a restarted process takes over from the one that died.
+
+    Processes of one group on one host claim the lowest free slot 0, 1, 2 ... through an advisory
+    file lock, which the kernel releases when a process dies. A restart (after a crash too)
+    claims the same slot, so `init_transactions` fences the dead process and aborts its open
+    transaction at once, instead of every reader of its outputs, and the committed offsets of
+    its partitions, waiting for that transaction to time out. Concurrent processes get
+    different slots, so they never fence each other.
+    """
+
+    def __init__(self, group_id: str):
+        import fcntl
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), "latentwatch-txn")
+        os.makedirs(folder, exist_ok=True)
+        safe_group = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in group_id)
+        for slot in range(4096):
+            handle = open(os.path.join(folder, f"{safe_group}.{slot}.lock"), "w")  # noqa: SIM115 - held
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            self._handle = handle  # the lock lives as long as this object
+            self.value = f"latentwatch-{group_id}-{socket.gethostname()}-{slot}"
+            return
+        raise UserError(f"no free transactional.id slot in {folder}")
+
+
+def producer_config(settings: Settings, on_error=None, transactional_id: str | None = None) -> dict:
     conf = settings.kafka.client_config()
     conf.update({
         "enable.idempotence": True,
@@ -50,10 +81,10 @@ def producer_config(settings: Settings, on_error=None) -> dict:
         "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
     })
     if settings.delivery == "exactly-once":
-        # Unique per process; zombies are fenced through the consumer group metadata (KIP-447).
-        # A killed process leaves its open transaction behind, which holds back read_committed
-        # readers until it times out: our transactions last one batch, so keep the timeout short.
-        conf["transactional.id"] = f"latentwatch-{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+        # See TransactionalId; kafka.producer may still set its own. A transaction lasts one
+        # batch, so a short timeout bounds how long a dead process's transaction can hold
+        # readers back when no restart takes its id over.
+        conf["transactional.id"] = transactional_id or f"latentwatch-{settings.group_id}-{os.getpid()}"
         conf["transaction.timeout.ms"] = 10_000
     conf.update(settings.kafka.producer)
     if on_error is not None:
@@ -141,10 +172,15 @@ def accumulate(consumer: Consumer, max_messages: int, max_bytes: int, max_wait_s
             # held every batch's first readings back by up to 100 ms (p50 ~50 ms at 5k msg/s).
             first = consumer.poll(0.1)
             got = [] if first is None else [first]
-            if got and max_messages > 1:
-                got += consumer.consume(max_messages - 1, timeout=0)  # and what is already here
+            if got and max_messages > 1:  # and what is already here, within the byte budget
+                room = max(1, int(max_bytes / max(len(first), 1)) - 1)
+                got += consumer.consume(min(max_messages - 1, room), timeout=0)
         else:
-            got = consumer.consume(max_messages - len(batch), timeout=max(0.0, deadline - time.monotonic()))
+            # Ask for no more messages than the byte budget has room for, at the average size
+            # seen so far: one consume() of many-reading messages could otherwise overshoot it.
+            room = max(1, int((max_bytes - size) * len(batch) / max(size, 1)))
+            got = consumer.consume(min(max_messages - len(batch), room),
+                                   timeout=max(0.0, deadline - time.monotonic()))
         if revoked:  # a rebalance ran inside consume(): what we hold of those partitions is not ours
             batch = [m for m in batch if (m.topic(), m.partition()) not in revoked]
             revoked.clear()

@@ -57,6 +57,7 @@ class Pipeline:
         self._fatal: str | None = None
         self._producer_fatal: str | None = None  # set by the producer's error_cb; the producer is replaced
         self._delivery = kafka_io.DeliveryTracker()
+        self._transactional_id: kafka_io.TransactionalId | None = None  # exactly-once only
         self._revoked: set = set()  # (topic, partition) revoked or lost inside consume()
         self._last_error_log = 0.0
         self.consumer: Consumer | None = None
@@ -122,7 +123,11 @@ class Pipeline:
         return 0
 
     def _new_producer(self) -> Producer:
-        producer = Producer(kafka_io.producer_config(self.settings, on_error=self._on_producer_error))
+        if self.exactly_once and self._transactional_id is None:
+            self._transactional_id = kafka_io.TransactionalId(self.settings.group_id)
+        txn_id = self._transactional_id.value if self._transactional_id else None
+        producer = Producer(kafka_io.producer_config(self.settings, on_error=self._on_producer_error,
+                                                     transactional_id=txn_id))
         if self.exactly_once:
             producer.init_transactions(self.settings.startup_timeout_s)
         return producer
@@ -244,8 +249,8 @@ class Pipeline:
         offsets = [TopicPartition(t, p, o) for (t, p), o in kafka_io.next_offsets(batch.messages).items()]
         try:
             if self.exactly_once:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata())
-                self.producer.commit_transaction()
+                self._bounded(self._commit_transaction, self.producer, offsets,
+                              self.consumer.consumer_group_metadata())
             else:
                 self._wait_for_acks()
                 if self._producer_fatal is not None:
@@ -265,6 +270,37 @@ class Pipeline:
             return False
         self.metrics.commits.inc()
         return True
+
+    def _commit_transaction(self, producer: Producer, offsets, group_metadata) -> None:
+        timeout = self.settings.shutdown_timeout_s
+        producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+        producer.commit_transaction(timeout)
+
+    def _bounded(self, call, *args) -> None:
+        """Run a transactional call with a hard time limit.
+
+        librdkafka's send_offsets_to_transaction was seen blocking far past its timeout when the
+        broker died mid-transaction. A call that does not return in time leaves its producer
+        behind (a new one with the same transactional.id fences it) and the batch is redone.
+        """
+        outcome: list = []
+
+        def target():
+            try:
+                call(*args)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=target, name="transaction", daemon=True)
+        worker.start()
+        worker.join(self.settings.shutdown_timeout_s + 5)
+        if worker.is_alive():
+            self._producer_fatal = "a transactional call did not return in time"
+            self.producer = None  # abandoned to its stuck call; replaced in _recover
+            raise _Rewind(self._producer_fatal)
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
 
     def _wait_for_acks(self) -> None:
         deadline = time.monotonic() + 10
@@ -287,8 +323,9 @@ class Pipeline:
                 else:
                     self._wait_for_acks()
             except KafkaException as undo_exc:
-                if undo_exc.args[0].fatal():
-                    self._producer_fatal = undo_exc.args[0].str()
+                # Fatal, or a transaction that would not abort in time: either way this producer
+                # cannot be trusted with the next batch; a new one with the same id fences it.
+                self._producer_fatal = undo_exc.args[0].str()
         if self._producer_fatal is not None:
             self._replace_producer()
         self._delivery.reset()
@@ -301,10 +338,11 @@ class Pipeline:
         (same transactional.id, which fences the old one), and redo the batch."""
         log.warning("the producer hit a fatal error (%s): replacing it", self._producer_fatal)
         self._producer_fatal = None
-        try:
-            self.producer.purge()
-        except KafkaException:
-            pass
+        if self.producer is not None:
+            try:
+                self.producer.purge()
+            except KafkaException:
+                pass
         self.producer = None
         while not self.stopping:
             try:

@@ -96,6 +96,20 @@ class Stream:
                             self.partitions, read_committed)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Whatever a test started is killed when it ends, passed or failed."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def start_run(bootstrap, stream: Stream, model_dir, *extra) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", model_dir, "--bootstrap", bootstrap,
            "--input-topic", stream.input, "--alerts-topic", stream.alerts, "--dead-letter-topic", stream.dead,
@@ -104,7 +118,9 @@ def start_run(bootstrap, stream: Stream, model_dir, *extra) -> subprocess.Popen:
     # A killed member holds its partitions until its session times out: keep that short here.
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                LATENTWATCH_KAFKA__CONSUMER='{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}')
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    _STARTED.append(proc)
+    return proc
 
 
 def metrics_url(proc: subprocess.Popen, timeout=60) -> str:
