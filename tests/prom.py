@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from .process_helpers import stop_process
+
 PROMETHEUS = shutil.which("prometheus")
 needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus missing: `make system-deps` (Debian package prometheus)"
@@ -97,13 +99,8 @@ class Prometheus:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=15)
         if getattr(self, "_log", None):
             self._log.close()
 

@@ -29,6 +29,8 @@ from pipeline.subscribers import (
 )
 from tests.prom import free_port
 
+from .process_helpers import stop_process
+
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
@@ -109,13 +111,7 @@ class Alertmanager:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, timeout=15)
         self._log.close()
 
 
