@@ -62,7 +62,11 @@ def parse_ts(raw) -> float:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds -> '2026-11-21T10:00:00.250Z'. Rounds (not truncates) to the millisecond,
+    so distinct milliseconds stay distinct."""
+    ms = round(ts * 1000)
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(microsecond=(ms % 1000) * 1000)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

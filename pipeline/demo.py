@@ -162,31 +162,24 @@ def _create_input_topic(settings, partitions: int) -> None:
     admin.create_topics([NewTopic(settings.topics.input, partitions, 1)])[settings.topics.input].result(30)
 
 
-def _value(pipeline, name, **labels) -> float:
-    v = pipeline.metrics.registry.get_sample_value(name, labels or None)
-    return v or 0.0
+def _metric(metrics, name: str) -> float:
+    """Sum of every sample of `name` (all label values) in the pipeline's registry."""
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
 
 
 def _status(pipeline, stream, alerts, elapsed) -> None:
-    scored = _value(pipeline, "latentwatch_readings_scored_total")
-    dead = sum(s.value for s in _samples(pipeline, "latentwatch_dead_letters_total"))
+    scored = _metric(pipeline.metrics, "latentwatch_readings_scored_total")
+    dead = _metric(pipeline.metrics, "latentwatch_dead_letters_total")
     out(f"[{elapsed:5.0f}s] produced {stream.stats.readings:,}  scored {scored:,.0f} ({scored / elapsed:,.0f}/s)"
         f"  alerts {len(alerts):,}  dead letters {dead:.0f}")
-
-
-def _samples(pipeline, name):
-    for metric in pipeline.metrics.registry.collect():
-        for s in metric.samples:
-            if s.name == name:
-                yield s
 
 
 def _drain(pipeline, expected_readings: int, timeout: float) -> None:
     """Wait until the pipeline has handled everything produced (scored, warming up or dead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = _value(pipeline, "latentwatch_readings_consumed_total") + sum(
-            s.value for s in _samples(pipeline, "latentwatch_dead_letters_total"))
+        done = (_metric(pipeline.metrics, "latentwatch_readings_consumed_total")
+                + _metric(pipeline.metrics, "latentwatch_dead_letters_total"))
         if done >= expected_readings:
             return
         time.sleep(0.2)
@@ -223,7 +216,7 @@ class _AlertWatcher(threading.Thread):
             f"(threshold {alert['threshold']:.3f})  top: {top}")
 
     def stop(self, expect) -> None:
-        want = _value_of(expect, "latentwatch_alerts_total")
+        want = _metric(expect, "latentwatch_alerts_total")
         deadline = time.monotonic() + 10
         while len(self.sink) < want and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -232,19 +225,15 @@ class _AlertWatcher(threading.Thread):
         self.consumer.close()
 
 
-def _value_of(metrics, name) -> float:
-    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
-
-
 def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) -> None:
     m = pipeline.metrics
     ev = evaluate(truth, alerts, tolerance=opts.window - 1)
     p50, p99 = (_histogram_quantile(m.registry, "latentwatch_end_to_end_latency_seconds", q) for q in (0.5, 0.99))
     out("\n=== latentwatch demo summary ===")
     out(f"ran {elapsed:.0f} s; readings produced {stats.delivered_readings:,}, "
-        f"scored {_value(pipeline, 'latentwatch_readings_scored_total'):,.0f}, "
-        f"warming up {_value(pipeline, 'latentwatch_readings_warming_up_total'):,.0f}")
-    out(f"dead letters {_value_of(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
+        f"scored {_metric(m, 'latentwatch_readings_scored_total'):,.0f}, "
+        f"warming up {_metric(m, 'latentwatch_readings_warming_up_total'):,.0f}")
+    out(f"dead letters {_metric(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
     out(f"anomalies injected {ev.events} (events), alerted {ev.detected}: recall {ev.recall:.3f}")
     out(f"alerts {ev.alerts}: precision {ev.precision:.3f} (an alert is right when it falls on an injected "
         f"anomaly or within {opts.window - 1} readings after it)")

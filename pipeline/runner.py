@@ -194,10 +194,11 @@ class Pipeline:
         counts = np.fromiter((len(v) for v in batch.values), np.int64, len(batch.values))
         values = np.concatenate(batch.values)
         ts = np.concatenate(batch.ts)
+        starts = np.cumsum(counts) - counts  # first reading of each message
         msg_of = np.repeat(np.arange(len(batch.valid)), counts)
-        pos_in_msg = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pos_in_msg = np.arange(len(values)) - np.repeat(starts, counts)
 
-        keys, groups = self._group_by_sensor(batch, msg_of)
+        keys, groups = self._group_by_sensor(batch, starts, counts)
         windows, scored_idx = self.history.windows(keys, groups, values)
         if len(scored_idx) == 0:
             return
@@ -223,15 +224,13 @@ class Pipeline:
         if self.settings.topics.latent:
             self._produce_latent(batch, scores, scored_idx, msg_of, pos_in_msg, ts)
 
-    def _group_by_sensor(self, batch: Batch, msg_of: np.ndarray):
+    def _group_by_sensor(self, batch: Batch, starts: np.ndarray, counts: np.ndarray):
         """Reading indices per (partition, sensor), in offset order (for windowed models)."""
         if self.detector.window == 1:
             return [], []
-        starts = np.searchsorted(msg_of, np.arange(len(batch.valid)))
-        ends = np.append(starts[1:], len(msg_of))
         by_key: dict = {}
         for m, (msg, sensor_id) in enumerate(batch.valid):
-            by_key.setdefault((msg.partition(), sensor_id), []).append(np.arange(starts[m], ends[m]))
+            by_key.setdefault((msg.partition(), sensor_id), []).append(np.arange(starts[m], starts[m] + counts[m]))
         return list(by_key), [np.concatenate(v) for v in by_key.values()]
 
     def _produce_latent(self, batch, scores, scored_idx, msg_of, pos_in_msg, ts) -> None:

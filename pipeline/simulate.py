@@ -27,9 +27,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
+
+from pipeline.contract import iso
 
 KINDS = ("spike", "level_shift", "drift", "stuck", "correlation_break", "noise_burst")
 NORMAL = "normal"
@@ -271,11 +272,7 @@ class ProduceStats:
     elapsed_s: float = 0.0
 
 
-def iso_ts(epoch: float) -> str:
-    """Epoch seconds -> '2026-11-21T10:00:00.250Z' (UTC, milliseconds)."""
-    ms = round(epoch * 1000)  # round, not truncate: distinct milliseconds stay distinct
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+iso_ts = iso  # epoch seconds -> ISO-8601 UTC with milliseconds (the contract's formatter)
 
 
 def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: list[str] | None):

@@ -62,3 +62,18 @@ def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str,
         led.committed[tp.partition] = max(tp.offset, 0)
     c.close()
     return led
+
+
+def committed_lag(bootstrap: str, topic: str, group: str, partitions: int) -> int:
+    """Messages of `topic` past `group`'s committed offsets (-1 when the broker does not answer)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        lag = 0
+        for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10):
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            lag += high - max(tp.offset, 0)
+        return lag
+    except Exception:  # noqa: BLE001 - broker restarting
+        return -1
+    finally:
+        c.close()

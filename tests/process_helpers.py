@@ -14,11 +14,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.broker import LocalBroker, free_port
 
+from .ledger import committed_lag
 from .test_pipeline_process import Stream, normal_values
 
 FAST_GROUP = '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}'
@@ -73,21 +73,6 @@ def stop_process(proc: subprocess.Popen, timeout: float = 40) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait(timeout=30)
-
-
-def committed_lag(bootstrap: str, topic: str, group: str, partitions: int) -> int:
-    """Messages of `topic` past `group`'s committed offsets (-1 when the broker does not answer)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
-    try:
-        lag = 0
-        for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10):
-            _, high = c.get_watermark_offsets(tp, timeout=10)
-            lag += high - max(tp.offset, 0)
-        return lag
-    except Exception:  # noqa: BLE001 - broker restarting
-        return -1
-    finally:
-        c.close()
 
 
 def wait_drained(bootstrap: str, stream, timeout: float = 180, proc: subprocess.Popen | None = None) -> None:

@@ -15,6 +15,7 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     m = re.search(r"anomalies injected (\d+) \(events\), alerted (\d+): recall ([\d.]+)", out)
     assert m, out
     events, alerted, recall = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    assert abs(alerted / events - recall) < 1e-3  # the summary is consistent with itself
     assert events >= 5 and recall >= 0.9, out
     sent = int(re.search(r"malformed messages sent: (\d+)", out).group(1))
     dead = int(re.search(r"^dead letters (\d+) \(malformed", out, re.M).group(1))

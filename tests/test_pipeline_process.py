@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
-from .ledger import build_ledger
+from .ledger import build_ledger, committed_lag
 from .pipeline_harness import read_topic
 
 CH = ["c0", "c1", "c2", "c3"]
@@ -220,7 +220,7 @@ def test_sigkill_mid_stream_loses_nothing(kafka_bootstrap, make_topic, producer,
     proc = start_run(kafka_bootstrap, s, model_dir, "--delivery", delivery)
     url = metrics_url(proc)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and build_committed_lag(s, kafka_bootstrap) > 0:
+    while time.monotonic() < deadline and committed_lag(kafka_bootstrap, s.input, s.group, s.partitions) > 0:
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=40) == 0
@@ -235,18 +235,6 @@ def test_sigkill_mid_stream_loses_nothing(kafka_bootstrap, make_topic, producer,
         assert led.duplicates == 0
     else:
         assert led.duplicates <= kills * 200  # at most one batch (200 messages) per kill
-
-
-def build_committed_lag(s: Stream, bootstrap) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": s.group})
-    lag = 0
-    for tp in c.committed([TopicPartition(s.input, p) for p in range(s.partitions)], timeout=10):
-        _, high = c.get_watermark_offsets(tp, timeout=10)
-        lag += high - max(tp.offset, 0)
-    c.close()
-    return lag
 
 
 def test_two_processes_share_partitions_and_process_each_reading_once(kafka_bootstrap, make_topic, producer,
