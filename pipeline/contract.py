@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Event times outside [TS_MIN, now + max_future] are out of contract (reason "bad_timestamp").
@@ -38,6 +40,37 @@ class Decoded:
     sensor_id: str
     values: np.ndarray
     ts: np.ndarray
+
+
+@dataclass
+class DecodedBatch:
+    """The outcome of `Decoder.decode_many`: the valid messages' readings, concatenated in input
+    order, and the reason of every invalid one."""
+
+    index: list[int]  # position in the input of each valid message
+    sensor_ids: list[str]  # of each valid message
+    counts: np.ndarray  # [m] readings per valid message
+    values: np.ndarray  # [n, channels] float32, n = counts.sum()
+    ts: np.ndarray  # [n] epoch seconds
+    errors: list[tuple[int, ContractError]]  # (position in the input, why)
+
+
+def loads(value: bytes):
+    """Parse JSON bytes: orjson (3-4x the stdlib's speed) on the fast path; what orjson refuses
+    (invalid UTF-8, NaN/Infinity literals, lone surrogates, numbers beyond float range) goes
+    through the stdlib, so the reasons stay the stdlib's: invalid_utf8, not_json, non_finite."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError("invalid_utf8", f"byte {exc.start} is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ContractError("not_json", str(exc)[:200]) from None
 
 
 def parse_ts(raw) -> float:
@@ -84,18 +117,93 @@ class Decoder:
         self._by_name = getter if len(self.channels) > 1 else (lambda d: (getter(d),))
 
     def decode(self, value: bytes | None, key: bytes | None, now: float) -> Decoded:
+        """One message. The run loop decodes whole batches with `decode_many` (same outcome)."""
+        sensor_id, rows, ts_raw = self._parse(value, key)
+        values = self._to_array(rows)  # numbers first, then times: the order decides the reason
+        return Decoded(sensor_id, values, self._times(ts_raw, now))
+
+    def decode_many(self, items: Iterable[tuple[bytes | None, bytes | None]], now: float) -> DecodedBatch:
+        """Decode a micro-batch of (value, key). Each message is parsed and checked on its own;
+        the numbers and times of all of them are then converted and checked in one go, which is
+        most of the saving on one-reading messages. Should that fail (a bad number or time
+        somewhere), the messages are converted one by one to find the culprits."""
+        index, sensor_ids, counts, errors = [], [], [], []
+        rows_all: list = []
+        ts_all: list[float] = []
+        one_by_one = False
+        for i, (value, key) in enumerate(items):
+            try:
+                sensor_id, rows, ts_list = self._parse(value, key)
+            except ContractError as err:
+                errors.append((i, err))
+                continue
+            try:
+                ts_list = [parse_ts(t) for t in ts_list]
+            except ContractError:  # which reason comes first is for the one-by-one path to say
+                one_by_one = True
+            # A message of JSON booleans only is out of contract, but in a batch numpy would read
+            # them as 0/1 (so would it a boolean among numbers, alone or not: that stays so).
+            one_by_one = one_by_one or type(rows[0][0]) is bool
+            index.append(i)
+            sensor_ids.append(sensor_id)
+            counts.append(len(rows))
+            rows_all.extend(rows)
+            ts_all.extend(ts_list)
+        counts_arr = np.array(counts, dtype=np.int64)
+        converted = None if one_by_one or not index else self._convert_all(rows_all, ts_all, counts_arr, now)
+        if converted is not None or not index:
+            values, ts = converted or (np.empty((0, len(self.channels)), np.float32), np.empty(0))
+            return DecodedBatch(index, sensor_ids, counts_arr, values, ts, errors)
+        return self._convert_one_by_one(index, sensor_ids, counts, rows_all, ts_all, errors, now)
+
+    def _convert_all(self, rows, ts_list, counts, now):
+        """All readings at once; None when any message breaks the contract."""
+        try:
+            arr = np.array(rows)
+        except (ValueError, OverflowError):
+            return None
+        if arr.dtype.kind not in "iuf" or arr.ndim != 2 or not np.abs(arr).max() <= FLOAT32_MAX:
+            return None
+        ts = np.array(ts_list, dtype=np.float64)
+        if not (ts.min() >= TS_MIN and ts.max() <= now + self.max_future_s):  # NaN fails too
+            return None
+        if len(ts) > len(counts):  # some message holds several readings: strictly increasing?
+            rising = np.diff(ts) > 0
+            rising[np.cumsum(counts)[:-1] - 1] = True  # from one message to the next: no rule
+            if not rising.all():
+                return None
+        return arr.astype(np.float32), ts
+
+    def _convert_one_by_one(self, index, sensor_ids, counts, rows_all, ts_all, errors, now) -> DecodedBatch:
+        keep_index, keep_ids, keep_counts, values, times = [], [], [], [], []
+        start = 0
+        for i, sensor_id, k in zip(index, sensor_ids, counts):
+            try:
+                v = self._to_array(rows_all[start:start + k])
+                t = self._times(ts_all[start:start + k], now)
+            except ContractError as err:
+                errors.append((i, err))
+            else:
+                keep_index.append(i)
+                keep_ids.append(sensor_id)
+                keep_counts.append(k)
+                values.append(v)
+                times.append(t)
+            start += k
+        errors.sort(key=lambda e: e[0])
+        if not values:
+            return DecodedBatch([], [], np.zeros(0, np.int64), np.empty((0, len(self.channels)), np.float32),
+                                np.empty(0), errors)
+        return DecodedBatch(keep_index, keep_ids, np.array(keep_counts, dtype=np.int64),
+                            np.concatenate(values), np.concatenate(times), errors)
+
+    def _parse(self, value: bytes | None, key: bytes | None) -> tuple[str, list, list]:
+        """Structure and sensor id of one message: (sensor_id, rows of numbers, raw times)."""
         if value is None:
             raise ContractError("schema", "message has no value (tombstone)")
         if len(value) > self.max_message_bytes:
             raise ContractError("too_large", f"{len(value)} bytes > limit {self.max_message_bytes}")
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ContractError("invalid_utf8", f"byte {exc.start} is not UTF-8") from None
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ContractError("not_json", str(exc)[:200]) from None
+        obj = loads(value)
         if not isinstance(obj, dict):
             raise ContractError("schema", f"expected a JSON object, got {type(obj).__name__}")
 
@@ -126,17 +234,20 @@ class Decoder:
                                 else "schema", f"missing key {exc}") from None
         except TypeError:
             raise ContractError("schema", "each reading must be an object with 'ts' and 'values'") from None
-        values = self._to_array(rows)
+        return sensor_id, rows, ts_raw
+
+    def _times(self, ts_raw: list, now: float) -> np.ndarray:
+        """Raw event times (or already parsed ones: parse_ts keeps a float as it is) -> array."""
         ts_list = [parse_ts(t) for t in ts_raw]
         latest = now + self.max_future_s
-        # Plain comparisons, not numpy reductions (most of the decode time on one-reading
-        # messages): NaN fails both, so it is out of contract like +-Inf.
+        # Plain comparisons, not numpy reductions (cheaper on one-reading messages): NaN fails
+        # both, so it is out of contract like +-Inf.
         if not all(TS_MIN <= t <= latest for t in ts_list):
             raise ContractError("bad_timestamp", "event time before 2000 or too far in the future")
         ts = np.array(ts_list, dtype=np.float64)
         if len(ts) > 1 and np.any(np.diff(ts) <= 0):
             raise ContractError("late", "readings of a batch must be in strictly increasing time order")
-        return Decoded(sensor_id, values, ts)
+        return ts
 
     def _row(self, values):
         if isinstance(values, dict):

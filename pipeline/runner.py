@@ -4,10 +4,15 @@ letters, wait for the broker to acknowledge them, then commit the batch's offset
 Nothing is committed before everything it produced is acknowledged (at-least-once), or the
 outputs and offsets go in one Kafka transaction (exactly-once). After a failed delivery or
 commit the consumer rewinds to its committed offsets and the batch is processed again.
+
+At-least-once commits are asynchronous, so the next batch is gathered while the commit travels;
+it is settled (confirmed, or redone synchronously) before the next batch produces anything, on
+a revoke and at close. A crash therefore redoes at most one batch's outputs.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -35,10 +40,15 @@ class Batch:
     messages: list[Message]
     dead: list[tuple[Message, ContractError]] = field(default_factory=list)
     valid: list[tuple[Message, str]] = field(default_factory=list)  # (message, sensor id)
-    values: list[np.ndarray] = field(default_factory=list)
-    ts: list[np.ndarray] = field(default_factory=list)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # readings per valid message
+    values: np.ndarray | None = None  # [readings, channels] of the valid messages, in order
+    ts: np.ndarray | None = None  # [readings] event times
     scores: np.ndarray | None = None  # of the readings scored (the rest are warming up)
     alert_severities: list[str] = field(default_factory=list)
+
+    @property
+    def n_readings(self) -> int:
+        return 0 if self.ts is None else len(self.ts)
 
 
 class Pipeline:
@@ -59,6 +69,7 @@ class Pipeline:
         self._delivery = kafka_io.DeliveryTracker()
         self._transactional_id: kafka_io.TransactionalId | None = None  # exactly-once only
         self._revoked: set = set()  # (topic, partition) revoked or lost inside consume()
+        self._unconfirmed: dict[tuple[str, int], int] = {}  # async commit not yet confirmed
         self._last_error_log = 0.0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -83,7 +94,8 @@ class Pipeline:
         m.device_info.info({"device": str(getattr(self.detector, "device", "cpu"))})
         m.threshold.set(float(self.model.threshold.value))
         self.producer = self._new_producer()
-        self.consumer = Consumer(kafka_io.consumer_config(s, on_stats=m.on_stats, on_error=self._on_kafka_error))
+        self.consumer = Consumer(kafka_io.consumer_config(s, on_stats=m.on_stats, on_error=self._on_kafka_error,
+                                                          on_commit=self._on_commit))
         self.consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         if s.metrics.port is not None:
@@ -91,6 +103,11 @@ class Pipeline:
             log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_server.server_port)
         log.info("consuming %s as group %s (%s, model %s on %s)", s.topics.input, s.group_id, s.delivery,
                  self.model.name, getattr(self.detector, "device", "cpu"))
+        # torch, numpy and the clients leave ~200k long-lived objects, and a full collection walks
+        # them all (~70 ms on 2 cores): a pause every few seconds under load, straight into the
+        # latency tail. Frozen, they are skipped; the collector still sees what the loop makes.
+        gc.collect()
+        gc.freeze()
 
     def run(self) -> int:
         """The loop. Returns 0 after a clean stop, 1 after a fatal Kafka error."""
@@ -140,6 +157,10 @@ class Pipeline:
                 log.warning("producer not flushed at exit: %s", exc.args[0].str())
             self.producer = None  # destroys the client: no reconnect attempts after we are done
         if self.consumer is not None:
+            try:
+                self._settle_commit()
+            except KafkaException as exc:  # the next owner redoes the last batch
+                log.warning("last commit not confirmed at exit: %s", exc.args[0].str())
             self.consumer.close()  # leaves the group now, so partitions move without waiting
             self.consumer = None
         if self.metrics_server is not None:
@@ -153,6 +174,8 @@ class Pipeline:
         try:
             if self.exactly_once:
                 self.producer.begin_transaction()
+            else:
+                self._settle_commit()  # the previous batch's, before this one produces anything
             self.produce_dead_letters(batch)
             self.score_and_alert(batch)
         except KafkaException as exc:  # e.g. a producer that hit a fatal error between batches
@@ -162,24 +185,32 @@ class Pipeline:
             self.account(batch, started)
 
     def decode(self, messages: list[Message]) -> Batch:
-        batch = Batch(messages)
-        now = time.time()
+        """Decode the batch in one go (pipeline.contract), then hold each message against its
+        sensor's last reading (late policy) in offset order."""
+        d = self.decoder.decode_many([(msg.value(), msg.key()) for msg in messages], time.time())
+        dead = [(i, err) for i, err in d.errors]
+        ends = np.cumsum(d.counts)
+        firsts, lasts = d.ts[ends - d.counts].tolist(), d.ts[ends - 1].tolist()
         late_policy_dlq = self.settings.late_policy == "dead-letter"
-        for msg in messages:
-            try:
-                d = self.decoder.decode(msg.value(), msg.key(), now)
-                key = (msg.partition(), d.sensor_id)
-                if late_policy_dlq and self.history.is_late(key, float(d.ts[0])):
-                    raise ContractError("late", f"event time {iso(float(d.ts[0]))} is not after the "
-                                                f"sensor's last reading")
-            except ContractError as err:
-                batch.dead.append((msg, err))
+        keep = np.ones(len(d.index), dtype=bool)
+        valid = []
+        for j, (i, sensor_id) in enumerate(zip(d.index, d.sensor_ids)):
+            msg = messages[i]
+            key = (msg.partition(), sensor_id)
+            if late_policy_dlq and self.history.is_late(key, firsts[j]):
+                dead.append((i, ContractError("late", f"event time {iso(firsts[j])} is not after the "
+                                                      "sensor's last reading")))
+                keep[j] = False
                 continue
-            self.history.advance(key, float(d.ts[-1]))
-            batch.valid.append((msg, d.sensor_id))
-            batch.values.append(d.values)
-            batch.ts.append(d.ts)
-        return batch
+            self.history.advance(key, lasts[j])
+            valid.append((msg, sensor_id))
+        values, ts, counts = d.values, d.ts, d.counts
+        if not keep.all():
+            rows = np.repeat(keep, counts)
+            values, ts, counts = values[rows], ts[rows], counts[keep]
+        dead.sort(key=lambda e: e[0])  # dead letters in offset order
+        return Batch(messages, [(messages[i], err) for i, err in dead], valid, counts,
+                     values if len(ts) else None, ts if len(ts) else None)
 
     def produce_dead_letters(self, batch: Batch) -> None:
         topic = self.settings.topics.dead_letter
@@ -191,9 +222,7 @@ class Pipeline:
         """Score every reading of the batch in one model call; produce alerts."""
         if not batch.valid:
             return
-        counts = np.fromiter((len(v) for v in batch.values), np.int64, len(batch.values))
-        values = np.concatenate(batch.values)
-        ts = np.concatenate(batch.ts)
+        counts, values, ts = batch.counts, batch.values, batch.ts
         starts = np.cumsum(counts) - counts  # first reading of each message
         msg_of = np.repeat(np.arange(len(batch.valid)), counts)
         pos_in_msg = np.arange(len(values)) - np.repeat(starts, counts)
@@ -258,7 +287,8 @@ class Pipeline:
                     self.metrics.delivery_failures.inc(self._delivery.failed)
                     raise _Rewind(f"{self._delivery.failed} deliveries failed ({self._delivery.first_error})")
                 try:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                    self.consumer.commit(offsets=offsets, asynchronous=True)  # settled later
+                    self._unconfirmed = {(tp.topic, tp.partition): tp.offset for tp in offsets}
                 except KafkaException as exc:
                     if exc.args[0].fatal():  # the consumer cannot go on (the producer could be replaced)
                         self._fatal = exc.args[0].str()
@@ -269,6 +299,22 @@ class Pipeline:
             return False
         self.metrics.commits.inc()
         return True
+
+    def _settle_commit(self) -> None:
+        """Make sure the last asynchronous commit took: confirmed by on_commit (served by the
+        consume() calls since), or else committed again, synchronously (idempotent)."""
+        if not self._unconfirmed:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._unconfirmed.items()]
+        self.consumer.commit(offsets=offsets, asynchronous=False)
+        self._unconfirmed = {}
+
+    def _on_commit(self, err, partitions) -> None:
+        if err is not None:
+            return  # stays unconfirmed: _settle_commit commits it again, or raises
+        for tp in partitions:
+            if tp.error is None and self._unconfirmed.get((tp.topic, tp.partition)) == tp.offset:
+                del self._unconfirmed[(tp.topic, tp.partition)]
 
     def _commit_transaction(self, producer: Producer, offsets, group_metadata) -> None:
         timeout = self.settings.shutdown_timeout_s
@@ -380,7 +426,7 @@ class Pipeline:
         """Count what this committed batch did (a rewound batch is counted when redone)."""
         m = self.metrics
         now = time.time()
-        n_readings = sum(len(v) for v in batch.values)
+        n_readings = batch.n_readings
         scored = 0 if batch.scores is None else len(batch.scores)
         for _, err in batch.dead:
             m.dead_letters.labels(reason=err.reason).inc()
@@ -396,8 +442,8 @@ class Pipeline:
         m.batch_size.observe(n_readings)
         kafka_ts = np.fromiter((msg.timestamp()[1] for msg in batch.messages), np.float64, len(batch.messages))
         observe_many(m.e2e_latency, now - kafka_ts[kafka_ts > 0] / 1000.0)
-        if batch.ts:
-            m.processing_delay.set(max(0.0, now - max(float(t[-1]) for t in batch.ts)))
+        if batch.n_readings:
+            m.processing_delay.set(max(0.0, now - float(batch.ts.max())))
         m.last_batch.set(now)
         m.batch_seconds.observe(time.monotonic() - started)
 
@@ -407,14 +453,20 @@ class Pipeline:
         self.metrics.assigned_partitions.set(len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # Every processed batch is already committed when this runs (callbacks only fire inside
-        # consume()), so there is nothing in flight to commit: drop the state and move on.
-        # Messages of these partitions already in hand are dropped by accumulate (`_revoked`).
+        # Every processed batch is acknowledged and its commit sent when this runs (callbacks only
+        # fire inside consume()): settle that commit, then drop the state and move on. Messages
+        # of these partitions already in hand are dropped by accumulate (`_revoked`).
         log.info("revoked %s", _fmt(partitions))
+        try:
+            self._settle_commit()
+        except KafkaException as exc:  # the next owner redoes the last batch: a duplicate, no loss
+            log.warning("last commit not confirmed before the revoke: %s", exc.args[0].str())
+            self._unconfirmed = {}
         self._forget(partitions)
 
     def _on_lost(self, consumer, partitions) -> None:
         log.warning("lost %s (not committing)", _fmt(partitions))
+        self._unconfirmed = {}
         self._forget(partitions)
 
     def _forget(self, partitions) -> None:

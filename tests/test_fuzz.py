@@ -185,6 +185,79 @@ def test_valid_messages_decode_to_finite_float32(case):
     assert d.values.shape == (k, n)
 
 
+def _one_by_one(decoder: Decoder, items):
+    """The reference for decode_many: decode() per message."""
+    out = []
+    for value, key in items:
+        try:
+            out.append(decoder.decode(value, key, NOW))
+        except ContractError as err:
+            out.append(err.reason)
+    return out
+
+
+@st.composite
+def one_flaw(draw):
+    """A valid message with one number or one time replaced: it parses, then fails (or not) on
+    the conversion that decode_many does for the whole batch at once."""
+    obj, _ = draw(valid_messages(4))
+    readings = obj.get("readings", [obj])
+    r = draw(st.sampled_from(readings))
+    if draw(st.booleans()):
+        r["ts"] = draw(st.one_of(timestamps, st.just(readings[0]["ts"])))  # bad, or out of order
+    else:
+        vals = r["values"]
+        slot = draw(st.sampled_from(list(vals) if isinstance(vals, dict) else list(range(len(vals)))))
+        vals[slot] = draw(scalars)
+    return encode(obj)
+
+
+message_mix = st.one_of(
+    valid_messages(4).map(lambda t: encode(t[0])),  # mostly valid, so the all-at-once path runs
+    valid_messages(4).map(lambda t: encode(t[0])),
+    valid_messages(4).map(lambda t: encode(t[0])),
+    one_flaw(),
+    near_valid.map(encode),
+    st.binary(max_size=60),
+)
+
+
+@FUZZ
+@given(st.lists(st.tuples(message_mix, st.one_of(st.none(), st.just(b"key"))), max_size=12))
+def test_decode_many_agrees_with_decoding_one_by_one(items):
+    """The run loop decodes a whole batch at once; each message must fare exactly as it would alone:
+    same reason when out of contract, same numbers and times when valid, input order kept."""
+    decoder = DECODERS[4]
+    expected = _one_by_one(decoder, items)
+    got = decoder.decode_many(items, NOW)
+    assert [(i, e.reason) for i, e in got.errors] == [(i, r) for i, r in enumerate(expected) if isinstance(r, str)]
+    valid = [d for d in expected if not isinstance(d, str)]
+    assert got.index == [i for i, r in enumerate(expected) if not isinstance(r, str)]
+    assert got.sensor_ids == [d.sensor_id for d in valid]
+    assert got.counts.tolist() == [len(d.ts) for d in valid]
+    assert got.values.dtype == np.float32 and got.values.shape == (int(got.counts.sum()), 4)
+    if valid:
+        np.testing.assert_array_equal(got.values, np.concatenate([d.values for d in valid]))
+        np.testing.assert_array_equal(got.ts, np.concatenate([d.ts for d in valid]))
+
+
+def test_decode_many_finds_the_one_bad_message_among_good_ones():
+    """A batch whose all-at-once conversion fails falls back to one by one: only the culprit is out."""
+    good = [json.dumps({"sensor_id": f"s{i}", "ts": 1.7e9 + i, "values": [i, 1, 2, 3]}).encode() for i in range(5)]
+    bad = {
+        "non_finite": b'{"sensor_id":"x","ts":1.7e9,"values":[NaN,1,2,3]}',
+        "schema": b'{"sensor_id":"x","ts":1.7e9,"values":[true,false,true,false]}',
+        "bad_timestamp": b'{"sensor_id":"x","ts":12,"values":[1,2,3,4]}',
+        "late": b'{"sensor_id":"x","readings":[{"ts":1.7e9,"values":[1,2,3,4]},{"ts":1.6e9,"values":[1,2,3,4]}]}',
+    }
+    for reason, raw in bad.items():
+        items = [(v, None) for v in good[:2] + [raw] + good[2:]]
+        got = DECODERS[4].decode_many(items, NOW)
+        assert [(i, e.reason) for i, e in got.errors] == [(2, reason)]
+        assert got.index == [0, 1, 3, 4, 5]
+        np.testing.assert_array_equal(got.values[:, 0], [0, 1, 2, 3, 4])
+
+
 def test_known_poison_messages_are_contract_errors():
     """Fixed corpus: each of these once could (or easily could) escape as another exception."""
     corpus = [
