@@ -4,7 +4,8 @@ Method: a fresh input topic (8 partitions) and an alerts topic with
 `message.timestamp.type=LogAppendTime`, so each alert carries the broker's append time: when
 the broker wrote it, i.e. its acknowledgement less the response's trip back (sub-millisecond
 on localhost). The bench produces pre-encoded messages at a steady rate (librdkafka
-`linger.ms=1`); a reading's Kafka timestamp is its message's CreateTime (set at produce()).
+`linger.ms=1`, woken every 0.5 ms at most); a reading's Kafka timestamp is its message's
+CreateTime, set to the time the message was scheduled (so the generator's own delays count).
 Latency of an alert = alert LogAppendTime - CreateTime of the input message it names in
 `source` (partition, offset). Every alert the model raises at its real threshold is a sample
 (~1-2 % of readings: the simulator's anomalies plus the 0.99-quantile threshold's false
@@ -24,6 +25,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from bench.pipeline_proc import CommitWatcher, PipelineProcess, wait_for_commits
 from bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
 from pipeline.simulate import SensorSimulator
+
+MIN_SLEEP_S = 0.0005  # the load generator's pacing granularity
 
 
 def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
@@ -65,19 +68,24 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
         t0 = time.perf_counter()
         sent = 0
         for key, value, k in pending:
-            due = t0 + sent / rate
-            now = time.perf_counter()
+            due = sent / rate  # seconds after t0 at which this message is scheduled
+            now = time.perf_counter() - t0
             if due > now:
-                time.sleep(due - now)
+                # Sleep at least MIN_SLEEP_S and send what fell due meanwhile in one go: a wake-up
+                # per message would cost the generator most of a core at these rates (on the
+                # 2 cores it shares with the broker and the pipeline it measures).
+                time.sleep(max(due - now, MIN_SLEEP_S))
+                p.poll(0)
             else:
                 behind_max = max(behind_max, now - due)
             while True:
                 try:
-                    p.produce(topic, value, key)
+                    # The timestamp is the scheduled time, not the produce() call: time a message
+                    # waits because the generator slept or fell behind counts as latency.
+                    p.produce(topic, value, key, timestamp=int((t0_wall + due) * 1000))
                     break
                 except BufferError:
                     p.poll(0.001)
-            p.poll(0)
             sent += k
         produce_s = time.perf_counter() - t0
         p.flush(60)
