@@ -94,6 +94,20 @@ def parse_ts(raw) -> float:
     raise ContractError("schema", f"ts must be a string or a number, not {type(raw).__name__}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_times(raw: list) -> list[float]:
+    """parse_ts over the readings of a message, with a fast path for the common case (ISO-8601
+    with a zone: half the time of parse_ts). Subtracting the epoch is what timestamp() does for
+    an aware time, and it refuses a naive one (TypeError), which parse_ts takes as UTC."""
+    fromiso = datetime.fromisoformat
+    try:
+        return [(fromiso(t) - _EPOCH).total_seconds() for t in raw]
+    except (TypeError, ValueError, OverflowError):  # numbers, naive times, anything odd
+        return [parse_ts(t) for t in raw]
+
+
 def iso(ts: float) -> str:
     """Epoch seconds -> '2026-11-21T10:00:00.250Z'. Rounds (not truncates) to the millisecond,
     so distinct milliseconds stay distinct."""
@@ -138,7 +152,7 @@ class Decoder:
                 errors.append((i, err))
                 continue
             try:
-                ts_list = [parse_ts(t) for t in ts_list]
+                ts_list = parse_times(ts_list)
             except ContractError:  # which reason comes first is for the one-by-one path to say
                 one_by_one = True
             # A message of JSON booleans only is out of contract, but in a batch numpy would read
@@ -227,7 +241,11 @@ class Decoder:
             raise ContractError("schema", "neither 'values' nor 'readings' present")
 
         try:
-            rows = [self._row(r["values"]) for r in readings]
+            try:  # values by channel name, the common form: no per-reading checks in Python
+                by_name = self._by_name
+                rows = [by_name(r["values"]) for r in readings]
+            except TypeError:  # lists (or something wrong, which _row names)
+                rows = [self._row(r["values"]) for r in readings]
             ts_raw = [r["ts"] for r in readings]
         except KeyError as exc:
             raise ContractError("missing_channels" if exc.args and exc.args[0] not in ("values", "ts")
@@ -238,7 +256,7 @@ class Decoder:
 
     def _times(self, ts_raw: list, now: float) -> np.ndarray:
         """Raw event times (or already parsed ones: parse_ts keeps a float as it is) -> array."""
-        ts_list = [parse_ts(t) for t in ts_raw]
+        ts_list = parse_times(ts_raw)
         latest = now + self.max_future_s
         # Plain comparisons, not numpy reductions (cheaper on one-reading messages): NaN fails
         # both, so it is out of contract like +-Inf.

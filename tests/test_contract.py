@@ -94,3 +94,21 @@ def test_schemas_name_both_shapes():
     s = json_schemas()
     assert s["reading"]["required"] == ["ts", "values"]
     assert s["batch"]["properties"]["readings"]["minItems"] == 1
+
+
+@pytest.mark.parametrize("raw", [
+    ["2026-11-21T10:00:00.250Z", "2026-11-21T10:00:01+02:00", "2026-11-21T12:00:00.000001-05:30"],
+    ["2026-11-21T10:00:00.250", "2026-11-21T10:00:01Z"],  # a naive time (UTC) among aware ones
+    [1767225600.25, "2026-11-21T10:00:00Z", "1767225601"],  # epoch seconds, as a number and a string
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
+])
+def test_parse_times_fast_path_matches_parse_ts(raw):
+    from pipeline.contract import parse_times
+    assert parse_times(raw) == [parse_ts(t) for t in raw]
+
+
+def test_parse_times_gives_parse_ts_reasons():
+    from pipeline.contract import parse_times
+    with pytest.raises(ContractError) as info:
+        parse_times(["2026-11-21T10:00:00Z", "yesterday"])
+    assert info.value.reason == "bad_timestamp"
