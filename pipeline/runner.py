@@ -374,6 +374,7 @@ class Pipeline:
         if self._producer_fatal is not None:
             self._replace_producer()
         self._delivery.reset()
+        self._unconfirmed = {}  # we go back to whatever the broker has committed
         if not self.stopping:
             self.rewind()
 
