@@ -234,8 +234,10 @@ class Fold:
     counts: Counts  # its counts on the held-out folder
 
 
-def cross_validate(table: np.ndarray, groups: list[str]) -> list[Fold]:
-    """Leave one group out: choose by F1 summed over the other groups' files, score on the group."""
+def cross_validate(table: np.ndarray, groups: list[str], max_far: float | None = None) -> list[Fold]:
+    """Leave one group out: choose by F1 summed over the other groups' files, score on the group.
+    `max_far` (percent): choose only among settings whose FAR on the other groups is at most that
+    (none is: the one with the lowest FAR there). Ties go to the first setting."""
     groups_a = np.asarray(groups)
     order = list(dict.fromkeys(groups))
     if len(order) < 2:
@@ -244,15 +246,26 @@ def cross_validate(table: np.ndarray, groups: list[str]) -> list[Fold]:
     for g in order:
         pooled = table[groups_a != g].sum(axis=0)  # [settings, 4]: the held-out folder is not in it
         f1 = f1_scores(pooled)
-        chosen = int(np.argmax(f1))
+        criterion = f1
+        if max_far is not None:
+            far = 100 * pooled[:, 1] / np.maximum(pooled[:, 1] + pooled[:, 3], 1)
+            criterion = np.where(far <= max_far, f1, -1.0) if np.any(far <= max_far) else -far
+        chosen = int(np.argmax(criterion))
         folds.append(Fold(g, chosen, float(f1[chosen]), _counts(table[groups_a == g, chosen].sum(axis=0))))
     return folds
+
+
+def pooled_counts(folds: list[Fold]) -> Counts:
+    c = Counts()
+    for f in folds:
+        c.tp, c.fp, c.fn, c.tn = c.tp + f.counts.tp, c.fp + f.counts.fp, c.fn + f.counts.fn, c.tn + f.counts.tn
+    return c
 
 
 @dataclass
 class SelectionResult:
     settings: list[Setting]
-    folds: list[Fold]
+    cv: dict[str, list[Fold]]  # selection criterion -> its folds; the first is the primary one
     table: np.ndarray
     runs: list[FileRun]
     wall_seconds: float
@@ -260,12 +273,12 @@ class SelectionResult:
     fixed: dict[str, Setting] = field(default_factory=dict)  # name -> setting scored as is
 
     @property
+    def folds(self) -> list[Fold]:
+        return next(iter(self.cv.values()))
+
+    @property
     def blind(self) -> Counts:
-        c = Counts()
-        for f in self.folds:
-            for k in ("tp", "fp", "fn", "tn"):
-                setattr(c, k, getattr(c, k) + getattr(f.counts, k))
-        return c
+        return pooled_counts(self.folds)
 
     def counts_of(self, setting: Setting) -> Counts:
         return _counts(self.table[:, self.settings.index(setting)].sum(axis=0))
@@ -278,16 +291,17 @@ class SelectionResult:
     def seconds_per_file(self, spec: ModelSpec) -> float:
         return float(np.mean([r.scores[spec].seconds for r in self.runs]))
 
-    def predictions(self) -> dict[Path, np.ndarray]:
+    def predictions(self, folds: list[Fold] | None = None) -> dict[Path, np.ndarray]:
         """Each file's alarms under the setting chosen for its fold."""
-        chosen = {f.group: self.settings[f.chosen] for f in self.folds}
+        chosen = {f.group: self.settings[f.chosen] for f in (folds or self.folds)}
         return {r.path: predict(r.scores[chosen[r.group].model], chosen[r.group]) for r in self.runs}
 
 
 def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), settings: list[Setting] | None = None,
-                  train_rows: int = TRAIN_ROWS, files: int | None = None, seed: int = 0,
-                  device: str = "cpu") -> SelectionResult:
-    """Score every labelled file under `root`/data with every setting, then cross-validate by folder."""
+                  train_rows: int = TRAIN_ROWS, files: int | None = None, seed: int = 0, device: str = "cpu",
+                  max_far: float | None = None) -> SelectionResult:
+    """Score every labelled file under `root`/data with every setting, then cross-validate by
+    folder: by F1 on the other folders, and (with `max_far`) by F1 among settings within that FAR."""
     started = time.perf_counter()
     grid = list(settings) if settings is not None else expand(model_grid(kinds))
     fixed = {"fixed a-priori default": A_PRIORI, "evaluate.SETTINGS pca (swept on test labels)": SWEPT}
@@ -297,15 +311,20 @@ def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), 
     specs = list(dict.fromkeys(s.model for s in settings))
     runs = score_files(paths, specs, train_rows=train_rows, seed=seed, device=device)
     table = count_table(runs, [read_truth(p, train_rows) for p in paths], settings)
-    folds = cross_validate(table[:, :len(grid)], [r.group for r in runs])
-    return SelectionResult(settings, folds, table, runs, time.perf_counter() - started, len(grid), fixed)
+    groups = [r.group for r in runs]
+    cv = {"best F1": cross_validate(table[:, :len(grid)], groups)}
+    if max_far is not None:
+        cv[f"best F1 with FAR <= {max_far:g} %"] = cross_validate(table[:, :len(grid)], groups, max_far)
+    return SelectionResult(settings, cv, table, runs, time.perf_counter() - started, len(grid), fixed)
 
 
 def table_rows(result: SelectionResult) -> list[tuple[str, Counts, float | None]]:
-    """Rows for `evaluate.format_table`: the blind cross-validated result first."""
-    chosen = {result.settings[f.chosen].model for f in result.folds}
-    secs = float(np.mean([result.seconds_per_file(m) for m in chosen]))
-    rows = [("latentwatch BLIND: leave-one-folder-out CV choice", result.blind, secs)]
+    """Rows for `evaluate.format_table`: the blind cross-validated results first."""
+    rows = []
+    for name, folds in result.cv.items():
+        chosen = {result.settings[f.chosen].model for f in folds}
+        secs = float(np.mean([result.seconds_per_file(m) for m in chosen]))
+        rows.append((f"latentwatch BLIND CV ({name} on the other folders)", pooled_counts(folds), secs))
     for name, s in result.fixed.items():
         rows.append((f"latentwatch {name}", result.counts_of(s), result.seconds_per_file(s.model)))
     best, counts = result.best_on_test()
@@ -315,11 +334,13 @@ def table_rows(result: SelectionResult) -> list[tuple[str, Counts, float | None]
 
 def describe_folds(result: SelectionResult) -> str:
     lines = [f"{result.grid_size} settings in the grid; per held-out folder, the setting chosen on the others:"]
-    for f in result.folds:
-        s = result.settings[f.chosen]
-        lines.append(f"  {f.group:<8} {s.describe():<60} F1 other folders {f.inner_f1:.3f}; "
-                     f"held out F1 {f.counts.f1:.3f} FAR {f.counts.far:.2f} MAR {f.counts.mar:.2f}; "
-                     f"train {result.seconds_per_file(s.model):.2f} s/file")
+    for name, folds in result.cv.items():
+        lines.append(f" {name}:")
+        for f in folds:
+            s = result.settings[f.chosen]
+            lines.append(f"  {f.group:<8} {s.describe():<60} F1 other folders {f.inner_f1:.3f}; "
+                         f"held out F1 {f.counts.f1:.3f} FAR {f.counts.far:.2f} MAR {f.counts.mar:.2f}; "
+                         f"train {result.seconds_per_file(s.model):.2f} s/file")
     for name, s in list(result.fixed.items()) + [("grid's best on test labels", result.best_on_test()[0])]:
         lines.append(f"  {name}: {s.describe()}")
     lines.append(f"evaluation wall time {result.wall_seconds:.1f} s")

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="cv: choose model, window, smoothing and threshold blind, by leave-one-folder-out "
                          "cross-validation (each folder scored with the setting that did best on the others), "
                          "beside a fixed a-priori default (default: %(default)s: the fixed SETTINGS)")
+    sk.add_argument("--max-far", type=float, default=None, metavar="PCT",
+                    help="with --select cv, also choose by F1 among settings whose FAR on the other folders "
+                         "is at most PCT %% (e.g. 13.55, the best published detector's)")
     sk.add_argument("--variant", choices=["per-file", "anomaly-free", "both"], default="both")
     sk.add_argument("--files", type=int, default=None, help="only the first N labelled files (smoke runs)")
     sk.add_argument("--epochs", type=int, default=None)
@@ -216,7 +219,7 @@ def _select_skab(root: Path, args) -> int:
 
     try:
         result = selection.run_selection(root, kinds=_kinds(args.models or "pca"), files=args.files, seed=args.seed,
-                                         device=args.device)
+                                         device=args.device, max_far=args.max_far)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(evaluate.format_table([], selection.table_rows(result), files=len(result.runs)))

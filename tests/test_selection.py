@@ -90,11 +90,20 @@ def test_cross_validate_hand_checked():
     assert [f.inner_f1 for f in folds] == pytest.approx([5 / 8, 10 / 12, 8 / 10.5])
     assert [(f.counts.tp, f.counts.fp, f.counts.fn, f.counts.tn) for f in folds] == [
         (4, 0, 5, 11), (0, 4, 4, 2), (1, 3, 3, 3)]
-    result = selection.SelectionResult([], folds, table, [], 0.0, 2)
+    result = selection.SelectionResult([], {"best F1": folds}, table, [], 0.0, 2)
     c = result.blind
     assert (c.tp, c.fp, c.fn, c.tn) == (5, 7, 12, 16)
     assert c.f1 == pytest.approx(5 / (5 + 19 / 2))
     assert c.far == pytest.approx(100 * 7 / 23) and c.mar == pytest.approx(100 * 12 / 17)
+
+
+def test_far_cap_chooses_within_the_cap_on_the_other_folders():
+    # two folders, one file each; s0: F1 8/10.5 but FAR 50 %; s1: F1 5/7, FAR 10 %
+    table = np.array([[[8, 5, 0, 5], [5, 1, 3, 9]], [[8, 5, 0, 5], [5, 1, 3, 9]]])
+    assert [f.chosen for f in selection.cross_validate(table, ["a", "b"])] == [0, 0]
+    assert [f.chosen for f in selection.cross_validate(table, ["a", "b"], max_far=13.55)] == [1, 1]
+    # nothing within the cap: the lowest FAR on the other folders
+    assert [f.chosen for f in selection.cross_validate(table, ["a", "b"], max_far=5)] == [1, 1]
 
 
 def test_cross_validate_ties_go_to_the_first_setting_and_one_folder_is_refused():
@@ -120,17 +129,19 @@ def test_count_table_by_hand():
         assert [int((flags & truth).sum()), int((flags & ~truth).sum())] == table[0, i, :2].tolist()
 
 
-def test_held_out_labels_never_change_the_choice_or_the_alarms(skab_root):
-    base = selection.run_selection(skab_root, settings=GRID)
-    assert [f.group for f in base.folds] == list(FOLDERS)
-    base_pred = base.predictions()
+@pytest.mark.parametrize("max_far", [None, 20.0])
+def test_held_out_labels_never_change_the_choice_or_the_alarms(skab_root, max_far):
+    base = selection.run_selection(skab_root, settings=GRID, max_far=max_far)
+    criterion = list(base.cv)[-1]  # with max_far: the capped criterion
+    assert [f.group for f in base.cv[criterion]] == list(FOLDERS)
+    base_pred = base.predictions(base.cv[criterion])
     for folder, how in zip(FOLDERS, ("invert", "ones", "shuffle")):
         poison(skab_root, folder, how)
-        again = selection.run_selection(skab_root, settings=GRID)
-        fold = {f.group: f for f in again.folds}[folder]
-        before = {f.group: f for f in base.folds}[folder]
+        again = selection.run_selection(skab_root, settings=GRID, max_far=max_far)
+        fold = {f.group: f for f in again.cv[criterion]}[folder]
+        before = {f.group: f for f in base.cv[criterion]}[folder]
         assert again.settings[fold.chosen] == base.settings[before.chosen]
-        pred = again.predictions()
+        pred = again.predictions(again.cv[criterion])
         for path in (skab_root / "data" / folder).glob("*.csv"):
             np.testing.assert_array_equal(pred[path], base_pred[path])
         assert fold.counts != before.counts  # the poison did reach the labels, scoring only
@@ -155,8 +166,8 @@ def test_swept_setting_matches_run_skab(skab_root):
 
 def test_cli_select_cv_prints_blind_rows_beside_the_leaderboard(skab_root, monkeypatch, capsys):
     monkeypatch.setattr(selection, "model_grid", lambda kinds: SPECS[:2])
-    assert main(["evaluate", "skab", "--select", "cv", "--data", str(skab_root)]) == 0
+    assert main(["evaluate", "skab", "--select", "cv", "--max-far", "13.55", "--data", str(skab_root)]) == 0
     out = capsys.readouterr().out
-    for text in ("BLIND: leave-one-folder-out", "fixed a-priori default", "NOT blind", "flag every test point",
+    for text in ("BLIND CV (best F1 on the other folders)", "BLIND CV (best F1 with FAR <= 13.55 %", "fixed a-priori default", "NOT blind", "flag every test point",
                  "leaderboard: Conv-AE", "6 labelled files", "valve2 ", "evaluation wall time"):
         assert text in out
