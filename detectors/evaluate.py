@@ -5,6 +5,7 @@ over all test parts together, no point-adjust; FAR = FP / (FP+TN), MAR = FN / (F
 Thresholds never see test labels: they come from each model's scores on a held-out tail of its
 own normal training rows (`fit_and_calibrate`). Windowed models see the W-1 rows before the first
 test row as context, as a stream would. The data (GPL) is read in place, never copied.
+`SETTINGS` were tuned on the test labels; `selection.py` chooses settings blind.
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), 
     groups = [r.group for r in runs]
     cv = {"best F1": cross_validate(table[:, :len(grid)], groups)}
     if max_far is not None:
-        cv[f"best F1 with FAR <= {max_far:g} %"] = cross_validate(table[:, :len(grid)], groups, max_far)
+        cv[f"best F1, FAR <= {max_far:g} %"] = cross_validate(table[:, :len(grid)], groups, max_far)
     return SelectionResult(settings, cv, table, runs, time.perf_counter() - started, len(grid), fixed)
 
 
@@ -324,7 +324,7 @@ def table_rows(result: SelectionResult) -> list[tuple[str, Counts, float | None]
     for name, folds in result.cv.items():
         chosen = {result.settings[f.chosen].model for f in folds}
         secs = float(np.mean([result.seconds_per_file(m) for m in chosen]))
-        rows.append((f"latentwatch BLIND CV ({name} on the other folders)", pooled_counts(folds), secs))
+        rows.append((f"latentwatch BLIND CV: {name} on the other folders", pooled_counts(folds), secs))
     for name, s in result.fixed.items():
         rows.append((f"latentwatch {name}", result.counts_of(s), result.seconds_per_file(s.model)))
     best, counts = result.best_on_test()

@@ -168,6 +168,6 @@ def test_cli_select_cv_prints_blind_rows_beside_the_leaderboard(skab_root, monke
     monkeypatch.setattr(selection, "model_grid", lambda kinds: SPECS[:2])
     assert main(["evaluate", "skab", "--select", "cv", "--max-far", "13.55", "--data", str(skab_root)]) == 0
     out = capsys.readouterr().out
-    for text in ("BLIND CV (best F1 on the other folders)", "BLIND CV (best F1 with FAR <= 13.55 %", "fixed a-priori default", "NOT blind", "flag every test point",
+    for text in ("BLIND CV: best F1 on the other folders", "BLIND CV: best F1, FAR <= 13.55 % on the other folders", "fixed a-priori default", "NOT blind", "flag every test point",
                  "leaderboard: Conv-AE", "6 labelled files", "valve2 ", "evaluation wall time"):
         assert text in out
