@@ -39,7 +39,8 @@ class ModelSpec:
     """One model fitted per file. calibration "tail": fitted on the first 75 % of the training rows
     (autoencoders: early-stopped on the rest), threshold scores from the last 25 %; "cross": the
     threshold scores of every training row come from a model fitted without that row's block
-    (seams between blocks are kept), the scoring model is fitted on all training rows."""
+    (seams between blocks are kept), the scoring model is fitted on all training rows (the
+    autoencoders still early-stop on their last 25 %)."""
 
     kind: str  # pca | window | mlp
     window: int = 1
