@@ -5,6 +5,7 @@ over all test parts together, no point-adjust; FAR = FP / (FP+TN), MAR = FN / (F
 Thresholds never see test labels: they come from each model's scores on a held-out tail of its
 own normal training rows (`fit_and_calibrate`). Windowed models see the W-1 rows before the first
 test row as context, as a stream would. The data (GPL) is read in place, never copied.
+`SETTINGS` were tuned on the test labels; `selection.py` chooses settings blind.
 """
 
 from __future__ import annotations
@@ -164,15 +165,18 @@ def _describe(thr: Threshold) -> str:
     return d["kind"]
 
 
-def format_table(results: list[SkabResult]) -> str:
+def format_table(results: list[SkabResult], extra: list[tuple[str, Counts, float | None]] = (),
+                 files: int | None = None) -> str:
+    """Our rows, then `extra` rows (name, counts, train seconds per file), the flag-everything
+    baseline and the leaderboard."""
     lines = [f"{'detector':<66} {'F1':>5} {'FAR %':>7} {'MAR %':>7}  train s/model",
              f"{'-' * 66} {'-' * 5} {'-' * 7} {'-' * 7}  -------------"]
-    for r in results:
-        name = f"latentwatch {r.model} [{r.variant}, {r.threshold}]"
-        lines.append(f"{name:<66} {r.counts.f1:5.3f} {r.counts.far:7.2f} {r.counts.mar:7.2f}  {r.seconds_per_model:.2f}")
+    rows = [(f"latentwatch {r.model} [{r.variant}, {r.threshold}]", r.counts, r.seconds_per_model) for r in results]
+    for name, c, seconds in rows + list(extra):
+        lines.append(f"{name:<66} {c.f1:5.3f} {c.far:7.2f} {c.mar:7.2f}" + (f"  {seconds:.2f}" if seconds is not None else ""))
     lines.append(f"{'flag every test point (baseline)':<66} {FLAG_ALL_F1:5.3f} {100:7.2f} {0:7.2f}")
     for name, f1, far, mar in LEADERBOARD:
         lines.append(f"{'leaderboard: ' + name:<66} {f1:5.2f} {far:7.2f} {mar:7.2f}")
-    files = {r.files for r in results}
-    lines.append(f"({', '.join(map(str, sorted(files)))} labelled files; torch threads: {torch.get_num_threads()})")
+    counted = {r.files for r in results} | ({files} if files is not None else set())
+    lines.append(f"({', '.join(map(str, sorted(counted)))} labelled files; torch threads: {torch.get_num_threads()})")
     return "\n".join(lines)

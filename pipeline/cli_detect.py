@@ -55,7 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = e.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     sk = esub.add_parser("skab", help="SKAB outlier-detection protocol (first 400 rows train, rest test)")
     sk.add_argument("--data", default=None, help="SKAB folder (default: ../shared/data/skab from here or the repo)")
-    sk.add_argument("--models", default="pca,window,mlp", help="comma-separated kinds (default: %(default)s)")
+    sk.add_argument("--models", default=None,
+                    help="comma-separated kinds (default: pca,window,mlp; with --select cv: pca)")
+    sk.add_argument("--select", choices=["none", "cv"], default="none",
+                    help="cv: choose model, window, smoothing and threshold blind, by leave-one-folder-out "
+                         "cross-validation (each folder scored with the setting that did best on the others), "
+                         "beside a fixed a-priori default (default: %(default)s: the fixed SETTINGS)")
+    sk.add_argument("--max-far", type=float, default=None, metavar="PCT",
+                    help="with --select cv, also choose by F1 among settings whose FAR on the other folders "
+                         "is at most PCT %% (e.g. 13.55, the best published detector's)")
     sk.add_argument("--variant", choices=["per-file", "anomaly-free", "both"], default="both")
     sk.add_argument("--files", type=int, default=None, help="only the first N labelled files (smoke runs)")
     sk.add_argument("--epochs", type=int, default=None)
@@ -184,10 +192,12 @@ def _evaluate_skab(args) -> int:
     if root is None:
         raise UserError(f"SKAB data not found (looked for {args.data or '../shared/data/skab'} from the current "
                         "directory and the repository root); pass --data PATH")
-    variants = ["per-file", "anomaly-free"] if args.variant == "both" else [args.variant]
     _device(args.device)
+    if args.select == "cv":
+        return _select_skab(root, args)
+    variants = ["per-file", "anomaly-free"] if args.variant == "both" else [args.variant]
     results = []
-    for kind in [k.strip() for k in args.models.split(",") if k.strip()]:
+    for kind in _kinds(args.models or "pca,window,mlp"):
         for variant in variants:
             sources = ["train", "file"] if variant == "anomaly-free" else ["train"]
             try:
@@ -197,4 +207,21 @@ def _evaluate_skab(args) -> int:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
     print(evaluate.format_table(results))
+    return 0
+
+
+def _kinds(models: str) -> list[str]:
+    return [k.strip() for k in models.split(",") if k.strip()]
+
+
+def _select_skab(root: Path, args) -> int:
+    from detectors import evaluate, selection
+
+    try:
+        result = selection.run_selection(root, kinds=_kinds(args.models or "pca"), files=args.files, seed=args.seed,
+                                         device=args.device, max_far=args.max_far)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(evaluate.format_table([], selection.table_rows(result), files=len(result.runs)))
+    print(selection.describe_folds(result))
     return 0
