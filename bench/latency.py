@@ -4,7 +4,7 @@ Method: a fresh input topic (8 partitions) and an alerts topic with
 `message.timestamp.type=LogAppendTime`, so each alert carries the broker's append time: when
 the broker wrote it, i.e. its acknowledgement less the response's trip back (sub-millisecond
 on localhost). The bench produces pre-encoded messages at a steady rate (librdkafka
-`linger.ms=1`, woken every 0.5 ms at most); a reading's Kafka timestamp is its message's
+`linger.ms=5`, librdkafka's default; woken every 0.5 ms at most); a reading's Kafka timestamp is its message's
 CreateTime, set to the time the message was scheduled (so the generator's own delays count).
 Latency of an alert = alert LogAppendTime - CreateTime of the input message it names in
 `source` (partition, offset). Every alert the model raises at its real threshold is a sample
@@ -16,6 +16,7 @@ produced in the first `warmup_s` are dropped. Kafka timestamps are whole millise
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,29 @@ from bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_
 from pipeline.simulate import SensorSimulator
 
 MIN_SLEEP_S = 0.0005  # the load generator's pacing granularity
+# The generator's librdkafka linger.ms: librdkafka's default, as a sensor gateway would run. Its
+# wait counts as latency; 1 ms instead costs the broker ~2x the CPU in produce requests.
+GENERATOR_LINGER_MS = 5.0
+
+
+def _cpu_snapshot(pipeline_pid: int) -> dict:
+    """CPU seconds so far: the whole machine (busy, of all cores), the pipeline, this process."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    try:
+        stat = Path(f"/proc/{pipeline_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        pipeline = (int(stat[11]) + int(stat[12])) / tick
+    except OSError:
+        pipeline = float("nan")
+    return {"wall": time.monotonic(), "busy": (sum(fields) - idle) / tick, "pipeline": pipeline,
+            "generator": time.process_time()}
+
+
+def _cpu_used(a: dict, b: dict) -> dict:
+    """Mean cores used between two snapshots (the rest of `machine_busy` is the broker and others)."""
+    wall = b["wall"] - a["wall"]
+    return {k: round((b[k] - a[k]) / wall, 2) for k in ("busy", "pipeline", "generator")}
 
 
 def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
@@ -47,7 +71,7 @@ def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int],
 def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
                 sensors: int, readings_per_message: int, batch_size: int, warmup_s: float = 1.0,
                 env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None,
-                profile_out: Path | None = None) -> dict:
+                profile_out: Path | None = None, linger_ms: float = GENERATOR_LINGER_MS) -> dict:
     topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
     make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
                             dlq: (1, {})})
@@ -57,13 +81,14 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
 
     proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
                            batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all", "enable.idempotence": True,
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all", "enable.idempotence": True,
                   "compression.type": "lz4"})
     watcher = CommitWatcher(bootstrap, group, topic, PARTITIONS)
     behind_max = 0.0
     try:
         proc.wait_assigned()
         time.sleep(0.5)  # let the consumer's first fetches go out
+        cpu0 = _cpu_snapshot(proc._python_pid())
         t0_wall = time.time()
         t0 = time.perf_counter()
         sent = 0
@@ -88,6 +113,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
                     p.poll(0.001)
             sent += k
         produce_s = time.perf_counter() - t0
+        cpu = _cpu_used(cpu0, _cpu_snapshot(proc._python_pid()))
         p.flush(60)
         ends = end_offsets(bootstrap, topic)
         wait_for_commits(proc, watcher, ends, timeout=max(120.0, 4 * duration))
@@ -128,6 +154,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
            "producer_max_behind_ms": round(behind_max * 1000, 2), "duration_s": round(produce_s, 2),
            "readings": sent, "alerts": len(alert_src), "samples": len(lat), "warmup_s": warmup_s,
            "batch_size": batch_size, "max_wait_ms": max_wait_ms, "peak_rss_bytes": rss.get("VmHWM"),
+           "cpu_cores_used": cpu,
            "pipeline_metrics": own}
     if len(lat):
         out.update({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
