@@ -78,6 +78,9 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
         "acks": "all",
         "linger.ms": 2,
         "compression.type": "lz4",
+        # A deleted output topic must not come back behind the user's back with the broker's
+        # defaults (auto.create.topics.enable): topics are made by an admin or --create-topics.
+        "allow.auto.create.topics": False,
         "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
     })
     if settings.delivery == "exactly-once":
@@ -142,6 +145,41 @@ def check_cluster(settings: Settings) -> None:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
 
 
+# Errors that may mean a topic was deleted. librdkafka reports a subscribed or produced-to topic
+# gone only after topic.metadata.propagation.max.ms (30 s) without it in the metadata, and a
+# request on a missing partition at once; either way a metadata request decides (missing_topics).
+TOPIC_GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+              KafkaError.UNKNOWN_TOPIC_ID}
+
+
+def missing_topics(client, names: list[str], timeout: float = 10.0) -> list[str] | None:
+    """Which of `names` the cluster does not have; None when it does not answer."""
+    try:
+        metadata = client.list_topics(timeout=timeout)  # all topics: a request that creates none
+    except KafkaException:
+        return None
+    return [name for name in names if name not in metadata.topics]
+
+
+def topics_gone_message(settings: Settings, missing: list[str]) -> str:
+    """One line for topics deleted while running: what happened, what was kept, how to fix it."""
+    t = settings.topics
+    roles = {t.input: "input", t.alerts: "alerts", t.dead_letter: "dead-letter", t.latent: "latent"}
+    it = "it" if len(missing) == 1 else "them"
+    text = (" and ".join(f"{roles.get(name, 'the')} topic {name}" for name in missing)
+            + f" {'was' if len(missing) == 1 else 'were'} deleted from Kafka at "
+            f"{settings.kafka.bootstrap_servers} while running: stopped without committing anything "
+            "whose outputs were not acknowledged")
+    if any(name != t.input for name in missing):
+        text += " (the batch in hand is redone after a restart, not lost)"
+    text += (f". Recreate {it} (or restart with --create-topics) and find what deleted {it} "
+             "(a clean-up script, topic automation)")
+    if t.input in missing:
+        text += (f"; the group's committed offsets were deleted with {t.input}, so group {settings.group_id} "
+                 f"reads the new topic from auto_offset_reset ({settings.auto_offset_reset})")
+    return text
+
+
 # librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
 _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
             KafkaError._UNSUPPORTED_FEATURE}
@@ -202,16 +240,19 @@ class DeliveryTracker:
 
     failed: int = 0
     first_error: str | None = None
+    first_code: int | None = None  # KafkaError code of the first failure
 
     def __call__(self, err, msg) -> None:
         if err is not None:
             self.failed += 1
             if self.first_error is None:
                 self.first_error = f"{msg.topic()}: {err.str()}"
+                self.first_code = err.code()
 
     def reset(self) -> None:
         self.failed = 0
         self.first_error = None
+        self.first_code = None
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery,
