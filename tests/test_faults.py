@@ -1,6 +1,6 @@
 """Faults against real processes, each audited with the ledger (tests/ledger.py): the broker
 killed with SIGKILL and restarted on its data dir, the pipeline killed at random points over many
-rounds, a rebalance while batches are in flight, the input topic deleted mid-run.
+rounds, a rebalance while batches are in flight, the input or an output topic deleted mid-run.
 
 `LATENTWATCH_SOAK_ROUNDS=N` runs the SIGKILL rounds N times over (CI default: 4 rounds).
 """
@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
 
+from .ledger import committed_lag
 from .process_helpers import (
     PrivateBroker,
     TimelineStream,
@@ -193,3 +195,127 @@ def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer,
     _assert_balanced(led, n, dead=len(s.bad))
     RESULTS[f"rebalance_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
     assert led.duplicates == 0, f"{led.duplicates} readings processed twice across the rebalances"
+
+
+def _one_clear_line(text: str, topic: str) -> str:
+    """The single ERROR line about a deleted topic, and no traceback or loop of warnings."""
+    lines = [line for line in text.splitlines() if "was deleted from Kafka" in line]
+    assert len(lines) == 1, f"wanted one line about the deleted topic, got:\n{text[-3000:]}"
+    assert " ERROR latentwatch.run: " in lines[0] and topic in lines[0] and "Recreate" in lines[0]
+    assert "Traceback" not in text
+    ours = [line for line in text.splitlines() if "WARNING latentwatch.run" in line]
+    assert len(ours) <= 6, "a loop of warnings:\n" + "\n".join(ours[:20])
+    return lines[0]
+
+
+def _delete(admin, topic: str) -> None:
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    deadline = time.monotonic() + 30
+    while topic in admin.list_topics(timeout=10).topics:  # deletion is asynchronous on the broker
+        assert time.monotonic() < deadline, f"{topic} still listed 30 s after its deletion"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_input_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                     delivery):
+    """The input topic deleted under a running pipeline: one ERROR line naming it and the fix,
+    exit 2 (not librdkafka warnings forever); a restart says the topic does not exist; once it
+    is recreated the same group reads it from the start (Kafka deleted the group's offsets with
+    the topic) and the ledger of the new topic balances."""
+    s = TimelineStream(make_topic)
+    n = 4000
+    log = tmp_path / "run.log"
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        url = wait_url(proc, log)
+        s.produce(producer, n, bad_every=300, per_second=2000)  # stopped before the deletion:
+        wait_metric(url, "latentwatch_batches_total", 3)  # the test producer would auto-create it
+        mark = log.stat().st_size
+        deleted_at = time.monotonic()
+        _delete(admin, s.input)
+        rc = proc.wait(timeout=120)  # librdkafka reports it after topic.metadata.propagation.max.ms (30 s)
+        took = time.monotonic() - deleted_at
+    finally:
+        stop_process(proc)
+    assert rc == 2
+    _one_clear_line(log.read_text()[mark:], s.input)
+    # Nothing skipped before the deletion: per partition, what was scored or dead-lettered is a
+    # prefix of the partition's offsets (the rest went with the topic).
+    old = s.ledger(kafka_bootstrap)
+    for p in range(s.partitions):
+        done = sorted({o for q, o, _ in old.scored if q == p} | {o for q, o, _ in old.dead if q == p})
+        assert done == list(range(len(done))), f"partition {p}: gaps in what was processed"
+
+    restart_log = tmp_path / "restart.log"
+    again = start_pipeline(kafka_bootstrap, s, model_dir, restart_log, "--delivery", delivery)
+    try:
+        assert again.wait(timeout=90) == 2
+    finally:
+        stop_process(again)
+    assert "do not exist" in restart_log.read_text() and s.input in restart_log.read_text()
+
+    # Recreated with the same name: same group, fresh output topics for a clean ledger. More
+    # readings per partition than before, so offsets left over from the old topic would skip some.
+    fresh = TimelineStream(make_topic)
+    fresh.group = s.group
+    fresh.input = s.input
+    admin.create_topics([NewTopic(s.input, s.partitions, 1)])[s.input].result(timeout=30)
+    m = n + 2000
+    fresh.produce(producer, m, seed=5, bad_every=300)
+    proc = start_pipeline(kafka_bootstrap, fresh, model_dir, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, fresh, proc=proc)
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    led = settled_ledger(fresh, kafka_bootstrap)
+    _assert_balanced(led, m, dead=len(fresh.bad))
+    assert led.duplicates == 0
+    RESULTS[f"input_deleted_{delivery}"] = {"exit": rc, "seconds_to_exit": round(took, 1),
+                                            "readings_after_recreate": m, "lost": len(led.lost)}
+
+
+@pytest.mark.parametrize(("which", "delivery"), [("alerts", "at-least-once"), ("dead", "exactly-once")])
+def test_output_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                      which, delivery):
+    """An output topic (alerts, dead letters) deleted under a running pipeline: the batches that
+    cannot be delivered are not committed, one ERROR line names the topic and the fix, exit 2;
+    after recreating it a restart redoes them and nothing is lost."""
+    s = TimelineStream(make_topic)
+    log = tmp_path / "run.log"
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        s.produce(producer, 2000, bad_every=100)
+        wait_drained(kafka_bootstrap, s, proc=proc)
+        before = set(s.refs)  # processed, delivered, committed
+        topic = getattr(s, which)
+        mark = log.stat().st_size
+        _delete(admin, topic)
+        s.produce(producer, 2000, seed=2, bad_every=100)  # every batch has alerts and dead letters
+        rc = proc.wait(timeout=120)
+    finally:
+        stop_process(proc)
+    assert rc == 2
+    _one_clear_line(log.read_text()[mark:], topic)
+    assert committed_lag(kafka_bootstrap, s.input, s.group, s.partitions) > 0  # undeliverable: not committed
+
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, s, proc=proc)
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    led = settled_ledger(s, kafka_bootstrap)
+    new = s.refs - before  # what went to the deleted topic before is gone with it
+    assert len(s.refs) == 4000 and not led.uncommitted
+    assert not (led.lost & new), f"lost {len(led.lost & new)} readings"
+    assert not led.missing_alerts(s.anomalies & new)
+    assert {(p, o, 0) for p, o, _ in led.dead} >= s.bad & new
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"{which}_deleted_{delivery}"] = {"exit": rc, "readings_after": len(new), "lost": len(led.lost & new)}
