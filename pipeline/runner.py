@@ -63,6 +63,7 @@ class Pipeline:
         self._transactional_id: kafka_io.TransactionalId | None = None  # exactly-once only
         self._revoked: set = set()  # (topic, partition) revoked or lost inside consume()
         self._last_error_log = 0.0
+        self._last_down_log = -1e9
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.metrics_server = None
@@ -450,6 +451,14 @@ class Pipeline:
         elif self._suspect(err.code(), err.str()):
             return  # checked from the loop (this may run inside poll()); logged if not confirmed
         now = time.monotonic()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if now - self._last_down_log > 60:  # one line per outage minute, not librdkafka's 20/s
+                self._last_down_log = self._last_error_log = now
+                log.warning("Kafka at %s is unreachable (all brokers down): waiting for it. Nothing is "
+                            "committed before the broker acknowledges a batch's outputs, so processing "
+                            "resumes where it stopped; if it lasts, the broker's log says why (e.g. 'all "
+                            "log dirs ... have failed': its disk is full)", self.settings.kafka.bootstrap_servers)
+            return
         if now - self._last_error_log > 5 or err.fatal():
             self._last_error_log = now
             log.warning("Kafka: %s (librdkafka keeps retrying)", err.str())

@@ -7,10 +7,13 @@ rounds, a rebalance while batches are in flight, the input or an output topic de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +322,88 @@ def test_output_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, produc
     if delivery == "exactly-once":
         assert led.duplicates == 0
     RESULTS[f"{which}_deleted_{delivery}"] = {"exit": rc, "readings_after": len(new), "lost": len(led.lost & new)}
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size_mb: int):
+    """A tmpfs of `size_mb` MiB mounted at `path` (needs root); unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root or CAP_SYS_ADMIN")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)  # still busy
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_broker_disk_full_mid_stream(tmp_path, model_dir, delivery):  # noqa: F811
+    """The broker's log dir on a small tmpfs fills up while readings stream through: Kafka takes
+    the dir offline and, having no other, shuts down. The pipeline keeps running, says Kafka is
+    unreachable (not 20 librdkafka lines a second), commits nothing unacknowledged; once space
+    is freed and the broker restarted on its data, it carries on and the ledger balances."""
+    state = tmp_path / "broker"
+    with _small_disk(state / "data", 64) as data:
+        broker = PrivateBroker(state)
+        broker.start()
+        proc = None
+        try:
+            bs = broker.bootstrap
+            s = TimelineStream(topic_maker(bs))
+            producer = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5,
+                                 "log_level": 0})
+            s.produce(producer, 2000, bad_every=500)
+            log = tmp_path / "run.log"
+            proc = start_pipeline(bs, s, model_dir, log, "--delivery", delivery)
+            url = wait_url(proc, log)
+            wait_metric(url, "latentwatch_batches_total", 2)
+            free = os.statvfs(data)
+            filler = data / "filler"  # leaves 2 MiB: the stream fills that in seconds
+            filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 2 * 1024 * 1024))
+            mark = log.stat().st_size
+            n = 30000
+            feeder = threading.Thread(target=s.produce, args=(producer, n),
+                                      kwargs={"seed": 2, "bad_every": 500, "per_second": 3000})
+            feeder.start()
+            deadline = time.monotonic() + 90
+            while broker.status() is not None:
+                assert time.monotonic() < deadline, "the broker did not stop with a full disk"
+                time.sleep(0.2)
+            assert "all log dirs" in broker.log_file.read_text()  # Kafka's reason: the dir failed
+            down = time.monotonic()
+            # The line comes when librdkafka reports all brokers down to the run loop, which may
+            # be waiting in a commit that the dying broker never answered (socket.timeout.ms).
+            while "is unreachable (all brokers down)" not in log.read_text()[mark:]:
+                assert proc.poll() is None, "the pipeline died while the broker was down"
+                assert time.monotonic() - down < 90, "no line saying Kafka is unreachable"
+                time.sleep(0.5)
+            said_after = time.monotonic() - down
+            time.sleep(5)
+            assert proc.poll() is None, "the pipeline died while the broker was down"
+            outage = log.read_text()[mark:]
+            assert "Traceback" not in outage
+            lines = len(outage.splitlines())  # librdkafka alone logs ~20 reconnect failures a second
+            assert lines < 30 + 2 * (time.monotonic() - down), f"{lines} lines in the outage"
+            scored_during = scrape(url, "latentwatch_readings_scored_total")
+            filler.unlink()  # space freed: the same broker, on its data, again
+            broker.start()
+            feeder.join(timeout=300)
+            assert not feeder.is_alive()
+            wait_drained(bs, s, proc=proc, timeout=240)
+            assert scrape(url, "latentwatch_readings_scored_total") > scored_during  # same process
+            assert stop_process(proc) == 0
+            del producer
+            led = settled_ledger(s, bs)
+        finally:
+            if proc is not None:
+                stop_process(proc)
+            broker.stop()
+    _assert_balanced(led, 2000 + n, dead=len(s.bad))
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"disk_full_{delivery}"] = {"readings": 2000 + n, "lost": len(led.lost), "duplicates": led.duplicates,
+                                        "unreachable_said_after_s": round(said_after, 1)}
