@@ -19,42 +19,6 @@ from pipeline.errors import UserError
 log = logging.getLogger("latentwatch.kafka")
 
 
-class RepeatFilter(logging.Filter):
-    """Holds back warnings and errors like one passed less than `period` seconds ago (alike:
-    equal but for numbers), then passes the next one with how many were held back.
-
-    While a broker is down librdkafka logs every reconnect attempt at ERROR, about 20 lines a
-    second per client, all alike; the run loop's own line says what is going on. Debug and info
-    records (e.g. `debug=...` output) always pass.
-    """
-
-    def __init__(self, period: float = 60.0):
-        super().__init__()
-        self.period = period
-        self._seen: dict[tuple[int, str], list] = {}  # kind -> [time passed, held back since]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        message = record.getMessage()
-        key = (record.levelno, re.sub(r"\d+", "#", message))
-        now = time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < self.period:
-            seen[1] += 1
-            return False
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = [now, 0]
-        if seen is not None and seen[1]:
-            record.msg, record.args = f"{message} ({seen[1]} more like it not shown)", None
-        return True
-
-
-LIBRDKAFKA_LOG = logging.getLogger("latentwatch.librdkafka")
-LIBRDKAFKA_LOG.addFilter(RepeatFilter())
-
-
 def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
     conf = settings.kafka.client_config()
     conf.update({
@@ -73,7 +37,7 @@ def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
         conf["stats_cb"] = on_stats
     if on_error is not None:
         conf["error_cb"] = on_error
-    conf["logger"] = LIBRDKAFKA_LOG
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     return conf
 
 
@@ -129,14 +93,14 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
     conf.update(settings.kafka.producer)
     if on_error is not None:
         conf["error_cb"] = on_error
-    conf["logger"] = LIBRDKAFKA_LOG
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     return conf
 
 
 def check_cluster(settings: Settings) -> None:
     """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create it)."""
     conf = settings.kafka.client_config()
-    conf["logger"] = LIBRDKAFKA_LOG
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     conf["log_level"] = 3
     refused: list[str] = []  # authentication / TLS failures: retrying will not help
     conf["error_cb"] = lambda err: refused.append(err.str()) if err.code() in _REFUSED else None
@@ -324,3 +288,39 @@ def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
         if m.offset() + 1 > out.get(tp, -1):
             out[tp] = m.offset() + 1
     return out
+
+
+class RepeatFilter(logging.Filter):
+    """Holds back warnings and errors like one passed less than `period` seconds ago (alike:
+    equal but for numbers), then passes the next one with how many were held back.
+
+    While a broker is down librdkafka logs every reconnect attempt at ERROR, about 20 lines a
+    second per client, all alike; the run loop's own line says what is going on. Debug and info
+    records (e.g. `debug=...` output) always pass.
+    """
+
+    def __init__(self, period: float = 60.0):
+        super().__init__()
+        self.period = period
+        self._seen: dict[tuple[int, str], list] = {}  # kind -> [time passed, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        key = (record.levelno, re.sub(r"\d+", "#", message))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.period:
+            seen[1] += 1
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{message} ({seen[1]} more like it not shown)", None
+        return True
+
+
+# The clients log through this logger (conf["logger"] above and in the CLIs).
+logging.getLogger("latentwatch.librdkafka").addFilter(RepeatFilter())
