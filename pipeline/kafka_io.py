@@ -146,9 +146,9 @@ def check_cluster(settings: Settings) -> None:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
 
 
-# Errors that may mean a topic was deleted. librdkafka reports a subscribed or produced-to topic
-# gone only after topic.metadata.propagation.max.ms (30 s) without it in the metadata, and a
-# request on a missing partition at once; either way a metadata request decides (missing_topics).
+# Errors that may mean a topic was deleted. librdkafka reports a subscribed topic gone (through
+# error_cb) only after topic.metadata.propagation.max.ms (30 s) without it in the metadata; a
+# metadata request decides (missing_topics), as it does after any failed batch.
 TOPIC_GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
               KafkaError.UNKNOWN_TOPIC_ID}
 
@@ -160,6 +160,21 @@ def missing_topics(client, names: list[str], timeout: float = 10.0) -> list[str]
     except KafkaException:
         return None
     return [name for name in names if name not in metadata.topics]
+
+
+def bootstrap_reachable(servers: str, timeout: float = 2.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection (a dead broker refuses at once)."""
+    for server in servers.split(","):
+        address = server.strip().split("://")[-1]  # librdkafka allows [proto://]host[:port]
+        host, colon, port = address.rpartition(":")
+        if not colon or "]" in port:  # no port: librdkafka's default
+            host, port = address, "9092"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def topics_gone_message(settings: Settings, missing: list[str]) -> str:
@@ -241,19 +256,16 @@ class DeliveryTracker:
 
     failed: int = 0
     first_error: str | None = None
-    first_code: int | None = None  # KafkaError code of the first failure
 
     def __call__(self, err, msg) -> None:
         if err is not None:
             self.failed += 1
             if self.first_error is None:
                 self.first_error = f"{msg.topic()}: {err.str()}"
-                self.first_code = err.code()
 
     def reset(self) -> None:
         self.failed = 0
         self.first_error = None
-        self.first_code = None
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery,

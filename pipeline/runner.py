@@ -319,12 +319,13 @@ class Pipeline:
     def _recover(self, exc: Exception) -> None:
         """Undo what is not durable and go back to the committed offsets."""
         err = exc.args[0] if isinstance(exc, KafkaException) else None
-        if err is not None:
-            self._suspect(err.code(), err.str())
-        self._suspect(self._delivery.first_code, self._delivery.first_error)
-        if not self._topic_gone():  # (if gone: stopping, with one line at exit)
+        # A deleted topic shows as many errors (unknown topic, or a transaction's messages timing
+        # out): after any failed batch, ask the cluster. Gone: stopping, one line at exit.
+        if not self._topic_gone(after_failure=True):
             log.warning("batch not committed, rewinding to the committed offsets: %s",
                         err.str() if err is not None else exc)
+            if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+                self._say_unreachable()
         if err is not None and err.fatal():
             self._producer_fatal = self._producer_fatal or err.str()
         elif self._producer_fatal is None:
@@ -365,6 +366,8 @@ class Pipeline:
                     self._fatal = exc.args[0].str()
                     return
                 log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
+                if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+                    self._say_unreachable()
 
     def rewind(self) -> None:
         assignment = self.consumer.assignment()
@@ -452,12 +455,8 @@ class Pipeline:
             return  # checked from the loop (this may run inside poll()); logged if not confirmed
         now = time.monotonic()
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            if now - self._last_down_log > 60:  # one line per outage minute, not librdkafka's 20/s
-                self._last_down_log = self._last_error_log = now
-                log.warning("Kafka at %s is unreachable (all brokers down): waiting for it. Nothing is "
-                            "committed before the broker acknowledges a batch's outputs, so processing "
-                            "resumes where it stopped; if it lasts, the broker's log says why (e.g. 'all "
-                            "log dirs ... have failed': its disk is full)", self.settings.kafka.bootstrap_servers)
+            self._last_error_log = now
+            self._say_unreachable()
             return
         if now - self._last_error_log > 5 or err.fatal():
             self._last_error_log = now
@@ -474,6 +473,16 @@ class Pipeline:
         self._topic_gone()
         return good
 
+    def _say_unreachable(self) -> None:
+        """One line a minute while Kafka is down, instead of librdkafka's 20 a second."""
+        now = time.monotonic()
+        if now - self._last_down_log > 60:
+            self._last_down_log = now
+            log.warning("Kafka at %s is unreachable (all brokers down): waiting for it. Nothing is "
+                        "committed before the broker acknowledges a batch's outputs, so processing "
+                        "resumes where it stopped; if it lasts, the broker's log says why (e.g. 'all "
+                        "log dirs ... have failed': its disk is full)", self.settings.kafka.bootstrap_servers)
+
     def _suspect(self, code: int | None, text: str | None) -> bool:
         """Note an error that may mean a deleted topic (librdkafka reports a subscribed topic
         gone through error_cb, a produced-to one through deliveries and produce())."""
@@ -482,14 +491,15 @@ class Pipeline:
         self._topic_suspect = self._topic_suspect or text
         return True
 
-    def _topic_gone(self) -> bool:
-        """Whether one of our topics was deleted, asking the cluster after a suspect error (at
-        most every 5 s). Retrying cannot bring a topic back (the producer does not auto-create
-        topics), so it stops the run: nothing past the acknowledged batches is committed, one
-        line says what to do, exit 2; a restart's start-up check says the same until it is back."""
+    def _topic_gone(self, after_failure: bool = False) -> bool:
+        """Whether one of our topics was deleted, asking the cluster (at most every 5 s) after a
+        failed batch or an error that may mean it. Retrying cannot bring a topic back (the
+        producer does not auto-create topics), so it stops the run: nothing past the
+        acknowledged batches is committed, one line says what to do, exit 2; a restart's
+        start-up check says the same until it is back."""
         if self._user_error is not None:
             return True
-        if self._topic_suspect is None or self.consumer is None:
+        if (self._topic_suspect is None and not after_failure) or self.consumer is None:
             return False
         now = time.monotonic()
         if now - self._last_topic_check < 5:
@@ -498,9 +508,10 @@ class Pipeline:
         suspect, self._topic_suspect = self._topic_suspect, None
         t = self.settings.topics
         missing = kafka_io.missing_topics(self.consumer, [t.input, t.alerts, t.dead_letter]
-                                          + ([t.latent] if t.latent else []))
+                                          + ([t.latent] if t.latent else []), timeout=5)
         if not missing:  # all there (or no answer): a passing error
-            log.warning("Kafka: %s (librdkafka keeps retrying)", suspect)
+            if suspect is not None:
+                log.warning("Kafka: %s (librdkafka keeps retrying)", suspect)
             return False
         self._user_error = kafka_io.topics_gone_message(self.settings, missing)
         return True

@@ -38,3 +38,16 @@ def test_deleted_topic_line_names_the_topic_and_the_fix():
     line = kafka_io.topics_gone_message(s, ["anomaly-alerts"])
     assert line.startswith("alerts topic anomaly-alerts was deleted") and "redone after a restart" in line
     assert "auto_offset_reset" not in line  # only the input topic's offsets go with it
+
+
+def test_bootstrap_reachable_is_a_plain_tcp_probe():
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert kafka_io.bootstrap_reachable(f"127.0.0.1:{port}")
+        assert kafka_io.bootstrap_reachable(f"127.0.0.1:1, PLAINTEXT://127.0.0.1:{port}")  # any one will do
+    assert not kafka_io.bootstrap_reachable(f"127.0.0.1:{port}")  # closed: refused at once
+    assert not kafka_io.bootstrap_reachable("host.invalid:9092")
