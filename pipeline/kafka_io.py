@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
         "acks": "all",
         "linger.ms": 2,
         "compression.type": "lz4",
+        # A deleted output topic must not come back behind the user's back with the broker's
+        # defaults (auto.create.topics.enable): topics are made by an admin or --create-topics.
+        "allow.auto.create.topics": False,
         "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
     })
     if settings.delivery == "exactly-once":
@@ -140,6 +144,56 @@ def check_cluster(settings: Settings) -> None:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+
+
+# Errors that may mean a topic was deleted. librdkafka reports a subscribed topic gone (through
+# error_cb) only after topic.metadata.propagation.max.ms (30 s) without it in the metadata; a
+# metadata request decides (missing_topics), as it does after any failed batch.
+TOPIC_GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+              KafkaError.UNKNOWN_TOPIC_ID}
+
+
+def missing_topics(client, names: list[str], timeout: float = 10.0) -> list[str] | None:
+    """Which of `names` the cluster does not have; None when it does not answer."""
+    try:
+        metadata = client.list_topics(timeout=timeout)  # all topics: a request that creates none
+    except KafkaException:
+        return None
+    return [name for name in names if name not in metadata.topics]
+
+
+def bootstrap_reachable(servers: str, timeout: float = 2.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection (a dead broker refuses at once)."""
+    for server in servers.split(","):
+        address = server.strip().split("://")[-1]  # librdkafka allows [proto://]host[:port]
+        host, colon, port = address.rpartition(":")
+        if not colon or "]" in port:  # no port: librdkafka's default
+            host, port = address, "9092"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def topics_gone_message(settings: Settings, missing: list[str]) -> str:
+    """One line for topics deleted while running: what happened, what was kept, how to fix it."""
+    t = settings.topics
+    roles = {t.input: "input", t.alerts: "alerts", t.dead_letter: "dead-letter", t.latent: "latent"}
+    it = "it" if len(missing) == 1 else "them"
+    text = (" and ".join(f"{roles.get(name, 'the')} topic {name}" for name in missing)
+            + f" {'was' if len(missing) == 1 else 'were'} deleted from Kafka at "
+            f"{settings.kafka.bootstrap_servers} while running: stopped without committing anything "
+            "whose outputs were not acknowledged")
+    if any(name != t.input for name in missing):
+        text += " (the batch in hand is redone after a restart, not lost)"
+    text += (f". Recreate {it} (or restart with --create-topics) and find what deleted {it} "
+             "(a clean-up script, topic automation)")
+    if t.input in missing:
+        text += (f"; the group's committed offsets were deleted with {t.input}, so group {settings.group_id} "
+                 f"reads the new topic from auto_offset_reset ({settings.auto_offset_reset})")
+    return text
 
 
 # librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
@@ -246,3 +300,39 @@ def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
         if m.offset() + 1 > out.get(tp, -1):
             out[tp] = m.offset() + 1
     return out
+
+
+class RepeatFilter(logging.Filter):
+    """Holds back warnings and errors like one passed less than `period` seconds ago (alike:
+    equal but for numbers), then passes the next one with how many were held back.
+
+    While a broker is down librdkafka logs every reconnect attempt at ERROR, about 20 lines a
+    second per client, all alike; the run loop's own line says what is going on. Debug and info
+    records (e.g. `debug=...` output) always pass.
+    """
+
+    def __init__(self, period: float = 60.0):
+        super().__init__()
+        self.period = period
+        self._seen: dict[tuple[int, str], list] = {}  # kind -> [time passed, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        key = (record.levelno, re.sub(r"\d+", "#", message))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.period:
+            seen[1] += 1
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{message} ({seen[1]} more like it not shown)", None
+        return True
+
+
+# The clients log through this logger (conf["logger"] above and in the CLIs).
+logging.getLogger("latentwatch.librdkafka").addFilter(RepeatFilter())

@@ -66,6 +66,9 @@ class Pipeline:
         self.exactly_once = settings.delivery == "exactly-once"
         self._stop = threading.Event()
         self._fatal: str | None = None
+        self._user_error: str | None = None  # e.g. a topic deleted while running: one line, exit 2
+        self._topic_suspect: str | None = None  # an error that may mean a deleted topic, to check
+        self._last_topic_check = -1e9
         self._producer_fatal: str | None = None  # set by the producer's error_cb; the producer is replaced
         self._delivery = kafka_io.DeliveryTracker()
         self._transactional_id: kafka_io.TransactionalId | None = None  # exactly-once only
@@ -74,6 +77,7 @@ class Pipeline:
         self._pending_commit: Future | None = None  # the last batch's commit, until settled
         self._pending_offsets: list[TopicPartition] = []  # what it commits
         self._last_error_log = 0.0
+        self._last_down_log = -1e9
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.metrics_server = None
@@ -84,7 +88,7 @@ class Pipeline:
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set() or self._fatal is not None
+        return self._stop.is_set() or self._fatal is not None or self._user_error is not None
 
     def start(self) -> None:
         """Check the cluster, open the clients, subscribe, serve metrics."""
@@ -112,7 +116,8 @@ class Pipeline:
         gc.freeze()
 
     def run(self) -> int:
-        """The loop. Returns 0 after a clean stop, 1 after a fatal Kafka error."""
+        """The loop. Returns 0 after a clean stop, 1 after a fatal Kafka error, 2 after an error
+        the user must fix (a topic deleted while running)."""
         if self.consumer is None:
             self.start()
         b = self.settings.batch
@@ -136,6 +141,9 @@ class Pipeline:
         finally:
             torch.set_num_threads(threads)
             self.close()
+        if self._user_error:
+            log.error("%s", self._user_error)
+            return 2
         if self._fatal:
             log.error("stopped on a fatal Kafka error: %s", self._fatal)
             return 1
@@ -354,8 +362,13 @@ class Pipeline:
     def _recover(self, exc: Exception) -> None:
         """Undo what is not durable and go back to the committed offsets."""
         err = exc.args[0] if isinstance(exc, KafkaException) else None
-        log.warning("batch not committed, rewinding to the committed offsets: %s",
-                    err.str() if err is not None else exc)
+        # A deleted topic shows as many errors (unknown topic, or a transaction's messages timing
+        # out): after any failed batch, ask the cluster. Gone: stopping, one line at exit.
+        if not self._topic_gone(after_failure=True):
+            log.warning("batch not committed, rewinding to the committed offsets: %s",
+                        err.str() if err is not None else exc)
+            if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+                self._say_unreachable()
         if err is not None and err.fatal():
             self._producer_fatal = self._producer_fatal or err.str()
         elif self._producer_fatal is None:
@@ -379,7 +392,8 @@ class Pipeline:
         """A producer in a fatal state (e.g. its transaction was aborted by the coordinator while
         the broker was down, which fences its epoch) can do nothing more: drop it, make a new one
         (same transactional.id, which fences the old one), and redo the batch."""
-        log.warning("the producer hit a fatal error (%s): replacing it", self._producer_fatal)
+        log.warning("the producer hit a fatal error (%s)%s", self._producer_fatal,
+                    "" if self.stopping else ": replacing it")
         self._producer_fatal = None
         if self.producer is not None:
             try:
@@ -396,6 +410,8 @@ class Pipeline:
                     self._fatal = exc.args[0].str()
                     return
                 log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
+                if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+                    self._say_unreachable()
 
     def rewind(self) -> None:
         assignment = self.consumer.assignment()
@@ -488,7 +504,13 @@ class Pipeline:
                 self._producer_fatal = err.str()
             else:
                 self._fatal = err.str()
+        elif self._suspect(err.code(), err.str()):
+            return  # checked from the loop (this may run inside poll()); logged if not confirmed
         now = time.monotonic()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._last_error_log = now
+            self._say_unreachable()
+            return
         if now - self._last_error_log > 5 or err.fatal():
             self._last_error_log = now
             log.warning("Kafka: %s (librdkafka keeps retrying)", err.str())
@@ -501,7 +523,51 @@ class Pipeline:
                 good.append(msg)
             elif err.code() != KafkaError._PARTITION_EOF:
                 self._on_kafka_error(err)
+        self._topic_gone()
         return good
+
+    def _say_unreachable(self) -> None:
+        """One line a minute while Kafka is down, instead of librdkafka's 20 a second."""
+        now = time.monotonic()
+        if now - self._last_down_log > 60:
+            self._last_down_log = now
+            log.warning("Kafka at %s is unreachable (all brokers down): waiting for it. Nothing is "
+                        "committed before the broker acknowledges a batch's outputs, so processing "
+                        "resumes where it stopped; if it lasts, the broker's log says why (e.g. 'all "
+                        "log dirs ... have failed': its disk is full)", self.settings.kafka.bootstrap_servers)
+
+    def _suspect(self, code: int | None, text: str | None) -> bool:
+        """Note an error that may mean a deleted topic (librdkafka reports a subscribed topic
+        gone through error_cb, a produced-to one through deliveries and produce())."""
+        if code not in kafka_io.TOPIC_GONE:
+            return False
+        self._topic_suspect = self._topic_suspect or text
+        return True
+
+    def _topic_gone(self, after_failure: bool = False) -> bool:
+        """Whether one of our topics was deleted, asking the cluster (at most every 5 s) after a
+        failed batch or an error that may mean it. Retrying cannot bring a topic back (the
+        producer does not auto-create topics), so it stops the run: nothing past the
+        acknowledged batches is committed, one line says what to do, exit 2; a restart's
+        start-up check says the same until it is back."""
+        if self._user_error is not None:
+            return True
+        if (self._topic_suspect is None and not after_failure) or self.consumer is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_topic_check < 5:
+            return False
+        self._last_topic_check = now
+        suspect, self._topic_suspect = self._topic_suspect, None
+        t = self.settings.topics
+        missing = kafka_io.missing_topics(self.consumer, [t.input, t.alerts, t.dead_letter]
+                                          + ([t.latent] if t.latent else []), timeout=5)
+        if not missing:  # all there (or no answer): a passing error
+            if suspect is not None:
+                log.warning("Kafka: %s (librdkafka keeps retrying)", suspect)
+            return False
+        self._user_error = kafka_io.topics_gone_message(self.settings, missing)
+        return True
 
 
 class _Rewind(Exception):

@@ -22,6 +22,9 @@ from .ledger import committed_lag
 from .test_pipeline_process import Stream, normal_values
 
 FAST_GROUP = '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}'
+# LATENTWATCH_TEST_KAFKA_DEBUG=cgrp,fetch,topic: librdkafka debug output of the pipelines' consumers
+# in their logs (with -v), to see what a stuck one is waiting for.
+KAFKA_DEBUG = os.environ.get("LATENTWATCH_TEST_KAFKA_DEBUG", "")
 
 
 def topic_maker(bootstrap: str, conf: dict | None = None):
@@ -39,11 +42,13 @@ def topic_maker(bootstrap: str, conf: dict | None = None):
 def start_pipeline(bootstrap: str, stream, model_dir: str, log_path: Path, *extra: str,
                    env: dict | None = None, verbose: bool = False) -> subprocess.Popen:
     """`latentwatch run` on `stream`'s topics; stdout and stderr go to `log_path` (appended)."""
+    verbose = verbose or bool(KAFKA_DEBUG)
     cmd = [sys.executable, "-m", "pipeline.cli", *(["-v"] if verbose else []), "run", "--model", model_dir,
            "--bootstrap", bootstrap, "--input-topic", stream.input, "--alerts-topic", stream.alerts,
            "--dead-letter-topic", stream.dead, "--latent-topic", stream.latent, "--group-id", stream.group,
            "--metrics-port", "0", "--batch-size", "200", "--device", "cpu", *extra]
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", LATENTWATCH_KAFKA__CONSUMER=FAST_GROUP)
+    consumer = json.loads(FAST_GROUP) | ({"debug": KAFKA_DEBUG} if KAFKA_DEBUG else {})
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", LATENTWATCH_KAFKA__CONSUMER=json.dumps(consumer))
     full_env.update(env or {})
     with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
