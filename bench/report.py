@@ -119,10 +119,11 @@ def markdown(res: dict) -> str:
     sweeps = [(name, w["latency_sweep"]) for name, w in res["workloads"].items() if w.get("latency_sweep")]
     if sweeps:
         lines += ["", "Latency against offered rate:", "",
-                  "| workload | fraction of max | offered r/s | p50 ms | p99 ms | p99.9 ms | samples |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  ("| workload | fraction of max | offered r/s | p50 ms | p99 ms | p99.9 ms | samples "
+                   "| CPU cores busy: machine / pipeline / generator |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         lines += [f"| {name} | {x['fraction_of_max']} | {_n(x['offered_readings_per_s'])} | {_n(x.get('p50_ms'), 1)} "
-                  f"| {_n(x.get('p99_ms'), 1)} | {_n(x.get('p999_ms'), 1)} | {x['samples']} |"
+                  f"| {_n(x.get('p99_ms'), 1)} | {_n(x.get('p999_ms'), 1)} | {x['samples']} | {_cpu(x)} |"
                   for name, sweep in sweeps for x in sweep]
     ms = res.get("model_stage") or {}
     if ms.get("cpu"):
@@ -142,13 +143,20 @@ def markdown(res: dict) -> str:
     else:
         lines += ["", "GPU: not available on this machine (the CUDA path of `bench/model_stage.py` did not run)."]
     lines += ["", "Latency: " + next((w["latency"]["method"] for w in res["workloads"].values() if w.get("latency")), "–")
-              + "; offered rate = half the pipeline's measured maximum for that workload.",
+              + "; offered rate = half the pipeline's measured maximum for that workload. Input CreateTime is "
+              "each message's scheduled send time (generator delays count); the generator runs librdkafka's "
+              "default linger.ms (5) and shares the 2 cores with the broker and the pipeline.",
               ("Throughput: readings between the group's first and last observed offset commit, over that time "
               "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "
               "first fetched batch; consume+decode is measured before and after the pipeline run and the ratio "
               "uses their mean. Naive: one message at a time, one model call per reading, flush and "
               "synchronous commit per message, on a prefix of the topic."), ""]
     return "\n".join(lines)
+
+
+def _cpu(x: dict) -> str:
+    c = x.get("cpu_cores_used") or {}
+    return " / ".join(_n(c.get(k), 2) for k in ("busy", "pipeline", "generator")) if c else "–"
 
 
 def write(res: dict, out_dir: Path, stem: str = "latest") -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 log = logging.getLogger("latentwatch.kafka")
 
 
-def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
+def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=None) -> dict:
     conf = settings.kafka.client_config()
     conf.update({
         "group.id": settings.group_id,
@@ -37,6 +37,8 @@ def consumer_config(settings: Settings, on_stats=None, on_error=None) -> dict:
         conf["stats_cb"] = on_stats
     if on_error is not None:
         conf["error_cb"] = on_error
+    if on_commit is not None:
+        conf["on_commit"] = on_commit
     conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     return conf
 
