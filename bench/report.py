@@ -145,7 +145,9 @@ def markdown(res: dict) -> str:
     lines += ["", "Latency: " + next((w["latency"]["method"] for w in res["workloads"].values() if w.get("latency")), "–")
               + "; offered rate = half the pipeline's measured maximum for that workload. Input CreateTime is "
               "each message's scheduled send time (generator delays count); the generator runs librdkafka's "
-              "default linger.ms (5) and shares the 2 cores with the broker and the pipeline.",
+              "default linger.ms (5) and shares the 2 cores with the broker and the pipeline. The local broker "
+              "runs group.coordinator.append.linger.ms=0 (Kafka 4.x's default of 5 ms adds ~6 ms to every "
+              "offset commit).",
               ("Throughput: readings between the group's first and last observed offset commit, over that time "
               "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "
               "first fetched batch; consume+decode is measured before and after the pipeline run and the ratio "
