@@ -54,6 +54,17 @@ def private_broker(tmp_path):
         broker.stop()
 
 
+def _drain_with_a_new_process(kafka_bootstrap, stream, model, log, delivery) -> None:
+    """Start a pipeline on `stream`, wait until it has committed everything, stop it cleanly."""
+    proc = start_pipeline(kafka_bootstrap, stream, model, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+
+
 def _assert_balanced(led, n, dead=0):
     assert len(led.inputs) == n
     assert not led.uncommitted, f"{len(led.uncommitted)} readings never committed"
@@ -151,13 +162,7 @@ def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, mak
         feeding.clear()
         feeder.join(timeout=300)
     n = s.sent
-    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
-    try:
-        wait_url(proc, log)
-        wait_drained(kafka_bootstrap, s, proc=proc)
-        assert stop_process(proc) == 0
-    finally:
-        stop_process(proc)
+    _drain_with_a_new_process(kafka_bootstrap, s, model_dir, log, delivery)
     led = settled_ledger(s, kafka_bootstrap)
     _assert_balanced(led, n, dead=len(s.bad))
     assert not led.missing_alerts(s.anomalies)
@@ -272,13 +277,7 @@ def test_input_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, produce
     admin.create_topics([NewTopic(s.input, s.partitions, 1)])[s.input].result(timeout=30)
     m = n + 2000
     fresh.produce(producer, m, seed=5, bad_every=300)
-    proc = start_pipeline(kafka_bootstrap, fresh, model_dir, log, "--delivery", delivery)
-    try:
-        wait_url(proc, log)
-        wait_drained(kafka_bootstrap, fresh, proc=proc)
-        assert stop_process(proc) == 0
-    finally:
-        stop_process(proc)
+    _drain_with_a_new_process(kafka_bootstrap, fresh, model_dir, log, delivery)
     led = settled_ledger(fresh, kafka_bootstrap)
     _assert_balanced(led, m, dead=len(fresh.bad))
     assert led.duplicates == 0
@@ -312,13 +311,7 @@ def test_output_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, produc
     assert committed_lag(kafka_bootstrap, s.input, s.group, s.partitions) > 0  # undeliverable: not committed
 
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
-    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
-    try:
-        wait_url(proc, log)
-        wait_drained(kafka_bootstrap, s, proc=proc)
-        assert stop_process(proc) == 0
-    finally:
-        stop_process(proc)
+    _drain_with_a_new_process(kafka_bootstrap, s, model_dir, log, delivery)
     led = settled_ledger(s, kafka_bootstrap)
     new = s.refs - before  # what went to the deleted topic before is gone with it
     assert len(s.refs) == 4000 and not led.uncommitted
