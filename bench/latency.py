@@ -88,7 +88,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
     try:
         proc.wait_assigned()
         time.sleep(0.5)  # let the consumer's first fetches go out
-        cpu0 = _cpu_snapshot(proc._python_pid())
+        cpu0 = _cpu_snapshot(proc.python_pid())
         t0_wall = time.time()
         t0 = time.perf_counter()
         sent = 0
@@ -113,7 +113,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
                     p.poll(0.001)
             sent += k
         produce_s = time.perf_counter() - t0
-        cpu = _cpu_used(cpu0, _cpu_snapshot(proc._python_pid()))
+        cpu = _cpu_used(cpu0, _cpu_snapshot(proc.python_pid()))
         p.flush(60)
         ends = end_offsets(bootstrap, topic)
         wait_for_commits(proc, watcher, ends, timeout=max(120.0, 4 * duration))

@@ -47,7 +47,7 @@ class PipelineProcess:
         raise RuntimeError(f"pipeline got no partitions within {timeout:.0f} s: {self.tail()}")
 
     def peak_rss_bytes(self) -> dict:
-        pid = self._python_pid()
+        pid = self.python_pid()
         out = {}
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -58,7 +58,7 @@ class PipelineProcess:
             pass
         return out
 
-    def _python_pid(self) -> int:
+    def python_pid(self) -> int:
         if not self._profiled:
             return self.pid
         try:  # py-spy's child
@@ -69,7 +69,7 @@ class PipelineProcess:
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
-            os.kill(self._python_pid(), signal.SIGTERM)
+            os.kill(self.python_pid(), signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

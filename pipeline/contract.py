@@ -165,10 +165,12 @@ class Decoder:
             ts_all.extend(ts_list)
         counts_arr = np.array(counts, dtype=np.int64)
         converted = None if one_by_one or not index else self._convert_all(rows_all, ts_all, counts_arr, now)
-        if converted is not None or not index:
-            values, ts = converted or (np.empty((0, len(self.channels)), np.float32), np.empty(0))
-            return DecodedBatch(index, sensor_ids, counts_arr, values, ts, errors)
-        return self._convert_one_by_one(index, sensor_ids, counts, rows_all, ts_all, errors, now)
+        if converted is None and index:
+            return self._convert_one_by_one(index, sensor_ids, counts, rows_all, ts_all, errors, now)
+        return DecodedBatch(index, sensor_ids, counts_arr, *(converted or self._no_readings()), errors)
+
+    def _no_readings(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty((0, len(self.channels)), np.float32), np.empty(0)
 
     def _convert_all(self, rows, ts_list, counts, now):
         """All readings at once; None when any message breaks the contract."""
@@ -206,8 +208,7 @@ class Decoder:
             start += k
         errors.sort(key=lambda e: e[0])
         if not values:
-            return DecodedBatch([], [], np.zeros(0, np.int64), np.empty((0, len(self.channels)), np.float32),
-                                np.empty(0), errors)
+            return DecodedBatch([], [], np.zeros(0, np.int64), *self._no_readings(), errors)
         return DecodedBatch(keep_index, keep_ids, np.array(keep_counts, dtype=np.int64),
                             np.concatenate(values), np.concatenate(times), errors)
 

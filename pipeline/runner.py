@@ -196,7 +196,7 @@ class Pipeline:
         """Decode the batch in one go (pipeline.contract), then hold each message against its
         sensor's last reading (late policy) in offset order."""
         d = self.decoder.decode_many([(msg.value(), msg.key()) for msg in messages], time.time())
-        dead = [(i, err) for i, err in d.errors]
+        dead = list(d.errors)
         ends = np.cumsum(d.counts)
         firsts, lasts = d.ts[ends - d.counts].tolist(), d.ts[ends - 1].tolist()
         late_policy_dlq = self.settings.late_policy == "dead-letter"
@@ -282,7 +282,8 @@ class Pipeline:
 
     def finish(self, batch: Batch) -> bool:
         """Make the batch durable: outputs acknowledged, then offsets committed. False = rewound."""
-        offsets = [TopicPartition(t, p, o) for (t, p), o in kafka_io.next_offsets(batch.messages).items()]
+        next_offsets = kafka_io.next_offsets(batch.messages)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
             if self.exactly_once:
                 self._bounded(self._commit_transaction, self.producer, offsets,
@@ -297,7 +298,7 @@ class Pipeline:
                 # Asynchronous: it travels while the next batch is read. (A sync commit from a
                 # helper thread instead held this thread's consume() back: 30x slower.)
                 self.consumer.commit(offsets=offsets, asynchronous=True)
-                self._unconfirmed = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+                self._unconfirmed = next_offsets
         except (KafkaException, _Rewind) as exc:
             self._recover(exc)
             return False
