@@ -109,7 +109,8 @@ def markdown(res: dict) -> str:
 
         lines.append(
             f"| {name} ({w['workload']['readings_per_message']}/msg) | {_n(w['workload']['readings'])} "
-            f"| {_n(w['ceiling_bare']['readings_per_s'])} | {_n(w['ceiling_decode']['readings_per_s'])} / "
+            f"| {_n((w.get('ceiling_bare') or {}).get('readings_per_s'))} "
+            f"| {_n((w.get('ceiling_decode') or {}).get('readings_per_s'))} / "
             f"{_n((w.get('ceiling_decode_after') or {}).get('readings_per_s'))} "
             f"| {_n(pipe.get('readings_per_s'))} | {mark('pipeline_vs_decode_ceiling', _n(v.get('pipeline_vs_decode_ceiling'), 2))} "
             f"| {_n((w.get('naive') or {}).get('readings_per_s'))} | {mark('pipeline_vs_naive', _n(v.get('pipeline_vs_naive'), 1))} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from pipeline import kafka_io
 from pipeline.config import load_settings
@@ -51,3 +52,38 @@ def test_bootstrap_reachable_is_a_plain_tcp_probe():
         assert kafka_io.bootstrap_reachable(f"127.0.0.1:1, PLAINTEXT://127.0.0.1:{port}")  # any one will do
     assert not kafka_io.bootstrap_reachable(f"127.0.0.1:{port}")  # closed: refused at once
     assert not kafka_io.bootstrap_reachable("host.invalid:9092")
+
+
+class _TruncatingConsumer:
+    """Waits like librdkafka: in whole milliseconds, truncated (a timeout under 1 ms returns at
+    once). One message is there at first; nothing more arrives."""
+
+    def __init__(self):
+        self.waits: list[float] = []
+
+    def poll(self, timeout):
+        return _Msg()
+
+    def consume(self, n, timeout):
+        self.waits.append(timeout)
+        time.sleep(int(timeout * 1000) / 1000)
+        return []
+
+
+class _Msg:
+    def __len__(self):
+        return 100
+
+
+def test_accumulate_waits_out_its_deadline_without_spinning():
+    c = _TruncatingConsumer()
+    t0 = time.monotonic()
+    batch = kafka_io.accumulate(c, 1000, 1 << 20, 0.0013, lambda: False)
+    took = time.monotonic() - t0
+    assert len(batch) == 1
+    assert took < 0.05
+    # consume(n, 0) for what is already there, then at most one or two waits of >= 1 ms: the
+    # loop must not call consume() over and over with sub-millisecond timeouts until the deadline
+    assert c.waits[0] == 0
+    assert len(c.waits) <= 3, c.waits
+    assert all(w >= 0.001 for w in c.waits[1:]), c.waits
