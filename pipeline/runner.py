@@ -259,15 +259,18 @@ class Pipeline:
         thresholds = np.asarray(self.model.threshold.thresholds(scores.score, sensor_of), dtype=np.float64)
         batch.scores = scores.score
 
-        for j in np.flatnonzero(scores.score > thresholds):
+        raised = np.flatnonzero(scores.score > thresholds)
+        tops = alerts.top_channels_rows(scores.channel_error[raised], self.channels)
+        detected_at = time.time()
+        for j, top in zip(raised.tolist(), tops):
             i = scored_idx[j]
             msg, sensor_id = batch.valid[msg_of[i]]
             record = alerts.alert_record(
                 topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos_in_msg[i]),
                 sensor_id=sensor_id, ts=float(ts[i]), score=float(scores.score[j]),
-                threshold=float(thresholds[j]), channel_error=scores.channel_error[j],
-                latent=scores.latent[j], channels=self.channels, model_name=self.model.name,
-                model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio)
+                threshold=float(thresholds[j]), top=top, latent=scores.latent[j], channels=self.channels,
+                model_name=self.model.name, model_version=str(self.model.version),
+                critical_ratio=self.settings.alerts.critical_ratio, detected_at=detected_at)
             kafka_io.produce(self.producer, self.settings.topics.alerts, alerts.encode(record),
                              sensor_id.encode(), self._delivery)
             batch.alert_severities.append(record["severity"])
