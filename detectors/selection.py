@@ -1,15 +1,20 @@
 """Label-blind settings for the SKAB benchmark: leave-one-folder-out cross-validation.
 
-A *setting* is a model (kind, window, score_last, PCA variance, how its threshold is calibrated)
-plus score smoothing and a threshold rule (quantile q of held-out normal scores x margin). A
-setting's alarms on a file are a function of that file's sensor values only: the model and its
-threshold see the first `train_rows` rows and no labels (`score_file`, `predict`).
+A *setting* is a model (kind, channels, window, score_last, PCA variance, how its threshold is
+calibrated) plus score smoothing and a threshold rule (quantile q of held-out normal scores x
+margin). A setting's alarms on a file are a function of that file's sensor values only: the
+model and its threshold see the first `train_rows` rows and no labels (`score_file`, `predict`).
 
 Labels enter in one place, `count_table` (confusion counts per file and setting). For each
-folder (valve1, valve2, other), `cross_validate` picks the setting with the best F1 summed over
-the *other* folders' test parts and applies it to the held-out folder, whose labels are only
-used afterwards, to score that choice. Counts are summed over folds, as the SKAB protocol sums
-over files.
+folder (valve1, valve2, other), `cross_validate` picks a setting from the counts pooled over the
+*other* folders' test parts and applies it to the held-out folder, whose labels are only used
+afterwards, to score that choice. Counts are summed over folds, as the SKAB protocol sums over
+files.
+
+The primary criterion was pre-registered (written here and committed before any run with it):
+the best F1 on the other folders among settings whose FAR there is at most `PRIMARY_MAX_FAR` =
+10 %, the target stated in issue #3, not a tuned value (no setting within it: the lowest FAR).
+The unconstrained best-F1 choice (the criterion of the first blind run) is reported beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ log = logging.getLogger(__name__)
 HOLD_OUT = 0.25  # tail calibration: the last 100 of SKAB's 400 training rows
 CROSS_BLOCKS = 4  # cross calibration: out-of-block scores of 4 models, each fitted without one block
 AE_FIT = {"epochs": 80, "batch_size": 32, "lr": 1e-3, "patience": 10}
+PRIMARY_MAX_FAR = 10.0  # percent; issue #3's aim (FAR <= 10 %), pre-registered, never tuned
+# Channels that change slowly (on every file's training rows the std of their first differences is
+# about 0.25 of the white-noise value, about 1 for the other six): 400 rows cannot show how far
+# they drift in normal operation. A grid option drops them; cross-validation decides.
+THERMAL = ("Temperature", "Thermocouple")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class ModelSpec:
     score_last: int = 1
     variance: float = 0.9  # pca: components explaining this share of the variance
     calibration: str = "tail"
+    drop: tuple[str, ...] = ()  # channels left out of the model (by name)
 
     def config(self) -> dict:
         c = {"window": self.window, "score_last": self.score_last}
@@ -58,7 +69,8 @@ class ModelSpec:
 
     def describe(self) -> str:
         var = f" var {self.variance}" if self.kind == "pca" else ""
-        return f"{self.kind} W{self.window} last {self.score_last}{var} {self.calibration}"
+        drop = f" without {'+'.join(self.drop)}" if self.drop else ""
+        return f"{self.kind} W{self.window} last {self.score_last}{var} {self.calibration}{drop}"
 
 
 @dataclass(frozen=True)
@@ -72,22 +84,25 @@ class Setting:
         return f"{self.model.describe()}, smooth {self.smooth}, q{self.q} x{self.margin}"
 
 
-# The grid, fixed before any cross-validated run was looked at.
-SMOOTH = (1, 8, 32)
+# The grid. First run: everything but `drop` and smoothing 16, fixed before any cross-validated run
+# was looked at. Second (pre-registered with PRIMARY_MAX_FAR, before running it): + `drop` THERMAL
+# and smoothing 16 (between 8 and 32, whose causal lag past the end of a segment costs FAR).
+SMOOTH = (1, 8, 16, 32)
 QUANTILES = (0.95, 0.99, 1.0)
 MARGINS = (1.0, 1.5, 2.0, 3.0)
+DROPS = ((), THERMAL)
 
 
 def model_grid(kinds: list[str] | tuple[str, ...] = ("pca",)) -> list[ModelSpec]:
     specs = []
-    for cal in ("tail", "cross"):
+    for drop, cal in itertools.product(DROPS, ("tail", "cross")):
         if "pca" in kinds:
             for w, var in itertools.product((1, 4, 8, 16, 32), (0.8, 0.9, 0.95)):
-                specs += [ModelSpec("pca", w, last, var, cal) for last in sorted({1, w})]
+                specs += [ModelSpec("pca", w, last, var, cal, drop) for last in sorted({1, w})]
         if "window" in kinds:
-            specs += [ModelSpec("window", w, w, calibration=cal) for w in (8, 16, 32)]
+            specs += [ModelSpec("window", w, w, calibration=cal, drop=drop) for w in (8, 16, 32)]
         if "mlp" in kinds:
-            specs.append(ModelSpec("mlp", calibration=cal))
+            specs.append(ModelSpec("mlp", calibration=cal, drop=drop))
     return specs
 
 
@@ -123,6 +138,11 @@ def _fit(spec: ModelSpec, X: np.ndarray, channels, seed: int, device: str, val_f
 def score_file(values: np.ndarray, spec: ModelSpec, *, channels=None, train_rows: int = TRAIN_ROWS,
                seed: int = 0, device: str = "cpu") -> SpecScores:
     """Fit `spec` on `values[:train_rows]` and score every row; no labels anywhere."""
+    if spec.drop:
+        if channels is None:
+            raise ValueError("dropping channels by name needs the channel names")
+        keep = [i for i, c in enumerate(channels) if c not in spec.drop]
+        values, channels = values[:, keep], [channels[i] for i in keep]
     X, w = values[:train_rows], spec.window
     started = time.perf_counter()
     if spec.calibration == "tail":
@@ -298,11 +318,15 @@ class SelectionResult:
         return {r.path: predict(r.scores[chosen[r.group].model], chosen[r.group]) for r in self.runs}
 
 
+PRIMARY = f"best F1, FAR <= {PRIMARY_MAX_FAR:g} % (pre-registered)"
+
+
 def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), settings: list[Setting] | None = None,
                   train_rows: int = TRAIN_ROWS, files: int | None = None, seed: int = 0, device: str = "cpu",
                   max_far: float | None = None) -> SelectionResult:
     """Score every labelled file under `root`/data with every setting, then cross-validate by
-    folder: by F1 on the other folders, and (with `max_far`) by F1 among settings within that FAR."""
+    folder: first by the pre-registered criterion (best F1 among settings within FAR 10 % on the
+    other folders), then by F1 alone, and (with `max_far`) by F1 among settings within that FAR."""
     started = time.perf_counter()
     grid = list(settings) if settings is not None else expand(model_grid(kinds))
     fixed = {"fixed a-priori default": A_PRIORI, "evaluate.SETTINGS pca (swept on test labels)": SWEPT}
@@ -313,8 +337,9 @@ def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), 
     runs = score_files(paths, specs, train_rows=train_rows, seed=seed, device=device)
     table = count_table(runs, [read_truth(p, train_rows) for p in paths], settings)
     groups = [r.group for r in runs]
-    cv = {"best F1": cross_validate(table[:, :len(grid)], groups)}
-    if max_far is not None:
+    cv = {PRIMARY: cross_validate(table[:, :len(grid)], groups, PRIMARY_MAX_FAR),
+          "best F1": cross_validate(table[:, :len(grid)], groups)}
+    if max_far is not None and max_far != PRIMARY_MAX_FAR:
         cv[f"best F1, FAR <= {max_far:g} %"] = cross_validate(table[:, :len(grid)], groups, max_far)
     return SelectionResult(settings, cv, table, runs, time.perf_counter() - started, len(grid), fixed)
 
@@ -325,7 +350,7 @@ def table_rows(result: SelectionResult) -> list[tuple[str, Counts, float | None]
     for name, folds in result.cv.items():
         chosen = {result.settings[f.chosen].model for f in folds}
         secs = float(np.mean([result.seconds_per_file(m) for m in chosen]))
-        rows.append((f"latentwatch BLIND CV: {name} on the other folders", pooled_counts(folds), secs))
+        rows.append((f"latentwatch BLIND CV: {name} on other folders", pooled_counts(folds), secs))
     for name, s in result.fixed.items():
         rows.append((f"latentwatch {name}", result.counts_of(s), result.seconds_per_file(s.model)))
     best, counts = result.best_on_test()
