@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from detectors import evaluate, selection
+from detectors.base import sliding_windows
 from detectors.selection import ModelSpec, Setting, SpecScores
 from pipeline.cli import main
 from tests.detector_data import normal_data
@@ -214,4 +215,21 @@ def test_grid_holds_both_channel_sets_and_every_smoothing():
     specs = selection.model_grid(("pca",))
     assert {s.drop for s in specs} == {(), selection.THERMAL}
     assert len(specs) == 2 * len({s for s in specs if not s.drop})
-    assert len(selection.expand(specs)) == len(specs) * 4 * 3 * 4
+    settings = selection.expand(specs)
+    assert len(settings) == len(specs) * 2 * 4 * 3 * 4
+    assert {s.statistic for s in settings} == {"spe", "t2+spe"}
+    window_ae = selection.expand([ModelSpec("window", 8, 8)])
+    assert {s.statistic for s in window_ae} == {"spe"}  # T^2 is PCA's
+
+
+def test_t2_sees_moves_along_the_principal_axes_that_spe_misses():
+    X = normal_data(400, channels=6, seed=5)
+    det = selection.make_detector("pca", window=1, variance=0.95).fit(X)
+    stats = selection.statistics(det, sliding_windows(X, 1))
+    normal = stats(sliding_windows(X, 1))
+    assert np.mean(normal["t2+spe"]) == pytest.approx(2.0, rel=1e-3)  # each term averages 1 on the fit rows
+    axis = det.net.components[0].numpy()  # first principal axis, standard units
+    sd = np.sqrt(np.mean(det.score(X).latent[:, 0] ** 2))  # the spread of normal data along it
+    moved = stats(sliding_windows((X + 5 * sd * axis * det.scaler.std).astype(np.float32), 1))
+    np.testing.assert_allclose(moved["spe"], normal["spe"], rtol=1e-2, atol=1e-4)  # spe: nothing happened
+    assert np.mean(moved["t2+spe"]) > 4 * np.mean(normal["t2+spe"])  # t2: five standard deviations off
