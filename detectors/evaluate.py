@@ -169,14 +169,14 @@ def format_table(results: list[SkabResult], extra: list[tuple[str, Counts, float
                  files: int | None = None) -> str:
     """Our rows, then `extra` rows (name, counts, train seconds per file), the flag-everything
     baseline and the leaderboard."""
-    lines = [f"{'detector':<66} {'F1':>5} {'FAR %':>7} {'MAR %':>7}  train s/model",
-             f"{'-' * 66} {'-' * 5} {'-' * 7} {'-' * 7}  -------------"]
+    lines = [f"{'detector':<78} {'F1':>5} {'FAR %':>7} {'MAR %':>7}  train s/model",
+             f"{'-' * 78} {'-' * 5} {'-' * 7} {'-' * 7}  -------------"]
     rows = [(f"latentwatch {r.model} [{r.variant}, {r.threshold}]", r.counts, r.seconds_per_model) for r in results]
     for name, c, seconds in rows + list(extra):
-        lines.append(f"{name:<66} {c.f1:5.3f} {c.far:7.2f} {c.mar:7.2f}" + (f"  {seconds:.2f}" if seconds is not None else ""))
-    lines.append(f"{'flag every test point (baseline)':<66} {FLAG_ALL_F1:5.3f} {100:7.2f} {0:7.2f}")
+        lines.append(f"{name:<78} {c.f1:5.3f} {c.far:7.2f} {c.mar:7.2f}" + (f"  {seconds:.2f}" if seconds is not None else ""))
+    lines.append(f"{'flag every test point (baseline)':<78} {FLAG_ALL_F1:5.3f} {100:7.2f} {0:7.2f}")
     for name, f1, far, mar in LEADERBOARD:
-        lines.append(f"{'leaderboard: ' + name:<66} {f1:5.2f} {far:7.2f} {mar:7.2f}")
+        lines.append(f"{'leaderboard: ' + name:<78} {f1:5.2f} {far:7.2f} {mar:7.2f}")
     counted = {r.files for r in results} | ({files} if files is not None else set())
     lines.append(f"({', '.join(map(str, sorted(counted)))} labelled files; torch threads: {torch.get_num_threads()})")
     return "\n".join(lines)

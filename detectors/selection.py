@@ -1,15 +1,20 @@
 """Label-blind settings for the SKAB benchmark: leave-one-folder-out cross-validation.
 
-A *setting* is a model (kind, window, score_last, PCA variance, how its threshold is calibrated)
-plus score smoothing and a threshold rule (quantile q of held-out normal scores x margin). A
-setting's alarms on a file are a function of that file's sensor values only: the model and its
-threshold see the first `train_rows` rows and no labels (`score_file`, `predict`).
+A *setting* is a model (kind, channels, window, score_last, PCA variance, how its threshold is
+calibrated) plus score smoothing and a threshold rule (quantile q of held-out normal scores x
+margin). A setting's alarms on a file are a function of that file's sensor values only: the
+model and its threshold see the first `train_rows` rows and no labels (`score_file`, `predict`).
 
 Labels enter in one place, `count_table` (confusion counts per file and setting). For each
-folder (valve1, valve2, other), `cross_validate` picks the setting with the best F1 summed over
-the *other* folders' test parts and applies it to the held-out folder, whose labels are only
-used afterwards, to score that choice. Counts are summed over folds, as the SKAB protocol sums
-over files.
+folder (valve1, valve2, other), `cross_validate` picks a setting from the counts pooled over the
+*other* folders' test parts and applies it to the held-out folder, whose labels are only used
+afterwards, to score that choice. Counts are summed over folds, as the SKAB protocol sums over
+files.
+
+The primary criterion was pre-registered (written here and committed before any run with it):
+the best F1 on the other folders among settings whose FAR there is at most `PRIMARY_MAX_FAR` =
+10 %, the target stated in issue #3, not a tuned value (no setting within it: the lowest FAR).
+The unconstrained best-F1 choice (the criterion of the first blind run) is reported beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ log = logging.getLogger(__name__)
 HOLD_OUT = 0.25  # tail calibration: the last 100 of SKAB's 400 training rows
 CROSS_BLOCKS = 4  # cross calibration: out-of-block scores of 4 models, each fitted without one block
 AE_FIT = {"epochs": 80, "batch_size": 32, "lr": 1e-3, "patience": 10}
+PRIMARY_MAX_FAR = 10.0  # percent; issue #3's aim (FAR <= 10 %), pre-registered, never tuned
+# Channels that change slowly (on the files' training rows the std of their first differences is a
+# median 0.25 of the white-noise value, about 1 for the other six): 400 rows cannot show how far
+# they drift in normal operation. A grid option drops them; cross-validation decides.
+THERMAL = ("Temperature", "Thermocouple")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class ModelSpec:
     score_last: int = 1
     variance: float = 0.9  # pca: components explaining this share of the variance
     calibration: str = "tail"
+    drop: tuple[str, ...] = ()  # channels left out of the model (by name)
 
     def config(self) -> dict:
         c = {"window": self.window, "score_last": self.score_last}
@@ -58,7 +69,8 @@ class ModelSpec:
 
     def describe(self) -> str:
         var = f" var {self.variance}" if self.kind == "pca" else ""
-        return f"{self.kind} W{self.window} last {self.score_last}{var} {self.calibration}"
+        drop = f" without {'+'.join(self.drop)}" if self.drop else ""
+        return f"{self.kind} W{self.window} last {self.score_last}{var} {self.calibration}{drop}"
 
 
 @dataclass(frozen=True)
@@ -67,33 +79,45 @@ class Setting:
     smooth: int = 1  # trailing mean of the last `smooth` scores (causal)
     q: float = 0.99
     margin: float = 1.5
+    statistic: str = "spe"  # spe | t2+spe (PCA only; see `statistics`)
 
     def describe(self) -> str:
-        return f"{self.model.describe()}, smooth {self.smooth}, q{self.q} x{self.margin}"
+        stat = f", {self.statistic}" if self.statistic != "spe" else ""
+        return f"{self.model.describe()}{stat}, smooth {self.smooth}, q{self.q} x{self.margin}"
 
 
-# The grid, fixed before any cross-validated run was looked at.
-SMOOTH = (1, 8, 32)
+# The grid. First run: everything but `drop`, smoothing 16 and t2+spe, fixed before any
+# cross-validated run was looked at. Second (pre-registered with PRIMARY_MAX_FAR, before running
+# it): + `drop` THERMAL and smoothing 16 (between 8 and 32, whose causal lag past the end of a
+# segment costs FAR). Third, after the second's result (blind F1 0.777, FAR 8.94 %): + t2+spe,
+# the textbook PCA monitoring pair (SKAB's own "T-squared+Q" baseline), before running it; it gave
+# 0.774 / 8.93 % (detectors/README.md). No grid after that.
+SMOOTH = (1, 8, 16, 32)
 QUANTILES = (0.95, 0.99, 1.0)
 MARGINS = (1.0, 1.5, 2.0, 3.0)
+DROPS = ((), THERMAL)
+STATISTICS = ("spe", "t2+spe")
 
 
 def model_grid(kinds: list[str] | tuple[str, ...] = ("pca",)) -> list[ModelSpec]:
     specs = []
-    for cal in ("tail", "cross"):
+    for drop, cal in itertools.product(DROPS, ("tail", "cross")):
         if "pca" in kinds:
             for w, var in itertools.product((1, 4, 8, 16, 32), (0.8, 0.9, 0.95)):
-                specs += [ModelSpec("pca", w, last, var, cal) for last in sorted({1, w})]
+                specs += [ModelSpec("pca", w, last, var, cal, drop) for last in sorted({1, w})]
         if "window" in kinds:
-            specs += [ModelSpec("window", w, w, calibration=cal) for w in (8, 16, 32)]
+            specs += [ModelSpec("window", w, w, calibration=cal, drop=drop) for w in (8, 16, 32)]
         if "mlp" in kinds:
-            specs.append(ModelSpec("mlp", calibration=cal))
+            specs.append(ModelSpec("mlp", calibration=cal, drop=drop))
     return specs
 
 
-def expand(specs: list[ModelSpec], smooth=SMOOTH, quantiles=QUANTILES, margins=MARGINS) -> list[Setting]:
-    """Every (model, smoothing, q, margin), in that nesting order (ties go to the first)."""
-    return [Setting(m, s, q, k) for m in specs for s in smooth for q in quantiles for k in margins]
+def expand(specs: list[ModelSpec], smooth=SMOOTH, quantiles=QUANTILES, margins=MARGINS,
+           statistics=STATISTICS) -> list[Setting]:
+    """Every (model, statistic, smoothing, q, margin), in that nesting order (ties go to the
+    first); t2+spe for PCA models only."""
+    return [Setting(m, s, q, k, st) for m in specs for st in statistics if st == "spe" or m.kind == "pca"
+            for s in smooth for q in quantiles for k in margins]
 
 
 # Library defaults (PCADetector, QuantileThreshold 0.99) with the x1.5 upper-control-limit rule of
@@ -106,44 +130,74 @@ SWEPT = Setting(ModelSpec("pca", 8, 8, 0.8, "tail"), smooth=1, q=0.99, margin=1.
 # --- label-free: scores and alarms from sensor values only ------------------------------------
 @dataclass
 class SpecScores:
-    calib: np.ndarray  # scores of held-out normal training rows, time order
-    series: np.ndarray  # the scoring model's scores of rows window-1 .. n-1
+    calib: np.ndarray  # spe scores of held-out normal training rows, time order
+    series: np.ndarray  # the scoring model's spe scores of rows window-1 .. n-1
     first_test: int  # index in `series` of the first test row
     seconds: float  # fitting time (every model the calibration needs)
+    more: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # statistic -> (calib, series)
+
+    def pair(self, statistic: str) -> tuple[np.ndarray, np.ndarray]:
+        return (self.calib, self.series) if statistic == "spe" else self.more[statistic]
 
 
-def _fit(spec: ModelSpec, X: np.ndarray, channels, seed: int, device: str, val_fraction: float) -> TorchDetector:
+def _fit(spec: ModelSpec, X: np.ndarray, channels, seed: int, device: str, val_fraction: float):
+    """The fitted model and the statistics it scores with (`statistics`, normalised on its fit rows)."""
     det = make_detector(spec.kind, **spec.config(), device=device)
     if spec.kind == "pca":
-        n_fit = len(X) - int(len(X) * val_fraction)
-        return det.fit(X[:n_fit], channels=channels)
-    return det.fit(X, channels=channels, val_fraction=val_fraction, seed=seed, **AE_FIT)
+        fit_rows = X[:len(X) - int(len(X) * val_fraction)]
+        det.fit(fit_rows, channels=channels)
+        return det, statistics(det, sliding_windows(fit_rows, spec.window))
+    det.fit(X, channels=channels, val_fraction=val_fraction, seed=seed, **AE_FIT)
+    return det, lambda windows: {"spe": det.score(windows).score}
+
+
+def statistics(det: TorchDetector, fit_windows: np.ndarray):
+    """PCA's two monitoring statistics as a function of windows: spe (the model's score: squared
+    error off the principal subspace) and t2+spe = spe / its mean on the fit windows + Hotelling's
+    T^2 / k (mean over the k components of latent^2 / its variance on the fit windows): both
+    terms average 1 on the fit windows; T^2 sees moves *along* the principal axes, spe cannot."""
+    fitted = det.score(fit_windows)
+    spe_mean = max(float(np.mean(fitted.score, dtype=np.float64)), 1e-12)
+    var = np.maximum(np.mean(np.square(fitted.latent, dtype=np.float64), axis=0), 1e-12)
+
+    def score(windows: np.ndarray) -> dict[str, np.ndarray]:
+        s = det.score(windows)
+        t2 = np.mean(np.square(s.latent, dtype=np.float64) / var, axis=1)
+        return {"spe": s.score, "t2+spe": s.score / spe_mean + t2}
+    return score
 
 
 def score_file(values: np.ndarray, spec: ModelSpec, *, channels=None, train_rows: int = TRAIN_ROWS,
                seed: int = 0, device: str = "cpu") -> SpecScores:
     """Fit `spec` on `values[:train_rows]` and score every row; no labels anywhere."""
+    if spec.drop:
+        if channels is None:
+            raise ValueError("dropping channels by name needs the channel names")
+        keep = [i for i, c in enumerate(channels) if c not in spec.drop]
+        values, channels = values[:, keep], [channels[i] for i in keep]
     X, w = values[:train_rows], spec.window
     started = time.perf_counter()
     if spec.calibration == "tail":
-        det = _fit(spec, X, channels, seed, device, HOLD_OUT)
+        det, stats = _fit(spec, X, channels, seed, device, HOLD_OUT)
         n_val = int(len(X) * HOLD_OUT) if spec.kind == "pca" else det.training_report.validation_rows
-        calib = det.score(sliding_windows(X, w)[-n_val:]).score
+        calib = stats(sliding_windows(X, w)[-n_val:])
     elif spec.calibration == "cross":
         edges = np.linspace(0, len(X), CROSS_BLOCKS + 1).astype(int)
         parts = []
         for a, b in itertools.pairwise(edges):
-            held = _fit(spec, np.concatenate([X[:a], X[b:]]), channels, seed, device, 0.0 if spec.kind == "pca" else HOLD_OUT)
+            _, held = _fit(spec, np.concatenate([X[:a], X[b:]]), channels, seed, device, 0.0 if spec.kind == "pca" else HOLD_OUT)
             lo = max(a, w - 1)  # rows with a full window of context
             if b > lo:
-                parts.append(held.score(sliding_windows(X[lo - (w - 1):b], w)).score)
-        calib = np.concatenate(parts)
-        det = _fit(spec, X, channels, seed, device, 0.0 if spec.kind == "pca" else HOLD_OUT)
+                parts.append(held(sliding_windows(X[lo - (w - 1):b], w)))
+        calib = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        det, stats = _fit(spec, X, channels, seed, device, 0.0 if spec.kind == "pca" else HOLD_OUT)
     else:
         raise ValueError(f"unknown calibration {spec.calibration!r}; use 'tail' or 'cross'")
     seconds = time.perf_counter() - started
-    series = det.score(sliding_windows(values, w)).score
-    return SpecScores(np.asarray(calib, np.float64), np.asarray(series, np.float64), train_rows - (w - 1), seconds)
+    series = stats(sliding_windows(values, w))
+    pairs = {k: (np.asarray(calib[k], np.float64), np.asarray(series[k], np.float64)) for k in series}
+    spe = pairs.pop("spe")
+    return SpecScores(*spe, train_rows - (w - 1), seconds, pairs)
 
 
 def trailing_mean(x: np.ndarray, k: int) -> np.ndarray:
@@ -156,16 +210,11 @@ def trailing_mean(x: np.ndarray, k: int) -> np.ndarray:
     return (c[i] - c[lo]) / (i - lo)
 
 
-def threshold_values(sc: SpecScores, smooth: int, quantiles, margins) -> np.ndarray:
-    """[len(quantiles) * len(margins)] thresholds from the smoothed held-out scores."""
-    qs = np.quantile(trailing_mean(sc.calib, smooth), list(quantiles))
-    return np.array([q * m for q in qs for m in margins])
-
-
 def predict(sc: SpecScores, setting: Setting) -> np.ndarray:
     """The setting's alarms on the test rows: bool [n_test]."""
-    thr = threshold_values(sc, setting.smooth, [setting.q], [setting.margin])[0]
-    return trailing_mean(sc.series, setting.smooth)[sc.first_test:] > thr
+    calib, series = sc.pair(setting.statistic)
+    thr = np.quantile(trailing_mean(calib, setting.smooth), setting.q) * setting.margin
+    return trailing_mean(series, setting.smooth)[sc.first_test:] > thr
 
 
 @dataclass
@@ -199,14 +248,15 @@ def count_table(runs: list[FileRun], truths: list[np.ndarray], settings: list[Se
     table = np.zeros((len(runs), len(settings), 4), dtype=np.int64)
     groups: dict[tuple, list[Setting]] = {}
     for s in settings:
-        groups.setdefault((s.model, s.smooth), []).append(s)
+        groups.setdefault((s.model, s.statistic, s.smooth), []).append(s)
     for f, (run, truth) in enumerate(zip(runs, truths)):
-        for (spec, smooth), members in groups.items():
+        for (spec, statistic, smooth), members in groups.items():
             sc = run.scores[spec]
-            test = trailing_mean(sc.series, smooth)[sc.first_test:]
+            calib, series = sc.pair(statistic)
+            test = trailing_mean(series, smooth)[sc.first_test:]
             if len(test) != len(truth):
                 raise ValueError(f"{run.path}: {len(test)} scored test rows for {len(truth)} labels")
-            qs = np.quantile(trailing_mean(sc.calib, smooth), [m.q for m in members])
+            qs = np.quantile(trailing_mean(calib, smooth), [m.q for m in members])
             thr = qs * np.array([m.margin for m in members])
             flags = test[None, :] > thr[:, None]
             tp = (flags & truth).sum(axis=1)
@@ -298,11 +348,15 @@ class SelectionResult:
         return {r.path: predict(r.scores[chosen[r.group].model], chosen[r.group]) for r in self.runs}
 
 
+PRIMARY = f"best F1, FAR <= {PRIMARY_MAX_FAR:g} % (pre-registered)"
+
+
 def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), settings: list[Setting] | None = None,
                   train_rows: int = TRAIN_ROWS, files: int | None = None, seed: int = 0, device: str = "cpu",
                   max_far: float | None = None) -> SelectionResult:
     """Score every labelled file under `root`/data with every setting, then cross-validate by
-    folder: by F1 on the other folders, and (with `max_far`) by F1 among settings within that FAR."""
+    folder: first by the pre-registered criterion (best F1 among settings within FAR 10 % on the
+    other folders), then by F1 alone, and (with `max_far`) by F1 among settings within that FAR."""
     started = time.perf_counter()
     grid = list(settings) if settings is not None else expand(model_grid(kinds))
     fixed = {"fixed a-priori default": A_PRIORI, "evaluate.SETTINGS pca (swept on test labels)": SWEPT}
@@ -313,8 +367,9 @@ def run_selection(root: Path, *, kinds: list[str] | tuple[str, ...] = ("pca",), 
     runs = score_files(paths, specs, train_rows=train_rows, seed=seed, device=device)
     table = count_table(runs, [read_truth(p, train_rows) for p in paths], settings)
     groups = [r.group for r in runs]
-    cv = {"best F1": cross_validate(table[:, :len(grid)], groups)}
-    if max_far is not None:
+    cv = {PRIMARY: cross_validate(table[:, :len(grid)], groups, PRIMARY_MAX_FAR),
+          "best F1": cross_validate(table[:, :len(grid)], groups)}
+    if max_far is not None and max_far != PRIMARY_MAX_FAR:
         cv[f"best F1, FAR <= {max_far:g} %"] = cross_validate(table[:, :len(grid)], groups, max_far)
     return SelectionResult(settings, cv, table, runs, time.perf_counter() - started, len(grid), fixed)
 
@@ -325,7 +380,7 @@ def table_rows(result: SelectionResult) -> list[tuple[str, Counts, float | None]
     for name, folds in result.cv.items():
         chosen = {result.settings[f.chosen].model for f in folds}
         secs = float(np.mean([result.seconds_per_file(m) for m in chosen]))
-        rows.append((f"latentwatch BLIND CV: {name} on the other folders", pooled_counts(folds), secs))
+        rows.append((f"latentwatch BLIND CV: {name} on other folders", pooled_counts(folds), secs))
     for name, s in result.fixed.items():
         rows.append((f"latentwatch {name}", result.counts_of(s), result.seconds_per_file(s.model)))
     best, counts = result.best_on_test()

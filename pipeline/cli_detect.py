@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "beside a fixed a-priori default (default: %(default)s: the fixed SETTINGS)")
     sk.add_argument("--max-far", type=float, default=None, metavar="PCT",
                     help="with --select cv, also choose by F1 among settings whose FAR on the other folders "
-                         "is at most PCT %% (e.g. 13.55, the best published detector's)")
+                         "is at most PCT %% (e.g. 13.55, the best published detector's; the primary, "
+                         "pre-registered choice always uses 10)")
     sk.add_argument("--variant", choices=["per-file", "anomaly-free", "both"], default="both")
     sk.add_argument("--files", type=int, default=None, help="only the first N labelled files (smoke runs)")
     sk.add_argument("--epochs", type=int, default=None)
