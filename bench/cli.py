@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+WARMUP_RUN_S = 10.0  # the unmeasured latency run before the measured ones
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,24 +160,26 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
             fractions = [float(f) for f in args.latency_fractions.split(",") if f.strip()]
             rates = [args.latency_rate] if args.latency_rate else [f * max_rate for f in fractions]
-            sweep = []
+
+            def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
+                return run_latency(bootstrap, model_dir, work, rate=rate, duration=duration, channels=args.channels,
+                                   sensors=args.sensors, readings_per_message=per, batch_size=args.batch_size,
+                                   env=env, max_wait_ms=args.max_wait_ms, profile_out=profile)
+
             if not args.quick:
                 # One unmeasured run first: the broker's JIT compiles its produce/fetch paths for
                 # this live pattern over ~10 s, which showed as a slow fall of the first measured
                 # run's medians (15 -> 8 ms) while the runs after it were flat from their start.
-                log(f"{name}: latency warm-up run at {rates[0]:,.0f} readings/s for 10 s (not reported)")
-                warm = run_latency(bootstrap, model_dir, work, rate=rates[0], duration=10.0, channels=args.channels,
-                                   sensors=args.sensors, readings_per_message=per, batch_size=args.batch_size,
-                                   env=env, max_wait_ms=args.max_wait_ms)
-                out["latency_warmup_run"] = {k: warm.get(k) for k in ("offered_readings_per_s", "p50_ms", "p99_ms",
-                                                                      "startup_p99_ms", "samples")}
+                log(f"{name}: latency warm-up run at {rates[0]:,.0f} readings/s for {WARMUP_RUN_S:.0f} s "
+                    "(not reported)")
+                warm = latency(rates[0], WARMUP_RUN_S)
+                out["latency_warmup_run"] = {k: warm.get(k) for k in ("offered_readings_per_s", "duration_s", "p50_ms",
+                                                                      "p99_ms", "startup_p99_ms", "samples")}
+            sweep = []
             for rate in rates:
                 log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
-                lat = run_latency(bootstrap, model_dir, work, rate=rate, duration=args.latency_seconds,
-                                  channels=args.channels, sensors=args.sensors, readings_per_message=per,
-                                  batch_size=args.batch_size, env=env, max_wait_ms=args.max_wait_ms,
-                                  profile_out=work / f"profile-latency-{name}-{rate:.0f}.speedscope.json"
-                                  if args.profile else None)
+                lat = latency(rate, args.latency_seconds,
+                              work / f"profile-latency-{name}-{rate:.0f}.speedscope.json" if args.profile else None)
                 lat["fraction_of_max"] = round(rate / max_rate, 3)
                 sweep.append(lat)
             out["latency"] = sweep[0]

@@ -4,14 +4,15 @@ Method: a fresh input topic (8 partitions) and an alerts topic with
 `message.timestamp.type=LogAppendTime`, so each alert carries the broker's append time: when
 the broker wrote it, i.e. its acknowledgement less the response's trip back (sub-millisecond
 on localhost). The bench produces pre-encoded messages at a steady rate (librdkafka
-`linger.ms=5`, librdkafka's default; woken every 0.5 ms at most); a reading's Kafka timestamp is its message's
-CreateTime, set to the time the message was scheduled (so the generator's own delays count).
+`linger.ms=5`, librdkafka's default; woken every 0.5 ms at most); a reading's Kafka timestamp is
+its message's CreateTime, set to the time the message was scheduled (so the generator's own delays count).
 Latency of an alert = alert LogAppendTime - CreateTime of the input message it names in
 `source` (partition, offset). Every alert the model raises at its real threshold is a sample
 (~1-2 % of readings: the simulator's anomalies plus the 0.99-quantile threshold's false
 alarms), so the sampled readings are spread over the whole run. Samples whose input was
-produced in the first `warmup_s` (3 s; a quarter of a shorter run) are left out of the percentiles, which describe the steady
-state at the offered rate; they are reported apart (`startup_*`). Every latency run starts a new
+produced in the first `warmup_s` (3 s; a quarter of a shorter run) are left out of the
+percentiles, which describe the steady state at the offered rate; they are reported apart
+(`startup_*`). Every latency run starts a new
 pipeline process on a new topic and group, and its first ~0.5 s at half the maximum rate is a
 backlog (first fetches of the new partitions, first produce and commit) that takes a few seconds
 to drain. Kafka timestamps are whole milliseconds.
@@ -165,6 +166,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
            "offered_readings_per_s": round(rate, 1), "achieved_readings_per_s": round(sent / produce_s, 1),
            "producer_max_behind_ms": round(behind_max * 1000, 2), "duration_s": round(produce_s, 2),
            "readings": sent, "alerts": len(alert_src), "samples": len(lat), "warmup_s": warmup_s,
+           "generator_linger_ms": linger_ms,
            "batch_size": batch_size, "max_wait_ms": max_wait_ms, "peak_rss_bytes": rss.get("VmHWM"),
            "cpu_cores_used": cpu,
            "pipeline_metrics": own}

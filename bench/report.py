@@ -148,17 +148,20 @@ def markdown(res: dict) -> str:
                   f"{r.get('compiled_us_per_call', '–')} / {r.get('score_e2e_us_per_call')}" for r in gpu["rows"]]
     else:
         lines += ["", "GPU: not available on this machine (the CUDA path of `bench/model_stage.py` did not run)."]
-    lines += ["", "Latency: " + next((w["latency"]["method"] for w in res["workloads"].values() if w.get("latency")), "–")
+    lat = next((w["latency"] for w in res["workloads"].values() if w.get("latency")), {})
+    warm = next((w["latency_warmup_run"] for w in res["workloads"].values() if w.get("latency_warmup_run")), None)
+    lines += ["", "Latency: " + lat.get("method", "–")
               + "; offered rate = half the pipeline's measured maximum for that workload. Input CreateTime is "
-              "each message's scheduled send time (generator delays count); the generator runs librdkafka's "
-              "default linger.ms (5) and shares the 2 cores with the broker and the pipeline. The local broker "
-              "runs group.coordinator.append.linger.ms=0 (Kafka 4.x's default of 5 ms adds ~6 ms to every "
-              "offset commit).",
+              "each message's scheduled send time (generator delays count); the generator runs librdkafka "
+              f"linger.ms {_n(lat.get('generator_linger_ms'))} and shares the 2 cores with the broker and the "
+              "pipeline. The local broker runs group.coordinator.append.linger.ms=0 (Kafka 4.x's default of "
+              "5 ms adds ~6 ms to every offset commit).",
               ("Consume+decode / naive: the most a pipeline using this decoder could reach over the naive "
                "loop here, scoring and producing nothing. Latency percentiles leave out readings produced "
-               "in a run's first 3 s (a new pipeline, topic and group each run: start-up backlog), which "
-               "are reported as start-up; an unmeasured 10 s run at the headline rate goes first to warm "
-               "the broker's JIT (its figures are in the JSON, `latency_warmup_run`)."),
+               f"in a run's first {_n(lat.get('warmup_s'))} s (a new pipeline, topic and group each run: "
+               "start-up backlog), which are reported as start-up"
+               + (f"; an unmeasured {_n(warm.get('duration_s'))} s run at the headline rate goes first to "
+                  "warm the broker's JIT (its figures are in the JSON, `latency_warmup_run`)." if warm else ".")),
               ("Throughput: readings between the group's first and last observed offset commit, over that time "
               "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "
               "first fetched batch; consume+decode is measured before and after the pipeline run and the ratio "

@@ -75,6 +75,10 @@ class TopicSettings(BaseModel):
     dead_letter: str = "sensor-readings.dlq"
     latent: str | None = Field(None, description="optional topic with every reading's latent vector and score")
 
+    def names(self) -> list[str]:
+        """Every topic the pipeline reads or writes (the latent one when set)."""
+        return [self.input, self.alerts, self.dead_letter] + ([self.latent] if self.latent else [])
+
 
 class BatchSettings(BaseModel):
     max_readings: int = Field(4096, ge=1, description="score when this many readings are in hand")

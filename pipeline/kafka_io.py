@@ -130,8 +130,7 @@ def check_cluster(settings: Settings) -> None:
                     "settings, or start a local broker with 'latentwatch broker start'") from None
             log.warning("Kafka at %s not reachable yet, retrying", settings.kafka.bootstrap_servers)
     t = settings.topics
-    wanted = [t.input, t.alerts, t.dead_letter] + ([t.latent] if t.latent else [])
-    missing = [name for name in wanted if name not in metadata.topics]
+    missing = [name for name in t.names() if name not in metadata.topics]
     if not missing:
         return
     if not settings.create_topics:

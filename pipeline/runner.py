@@ -115,16 +115,9 @@ class Pipeline:
         gc.freeze()
 
     def _warm_up(self) -> None:
-        """Pay one-off costs before the first batch would: the model's first call (lazy kernel
-        set-up: 5.6 ms against 0.1 ms for the next ones here) and the producer's metadata of
-        the output topics (a round trip each on the first produce to them)."""
+        """The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones):
+        paid at start, not by the first batch."""
         self.detector.score(np.zeros((2, self.detector.window, len(self.channels)), dtype=np.float32))
-        t = self.settings.topics
-        for topic in filter(None, (t.alerts, t.dead_letter, t.latent)):
-            try:
-                self.producer.list_topics(topic, timeout=5)
-            except KafkaException:
-                pass  # an optimisation only: the first produce looks it up anyway
 
     def run(self) -> int:
         """The loop. Returns 0 after a clean stop, 1 after a fatal Kafka error, 2 after an error
@@ -260,17 +253,18 @@ class Pipeline:
         batch.scores = scores.score
 
         raised = np.flatnonzero(scores.score > thresholds)
-        tops = alerts.top_channels_rows(scores.channel_error[raised], self.channels)
+        tops = alerts.top_channels(scores.channel_error[raised], self.channels)
+        latents = scores.latent[raised].astype(np.float64).tolist()
         detected_at = time.time()
-        for j, top in zip(raised.tolist(), tops):
+        for j, top, latent in zip(raised.tolist(), tops, latents):
             i = scored_idx[j]
             msg, sensor_id = batch.valid[msg_of[i]]
             record = alerts.alert_record(
                 topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos_in_msg[i]),
                 sensor_id=sensor_id, ts=float(ts[i]), score=float(scores.score[j]),
-                threshold=float(thresholds[j]), top=top, latent=scores.latent[j], channels=self.channels,
-                model_name=self.model.name, model_version=str(self.model.version),
-                critical_ratio=self.settings.alerts.critical_ratio, detected_at=detected_at)
+                threshold=float(thresholds[j]), top=top, latent=latent, model_name=self.model.name,
+                model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio,
+                detected_at=detected_at)
             kafka_io.produce(self.producer, self.settings.topics.alerts, alerts.encode(record),
                              sensor_id.encode(), self._delivery)
             batch.alert_severities.append(record["severity"])
@@ -393,8 +387,7 @@ class Pipeline:
         if not self._topic_gone(after_failure=True):
             log.warning("batch not committed, rewinding to the committed offsets: %s",
                         err.str() if err is not None else exc)
-            if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
-                self._say_unreachable()
+            self._say_if_unreachable()
         if err is not None and err.fatal():
             self._producer_fatal = self._producer_fatal or err.str()
         elif self._producer_fatal is None:
@@ -436,8 +429,7 @@ class Pipeline:
                     self._fatal = exc.args[0].str()
                     return
                 log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
-                if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
-                    self._say_unreachable()
+                self._say_if_unreachable()
 
     def rewind(self) -> None:
         assignment = self.consumer.assignment()
@@ -559,6 +551,11 @@ class Pipeline:
                         "resumes where it stopped; if it lasts, the broker's log says why (e.g. 'all "
                         "log dirs ... have failed': its disk is full)", self.settings.kafka.bootstrap_servers)
 
+    def _say_if_unreachable(self) -> None:
+        """After a failure: a TCP probe of the bootstrap servers tells "Kafka is down" apart."""
+        if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+            self._say_unreachable()
+
     def _suspect(self, code: int | None, text: str | None) -> bool:
         """Note an error that may mean a deleted topic (librdkafka reports a subscribed topic
         gone through error_cb, a produced-to one through deliveries and produce())."""
@@ -582,9 +579,7 @@ class Pipeline:
             return False
         self._last_topic_check = now
         suspect, self._topic_suspect = self._topic_suspect, None
-        t = self.settings.topics
-        missing = kafka_io.missing_topics(self.consumer, [t.input, t.alerts, t.dead_letter]
-                                          + ([t.latent] if t.latent else []), timeout=5)
+        missing = kafka_io.missing_topics(self.consumer, self.settings.topics.names(), timeout=5)
         if not missing:  # all there (or no answer): a passing error
             if suspect is not None:
                 log.warning("Kafka: %s (librdkafka keeps retrying)", suspect)
