@@ -25,7 +25,7 @@ test: setup system-deps
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: setup
-	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m latentwatch.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""latentwatch benchmarks (`python -m bench` or `latentwatch bench`).
+"""latentwatch benchmarks (`python -m latentwatch.bench` or `latentwatch bench`).
 
 On a real Kafka broker (a temporary local one unless `--bootstrap` is given) one run
 pre-produces each workload and measures: the consume and consume+decode ceilings, the

@@ -6,9 +6,9 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline import kafka_io
-from pipeline.config import load_settings
-from pipeline.contract import Decoder
+from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.config import load_settings
+from latentwatch.pipeline.contract import Decoder
 
 
 def _consumer(bootstrap: str, topic: str, partitions: int) -> Consumer:

@@ -1,4 +1,4 @@
-"""`python -m bench` / `latentwatch bench`: run every measurement of issue 7 in one go."""
+"""`python -m latentwatch.bench` / `latentwatch bench`: run every measurement of issue 7 in one go."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def run(args) -> int:
         if args.bootstrap:
             bootstrap, broker_info = args.bootstrap, {"kind": "external", "version": "?"}
         else:
-            from pipeline.broker import KAFKA_VERSION, LocalBroker
+            from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker
 
             log("starting a local Kafka broker")
             broker = LocalBroker(work / "broker")
@@ -80,18 +80,18 @@ def run(args) -> int:
 
 
 def _write(args, res):
-    from bench import report
+    from latentwatch.bench import report
 
     return report.write(res, Path(args.out), args.stem)
 
 
 def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
-    from bench import report
-    from bench.ceilings import consume_rate
-    from bench.latency import run_latency
-    from bench.naive import run_naive
-    from bench.pipeline_proc import run_pipeline
-    from bench.workload import (
+    from latentwatch.bench import report
+    from latentwatch.bench.ceilings import consume_rate
+    from latentwatch.bench.latency import run_latency
+    from latentwatch.bench.naive import run_naive
+    from latentwatch.bench.pipeline_proc import run_pipeline
+    from latentwatch.bench.workload import (
         PARTITIONS,
         Workload,
         end_offsets,
@@ -104,7 +104,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
     res = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+           "command": "python -m latentwatch.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
            "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
            "settings": {"batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms,
                         "torch_threads_env": args.torch_threads,
@@ -113,14 +113,14 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
     log(f"training the {args.model_kind} model ({args.channels} channels)")
     model_dir = str(train_model(work / "model", args.channels, args.sensors, args.model_kind,
                                 epochs=3 if args.quick else 10))
-    from detectors.checkpoint import load
+    from latentwatch.detectors.checkpoint import load
 
     det = load(model_dir, device="cpu").detector
     res["model"] = {"kind": det.kind, "window": det.window, "channels": len(det.channels), "path": model_dir}
     channels = list(det.channels)
 
     if "model" not in skip:
-        from bench import model_stage
+        from latentwatch.bench import model_stage
 
         log("model stage alone")
         sizes = model_stage.BATCH_SIZES[:7] if args.quick else model_stage.BATCH_SIZES
@@ -192,6 +192,6 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m latentwatch.bench", description=__doc__)
     add_arguments(p)
     return run(p.parse_args(argv))

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from bench.pipeline_proc import CommitWatcher, PipelineProcess, wait_for_commits
-from bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
-from pipeline.simulate import SensorSimulator
+from latentwatch.bench.pipeline_proc import CommitWatcher, PipelineProcess, wait_for_commits
+from latentwatch.bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
+from latentwatch.pipeline.devtools.simulate import SensorSimulator
 
 MIN_SLEEP_S = 0.0005  # the load generator's pacing granularity
 # The generator's librdkafka linger.ms: librdkafka's default, as a sensor gateway would run. Its

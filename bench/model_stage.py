@@ -99,7 +99,7 @@ def gpu_overhead(detector, sizes=(1, 64, 4096, 65536), budget_s: float = 0.5) ->
 
 
 def run(model_dir: str, sizes=BATCH_SIZES, budget_s: float = 0.5) -> dict:
-    from detectors.checkpoint import load
+    from latentwatch.detectors.checkpoint import load
 
     model = load(model_dir, device="cpu")
     det = model.detector

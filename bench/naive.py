@@ -9,12 +9,12 @@ import time
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from pipeline.contract import parse_ts
+from latentwatch.pipeline.contract import parse_ts
 
 
 def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alerts_topic: str,
               max_readings: int, max_seconds: float = 30.0) -> dict:
-    from detectors.checkpoint import load
+    from latentwatch.detectors.checkpoint import load
 
     model = load(model_dir, device="cpu")
     det, thr = model.detector, float(model.threshold.value)

@@ -14,13 +14,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 
 class PipelineProcess:
-    """`python -m pipeline.cli run ...` with its log in `log_path`."""
+    """`python -m latentwatch.pipeline.cli run ...` with its log in `log_path`."""
 
     def __init__(self, bootstrap: str, model_dir: str, input_topic: str, alerts_topic: str, dlq_topic: str,
                  group: str, log_path: Path, batch_size: int = 4096, max_wait_ms: float | None = None,
                  env: dict | None = None, profile_out: Path | None = None):
         self.bootstrap, self.topic, self.group = bootstrap, input_topic, group
-        cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", model_dir, "--bootstrap", bootstrap,
+        cmd = [sys.executable, "-m", "latentwatch.pipeline.cli", "run", "--model", model_dir, "--bootstrap", bootstrap,
                "--input-topic", input_topic, "--alerts-topic", alerts_topic, "--dead-letter-topic", dlq_topic,
                "--group-id", group, "--metrics-port", "0", "--batch-size", str(batch_size), "--device", "cpu"]
         if max_wait_ms is not None:
@@ -158,7 +158,7 @@ def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int
                  work: Path, batch_size: int, env: dict | None = None, profile_out: Path | None = None,
                  timeout: float = 1200, max_wait_ms: float | None = None) -> dict:
     """The whole topic through a fresh pipeline process; readings/s between the first and last commit."""
-    from bench.workload import make_topics, unique
+    from latentwatch.bench.workload import make_topics, unique
 
     alerts, dlq, group = unique("alerts"), unique("dlq"), unique("group")
     make_topics(bootstrap, {alerts: (1, {}), dlq: (1, {})})

@@ -12,7 +12,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.simulate import SensorSimulator, iso_ts
+from latentwatch.pipeline.devtools.simulate import SensorSimulator, iso_ts
 
 PARTITIONS = 8
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated event times (fixed, reproducible)
@@ -54,15 +54,15 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
                 rows: int = 32_000, epochs: int = 10) -> Path:
     """Train on the simulator's plant (same seed and sensors as the stream, as the compose trainer
     does) with a 0.99-quantile threshold on held-out normal data, and save it to `out`."""
-    from detectors.checkpoint import save, summarise_training_data
-    from detectors.models import make_detector
-    from detectors.thresholds import QuantileThreshold
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.thresholds import QuantileThreshold
 
     sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
     X = sim.normal_training_data(rows)
     split = int(len(X) * 0.8)
     det = make_detector(kind, device="cpu").fit(X[:split], sim.channel_names, epochs=epochs, seed=0)
-    from detectors.base import sliding_windows
+    from latentwatch.detectors.base import sliding_windows
 
     held = det.score(sliding_windows(X[split:], det.window)).score
     thr = QuantileThreshold(0.99).fit(held)

@@ -1,6 +1,6 @@
 """latentwatch detectors: models that learn normal sensor behaviour and score new readings.
 
-    from detectors import WindowAutoencoder, QuantileThreshold, sliding_windows
+    from latentwatch.detectors import WindowAutoencoder, QuantileThreshold, sliding_windows
     model = WindowAutoencoder(window=32).fit(X_normal, channels=names)      # X: [n, channels]
     scores = model.score(sliding_windows(X_new, model.window))            # Scores(latent, channel_error, score)
     threshold = QuantileThreshold(0.99).fit(model.score(sliding_windows(X_held_out, model.window)).score)
@@ -16,10 +16,10 @@ try:
 except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.0.0+src"
 
-from detectors.base import Detector, Scores, sliding_windows  # noqa: E402
-from detectors.models import (  # noqa: E402
+from latentwatch.detectors.base import Detector, Scores, sliding_windows  # noqa: E402
+from latentwatch.detectors.models import (  # noqa: E402
     MODELS, MLPAutoencoder, PCADetector, TorchDetector, WindowAutoencoder, make_detector, resolve_device)
-from detectors.thresholds import (  # noqa: E402
+from latentwatch.detectors.thresholds import (  # noqa: E402
     AdaptiveThreshold, POTThreshold, QuantileThreshold, Threshold, threshold_from_dict)
 
 __all__ = [

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.base import sliding_windows
-from detectors.models import TorchDetector
-from detectors.thresholds import Threshold
+from latentwatch.detectors.base import sliding_windows
+from latentwatch.detectors.models import TorchDetector
+from latentwatch.detectors.thresholds import Threshold
 
 
 def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Threshold, *,

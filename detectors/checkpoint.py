@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectors import __version__
-from detectors.models import MODELS, TorchDetector, make_detector
-from detectors.scaler import Standardiser
-from detectors.thresholds import Threshold, threshold_from_dict
+from latentwatch.detectors import __version__
+from latentwatch.detectors.models import MODELS, TorchDetector, make_detector
+from latentwatch.detectors.scaler import Standardiser
+from latentwatch.detectors.thresholds import Threshold, threshold_from_dict
 
 FORMAT = "latentwatch-detector"
 FORMAT_VERSION = 1

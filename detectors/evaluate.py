@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectors.base import sliding_windows
-from detectors.calibrate import fit_and_calibrate
-from detectors.csvdata import read_csv
-from detectors.models import make_detector
-from detectors.thresholds import QuantileThreshold, Threshold
+from latentwatch.detectors.base import sliding_windows
+from latentwatch.detectors.calibrate import fit_and_calibrate
+from latentwatch.detectors.csvdata import read_csv
+from latentwatch.detectors.models import make_detector
+from latentwatch.detectors.thresholds import QuantileThreshold, Threshold
 
 log = logging.getLogger(__name__)
 

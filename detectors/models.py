@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.base import Detector, Scores, sliding_windows
-from detectors.scaler import Standardiser
-from detectors.training import ProgressCallback, TrainingReport, fit_autoencoder, seed_everything
+from latentwatch.detectors.base import Detector, Scores, sliding_windows
+from latentwatch.detectors.scaler import Standardiser
+from latentwatch.detectors.training import ProgressCallback, TrainingReport, fit_autoencoder, seed_everything
 
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

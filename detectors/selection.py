@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.base import sliding_windows
-from detectors.csvdata import read_csv
-from detectors.evaluate import TRAIN_ROWS, Counts, labelled_files
-from detectors.models import TorchDetector, make_detector
+from latentwatch.detectors.base import sliding_windows
+from latentwatch.detectors.csvdata import read_csv
+from latentwatch.detectors.evaluate import TRAIN_ROWS, Counts, labelled_files
+from latentwatch.detectors.models import TorchDetector, make_detector
 
 log = logging.getLogger(__name__)
 

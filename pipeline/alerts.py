@@ -11,7 +11,7 @@ import time
 import numpy as np
 import orjson
 
-from pipeline.contract import iso
+from latentwatch.pipeline.contract import iso
 
 
 def severity(score: float, threshold: float, critical_ratio: float) -> str:

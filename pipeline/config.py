@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from pipeline.errors import UserError
+from latentwatch.pipeline.errors import UserError
 
 ENV_PREFIX = "LATENTWATCH_"
 _config_file: ContextVar[str | None] = ContextVar("latentwatch_config_file", default=None)

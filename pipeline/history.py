@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.base import sliding_windows
+from latentwatch.detectors.base import sliding_windows
 
 Key = tuple[int, str]  # (partition, sensor_id)
 

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from pipeline import alerts, kafka_io
-from pipeline.config import Settings
-from pipeline.contract import ContractError, Decoder, iso
-from pipeline.history import SensorHistory
-from pipeline.metrics import PipelineMetrics, observe_many
+from latentwatch.pipeline import alerts
+from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.contract import ContractError, Decoder, iso
+from latentwatch.pipeline.history import SensorHistory
+from latentwatch.pipeline.metrics import PipelineMetrics, observe_many
 
 log = logging.getLogger("latentwatch.run")
 

@@ -1,0 +1,193 @@
+"""`latentwatch simulate | replay | report`: data into Kafka (synthetic or from a CSV) and an
+offline HTML report of a model on a file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+
+from latentwatch.pipeline.errors import UserError
+
+
+def bootstrap_servers(value: str | None) -> str:
+    """--bootstrap, else $LATENTWATCH_BOOTSTRAP, else the broker `latentwatch broker start` runs."""
+    if value:
+        return value
+    if os.environ.get("LATENTWATCH_BOOTSTRAP"):
+        return os.environ["LATENTWATCH_BOOTSTRAP"]
+    from latentwatch.pipeline.devtools.broker import LocalBroker, default_state_dir
+
+    info = LocalBroker(default_state_dir()).status()
+    if info is None:
+        raise UserError("no Kafka address: pass --bootstrap HOST:PORT, set LATENTWATCH_BOOTSTRAP, "
+                        "or start one with `latentwatch broker start`")
+    return info.bootstrap
+
+
+def make_producer(bootstrap: str):
+    from confluent_kafka import Producer
+
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds or ISO-8601 (naive = UTC) -> epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"not a time: {text!r} (use ISO-8601 or epoch seconds)") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """An Event set by Ctrl+C / SIGTERM, so a stream stops cleanly (flushes, closes the truth CSV)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _truth_sink(path):
+    from latentwatch.pipeline.devtools.simulate import TruthCSV
+
+    if not path:
+        return contextlib.nullcontext()
+    try:
+        return TruthCSV(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _kafka_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic", required=True, help="Kafka topic to produce to")
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka bootstrap servers (default: $LATENTWATCH_BOOTSTRAP, else the local broker "
+                        "of `latentwatch broker start`)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="readings per message; 1 = single-reading messages (default: %(default)s)")
+    p.add_argument("--truth-csv", metavar="PATH", default=None,
+                   help="also write the delivered ground truth: sensor_id,ts,kind,topic,partition,offset,index")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from latentwatch.pipeline.devtools.simulate import KINDS
+
+    p = sub.add_parser("simulate", help="stream synthetic multi-sensor data with labelled anomalies into Kafka",
+                       description="Ground truth travels in the `lw-truth` header of each message: the kind "
+                                   "('normal' or an anomaly kind) of each reading, comma-separated in order.")
+    _kafka_flags(p)
+    p.add_argument("--sensors", type=int, default=10, help="number of sensors (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=8, help="channels per sensor (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=100.0,
+                   help="readings/s over all sensors; 0 = as fast as possible (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--count", type=int, default=None, help="stop after this many readings")
+    p.add_argument("--anomaly-rate", type=float, default=0.01,
+                   help="expected fraction of each sensor's readings inside an anomaly (default: %(default)s)")
+    p.add_argument("--kinds", default=",".join(KINDS), help="anomaly kinds to inject (default: %(default)s)")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="simulated seconds between two readings of one sensor (default: %(default)s)")
+    p.add_argument("--period", type=float, default=300.0,
+                   help="simulated seconds of one 'day' cycle (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same data")
+    p.add_argument("--start-time", default=None,
+                   help="use simulated event time from this ISO time or epoch (default: ts = wall-clock now)")
+    p.add_argument("--values-as", choices=["object", "list"], default="object",
+                   help="values as {channel: value} or a list in channel order (default: %(default)s)")
+    p.set_defaults(func=_simulate)
+
+    r = sub.add_parser("replay", help="stream a CSV file (e.g. SKAB) into Kafka, keeping its timestamps",
+                       description="Label columns (anomaly, changepoint, label...) are not sent as channels: "
+                                   "they go into the `lw-truth` header ('normal' or the names of the "
+                                   "non-zero labels joined by '+').")
+    r.add_argument("csv", metavar="CSV", help="CSV file (, or ; separated) with a time column (timestamp, datetime, time or ts)")
+    _kafka_flags(r)
+    pace = r.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0,
+                      help="replay the file's own time spacing X times faster; 0 = no pacing (default: %(default)s)")
+    pace.add_argument("--rate", type=float, default=None, help="fixed readings/s instead of the file's spacing")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing (same as --speed 0)")
+    r.add_argument("--sensor-id", default=None, help="message key and sensor_id (default: from the file name)")
+    r.set_defaults(func=_replay)
+
+    rep = sub.add_parser("report", help="HTML + PNG report of a model on a CSV file (needs the report extra)")
+    rep.add_argument("--model", required=True, metavar="MODEL_DIR", help="a saved model (checkpoint folder)")
+    rep.add_argument("--data", required=True, metavar="CSV", help="CSV file with the model's channels")
+    rep.add_argument("--out", required=True, metavar="HTML", help="report file to write")
+    rep.add_argument("--png", metavar="PREFIX", default=None,
+                     help="PNG files PREFIX-latent.png, -score.png, -channels.png (default: --out minus .html)")
+    rep.add_argument("--top", type=int, default=6, help="alerts shown with per-channel errors (default: %(default)s)")
+    rep.set_defaults(func=_report)
+
+
+def _simulate(args) -> int:
+    from latentwatch.pipeline.devtools.simulate import ProduceStats, SensorSimulator, produce_stream
+
+    if args.count is not None and args.count < 1:
+        raise UserError("--count must be at least 1")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    try:
+        sim = SensorSimulator(args.sensors, args.channels, seed=args.seed, anomaly_rate=args.anomaly_rate,
+                              kinds=kinds, interval=args.interval, period=args.period)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    start_ts = parse_time(args.start_time) if args.start_time else None
+    producer = make_producer(bootstrap_servers(args.bootstrap))
+    stats = ProduceStats()
+    with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
+        produce_stream(producer, args.topic, sim, args.rate, count=args.count, duration=args.duration,
+                       batch_size=args.batch_size, stop=stop, on_truth=sink, start_ts=start_ts,
+                       values_as=args.values_as, stats=stats)
+    _summary(stats, args.topic)
+    return 0 if stats.failed_messages == 0 else 1
+
+
+def _summary(stats, topic: str) -> None:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(stats.by_kind.items()))
+    print(f"{stats.readings} readings in {stats.messages} messages to {topic} in {stats.elapsed_s:.1f}s "
+          f"({stats.delivered_messages} delivered, {stats.failed_messages} failed); {kinds}", file=sys.stderr)
+
+
+def _replay(args) -> int:
+    from latentwatch.pipeline.devtools.replay import replay_file
+    from latentwatch.pipeline.devtools.simulate import ProduceStats
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    speed = 0.0 if args.as_fast_as_possible else args.speed
+    if speed < 0 or (args.rate is not None and args.rate <= 0):
+        raise UserError("--speed must be >= 0 and --rate > 0")
+    producer = make_producer(bootstrap_servers(args.bootstrap))
+    stats = ProduceStats()
+    with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
+        replay_file(producer, args.topic, args.csv, speed=speed, rate=args.rate, sensor_id=args.sensor_id,
+                    batch_size=args.batch_size, stop=stop, on_truth=sink, stats=stats)
+    _summary(stats, args.topic)
+    return 0 if stats.failed_messages == 0 else 1
+
+
+def _report(args) -> int:
+    from latentwatch.pipeline.devtools.report import report_from_files
+
+    paths = report_from_files(args.model, args.data, args.out, png_prefix=args.png, top=args.top)
+    for path in paths:
+        print(path)
+    return 0

@@ -1,0 +1,275 @@
+"""`latentwatch demo`: the whole system live on one machine.
+
+Local broker (unless --bootstrap) -> topics -> a model trained on simulated normal data ->
+simulator + pipeline + metrics -> live progress in the terminal -> a summary scored against the
+simulator's ground truth -> everything started is stopped again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+
+from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
+from latentwatch.pipeline.config import load_settings
+from latentwatch.pipeline.runner import Pipeline
+from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
+from latentwatch.pipeline.devtools.truth import evaluate
+
+log = logging.getLogger("latentwatch.demo")
+_QUIET = logging.getLogger("latentwatch.demo.clients")  # the demo's own clients: no librdkafka chatter
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
+
+# Reconstruction error cannot see a stuck sensor (a frozen value is easy to reconstruct), so the
+# demo injects the other kinds by default; `--kinds all` includes it.
+DEFAULT_KINDS = tuple(k for k in KINDS if k != "stuck")
+BAD_MESSAGES = [b"{not json", b'{"sensor_id": "sensor-x", "ts": "soon", "values": [1]}',
+                b'{"sensor_id": "sensor-x", "ts": 1, "values": {}}', b"\xff\xfe"]
+
+
+@dataclass
+class DemoOptions:
+    bootstrap: str | None = None
+    duration: float | None = None
+    rate: float = 400.0
+    sensors: int = 20
+    channels: int = 8
+    anomaly_rate: float = 0.02
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    window: int = 8
+    epochs: int = 15
+    metrics_port: int = 9464
+    seed: int = 7
+    quiet: bool = False
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo(opts: DemoOptions) -> int:
+    workdir = tempfile.mkdtemp(prefix="latentwatch-demo-")
+    broker = None
+    try:
+        bootstrap = opts.bootstrap
+        if not bootstrap:
+            out("starting a local Kafka broker ...")
+            broker = LocalBroker(f"{workdir}/broker")
+            t0 = time.monotonic()
+            bootstrap = broker.start().bootstrap
+            out(f"broker ready at {bootstrap} ({time.monotonic() - t0:.1f} s)")
+        return _run(opts, bootstrap, workdir)
+    finally:
+        if broker is not None:
+            broker.stop()
+            out("broker stopped")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(opts: DemoOptions, sim: SensorSimulator, workdir: str):
+    from latentwatch.detectors import QuantileThreshold, WindowAutoencoder, sliding_windows
+    from latentwatch.detectors.checkpoint import load, save, summarise_training_data
+
+    data = sim.normal_training_data(25_000)
+    train, held_out = data[:20_000], data[20_000:]
+    out(f"training a window autoencoder (window {opts.window}) on {len(train):,} simulated normal readings ...")
+
+    def progress(epoch, train_loss, val_loss):
+        out(f"  epoch {epoch:2d}  loss {train_loss:.4f}  validation {val_loss:.4f}")
+
+    t0 = time.monotonic()
+    det = WindowAutoencoder(window=opts.window, latent_dim=8, device="cpu").fit(
+        train, sim.channel_names, epochs=opts.epochs, seed=opts.seed, callback=progress)
+    # Threshold from held-out normal data only (no labels): its 99.9th percentile score.
+    threshold = QuantileThreshold(0.999).fit(det.score(sliding_windows(held_out, det.window)).score)
+    path = f"{workdir}/model"
+    save(path, det, threshold, summarise_training_data(train, sim.channel_names), name="demo-window-ae")
+    out(f"trained in {time.monotonic() - t0:.1f} s; threshold {threshold.value:.4f}")
+    return load(path, device="auto")
+
+
+def _run(opts: DemoOptions, bootstrap: str, workdir: str) -> int:
+    run_id = uuid.uuid4().hex[:6]
+    topics = {"topics.input": f"demo-readings-{run_id}", "topics.alerts": f"demo-alerts-{run_id}",
+              "topics.dead_letter": f"demo-readings-{run_id}.dlq"}
+    port = opts.metrics_port if opts.metrics_port and not port_in_use(opts.metrics_port) else 0
+    settings = load_settings(None, {"kafka.bootstrap_servers": bootstrap, **topics,
+                                    "group_id": f"demo-{run_id}", "metrics.port": port,
+                                    "create_topics": True, "batch.max_wait_ms": 10})
+    sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
+                          anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
+    model = _train(opts, sim, workdir)
+
+    _create_input_topic(settings, partitions=4)
+    pipeline = Pipeline(settings, model)
+    pipeline.start()
+    metrics_url = f"http://{settings.metrics.host}:{pipeline.metrics_server.server_port}/metrics"
+    out(f"pipeline running: metrics at {metrics_url}")
+    runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+    runner.start()
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": _QUIET})
+    truth: list = []
+    stream = BackgroundStream(producer, settings.topics.input, sim, rate=opts.rate,
+                              on_truth=truth.extend).start()
+    alerts: list[dict] = []
+    watcher = _AlertWatcher(bootstrap, settings.topics.alerts, alerts, quiet=opts.quiet)
+    watcher.start()
+    out(f"simulating {opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s, "
+        f"anomalies: {', '.join(opts.kinds)} — Ctrl+C to stop" +
+        (f" (or {opts.duration:.0f} s)" if opts.duration else ""))
+
+    started = time.monotonic()
+    try:
+        next_status, bad_i = started + 2, 0
+        while opts.duration is None or time.monotonic() - started < opts.duration:
+            time.sleep(0.2)
+            if stream.error:
+                raise stream.error
+            if time.monotonic() >= next_status:
+                next_status += 2
+                producer.produce(settings.topics.input, BAD_MESSAGES[bad_i % len(BAD_MESSAGES)], key=b"sensor-x")
+                producer.poll(0)
+                bad_i += 1
+                _status(pipeline, stream, alerts, time.monotonic() - started)
+    except KeyboardInterrupt:
+        out("\nstopping ...")
+    stats = stream.stop()
+    producer.flush(30)
+    _drain(pipeline, stats.delivered_readings + bad_i, timeout=30)
+    pipeline.stop()
+    runner.join(settings.shutdown_timeout_s + 5)
+    watcher.stop(expect=pipeline.metrics)
+    _summary(pipeline, stats, truth, alerts, bad_i, opts, metrics_url, time.monotonic() - started)
+    return 0  # Ctrl+C is how the demo is meant to end
+
+
+def _create_input_topic(settings, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin.create_topics([NewTopic(settings.topics.input, partitions, 1)])[settings.topics.input].result(30)
+
+
+def _metric(metrics, name: str) -> float:
+    """Sum of every sample of `name` (all label values) in the pipeline's registry."""
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
+
+
+def _status(pipeline, stream, alerts, elapsed) -> None:
+    scored = _metric(pipeline.metrics, "latentwatch_readings_scored_total")
+    dead = _metric(pipeline.metrics, "latentwatch_dead_letters_total")
+    out(f"[{elapsed:5.0f}s] produced {stream.stats.readings:,}  scored {scored:,.0f} ({scored / elapsed:,.0f}/s)"
+        f"  alerts {len(alerts):,}  dead letters {dead:.0f}")
+
+
+def _drain(pipeline, expected_readings: int, timeout: float) -> None:
+    """Wait until the pipeline has handled everything produced (scored, warming up or dead)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = (_metric(pipeline.metrics, "latentwatch_readings_consumed_total")
+                + _metric(pipeline.metrics, "latentwatch_dead_letters_total"))
+        if done >= expected_readings:
+            return
+        time.sleep(0.2)
+
+
+class _AlertWatcher(threading.Thread):
+    """Prints alerts as they arrive (a few per second at most) and keeps them for the summary."""
+
+    def __init__(self, bootstrap: str, topic: str, sink: list, quiet: bool):
+        super().__init__(name="alerts", daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-tail-{uuid.uuid4().hex[:6]}",
+                                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                                  "logger": _QUIET})
+        self.consumer.subscribe([topic])
+        self.sink, self.quiet = sink, quiet
+        self._halt = threading.Event()
+        self._printed_at: list[float] = []
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for msg in self.consumer.consume(500, timeout=0.2):
+                if msg.error() is None:
+                    self._show(json.loads(msg.value()))
+
+    def _show(self, alert: dict) -> None:
+        self.sink.append(alert)
+        now = time.monotonic()
+        self._printed_at = [t for t in self._printed_at if now - t < 1.0]
+        if self.quiet or len(self._printed_at) >= 3:
+            return
+        self._printed_at.append(now)
+        top = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in alert["top_channels"])
+        out(f"  ALERT {alert['severity']:8s} {alert['sensor_id']}  score {alert['score']:.3f} "
+            f"(threshold {alert['threshold']:.3f})  top: {top}")
+
+    def stop(self, expect) -> None:
+        want = _metric(expect, "latentwatch_alerts_total")
+        deadline = time.monotonic() + 10
+        while len(self.sink) < want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._halt.set()
+        self.join(5)
+        self.consumer.close()
+
+
+def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) -> None:
+    m = pipeline.metrics
+    ev = evaluate(truth, alerts, tolerance=opts.window - 1)
+    p50, p99 = (_histogram_quantile(m.registry, "latentwatch_end_to_end_latency_seconds", q) for q in (0.5, 0.99))
+    out("\n=== latentwatch demo summary ===")
+    out(f"ran {elapsed:.0f} s; readings produced {stats.delivered_readings:,}, "
+        f"scored {_metric(m, 'latentwatch_readings_scored_total'):,.0f}, "
+        f"warming up {_metric(m, 'latentwatch_readings_warming_up_total'):,.0f}")
+    out(f"dead letters {_metric(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
+    out(f"anomalies injected {ev.events} (events), alerted {ev.detected}: recall {ev.recall:.3f}")
+    out(f"alerts {ev.alerts}: precision {ev.precision:.3f} (an alert is right when it falls on an injected "
+        f"anomaly or within {opts.window - 1} readings after it)")
+    for kind, (n, hit) in sorted(ev.by_kind.items()):
+        out(f"  {kind:18s} {hit}/{n}")
+    if ev.delays_s:
+        out(f"detection delay (event time): median {np.median(ev.delays_s):.1f} s, max {max(ev.delays_s):.1f} s")
+    out(f"end-to-end latency (Kafka timestamp -> outputs acknowledged and committed): "
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    out(f"metrics were served at {metrics_url}")
+
+
+def _histogram_quantile(registry, name: str, q: float) -> float:
+    """Prometheus-style quantile (linear within a bucket) from a histogram's cumulative buckets."""
+    buckets = sorted(((float(s.labels["le"]), s.value) for metric in registry.collect() for s in metric.samples
+                      if s.name == name + "_bucket"), key=lambda b: b[0])
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_count) / max(count - prev_count, 1e-12)
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def main_demo(opts: DemoOptions) -> int:
+    logging.getLogger("latentwatch").setLevel(logging.WARNING)
+    logging.getLogger("latentwatch.librdkafka").setLevel(logging.ERROR)  # start-up retries are normal
+    try:
+        return run_demo(opts)
+    except KeyboardInterrupt:
+        out("interrupted")
+        return 130
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,403 @@
+"""Synthetic sensor streams with labelled anomalies, so the pipeline can be tested and demoed
+without real plant data.
+
+Two halves: `SensorSimulator` is a pure numpy generator (no Kafka, no clock), and
+`produce_stream` turns its output into input-contract messages on a Kafka topic, paced to a
+readings/s rate, with the ground truth in the `lw-truth` header and, after delivery, in a
+`TruthSink` (CSV rows: sensor_id,ts,kind,topic,partition,offset,index).
+
+Signal model (per sensor, per channel, in units of the channel's normal std):
+    x = W_c . F_t + noise_c * eps + drift_c(t)      value = offset_c + scale_c * x
+where F_t are 3 latent factors (a periodic "day" cycle of `period` simulated seconds plus AR(1)
+wander), so channels are strongly correlated and a correlation break is detectable. `drift` is a
+slow bounded sinusoid (25 periods long). Sensors share one channel profile with small per-sensor
+differences and their own phase, so a single model can learn "normal" for all of them.
+
+Anomalies: `anomaly_rate` is the expected fraction of each sensor's *readings* that lie inside an
+anomaly. Events never overlap; each has one kind, a length (spike 1-3 readings, others 5-30) and a
+random subset of channels it affects.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from latentwatch.pipeline.contract import iso
+
+KINDS = ("spike", "level_shift", "drift", "stuck", "correlation_break", "noise_burst")
+NORMAL = "normal"
+TRUTH_HEADER = "lw-truth"
+_LEN = {"spike": (1, 3)}  # readings per event; every other kind 5-30
+_MAG = {"spike": (6, 10), "level_shift": (3, 5), "drift": (4, 6), "noise_burst": (3, 5)}
+_FACTORS = 3
+
+
+def _ar1_chunk(state: np.ndarray, eps: np.ndarray, phi: float) -> np.ndarray:
+    """x_t = phi x_{t-1} + eps_t along axis 1 of eps [S, n, k], vectorised in blocks of 128."""
+    n = eps.shape[1]
+    out = np.empty_like(eps)
+    B = 128
+    powers = phi ** np.arange(B + 1)
+    idx = np.arange(B)
+    M = np.tril(powers[np.abs(idx[:, None] - idx[None, :])])  # M[i, j] = phi^(i-j), j <= i
+    for b0 in range(0, n, B):
+        e = eps[:, b0:b0 + B]
+        m = e.shape[1]
+        out[:, b0:b0 + m] = np.einsum("ij,sjk->sik", M[:m, :m], e) + powers[1:m + 1, None] * state[:, None, :]
+        state = out[:, b0 + m - 1]
+    return out
+
+
+class SensorSimulator:
+    """Deterministic (for a given `seed` and sequence of calls) multi-sensor generator."""
+
+    def __init__(self, sensors: int = 10, channels: int = 8, seed: int | None = None,
+                 anomaly_rate: float = 0.01, kinds: tuple[str, ...] | list[str] | None = None,
+                 interval: float = 1.0, period: float = 300.0,
+                 channel_names: list[str] | None = None, sensor_prefix: str = "sensor-"):
+        if sensors < 1 or channels < 1:
+            raise ValueError("need at least one sensor and one channel")
+        if not 0.0 <= anomaly_rate < 0.9:
+            raise ValueError("anomaly_rate is a fraction of readings in [0, 0.9)")
+        if kinds is None:
+            kinds = [k for k in KINDS if channels > 1 or k != "correlation_break"]
+        kinds = list(dict.fromkeys(kinds))
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"unknown anomaly kinds {unknown}; choose from {', '.join(KINDS)}")
+        if channels < 2 and "correlation_break" in kinds:
+            raise ValueError("correlation_break needs at least 2 channels")
+        if channel_names is not None and len(channel_names) != channels:
+            raise ValueError("channel_names must have one name per channel")
+        self.sensors, self.channels, self.interval, self.period = sensors, channels, interval, period
+        self.anomaly_rate, self.kinds, self.seed = anomaly_rate, kinds, seed
+        self.sensor_ids = [f"{sensor_prefix}{i:03d}" for i in range(sensors)]
+        self.channel_names = list(channel_names or (f"ch{i}" for i in range(channels)))
+        self.step = 0  # simulated steps generated so far (same for every sensor)
+
+        self._seeds = np.random.SeedSequence(seed).spawn(4)  # profile, signal, events, training
+        p = np.random.default_rng(self._seeds[0])
+        S, C, K = sensors, channels, _FACTORS
+        # every channel loads strongly on factor 0 (the cycle): pairs are well correlated
+        W0 = np.column_stack([p.choice([-1.0, 1.0], C) * p.uniform(0.7, 1.2, C), 0.4 * p.normal(size=(C, K - 1))])
+        self._W = W0 + 0.1 * p.normal(size=(S, C, K))
+        self._noise = p.uniform(0.15, 0.35, size=C)
+        self._drift_amp = p.uniform(0.1, 0.4, size=(S, C))
+        self._drift_phase = p.uniform(0, 2 * np.pi, size=(S, C))
+        self._phase = p.uniform(0, 2 * np.pi, size=S)
+        scale0 = p.uniform(0.5, 10.0, size=C)
+        self._offset = p.uniform(0, 100, size=C) + 0.05 * scale0 * p.normal(size=(S, C))
+        self._scale = np.broadcast_to(scale0, (S, C)).copy()
+        self._amp = np.array([1.5, 0.5, 0.0])  # periodic amplitude per factor (2nd harmonic on F1)
+        self._phi = float(np.exp(-interval / 20.0))  # AR(1) with a 20 s time constant
+        fvar = self._amp ** 2 / 2 + 1.0
+        self._std = np.sqrt((self._W ** 2 * fvar).sum(-1) + self._noise ** 2 + self._drift_amp ** 2 / 2)
+
+        self._rng = np.random.default_rng(self._seeds[1])
+        self._ev_rng = np.random.default_rng(self._seeds[2])  # separate: same seed, same clean signal
+        self._ar = self._rng.normal(size=(S, K))
+        lens = np.array([_LEN.get(k, (5, 30)) for k in kinds], dtype=float)
+        mean_len = lens.mean(axis=1).mean()
+        self._gap_mean = mean_len * (1 - anomaly_rate) / anomaly_rate if anomaly_rate > 0 else None
+        self._ev = {k: np.zeros((S, 0), dtype=np.int64) for k in ("start", "end", "kind")}
+        self._ev["mag"] = np.zeros((S, 0))
+        self._ev["mask"] = np.zeros((S, 0, C), dtype=bool)
+        self._ev["stuck"] = np.zeros((S, 0, C))
+        self._horizon = np.zeros(S, dtype=np.int64)  # events are generated up to here
+
+    # ---- clean signal -------------------------------------------------------------------
+    def _clean(self, rng: np.random.Generator, steps: np.ndarray, ar_state: np.ndarray):
+        """(x, latent part, new AR state) for absolute `steps` [S, n] (standardised units)."""
+        S, n = steps.shape
+        eps = rng.normal(size=(S, n, _FACTORS)) * np.sqrt(1 - self._phi ** 2)
+        F = _ar1_chunk(ar_state, eps, self._phi)
+        ang = 2 * np.pi * steps * self.interval / self.period + self._phase[:, None]
+        F[..., 0] += self._amp[0] * np.sin(ang)
+        F[..., 1] += self._amp[1] * np.sin(2 * ang)
+        lat = np.einsum("snk,sck->snc", F, self._W)
+        slow = 2 * np.pi * steps[..., None] * self.interval / (25 * self.period)
+        drift = self._drift_amp[:, None] * np.sin(slow + self._drift_phase[:, None])
+        x = lat + self._noise * rng.normal(size=(S, n, self.channels)) + drift
+        return x / self._std[:, None], lat / self._std[:, None], F[:, -1].copy()
+
+    def _to_units(self, x: np.ndarray) -> np.ndarray:
+        return self._offset[:, None] + self._scale[:, None] * x
+
+    def normal_training_data(self, n: int) -> np.ndarray:
+        """`[n, channels]` anomaly-free readings for training, in time order per sensor and
+        sensors one after another, from random points of the cycle. Leaves the stream untouched."""
+        rng = np.random.default_rng(self._seeds[3])
+        per = -(-n // self.sensors)
+        t0 = rng.integers(0, int(25 * self.period / self.interval), size=self.sensors)
+        steps = t0[:, None] + np.arange(per)[None]
+        x, _, _ = self._clean(rng, steps, rng.normal(size=(self.sensors, _FACTORS)))
+        return self._to_units(x).reshape(-1, self.channels)[:n].astype(np.float32)
+
+    # ---- anomaly events -----------------------------------------------------------------
+    def _extend_events(self, until: int) -> None:
+        """Draw more events for every sensor until each timeline reaches `until`."""
+        rng, S, C = self._ev_rng, self.sensors, self.channels
+        while self._horizon.min() < until:
+            R = 8 + int((until - self._horizon.min()) / (self._gap_mean + 5))
+            code = rng.integers(0, len(self.kinds), size=(S, R))
+            lens = np.array([_LEN.get(k, (5, 30)) for k in self.kinds])[code]  # [S, R, (lo, hi)]
+            length = rng.integers(lens[..., 0], lens[..., 1] + 1)
+            gap = rng.geometric(1.0 / (self._gap_mean + 1.0), size=(S, R)) - 1
+            end = self._horizon[:, None] + np.cumsum(gap + length, axis=1)
+            mags = np.array([_MAG.get(k, (0, 0)) for k in self.kinds], dtype=float)[code]
+            mag = rng.uniform(mags[..., 0], mags[..., 1]) * rng.choice([-1.0, 1.0], size=(S, R))
+            names = np.array(self.kinds)[code]
+            most = np.where(np.isin(names, ["stuck"]), C, np.where(names == "spike", min(2, C), max(1, C // 2)))
+            most = np.where(names == "correlation_break", np.minimum(most, C - 1), most)
+            size = rng.integers(1, most + 1)
+            mask = np.argsort(rng.random((S, R, C)), axis=-1) < size[..., None]
+            kind_idx = np.array([KINDS.index(k) + 1 for k in self.kinds])[code]
+            new = {"start": end - length, "end": end, "kind": kind_idx, "mag": mag, "mask": mask,
+                   "stuck": np.zeros((S, R, C))}
+            for key, arr in new.items():
+                self._ev[key] = np.concatenate([self._ev[key], arr], axis=1)
+            self._horizon = end[:, -1]
+
+    def _drop_events_before(self, t: int) -> None:
+        """Forget events that ended at or before step `t`; live ones move to the front in order."""
+        ev = self._ev
+        keep = (ev["end"] > t) & (ev["kind"] > 0)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :int(keep.sum(axis=1).max())]
+        rows = np.arange(self.sensors)[:, None]
+        valid = keep[rows, order]
+        for key in ev:
+            ev[key] = ev[key][rows, order]
+        ev["kind"] = np.where(valid, ev["kind"], 0)
+
+    # ---- the stream ---------------------------------------------------------------------
+    def next_readings(self, n_per_sensor: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` readings of every sensor: `(values [S, n, C] float64, kinds [S, n] str)`;
+        `kinds` is "normal" or the anomaly kind of each reading."""
+        S, n, t0 = self.sensors, n_per_sensor, self.step
+        steps = np.broadcast_to(t0 + np.arange(n), (S, n))
+        x, lat, self._ar = self._clean(self._rng, steps, self._ar)
+        codes = np.zeros((S, n), dtype=np.int64)
+        if self._gap_mean is not None and n > 0:
+            self._extend_events(t0 + n)
+            ev = self._ev
+            live = (ev["start"] < t0 + n) & (ev["end"] > t0) & (ev["kind"] > 0)
+            s_i, k_i = np.nonzero(live)
+            diff = np.zeros((S, n + 1), dtype=np.int64)
+            np.add.at(diff, (s_i, np.clip(ev["start"][s_i, k_i] - t0, 0, n)), k_i + 1)
+            np.add.at(diff, (s_i, np.clip(ev["end"][s_i, k_i] - t0, 0, n)), -(k_i + 1))
+            eid = np.cumsum(diff[:, :n], axis=1) - 1  # event slot of each reading, -1 = none
+            new_stuck = live & (ev["start"] >= t0) & (ev["kind"] == KINDS.index("stuck") + 1)
+            ss, sk = np.nonzero(new_stuck)
+            ev["stuck"][ss, sk] = x[ss, ev["start"][ss, sk] - t0]
+            self._apply(x, lat, eid, t0)
+            codes = np.where(eid >= 0, ev["kind"][np.arange(S)[:, None], np.maximum(eid, 0)], 0)
+            self._drop_events_before(t0 + n)
+        self.step += n
+        names = np.array((NORMAL,) + KINDS)
+        return self._to_units(x), names[codes]
+
+    def _apply(self, x: np.ndarray, lat: np.ndarray, eid: np.ndarray, t0: int) -> None:
+        """Add each reading's anomaly to `x` in place (standardised units)."""
+        s, t = np.nonzero(eid >= 0)
+        k = eid[s, t]
+        ev = self._ev
+        kind = np.array((NORMAL,) + KINDS)[ev["kind"][s, k]]
+        mask, mag = ev["mask"][s, k], ev["mag"][s, k][:, None]
+        pos = (t0 + t - ev["start"][s, k])[:, None]
+        length = (ev["end"][s, k] - ev["start"][s, k])[:, None]
+        cur = x[s, t]
+        add = np.zeros_like(cur)
+        add += np.where((kind == "spike")[:, None] | (kind == "level_shift")[:, None], mag, 0.0)
+        add += np.where((kind == "drift")[:, None], mag * (pos + 1) / length, 0.0)
+        add += np.where((kind == "noise_burst")[:, None], np.abs(mag) * self._ev_rng.normal(size=cur.shape), 0.0)
+        add += np.where((kind == "correlation_break")[:, None], -2.0 * lat[s, t], 0.0)
+        new = np.where((kind == "stuck")[:, None], ev["stuck"][s, k], cur + add)
+        x[s, t] = np.where(mask, new, cur)
+
+
+# ---- producing to Kafka ---------------------------------------------------------------------
+@dataclass
+class TruthRow:
+    sensor_id: str
+    ts: str
+    kind: str
+    topic: str
+    partition: int
+    offset: int
+    index: int  # position of the reading inside its message (0 for single readings)
+
+
+TRUTH_COLUMNS = ("sensor_id", "ts", "kind", "topic", "partition", "offset", "index")
+
+
+class TruthCSV:
+    """A truth sink: appends delivered rows to a CSV file (`with TruthCSV(path) as sink`)."""
+
+    def __init__(self, path):
+        self._f = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._w = csv.writer(self._f)
+        self._w.writerow(TRUTH_COLUMNS)
+
+    def __call__(self, rows: list[TruthRow]) -> None:
+        self._w.writerows((r.sensor_id, r.ts, r.kind, r.topic, r.partition, r.offset, r.index) for r in rows)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class ProduceStats:
+    """Live counters; safe to read from another thread while a stream runs."""
+
+    messages: int = 0
+    readings: int = 0
+    delivered_messages: int = 0
+    delivered_readings: int = 0
+    failed_messages: int = 0
+    by_kind: Counter = field(default_factory=Counter)  # readings produced per truth kind
+    elapsed_s: float = 0.0
+
+
+iso_ts = iso  # epoch seconds -> ISO-8601 UTC with milliseconds (the contract's formatter)
+
+
+def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: list[str] | None):
+    """Input-contract JSON for one sensor's readings (`values` [n, C]); single form when n == 1.
+    `channels=None` sends values as a list in channel order; NaN/inf become null."""
+    v = np.round(values, 5)
+    rows = v.tolist()
+    if not np.isfinite(v).all():
+        rows = [[x if np.isfinite(x) else None for x in r] for r in rows]
+    vals = rows if channels is None else [dict(zip(channels, r)) for r in rows]
+    if len(ts) == 1:
+        obj = {"sensor_id": sensor_id, "ts": ts[0], "values": vals[0]}
+    else:
+        obj = {"sensor_id": sensor_id, "readings": [{"ts": t, "values": v} for t, v in zip(ts, vals)]}
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def send(producer, topic: str, key: str, value: bytes, truth: list[tuple[str, str]], stats: ProduceStats,
+         on_truth: Callable[[list[TruthRow]], None] | None, stop: threading.Event | None = None) -> None:
+    """Produce one message whose readings have `truth` [(ts, kind)], retrying on a full queue;
+    the delivery report updates `stats` and passes TruthRows to `on_truth`."""
+    def delivered(err, msg):
+        if err is not None:
+            stats.failed_messages += 1
+            return
+        stats.delivered_messages += 1
+        stats.delivered_readings += len(truth)
+        if on_truth is not None:
+            on_truth([TruthRow(key, ts, kind, msg.topic(), msg.partition(), msg.offset(), i)
+                      for i, (ts, kind) in enumerate(truth)])
+
+    header = ",".join(kind for _, kind in truth).encode()
+    while True:
+        try:
+            producer.produce(topic, key=key.encode(), value=value, headers=[(TRUTH_HEADER, header)],
+                             on_delivery=delivered)
+            break
+        except BufferError:
+            producer.poll(0.1)
+    producer.poll(0)
+    stats.messages += 1
+    stats.readings += len(truth)
+    stats.by_kind.update(kind for _, kind in truth)
+
+
+def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, *,
+                   count: int | None = None, duration: float | None = None, batch_size: int = 1,
+                   stop: threading.Event | None = None, on_truth=None, start_ts: float | None = None,
+                   values_as: str = "object", stats: ProduceStats | None = None,
+                   flush_timeout: float = 30.0) -> ProduceStats:
+    """Stream the simulator to `topic` until `count` readings, `duration` seconds or `stop`.
+
+    `rate` is total readings/s (0 = as fast as possible). Messages go out time-major (every sensor's
+    next batch, then the next step). `ts` is wall-clock now at produce time (earlier readings of a
+    batch are spaced back by the real per-sensor interval), or with `start_ts` the simulated event
+    time `start_ts + step * simulator.interval`. Returns `stats` (also updated live)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    stats = stats if stats is not None else ProduceStats()
+    stop = stop or threading.Event()
+    channels = simulator.channel_names if values_as == "object" else None
+    S, b = simulator.sensors, batch_size
+    rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
+    spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
+    last_ms: dict[str, int] = {}  # per sensor: the last event time sent, in ms
+    t_start = time.monotonic()
+    done = 0
+    try:
+        while not stop.is_set():
+            step0 = simulator.step
+            values, kinds = simulator.next_readings(rounds * b)
+            for r in range(rounds):
+                for s in range(S):
+                    if stop.is_set() or (count is not None and done >= count):
+                        return stats
+                    if duration is not None and time.monotonic() - t_start >= duration:
+                        return stats
+                    n = b if count is None else min(b, count - done)
+                    if rate > 0:
+                        delay = t_start + (done + n - 1) / rate - time.monotonic()
+                        if delay > 0 and stop.wait(delay):
+                            return stats
+                    sl = slice(r * b, r * b + n)
+                    sid = simulator.sensor_ids[s]
+                    if start_ts is None:
+                        # Event times strictly increase per sensor at the millisecond precision we
+                        # send, even when the loop catches up in a burst.
+                        first = max(int(time.time() * 1000) - (n - 1) * spacing_ms, last_ms.get(sid, 0) + 1)
+                        last_ms[sid] = first + (n - 1) * spacing_ms
+                        ts = [iso_ts((first + i * spacing_ms) / 1000) for i in range(n)]
+                    else:
+                        ts = [iso_ts(start_ts + (step0 + r * b + i) * simulator.interval) for i in range(n)]
+                    send(producer, topic, sid, encode_message(sid, ts, values[s, sl], channels),
+                         list(zip(ts, kinds[s, sl].tolist())), stats, on_truth)
+                    done += n
+    finally:
+        producer.flush(flush_timeout)
+        stats.elapsed_s = time.monotonic() - t_start
+    return stats
+
+
+class BackgroundStream:
+    """`produce_stream` in a daemon thread, for the demo: `.start()`, read `.stats`, `.stop()`."""
+
+    def __init__(self, producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, **kwargs):
+        self.stats = ProduceStats()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+
+        def run():
+            try:
+                produce_stream(producer, topic, simulator, rate, stop=self._stop, stats=self.stats, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the caller through .error
+                self.error = exc
+
+        self._thread = threading.Thread(target=run, name="latentwatch-simulate", daemon=True)
+
+    def start(self) -> BackgroundStream:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> ProduceStats:
+        self._stop.set()
+        self._thread.join(timeout)
+        return self.stats
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()

@@ -1,0 +1,1 @@
+"""Kafka plumbing: client configuration, producing with delivery tracking, topics and cluster checks."""

@@ -1,0 +1,344 @@
+"""Kafka plumbing for the run loop: client configs, batch accumulation, delivery tracking,
+dead-letter records and start-up checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.errors import UserError
+
+log = logging.getLogger("latentwatch.kafka")
+
+
+def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=None) -> dict:
+    conf = settings.kafka.client_config()
+    conf.update({
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "isolation.level": "read_committed",
+        "statistics.interval.ms": 5000,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 65536,
+        "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
+    })
+    conf.update(settings.kafka.consumer)
+    if on_stats is not None:
+        conf["stats_cb"] = on_stats
+    if on_error is not None:
+        conf["error_cb"] = on_error
+    if on_commit is not None:
+        conf["on_commit"] = on_commit
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    return conf
+
+
+class TransactionalId:
+    """A transactional.id that a restarted process takes over from the one that died.
+
+    Processes of one group on one host claim the lowest free slot 0, 1, 2 ... through an advisory
+    file lock, which the kernel releases when a process dies. A restart (after a crash too)
+    claims the same slot, so `init_transactions` fences the dead process and aborts its open
+    transaction at once, instead of every reader of its outputs, and the committed offsets of
+    its partitions, waiting for that transaction to time out. Concurrent processes get
+    different slots, so they never fence each other.
+    """
+
+    def __init__(self, group_id: str):
+        import fcntl
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), "latentwatch-txn")
+        os.makedirs(folder, exist_ok=True)
+        safe_group = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in group_id)
+        for slot in range(4096):
+            handle = open(os.path.join(folder, f"{safe_group}.{slot}.lock"), "w")  # noqa: SIM115 - held
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            self._handle = handle  # the lock lives as long as this object
+            self.value = f"latentwatch-{group_id}-{socket.gethostname()}-{slot}"
+            return
+        raise UserError(f"no free transactional.id slot in {folder}")
+
+
+def producer_config(settings: Settings, on_error=None, transactional_id: str | None = None) -> dict:
+    conf = settings.kafka.client_config()
+    conf.update({
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        # A deleted output topic must not come back behind the user's back with the broker's
+        # defaults (auto.create.topics.enable): topics are made by an admin or --create-topics.
+        "allow.auto.create.topics": False,
+        "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
+    })
+    if settings.delivery == "exactly-once":
+        # See TransactionalId; kafka.producer may still set its own. A transaction lasts one
+        # batch, so a short timeout bounds how long a dead process's transaction can hold
+        # readers back when no restart takes its id over.
+        conf["transactional.id"] = transactional_id or f"latentwatch-{settings.group_id}-{os.getpid()}"
+        conf["transaction.timeout.ms"] = 10_000
+    conf.update(settings.kafka.producer)
+    if on_error is not None:
+        conf["error_cb"] = on_error
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    return conf
+
+
+def check_cluster(settings: Settings) -> None:
+    """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create it)."""
+    conf = settings.kafka.client_config()
+    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    conf["log_level"] = 3
+    refused: list[str] = []  # authentication / TLS failures: retrying will not help
+    conf["error_cb"] = lambda err: refused.append(err.str()) if err.code() in _REFUSED else None
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # e.g. an ssl.ca.location that cannot be read
+        raise UserError(f"invalid Kafka client settings: {exc.args[0].str()}: check the kafka.ssl_* "
+                        "and kafka.sasl_* settings") from None
+    deadline = time.monotonic() + settings.startup_timeout_s
+    metadata = None
+    while metadata is None:
+        try:
+            metadata = admin.list_topics(timeout=min(5.0, settings.startup_timeout_s))
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if refused:
+                raise UserError(
+                    f"Kafka at {settings.kafka.bootstrap_servers} refused us ({refused[0]}): check "
+                    "kafka.security_protocol, kafka.sasl_mechanism/sasl_username/sasl_password and "
+                    "kafka.ssl_ca_location") from None
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"cannot reach Kafka at {settings.kafka.bootstrap_servers} after "
+                    f"{settings.startup_timeout_s:.0f} s ({exc.args[0].str()}): check --bootstrap, the security "
+                    "settings, or start a local broker with 'latentwatch broker start'") from None
+            log.warning("Kafka at %s not reachable yet, retrying", settings.kafka.bootstrap_servers)
+    t = settings.topics
+    missing = [name for name in t.names() if name not in metadata.topics]
+    if not missing:
+        return
+    if not settings.create_topics:
+        raise UserError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}: "
+                        "create them, or pass --create-topics (LATENTWATCH_CREATE_TOPICS=true)")
+    partitions = len(metadata.topics[t.input].partitions) if t.input in metadata.topics else 8
+    futures = admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+            log.info("created topic %s (%d partitions)", name, partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+
+
+# Errors that may mean a topic was deleted. librdkafka reports a subscribed topic gone (through
+# error_cb) only after topic.metadata.propagation.max.ms (30 s) without it in the metadata; a
+# metadata request decides (missing_topics), as it does after any failed batch.
+TOPIC_GONE = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+              KafkaError.UNKNOWN_TOPIC_ID}
+
+
+def missing_topics(client, names: list[str], timeout: float = 10.0) -> list[str] | None:
+    """Which of `names` the cluster does not have; None when it does not answer."""
+    try:
+        metadata = client.list_topics(timeout=timeout)  # all topics: a request that creates none
+    except KafkaException:
+        return None
+    return [name for name in names if name not in metadata.topics]
+
+
+def bootstrap_reachable(servers: str, timeout: float = 2.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection (a dead broker refuses at once)."""
+    for server in servers.split(","):
+        address = server.strip().split("://")[-1]  # librdkafka allows [proto://]host[:port]
+        host, colon, port = address.rpartition(":")
+        if not colon or "]" in port:  # no port: librdkafka's default
+            host, port = address, "9092"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def topics_gone_message(settings: Settings, missing: list[str]) -> str:
+    """One line for topics deleted while running: what happened, what was kept, how to fix it."""
+    t = settings.topics
+    roles = {t.input: "input", t.alerts: "alerts", t.dead_letter: "dead-letter", t.latent: "latent"}
+    it = "it" if len(missing) == 1 else "them"
+    text = (" and ".join(f"{roles.get(name, 'the')} topic {name}" for name in missing)
+            + f" {'was' if len(missing) == 1 else 'were'} deleted from Kafka at "
+            f"{settings.kafka.bootstrap_servers} while running: stopped without committing anything "
+            "whose outputs were not acknowledged")
+    if any(name != t.input for name in missing):
+        text += " (the batch in hand is redone after a restart, not lost)"
+    text += (f". Recreate {it} (or restart with --create-topics) and find what deleted {it} "
+             "(a clean-up script, topic automation)")
+    if t.input in missing:
+        text += (f"; the group's committed offsets were deleted with {t.input}, so group {settings.group_id} "
+                 f"reads the new topic from auto_offset_reset ({settings.auto_offset_reset})")
+    return text
+
+
+# librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+            KafkaError._UNSUPPORTED_FEATURE}
+
+
+def accumulate(consumer: Consumer, max_messages: int, max_bytes: int, max_wait_s: float, stop,
+               revoked: set | None = None) -> list[Message]:
+    """Collect up to `max_messages` messages or `max_bytes` of values, returning at most
+    `max_wait_s` after the first one arrived.
+
+    After the first message, `consume(n, timeout)` may return early with whatever has arrived,
+    so we keep asking until the batch is full or the deadline passes. The byte cap bounds batches of
+    many-reading messages. Errors pass through (as messages whose `.error()` is set).
+
+    `revoked` (filled by the rebalance callbacks) names partitions revoked or lost during a
+    `consume()`: messages already in hand from them are dropped, since the partition's next owner
+    (or this consumer, re-assigned from the committed offset) reads them again.
+    """
+    if revoked:
+        revoked.clear()  # revoked between batches: nothing of theirs in hand
+    batch: list[Message] = []
+    size = 0
+    deadline = None
+    while len(batch) < max_messages and size < max_bytes and not stop():
+        if deadline is None:
+            # The first message through poll(), which returns as soon as one is there:
+            # consume(n, t) with t <= 200 ms waits all of t unless n messages arrive, which
+            # held every batch's first readings back by up to 100 ms (p50 ~50 ms at 5k msg/s).
+            first = consumer.poll(0.1)
+            got = [] if first is None else [first]
+            if got and max_messages > 1:  # and what is already here, within the byte budget
+                room = max(1, int(max_bytes / max(len(first), 1)) - 1)
+                got += consumer.consume(min(max_messages - 1, room), timeout=0)
+        else:
+            # Ask for no more messages than the byte budget has room for, at the average size
+            # seen so far: one consume() of many-reading messages could otherwise overshoot it.
+            room = max(1, int((max_bytes - size) * len(batch) / max(size, 1)))
+            # librdkafka waits in whole milliseconds and truncates: a timeout under 1 ms does
+            # not wait at all, and calling again until the deadline spins the core (measured:
+            # 45 % of this thread's time at max_wait_ms=1). Round to the nearest millisecond.
+            wait_ms = round((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                break
+            got = consumer.consume(min(max_messages - len(batch), room), timeout=wait_ms / 1000)
+        if revoked:  # a rebalance ran inside consume(): what we hold of those partitions is not ours
+            batch = [m for m in batch if (m.topic(), m.partition()) not in revoked]
+            revoked.clear()
+        if got:
+            batch.extend(got)
+            size += sum(len(m) for m in got)
+            if deadline is None:
+                deadline = time.monotonic() + max_wait_s
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if deadline is None and not got:
+            break  # nothing arrived in 100 ms: let the loop breathe (signals, metrics)
+    return batch
+
+
+@dataclass
+class DeliveryTracker:
+    """Counts acknowledgements of what we produced, so we know when it is safe to commit."""
+
+    failed: int = 0
+    first_error: str | None = None
+
+    def __call__(self, err, msg) -> None:
+        if err is not None:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = f"{msg.topic()}: {err.str()}"
+
+    def reset(self) -> None:
+        self.failed = 0
+        self.first_error = None
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery,
+            headers: list | None = None) -> None:
+    """Produce one record, serving delivery callbacks and waiting when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """The original headers plus why and where from."""
+    headers = list(msg.headers() or [])
+    headers += [
+        ("lw-dlq-reason", reason.encode()),
+        ("lw-dlq-detail", detail[:500].encode("utf-8", "replace")),
+        ("lw-source-topic", msg.topic().encode()),
+        ("lw-source-partition", str(msg.partition()).encode()),
+        ("lw-source-offset", str(msg.offset()).encode()),
+    ]
+    return headers
+
+
+def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The offset to commit per (topic, partition): one past the highest message seen."""
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic(), m.partition())
+        if m.offset() + 1 > out.get(tp, -1):
+            out[tp] = m.offset() + 1
+    return out
+
+
+class RepeatFilter(logging.Filter):
+    """Holds back warnings and errors like one passed less than `period` seconds ago (alike:
+    equal but for numbers), then passes the next one with how many were held back.
+
+    While a broker is down librdkafka logs every reconnect attempt at ERROR, about 20 lines a
+    second per client, all alike; the run loop's own line says what is going on. Debug and info
+    records (e.g. `debug=...` output) always pass.
+    """
+
+    def __init__(self, period: float = 60.0):
+        super().__init__()
+        self.period = period
+        self._seen: dict[tuple[int, str], list] = {}  # kind -> [time passed, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        key = (record.levelno, re.sub(r"\d+", "#", message))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.period:
+            seen[1] += 1
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{message} ({seen[1]} more like it not shown)", None
+        return True
+
+
+# The clients log through this logger (conf["logger"] above and in the CLIs).
+logging.getLogger("latentwatch.librdkafka").addFilter(RepeatFilter())

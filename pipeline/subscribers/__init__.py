@@ -1,0 +1,1 @@
+"""Services that subscribe to the alerts topic: `alerts tail` and the Alertmanager bridge."""

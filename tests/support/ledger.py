@@ -1,0 +1,79 @@
+"""A ledger for a run: accounts for every input reading, by (partition, offset, index).
+
+Each reading is scored (a record on the latent topic names its source), dead-lettered (the
+dead-letter topic names its source offset), or still uncommitted (at or past the group's
+committed offset). Injected anomalies must each have an alert. Duplicates are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.support.harness import read_topic
+
+Ref = tuple[int, int, int]  # (partition, offset, index in message)
+
+
+@dataclass
+class Ledger:
+    inputs: set[Ref]
+    scored: Counter = field(default_factory=Counter)
+    dead: Counter = field(default_factory=Counter)  # (partition, offset) of dead messages, index 0..k
+    alerts: Counter = field(default_factory=Counter)
+    committed: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def uncommitted(self) -> set[Ref]:
+        return {r for r in self.inputs if r[1] >= self.committed.get(r[0], 0)}
+
+    @property
+    def lost(self) -> set[Ref]:
+        """Committed readings that were neither scored nor dead-lettered: must be empty."""
+        dead_msgs = {(p, o) for p, o, _ in self.dead}
+        return {r for r in self.inputs - self.uncommitted
+                if r not in self.scored and (r[0], r[1]) not in dead_msgs}
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.scored.values() if n > 1) + sum(n - 1 for n in self.dead.values() if n > 1)
+
+    def missing_alerts(self, anomalies: set[Ref]) -> set[Ref]:
+        return {r for r in anomalies if r not in self.alerts}
+
+
+def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str, latent_topic: str,
+                 dead_topic: str, alerts_topic: str, partitions: int, read_committed: bool = True) -> Ledger:
+    led = Ledger(inputs)
+    for m in read_topic(bootstrap, latent_topic, timeout=60, read_committed=read_committed):
+        src = json.loads(m.value())["source"]
+        led.scored[(src["partition"], src["offset"], src["index"])] += 1
+    for m in read_topic(bootstrap, dead_topic, timeout=60, read_committed=read_committed):
+        h = dict(m.headers())
+        led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1
+    for m in read_topic(bootstrap, alerts_topic, timeout=60, read_committed=read_committed):
+        src = json.loads(m.value())["source"]
+        led.alerts[(src["partition"], src["offset"], src["index"])] += 1
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    for tp in c.committed([TopicPartition(input_topic, p) for p in range(partitions)], timeout=10):
+        led.committed[tp.partition] = max(tp.offset, 0)
+    c.close()
+    return led
+
+
+def committed_lag(bootstrap: str, topic: str, group: str, partitions: int) -> int:
+    """Messages of `topic` past `group`'s committed offsets (-1 when the broker does not answer)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        lag = 0
+        for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10):
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            lag += high - max(tp.offset, 0)
+        return lag
+    except Exception:  # noqa: BLE001 - broker restarting
+        return -1
+    finally:
+        c.close()

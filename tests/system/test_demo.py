@@ -1,0 +1,29 @@
+"""The README's main job: `latentwatch demo` end to end, on its own local broker."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
+    r = subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "demo", "--duration", "30", "--rate", "400",
+                        "--metrics-port", "0", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    m = re.search(r"anomalies injected (\d+) \(events\), alerted (\d+): recall ([\d.]+)", out)
+    assert m, out
+    events, alerted, recall = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    assert abs(alerted / events - recall) < 1e-3  # the summary is consistent with itself
+    assert events >= 5 and recall >= 0.9, out
+    sent = int(re.search(r"malformed messages sent: (\d+)", out).group(1))
+    dead = int(re.search(r"^dead letters (\d+) \(malformed", out, re.M).group(1))
+    assert sent > 0 and dead == sent
+    produced = int(re.search(r"readings produced ([\d,]+)", out).group(1).replace(",", ""))
+    scored = int(re.search(r"scored ([\d,]+), warming", out).group(1).replace(",", ""))
+    warming = int(re.search(r"warming up ([\d,]+)", out).group(1).replace(",", ""))
+    assert produced > 5000 and scored + warming == produced
+    assert "precision" in out and "p99" in out and "broker stopped" in out
+    java = subprocess.run(["pgrep", "-f", "latentwatch-demo-"], capture_output=True, text=True)
+    assert java.stdout.strip() == "", "the demo left a process behind"

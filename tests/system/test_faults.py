@@ -1,0 +1,408 @@
+"""Faults against real processes, each audited with the ledger (tests/ledger.py): the broker
+killed with SIGKILL and restarted on its data dir, the pipeline killed at random points over many
+rounds, a rebalance while batches are in flight, the input or an output topic deleted mid-run.
+
+`LATENTWATCH_SOAK_ROUNDS=N` runs the SIGKILL rounds N times over (CI default: 4 rounds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
+
+from tests.support.ledger import committed_lag
+from tests.support.processes import (
+    PrivateBroker,
+    TimelineStream,
+    settled_ledger,
+    start_pipeline,
+    stop_process,
+    topic_maker,
+    wait_drained,
+    wait_url,
+)
+from tests.support.streams import scrape, wait_metric
+
+SOAK_ROUNDS = int(os.environ.get("LATENTWATCH_SOAK_ROUNDS", "4"))
+RESULTS: dict[str, object] = {}  # figures for the report, printed at the end of the module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures():
+    yield
+    if RESULTS:
+        print("\nfault figures:", RESULTS)
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    broker = PrivateBroker(tmp_path / "broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _drain_with_a_new_process(kafka_bootstrap, stream, model, log, delivery) -> None:
+    """Start a pipeline on `stream`, wait until it has committed everything, stop it cleanly."""
+    proc = start_pipeline(kafka_bootstrap, stream, model, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+
+
+def _assert_balanced(led, n, dead=0):
+    assert len(led.inputs) == n
+    assert not led.uncommitted, f"{len(led.uncommitted)} readings never committed"
+    assert not led.lost, f"lost {len(led.lost)} readings: {sorted(led.lost)[:5]}"
+    assert len({(p, o) for p, o, _ in led.dead}) == dead
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_broker_sigkill_and_restart_mid_stream(private_broker, tmp_path, model_dir, delivery):  # noqa: F811
+    """SIGKILL the broker while traffic flows, keep it down a few seconds, restart it on the same
+    data dir and port: the same pipeline process carries on by itself and the ledger balances."""
+    bs = private_broker.bootstrap
+    s = TimelineStream(topic_maker(bs))
+    producer = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5, "log_level": 0})
+    n = 6000
+    s.produce(producer, n // 2, seed=1, bad_every=500)
+    log = tmp_path / "run.log"
+    proc = start_pipeline(bs, s, model_dir, log, "--delivery", delivery)
+    try:
+        url = wait_url(proc, log)
+        wait_metric(url, "latentwatch_batches_total", 2)
+        feeder = threading.Thread(target=s.produce, args=(producer, n // 2),
+                                  kwargs={"seed": 2, "bad_every": 500, "per_second": 600})
+        feeder.start()
+        time.sleep(1.0)
+        private_broker.kill()
+        outage_start = log.stat().st_size
+        time.sleep(4)
+        assert proc.poll() is None, "the pipeline died while the broker was down"
+        scored_during = scrape(url, "latentwatch_readings_scored_total")
+        private_broker.start()
+        feeder.join(timeout=120)
+        assert not feeder.is_alive()
+        wait_drained(bs, s, proc=proc)
+        assert proc.poll() is None
+        assert scrape(url, "latentwatch_readings_scored_total") > scored_during  # resumed, same process
+        assert stop_process(proc) == 0
+    finally:
+        stop_process(proc)
+    outage_log = log.read_text()[outage_start:]
+    assert "Traceback" not in outage_log
+    del producer
+    led = settled_ledger(s, bs)
+    _assert_balanced(led, n, dead=n // 500)
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"broker_kill_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, make_topic, producer, model_dir,  # noqa: F811
+                                                            tmp_path, delivery):
+    """SOAK_ROUNDS rounds of: start the pipeline, SIGKILL it at a random moment (during start-up,
+    assignment, a batch, a commit), while traffic flows; then one clean run drains the rest.
+
+    Traffic flows until the last round ends, however long start-ups take: a fixed amount (2500
+    readings a round, at 1200/s) ran out when rounds were slower than 2 s, and a later round
+    then waited 120 s for a batch from an input that was all committed already (seen as a
+    "stall" in CI: assigned, fetching at the log end, nothing to do)."""
+    s = TimelineStream(make_topic)
+    rounds = SOAK_ROUNDS
+    feeding = threading.Event()
+    feeding.set()
+
+    def feed():
+        chunk = 0
+        while feeding.is_set():
+            s.produce(producer, 300, seed=chunk, bad_every=400, per_second=1200)
+            chunk += 1
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    seed = int(os.environ.get("LATENTWATCH_SOAK_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"\nSIGKILL rounds: seed {seed} (LATENTWATCH_SOAK_SEED={seed} repeats the kill times)")
+    rng = np.random.default_rng(seed)
+    log = tmp_path / "run.log"
+    killed_after_batches = []
+    try:
+        for r in range(rounds):
+            proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+            try:
+                url = wait_url(proc, log)
+                if r % 3:  # two rounds in three: mid-stream (batches, commits); else during start-up
+                    wait_metric(url, "latentwatch_batches_total", 1, timeout=120)
+                time.sleep(float(rng.uniform(0.0, 1.5)))
+                try:
+                    killed_after_batches.append(scrape(url, "latentwatch_batches_total"))
+                except OSError:
+                    killed_after_batches.append(-1)
+            finally:
+                proc.send_signal(signal.SIGKILL)  # also when the round failed: leave nothing behind
+                proc.wait(timeout=10)
+    finally:
+        feeding.clear()
+        feeder.join(timeout=300)
+    n = s.sent
+    _drain_with_a_new_process(kafka_bootstrap, s, model_dir, log, delivery)
+    led = settled_ledger(s, kafka_bootstrap)
+    _assert_balanced(led, n, dead=len(s.bad))
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    else:
+        assert led.duplicates <= rounds * 200  # at most the batch in flight per kill
+    RESULTS[f"sigkill_rounds_{delivery}"] = {"rounds": rounds, "readings": n, "lost": len(led.lost),
+                                             "duplicates": led.duplicates,
+                                             "batches_at_kill": killed_after_batches, "seed": seed}
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                          delivery):
+    """A second instance joins while the first is mid-batch (slow batches: a long max wait and
+    paced traffic), then leaves: nothing lost, and no reading scored twice (clean hand-overs)."""
+    s = TimelineStream(make_topic)
+    n = 8000
+    slow = ("--delivery", delivery, "--max-wait-ms", "400")
+    feeder = threading.Thread(target=s.produce, args=(producer, n), kwargs={"bad_every": 300, "per_second": 500})
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_pipeline(kafka_bootstrap, s, model_dir, log_a, *slow)
+    b = None
+    try:
+        url_a = wait_url(a, log_a)
+        feeder.start()
+        wait_metric(url_a, "latentwatch_batches_total", 3)
+        for _ in range(2):  # join, leave, join, leave
+            b = start_pipeline(kafka_bootstrap, s, model_dir, log_b, *slow)
+            url_b = wait_url(b, log_b)
+            wait_metric(url_b, "latentwatch_assigned_partitions", 1)
+            time.sleep(1.5)  # a few of its slow batches
+            assert stop_process(b) == 0
+        feeder.join(timeout=120)
+        wait_drained(kafka_bootstrap, s, proc=a)
+        assert stop_process(a) == 0
+    finally:
+        stop_process(a)
+        if b is not None:
+            stop_process(b)
+    assert "revoked" in log_a.read_text()  # the rebalance did happen to A
+    led = settled_ledger(s, kafka_bootstrap)
+    _assert_balanced(led, n, dead=len(s.bad))
+    RESULTS[f"rebalance_{delivery}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
+    assert led.duplicates == 0, f"{led.duplicates} readings processed twice across the rebalances"
+
+
+def _one_clear_line(text: str, topic: str) -> str:
+    """The single ERROR line about a deleted topic, and no traceback or loop of warnings."""
+    lines = [line for line in text.splitlines() if "was deleted from Kafka" in line]
+    assert len(lines) == 1, f"wanted one line about the deleted topic, got:\n{text[-3000:]}"
+    assert " ERROR latentwatch.run: " in lines[0] and topic in lines[0] and "Recreate" in lines[0]
+    assert "Traceback" not in text
+    ours = [line for line in text.splitlines() if "WARNING latentwatch.run" in line]
+    assert len(ours) <= 6, "a loop of warnings:\n" + "\n".join(ours[:20])
+    return lines[0]
+
+
+def _delete(admin, topic: str) -> None:
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    deadline = time.monotonic() + 30
+    while topic in admin.list_topics(timeout=10).topics:  # deletion is asynchronous on the broker
+        assert time.monotonic() < deadline, f"{topic} still listed 30 s after its deletion"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_input_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                     delivery):
+    """The input topic deleted under a running pipeline: one ERROR line naming it and the fix,
+    exit 2 (not librdkafka warnings forever); a restart says the topic does not exist; once it
+    is recreated the same group reads it from the start (Kafka deleted the group's offsets with
+    the topic) and the ledger of the new topic balances."""
+    s = TimelineStream(make_topic)
+    n = 4000
+    log = tmp_path / "run.log"
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        url = wait_url(proc, log)
+        s.produce(producer, n, bad_every=300, per_second=2000)  # stopped before the deletion:
+        wait_metric(url, "latentwatch_batches_total", 3)  # the test producer would auto-create it
+        mark = log.stat().st_size
+        deleted_at = time.monotonic()
+        _delete(admin, s.input)
+        rc = proc.wait(timeout=120)  # librdkafka reports it after topic.metadata.propagation.max.ms (30 s)
+        took = time.monotonic() - deleted_at
+    finally:
+        stop_process(proc)
+    assert rc == 2
+    _one_clear_line(log.read_text()[mark:], s.input)
+    # Nothing skipped before the deletion: per partition, what was scored or dead-lettered is a
+    # prefix of the partition's offsets (the rest went with the topic).
+    old = s.ledger(kafka_bootstrap)
+    for p in range(s.partitions):
+        done = sorted({o for q, o, _ in old.scored if q == p} | {o for q, o, _ in old.dead if q == p})
+        assert done == list(range(len(done))), f"partition {p}: gaps in what was processed"
+
+    restart_log = tmp_path / "restart.log"
+    again = start_pipeline(kafka_bootstrap, s, model_dir, restart_log, "--delivery", delivery)
+    try:
+        assert again.wait(timeout=90) == 2
+    finally:
+        stop_process(again)
+    assert "do not exist" in restart_log.read_text() and s.input in restart_log.read_text()
+
+    # Recreated with the same name: same group, fresh output topics for a clean ledger. More
+    # readings per partition than before, so offsets left over from the old topic would skip some.
+    fresh = TimelineStream(make_topic)
+    fresh.group = s.group
+    fresh.input = s.input
+    admin.create_topics([NewTopic(s.input, s.partitions, 1)])[s.input].result(timeout=30)
+    m = n + 2000
+    fresh.produce(producer, m, seed=5, bad_every=300)
+    _drain_with_a_new_process(kafka_bootstrap, fresh, model_dir, log, delivery)
+    led = settled_ledger(fresh, kafka_bootstrap)
+    _assert_balanced(led, m, dead=len(fresh.bad))
+    assert led.duplicates == 0
+    RESULTS[f"input_deleted_{delivery}"] = {"exit": rc, "seconds_to_exit": round(took, 1),
+                                            "readings_after_recreate": m, "lost": len(led.lost)}
+
+
+@pytest.mark.parametrize(("which", "delivery"), [("alerts", "at-least-once"), ("dead", "exactly-once")])
+def test_output_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, producer, model_dir, tmp_path,  # noqa: F811
+                                      which, delivery):
+    """An output topic (alerts, dead letters) deleted under a running pipeline: the batches that
+    cannot be delivered are not committed, one ERROR line names the topic and the fix, exit 2;
+    after recreating it a restart redoes them and nothing is lost."""
+    s = TimelineStream(make_topic)
+    log = tmp_path / "run.log"
+    proc = start_pipeline(kafka_bootstrap, s, model_dir, log, "--delivery", delivery)
+    try:
+        wait_url(proc, log)
+        s.produce(producer, 2000, bad_every=100)
+        wait_drained(kafka_bootstrap, s, proc=proc)
+        before = set(s.refs)  # processed, delivered, committed
+        topic = getattr(s, which)
+        mark = log.stat().st_size
+        _delete(admin, topic)
+        s.produce(producer, 2000, seed=2, bad_every=100)  # every batch has alerts and dead letters
+        rc = proc.wait(timeout=120)
+    finally:
+        stop_process(proc)
+    assert rc == 2
+    _one_clear_line(log.read_text()[mark:], topic)
+    assert committed_lag(kafka_bootstrap, s.input, s.group, s.partitions) > 0  # undeliverable: not committed
+
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    _drain_with_a_new_process(kafka_bootstrap, s, model_dir, log, delivery)
+    led = settled_ledger(s, kafka_bootstrap)
+    new = s.refs - before  # what went to the deleted topic before is gone with it
+    assert len(s.refs) == 4000 and not led.uncommitted
+    assert not (led.lost & new), f"lost {len(led.lost & new)} readings"
+    assert not led.missing_alerts(s.anomalies & new)
+    assert {(p, o, 0) for p, o, _ in led.dead} >= s.bad & new
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"{which}_deleted_{delivery}"] = {"exit": rc, "readings_after": len(new), "lost": len(led.lost & new)}
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size_mb: int):
+    """A tmpfs of `size_mb` MiB mounted at `path` (needs root); unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root or CAP_SYS_ADMIN")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)  # still busy
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_broker_disk_full_mid_stream(tmp_path, model_dir, delivery):  # noqa: F811
+    """The broker's log dir on a small tmpfs fills up while readings stream through: Kafka takes
+    the dir offline and, having no other, shuts down. The pipeline keeps running, says Kafka is
+    unreachable (not 20 librdkafka lines a second), commits nothing unacknowledged; once space
+    is freed and the broker restarted on its data, it carries on and the ledger balances."""
+    state = tmp_path / "broker"
+    with _small_disk(state / "data", 64) as data:
+        broker = PrivateBroker(state)
+        broker.start()
+        proc = None
+        try:
+            bs = broker.bootstrap
+            s = TimelineStream(topic_maker(bs))
+            producer = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5,
+                                 "log_level": 0})
+            s.produce(producer, 2000, bad_every=500)
+            log = tmp_path / "run.log"
+            proc = start_pipeline(bs, s, model_dir, log, "--delivery", delivery)
+            url = wait_url(proc, log)
+            wait_metric(url, "latentwatch_batches_total", 2)
+            free = os.statvfs(data)
+            filler = data / "filler"  # leaves 2 MiB: the stream fills that in seconds
+            filler.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 2 * 1024 * 1024))
+            mark = log.stat().st_size
+            n = 30000
+            feeder = threading.Thread(target=s.produce, args=(producer, n),
+                                      kwargs={"seed": 2, "bad_every": 500, "per_second": 3000})
+            feeder.start()
+            deadline = time.monotonic() + 90
+            while broker.status() is not None:
+                assert time.monotonic() < deadline, "the broker did not stop with a full disk"
+                time.sleep(0.2)
+            assert "all log dirs" in broker.log_file.read_text()  # Kafka's reason: the dir failed
+            down = time.monotonic()
+            # The line comes when librdkafka reports all brokers down to the run loop, which may
+            # be waiting in a commit that the dying broker never answered (socket.timeout.ms).
+            while "is unreachable (all brokers down)" not in log.read_text()[mark:]:
+                assert proc.poll() is None, "the pipeline died while the broker was down"
+                assert time.monotonic() - down < 90, "no line saying Kafka is unreachable"
+                time.sleep(0.5)
+            said_after = time.monotonic() - down
+            time.sleep(5)
+            assert proc.poll() is None, "the pipeline died while the broker was down"
+            outage = log.read_text()[mark:]
+            assert "Traceback" not in outage
+            lines = len(outage.splitlines())  # librdkafka alone logs ~20 reconnect failures a second
+            assert lines < 30 + 2 * (time.monotonic() - down), f"{lines} lines in the outage"
+            scored_during = scrape(url, "latentwatch_readings_scored_total")
+            filler.unlink()  # space freed: the same broker, on its data, again
+            broker.start()
+            feeder.join(timeout=300)
+            assert not feeder.is_alive()
+            wait_drained(bs, s, proc=proc, timeout=240)
+            assert scrape(url, "latentwatch_readings_scored_total") > scored_during  # same process
+            assert stop_process(proc) == 0
+            del producer
+            led = settled_ledger(s, bs)
+        finally:
+            if proc is not None:
+                stop_process(proc)
+            broker.stop()
+    _assert_balanced(led, 2000 + n, dead=len(s.bad))
+    assert not led.missing_alerts(s.anomalies)
+    if delivery == "exactly-once":
+        assert led.duplicates == 0
+    RESULTS[f"disk_full_{delivery}"] = {"readings": 2000 + n, "lost": len(led.lost), "duplicates": led.duplicates,
+                                        "unreachable_said_after_s": round(said_after, 1)}

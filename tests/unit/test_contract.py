@@ -1,0 +1,114 @@
+"""The input contract: what decodes, and the reason for everything that does not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from latentwatch.pipeline.contract import ContractError, Decoder, json_schemas, parse_ts
+
+CH = ["temp", "pressure", "flow"]
+NOW = time.time()
+
+
+def dec(obj, key=None, **kw) -> object:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return Decoder(CH, **kw).decode(raw, key, NOW)
+
+
+def reason(obj, key=None, **kw) -> str:
+    with pytest.raises(ContractError) as info:
+        dec(obj, key, **kw)
+    return info.value.reason
+
+
+def test_single_reading_by_name_ignores_extra_channels():
+    d = dec({"sensor_id": "p7", "ts": "2026-11-21T10:00:00.250Z",
+             "values": {"flow": 3, "temp": 71.5, "pressure": 3.1, "extra": "ignored"}})
+    assert d.sensor_id == "p7"
+    assert d.values.dtype == np.float32 and d.values.shape == (1, 3)
+    np.testing.assert_allclose(d.values[0], [71.5, 3.1, 3.0], rtol=1e-6)
+    assert d.ts[0] == pytest.approx(parse_ts("2026-11-21T10:00:00.250+00:00"))
+
+
+def test_batch_with_list_values_and_epoch_ts_and_key_as_sensor():
+    readings = [{"ts": NOW - 2 + i, "values": [i, i + 1, i + 2]} for i in range(3)]
+    d = dec({"readings": readings}, key=b"pump-9")
+    assert d.sensor_id == "pump-9"
+    assert d.values.shape == (3, 3)
+    np.testing.assert_allclose(d.ts, [r["ts"] for r in readings])
+
+
+@pytest.mark.parametrize("obj, expected", [
+    (b"\xff\xfe not utf8", "invalid_utf8"),
+    (b'{"sensor_id": "a", "ts": 1', "not_json"),
+    (b"[" * 100_000 + b"]" * 100_000, "not_json"),
+    ([1, 2, 3], "schema"),
+    ({"sensor_id": "a", "ts": NOW}, "schema"),
+    ({"ts": NOW, "values": [1, 2, 3]}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": {"temp": 1, "pressure": 2}}, "missing_channels"),
+    ({"sensor_id": "a", "ts": NOW, "values": [1, 2]}, "missing_channels"),
+    ({"sensor_id": "a", "ts": NOW, "values": [1, 2, 3, 4]}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": {"temp": "hot", "pressure": 2, "flow": 1}}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": {"temp": None, "pressure": 2, "flow": 1}}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": [[1], 2, 3]}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": "1,2,3"}, "schema"),
+    ({"sensor_id": "a", "ts": NOW, "values": [10 ** 400, 1, 2]}, "schema"),
+    (b'{"sensor_id": "a", "ts": 1700000000, "values": [NaN, 1, 2]}', "non_finite"),
+    (b'{"sensor_id": "a", "ts": 1700000000, "values": [Infinity, 1, 2]}', "non_finite"),
+    ({"sensor_id": "a", "ts": NOW, "values": [1e39, 1, 2]}, "non_finite"),
+    ({"sensor_id": "a", "ts": "yesterday", "values": [1, 2, 3]}, "bad_timestamp"),
+    ({"sensor_id": "a", "ts": 12.0, "values": [1, 2, 3]}, "bad_timestamp"),
+    ({"sensor_id": "a", "ts": NOW + 10 * 86400, "values": [1, 2, 3]}, "bad_timestamp"),
+    ({"sensor_id": "a", "ts": [NOW], "values": [1, 2, 3]}, "schema"),
+    ({"sensor_id": "a", "readings": []}, "schema"),
+    ({"sensor_id": "a", "readings": [1, 2]}, "schema"),
+    ({"sensor_id": "a", "readings": [{"ts": NOW, "values": [1, 2, 3]}, {"ts": NOW - 1, "values": [1, 2, 3]}]},
+     "late"),
+])
+def test_out_of_contract_messages_have_a_reason(obj, expected):
+    assert reason(obj) == expected
+
+
+def test_too_large_is_checked_before_parsing():
+    big = json.dumps({"sensor_id": "a", "ts": NOW, "values": [1, 2, 3], "pad": "x" * 2000}).encode()
+    assert reason(big, max_message_bytes=1000) == "too_large"
+    assert dec(big, max_message_bytes=10_000).values.shape == (1, 3)
+
+
+def test_tombstone_is_schema():
+    with pytest.raises(ContractError) as info:
+        Decoder(CH).decode(None, b"k", NOW)
+    assert info.value.reason == "schema"
+
+
+def test_single_channel_model():
+    d = Decoder(["x"]).decode(json.dumps({"sensor_id": "s", "ts": NOW, "values": {"x": 2}}).encode(), None, NOW)
+    assert d.values.tolist() == [[2.0]]
+
+
+def test_schemas_name_both_shapes():
+    s = json_schemas()
+    assert s["reading"]["required"] == ["ts", "values"]
+    assert s["batch"]["properties"]["readings"]["minItems"] == 1
+
+
+@pytest.mark.parametrize("raw", [
+    ["2026-11-21T10:00:00.250Z", "2026-11-21T10:00:01+02:00", "2026-11-21T12:00:00.000001-05:30"],
+    ["2026-11-21T10:00:00.250", "2026-11-21T10:00:01Z"],  # a naive time (UTC) among aware ones
+    [1767225600.25, "2026-11-21T10:00:00Z", "1767225601"],  # epoch seconds, as a number and a string
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
+])
+def test_parse_times_fast_path_matches_parse_ts(raw):
+    from latentwatch.pipeline.contract import parse_times
+    assert parse_times(raw) == [parse_ts(t) for t in raw]
+
+
+def test_parse_times_gives_parse_ts_reasons():
+    from latentwatch.pipeline.contract import parse_times
+    with pytest.raises(ContractError) as info:
+        parse_times(["2026-11-21T10:00:00Z", "yesterday"])
+    assert info.value.reason == "bad_timestamp"
