@@ -161,25 +161,36 @@ class AdaptiveThreshold(Threshold):
         return self
 
     def thresholds(self, scores: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """`step` against this object's own state, which then takes the new values (offline use)."""
+        out, posterior = self.step(scores, keys, self.state)
+        self.state.update(posterior)
+        return out
+
+    def step(self, scores: np.ndarray, keys: np.ndarray | None, prior) -> tuple[np.ndarray, dict]:
+        """Pure: each score's threshold against `prior` (key -> (mean, var); a missing key starts
+        at the fitted base), and the new (mean, var) of every key seen. Changes nothing, so the
+        stream applies the new state only when its batch is committed (a redone batch does not
+        move a threshold twice)."""
         self._check_fitted()
         scores = np.asarray(scores, dtype=np.float64)
         if keys is None:
             keys = np.zeros(len(scores), dtype=np.int64)
         uniq, inverse = np.unique(np.asarray(keys), return_inverse=True)
         uniq = uniq.tolist()
-        st = np.array([self.state.get(k, (self.mean0, self.var0)) for k in uniq], dtype=np.float64)
+        st = np.array([prior.get(k, (self.mean0, self.var0)) for k in uniq], dtype=np.float64)
         per_key = st[:, 0] + self.z * np.sqrt(st[:, 1])
         out = per_key[inverse]
         normal = np.isfinite(scores) & (scores <= out)
         counts = np.bincount(inverse[normal], minlength=len(uniq))
         sums = np.bincount(inverse[normal], weights=scores[normal], minlength=len(uniq))
+        posterior = {}
         for i in np.flatnonzero(counts):
             x = scores[normal & (inverse == i)]
             keep = (1 - self.alpha) ** counts[i]  # weight left on the old state after counts[i] readings
             m = keep * st[i, 0] + (1 - keep) * sums[i] / counts[i]
             v = keep * st[i, 1] + (1 - keep) * float(np.mean((x - m) ** 2))
-            self.state[uniq[i]] = (float(m), max(float(v), 1e-12))
-        return out
+            posterior[uniq[i]] = (float(m), max(float(v), 1e-12))
+        return out, posterior
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "alpha": self.alpha, "base": self.base.to_dict(), "value": self.value,

@@ -74,6 +74,8 @@ class TopicSettings(BaseModel):
     alerts: str = "anomaly-alerts"
     dead_letter: str = "sensor-readings.dlq"
     latent: str | None = Field(None, description="optional topic with every reading's latent vector and score")
+    state: str | None = Field(None, description="compacted changelog of per-sensor state (windowed models, "
+                              "per-sensor thresholds); default <group_id>-state, created when missing")
 
     def names(self) -> list[str]:
         """Every topic the pipeline reads or writes (the latent one when set)."""
@@ -86,6 +88,12 @@ class BatchSettings(BaseModel):
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="... or when this many bytes of messages are in hand")
     max_message_bytes: int = Field(1_000_000, ge=64, description="larger messages are dead letters")
     max_future_s: float = Field(86_400.0, ge=0, description="event times further ahead are dead letters")
+
+
+class StateSettings(BaseModel):
+    max_sensors: int = Field(100_000, ge=1, description="per-sensor state entries kept per process; the least "
+                             "recently seen is evicted first (see pipeline/state.py for the bytes per entry)")
+    idle_ttl_s: float = Field(86_400.0, gt=0, description="a sensor silent this long (wall clock) is evicted")
 
 
 class ModelSettings(BaseModel):
@@ -110,6 +118,7 @@ class Settings(BaseSettings):
     group_id: str = "latentwatch"
     model: ModelSettings = Field(default_factory=ModelSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"

@@ -20,6 +20,7 @@ DEAD_LETTER_REASONS = (
     "too_large",
     "bad_timestamp",
     "late",  # older than or equal to the sensor's last scored reading (windowed models)
+    "out_of_range",  # finite, but too far from the training scale to score in float32 (e.g. 3.4e38)
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -56,6 +57,10 @@ class PipelineMetrics:
         self.errors = Counter(f"{p}_kafka_errors", "Kafka client errors reported, by kind", ["kind"], registry=r)
         self.model_info = Info(f"{p}_model", "The loaded model", registry=r)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
+        self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
+        self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
+        self.batch_rewinds = Counter(f"{p}_batch_rewinds", "Batches not committed (a delivery or commit failed): rewound and redone", registry=r)
+        self.dead_letters_truncated = Counter(f"{p}_dead_letters_truncated", "Dead letters produced truncated (the original was too large to produce whole)", registry=r)
         self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
         self.started.set(time.time())
         for reason in DEAD_LETTER_REASONS:
@@ -64,6 +69,43 @@ class PipelineMetrics:
             self.alerts.labels(severity=severity)
         for kind in ("transport", "broker", "fatal"):
             self.errors.labels(kind=kind)
+        for reason in ("capacity", "idle"):
+            self.state_evictions.labels(reason=reason)
+        self._truncated_seen = 0
+
+    # -- fed by the pipeline: one committed batch, and the other parts' events ------------------
+    def batch_committed(self, batch, started: float, evicted: dict, n_sensors: int, truncated: int) -> None:
+        """Count what a committed batch did (a rewound batch is counted when redone)."""
+        import numpy as np
+
+        now = time.time()
+        for _, reason, _detail in batch.dead:
+            self.dead_letters.labels(reason=reason).inc()
+        for sev in batch.severities:
+            self.alerts.labels(severity=sev).inc()
+        observe_many(self.score, batch.scores)
+        self.messages_consumed.inc(len(batch.messages))
+        self.readings_consumed.inc(batch.n_readings)
+        self.readings_scored.inc(batch.n_scored)
+        self.readings_warming_up.inc(batch.n_readings - batch.n_scored)
+        self.batches.inc()
+        self.batch_size.observe(batch.n_readings)
+        kafka_ts = np.fromiter((m.timestamp()[1] for m in batch.messages), np.float64, len(batch.messages))
+        observe_many(self.e2e_latency, now - kafka_ts[kafka_ts > 0] / 1000.0)
+        if batch.max_event_ts is not None:
+            self.processing_delay.set(max(0.0, now - batch.max_event_ts))
+        self.last_batch.set(now)
+        self.batch_seconds.observe(time.monotonic() - started)
+        for reason, keys in evicted.items():
+            if keys:
+                self.state_evictions.labels(reason=reason).inc(len(keys))
+        self.state_sensors.set(n_sensors)
+        if truncated > self._truncated_seen:
+            self.dead_letters_truncated.inc(truncated - self._truncated_seen)
+            self._truncated_seen = truncated
+
+    def kafka_error(self, kind: str) -> None:
+        self.errors.labels(kind=kind).inc()
 
     def on_stats(self, stats_json: str) -> None:
         """librdkafka `stats_cb`: per-partition consumer lag."""
@@ -100,6 +142,7 @@ def observe_many(histogram: Histogram, values) -> None:
     import numpy as np
 
     values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]  # NaN has no bucket (searchsorted puts it past +Inf)
     if values.size == 0:
         return
     try:

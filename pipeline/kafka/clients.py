@@ -99,8 +99,9 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
     return conf
 
 
-def check_cluster(settings: Settings) -> None:
-    """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create it)."""
+def check_cluster(settings: Settings):
+    """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create
+    it). Returns the cluster's metadata (topics as they are now)."""
     conf = settings.kafka.client_config()
     conf["logger"] = logging.getLogger("latentwatch.librdkafka")
     conf["log_level"] = 3
@@ -132,7 +133,7 @@ def check_cluster(settings: Settings) -> None:
     t = settings.topics
     missing = [name for name in t.names() if name not in metadata.topics]
     if not missing:
-        return
+        return metadata
     if not settings.create_topics:
         raise UserError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}: "
                         "create them, or pass --create-topics (LATENTWATCH_CREATE_TOPICS=true)")
@@ -145,6 +146,12 @@ def check_cluster(settings: Settings) -> None:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+    for _ in range(50):  # created topics show in metadata a moment later
+        metadata = admin.list_topics(timeout=min(5.0, settings.startup_timeout_s))
+        if all(name in metadata.topics for name in t.names()):
+            break
+        time.sleep(0.1)
+    return metadata
 
 
 # Errors that may mean a topic was deleted. librdkafka reports a subscribed topic gone (through

@@ -152,23 +152,6 @@ def test_windowed_model_warm_up_batches_and_late_readings(kafka_bootstrap, make_
     assert dict(dlq[0].headers())["lw-dlq-reason"] == b"late"
 
 
-def test_history_windows_are_the_last_w_readings_of_each_sensor():
-    from latentwatch.pipeline.history import SensorHistory
-
-    h = SensorHistory(window=3, channels=1)
-    vals = np.arange(10, dtype=np.float32)[:, None]
-    # sensor A owns readings 0,2,4,6 ; sensor B 1,3,5
-    w, idx = h.windows([(0, "A"), (0, "B")], [np.array([0, 2, 4, 6]), np.array([1, 3, 5])], vals)
-    assert idx.tolist() == [4, 6, 5]
-    assert w[:, :, 0].tolist() == [[0, 2, 4], [2, 4, 6], [1, 3, 5]]
-    # Next batch continues A's history: its window spans the batch boundary.
-    w, idx = h.windows([(0, "A")], [np.array([0])], np.array([[8.0]], np.float32))
-    assert w[0, :, 0].tolist() == [4, 6, 8] and idx.tolist() == [0]
-    h.drop_partitions({0})
-    w, idx = h.windows([(0, "A")], [np.array([0])], np.array([[9.0]], np.float32))
-    assert len(idx) == 0  # warming up again after the partition was dropped
-
-
 def test_observe_many_matches_observe():
     from prometheus_client import CollectorRegistry, Histogram
 

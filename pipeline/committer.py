@@ -1,0 +1,161 @@
+"""Committers: how a batch becomes durable. Chosen once at start by `delivery`.
+
+Both follow the same steps, called by the pipeline for every batch:
+1. `begin()`   before the batch produces anything;
+2. (the sink produces the batch's outputs)
+3. `commit(offsets)`  makes outputs and offsets durable together, or raises (BatchFailed,
+   ProducerBroken, Stopping), in which case nothing of the batch counts;
+4. `abort()`   after a failure, before the rewind;
+and `settle()` on a revoke and at close.
+
+At-least-once: the outputs are acknowledged first, then the offsets are committed
+asynchronously, so the next batch is read while the commit travels; that commit is settled
+(confirmed by on_commit, or redone synchronously with the same offsets) before the next batch
+produces anything, on a revoke and at close. A crash redoes at most one batch.
+
+Exactly-once: one Kafka transaction per batch (outputs, changelog and offsets). Each
+transactional call gets its own time bound (`shutdown_timeout_s`, or what is left of the stop
+budget): librdkafka was seen blocking far past a call's timeout when the broker died
+mid-transaction; a call that does not return in time leaves its producer behind
+(ProducerBroken: a new one with the same transactional.id fences it) and the batch is redone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+
+
+def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+
+class AtLeastOnce:
+    def __init__(self, source, sink, on_committed: Callable[[], None]):
+        self.source, self.sink, self._on_committed = source, sink, on_committed
+        self._unconfirmed: dict[tuple[str, int], int] = {}
+
+    def init_producer(self, producer) -> None:
+        pass
+
+    def begin(self) -> None:
+        self.settle()  # the previous batch's commit, before this one produces anything
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.sink.wait()
+        try:
+            # Asynchronous: it travels while the next batch is read. (A sync commit from a helper
+            # thread instead held this thread's consume() back: 30x slower.)
+            self.source.consumer.commit(offsets=_tps(offsets), asynchronous=True)
+        except KafkaException as exc:
+            raise BatchFailed(f"commit refused: {exc.args[0].str()}") from None
+        self._unconfirmed = dict(offsets)
+
+    def on_commit(self, err, partitions) -> None:
+        """librdkafka's on_commit (inside consume()): confirms the last asynchronous commit."""
+        if err is not None:
+            return  # stays unconfirmed: settle() commits it again, or raises
+        for tp in partitions:
+            if tp.error is None and self._unconfirmed.get((tp.topic, tp.partition)) == tp.offset:
+                del self._unconfirmed[(tp.topic, tp.partition)]
+                if not self._unconfirmed:
+                    self._on_committed()
+
+    def settle(self) -> None:
+        if not self._unconfirmed:
+            return
+        try:
+            self.source.consumer.commit(offsets=_tps(self._unconfirmed), asynchronous=False)
+        except KafkaException as exc:
+            self._unconfirmed = {}  # we go back to whatever the broker has
+            if exc.args[0].fatal():
+                raise Fatal(exc.args[0].str()) from None
+            raise BatchFailed(f"commit not confirmed: {exc.args[0].str()}") from None
+        self._unconfirmed = {}
+        self._on_committed()
+
+    def abort(self) -> None:
+        self._unconfirmed = {}
+        self.sink.drain()
+
+    def forget(self) -> None:
+        """Partitions lost (not revoked): their last commit is not ours to settle."""
+        self._unconfirmed = {}
+
+
+class ExactlyOnce:
+    def __init__(self, source, sink, on_committed: Callable[[], None], timeout_s: float,
+                 deadline: Callable[[], float | None]):
+        self.source, self.sink, self._on_committed = source, sink, on_committed
+        self.timeout_s, self._deadline = timeout_s, deadline
+
+    def init_producer(self, producer) -> None:
+        producer.init_transactions(self.timeout_s)
+
+    def begin(self) -> None:
+        try:
+            self.sink.producer.begin_transaction()
+        except KafkaException as exc:
+            raise (ProducerBroken if exc.args[0].fatal() else BatchFailed)(exc.args[0].str()) from None
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        producer = self.sink.producer
+        metadata = self.source.consumer.consumer_group_metadata()
+        self._bounded(lambda t: producer.send_offsets_to_transaction(_tps(offsets), metadata, t))
+        self._bounded(producer.commit_transaction)
+        if self.sink.fatal is not None:
+            raise ProducerBroken(self.sink.fatal)
+        self._on_committed()
+
+    def settle(self) -> None:
+        pass  # a transaction is committed or not: nothing travels between batches
+
+    def forget(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        if self.sink.fatal is not None or self.sink.producer is None:
+            return  # replaced before the redo: the new producer's init aborts the transaction
+        try:
+            self._bounded(self.sink.producer.abort_transaction)
+        except (BatchFailed, Stopping) as exc:
+            # a transaction that would not abort: this producer cannot be trusted with the next
+            # batch; a new one with the same id fences it
+            self.sink.fatal = self.sink.fatal or str(exc)
+        self.sink.reset()
+
+    def _bounded(self, call: Callable[[float], None]) -> None:
+        """Run one transactional call with a hard time limit of its own."""
+        timeout = self.timeout_s
+        deadline = self._deadline()
+        if deadline is not None:
+            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+        outcome: list = []
+
+        def target():
+            try:
+                call(timeout)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=target, name="transaction", daemon=True)
+        worker.start()
+        worker.join(timeout + 5)
+        if worker.is_alive():
+            self.sink.fatal = "a transactional call did not return in time"
+            raise ProducerBroken(self.sink.fatal)
+        exc = outcome[0] if outcome else None
+        if isinstance(exc, KafkaException):
+            err = exc.args[0]
+            if err.fatal():
+                self.sink.fatal = self.sink.fatal or err.str()
+                raise ProducerBroken(err.str()) from None
+            raise BatchFailed(err.str()) from None
+        if exc is not None:
+            raise exc

@@ -1,0 +1,257 @@
+"""The scorer: a micro-batch of messages in, a frozen `ScoredBatch` out. Pure: no Kafka client,
+no metrics, no state changed (it reads the `StateStore` and returns the batch's new entries,
+which the pipeline applies once the batch is committed). Tested without a broker.
+
+Steps, in order:
+1. decode every message (pipeline.contract); a message that breaks the contract is a dead
+   letter with its reason;
+2. the late policy: a message whose first reading is not after its sensor's last one is a dead
+   letter ("late") unless `late_policy` is "score";
+3. the range check: a reading more than `MAX_Z` standard deviations (the model's training
+   scale) from its channel's mean cannot be scored in float32 (its squared error overflows):
+   its message is a dead letter ("out_of_range"; e.g. the 3.4e38 "no data" of field devices);
+4. windows per (partition, sensor) from the stored tails and this batch's readings, in offset
+   order; a sensor's first `window - 1` readings ever are its warm-up (not scored, counted);
+5. one model call, thresholds (per-sensor ones read their state, return the new one), alert
+   records and latent records; a non-finite score (impossible after step 3, kept as a guard)
+   becomes the largest finite float, so it alerts and never reaches a metric as NaN;
+6. the new state entries of the sensors touched, and their changelog records when enabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import orjson
+
+from latentwatch.pipeline import alerts, state
+from latentwatch.pipeline.contract import Decoder, iso
+
+# Standardised magnitude beyond which a reading is out of range: its square (1e24) and sums of
+# them stay far inside float32 (3.4e38) in every model's arithmetic. No physical measurement is
+# a trillion standard deviations from its training mean; sentinels and unit errors are.
+MAX_Z = 1e12
+_BIG = float(np.finfo(np.float64).max)
+
+
+class Record(Protocol):
+    """What the scorer reads of a Kafka message (confluent_kafka.Message has it)."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | None: ...
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Everything one micro-batch produced, ready to be produced and counted."""
+
+    messages: list  # the batch's messages, in consume order
+    dead: list[tuple[int, str, str]]  # (message index, reason, detail), in offset order
+    alerts: list[tuple[bytes, bytes]]  # (key, value) for the alerts topic
+    severities: list[str]  # of each alert
+    latents: list[tuple[bytes, bytes]]  # (key, value) for the latent topic (empty when off)
+    scores: np.ndarray  # [scored] finite float64
+    n_readings: int  # valid readings decoded (dead-lettered messages' not counted)
+    updates: dict[state.Key, state.Entry] = field(default_factory=dict)
+    changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
+    max_event_ts: float | None = None
+    rest: list = field(default_factory=list)  # messages past `max_readings`: for the next batch
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.scores)
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """The offset to commit per (topic, partition): one past the highest message."""
+        return _next_offsets(self.messages)
+
+
+class Scorer:
+    """Scores micro-batches for one model. `changelog`: return state records for the changelog."""
+
+    def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
+                 critical_ratio: float, latent_topic: bool, changelog: bool):
+        self.model = model
+        self.detector = model.detector
+        self.channels = list(self.detector.channels)
+        self.window = self.detector.window
+        self.decoder = Decoder(self.channels, max_message_bytes, max_future_s)
+        self.late_dead = late_policy == "dead-letter"
+        self.critical_ratio = critical_ratio
+        self.latent_topic = latent_topic
+        self.changelog = changelog
+        scaler = getattr(self.detector, "scaler", None)
+        self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
+        self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
+        self._empty_tail = np.empty((0, len(self.channels)), np.float32)
+
+    def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
+              max_readings: int | None = None) -> ScoredBatch:
+        """Score `messages` against `store` (read only). With `max_readings`, only the longest
+        prefix of messages holding at most that many readings (at least one message) is taken;
+        the others are handed back in `rest`."""
+        now = time.time() if now is None else now
+        d = self.decoder.decode_many([(m.value(), m.key()) for m in messages], now)
+        if max_readings is not None and len(messages) > 1 and int(d.counts.sum()) > max_readings:
+            per_message = np.zeros(len(messages), np.int64)
+            per_message[d.index] = d.counts
+            cut = max(1, int(np.searchsorted(np.cumsum(per_message), max_readings, side="right")))
+            if cut < len(messages):
+                taken = self.score(messages[:cut], store, now)
+                return dataclasses.replace(taken, rest=list(messages[cut:]))
+        dead = [(i, err.reason, err.detail) for i, err in d.errors]
+        keep = self._late_and_range(messages, d, store, dead)
+        rows = np.repeat(keep, d.counts)
+        values, ts, counts = d.values[rows], d.ts[rows], d.counts[keep]
+        valid = [(messages[i], sid) for i, sid, k in zip(d.index, d.sensor_ids, keep) if k]
+        dead.sort(key=lambda e: e[0])
+        if not valid:
+            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0)
+        starts = np.cumsum(counts) - counts
+        offsets = _next_offsets(messages)
+        # 4. windows and tails per (partition, sensor), in offset order
+        groups: dict[state.Key, list[int]] = {}
+        for m, (msg, sid) in enumerate(valid):
+            groups.setdefault((msg.partition(), sid), []).append(m)
+        win_parts, idx_parts, updates = [], [], {}
+        for key, ms in groups.items():
+            idx = np.concatenate([np.arange(starts[m], starts[m] + counts[m]) for m in ms])
+            prior = store.get(key)
+            if self.window > 1:
+                tail = prior.tail if prior is not None else self._empty_tail
+                seq = np.concatenate([tail, values[idx]]) if len(tail) else values[idx]
+                w = _windows(seq, self.window)
+                if len(w):
+                    win_parts.append(w)
+                    idx_parts.append(idx[len(idx) - len(w):])
+                new_tail = seq[-(self.window - 1):].copy()
+            else:
+                new_tail = self._empty_tail
+            updates[key] = state.Entry(float(ts[idx[-1]]), new_tail,
+                                       prior.threshold if prior is not None else None,
+                                       offsets[(valid[ms[-1]][0].topic(), key[0])])
+        if self.window == 1:
+            windows, scored_idx = values[:, None, :], np.arange(len(values))
+        elif win_parts:
+            windows, scored_idx = np.concatenate(win_parts), np.concatenate(idx_parts)
+        else:
+            windows, scored_idx = np.empty((0, self.window, len(self.channels)), np.float32), np.empty(0, np.int64)
+        # 5. score, thresholds, alerts and latents
+        msg_of = np.repeat(np.arange(len(valid)), counts)
+        alerts_out, severities, latents_out = [], [], []
+        scores64 = np.empty(0)
+        if len(scored_idx):
+            s = self.detector.score(windows)
+            scores64 = s.score.astype(np.float64)
+            bad = ~np.isfinite(scores64)
+            if bad.any():
+                scores64[bad] = _BIG
+            sensor_of = np.array([sid for _, sid in valid], dtype=object)[msg_of[scored_idx]]
+            thresholds = self._thresholds(scores64, sensor_of, msg_of[scored_idx], valid, updates, store)
+            pos = np.arange(len(values)) - np.repeat(starts, counts)
+            raised = np.flatnonzero(scores64 > thresholds)
+            tops = alerts.top_channels(s.channel_error[raised], self.channels)
+            lat = s.latent[raised].astype(np.float64).tolist()
+            detected_at = time.time()
+            for j, top, latent in zip(raised.tolist(), tops, lat):
+                i = scored_idx[j]
+                msg, sid = valid[msg_of[i]]
+                record = alerts.alert_record(
+                    topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos[i]),
+                    sensor_id=sid, ts=float(ts[i]), score=float(scores64[j]), threshold=float(thresholds[j]),
+                    top=top, latent=latent, model_name=self.model.name, model_version=str(self.model.version),
+                    critical_ratio=self.critical_ratio, detected_at=detected_at)
+                alerts_out.append((sid.encode(), alerts.encode(record)))
+                severities.append(record["severity"])
+            if self.latent_topic:
+                latents_out = self._latents(valid, s, scores64, scored_idx, msg_of, pos, ts)
+        changelog = []
+        if self.changelog:
+            changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
+                         for key, entry in updates.items()]
+        return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
+                           updates, changelog, float(ts.max()))
+
+    def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
+        """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
+        keep = np.ones(len(d.index), dtype=bool)
+        ends = np.cumsum(d.counts)
+        firsts, lasts = d.ts[ends - d.counts].tolist(), d.ts[ends - 1].tolist()
+        far_msgs: set[int] = set()
+        if self._mean is not None and len(d.values):
+            z = np.abs((d.values.astype(np.float64) - self._mean) / self._std)
+            far_rows = (z > MAX_Z).any(axis=1)
+            if far_rows.any():
+                far_msgs = set(np.repeat(np.arange(len(d.index)), d.counts)[far_rows].tolist())
+        last_seen: dict[state.Key, float] = {}
+        for j, (i, sid) in enumerate(zip(d.index, d.sensor_ids)):
+            if j in far_msgs:
+                dead.append((i, "out_of_range", f"a value is more than {MAX_Z:.0e} standard deviations from "
+                             "its channel's training mean (a 'no data' sentinel such as 3.4e38, or wrong units)"))
+                keep[j] = False
+                continue
+            key = (messages[i].partition(), sid)
+            last = last_seen.get(key)
+            if last is None:
+                prior = store.get(key)
+                last = prior.last_ts if prior is not None else None
+            if self.late_dead and last is not None and firsts[j] <= last:
+                dead.append((i, "late", f"event time {iso(firsts[j])} is not after the sensor's last reading"))
+                keep[j] = False
+                continue
+            last_seen[key] = lasts[j]
+        return keep
+
+    def _thresholds(self, scores, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
+        thr = self.model.threshold
+        step = getattr(thr, "step", None)
+        if step is None:  # one threshold for all
+            return np.asarray(thr.thresholds(scores, sensor_of), dtype=np.float64)
+        partitions = np.array([valid[m][0].partition() for m in msg_idx.tolist()])
+        keys = [(int(p), s) for p, s in zip(partitions.tolist(), sensor_of.tolist())]
+        prior = {}
+        for key in set(keys):
+            entry = store.get(key)
+            if entry is not None and entry.threshold is not None:
+                prior[key[1]] = entry.threshold
+        out, posterior = step(scores, sensor_of, prior)
+        for key in set(keys):
+            if key[1] in posterior and key in updates:
+                e = updates[key]
+                updates[key] = state.Entry(e.last_ts, e.tail, posterior[key[1]], e.valid_at)
+        return np.asarray(out, dtype=np.float64)
+
+    def _latents(self, valid, s, scores, scored_idx, msg_of, pos, ts) -> list[tuple[bytes, bytes]]:
+        out = []
+        lat = np.round(s.latent.astype(np.float64), 5).tolist()
+        for j, i in enumerate(scored_idx.tolist()):
+            msg, sid = valid[msg_of[i]]
+            out.append((sid.encode(), orjson.dumps({
+                "sensor_id": sid, "ts": iso(float(ts[i])), "score": float(scores[j]), "latent": lat[j],
+                "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                           "index": int(pos[i])}})))
+        return out
+
+
+def _windows(seq: np.ndarray, window: int) -> np.ndarray:
+    if len(seq) < window:
+        return np.empty((0, window, seq.shape[1]), np.float32)
+    return np.lib.stride_tricks.sliding_window_view(seq, window, axis=0).transpose(0, 2, 1)
+
+
+def _next_offsets(messages) -> dict[tuple[str, int], int]:
+    out: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic(), m.partition())
+        if m.offset() + 1 > out.get(tp, -1):
+            out[tp] = m.offset() + 1
+    return out
+

@@ -1,0 +1,177 @@
+"""The sink: produces a batch's outputs and knows when all of them are acknowledged.
+
+1. `produce_batch` produces every record of a `ScoredBatch` (dead letters, alerts, latent
+   records, state changelog). A full local queue is waited on (serving delivery callbacks), but
+   never past the stop deadline.
+2. A dead letter larger than the producer accepts is produced truncated, with headers saying so
+   (`lw-dlq-truncated`, `lw-dlq-original-bytes`, `lw-dlq-original-sha256`); a broker that
+   refuses it as too large (its own `message.max.bytes`, or the topic's `max.message.bytes`)
+   halves the cap for the redo. A poison message therefore never blocks the partition.
+3. `wait` returns once the broker acknowledged everything; the first delivery error is raised
+   typed (`BatchFailed`), a fatal producer error as `ProducerBroken`.
+4. `replace` drops a broken producer and makes a new one with the same transactional.id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+from latentwatch.pipeline.kafka import clients as kafka_io
+
+log = logging.getLogger("latentwatch.run")
+
+# Room for a record's framing, key and our headers on top of the value (bytes).
+_RECORD_OVERHEAD = 4096
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+
+
+class Sink:
+    def __init__(self, settings, *, on_error: Callable, deadline: Callable[[], float | None],
+                 transactional_id: str | None = None):
+        self.settings = settings
+        self.topics = settings.topics
+        self._on_error = on_error
+        self._deadline = deadline  # monotonic time by which a stop must be done, or None
+        self._transactional_id = transactional_id
+        self.fatal: str | None = None  # set from error_cb (librdkafka's thread, inside poll/flush)
+        self._failed = 0
+        self._first_error: str | None = None
+        self._dlq_too_large = False
+        conf = kafka_io.producer_config(settings)
+        self.dlq_cap = int(conf.get("message.max.bytes", 1_000_000)) - _RECORD_OVERHEAD
+        self.truncated = 0  # dead letters produced truncated since start (for the metric)
+        self.producer = self._new_producer()
+
+    # -- producing ----------------------------------------------------------------------------
+    def produce_batch(self, batch, state_topic: str | None, tombstones=()) -> None:
+        for i, reason, detail in batch.dead:
+            self._dead_letter(batch.messages[i], reason, detail)
+        for key, value in batch.alerts:
+            self._produce(self.topics.alerts, value, key)
+        for key, value in batch.latents:
+            self._produce(self.topics.latent, value, key)
+        for partition, key, value in batch.changelog:
+            self._produce(state_topic, value, key, partition=partition)
+        for partition, sensor_id in tombstones:  # evicted sensors: gone from the changelog too
+            self._produce(state_topic, None, sensor_id.encode(), partition=partition)
+
+    def _dead_letter(self, msg, reason: str, detail: str) -> None:
+        value = msg.value() or b""
+        headers = kafka_io.dead_letter_headers(msg, reason, detail)
+        if len(value) > self.dlq_cap:
+            headers += [("lw-dlq-truncated", b"true"), ("lw-dlq-original-bytes", str(len(value)).encode()),
+                        ("lw-dlq-original-sha256", hashlib.sha256(value).hexdigest().encode())]
+            value = value[:self.dlq_cap]
+            self.truncated += 1
+        self._produce(self.topics.dead_letter, value, msg.key(), headers)
+
+    def _produce(self, topic, value, key, headers=None, partition: int | None = None) -> None:
+        extra = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery,
+                                      **extra)
+                return
+            except BufferError:
+                self._check_time()
+                self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise ProducerBroken(err.str()) from None
+                raise BatchFailed(f"produce to {topic} refused: {err.str()}") from None
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is None:
+            return
+        self._failed += 1
+        if self._first_error is None:
+            self._first_error = f"{msg.topic()}: {err.str()}"
+        if err.code() in _TOO_LARGE and msg.topic() == self.topics.dead_letter:
+            self._dlq_too_large = True
+
+    # -- waiting ------------------------------------------------------------------------------
+    def wait(self) -> None:
+        """Until everything produced is acknowledged. Raises BatchFailed / ProducerBroken /
+        Stopping (the stop deadline passed first)."""
+        warn_at = time.monotonic() + 10
+        while self.producer.flush(0.1) > 0:
+            if self.fatal is not None:
+                raise ProducerBroken(self.fatal)
+            self._check_time()
+            if time.monotonic() > warn_at:
+                log.warning("waiting for Kafka to acknowledge %d produced messages", len(self.producer))
+                warn_at = time.monotonic() + 10
+        if self.fatal is not None:
+            raise ProducerBroken(self.fatal)
+        if self._failed:
+            failed, first = self._failed, self._first_error
+            if self._dlq_too_large:  # the broker's limit is below ours: smaller dead letters next time
+                self.dlq_cap = max(1024, self.dlq_cap // 2)
+                log.warning("the broker refused a dead letter as too large: truncating them to %d bytes",
+                            self.dlq_cap)
+            self.reset()
+            raise BatchFailed(f"{failed} deliveries failed ({first})")
+
+    def _check_time(self) -> None:
+        deadline = self._deadline()
+        if deadline is not None and time.monotonic() > deadline:
+            raise Stopping("the shutdown timeout ran out while waiting for Kafka")
+
+    def reset(self) -> None:
+        self._failed, self._first_error, self._dlq_too_large = 0, None, False
+
+    def drain(self) -> None:
+        """After a failed batch: let what is in flight settle (its outcome no longer matters)."""
+        try:
+            self.wait()
+        except BatchFailed:
+            pass
+        self.reset()
+
+    # -- the producer's life ------------------------------------------------------------------
+    def _new_producer(self) -> Producer:
+        return Producer(kafka_io.producer_config(self.settings, on_error=self._producer_error,
+                                                 transactional_id=self._transactional_id))
+
+    def _producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err.str()
+        self._on_error(err)
+
+    def replace(self, stopping: Callable[[], bool], init: Callable[[Producer], None]) -> None:
+        """A new producer (same transactional.id: it fences the old one); retried until it works
+        or a stop is asked for. `init` readies it (init_transactions under exactly-once)."""
+        log.warning("the producer hit a fatal error (%s)%s", self.fatal, "" if stopping() else ": replacing it")
+        old, self.producer, self.fatal = self.producer, None, None
+        if old is not None:
+            try:
+                old.purge()
+            except KafkaException:
+                pass
+        while not stopping():
+            try:
+                producer = self._new_producer()
+                init(producer)
+                self.producer = producer
+                self.reset()
+                return
+            except KafkaException as exc:
+                if exc.args[0].fatal():
+                    raise Fatal(exc.args[0].str()) from None
+                log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
+
+    def close(self, timeout: float) -> None:
+        if self.producer is None:
+            return
+        try:
+            self.producer.flush(timeout)
+        except KafkaException as exc:  # a producer in a fatal state refuses to flush
+            log.warning("producer not flushed at exit: %s", exc.args[0].str())
+        self.producer = None  # destroys the client: no reconnect attempts after we are done

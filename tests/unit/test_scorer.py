@@ -1,0 +1,127 @@
+"""The scorer without a broker: windows across batches, purity (a redone batch changes nothing
+twice), the reading cap, and values that would overflow float32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from latentwatch.detectors.thresholds import AdaptiveThreshold, QuantileThreshold
+from latentwatch.pipeline.scorer import Scorer
+from latentwatch.pipeline.state import StateStore
+from tests.support.fakes import messages
+from tests.support.stub_model import stub_model
+
+NOW = 1_800_000_000.0
+
+
+def scorer_for(model, late_policy="dead-letter", changelog=False) -> Scorer:
+    return Scorer(model, max_message_bytes=1_000_000, max_future_s=86_400, late_policy=late_policy,
+                  critical_ratio=2.0, latent_topic=True, changelog=changelog)
+
+
+def reading(sensor, ts, v, ch=3):
+    return {"sensor_id": sensor, "ts": ts, "values": [float(v)] * ch}
+
+
+def test_windows_are_the_last_w_readings_of_each_sensor_across_batches():
+    model = stub_model(window=3)
+    sc, store = scorer_for(model), StateStore()
+    # sensor A: 0, 2, 4, 6 ; sensor B: 1, 3, 5 (interleaved in one partition)
+    batch = sc.score(messages([reading("A" if i % 2 == 0 else "B", NOW - 100 + i, i) for i in range(7)]), store, NOW)
+    assert batch.n_readings == 7 and batch.n_scored == 3  # A: 4, 6; B: 5 (the rest warm up)
+    latent_src = sorted((json.loads(v)["sensor_id"], json.loads(v)["source"]["offset"]) for _, v in batch.latents)
+    assert latent_src == [("A", 4), ("A", 6), ("B", 5)]
+    assert store.get((0, "A")) is None  # nothing applied before the commit
+    store.apply(batch.updates)
+    assert store.get((0, "A")).tail[:, 0].tolist() == [4, 6]
+    nxt = sc.score(messages([reading("A", NOW - 50, 8)], first_offset=7), store, NOW)
+    assert nxt.n_scored == 1  # its window spans the batch boundary: 4, 6, 8
+    store.drop_partitions({0})
+    again = sc.score(messages([reading("A", NOW - 40, 9)], first_offset=8), store, NOW)
+    assert again.n_scored == 0  # a dropped partition's sensors warm up again
+
+
+def test_a_redone_batch_gives_the_same_outputs_and_moves_adaptive_thresholds_once():
+    model = stub_model(window=1)
+    rng = np.random.default_rng(0)
+    model.threshold = AdaptiveThreshold(alpha=0.2, base=QuantileThreshold(0.99)).fit(rng.chisquare(3, 5000) / 3)
+    sc, store = scorer_for(model, changelog=True), StateStore()
+    batch_msgs = messages([reading("s1", NOW - 100 + i, rng.normal()) for i in range(50)])
+    first = sc.score(batch_msgs, store, NOW)
+    redo = sc.score(batch_msgs, store, NOW)  # the same batch after a rewind: nothing was applied
+    assert first.updates[(0, "s1")].threshold == redo.updates[(0, "s1")].threshold
+    assert first.updates[(0, "s1")].threshold != (model.threshold.mean0, model.threshold.var0)
+    assert model.threshold.state == {}  # the threshold object itself never changes in the stream
+    assert [v for _, v in first.alerts] == [v for _, v in redo.alerts] or len(first.alerts) == len(redo.alerts)
+    store.apply(first.updates)
+    moved_once = store.get((0, "s1")).threshold
+    assert moved_once == first.updates[(0, "s1")].threshold
+
+
+def test_max_readings_caps_readings_not_messages():
+    sc, store = scorer_for(stub_model()), StateStore()
+    payloads = [{"sensor_id": f"s{i}", "readings": [{"ts": NOW - 100 + j, "values": [1, 2, 3]} for j in range(10)]}
+                for i in range(5)]
+    batch = sc.score(messages(payloads), store, NOW, max_readings=25)
+    assert batch.n_readings == 20 and len(batch.messages) == 2
+    assert [m.offset() for m in batch.rest] == [2, 3, 4]
+    assert batch.next_offsets() == {("in", 0): 2}
+    one = sc.score(messages(payloads[:2]), store, NOW, max_readings=5)
+    assert len(one.messages) == 1 and one.n_readings == 10  # at least one message, whatever its size
+
+
+def test_float32_max_is_a_dead_letter_for_a_scaled_model_not_a_crash():
+    from latentwatch.detectors.checkpoint import load, save, summarise_training_data  # noqa: F401
+    from latentwatch.detectors.models import make_detector
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 3)).astype(np.float32)
+    det = make_detector("pca", latent_dim=2).fit(X, ["a", "b", "c"])
+    model = stub_model()
+    model.detector = det
+    model.threshold = QuantileThreshold(0.99).fit(det.score(X[:, None, :]).score)
+    sc = scorer_for(model)
+    batch = sc.score(messages([reading("s", NOW - 10, 3.4e38), reading("s", NOW - 9, 0.1)]), StateStore(), NOW)
+    assert [(i, reason) for i, reason, _ in batch.dead] == [(0, "out_of_range")]
+    assert batch.n_scored == 1 and np.isfinite(batch.scores).all()
+
+
+def test_a_non_finite_score_becomes_the_largest_float_and_alerts():
+    # the stub model has no scaler to check the range against: its float32 arithmetic overflows
+    sc = scorer_for(stub_model(threshold=9.0))
+    batch = sc.score(messages([reading("s", NOW - 10, 3.4e38)]), StateStore(), NOW)
+    assert np.isfinite(batch.scores).all() and batch.scores[0] > 1e300
+    alert = json.loads(batch.alerts[0][1])
+    assert alert["score"] is not None and alert["score"] > 1e300
+
+
+def test_late_readings_are_judged_against_committed_state_and_the_batch_itself():
+    sc, store = scorer_for(stub_model()), StateStore()
+    first = sc.score(messages([reading("s", NOW - 10, 1), reading("s", NOW - 20, 1)]), store, NOW)
+    assert [r for _, r, _ in first.dead] == ["late"]
+    store.apply(first.updates)
+    second = sc.score(messages([reading("s", NOW - 10, 1)], first_offset=2), store, NOW)
+    assert [r for _, r, _ in second.dead] == ["late"]
+    scored = scorer_for(stub_model(), late_policy="score").score(
+        messages([reading("s", NOW - 10, 1)], first_offset=2), store, NOW)
+    assert not scored.dead and scored.n_scored == 1
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_changelog_records_carry_the_entry_and_the_one_before(window):
+    from latentwatch.pipeline import state
+
+    sc, store = scorer_for(stub_model(window=window), changelog=True), StateStore()
+    b1 = sc.score(messages([reading("s", NOW - 50 + i, i) for i in range(6)]), store, NOW)
+    store.apply(b1.updates)
+    b2 = sc.score(messages([reading("s", NOW - 40 + i, 10 + i) for i in range(3)], first_offset=6), store, NOW)
+    (partition, key, value), = b2.changelog
+    entry, before = state.unpack(value)
+    assert (partition, key) == (0, b"s") and entry.valid_at == 9 and before.valid_at == 6
+    assert state.as_of(entry, before, 9) is entry or state.as_of(entry, before, 9).valid_at == 9
+    assert state.as_of(entry, before, 6).valid_at == 6  # b2 written, its offsets not committed
+    assert state.as_of(entry, before, 3) is None
+    assert entry.tail.shape == (window - 1, 3)
