@@ -107,6 +107,21 @@ class PipelineMetrics:
     def kafka_error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
+    def model_loaded(self, model) -> None:
+        det = model.detector
+        self.model_info.info({"name": model.name, "version": str(model.version), "kind": det.kind,
+                              "window": str(det.window), "channels": str(len(det.channels))})
+        self.device_info.info({"device": str(getattr(det, "device", "cpu"))})
+        self.threshold.set(float(model.threshold.value))
+
+    def assigned(self, partitions) -> None:
+        self.assigned_partitions.set(len(partitions))
+
+    def revoked(self, partitions) -> None:
+        for tp in partitions:
+            self.forget_partition(tp.topic, tp.partition)
+        self.assigned_partitions.set(0)
+
     def on_stats(self, stats_json: str) -> None:
         """librdkafka `stats_cb`: per-partition consumer lag."""
         try:

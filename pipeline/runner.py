@@ -79,10 +79,7 @@ class Pipeline:
         """Check the cluster, open the clients, subscribe, serve metrics."""
         s, m = self.settings, self.metrics
         metadata = kafka_io.check_cluster(s)
-        m.model_info.info({"name": self.model.name, "version": str(self.model.version), "kind": self.detector.kind,
-                           "window": str(self.detector.window), "channels": str(len(self.detector.channels))})
-        m.device_info.info({"device": str(getattr(self.detector, "device", "cpu"))})
-        m.threshold.set(float(self.model.threshold.value))
+        m.model_loaded(self.model)
         if self._needs_changelog:
             self.state_topic = changelog.ensure(s, len(metadata.topics[s.topics.input].partitions))
         txn = kafka_io.TransactionalId(s.group_id) if s.delivery == "exactly-once" else None
@@ -208,26 +205,14 @@ class Pipeline:
 
     # -- rebalance hooks (run inside consume()) -------------------------------------------------
     def _assigned(self, partitions) -> None:
-        self.metrics.assigned_partitions.set(len(partitions))
+        self.metrics.assigned(partitions)
         self._restore(partitions)
 
     def _restore(self, partitions) -> None:
         """State of newly assigned (or rewound) partitions, as of their committed offsets."""
-        if self.state_topic is None or not partitions:
-            return
-        while not self.stopping:
-            committed = self.source.committed(partitions, lambda: self.stopping)
-            if committed is None:
-                return
-            try:
-                t0 = time.monotonic()
-                entries = changelog.restore(self.settings, self.state_topic, {tp.partition: tp.offset for tp in committed})
-                self.state.load(entries)
-                log.info("restored the state of %d sensors in %.2f s", len(entries), time.monotonic() - t0)
-                return
-            except Exception as exc:  # noqa: BLE001 - a Kafka or decoding failure: retried, never skipped
-                log.warning("could not restore state from %s (%s); retrying", self.state_topic, exc)
-                time.sleep(1)
+        if self.state_topic is not None and partitions:
+            changelog.restore_into(self.state, self.settings, self.state_topic, partitions,
+                                   self.source.committed, lambda: self.stopping)
 
     def _revoked(self, partitions) -> None:
         # Every processed batch is acknowledged and its commit sent when this runs: settle that
@@ -244,6 +229,4 @@ class Pipeline:
 
     def _forget(self, partitions) -> None:
         self.state.drop_partitions({tp.partition for tp in partitions})
-        for tp in partitions:
-            self.metrics.forget_partition(tp.topic, tp.partition)
-        self.metrics.assigned_partitions.set(0)
+        self.metrics.revoked(partitions)

@@ -117,14 +117,21 @@ class Scorer:
             return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0)
         starts = np.cumsum(counts) - counts
         offsets = _next_offsets(messages)
-        # 4. windows and tails per (partition, sensor), in offset order
-        groups: dict[state.Key, list[int]] = {}
-        for m, (msg, sid) in enumerate(valid):
-            groups.setdefault((msg.partition(), sid), []).append(m)
+        # 4. windows and tails per (partition, sensor), in offset order. Readings are grouped by
+        # key with one stable argsort, not a Python loop per message (4 ms a batch of 4096).
+        key_of_msg: dict[state.Key, int] = {}
+        msg_key = np.array([key_of_msg.setdefault((msg.partition(), sid), len(key_of_msg))
+                            for msg, sid in valid], dtype=np.int64)
+        keys = list(key_of_msg)
+        last_msg = np.zeros(len(keys), np.int64)
+        last_msg[msg_key] = np.arange(len(valid))  # later messages overwrite: the last of each key
+        by_key = np.argsort(np.repeat(msg_key, counts), kind="stable")
+        bounds = np.cumsum(np.bincount(msg_key, weights=counts, minlength=len(keys)).astype(np.int64))
         win_parts, idx_parts, updates = [], [], {}
-        for key, ms in groups.items():
-            idx = np.concatenate([np.arange(starts[m], starts[m] + counts[m]) for m in ms])
+        for k, key in enumerate(keys):
+            idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
             prior = store.get(key)
+            new_tail = self._empty_tail
             if self.window > 1:
                 tail = prior.tail if prior is not None else self._empty_tail
                 seq = np.concatenate([tail, values[idx]]) if len(tail) else values[idx]
@@ -133,11 +140,10 @@ class Scorer:
                     win_parts.append(w)
                     idx_parts.append(idx[len(idx) - len(w):])
                 new_tail = seq[-(self.window - 1):].copy()
-            else:
-                new_tail = self._empty_tail
-            updates[key] = state.Entry(float(ts[idx[-1]]), new_tail,
+            m = int(last_msg[k])
+            updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
-                                       offsets[(valid[ms[-1]][0].topic(), key[0])])
+                                       offsets[(valid[m][0].topic(), key[0])])
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:

@@ -104,7 +104,13 @@ def _run(args) -> int:
     if pipeline.metrics_server is not None:
         print(f"metrics: http://{settings.metrics.host}:{pipeline.metrics_server.server_port}/metrics",
               flush=True)
-    return pipeline.run()
+    rc = pipeline.run()
+    if pipeline.unclean_exit:
+        # A Kafka client still stuck in a call (the broker is gone): its destructor at interpreter
+        # exit could wait for it too. The batch in hand was not committed; exit within the budget.
+        logging.shutdown()
+        os._exit(rc)
+    return rc
 
 
 def _config_show(args) -> int:

@@ -93,3 +93,22 @@ def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 
         if chosen is not None:
             out[key] = chosen
     return out
+
+
+def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stopping) -> None:
+    """Restore `partitions`' entries into `store`, retried until it works or a stop is asked for
+    (a reading is never scored without its state; a restore that fails is never skipped)."""
+    while not stopping():
+        committed = committed_of(partitions, stopping)
+        if committed is None:
+            return
+        try:
+            t0 = time.monotonic()
+            entries = restore(settings, topic, {tp.partition: tp.offset for tp in committed})
+        except KafkaException as exc:
+            log.warning("could not restore state from %s (%s); retrying", topic, exc.args[0].str())
+            time.sleep(1)
+            continue
+        store.load(entries)
+        log.info("restored the state of %d sensors from %s in %.2f s", len(entries), topic, time.monotonic() - t0)
+        return

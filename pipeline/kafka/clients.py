@@ -1,5 +1,5 @@
-"""Kafka plumbing for the run loop: client configs, batch accumulation, delivery tracking,
-dead-letter records and start-up checks."""
+"""Kafka plumbing for the run loop: client configs, batch accumulation, dead-letter headers and
+start-up checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -263,35 +262,6 @@ def accumulate(consumer: Consumer, max_messages: int, max_bytes: int, max_wait_s
     return batch
 
 
-@dataclass
-class DeliveryTracker:
-    """Counts acknowledgements of what we produced, so we know when it is safe to commit."""
-
-    failed: int = 0
-    first_error: str | None = None
-
-    def __call__(self, err, msg) -> None:
-        if err is not None:
-            self.failed += 1
-            if self.first_error is None:
-                self.first_error = f"{msg.topic()}: {err.str()}"
-
-    def reset(self) -> None:
-        self.failed = 0
-        self.first_error = None
-
-
-def produce(producer: Producer, topic: str, value: bytes, key: bytes | None, on_delivery,
-            headers: list | None = None) -> None:
-    """Produce one record, serving delivery callbacks and waiting when the local queue is full."""
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)
-
-
 def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
     """The original headers plus why and where from."""
     headers = list(msg.headers() or [])
@@ -303,16 +273,6 @@ def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[st
         ("lw-source-offset", str(msg.offset()).encode()),
     ]
     return headers
-
-
-def next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
-    """The offset to commit per (topic, partition): one past the highest message seen."""
-    out: dict[tuple[str, int], int] = {}
-    for m in messages:
-        tp = (m.topic(), m.partition())
-        if m.offset() + 1 > out.get(tp, -1):
-            out[tp] = m.offset() + 1
-    return out
 
 
 class RepeatFilter(logging.Filter):

@@ -25,6 +25,24 @@ class Ledger:
     dead: Counter = field(default_factory=Counter)  # (partition, offset) of dead messages, index 0..k
     alerts: Counter = field(default_factory=Counter)
     committed: dict[int, int] = field(default_factory=dict)
+    sensors: dict[Ref, str] = field(default_factory=dict)  # sensor of each input (windowed models)
+    window: int = 1
+
+    @property
+    def warm_up(self) -> set[Ref]:
+        """The first `window - 1` valid readings of each (partition, sensor) ever: a windowed
+        model cannot score them (no full window yet) and says so (readings_warming_up_total)."""
+        if self.window == 1:
+            return set()
+        dead_msgs = {(p, o) for p, o, _ in self.dead}
+        seen: Counter = Counter()
+        out = set()
+        for ref in sorted(r for r in self.inputs if (r[0], r[1]) not in dead_msgs):
+            key = (ref[0], self.sensors[ref])
+            if seen[key] < self.window - 1:
+                out.add(ref)
+            seen[key] += 1
+        return out
 
     @property
     def uncommitted(self) -> set[Ref]:
@@ -34,7 +52,7 @@ class Ledger:
     def lost(self) -> set[Ref]:
         """Committed readings that were neither scored nor dead-lettered: must be empty."""
         dead_msgs = {(p, o) for p, o, _ in self.dead}
-        return {r for r in self.inputs - self.uncommitted
+        return {r for r in self.inputs - self.uncommitted - self.warm_up
                 if r not in self.scored and (r[0], r[1]) not in dead_msgs}
 
     @property
@@ -42,12 +60,13 @@ class Ledger:
         return sum(n - 1 for n in self.scored.values() if n > 1) + sum(n - 1 for n in self.dead.values() if n > 1)
 
     def missing_alerts(self, anomalies: set[Ref]) -> set[Ref]:
-        return {r for r in anomalies if r not in self.alerts}
+        return {r for r in anomalies - self.warm_up if r not in self.alerts}
 
 
 def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str, latent_topic: str,
-                 dead_topic: str, alerts_topic: str, partitions: int, read_committed: bool = True) -> Ledger:
-    led = Ledger(inputs)
+                 dead_topic: str, alerts_topic: str, partitions: int, read_committed: bool = True,
+                 sensors: dict | None = None, window: int = 1) -> Ledger:
+    led = Ledger(inputs, sensors=sensors or {}, window=window)
     for m in read_topic(bootstrap, latent_topic, timeout=60, read_committed=read_committed):
         src = json.loads(m.value())["source"]
         led.scored[(src["partition"], src["offset"], src["index"])] += 1

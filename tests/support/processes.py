@@ -127,6 +127,7 @@ class TimelineStream(Stream):
             ref = (msg.partition(), msg.offset(), 0)
             with self._lock:
                 self.refs.add(ref)
+                self.sensors[ref] = msg.key().decode()
                 if anomalous:
                     self.anomalies.add(ref)
                 if bad:

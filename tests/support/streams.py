@@ -43,6 +43,28 @@ def model_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def window_model_dir(tmp_path_factory):
+    """A windowed model (W=8): its history must survive rewinds, restarts and rebalances."""
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.thresholds import QuantileThreshold
+
+    rng = np.random.default_rng(0)
+    X = normal_values(rng, 3000).astype(np.float32)
+    det = make_detector("pca", window=WINDOW, latent_dim=3).fit(X, CH)  # exact, no training time
+    held = normal_values(rng, 3000).astype(np.float32)
+    from latentwatch.detectors.base import sliding_windows
+
+    thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(held, WINDOW)).score)
+    path = tmp_path_factory.mktemp("model") / "window"
+    save(path, det, thr, summarise_training_data(X, CH), name="test-window")
+    return str(path)
+
+
+WINDOW = 8
+
+
 class Stream:
     """Input topic plus the topics the pipeline writes, with the readings we sent."""
 
@@ -54,6 +76,8 @@ class Stream:
         self.latent = make_topic(partitions=1, prefix="latent")
         self.group = f"g-{uuid.uuid4().hex[:6]}"
         self.refs: set = set()
+        self.sensors: dict = {}  # ref -> sensor id
+        self.window = 1  # of the model under test: its warm-up readings are not scored
         self.anomalies: set = set()
         self._lock = threading.Lock()
 
@@ -68,6 +92,7 @@ class Stream:
             assert err is None, err
             with self._lock:
                 self.refs.add((msg.partition(), msg.offset(), 0))
+                self.sensors[(msg.partition(), msg.offset(), 0)] = msg.key().decode()
                 if anomalous:
                     self.anomalies.add((msg.partition(), msg.offset(), 0))
 
@@ -93,7 +118,7 @@ class Stream:
 
     def ledger(self, bootstrap, read_committed=True):
         return build_ledger(bootstrap, self.input, self.refs, self.group, self.latent, self.dead, self.alerts,
-                            self.partitions, read_committed)
+                            self.partitions, read_committed, self.sensors, self.window)
 
 
 _STARTED: list[subprocess.Popen] = []
