@@ -35,9 +35,45 @@ def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
 
+def in_thread(call: Callable[[], None], limit_s: float | None, deadline: Callable[[], float | None]):
+    """Run a blocking client call on a helper thread and wait for it, but never past `limit_s`
+    nor past the stop deadline (a synchronous commit to a dead coordinator blocks ~60 s, and a
+    signal cannot interrupt a C call). Returns the call's exception, or None; raises Stopping or
+    TimeoutError when the call is left behind."""
+    outcome: list = []
+
+    def target():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=target, name="kafka-call", daemon=True)
+    worker.start()
+    started = time.monotonic()
+    while worker.is_alive():
+        worker.join(0.1)
+        stop_at = deadline()
+        if worker.is_alive() and stop_at is not None and time.monotonic() > stop_at:
+            raise Stopping("the shutdown timeout ran out while waiting for Kafka")
+        if worker.is_alive() and limit_s is not None and time.monotonic() - started > limit_s:
+            raise TimeoutError(f"no answer from Kafka in {limit_s:.0f} s")
+    return outcome[0] if outcome else None
+
+
+def _call_here(call: Callable[[], None]):
+    try:
+        call()
+    except KafkaException as exc:
+        return exc
+    return None
+
+
 class AtLeastOnce:
-    def __init__(self, source, sink, on_committed: Callable[[], None]):
+    def __init__(self, source, sink, on_committed: Callable[[], None], deadline: Callable[[], float | None]):
         self.source, self.sink, self._on_committed = source, sink, on_committed
+        self._deadline = deadline
         self._unconfirmed: dict[tuple[str, int], int] = {}
 
     def init_producer(self, producer) -> None:
@@ -66,17 +102,25 @@ class AtLeastOnce:
                 if not self._unconfirmed:
                     self._on_committed()
 
-    def settle(self) -> None:
+    def settle(self, in_callback: bool = False) -> None:
+        """`in_callback`: called from a rebalance callback (inside consume()), where the commit
+        must run on this thread: one from a helper thread waits for the callback to end."""
         if not self._unconfirmed:
             return
+        offsets, consumer = _tps(self._unconfirmed), self.source.consumer
         try:
-            self.source.consumer.commit(offsets=_tps(self._unconfirmed), asynchronous=False)
-        except KafkaException as exc:
-            self._unconfirmed = {}  # we go back to whatever the broker has
+            commit = lambda: consumer.commit(offsets=offsets, asynchronous=False)  # noqa: E731
+            exc = _call_here(commit) if in_callback else in_thread(commit, None, self._deadline)
+        except Stopping:
+            self._unconfirmed = {}  # the next owner redoes the last batch: a duplicate, no loss
+            raise
+        self._unconfirmed = {}  # confirmed, or we go back to whatever the broker has
+        if isinstance(exc, KafkaException):
             if exc.args[0].fatal():
                 raise Fatal(exc.args[0].str()) from None
             raise BatchFailed(f"commit not confirmed: {exc.args[0].str()}") from None
-        self._unconfirmed = {}
+        if exc is not None:
+            raise exc
         self._on_committed()
 
     def abort(self) -> None:
@@ -112,7 +156,7 @@ class ExactlyOnce:
             raise ProducerBroken(self.sink.fatal)
         self._on_committed()
 
-    def settle(self) -> None:
+    def settle(self, in_callback: bool = False) -> None:
         pass  # a transaction is committed or not: nothing travels between batches
 
     def forget(self) -> None:
@@ -135,22 +179,11 @@ class ExactlyOnce:
         deadline = self._deadline()
         if deadline is not None:
             timeout = max(0.1, min(timeout, deadline - time.monotonic()))
-        outcome: list = []
-
-        def target():
-            try:
-                call(timeout)
-                outcome.append(None)
-            except BaseException as exc:  # handed to the caller's thread below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=target, name="transaction", daemon=True)
-        worker.start()
-        worker.join(timeout + 5)
-        if worker.is_alive():
+        try:
+            exc = in_thread(lambda: call(timeout), timeout + (1 if deadline is not None else 5), self._deadline)
+        except (TimeoutError, Stopping):
             self.sink.fatal = "a transactional call did not return in time"
-            raise ProducerBroken(self.sink.fatal)
-        exc = outcome[0] if outcome else None
+            raise ProducerBroken(self.sink.fatal) from None
         if isinstance(exc, KafkaException):
             err = exc.args[0]
             if err.fatal():

@@ -88,7 +88,7 @@ class Pipeline:
                          deadline=lambda: self._deadline, transactional_id=txn.value if txn else None)
         on_committed = m.commits.inc
         self.committer = (ExactlyOnce(self.source, self.sink, on_committed, s.shutdown_timeout_s, lambda: self._deadline)
-                          if txn else AtLeastOnce(self.source, self.sink, on_committed))
+                          if txn else AtLeastOnce(self.source, self.sink, on_committed, lambda: self._deadline))
         self.committer.init_producer(self.sink.producer)
         self.source.open()
         # The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones).
@@ -218,7 +218,7 @@ class Pipeline:
         # Every processed batch is acknowledged and its commit sent when this runs: settle that
         # commit (the next owner starts after our last batch), then drop the state.
         try:
-            self.committer.settle()
+            self.committer.settle(in_callback=True)
         except BatchFailed as exc:  # the next owner redoes the last batch: a duplicate, no loss
             log.warning("last commit not confirmed before the revoke: %s", exc)
         self._forget(partitions)

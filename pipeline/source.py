@@ -63,7 +63,7 @@ class Source:
         """Committed offsets of `partitions`, asked until answered; None on a stop."""
         while True:
             try:
-                return self.consumer.committed(partitions, timeout=10)
+                return self.consumer.committed(partitions, timeout=2 if stopping() else 10)
             except KafkaException as exc:
                 if stopping():
                     return None
