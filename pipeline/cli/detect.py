@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a detector on normal readings from CSV files and save it")
     t.add_argument("--data", action="append", required=True, metavar="CSV",
                    help="CSV of normal readings (repeat for several files; they must share channels)")
-    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to write the model to")
+    t.add_argument("--out", required=True, metavar="MODEL_DIR",
+                   help="versioned model directory: the model becomes a new version under MODEL_DIR/versions/ "
+                        "and MODEL_DIR/current points at it (see `latentwatch models`)")
+    t.add_argument("--no-promote", action="store_true",
+                   help="write the new version but leave `current` where it is (promote it later)")
     t.add_argument("--model", choices=["mlp", "window", "pca"], default="window",
                    help="mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W "
                         "readings; pca: linear baseline (default: %(default)s)")
@@ -102,6 +106,7 @@ def _train(args) -> int:
     from latentwatch.detectors import AdaptiveThreshold, POTThreshold, QuantileThreshold, make_detector
     from latentwatch.detectors.calibrate import fit_and_calibrate
     from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.versions import VersionError, publish
 
     device = _device(args.device)
     parts = [_read(p, args) for p in args.data]
@@ -128,7 +133,13 @@ def _train(args) -> int:
         raise UserError(str(exc)) from None
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
-    out = save(args.out, detector, threshold, summary, name=args.name)
+    name = args.name or Path(args.out).resolve().name
+    try:
+        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v),
+                          make_current=not args.no_promote)
+    except VersionError as exc:
+        raise UserError(str(exc)) from None
+    out = f"{args.out} as version {version}" + (" (not current)" if args.no_promote else "")
     epochs = f", {detector.training_report.epochs_run} epochs" if detector.training_report else ""
     print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {len(parts)} file(s) "
           f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}; saved to {out}")
