@@ -52,6 +52,15 @@ class SensorHistory:
             return np.empty((0, self.window, self.channels), np.float32), np.empty(0, np.int64)
         return np.concatenate(out_windows), np.concatenate(out_idx)
 
+    def rewindow(self, window: int) -> "SensorHistory":
+        """The same sensors' state for a model of another window (a model swap): tails cut to
+        the last `window - 1` readings; a longer window tops them up from the next readings."""
+        new = SensorHistory(window, self.channels)
+        new.last_ts = dict(self.last_ts)
+        if window > 1:
+            new._tail = {k: t[-(window - 1):] for k, t in self._tail.items()}
+        return new
+
     def drop_partitions(self, partitions: set[int]) -> None:
         for store in (self.last_ts, self._tail):
             for key in [k for k in store if k[0] in partitions]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -55,6 +56,10 @@ class PipelineMetrics:
         self.commits = Counter(f"{p}_offset_commits", "Offset commits (or committed transactions)", registry=r)
         self.errors = Counter(f"{p}_kafka_errors", "Kafka client errors reported, by kind", ["kind"], registry=r)
         self.model_info = Info(f"{p}_model", "The loaded model", registry=r)
+        self.model_reloads = Counter(f"{p}_model_reloads", "New model versions noticed, by outcome (success = swapped in)", ["outcome"], registry=r)
+        self._trained_at: float | None = None
+        self.model_age = Gauge(f"{p}_model_age_seconds", "Seconds since the loaded model was trained", registry=r)
+        self.model_age.set_function(lambda: float("nan") if self._trained_at is None else time.time() - self._trained_at)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
         self.started.set(time.time())
@@ -64,6 +69,20 @@ class PipelineMetrics:
             self.alerts.labels(severity=severity)
         for kind in ("transport", "broker", "fatal"):
             self.errors.labels(kind=kind)
+        for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
+            self.model_reloads.labels(outcome=outcome)
+
+    def set_model(self, model) -> None:
+        """The loaded model's info, threshold and training time (at start and after a swap)."""
+        d = model.detector
+        self.model_info.info({"name": model.name, "version": str(model.version), "kind": d.kind,
+                              "window": str(d.window), "channels": str(len(d.channels))})
+        self.threshold.set(float(model.threshold.value))
+        trained = (model.metadata or {}).get("training", {}).get("trained_at")
+        try:
+            self._trained_at = datetime.fromisoformat(trained).timestamp() if trained else None
+        except (TypeError, ValueError):
+            self._trained_at = None
 
     def on_stats(self, stats_json: str) -> None:
         """librdkafka `stats_cb`: per-partition consumer lag."""

@@ -1,0 +1,183 @@
+"""ModelWatcher: notices a moved `current` pointer, loads and validates off the calling thread,
+hands a new model over once or refuses it with one ERROR line and a metric."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
+from latentwatch.detectors.checkpoint import load, save, summarise_training_data
+from latentwatch.pipeline.history import SensorHistory
+from latentwatch.pipeline.metrics import PipelineMetrics
+from latentwatch.pipeline.model_watch import ModelWatcher, swap_history
+from tests.support.detector_data import normal_data
+
+NAMES = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _writer(seed=0, names=NAMES, window=1):
+    X = normal_data(300, seed=seed)
+    det = make_detector("pca", device="cpu", latent_dim=2, window=window).fit(X, channels=names)
+    thr = QuantileThreshold(0.99).fit(det.score(sliding_windows(X, window)).score)
+    return lambda d, v: save(d, det, thr, summarise_training_data(X, names), name="pump", version=v)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    root = tmp_path / "pump"
+    versions.publish(root, _writer(0))
+    clock, metrics = Clock(), PipelineMetrics()
+    current = load(root, device="cpu")
+    watcher = ModelWatcher(root, current, interval_s=5, metrics=metrics, clock=clock)
+    yield root, clock, metrics, watcher
+    watcher.close()
+
+
+def _poll(watcher, sample=None):
+    """One check: start it, let the background thread finish, collect."""
+    first = watcher.poll(sample)
+    watcher.wait()
+    return first, watcher.poll(sample)
+
+
+def _reloads(metrics, outcome):
+    return metrics.registry.get_sample_value("latentwatch_model_reloads_total", {"outcome": outcome})
+
+
+def test_a_new_version_is_handed_over_once_after_the_interval(setup):
+    root, clock, metrics, watcher = setup
+    assert _poll(watcher) == (None, None)  # interval not reached: nothing checked
+    v2 = versions.publish(root, _writer(1))
+    assert _poll(watcher) == (None, None)
+    clock.t += 5
+    first, new = _poll(watcher, sample=normal_data(50, seed=3))
+    assert first is None and new is not None and new.version == v2
+    assert watcher.current is new and watcher.last_outcome == "success"
+    assert _reloads(metrics, "success") == 1
+    clock.t += 5
+    assert _poll(watcher) == (None, None)  # the same version is not handed over again
+    assert _reloads(metrics, "success") == 1
+
+
+def test_request_check_checks_at_once_and_loading_is_off_the_calling_thread(setup):
+    root, clock, metrics, watcher = setup
+    threads = []
+    real = watcher.loader
+    watcher.loader = lambda *a, **kw: threads.append(threading.current_thread()) or real(*a, **kw)
+    versions.publish(root, _writer(1))
+    watcher.request_check()  # what the SIGHUP handler calls
+    _, new = _poll(watcher)
+    assert new is not None and threads and threading.current_thread() not in threads
+
+
+def test_rollback_is_noticed_too(setup):
+    root, clock, metrics, watcher = setup
+    versions.publish(root, _writer(1))
+    watcher.request_check()
+    assert _poll(watcher)[1] is not None
+    old = versions.rollback(root).version
+    watcher.request_check()
+    assert _poll(watcher)[1].version == old
+
+
+def test_incompatible_version_is_refused_once_with_one_error_line(setup, caplog):
+    root, clock, metrics, watcher = setup
+    versions.publish(root, _writer(1, names=list(reversed(NAMES))))
+    caplog.set_level(logging.INFO, logger="latentwatch.model")
+    watcher.request_check()
+    assert _poll(watcher) == (None, None)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "incompatible" in errors[0].getMessage()
+    assert "same names in the same order" in errors[0].getMessage()
+    assert _reloads(metrics, "incompatible") == 1 and watcher.last_outcome == "incompatible"
+    assert watcher.current.version != versions.read_pointer(root).version  # the old one keeps scoring
+    clock.t += 5
+    assert _poll(watcher) == (None, None) and _reloads(metrics, "incompatible") == 1  # not retried
+    watcher.request_check()
+    _poll(watcher)
+    assert _reloads(metrics, "incompatible") == 2  # SIGHUP retries
+
+
+def test_corrupt_version_is_refused(setup):
+    root, clock, metrics, watcher = setup
+    v2 = versions.publish(root, _writer(1), make_current=False)
+    weights = root / "versions" / v2 / "weights.pt"
+    weights.chmod(0o644)
+    weights.write_bytes(b"\x00not a torch file")
+    versions.set_current(root, v2, reason="test")
+    watcher.request_check()
+    assert _poll(watcher) == (None, None) and _reloads(metrics, "corrupt") == 1
+
+
+def test_a_version_giving_non_finite_scores_on_recent_readings_is_refused(setup):
+    root, clock, metrics, watcher = setup
+    versions.publish(root, _writer(1))
+    watcher.request_check()
+    huge = np.full((20, len(NAMES)), 3e38, dtype=np.float32)
+    assert _poll(watcher, sample=lambda: huge) == (None, None)
+    assert _reloads(metrics, "non_finite") == 1
+
+
+def test_sample_shorter_than_the_new_window_and_no_sample_at_all(setup):
+    root, clock, metrics, watcher = setup
+    versions.publish(root, _writer(1, window=8))
+    watcher.request_check()
+    new = _poll(watcher, sample=normal_data(3, seed=1))[1]
+    assert new is not None and new.detector.window == 8
+    versions.publish(root, _writer(2, window=4))
+    watcher.request_check()
+    assert _poll(watcher, sample=None)[1].detector.window == 4  # validated on the training means
+
+
+def test_a_plain_model_directory_is_watched_by_its_files(tmp_path):
+    path = _writer(0)(tmp_path / "plain", "v1")
+    clock = Clock()
+    watcher = ModelWatcher(path, load(path), interval_s=1, clock=clock)
+    try:
+        clock.t += 1
+        assert _poll(watcher) == (None, None)
+        _writer(1)(path, "v2")
+        clock.t += 1
+        assert _poll(watcher)[1].version == "v2"
+    finally:
+        watcher.close()
+
+
+def test_history_survives_a_swap_to_another_window():
+    h = SensorHistory(4, 2)
+    seq = np.arange(20, dtype=np.float32).reshape(10, 2)
+    h.windows([(0, "s")], [np.arange(10)], seq)
+    h.advance((0, "s"), 9.0)
+    assert swap_history(h, 4) is h
+    short = swap_history(h, 2)
+    windows, scored = short.windows([(0, "s")], [np.arange(1)], np.array([[20, 21]], np.float32))
+    assert len(scored) == 1 and windows[0].tolist() == [[18, 19], [20, 21]]  # no warm-up
+    assert short.is_late((0, "s"), 9.0)
+    long = swap_history(h, 6)  # 3 readings kept, 6 needed: the third new one is scored
+    w, scored = long.windows([(0, "s")], [np.arange(3)], np.zeros((3, 2), np.float32))
+    assert scored.tolist() == [2] and w[0][:3].tolist() == [[14, 15], [16, 17], [18, 19]]
+
+
+def test_set_model_exports_info_threshold_and_age(setup):
+    root, clock, metrics, watcher = setup
+    metrics.set_model(watcher.current)
+    info = metrics.registry.get_sample_value("latentwatch_model_info",
+                                             {"name": "pump", "version": watcher.current.version, "kind": "pca",
+                                              "window": "1", "channels": "6"})
+    assert info == 1
+    assert metrics.registry.get_sample_value("latentwatch_threshold") == pytest.approx(
+        watcher.current.threshold.value)
+    age = metrics.registry.get_sample_value("latentwatch_model_age_seconds")
+    assert 0 <= age < 600
