@@ -146,6 +146,9 @@ def _train(args) -> int:
     summary = summarise_training_data(X, channels, [p.path for p in parts])
     if args.from_topic:
         summary["source"] = stream.finish(detector, threshold, held_out)
+    from latentwatch.pipeline.drift import reference_for
+
+    summary["drift_reference"] = reference_for(detector, X, held_out, threshold.value)
     name = args.name or Path(args.out).resolve().name
     try:
         version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v),
