@@ -181,3 +181,41 @@ def test_set_model_exports_info_threshold_and_age(setup):
         watcher.current.threshold.value)
     age = metrics.registry.get_sample_value("latentwatch_model_age_seconds")
     assert 0 <= age < 600
+
+
+def test_lifecycle_swaps_between_batches_and_restarts_drift(tmp_path):
+    from latentwatch.pipeline.drift import reference
+    from latentwatch.pipeline.lifecycle import Lifecycle
+
+    def writer(seed):
+        X = normal_data(600, seed=seed)
+        det = make_detector("pca", device="cpu", latent_dim=2).fit(X, channels=NAMES)
+        scores = det.score(sliding_windows(X, 1))
+        thr = QuantileThreshold(0.99).fit(scores.score)
+        summary = {**summarise_training_data(X, NAMES), "drift_reference": reference(scores.latent, scores.score,
+                                                                                      thr.value)}
+        return lambda d, v: save(d, det, thr, summary, name="pump", version=v)
+
+    root = tmp_path / "pump"
+    versions.publish(root, writer(0))
+    metrics = PipelineMetrics()
+    model = load(root)
+    life = Lifecycle(model, metrics, path=str(root), interval_s=3600)
+    try:
+        assert life.drift is not None and life.between_batches() is None
+        X = normal_data(700, seed=4)
+        scores = model.detector.score(sliding_windows(X, 1))
+        life.scored(X, scores.latent, scores.score > model.threshold.value)
+        assert life.drift.readings() == 700
+        v2 = versions.publish(root, writer(1))
+        life.request_check()
+        assert life.between_batches() is None  # the check runs in the background
+        life.watcher.wait()
+        new = life.between_batches()
+        assert new is not None and new.version == v2 and life.model is new
+        assert life.drift.readings() == 0  # a new window against the new model's training data
+        assert metrics.registry.get_sample_value("latentwatch_model_info", {
+            "name": "pump", "version": v2, "kind": "pca", "window": "1", "channels": "6"}) == 1
+        assert metrics.registry.get_sample_value("latentwatch_model_reloads_total", {"outcome": "success"}) == 1
+    finally:
+        life.close()
