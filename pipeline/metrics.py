@@ -66,6 +66,10 @@ class PipelineMetrics:
         self.drift_window_readings = Gauge(f"{p}_drift_window_readings", "Readings in the drift window", registry=r)
         for gauge in (self.latent_drift_psi, self.live_exceedance, self.reference_exceedance):
             gauge.set(float("nan"))
+        self.shadow_info = Info(f"{p}_shadow_model", "The candidate model scoring in shadow (run --shadow)", registry=r)
+        self.shadow_readings = Counter(f"{p}_shadow_readings", "Readings scored by both the current and the shadow model, by agreement of their flags", ["agreement"], registry=r)
+        self.shadow_correlation = Gauge(f"{p}_shadow_score_correlation", "Pearson correlation of the current and the shadow model's scores over the last 5 min; NaN without a shadow", registry=r)
+        self.shadow_correlation.set(float("nan"))
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
         self.started.set(time.time())
@@ -77,6 +81,8 @@ class PipelineMetrics:
             self.errors.labels(kind=kind)
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
             self.model_reloads.labels(outcome=outcome)
+        for agreement in ("both", "current_only", "candidate_only", "neither"):  # shadow.AGREEMENT
+            self.shadow_readings.labels(agreement=agreement)
 
     def set_model(self, model) -> None:
         """The loaded model's info, threshold and training time (at start and after a swap)."""
