@@ -27,7 +27,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 POINTER, VERSIONS = "current", "versions"
@@ -101,7 +101,7 @@ def list_versions(root: str | Path) -> list[str]:
 
 
 def new_version_name(root: str | Path, now: datetime | None = None) -> str:
-    base = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    base = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     taken = set(list_versions(root))
     name, n = base, 1
     while name in taken:  # two trainings within one second
@@ -226,4 +226,4 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

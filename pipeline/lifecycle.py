@@ -19,7 +19,6 @@ drift window against the new model's training data.
 from __future__ import annotations
 
 import numpy as np
-
 from latentwatch.detectors.checkpoint import LoadedModel
 from latentwatch.pipeline.drift import LatentDrift
 from latentwatch.pipeline.model_watch import ModelWatcher, swap_history

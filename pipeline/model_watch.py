@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from latentwatch.detectors import sliding_windows, versions
 from latentwatch.detectors.checkpoint import CheckpointError, LoadedModel, load
 

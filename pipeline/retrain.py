@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
-
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.contract import Decoder, iso, parse_ts
 from latentwatch.pipeline.errors import UserError

@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
-
 from latentwatch.detectors.checkpoint import LoadedModel
 from latentwatch.pipeline.history import SensorHistory
 

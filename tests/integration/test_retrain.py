@@ -10,8 +10,7 @@ import uuid
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-
-from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows
+from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.checkpoint import load
 from latentwatch.pipeline import alerts
 from latentwatch.pipeline.cli.main import main

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.calibrate import fit_and_calibrate
 from latentwatch.pipeline.devtools.simulate import SensorSimulator

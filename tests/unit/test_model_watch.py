@@ -8,12 +8,12 @@ import threading
 
 import numpy as np
 import pytest
-
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
 from latentwatch.detectors.checkpoint import load, save, summarise_training_data
 from latentwatch.pipeline.history import SensorHistory
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.model_watch import ModelWatcher, swap_history
+
 from tests.support.detector_data import normal_data
 
 NAMES = ["pressure", "temp", "flow", "current", "voltage", "rpm"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.calibrate import fit_and_calibrate
 from latentwatch.pipeline.errors import UserError

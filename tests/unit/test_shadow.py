@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows
 from latentwatch.detectors.checkpoint import LoadedModel
 from latentwatch.pipeline.history import SensorHistory
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.shadow import ShadowScorer
+
 from tests.support.detector_data import inject, normal_data
 
 NAMES = ["pressure", "temp", "flow", "current", "voltage", "rpm"]

@@ -6,10 +6,10 @@ import shutil
 import threading
 
 import pytest
-
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
 from latentwatch.detectors.checkpoint import CheckpointError, load, save, summarise_training_data
 from latentwatch.pipeline.cli.main import main
+
 from tests.support.detector_data import normal_data
 
 NAMES = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
