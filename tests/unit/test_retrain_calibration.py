@@ -51,3 +51,21 @@ def test_readmitting_the_false_alerts_restores_the_threshold():
     k = recalibrate(det, thr, data, held_out, expected_alert_rate(cur_thr.to_dict()))
     assert 0.005 * len(held_out) < k < 0.02 * len(held_out)
     assert thr.value == pytest.approx(truth, rel=0.07)
+
+
+def test_the_consumer_gets_run_s_connection_settings(monkeypatch, tmp_path):
+    """TLS and SASL come from the same settings tree (config file, LATENTWATCH_* env) as `run`."""
+    from latentwatch.pipeline import retrain
+    from latentwatch.pipeline.config import load_settings
+
+    seen = {}
+    monkeypatch.setattr(retrain, "Consumer", lambda conf: seen.update(conf) or object())
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("kafka:\n  bootstrap_servers: kafka:9093\n  security_protocol: SASL_SSL\n"
+                   "  sasl_mechanism: SCRAM-SHA-512\n  sasl_username: lw\n  ssl_ca_location: /etc/ca.pem\n")
+    monkeypatch.setenv("LATENTWATCH_KAFKA__SASL_PASSWORD", "s3cret")
+    retrain.TopicRange(load_settings(str(cfg)))
+    assert seen["bootstrap.servers"] == "kafka:9093" and seen["security.protocol"] == "SASL_SSL"
+    assert seen["sasl.mechanisms"] == "SCRAM-SHA-512" and seen["sasl.username"] == "lw"
+    assert seen["sasl.password"] == "s3cret" and seen["ssl.ca.location"] == "/etc/ca.pem"
+    assert seen["isolation.level"] == "read_committed" and not seen["enable.auto.commit"]
