@@ -89,3 +89,10 @@ def test_from_model_without_a_reference_is_none():
         metadata = {"training": {}}
 
     assert LatentDrift.from_model(Model()) is None
+
+
+def test_simulate_operating_point_change_flag_errors_are_one_line(capsys):
+    from latentwatch.pipeline.cli.main import main
+
+    assert main(["simulate", "--topic", "t", "--operating-point-change", "soon", "--count", "1"]) == 2
+    assert "AFTER_S:SHIFT, e.g. 600:2" in capsys.readouterr().err
