@@ -122,6 +122,9 @@ class ModelWatcher:
             return Check(key, "corrupt", message=str(exc))
         except Exception as exc:  # noqa: BLE001 - anything else a broken file makes torch raise
             return Check(key, "corrupt", message=f"{target}: could not be loaded ({exc!r:.200})")
+        if model.metadata.get("weights_sha256") and \
+                model.metadata.get("weights_sha256") == self.current.metadata.get("weights_sha256"):
+            return Check(key, "unchanged")  # the same model under another name (an adopted directory)
         outcome, message = validate(model, self.current, sample)
         return Check(key, outcome, model if outcome == "success" else None, message)
 
@@ -141,6 +144,9 @@ class ModelWatcher:
 
     def _hand_over(self, found: Check | None) -> LoadedModel | None:
         if found is None:
+            return None
+        if found.outcome == "unchanged":
+            self._known = found.key
             return None
         self.last_outcome = found.outcome
         if self.metrics is not None:

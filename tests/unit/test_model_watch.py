@@ -219,3 +219,17 @@ def test_lifecycle_swaps_between_batches_and_restarts_drift(tmp_path):
         assert metrics.registry.get_sample_value("latentwatch_model_reloads_total", {"outcome": "success"}) == 1
     finally:
         life.close()
+
+
+def test_the_same_model_under_another_pointer_is_not_swapped(tmp_path):
+    """A plain directory adopted as a version keeps its files but may get another version name."""
+    path = _writer(0)(tmp_path / "pump", "not a valid/version name")
+    metrics = PipelineMetrics()
+    watcher = ModelWatcher(path, load(path), metrics=metrics, interval_s=3600)
+    try:
+        versions.adopt(path)
+        watcher.request_check()
+        assert _poll(watcher) == (None, None)
+        assert _reloads(metrics, "success") == 0 and watcher._known.startswith("version:")
+    finally:
+        watcher.close()
