@@ -9,6 +9,7 @@ from an untrusted place cannot run code. Every way a checkpoint can be unusable 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentwatch.detectors import __version__
+from latentwatch.detectors import __version__, versions
 from latentwatch.detectors.models import MODELS, TorchDetector, make_detector
 from latentwatch.detectors.scaler import Standardiser
 from latentwatch.detectors.thresholds import Threshold, threshold_from_dict
@@ -78,6 +79,7 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
                                    "best_val_loss": r.best_val_loss, "seconds": round(r.seconds, 3)}
     tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
     torch.save(detector.state_dict(), tmp_w)
+    meta["weights_sha256"] = _sha256(tmp_w)  # load refuses a weights file from another save
     tmp_m.write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n")
     os.replace(tmp_w, path / WEIGHTS)
     os.replace(tmp_m, path / METADATA)
@@ -85,9 +87,14 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
 
 
 def load(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Read a model directory written by `save`; scoring runs on `device` ("auto"|"cpu"|"cuda")."""
-    path = Path(path)
-    retrain = f"retrain it with `latentwatch train --out {path}`"
+    """Read a model directory written by `save`, or the current version of a versioned one
+    (detectors/versions.py); scoring runs on `device` ("auto"|"cpu"|"cuda")."""
+    given = path
+    try:
+        path = versions.resolve(path)
+    except versions.VersionError as exc:
+        raise CheckpointError(str(exc)) from None
+    retrain = f"retrain it with `latentwatch train --out {given}`"
     if not path.is_dir():
         raise CheckpointError(f"{path}: no model directory here; check the path or train one with "
                               f"`latentwatch train --out {path}`")
@@ -131,6 +138,10 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"{path}: {WEIGHTS} is not a state_dict of named tensors; {retrain}")
+    digest = meta.get("weights_sha256")
+    if digest is not None and digest != _sha256(path / WEIGHTS):
+        raise CheckpointError(f"{path}: {WEIGHTS} is not the one {METADATA} was saved with (a save to this "
+                              f"directory in progress, or a damaged file); load again, or {retrain}")
     try:
         detector.restore(channels, scaler, state)
     except RuntimeError as exc:
@@ -139,3 +150,11 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
                               f"({' '.join(first[:2])[:300]}); {retrain}") from None
     detector.to(device)
     return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

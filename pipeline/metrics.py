@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
@@ -56,6 +57,16 @@ class PipelineMetrics:
         self.commits = Counter(f"{p}_offset_commits", "Offset commits (or committed transactions)", registry=r)
         self.errors = Counter(f"{p}_kafka_errors", "Kafka client errors reported, by kind", ["kind"], registry=r)
         self.model_info = Info(f"{p}_model", "The loaded model", registry=r)
+        self.model_reloads = Counter(f"{p}_model_reloads", "New model versions noticed, by outcome (success = swapped in)", ["outcome"], registry=r)
+        self._trained_at: float | None = None
+        self.model_age = Gauge(f"{p}_model_age_seconds", "Seconds since the loaded model was trained", registry=r)
+        self.model_age.set_function(lambda: float("nan") if self._trained_at is None else time.time() - self._trained_at)
+        self.latent_drift_psi = Gauge(f"{p}_latent_drift_psi", "Largest per-dimension population stability index of the live latent vectors (last 2 min) against the model's held-out ones; NaN until enough readings", registry=r)
+        self.live_exceedance = Gauge(f"{p}_live_exceedance_ratio", "Share of the readings scored in the last 2 min that were above the threshold", registry=r)
+        self.reference_exceedance = Gauge(f"{p}_reference_exceedance_ratio", "Share of the model's held-out readings above its threshold", registry=r)
+        self.drift_window_readings = Gauge(f"{p}_drift_window_readings", "Readings in the drift window", registry=r)
+        for gauge in (self.latent_drift_psi, self.live_exceedance, self.reference_exceedance):
+            gauge.set(float("nan"))
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
@@ -72,6 +83,8 @@ class PipelineMetrics:
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
         self._truncated_seen = 0
+        for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
+            self.model_reloads.labels(outcome=outcome)
 
     # -- fed by the pipeline: one committed batch, and the other parts' events ------------------
     def batch_committed(self, batch, started: float, evicted: dict, n_sensors: int, truncated: int) -> None:
@@ -108,11 +121,8 @@ class PipelineMetrics:
         self.errors.labels(kind=kind).inc()
 
     def model_loaded(self, model) -> None:
-        det = model.detector
-        self.model_info.info({"name": model.name, "version": str(model.version), "kind": det.kind,
-                              "window": str(det.window), "channels": str(len(det.channels))})
-        self.device_info.info({"device": str(getattr(det, "device", "cpu"))})
-        self.threshold.set(float(model.threshold.value))
+        self.set_model(model)
+        self.device_info.info({"device": str(getattr(model.detector, "device", "cpu"))})
 
     def assigned(self, partitions) -> None:
         self.assigned_partitions.set(len(partitions))
@@ -121,6 +131,18 @@ class PipelineMetrics:
         for tp in partitions:
             self.forget_partition(tp.topic, tp.partition)
         self.assigned_partitions.set(0)
+
+    def set_model(self, model) -> None:
+        """The loaded model's info, threshold and training time (at start and after a swap)."""
+        d = model.detector
+        self.model_info.info({"name": model.name, "version": str(model.version), "kind": d.kind,
+                              "window": str(d.window), "channels": str(len(d.channels))})
+        self.threshold.set(float(model.threshold.value))
+        trained = (model.metadata or {}).get("training", {}).get("trained_at")
+        try:
+            self._trained_at = datetime.fromisoformat(trained).timestamp() if trained else None
+        except (TypeError, ValueError):
+            self._trained_at = None
 
     def on_stats(self, stats_json: str) -> None:
         """librdkafka `stats_cb`: per-partition consumer lag."""

@@ -31,6 +31,7 @@ from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stop
 from latentwatch.pipeline.kafka import changelog
 from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
+from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.sink import Sink
@@ -44,15 +45,12 @@ class Pipeline:
 
     def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None):
         s = self.settings = settings
-        self.model, self.detector = model, model.detector
         self.metrics = m = metrics or PipelineMetrics()
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
-        # State is needed to score (so it is kept in a changelog) for windows and per-sensor thresholds.
         self.state_topic = None
-        self._needs_changelog = self.detector.window > 1 or hasattr(model.threshold, "step")
-        self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
-                             late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog)
+        self._use(model)
+        # Hot swaps (a new version behind the model directory's `current`, or SIGHUP) and drift.
+        self.lifecycle = Lifecycle(model, m, path=s.model.path, device=s.model.device)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
                              on_error=self.monitor.on_error, on_stats=m.on_stats,
@@ -80,8 +78,9 @@ class Pipeline:
         s, m = self.settings, self.metrics
         metadata = kafka_io.check_cluster(s)
         m.model_loaded(self.model)
+        self._input_partitions = len(metadata.topics[s.topics.input].partitions)
         if self._needs_changelog:
-            self.state_topic = changelog.ensure(s, len(metadata.topics[s.topics.input].partitions))
+            self.state_topic = changelog.ensure(s, self._input_partitions)
         txn = kafka_io.TransactionalId(s.group_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
@@ -118,6 +117,9 @@ class Pipeline:
         rc = 0
         try:
             while not self.stopping:
+                new_model = self.lifecycle.between_batches()
+                if new_model is not None:
+                    self._swap(new_model)
                 messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
                 self.monitor.check(self.source.consumer)
                 if messages:
@@ -152,8 +154,31 @@ class Pipeline:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
+        if batch.latent is not None:
+            self.lifecycle.scored(batch.values, batch.latent, batch.flagged)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
+
+    def _use(self, model) -> None:
+        s = self.settings
+        self.model, self.detector = model, model.detector
+        # State is needed to score (so it is kept in a changelog) for windows and per-sensor thresholds.
+        self._needs_changelog = self.detector.window > 1 or hasattr(model.threshold, "step")
+        self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
+                             late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
+                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog)
+
+    def _swap(self, model) -> None:
+        """Between batches: every later reading is scored by `model`. Per-sensor state is kept
+        when window and channels match, cut or grown (warming up the difference) otherwise."""
+        old = self.model
+        self._use(model)
+        if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
+                or type(model.threshold) is not type(old.threshold):
+            self.state.for_model(model.detector.window, len(model.detector.channels))
+        if self._needs_changelog and self.state_topic is None:
+            self.state_topic = changelog.ensure(self.settings, self._input_partitions)
+        log.info("model %s version %s swapped in (was %s)", model.name, model.version, old.version)
 
     def _recover(self, exc: BatchFailed) -> None:
         """Undo what is not durable and go back to the committed offsets."""
@@ -199,6 +224,7 @@ class Pipeline:
         if closer.is_alive():
             log.warning("Kafka clients did not close within the shutdown timeout: exiting without them")
             self.unclean_exit = True
+        self.lifecycle.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server = None

@@ -64,6 +64,9 @@ class ScoredBatch:
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
     max_event_ts: float | None = None
     rest: list = field(default_factory=list)  # messages past `max_readings`: for the next batch
+    values: np.ndarray | None = None  # [readings, channels] the valid readings (model lifecycle checks)
+    latent: np.ndarray | None = None  # [scored, k] latent vectors of the scored readings (drift)
+    flagged: np.ndarray | None = None  # [scored] above the threshold
 
     @property
     def n_scored(self) -> int:
@@ -153,7 +156,7 @@ class Scorer:
         # 5. score, thresholds, alerts and latents
         msg_of = np.repeat(np.arange(len(valid)), counts)
         alerts_out, severities, latents_out = [], [], []
-        scores64 = np.empty(0)
+        scores64, latent_all, flagged = np.empty(0), None, np.zeros(0, bool)
         if len(scored_idx):
             s = self.detector.score(windows)
             scores64 = s.score.astype(np.float64)
@@ -163,7 +166,9 @@ class Scorer:
             sensor_of = np.array([sid for _, sid in valid], dtype=object)[msg_of[scored_idx]]
             thresholds = self._thresholds(scores64, sensor_of, msg_of[scored_idx], valid, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
-            raised = np.flatnonzero(scores64 > thresholds)
+            flagged = scores64 > thresholds
+            latent_all = s.latent
+            raised = np.flatnonzero(flagged)
             tops = alerts.top_channels(s.channel_error[raised], self.channels)
             lat = s.latent[raised].astype(np.float64).tolist()
             detected_at = time.time()
@@ -184,7 +189,7 @@ class Scorer:
             changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
                          for key, entry in updates.items()]
         return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
-                           updates, changelog, float(ts.max()))
+                           updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""

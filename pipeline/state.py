@@ -98,6 +98,15 @@ class StateStore:
             del self._entries[key]
             self._seen.pop(key, None)
 
+    def for_model(self, window: int, channels: int) -> None:
+        """A model swap: tails cut to the new window's last `window - 1` readings (a longer window
+        warms up the difference); other channels or thresholds start afresh (last times kept)."""
+        for key, e in self._entries.items():
+            same = e.tail.ndim == 2 and e.tail.shape[1] == channels
+            tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
+                np.empty((0, channels), np.float32)
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at)
+
     def partitions(self) -> set[int]:
         return {k[0] for k in self._entries}
 

@@ -19,10 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a detector on normal readings from CSV files and save it")
-    t.add_argument("--data", action="append", required=True, metavar="CSV",
+    t = sub.add_parser("train", help="train a detector on normal readings from CSV files or a topic and save it")
+    t.add_argument("--data", action="append", metavar="CSV",
                    help="CSV of normal readings (repeat for several files; they must share channels)")
-    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to write the model to")
+    t.add_argument("--out", required=True, metavar="MODEL_DIR",
+                   help="versioned model directory: the model becomes a new version under MODEL_DIR/versions/ "
+                        "and MODEL_DIR/current points at it (see `latentwatch models`)")
+    t.add_argument("--no-promote", action="store_true",
+                   help="write the new version but leave `current` where it is (promote it later)")
     t.add_argument("--model", choices=["mlp", "window", "pca"], default="window",
                    help="mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W "
                         "readings; pca: linear baseline (default: %(default)s)")
@@ -41,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
+    from latentwatch.pipeline.retrain import add_train_arguments
+
+    add_train_arguments(t)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("score", help="score every row of a CSV with a saved model")
@@ -102,14 +109,23 @@ def _train(args) -> int:
     from latentwatch.detectors import AdaptiveThreshold, POTThreshold, QuantileThreshold, make_detector
     from latentwatch.detectors.calibrate import fit_and_calibrate
     from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.versions import VersionError, publish
 
     device = _device(args.device)
-    parts = [_read(p, args) for p in args.data]
-    channels = parts[0].channels
-    for part in parts[1:]:
-        if set(part.channels) != set(channels):
-            raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
-    X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
+    if bool(args.data) == bool(args.from_topic):
+        raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
+    if args.from_topic:
+        from latentwatch.pipeline.retrain import training_data_from_args
+
+        stream = training_data_from_args(args)
+        X, channels, parts = stream.values, stream.channels, []
+    else:
+        parts = [_read(p, args) for p in args.data]
+        channels = parts[0].channels
+        for part in parts[1:]:
+            if set(part.channels) != set(channels):
+                raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
+        X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
     config: dict = {"device": device}
     if args.window is not None:
         config["window"] = args.window
@@ -122,15 +138,27 @@ def _train(args) -> int:
     started = time.perf_counter()
     try:
         detector = make_detector(args.model, **config)
-        fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=args.val_fraction,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        held_out = fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=args.val_fraction,
+                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
-    out = save(args.out, detector, threshold, summary, name=args.name)
+    if args.from_topic:
+        summary["source"] = stream.finish(detector, threshold, held_out)
+    from latentwatch.pipeline.drift import reference_for
+
+    summary["drift_reference"] = reference_for(detector, X, held_out, threshold.value)
+    name = args.name or Path(args.out).resolve().name
+    try:
+        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v),
+                          make_current=not args.no_promote)
+    except VersionError as exc:
+        raise UserError(str(exc)) from None
+    out = f"{args.out} as version {version}" + (" (not current)" if args.no_promote else "")
     epochs = f", {detector.training_report.epochs_run} epochs" if detector.training_report else ""
-    print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {len(parts)} file(s) "
+    origin = f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"
+    print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {origin} "
           f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}; saved to {out}")
     return 0
 

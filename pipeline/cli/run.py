@@ -98,8 +98,14 @@ def _run(args) -> int:
         log.info("%s: finishing the batch in hand, then exiting", signal.Signals(signum).name)
         pipeline.stop()
 
+    def on_hup(signum, frame):  # reload: look at the model directory's `current` pointer now
+        life = getattr(pipeline, "lifecycle", None)  # pipeline/lifecycle.py, wired by the run loop
+        if life is not None:
+            life.request_check()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     pipeline.start()
     if pipeline.metrics_server is not None:
         print(f"metrics: http://{settings.metrics.host}:{pipeline.metrics_server.server_port}/metrics",

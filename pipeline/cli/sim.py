@@ -106,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--period", type=float, default=300.0,
                    help="simulated seconds of one 'day' cycle (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same data")
+    p.add_argument("--operating-point-change", default=None, metavar="AFTER_S[:SHIFT]",
+                   help="after AFTER_S simulated seconds the plant moves to another operating point, SHIFT "
+                        "stds of its factors away (default 2): not anomalous, but drift for the model")
     p.add_argument("--start-time", default=None,
                    help="use simulated event time from this ISO time or epoch (default: ts = wall-clock now)")
     p.add_argument("--values-as", choices=["object", "list"], default="object",
@@ -149,6 +152,13 @@ def _simulate(args) -> int:
                               kinds=kinds, interval=args.interval, period=args.period)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.operating_point_change:
+        after, _, shift = args.operating_point_change.partition(":")
+        try:
+            sim.change_operating_point(float(shift or 2.0), at_step=int(float(after) / args.interval))
+        except ValueError:
+            raise UserError(f"--operating-point-change {args.operating_point_change!r}: give AFTER_S or "
+                            "AFTER_S:SHIFT, e.g. 600:2") from None
     start_ts = parse_time(args.start_time) if args.start_time else None
     producer = make_producer(bootstrap_servers(args.bootstrap))
     stats = ProduceStats()

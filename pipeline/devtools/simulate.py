@@ -112,6 +112,8 @@ class SensorSimulator:
         self._ev["mask"] = np.zeros((S, 0, C), dtype=bool)
         self._ev["stuck"] = np.zeros((S, 0, C))
         self._horizon = np.zeros(S, dtype=np.int64)  # events are generated up to here
+        self._op_from: int | None = None  # operating-point change: from this step on ...
+        self._op_delta = np.zeros((S, C))  # ... every reading moves by this (standardised units)
 
     # ---- clean signal -------------------------------------------------------------------
     def _clean(self, rng: np.random.Generator, steps: np.ndarray, ar_state: np.ndarray):
@@ -119,6 +121,7 @@ class SensorSimulator:
         S, n = steps.shape
         eps = rng.normal(size=(S, n, _FACTORS)) * np.sqrt(1 - self._phi ** 2)
         F = _ar1_chunk(ar_state, eps, self._phi)
+        state = F[:, -1].copy()  # the AR part only: the cycle is added afresh on every call
         ang = 2 * np.pi * steps * self.interval / self.period + self._phase[:, None]
         F[..., 0] += self._amp[0] * np.sin(ang)
         F[..., 1] += self._amp[1] * np.sin(2 * ang)
@@ -126,7 +129,7 @@ class SensorSimulator:
         slow = 2 * np.pi * steps[..., None] * self.interval / (25 * self.period)
         drift = self._drift_amp[:, None] * np.sin(slow + self._drift_phase[:, None])
         x = lat + self._noise * rng.normal(size=(S, n, self.channels)) + drift
-        return x / self._std[:, None], lat / self._std[:, None], F[:, -1].copy()
+        return x / self._std[:, None], lat / self._std[:, None], state
 
     def _to_units(self, x: np.ndarray) -> np.ndarray:
         return self._offset[:, None] + self._scale[:, None] * x
@@ -140,6 +143,16 @@ class SensorSimulator:
         steps = t0[:, None] + np.arange(per)[None]
         x, _, _ = self._clean(rng, steps, rng.normal(size=(self.sensors, _FACTORS)))
         return self._to_units(x).reshape(-1, self.channels)[:n].astype(np.float32)
+
+    def change_operating_point(self, shift: float = 2.0, at_step: int | None = None) -> None:
+        """From step `at_step` (default: the next reading) on, the plant runs at another
+        operating point: the latent factors settle `shift` of their std away (mostly the main
+        cycle factor), so every channel moves, consistently with the others. Not an anomaly
+        (labels stay "normal"), but no longer what a model trained before it knows: the
+        scenario for drift. `shift=0` goes back to the original point."""
+        direction = np.array([1.0, 0.6, -0.4])[:_FACTORS]
+        self._op_from = self.step if at_step is None else int(at_step)
+        self._op_delta = shift * np.einsum("sck,k->sc", self._W, direction) / self._std
 
     # ---- anomaly events -----------------------------------------------------------------
     def _extend_events(self, until: int) -> None:
@@ -184,6 +197,9 @@ class SensorSimulator:
         S, n, t0 = self.sensors, n_per_sensor, self.step
         steps = np.broadcast_to(t0 + np.arange(n), (S, n))
         x, lat, self._ar = self._clean(self._rng, steps, self._ar)
+        if self._op_from is not None:
+            moved = (steps >= self._op_from)[..., None] * self._op_delta[:, None, :]
+            x, lat = x + moved, lat + moved
         codes = np.zeros((S, n), dtype=np.int64)
         if self._gap_mean is not None and n > 0:
             self._extend_events(t0 + n)

@@ -9,6 +9,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from latentwatch.pipeline.metrics import PipelineMetrics
 from tests.support.prom import make_prometheus, needs_prometheus  # noqa: F401  (fixture)
@@ -53,7 +54,9 @@ def test_dashboard_covers_the_operator_questions():
                    "latentwatch_reconstruction_score_bucket", "latentwatch_threshold",
                    "latentwatch_consumer_lag_messages", "latentwatch_inference_duration_seconds",
                    "latentwatch_batch_size_readings", "latentwatch_model_info", "latentwatch_device_info",
-                   "latentwatch_processing_delay_seconds"):
+                   "latentwatch_processing_delay_seconds", "latentwatch_latent_drift_psi",
+                   "latentwatch_live_exceedance_ratio", "latentwatch_model_age_seconds",
+                   "latentwatch_model_reloads_total"):
         assert needle in exprs, needle
     heatmaps = [p for p in all_panels(load()) if p["type"] == "heatmap"]
     assert heatmaps and "latentwatch_reconstruction_score_bucket" in heatmaps[0]["targets"][0]["expr"]
@@ -74,6 +77,9 @@ def test_every_dashboard_query_returns_finite_data(make_prometheus):
     m = PipelineMetrics()
     m.model_info.info({"name": "ae", "version": "1"})
     m.device_info.info({"device": "cpu"})
+    detector = SimpleNamespace(kind="window", window=32, channels=["a", "b"])
+    m.set_model(SimpleNamespace(name="ae", version="1", detector=detector, threshold=SimpleNamespace(value=4.0),
+                                metadata={"training": {"trained_at": "2026-11-29T10:00:00+00:00"}}))
     server, thread = m.serve(0)
     try:
         prom = make_prometheus([f"127.0.0.1:{server.server_port}"])
@@ -98,6 +104,10 @@ def test_every_dashboard_query_returns_finite_data(make_prometheus):
             m.processing_delay.set(0.3)
             m.last_batch.set_to_current_time()
             m.assigned_partitions.set(1)
+            m.latent_drift_psi.set(0.08)  # NaN until the drift window holds enough readings
+            m.live_exceedance.set(0.012)
+            m.reference_exceedance.set(0.01)
+            m.model_reloads.labels(outcome="success").inc()
             m.on_stats('{"topics": {"readings": {"partitions": {"0": {"fetch_state": "active", "consumer_lag": 3}}}}}')
 
         traffic(3)

@@ -78,6 +78,8 @@ def test_prometheus_scrapes_every_pipeline_series(served_metrics, make_prometheu
     assert prom.value('latentwatch_consumer_lag_messages{topic="readings", partition="0"}') == 7
     assert prom.query('latentwatch_consumer_lag_messages{partition="-1"}') == []
     assert prom.value('latentwatch_threshold') == 4.5
+    for outcome in ("success", "corrupt", "incompatible", "non_finite"):
+        assert prom.value(f'latentwatch_model_reloads_total{{outcome="{outcome}"}}') == 0
     assert prom.value('latentwatch_model_info{name="ae-test", version="3"}') == 1
     assert prom.value('latentwatch_device_info{device="cpu"}') == 1
     # the latency objectives are bucket boundaries

@@ -22,6 +22,7 @@ ALERTS = [
     "LatentwatchDeadLetterRatioHigh",
     "LatentwatchEndToEndLatencyHigh",
     "LatentwatchAnomalyRateSpike",
+    "LatentwatchModelStale",
 ]
 
 PROMTOOL = shutil.which("promtool")

@@ -37,6 +37,29 @@ def test_same_seed_same_stream_other_seed_other_stream():
     assert np.array_equal(a.normal_training_data(100), b.normal_training_data(100))
 
 
+def test_the_stream_does_not_depend_on_how_it_is_read():
+    """The AR(1) state carried from one call to the next held the periodic cycle too, so small
+    reads (produce_stream reads 200 steps for 10 sensors, the drift test 5) added it again and
+    again: channel std 3.4x that of one big read at 5 steps a call."""
+    big = SensorSimulator(10, 8, seed=1, anomaly_rate=0.0).next_readings(3000)[0]
+    small_sim = SensorSimulator(10, 8, seed=1, anomaly_rate=0.0)
+    small = np.concatenate([small_sim.next_readings(5)[0] for _ in range(600)], axis=1)
+    ratio = small.reshape(-1, 8).std(0) / big.reshape(-1, 8).std(0)
+    assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+
+
+def test_an_operating_point_change_moves_every_channel_and_stays_normal():
+    sim = SensorSimulator(5, 6, seed=3, anomaly_rate=0.0)
+    before, _ = sim.next_readings(1500)
+    sim.change_operating_point(2.0)
+    after, kinds = sim.next_readings(1500)
+    std = before.reshape(-1, 6).std(0)
+    moved = np.abs(after.reshape(-1, 6).mean(0) - before.reshape(-1, 6).mean(0)) / std
+    assert np.median(moved) > 0.5 and (kinds == NORMAL).all()
+    corr_before, corr_after = np.corrcoef(before[0].T), np.corrcoef(after[0].T)
+    assert np.abs(corr_before - corr_after).max() < 0.3  # the channels still move together
+
+
 def test_anomalies_cover_roughly_the_asked_fraction_of_readings_with_every_kind():
     sim = SensorSimulator(20, 4, seed=1, anomaly_rate=0.05)
     kinds = np.concatenate([sim.next_readings(500)[1] for _ in range(4)], axis=1)  # across chunk borders

@@ -39,6 +39,10 @@ def trained(tmp_path_factory):
             "--device", "cpu", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "trained window model on 1500 rows x 6 channels" in r.stdout
+    from latentwatch.detectors.checkpoint import load
+
+    ref = load(out, device="cpu").metadata["training"]["drift_reference"]  # latent drift's baseline
+    assert len(ref["edges"]) == 8 and len(ref["expected"][0]) == 10 and 0 < ref["exceedance"] < 0.05
     return tmp, out
 
 

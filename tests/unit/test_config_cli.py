@@ -78,7 +78,7 @@ def test_help_lists_every_subcommand_on_one_line_and_run_help_names_env_vars():
     assert r.returncode == 0
     lines = r.stdout.splitlines()
     for cmd in ("broker", "run", "config", "schema", "train", "score", "evaluate", "simulate", "replay",
-                "report", "alerts", "demo", "bench"):
+                "report", "alerts", "demo", "bench", "models"):
         line = next((ln for ln in lines if ln.strip().startswith(cmd + " ")), None)
         assert line is not None, f"{cmd} missing from --help"
         assert len(line.split(None, 1)) == 2, f"{cmd} has no one-line description"

@@ -1,0 +1,68 @@
+"""The model lifecycle as the run loop sees it: hot swap and latent drift in three calls.
+
+    life = Lifecycle(model, metrics, path=settings.model.path, device=settings.model.device)
+    # (cli/run.py) signal.signal(signal.SIGHUP, lambda *_: life.request_check())
+    ...
+    # in the scoring step, after the model call (scores: detectors.Scores, thresholds: per reading)
+    life.scored(values, scores.latent, scores.score > thresholds)
+    # between two batches (the batch in hand has finished on the old model)
+    new = life.between_batches()
+    if new is not None:
+        ...  # pipeline.runner.Pipeline._swap: a new scorer; per-sensor state kept or re-windowed
+
+`between_batches` never blocks: loading and validating happen on the watcher's thread
+(model_watch.py). On a swap it exports the new model's info, threshold and age and starts a new
+drift window against the new model's training data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from latentwatch.detectors.checkpoint import LoadedModel
+from latentwatch.pipeline.drift import LatentDrift
+from latentwatch.pipeline.model_watch import ModelWatcher
+
+__all__ = ["Lifecycle"]
+SAMPLE_READINGS = 512  # recent readings a new version is validated on
+
+
+class Lifecycle:
+    def __init__(self, model: LoadedModel, metrics, *, path: str | None = None, device: str = "cpu",
+                 interval_s: float = 5.0, drift_window_s: float = 120.0, watcher: ModelWatcher | None = None):
+        self.model, self.metrics, self.drift_window_s = model, metrics, drift_window_s
+        metrics.set_model(model)
+        self.watcher = watcher or (ModelWatcher(path, model, device=device, interval_s=interval_s, metrics=metrics)
+                                   if path else None)
+        self.drift = LatentDrift.from_model(model, metrics=metrics, window_s=drift_window_s)
+        self._recent: np.ndarray | None = None
+
+    def scored(self, values: np.ndarray, latent: np.ndarray, exceeded: np.ndarray) -> None:
+        """One batch: its readings [n, channels] (kept by reference, copied only when a check
+        needs a sample), the latent vectors of its scored readings and which exceeded."""
+        if len(values):
+            self._recent = values
+        if self.drift is not None:
+            self.drift.observe(latent, exceeded)
+
+    def between_batches(self) -> LoadedModel | None:
+        if self.watcher is None:
+            return None
+        new = self.watcher.poll(sample=self._sample)
+        if new is None:
+            return None
+        self.model = new
+        self.metrics.set_model(new)
+        self.drift = LatentDrift.from_model(new, metrics=self.metrics, window_s=self.drift_window_s)
+        return new
+
+    def request_check(self) -> None:
+        """SIGHUP: look at the pointer now (and retry a refused version)."""
+        if self.watcher is not None:
+            self.watcher.request_check()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+
+    def _sample(self) -> np.ndarray | None:
+        return None if self._recent is None else self._recent[-SAMPLE_READINGS:]

@@ -1,0 +1,130 @@
+"""`latentwatch train --from-topic`: a time range of a real topic, found by timestamp, minus the
+readings alerts name and the dead letters, trains like CSV data does."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+from latentwatch.detectors import QuantileThreshold, make_detector
+from latentwatch.detectors.checkpoint import load
+from latentwatch.pipeline import alerts
+from latentwatch.pipeline.cli.main import main
+from latentwatch.pipeline.contract import iso
+
+pytestmark = pytest.mark.broker
+CH = ["c0", "c1", "c2", "c3"]
+SENSORS = [f"pump-{i}" for i in range(4)]
+PER_SENSOR = 10_000  # per sensor per phase: 8,000 held out, the 0.99 quantile steady to ~5 %
+
+
+def _normal(rng, n):
+    f = rng.normal(size=(n, 2))
+    return np.stack([f[:, 0], f[:, 0] + 0.1 * rng.normal(size=n), f[:, 1], f[:, 0] - f[:, 1]], 1)
+
+
+@pytest.fixture(scope="module")
+def stream(kafka_bootstrap, admin):
+    """Phase 1 clean, phase 2 the same process with 3 % anomalies and some dead letters; alerts
+    for phase 2 as a model trained elsewhere raised them (the pipeline's alert records)."""
+    from confluent_kafka.admin import NewTopic
+
+    rng = np.random.default_rng(7)
+    topic, alerts_topic = f"retrain-in-{uuid.uuid4().hex[:8]}", f"retrain-alerts-{uuid.uuid4().hex[:8]}"
+    for name, parts in ((topic, 2), (alerts_topic, 1)):
+        admin.create_topics([NewTopic(name, parts, 1)])[name].result(30)
+    current = make_detector("pca", device="cpu", latent_dim=2).fit(_normal(rng, 5000).astype(np.float32), CH)
+    threshold = QuantileThreshold(0.99).fit(current.score(_normal(rng, 5000).astype(np.float32)[:, None]).score)
+
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    t0 = float(int(time.time()) - 3 * 3600)  # whole seconds: --since/--until are given in ms
+    t1, t2 = t0 + 3600, t0 + 7200
+    refs, anomalous = {}, 0
+    for phase, start in ((1, t0), (2, t1)):
+        for s, sensor in enumerate(SENSORS):
+            X = _normal(rng, PER_SENSOR)
+            if phase == 2:
+                hit = rng.random(PER_SENSOR) < 0.03
+                X[hit, 1] += rng.uniform(2, 6, hit.sum()) * rng.choice([-1, 1], hit.sum())
+                anomalous += int(hit.sum())
+            ts = start + (np.arange(PER_SENSOR) + s / len(SENSORS)) * (3600 / PER_SENSOR)
+            for i in range(PER_SENSOR):
+                key = (phase, sensor, i)
+                value = json.dumps({"sensor_id": sensor, "ts": iso(ts[i]),
+                                    "values": dict(zip(CH, map(float, X[i])))}).encode()
+                p.produce(topic, value, sensor.encode(), timestamp=int(ts[i] * 1000),
+                          on_delivery=lambda err, msg, key=key: refs.__setitem__(key, (msg.partition(), msg.offset())))
+                refs.setdefault("values", {})[key] = X[i]
+                refs.setdefault("ts", {})[key] = ts[i]
+            p.poll(0)
+        if phase == 2:
+            for j in range(40):  # dead letters inside the range
+                p.produce(topic, b"{not json", b"pump-0", timestamp=int((t1 + 60 + j) * 1000))
+    assert p.flush(60) == 0
+    n_alerts = 0
+    for key, x in refs["values"].items():
+        if key[0] != 2:
+            continue
+        sc = current.score(np.asarray(x, np.float32)[None, None, :])
+        if sc.score[0] > threshold.value:
+            part, off = refs[key]
+            rec = alerts.alert_record(topic=topic, partition=part, offset=off, index=0, sensor_id=key[1],
+                                      ts=refs["ts"][key], score=float(sc.score[0]), threshold=threshold.value,
+                                      top=[], latent=[0.0, 0.0], model_name="pump", model_version="v0",
+                                      critical_ratio=2.0)
+            p.produce(alerts_topic, alerts.encode(rec), key[1].encode())
+            n_alerts += 1
+    assert p.flush(60) == 0
+    return {"topic": topic, "alerts": alerts_topic, "t0": t0, "t1": t1, "t2": t2, "n_alerts": n_alerts,
+            "anomalous": anomalous, "bootstrap": kafka_bootstrap}
+
+
+def _train(stream, out, since, until, *extra):
+    rc = main(["train", "--from-topic", stream["topic"], "--since", iso(since), "--until", iso(until),
+               "--out", str(out), "--model", "pca", "--device", "cpu",
+               "--bootstrap", stream["bootstrap"], "--alerts-topic", stream["alerts"], *extra])
+    assert rc == 0
+    return load(out, device="cpu")
+
+
+def test_retrain_on_a_range_with_anomalies_matches_the_clean_range(stream, tmp_path):
+    """The workflow: pump was trained on the clean hour; retrained into the same directory from
+    the hour with anomalies, its threshold stays within 10 % (channels and the share of false
+    alerts among the left-out readings come from the current version)."""
+    columns = ("--columns", ",".join(CH))
+    clean = _train(stream, tmp_path / "pump", stream["t0"], stream["t1"], *columns)
+    retrained = _train(stream, tmp_path / "pump", stream["t1"], stream["t2"])
+    naive = _train(stream, tmp_path / "naive", stream["t1"], stream["t2"], "--include-alerted", *columns)
+    assert retrained.version != clean.version and retrained.detector.channels == CH
+
+    src = retrained.metadata["training"]["source"]
+    assert src["readings"] == len(SENSORS) * PER_SENSOR and src["sensors"] == len(SENSORS)
+    assert src["left_out"]["alerted"] == stream["n_alerts"] > 0.6 * stream["anomalous"]
+    assert src["left_out"]["dead_letters"] == {"not_json": 40}
+    assert 0 < src["readmitted_as_false_alerts"] < 0.02 * 0.2 * len(SENSORS) * PER_SENSOR
+    assert clean.metadata["training"]["source"]["left_out"]["alerted"] == 0
+    assert clean.metadata["training"]["rows"] == len(SENSORS) * PER_SENSOR  # the range ends at t1, exclusive
+
+    ratio = retrained.threshold.value / clean.threshold.value
+    assert 0.9 <= ratio <= 1.1, (retrained.threshold.value, clean.threshold.value)
+    # and leaving the alerted readings out is what makes it so
+    assert naive.metadata["training"]["source"]["left_out"]["alerted"] == 0
+    assert naive.threshold.value / clean.threshold.value > 1.1, (naive.threshold.value, clean.threshold.value)
+
+
+def test_retrain_errors_are_one_line(stream, tmp_path, capsys):
+    assert main(["train", "--from-topic", stream["topic"], "--since", "yesterday", "--out", str(tmp_path / "m"),
+                 "--columns", "c0", "--bootstrap", stream["bootstrap"]]) == 2
+    assert "ISO-8601" in capsys.readouterr().err
+    assert main(["train", "--from-topic", "no-such-topic-xyz", "--since", "1h", "--out", str(tmp_path / "m"),
+                 "--columns", "c0", "--bootstrap", stream["bootstrap"]]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--from-topic", stream["topic"], "--since", "1h", "--out", str(tmp_path / "none"),
+                 "--bootstrap", stream["bootstrap"]]) == 2
+    assert "pass --columns" in capsys.readouterr().err
+    assert main(["train", "--since", "1h", "--out", str(tmp_path / "m")]) == 2
+    assert "either --data" in capsys.readouterr().err
