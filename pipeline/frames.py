@@ -257,6 +257,10 @@ class FrameDecoder:
                 lay = self._layout(header)
             except ContractError as err:
                 lay = err
+            except UnicodeDecodeError:  # a column name (pyarrow decodes them) that is not UTF-8
+                lay = ContractError("invalid_utf8", "a column name is not UTF-8")
+            except Exception as exc:  # noqa: BLE001 - untrusted bytes in third-party code: never crash the loop
+                lay = ContractError("corrupt_frame", f"unreadable frame header ({type(exc).__name__})")
             self._layouts.put(header, lay)
         if type(lay) is ContractError:
             raise lay

@@ -175,3 +175,10 @@ def test_header_cache_is_bounded_in_bytes():
         fd.decode(encode_frame(TS[:1], VALUES[:1], CH, sensor_id=f"s-{i:06d}-" + "x" * 200), None, NOW)
     assert fd._layouts.bytes <= CACHE_BYTES and fd._plans.bytes <= CACHE_BYTES // 4
     assert len(fd._layouts) < 20_000
+
+
+def test_a_column_name_that_is_not_utf8_is_dead_lettered():
+    """Found by the live fuzz: a bit flip in a field name made pyarrow raise UnicodeDecodeError."""
+    frame = encode_frame(TS, VALUES, CH)
+    assert frame.count(b"pressure") == 1
+    assert reason(frame.replace(b"pressure", b"pre\xaesure")) == "invalid_utf8"
