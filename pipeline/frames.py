@@ -304,6 +304,9 @@ class FrameDecoder:
                                           "(use the producer's compression.type)")
         if n <= 0:
             raise ContractError("schema", "a frame holds at least one reading")
+        # Bounds first, so that no product or sum below can overflow int64.
+        if body_len > self.max_message_bytes or n > body_len:
+            raise ContractError("corrupt_frame", f"{n} readings in a body of {body_len} bytes")
         nodes_at, buffers_at = b.field(rb, 1), b.field(rb, 2)
         if not nodes_at or not buffers_at:
             raise ContractError("corrupt_frame", "record batch without nodes or buffers")
@@ -320,7 +323,8 @@ class FrameDecoder:
             raise ContractError("schema", "null values (every reading needs a number for every channel)")
         data = bufs[used, 1]
         need = n * np.array([plan.ts_dtype.itemsize, *(d.itemsize for d in plan.dtypes)])
-        if ((data[:, 0] < 0) | (data[:, 1] < need) | (data[:, 0] + need > body_len)).any():
+        if ((data[:, 0] < 0) | (data[:, 1] < need) | (data[:, 0] > body_len - need)
+                | (data[:, 1] > body_len - data[:, 0])).any():
             raise ContractError("corrupt_frame", "a column's buffer lies outside the message body")
         offsets = data[1:, 0].tolist()
         step = offsets[1] - offsets[0] if len(offsets) > 1 else plan.dtypes[0].itemsize * n

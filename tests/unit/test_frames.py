@@ -182,3 +182,35 @@ def test_a_column_name_that_is_not_utf8_is_dead_lettered():
     frame = encode_frame(TS, VALUES, CH)
     assert frame.count(b"pressure") == 1
     assert reason(frame.replace(b"pressure", b"pre\xaesure")) == "invalid_utf8"
+
+
+def _record_batch_table(frame: bytes) -> tuple[int, int]:
+    """(position of the RecordBatch table, of its vtable) inside a frame from encode_frame."""
+    second = 8 + struct.unpack_from("<i", frame, 4)[0]
+    start = second + 8
+    msg = start + struct.unpack_from("<I", frame, start)[0]
+    vt = msg - struct.unpack_from("<i", frame, msg)[0]
+    header_at = msg + struct.unpack_from("<H", frame, vt + 4 + 2 * 2)[0]
+    rb = header_at + struct.unpack_from("<I", frame, header_at)[0]
+    return rb, rb - struct.unpack_from("<i", frame, rb)[0]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("length", 2**62), ("length", 2**63 - 1), ("length", 10**6),
+    ("offset", 2**63 - 8), ("offset", 2**62), ("buffer_length", 2**63 - 1),
+])
+def test_absurd_lengths_and_offsets_are_corrupt_frames(field, value):
+    frame = bytearray(encode_frame(TS, VALUES, CH))
+    rb, vt = _record_batch_table(frame)
+    if field == "length":
+        at = rb + struct.unpack_from("<H", frame, vt + 4)[0]
+        assert struct.unpack_from("<q", frame, at)[0] == 5
+        struct.pack_into("<q", frame, at, value)
+    else:
+        at = rb + struct.unpack_from("<H", frame, vt + 8)[0]  # buffers vector
+        buffers = at + struct.unpack_from("<I", frame, at)[0] + 4
+        data = buffers + 16 * 3  # field 1 (a channel), its data buffer: (offset, length)
+        struct.pack_into("<q", frame, data + (0 if field == "offset" else 8), value)
+    with pytest.raises(ContractError) as info:
+        Decoder(CH).decode(bytes(frame), b"k", NOW)
+    assert info.value.reason == "corrupt_frame"
