@@ -27,96 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latentwatch.pipeline.contract import FLOAT32_MAX, FRAME_MAGIC, TS_MIN, ContractError
-
-MAGIC = FRAME_MAGIC  # Arrow IPC's continuation marker, the first bytes of every frame
+from latentwatch.pipeline.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
+from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"  # the IANA media type; informative only
 FRAME_VERSION = "1"
 VERSION_KEY = b"latentwatch.frame"
 SENSOR_KEY = b"sensor_id"
 TS_COLUMN = "ts"
-_METADATA_VERSIONS = (3, 4)  # Arrow MetadataVersion V4 and V5 (the current one since Arrow 1.0)
-_SCHEMA, _RECORD_BATCH = 1, 3  # MessageHeader union types
 # Frame headers (and schema messages) read, by their bytes: one per shape of frame and, when the
 # sensor id is in the schema, per sensor (~1.3 kB each at 16 channels). Bounded in bytes, so
 # frames with huge or ever-changing headers cannot grow memory.
 CACHE_BYTES = 16 * 2**20
-
-
-def is_frame(value: bytes | None) -> bool:
-    return value is not None and value[:4] == MAGIC
-
-
-class _Buf:
-    """Bounds-checked little-endian reads of a flatbuffer inside `data[start:end]`."""
-
-    __slots__ = ("data", "end", "start")
-
-    def __init__(self, data: bytes, start: int, end: int):
-        self.data, self.start, self.end = data, start, end
-
-    def read(self, fmt: str, pos: int) -> int:
-        size = struct.calcsize(fmt)
-        if pos < self.start or pos + size > self.end:
-            raise ContractError("corrupt_frame", "flatbuffer offset outside the message")
-        return struct.unpack_from(fmt, self.data, pos)[0]
-
-    def table(self, pos: int) -> tuple[int, int, int]:
-        """(table position, vtable position, vtable size) of the table at `pos`."""
-        vt = pos - self.read("<i", pos)
-        vt_size = self.read("<H", vt)
-        if vt_size < 4 or vt_size % 2:
-            raise ContractError("corrupt_frame", "bad flatbuffer vtable")
-        self.read("<H", vt + vt_size - 2)  # the whole vtable is inside
-        return pos, vt, vt_size
-
-    def field(self, tab: tuple[int, int, int], i: int) -> int:
-        """Position of field i of the table, 0 when absent."""
-        pos, vt, vt_size = tab
-        slot = 4 + 2 * i
-        if slot >= vt_size:
-            return 0
-        off = self.read("<H", vt + slot)
-        return pos + off if off else 0
-
-    def ref(self, at: int) -> int:
-        """Follow a uoffset (to a table, vector or string)."""
-        return at + self.read("<I", at)
-
-    def vector(self, at: int, item: int) -> tuple[int, int]:
-        """(position of the first element, count) of the vector referenced at `at`."""
-        v = self.ref(at)
-        n = self.read("<I", v)
-        if v + 4 + n * item > self.end:
-            raise ContractError("corrupt_frame", "flatbuffer vector runs past the message")
-        return v + 4, n
-
-
-def _message(data: bytes, pos: int) -> tuple[_Buf, tuple, int, int, int]:
-    """The encapsulated IPC message at `pos`: (reader, Message table, header type, header
-    position, body length). The body is not checked (it may lie past `data`)."""
-    if data[pos:pos + 4] != MAGIC:
-        raise ContractError("corrupt_frame", f"no Arrow IPC continuation marker at byte {pos}")
-    if pos + 8 > len(data):
-        raise ContractError("corrupt_frame", "frame truncated in a message length")
-    (size,) = struct.unpack_from("<i", data, pos + 4)
-    start, end = pos + 8, pos + 8 + size
-    if size <= 0 or end > len(data):
-        raise ContractError("corrupt_frame", "frame truncated (or a bad message length)")
-    b = _Buf(data, start, end)
-    msg = b.table(b.ref(start))
-    version_at = b.field(msg, 0)
-    version = b.read("<h", version_at) if version_at else 0
-    if version not in _METADATA_VERSIONS:
-        raise ContractError("unsupported_version", f"Arrow metadata version {version + 1} (V4 or V5 expected)")
-    type_at, header_at, body_at = b.field(msg, 1), b.field(msg, 2), b.field(msg, 3)
-    header_type = b.read("<B", type_at) if type_at else 0
-    if not header_at:
-        raise ContractError("corrupt_frame", "IPC message without a header")
-    body_len = b.read("<q", body_at) if body_at else 0
-    if body_len < 0:
-        raise ContractError("corrupt_frame", "negative body length")
-    return b, msg, header_type, b.ref(header_at), body_len
 
 
 class _Cache(dict):
@@ -255,15 +176,15 @@ class FrameDecoder:
         if lay is None:
             try:
                 lay = self._layout(header)
-            except ContractError as err:
-                lay = err
+            except ContractError as err:  # cached as (reason, detail): no traceback kept alive
+                lay = (err.reason, err.detail)
             except UnicodeDecodeError:  # a column name (pyarrow decodes them) that is not UTF-8
-                lay = ContractError("invalid_utf8", "a column name is not UTF-8")
+                lay = ("invalid_utf8", "a column name is not UTF-8")
             except Exception as exc:  # noqa: BLE001 - untrusted bytes in third-party code: never crash the loop
-                lay = ContractError("corrupt_frame", f"unreadable frame header ({type(exc).__name__})")
+                lay = ("corrupt_frame", f"unreadable frame header ({type(exc).__name__})")
             self._layouts.put(header, lay)
-        if type(lay) is ContractError:
-            raise lay
+        if type(lay) is tuple:
+            raise ContractError(*lay)  # a new one each time: re-raising one object grows its traceback
         end = header_end + lay.body_len
         if len(value) != end and value[end:] not in _EOS:
             if len(value) > end + 8 and value[end:end + 4] == MAGIC:
@@ -288,12 +209,12 @@ class FrameDecoder:
     def _layout(self, value: bytes) -> _Layout:
         """Read a frame's header (its two flatbuffers, nothing after them): where its columns
         are, relative to its body."""
-        b, _, header_type, _, body_len = _message(value, 0)
-        if header_type != _SCHEMA or body_len:
+        b, _, header_type, _, body_len = read_message(value, 0)
+        if header_type != SCHEMA or body_len:
             raise ContractError("schema", "an Arrow stream starts with its Schema message")
         plan = self._plan(value[:b.end])
-        b, _, header_type, rb, body_len = _message(value, b.end)
-        if header_type != _RECORD_BATCH:
+        b, _, header_type, rb, body_len = read_message(value, b.end)
+        if header_type != RECORD_BATCH:
             raise ContractError("schema", "the frame's second message must be a RecordBatch "
                                           "(dictionary encoding is not part of the contract)")
         rb = b.table(rb)
@@ -337,10 +258,10 @@ class FrameDecoder:
             try:
                 plan = self._make_plan(schema_msg)
             except ContractError as err:
-                plan = err
+                plan = (err.reason, err.detail)
             self._plans.put(schema_msg, plan)
-        if isinstance(plan, ContractError):
-            raise plan
+        if type(plan) is tuple:
+            raise ContractError(*plan)
         return plan
 
     def _make_plan(self, schema_msg: bytes) -> _Plan:

@@ -214,3 +214,16 @@ def test_absurd_lengths_and_offsets_are_corrupt_frames(field, value):
     with pytest.raises(ContractError) as info:
         Decoder(CH).decode(bytes(frame), b"k", NOW)
     assert info.value.reason == "corrupt_frame"
+
+
+def test_a_cached_rejection_is_a_new_error_each_time():
+    """The same bad header seen again is answered from the cache, with a fresh exception (one
+    object raised again and again would grow its traceback without bound)."""
+    d = Decoder(CH)
+    bad = arrow_frame(cols(flow=None))
+    errors = []
+    for _ in range(3):
+        with pytest.raises(ContractError) as info:
+            d.decode(bad, b"k", NOW)
+        errors.append(info.value)
+    assert len({id(e) for e in errors}) == 3 and {e.reason for e in errors} == {"missing_channels"}
