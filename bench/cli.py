@@ -18,14 +18,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=None, help="use this Kafka instead of a temporary local broker")
     p.add_argument("--readings", type=int, default=1_000_000, help="readings per workload (default 1,000,000)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
-    p.add_argument("--workloads", default="single,batch", help="comma-separated: single, batch (default both)")
+    p.add_argument("--workloads", default="single,batch,frames",
+                   help="comma-separated: single, batch (JSON), frames (binary Arrow frames of --batch-readings) "
+                        "(default all three)")
     p.add_argument("--channels", type=int, default=16, help="channels per reading, 8-32 (default 16)")
     p.add_argument("--sensors", type=int, default=64, help="sensors (message keys) (default 64)")
-    p.add_argument("--batch-readings", type=int, default=250, help="readings per message, batch workload (default 250)")
+    p.add_argument("--batch-readings", type=int, default=250,
+                   help="readings per message, batch and frames workloads (default 250)")
     p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
     p.add_argument("--batch-size", type=int, default=4096, help="pipeline batch.max_readings (default 4096)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="pipeline batch.max_wait_ms (default: the pipeline's, 20)")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="pipeline batch.max_bytes (default: the pipeline's, 4 MiB); frames are ~3.6x denser "
+                        "than JSON, so the same byte cap holds ~3.6x the readings per batch")
     p.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the pipeline process")
     p.add_argument("--naive-readings", type=int, default=20_000, help="prefix the naive baseline reads (default 20k)")
     p.add_argument("--naive-seconds", type=float, default=30.0,
@@ -102,11 +108,14 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
     )
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else None
+    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    if args.max_bytes:
+        env["LATENTWATCH_BATCH__MAX_BYTES"] = str(args.max_bytes)
+    env = env or None
     res = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": "python -m latentwatch.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
            "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
-           "settings": {"batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms,
+           "settings": {"batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms, "max_bytes": args.max_bytes,
                         "torch_threads_env": args.torch_threads,
                         "partitions": PARTITIONS, "quick": args.quick},
            "targets": report.TARGETS, "workloads": {}}
@@ -126,10 +135,11 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
         sizes = model_stage.BATCH_SIZES[:7] if args.quick else model_stage.BATCH_SIZES
         res["model_stage"] = model_stage.run(model_dir, sizes, budget_s=0.05 if args.quick else 0.5)
 
-    shapes = {"single": 1, "batch": args.batch_readings}
+    shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings}
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         per = shapes[name]
-        w = Workload(name, per, args.channels, args.sensors, args.readings // per * per)
+        fmt = "frames" if name == "frames" else "json"
+        w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
         produce(bootstrap, w)
         ends = end_offsets(bootstrap, w.topic)
@@ -155,7 +165,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             alerts = unique("naive-alerts")
             make_topics(bootstrap, {alerts: (1, {})})
             out["naive"] = run_naive(bootstrap, w.topic, PARTITIONS, model_dir, alerts,
-                                     min(args.naive_readings, w.readings), args.naive_seconds)
+                                     min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
         if "latency" not in skip:
             max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
             fractions = [float(f) for f in args.latency_fractions.split(",") if f.strip()]
@@ -164,7 +174,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
                 return run_latency(bootstrap, model_dir, work, rate=rate, duration=duration, channels=args.channels,
                                    sensors=args.sensors, readings_per_message=per, batch_size=args.batch_size,
-                                   env=env, max_wait_ms=args.max_wait_ms, profile_out=profile)
+                                   env=env, max_wait_ms=args.max_wait_ms, profile_out=profile, fmt=fmt)
 
             if not args.quick:
                 # One unmeasured run first: the broker's JIT compiles its produce/fetch paths for

@@ -77,14 +77,14 @@ def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int],
 def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
                 sensors: int, readings_per_message: int, batch_size: int, warmup_s: float | None = None,
                 env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None,
-                profile_out: Path | None = None, linger_ms: float = GENERATOR_LINGER_MS) -> dict:
+                profile_out: Path | None = None, linger_ms: float = GENERATOR_LINGER_MS, fmt: str = "json") -> dict:
     topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
     make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
                             dlq: (1, {})})
     warmup_s = min(3.0, duration / 4) if warmup_s is None else warmup_s  # 3 s, less in a smoke run
     n_readings = int(rate * duration)
     sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
-    pending = list(encode_messages(sim, n_readings, readings_per_message))  # encoded before the clock starts
+    pending = list(encode_messages(sim, n_readings, readings_per_message, fmt=fmt))  # encoded before the clock starts
     # The pre-encoded messages are millions of objects: a full collection walking them stalls the
     # generator for tens of ms, a delay a real sensor gateway would not have. Frozen, it skips them.
     gc.collect()

@@ -29,6 +29,7 @@ class Workload:
     messages: int = 0
     bytes: int = 0
     produce_s: float = 0.0
+    format: str = "json"  # or "frames": binary frames (pipeline/frames.py)
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
@@ -70,12 +71,16 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
     return out
 
 
-def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, step0: int = 0):
+def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, step0: int = 0, fmt: str = "json"):
     """Yield (key, value bytes, readings) in time-major order: every sensor's next message, then the next step.
 
-    Values go by channel name (the contract's object form) with ISO-8601 event times, as
-    `latentwatch simulate` writes them.
+    JSON: values go by channel name (the contract's object form) with ISO-8601 event times, as
+    `latentwatch simulate` writes them. "frames": one Arrow IPC frame per message (float32
+    channels, microsecond timestamps, the sensor id as the key), as `simulate --format frames`.
     """
+    if fmt == "frames":
+        yield from _encode_frames(sim, n_readings, per_message, step0)
+        return
     names = sim.channel_names
     S = sim.sensors
     done = 0
@@ -101,6 +106,27 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
         step += chunk_steps
 
 
+def _encode_frames(sim: SensorSimulator, n_readings: int, per_message: int, step0: int):
+    from latentwatch.pipeline.frames import encode_frame
+
+    names, S = sim.channel_names, sim.sensors
+    chunk_steps = max(per_message, (20_000 // S) // per_message * per_message)
+    step, done = step0, 0
+    while done < n_readings:
+        values, _ = sim.next_readings(chunk_steps)
+        values = np.round(values, 5).astype(np.float32)  # [S, steps, C], as the JSON workloads round
+        stamps = START_TS + (step + np.arange(chunk_steps)) * sim.interval
+        for m in range(0, chunk_steps, per_message):
+            for s in range(S):
+                if done >= n_readings:
+                    return
+                k = min(per_message, n_readings - done)
+                sid = sim.sensor_ids[s]
+                yield sid.encode(), encode_frame(stamps[m:m + k], values[s, m:m + k], names), k
+                done += k
+        step += chunk_steps
+
+
 def bulk_producer(bootstrap: str, linger_ms: int = 20) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "batch.size": 1_000_000,
                      "compression.type": "lz4", "acks": "all", "enable.idempotence": True,
@@ -114,7 +140,7 @@ def produce(bootstrap: str, w: Workload, seed: int = SEED) -> Workload:
     sim = SensorSimulator(sensors=w.sensors, channels=w.channels, seed=seed)
     p = bulk_producer(bootstrap)
     t0 = time.monotonic()
-    for i, (key, value, _) in enumerate(encode_messages(sim, w.readings, w.readings_per_message)):
+    for i, (key, value, _) in enumerate(encode_messages(sim, w.readings, w.readings_per_message, fmt=w.format)):
         while True:
             try:
                 p.produce(w.topic, value, key)

@@ -6,6 +6,9 @@ One JSON object per message (UTF-8); the key, when present, is the sensor id.
 `ts` is ISO-8601 or epoch seconds; `values` is an object by channel name (must cover the model's
 channels; extra channels are ignored) or a list in the model's channel order. Readings of a batch
 are in event order. `latentwatch schema` prints this as JSON Schema.
+
+A message starting with 0xFFFFFFFF is a binary frame instead (an Arrow IPC stream; see
+pipeline/frames.py): both kinds may share a topic, `Decoder` tells them apart by that prefix.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import orjson
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FRAME_MAGIC = b"\xff\xff\xff\xff"  # the first bytes of a binary frame (never of UTF-8 JSON)
 # Event times outside [TS_MIN, now + max_future] are out of contract (reason "bad_timestamp").
 TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 
@@ -124,20 +128,43 @@ class Decoder:
     max_message_bytes: int = 1_000_000
     max_future_s: float = 86_400.0
     _by_name: operator.itemgetter = field(init=False, repr=False)
+    _frames: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from latentwatch.pipeline.frames import FrameDecoder
+
+        self._frames = FrameDecoder(self.channels, self.max_message_bytes, self.max_future_s)
         getter = operator.itemgetter(*self.channels)
         # itemgetter of one key returns a scalar; keep rows as sequences either way.
         self._by_name = getter if len(self.channels) > 1 else (lambda d: (getter(d),))
 
     def decode(self, value: bytes | None, key: bytes | None, now: float) -> Decoded:
         """One message. The run loop decodes whole batches with `decode_many` (same outcome)."""
+        if value is not None and value[:4] == FRAME_MAGIC:
+            return Decoded(*self._frames.decode(value, key, now))
         sensor_id, rows, ts_raw = self._parse(value, key)
         values = self._to_array(rows)  # numbers first, then times: the order decides the reason
         return Decoded(sensor_id, values, self._times(ts_raw, now))
 
     def decode_many(self, items: Iterable[tuple[bytes | None, bytes | None]], now: float) -> DecodedBatch:
-        """Decode a micro-batch of (value, key). Each message is parsed and checked on its own;
+        """Decode a micro-batch of (value, key): JSON messages and binary frames, each kind in
+        one go, merged back into input order."""
+        json_items, frames = [], []
+        for i, (value, key) in enumerate(items):
+            if value is not None and value[:4] == FRAME_MAGIC:
+                frames.append((i, value, key))
+            else:
+                json_items.append((i, value, key))
+        if not frames:
+            return self._decode_json([(v, k) for _, v, k in json_items], now)
+        got = self._frames.decode_many(frames, now)
+        if not json_items:
+            return got
+        return merge(got, _renumber(self._decode_json([(v, k) for _, v, k in json_items], now),
+                                    [i for i, _, _ in json_items]))
+
+    def _decode_json(self, items: list[tuple[bytes | None, bytes | None]], now: float) -> DecodedBatch:
+        """Decode a micro-batch of JSON (value, key). Each message is parsed and checked on its own;
         the numbers and times of all of them are then converted and checked in one go, which is
         most of the saving on one-reading messages. Should that fail (a bad number or time
         somewhere), the messages are converted one by one to find the culprits."""
@@ -288,6 +315,27 @@ class Decoder:
         if not np.abs(arr).max() <= FLOAT32_MAX:  # one reduction; a NaN max compares false
             raise ContractError("non_finite", "NaN, Inf or a value beyond float32 range")
         return arr.astype(np.float32)
+
+
+def _renumber(d: DecodedBatch, positions: list[int]) -> DecodedBatch:
+    """Positions in a sub-list -> positions in the whole input."""
+    d.index = [positions[i] for i in d.index]
+    d.errors = [(positions[i], err) for i, err in d.errors]
+    return d
+
+
+def merge(a: DecodedBatch, b: DecodedBatch) -> DecodedBatch:
+    """Two outcomes over disjoint positions of one input -> one, in input order."""
+    index = a.index + b.index
+    counts = np.concatenate([a.counts, b.counts])
+    order = np.argsort(np.array(index, dtype=np.int64), kind="stable")
+    starts = np.cumsum(counts) - counts
+    ordered = counts[order]
+    rows = np.repeat(starts[order] - (np.cumsum(ordered) - ordered), ordered) + np.arange(int(ordered.sum()))
+    sensor_ids = a.sensor_ids + b.sensor_ids
+    return DecodedBatch([index[j] for j in order], [sensor_ids[j] for j in order], ordered,
+                        np.concatenate([a.values, b.values])[rows], np.concatenate([a.ts, b.ts])[rows],
+                        sorted(a.errors + b.errors, key=lambda e: e[0]))
 
 
 def json_schemas() -> dict:

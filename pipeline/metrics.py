@@ -22,6 +22,9 @@ DEAD_LETTER_REASONS = (
     "bad_timestamp",
     "late",  # older than or equal to the sensor's last scored reading (windowed models)
     "out_of_range",  # finite, but too far from the training scale to score in float32 (e.g. 3.4e38)
+    # Binary frames (pipeline/frames.py) only; their other faults map onto the reasons above.
+    "corrupt_frame",  # not a readable Arrow IPC stream: truncated, bit-flipped, bad offsets
+    "unsupported_version",  # an Arrow metadata version or latentwatch.frame version we do not read
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -81,6 +81,9 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
                         "of `latentwatch broker start`)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="readings per message; 1 = single-reading messages (default: %(default)s)")
+    p.add_argument("--format", choices=["json", "frames"], default="json",
+                   help="message format: the JSON contract, or binary frames (Apache Arrow IPC stream, one "
+                        "per --batch-size readings of a sensor; see README) (default: %(default)s)")
     p.add_argument("--truth-csv", metavar="PATH", default=None,
                    help="also write the delivered ground truth: sensor_id,ts,kind,topic,partition,offset,index")
 
@@ -165,7 +168,7 @@ def _simulate(args) -> int:
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         produce_stream(producer, args.topic, sim, args.rate, count=args.count, duration=args.duration,
                        batch_size=args.batch_size, stop=stop, on_truth=sink, start_ts=start_ts,
-                       values_as=args.values_as, stats=stats)
+                       values_as=args.values_as, stats=stats, fmt=args.format)
     _summary(stats, args.topic)
     return 0 if stats.failed_messages == 0 else 1
 
@@ -189,7 +192,7 @@ def _replay(args) -> int:
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         replay_file(producer, args.topic, args.csv, speed=speed, rate=args.rate, sensor_id=args.sensor_id,
-                    batch_size=args.batch_size, stop=stop, on_truth=sink, stats=stats)
+                    batch_size=args.batch_size, stop=stop, on_truth=sink, stats=stats, fmt=args.format)
     _summary(stats, args.topic)
     return 0 if stats.failed_messages == 0 else 1
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.devtools.simulate import NORMAL, ProduceStats, encode_message, iso_ts, send
+from latentwatch.pipeline.devtools.simulate import NORMAL, ProduceStats, encode, iso_ts, send
 
 
 @dataclass
@@ -90,8 +90,10 @@ def default_sensor_id(path) -> str:
 
 def replay_table(producer, topic: str, table: Table, sensor_id: str, *, speed: float | None = 1.0,
                  rate: float | None = None, batch_size: int = 1, stop: threading.Event | None = None,
-                 on_truth=None, stats: ProduceStats | None = None, flush_timeout: float = 30.0) -> ProduceStats:
-    """Produce `table` in time order; a batch goes out when its last reading is due."""
+                 on_truth=None, stats: ProduceStats | None = None, flush_timeout: float = 30.0,
+                 fmt: str = "json") -> ProduceStats:
+    """Produce `table` in time order; a batch goes out when its last reading is due. `fmt`
+    "frames": binary frames (pipeline/frames.py) instead of JSON."""
     stats = stats if stats is not None else ProduceStats()
     stop = stop or threading.Event()
     due = schedule(table.times, speed, rate)
@@ -104,7 +106,7 @@ def replay_table(producer, topic: str, table: Table, sensor_id: str, *, speed: f
             delay = t_start + due[j - 1] - time.monotonic()
             if stop.is_set() or (delay > 0 and stop.wait(delay)):
                 break
-            value = encode_message(sensor_id, ts[i:j], table.X[i:j], table.channels)
+            value = encode(fmt, sensor_id, table.times[i:j], table.X[i:j], table.channels)
             send(producer, topic, sensor_id, value, list(zip(ts[i:j], kinds[i:j])), stats, on_truth)
     finally:
         producer.flush(flush_timeout)

@@ -306,6 +306,20 @@ def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: 
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+FORMATS = ("json", "frames")  # the JSON contract, or binary frames (pipeline/frames.py)
+
+
+def encode(fmt: str, sensor_id: str, ts: list[float], values: np.ndarray, channels: list[str],
+           values_as: str = "object") -> bytes:
+    """One sensor's readings (`ts` epoch seconds, sent to the millisecond either way) as a JSON
+    message or a binary frame (sensor id as the message key, so every frame shares a schema)."""
+    if fmt == "frames":
+        from latentwatch.pipeline.frames import encode_frame
+
+        return encode_frame(np.round(np.asarray(ts) * 1000) / 1000, values, channels)
+    return encode_message(sensor_id, [iso_ts(t) for t in ts], values, channels if values_as == "object" else None)
+
+
 def send(producer, topic: str, key: str, value: bytes, truth: list[tuple[str, str]], stats: ProduceStats,
          on_truth: Callable[[list[TruthRow]], None] | None, stop: threading.Event | None = None) -> None:
     """Produce one message whose readings have `truth` [(ts, kind)], retrying on a full queue;
@@ -338,18 +352,19 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
                    count: int | None = None, duration: float | None = None, batch_size: int = 1,
                    stop: threading.Event | None = None, on_truth=None, start_ts: float | None = None,
                    values_as: str = "object", stats: ProduceStats | None = None,
-                   flush_timeout: float = 30.0) -> ProduceStats:
+                   flush_timeout: float = 30.0, fmt: str = "json") -> ProduceStats:
     """Stream the simulator to `topic` until `count` readings, `duration` seconds or `stop`.
 
     `rate` is total readings/s (0 = as fast as possible). Messages go out time-major (every sensor's
     next batch, then the next step). `ts` is wall-clock now at produce time (earlier readings of a
     batch are spaced back by the real per-sensor interval), or with `start_ts` the simulated event
-    time `start_ts + step * simulator.interval`. Returns `stats` (also updated live)."""
+    time `start_ts + step * simulator.interval`. `fmt` "frames" sends binary frames instead of
+    JSON (see `encode`). Returns `stats` (also updated live)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     stats = stats if stats is not None else ProduceStats()
     stop = stop or threading.Event()
-    channels = simulator.channel_names if values_as == "object" else None
+    channels = simulator.channel_names
     S, b = simulator.sensors, batch_size
     rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
     spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
@@ -378,11 +393,11 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
                         # send, even when the loop catches up in a burst.
                         first = max(int(time.time() * 1000) - (n - 1) * spacing_ms, last_ms.get(sid, 0) + 1)
                         last_ms[sid] = first + (n - 1) * spacing_ms
-                        ts = [iso_ts((first + i * spacing_ms) / 1000) for i in range(n)]
+                        ts = [(first + i * spacing_ms) / 1000 for i in range(n)]
                     else:
-                        ts = [iso_ts(start_ts + (step0 + r * b + i) * simulator.interval) for i in range(n)]
-                    send(producer, topic, sid, encode_message(sid, ts, values[s, sl], channels),
-                         list(zip(ts, kinds[s, sl].tolist())), stats, on_truth)
+                        ts = [start_ts + (step0 + r * b + i) * simulator.interval for i in range(n)]
+                    send(producer, topic, sid, encode(fmt, sid, ts, values[s, sl], channels, values_as),
+                         list(zip(map(iso_ts, ts), kinds[s, sl].tolist())), stats, on_truth)
                     done += n
     finally:
         producer.flush(flush_timeout)

@@ -1,5 +1,6 @@
 """Bad input, generated: the decoder's contract as properties (thousands of examples), then a
-seeded corpus of a few thousand fuzzed messages through a running `latentwatch run` process.
+seeded corpus of a few thousand fuzzed messages, JSON and binary frames (tests/support/frames.py;
+the frame properties are in test_fuzz_frames.py), through a running `latentwatch run` process.
 
 Properties of `Decoder.decode`: whatever it raises is a ContractError whose reason is one of
 `DEAD_LETTER_REASONS`; what it returns is finite float32 [readings, channels] with one finite
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from latentwatch.pipeline.contract import ContractError, Decoder
 from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
 
+from tests.support.frames import FRAME_KINDS, fuzzed_frame
 from tests.support.harness import read_topic
 from tests.support.processes import start_pipeline, stop_process, wait_drained, wait_url
 from tests.support.streams import Stream, wait_metric
@@ -294,7 +296,7 @@ def fuzz_corpus(n: int, seed: int, t0: float | None = None) -> list[tuple[bytes,
     rng = random.Random(seed)
     out: list[tuple[bytes, bool]] = []
     kinds = ["bytes", "truncated", "deep", "wrong_type", "nan", "huge", "channels", "large", "utf8",
-             "past", "future", "json", "batch_order", "valid", "valid", "valid"]
+             "past", "future", "json", "batch_order", "valid", "valid", "valid", *FRAME_KINDS]
     t_future = NOW + 10 * 86_400
     for i in range(n):
         kind = kinds[i % len(kinds)]
@@ -303,6 +305,13 @@ def fuzz_corpus(n: int, seed: int, t0: float | None = None) -> list[tuple[bytes,
         good = {"sensor_id": sensor, "ts": ts, "values": [rng.gauss(0, 1) for _ in CH]}
         if kind == "valid":
             out.append((json.dumps(good).encode(), True))
+            continue
+        if kind in FRAME_KINDS:  # binary frames: bit-flipped ones may still be valid, the decoder says
+            # (a flipped time may then lie after later messages: a sensor of its own keeps the
+            # sensors' histories, and so the late policy, out of it)
+            flipped = kind in ("frame_flipped", "frame_word")
+            raw = fuzzed_frame(kind, rng, f"x{i}" if flipped else sensor, ts, CH, MAX_BYTES)
+            out.append((raw, kind == "frame_valid" or (flipped and check(raw, b"k") is None)))
             continue
         if kind == "bytes":
             raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
@@ -350,7 +359,7 @@ def fuzz_corpus(n: int, seed: int, t0: float | None = None) -> list[tuple[bytes,
 def test_fuzz_corpus_is_all_classified_as_expected():
     """The corpus the process test sends: every 'bad' one is a ContractError, every 'good' one decodes."""
     for raw, ok in fuzz_corpus(2000, seed=11):
-        assert (check(raw, None) is None) == ok, raw[:80]
+        assert (check(raw, b"k") is None) == ok, raw[:80]
 
 
 def rss_kib(pid: int) -> int:
@@ -415,7 +424,7 @@ def test_fuzzed_messages_through_a_running_pipeline(kafka_bootstrap, make_topic,
     assert {(int(dict(m.headers())["lw-source-partition"]), int(dict(m.headers())["lw-source-offset"]))
             for m in dlq} == bad
     assert set(reasons) >= {"not_json", "invalid_utf8", "schema", "missing_channels", "non_finite", "too_large",
-                            "bad_timestamp", "late"}
+                            "bad_timestamp", "late", "corrupt_frame", "unsupported_version"}
     growth_mib = (rss_after - rss_before) / 1024
     assert growth_mib < 150, f"RSS grew {growth_mib:.0f} MiB over {len(corpus)} fuzzed messages"
     FIGURES.update(messages=total, bad=len(bad), good=len(good), reasons=reasons, lost=len(led.lost),

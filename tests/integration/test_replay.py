@@ -114,3 +114,24 @@ def test_skab_file_replays_as_is(kafka_bootstrap, make_topic, make_consumer):
     assert "anomaly" not in first["values"] and first["values"]["Temperature"] == pytest.approx(79.3366)
     kinds = [k for m in msgs for k in dict(m.headers())[TRUTH_HEADER].decode().split(",")]
     assert len(kinds) == 1147 and sum(k != "normal" for k in kinds) == 402
+
+
+@pytest.mark.broker
+def test_cli_replay_frames_carry_the_files_times_and_values(kafka_bootstrap, make_topic, make_consumer, tmp_path):
+    from latentwatch.pipeline.cli.main import main
+    from latentwatch.pipeline.contract import Decoder
+
+    rows = _write(tmp_path / "r.csv", rows=30)
+    topic = make_topic()
+    rc = main(["replay", str(tmp_path / "r.csv"), "--topic", topic, "--bootstrap", kafka_bootstrap,
+               "--as-fast-as-possible", "--batch-size", "8", "--sensor-id", "pump-1", "--format", "frames"])
+    assert rc == 0
+    msgs = consume_all(make_consumer(topic), 4)
+    assert [len(dict(m.headers())[TRUTH_HEADER].split(b",")) for m in msgs] == [8, 8, 8, 6]
+    decoded = [Decoder(["a", "b"]).decode(m.value(), m.key(), now=datetime.now(UTC).timestamp()) for m in msgs]
+    assert {d.sensor_id for d in decoded} == {"pump-1"}
+    ts = np.concatenate([d.ts for d in decoded])
+    assert ts.tolist() == [datetime.strptime(r["datetime"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+                           for r in rows]
+    values = np.concatenate([d.values for d in decoded])
+    assert values[:, 0].tolist() == pytest.approx([float(r["a"]) for r in rows])

@@ -222,8 +222,8 @@ def test_wall_clock_ts_and_background_stream_stops():
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("batch", [1, 5])
-def test_cli_simulate_round_trip_through_kafka(batch, kafka_bootstrap, make_topic, make_consumer, tmp_path):
+@pytest.mark.parametrize("batch, fmt", [(1, "json"), (5, "json"), (5, "frames")])
+def test_cli_simulate_round_trip_through_kafka(batch, fmt, kafka_bootstrap, make_topic, make_consumer, tmp_path):
     from latentwatch.pipeline.cli.main import main
     from latentwatch.pipeline.contract import Decoder
 
@@ -231,13 +231,14 @@ def test_cli_simulate_round_trip_through_kafka(batch, kafka_bootstrap, make_topi
     truth_csv = tmp_path / "truth.csv"
     rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--count", "200", "--rate", "0",
                "--sensors", "4", "--channels", "3", "--anomaly-rate", "0.2", "--seed", "1",
-               "--batch-size", str(batch), "--truth-csv", str(truth_csv)])
+               "--batch-size", str(batch), "--truth-csv", str(truth_csv), "--format", fmt])
     assert rc == 0
     msgs = consume_all(make_consumer(topic), 200 // batch)
     assert len(msgs) == 200 // batch
     dec = Decoder(["ch0", "ch1", "ch2"])
     header_truth = {}
     for m in msgs:
+        assert (m.value()[:4] == b"\xff\xff\xff\xff") == (fmt == "frames")  # an Arrow IPC stream
         out = dec.decode(m.value(), m.key(), now=time.time())
         assert out.sensor_id == m.key().decode()
         kinds = dict(m.headers())[TRUTH_HEADER].decode().split(",")

@@ -24,7 +24,10 @@ def test_quick_bench_writes_sane_json(kafka_bootstrap, tmp_path):
     assert res["machine"]["cores"] >= 1 and res["machine"]["torch"]
     assert {r["batch"] for r in res["model_stage"]["cpu"]} >= {1, 64}
     assert all(r["readings_per_s"] > 0 for r in res["model_stage"]["cpu"])
-    assert set(res["workloads"]) == {"single", "batch"}
+    assert set(res["workloads"]) == {"single", "batch", "frames"}
+    assert res["workloads"]["frames"]["workload"]["format"] == "frames"
+    # every frame decodes: the ceiling's decoder returned all of the workload's readings
+    assert res["workloads"]["frames"]["ceiling_decode"]["decoded_readings"] == res["workloads"]["frames"]["workload"]["readings"]
     for name, w in res["workloads"].items():
         assert w["workload"]["readings"] > 0 and w["workload"]["messages"] > 0
         for stage in ("ceiling_bare", "ceiling_decode", "pipeline", "naive"):
@@ -36,4 +39,4 @@ def test_quick_bench_writes_sane_json(kafka_bootstrap, tmp_path):
         if lat["samples"]:
             assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
         assert set(w["verdict"]["met"]) == {"pipeline_vs_decode_ceiling", "pipeline_vs_naive", "p99_latency_ms",
-                                            "peak_rss_bytes"}
+                                            "peak_rss_bytes"} | ({"readings_per_s"} if name == "frames" else set())
