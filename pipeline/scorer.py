@@ -171,13 +171,14 @@ class Scorer:
             raised = np.flatnonzero(flagged)
             tops = alerts.top_channels(s.channel_error[raised], self.channels)
             lat = s.latent[raised].astype(np.float64).tolist()
-            detected_at = time.time()
-            for j, top, latent in zip(raised.tolist(), tops, lat):
+            detected_at = iso(time.time())
+            ts_iso = alerts.iso_many(ts[scored_idx[raised]])
+            for j, top, latent, t_iso in zip(raised.tolist(), tops, lat, ts_iso):
                 i = scored_idx[j]
                 msg, sid = valid[msg_of[i]]
                 record = alerts.alert_record(
                     topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos[i]),
-                    sensor_id=sid, ts=float(ts[i]), score=float(scores64[j]), threshold=float(thresholds[j]),
+                    sensor_id=sid, ts=t_iso, score=float(scores64[j]), threshold=float(thresholds[j]),
                     top=top, latent=latent, model_name=self.model.name, model_version=str(self.model.version),
                     critical_ratio=self.critical_ratio, detected_at=detected_at)
                 alerts_out.append((sid.encode(), alerts.encode(record)))

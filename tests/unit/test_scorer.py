@@ -125,3 +125,12 @@ def test_changelog_records_carry_the_entry_and_the_one_before(window):
     assert state.as_of(entry, before, 6).valid_at == 6  # b2 written, its offsets not committed
     assert state.as_of(entry, before, 3) is None
     assert entry.tail.shape == (window - 1, 3)
+
+
+def test_alert_times_formatted_per_batch_match_one_by_one():
+    from latentwatch.pipeline.alerts import iso_many
+    from latentwatch.pipeline.contract import iso
+
+    rng = np.random.default_rng(0)
+    ts = np.concatenate([rng.uniform(946_684_800, 1.9e9, 5000), [1795255200.0005, 1795255200.0015, 1795255200.2495]])
+    assert iso_many(ts) == [iso(float(t)) for t in ts]
