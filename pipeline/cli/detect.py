@@ -29,16 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--window", type=int, default=None, help="readings per window (default: 32 for window, 1 otherwise)")
     t.add_argument("--score-last", type=int, default=1,
                    help="average the error over the last N readings of each window (default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner; default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="windows per step (default: about 16 steps an epoch, 16-256 windows)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--latent", type=int, default=None, help="latent size k (default: the model's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.2,
-                   help="last part of the data held out for early stopping and the threshold (default: %(default)s)")
+                   help="share of the data held out, in interleaved blocks, for early stopping, the score "
+                        "parts and the threshold (default: %(default)s)")
     t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
+    t.add_argument("--persistence", default="auto", metavar="K/N|auto",
+                   help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
+                        "the fastest rule without false runs on held-out normal scores; 1/1: the plain "
+                        "threshold (default: %(default)s)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
     t.set_defaults(func=_train)
@@ -48,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="CSV")
     s.add_argument("--out", required=True, metavar="SCORES_CSV", help="'-' for stdout")
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
+    s.add_argument("--persistence", default=None, metavar="K/N",
+                   help="override the model's persistence rule (e.g. 1/1: flag every reading above the threshold)")
     _data_options(s)
     s.set_defaults(func=_score)
 
@@ -100,10 +108,12 @@ def _read(path: str, args, expect=None):
 
 def _train(args) -> int:
     from latentwatch.detectors import AdaptiveThreshold, POTThreshold, QuantileThreshold, make_detector
-    from latentwatch.detectors.calibrate import fit_and_calibrate
+    from latentwatch.detectors.calibrate import fit_no_worse_than_pca
+    from latentwatch.detectors import persistence
     from latentwatch.detectors.checkpoint import save, summarise_training_data
 
     device = _device(args.device)
+    fixed_rule = None if args.persistence == "auto" else _rule(args.persistence)
     parts = [_read(p, args) for p in args.data]
     channels = parts[0].channels
     for part in parts[1:]:
@@ -117,22 +127,36 @@ def _train(args) -> int:
         config["latent_dim"] = args.latent
     if args.score_last != 1:
         config["score_last"] = args.score_last
-    threshold = {"quantile": lambda: QuantileThreshold(args.quantile), "pot": lambda: POTThreshold(args.risk),
-                 "adaptive": lambda: AdaptiveThreshold(base=QuantileThreshold(args.quantile))}[args.threshold]()
+    make_threshold = {"quantile": lambda: QuantileThreshold(args.quantile), "pot": lambda: POTThreshold(args.risk),
+                      "adaptive": lambda: AdaptiveThreshold(base=QuantileThreshold(args.quantile))}[args.threshold]
     started = time.perf_counter()
     try:
         detector = make_detector(args.model, **config)
-        fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=args.val_fraction,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        detector, threshold, held = fit_no_worse_than_pca(
+            detector, X, make_threshold, channels=channels, val_fraction=args.val_fraction,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    rule = fixed_rule or persistence.choose(held, threshold.value)
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
-    out = save(args.out, detector, threshold, summary, name=args.name)
-    epochs = f", {detector.training_report.epochs_run} epochs" if detector.training_report else ""
+    out = save(args.out, detector, threshold, summary, name=args.name, persistence=rule)
+    r = detector.training_report
+    epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
     print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {len(parts)} file(s) "
-          f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}; saved to {out}")
+          f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}, alert when "
+          f"{rule.describe()}; saved to {out}")
     return 0
+
+
+def _rule(text: str):
+    from latentwatch.detectors.persistence import PersistenceRule
+
+    try:
+        k, n = (int(v) for v in text.split("/"))
+        return PersistenceRule(k, n)
+    except ValueError as exc:
+        raise UserError(f"--persistence {text!r}: expected K/N with 1 <= K <= N <= 64, e.g. 3/4 ({exc})") from None
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
@@ -152,13 +176,18 @@ def _score(args) -> int:
     det = model.detector
     scored = det.score(sliding_windows(data.values, det.window))
     n, first = len(data), det.window - 1  # rows before `first` have no full window yet
+    rule = _rule(args.persistence) if args.persistence else model.persistence
     score = np.full(n, np.nan)
     score[first:] = scored.score
     threshold = np.full(n, model.threshold.value)
     threshold[first:] = model.threshold.thresholds(scored.score)
-    anomaly = np.nan_to_num(score, nan=-np.inf) > threshold  # warm-up rows: no score, never anomalous
-    rows = _format_rows(data.timestamps, score, threshold, anomaly, scored.latent if args.latent else None, first)
-    header = ["row", "timestamp", "score", "threshold", "anomaly"]
+    above = np.nan_to_num(score, nan=-np.inf) > threshold  # warm-up rows: no score, never anomalous
+    anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
+    anomaly[first:] = rule.flags(np.zeros(n - first, dtype=np.int64), above[first:])
+    parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
+    rows = _format_rows(data.timestamps, score, threshold, anomaly, above, parts,
+                        scored.latent if args.latent else None, first)
+    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", *parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
@@ -169,21 +198,21 @@ def _score(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    log.info("scored %d rows (%d anomalous) with %s", n, int(anomaly.sum()), model.name)
+    log.info("scored %d rows (%d anomalous: %s) with %s", n, int(anomaly.sum()), rule.describe(), model.name)
     return 0
 
 
-def _format_rows(timestamps, score, threshold, anomaly, latent, first):
+def _format_rows(timestamps, score, threshold, anomaly, above, parts, latent, first):
     n = len(score)
     stamps = timestamps if timestamps is not None else [""] * n
-    score_s = ["" if np.isnan(v) else f"{v:.6g}" for v in score.tolist()]
-    thr_s = [f"{v:.6g}" for v in threshold.tolist()]
-    flags = anomaly.astype(int).tolist()
-    if latent is None:
-        return zip(range(n), stamps, score_s, thr_s, flags)
-    blank = [""] * latent.shape[1]
-    lat = [blank] * first + [[f"{v:.6g}" for v in r] for r in latent.tolist()]
-    return ([i, t, s, h, f, *z] for i, t, s, h, f, z in zip(range(n), stamps, score_s, thr_s, flags, lat))
+    fmt = lambda a: ["" if np.isnan(v) else f"{v:.6g}" for v in a.tolist()]  # noqa: E731
+    cols = [range(n), stamps, fmt(score), fmt(threshold), anomaly.astype(int).tolist(), above.astype(int).tolist(),
+            *(fmt(v) for v in parts.values())]
+    if latent is not None:
+        blank = [""] * latent.shape[1]
+        cols.append([blank] * first + [[f"{v:.6g}" for v in r] for r in latent.tolist()])
+        return ([*row[:-1], *row[-1]] for row in zip(*cols))
+    return zip(*cols)
 
 
 def _evaluate_skab(args) -> int:
