@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Threshold, *,
                       channels: list[str] | None = None, val_fraction: float = 0.2,
-                      **fit_options) -> np.ndarray:
+                      use: tuple[str, ...] = ("reconstruction", "latent_distance"), **fit_options) -> np.ndarray:
     """Fit `detector` on `X` `[n, channels]`, its score parts and `threshold` on held-out windows;
     return the held-out scores."""
     X = np.asarray(X, dtype=np.float32)
@@ -38,7 +38,7 @@ def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Thresho
     if len(held) < 10:
         raise ValueError(f"{len(X)} readings leave {len(held)} held-out windows of {detector.window} readings "
                          "(<10) to set a threshold; give more normal data or a smaller window")
-    detector.calibrate(windows[report.train_index], held)
+    detector.calibrate(windows[report.train_index], held, use)
     held_out = detector.score(held).score
     threshold.fit(held_out)
     return held_out
@@ -46,13 +46,15 @@ def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Thresho
 
 def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold: Callable[[], Threshold], *,
                           channels: list[str] | None = None, val_fraction: float = 0.2,
+                          use: tuple[str, ...] = ("reconstruction", "latent_distance"),
                           **fit_options) -> tuple[TorchDetector, Threshold, np.ndarray]:
     """`fit_and_calibrate`, then the guard: an autoencoder whose best held-out reconstruction loss
     is worse than PCA's with the same latent size on the same split has not learnt what a linear
     model can; it is replaced by that PCA (window and score_last kept), with a warning.
     Returns (detector, threshold, held-out scores)."""
     threshold = make_threshold()
-    held = fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=val_fraction, **fit_options)
+    held = fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=val_fraction, use=use,
+                             **fit_options)
     report = detector.training_report
     if detector.kind == "pca" or not report.pca_val_loss < report.best_val_loss:
         return detector, threshold, held
@@ -61,5 +63,5 @@ def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold
     pca = PCADetector(latent_dim=detector.latent_dim, window=detector.window, score_last=detector.score_last,
                       device=detector.device)
     threshold = make_threshold()
-    held = fit_and_calibrate(pca, X, threshold, channels=channels, val_fraction=val_fraction)
+    held = fit_and_calibrate(pca, X, threshold, channels=channels, val_fraction=val_fraction, use=use)
     return pca, threshold, held

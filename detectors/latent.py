@@ -8,8 +8,9 @@
   that: a reading the model reconstructs well can still sit where training never went.
 
 Each part is divided by its mean on held-out normal data, so both average 1 on normal readings
-and neither dominates by scale; the score is the mean of the two (Yue & Qin's combined index,
-divided by the number of parts). The latent distribution is fitted on the windows the model
+and neither dominates by scale; the score is the mean of the parts in `use` (both: Yue & Qin's
+combined index divided by the number of parts; `("reconstruction",)`: reconstruction alone, with
+the latent distance still reported in `Scores.parts`). The latent distribution is fitted on the windows the model
 trained on (more rows than the hold-out: a better covariance), the scales on held-out windows.
 """
 
@@ -44,13 +45,16 @@ class ScoreParts:
     mean: np.ndarray  # [k] latent mean of normal data
     precision: np.ndarray  # [k, k] inverse of the shrunk latent covariance
     scales: dict[str, float]  # part -> its mean on held-out normal data
+    use: tuple[str, ...] = PARTS  # the parts averaged into the score
 
     @classmethod
     def fit(cls, fit_latent: np.ndarray, fit_error: np.ndarray, held_latent: np.ndarray | None = None,
-            held_error: np.ndarray | None = None) -> "ScoreParts":
+            held_error: np.ndarray | None = None, use: tuple[str, ...] = PARTS) -> "ScoreParts":
         """Latent distribution from `fit_latent` [n, k]; scales from the held-out pair (else the fit pair)."""
+        if not use or not set(use) <= set(PARTS):
+            raise ValueError(f"score parts to use must be among {', '.join(PARTS)}, got {use!r}")
         mean, cov = ledoit_wolf(fit_latent)
-        parts = cls(mean, np.linalg.pinv(cov), {p: 1.0 for p in PARTS})
+        parts = cls(mean, np.linalg.pinv(cov), {p: 1.0 for p in PARTS}, tuple(use))
         if held_latent is None or len(held_latent) == 0:
             held_latent, held_error = fit_latent, fit_error
         raw = parts.raw(np.asarray(held_error, np.float64), held_latent)
@@ -67,22 +71,26 @@ class ScoreParts:
     def combine(self, error: np.ndarray, latent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(parts scaled to mean 1 on normal data, float32 [n] each; score = their mean, float32 [n])."""
         parts = {p: (v / self.scales[p]).astype(np.float32) for p, v in self.raw(error, latent).items()}
-        score = np.mean(np.stack(list(parts.values())), axis=0, dtype=np.float32)
+        score = parts[self.use[0]] if len(self.use) == 1 else np.mean(
+            np.stack([parts[p] for p in self.use]), axis=0, dtype=np.float32)
         return parts, score
 
     def to_dict(self) -> dict:
         return {"latent_mean": self.mean.tolist(), "latent_precision": self.precision.tolist(),
-                "scales": dict(self.scales)}
+                "scales": dict(self.scales), "use": list(self.use)}
 
     @classmethod
     def from_dict(cls, d: dict, latent_dim: int) -> "ScoreParts":
         mean = np.asarray(d["latent_mean"], dtype=np.float64)
         precision = np.asarray(d["latent_precision"], dtype=np.float64)
         scales = {str(k): float(v) for k, v in d["scales"].items()}
+        use = tuple(d.get("use", PARTS))
+        if not use or not set(use) <= set(PARTS):
+            raise ValueError(f"score_parts: use must be among {', '.join(PARTS)}")
         if mean.shape != (latent_dim,) or precision.shape != (latent_dim, latent_dim):
             raise ValueError(f"score_parts: latent mean/precision do not match latent_dim {latent_dim}")
         if set(scales) != set(PARTS) or not all(np.isfinite(v) and v > 0 for v in scales.values()):
             raise ValueError(f"score_parts: scales must be positive numbers for {', '.join(PARTS)}")
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(precision))):
             raise ValueError("score_parts: latent mean/precision must be finite")
-        return cls(mean, precision, scales)
+        return cls(mean, precision, scales, use)

@@ -92,12 +92,14 @@ class TorchDetector(Detector):
             latent_dim=self.latent_dim, **training)
         return self._ready()
 
-    def calibrate(self, fit_windows: np.ndarray, held_out_windows: np.ndarray) -> "TorchDetector":
+    def calibrate(self, fit_windows: np.ndarray, held_out_windows: np.ndarray,
+                  use: tuple[str, ...] = ("reconstruction", "latent_distance")) -> "TorchDetector":
         """Fit the latent distribution on `fit_windows` (raw units, the windows trained on) and scale
-        both score parts on `held_out_windows` (normal, not trained on); the score becomes their mean."""
+        both score parts on `held_out_windows` (normal, not trained on); the score becomes the mean
+        of the parts in `use`, and `Scores.parts` reports both."""
         self.parts = None
         fit, held = self.score(fit_windows), self.score(held_out_windows)
-        self.parts = ScoreParts.fit(fit.latent, fit.score, held.latent, held.score)
+        self.parts = ScoreParts.fit(fit.latent, fit.score, held.latent, held.score, use)
         return self
 
     def _prepare_fit(self, X: np.ndarray, channels: list[str] | None) -> np.ndarray:

@@ -16,6 +16,8 @@ import numpy as np
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
+AUTO_AE_MIN_ROWS = 5000  # below this, autoencoders ended worse than PCA on held-out data (SKAB, 400 rows)
+DEFAULT_WINDOW = {"auto": 8, "pca": 8, "window": 32, "mlp": 1}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", action="append", required=True, metavar="CSV",
                    help="CSV of normal readings (repeat for several files; they must share channels)")
     t.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to write the model to")
-    t.add_argument("--model", choices=["mlp", "window", "pca"], default="window",
-                   help="mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W "
-                        "readings; pca: linear baseline (default: %(default)s)")
-    t.add_argument("--window", type=int, default=None, help="readings per window (default: 32 for window, 1 otherwise)")
-    t.add_argument("--score-last", type=int, default=1,
-                   help="average the error over the last N readings of each window (default: %(default)s)")
+    t.add_argument("--model", choices=["auto", "mlp", "window", "pca"], default="auto",
+                   help="auto: PCA over windows, or the window autoencoder when there are at least "
+                        f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
+                        "mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W readings; "
+                        "pca: linear (default: %(default)s)")
+    t.add_argument("--window", type=int, default=None,
+                   help="readings per window (default: 8 for auto and pca, 32 for window, 1 for mlp)")
+    t.add_argument("--score-last", type=int, default=None,
+                   help="average the error over the last N readings of each window (default: the window)")
+    t.add_argument("--variance", type=float, default=0.8,
+                   help="PCA: keep the components explaining this share of the variance (default: %(default)s)")
+    t.add_argument("--score", choices=["reconstruction", "both"], default="reconstruction",
+                   help="what the score is: reconstruction error, or its mean with the latent distance (both "
+                        "are always reported, in score's columns and in alerts) (default: %(default)s)")
     t.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner; default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="windows per step (default: about 16 steps an epoch, 16-256 windows)")
@@ -40,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "parts and the threshold (default: %(default)s)")
     t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
+    t.add_argument("--margin", type=float, default=1.5,
+                   help="multiply the quantile threshold by this (default: %(default)s, the upper-control-limit "
+                        "rule of SKAB's autoencoder baselines)")
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
     t.add_argument("--persistence", default="auto", metavar="K/N|auto",
                    help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
@@ -120,20 +133,22 @@ def _train(args) -> int:
         if set(part.channels) != set(channels):
             raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
     X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
-    config: dict = {"device": device}
-    if args.window is not None:
-        config["window"] = args.window
+    kind = args.model if args.model != "auto" else ("window" if len(X) >= AUTO_AE_MIN_ROWS else "pca")
+    window = args.window or DEFAULT_WINDOW[args.model]
+    config: dict = {"device": device, "window": window, "score_last": args.score_last or window}
+    if kind == "pca":
+        config["variance"] = args.variance
     if args.latent is not None:
         config["latent_dim"] = args.latent
-    if args.score_last != 1:
-        config["score_last"] = args.score_last
-    make_threshold = {"quantile": lambda: QuantileThreshold(args.quantile), "pot": lambda: POTThreshold(args.risk),
-                      "adaptive": lambda: AdaptiveThreshold(base=QuantileThreshold(args.quantile))}[args.threshold]
+    q = QuantileThreshold
+    make_threshold = {"quantile": lambda: q(args.quantile, args.margin), "pot": lambda: POTThreshold(args.risk),
+                      "adaptive": lambda: AdaptiveThreshold(base=q(args.quantile, args.margin))}[args.threshold]
+    use = ("reconstruction", "latent_distance") if args.score == "both" else ("reconstruction",)
     started = time.perf_counter()
     try:
-        detector = make_detector(args.model, **config)
+        detector = make_detector(kind, **config)
         detector, threshold, held = fit_no_worse_than_pca(
-            detector, X, make_threshold, channels=channels, val_fraction=args.val_fraction,
+            detector, X, make_threshold, channels=channels, val_fraction=args.val_fraction, use=use,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
