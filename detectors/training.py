@@ -138,7 +138,9 @@ def fit_autoencoder(
         train_loss = total / len(train)
         val_loss = _evaluate(net, val, 2048) if len(val) else float("nan")
         history.append((train_loss, val_loss))
-        log.info("epoch %d/%d  train loss %.5f  val loss %.5f", epoch, epochs, train_loss, val_loss)
+        # one line per epoch: a caller with a progress callback prints its own, so ours goes to DEBUG
+        log.log(logging.DEBUG if callback else logging.INFO, "epoch %d/%d  train loss %.5f  val loss %.5f",
+                epoch, epochs, train_loss, val_loss)
         if callback is not None:
             callback(epoch, train_loss, val_loss)
         monitored = val_loss if len(val) else train_loss
