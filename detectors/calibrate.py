@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from latentwatch.detectors.base import sliding_windows
+from latentwatch.detectors.latent import DEFAULT_USE
 from latentwatch.detectors.models import PCADetector, TorchDetector
 from latentwatch.detectors.thresholds import Threshold
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Threshold, *,
                       channels: list[str] | None = None, val_fraction: float = 0.2,
-                      use: tuple[str, ...] = ("reconstruction", "latent_distance"), **fit_options) -> np.ndarray:
+                      use: tuple[str, ...] = DEFAULT_USE, **fit_options) -> np.ndarray:
     """Fit `detector` on `X` `[n, channels]`, its score parts and `threshold` on held-out windows;
     return the held-out scores."""
     X = np.asarray(X, dtype=np.float32)
@@ -46,7 +47,7 @@ def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Thresho
 
 def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold: Callable[[], Threshold], *,
                           channels: list[str] | None = None, val_fraction: float = 0.2,
-                          use: tuple[str, ...] = ("reconstruction", "latent_distance"),
+                          use: tuple[str, ...] = DEFAULT_USE,
                           **fit_options) -> tuple[TorchDetector, Threshold, np.ndarray]:
     """`fit_and_calibrate`, then the guard: an autoencoder whose best held-out reconstruction loss
     is worse than PCA's with the same latent size on the same split has not learnt what a linear

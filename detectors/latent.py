@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 PARTS = ("reconstruction", "latent_distance")
+# What the score is by default: reconstruction error; the latent distance is reported beside it. On SKAB
+# (400 training rows of a drifting process) adding it to the score raised FAR 12.6 -> 29.7 % (README).
+DEFAULT_USE = ("reconstruction",)
 
 
 def ledoit_wolf(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

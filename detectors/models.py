@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latentwatch.detectors.base import Detector, Scores, sliding_windows
-from latentwatch.detectors.latent import ScoreParts
+from latentwatch.detectors.latent import DEFAULT_USE, ScoreParts
 from latentwatch.detectors.scaler import Standardiser
 from latentwatch.detectors.training import (ProgressCallback, TrainingReport, fit_autoencoder, seed_everything,
                                              split_blocks)
@@ -82,7 +82,7 @@ class TorchDetector(Detector):
     def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.2,
             seed: int = 0, callback: ProgressCallback | None = None, **training) -> "TorchDetector":
         """Learn normal behaviour from `X` `[n, channels]` (time order, raw units); `training`
-        options (epochs, batch_size, lr, weight_decay, noise, patience) go to `fit_autoencoder`."""
+        options (epochs, batch_size, lr, weight_decay, noise, patience, holdout) go to `fit_autoencoder`."""
         X = self._prepare_fit(X, channels)
         seed_everything(seed)
         self.net = self._build_net(len(self.channels))
@@ -93,10 +93,10 @@ class TorchDetector(Detector):
         return self._ready()
 
     def calibrate(self, fit_windows: np.ndarray, held_out_windows: np.ndarray,
-                  use: tuple[str, ...] = ("reconstruction", "latent_distance")) -> "TorchDetector":
+                  use: tuple[str, ...] = DEFAULT_USE) -> "TorchDetector":
         """Fit the latent distribution on `fit_windows` (raw units, the windows trained on) and scale
         both score parts on `held_out_windows` (normal, not trained on); the score becomes the mean
-        of the parts in `use`, and `Scores.parts` reports both."""
+        of the parts in `use` (`latent.PARTS` for both), and `Scores.parts` reports both."""
         self.parts = None
         fit, held = self.score(fit_windows), self.score(held_out_windows)
         self.parts = ScoreParts.fit(fit.latent, fit.score, held.latent, held.score, use)
@@ -307,12 +307,16 @@ class PCADetector(TorchDetector):
         return _PCANet(self.window * n_channels, self.latent_dim, (self.window, n_channels))
 
     def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.0,
-            **_training_options) -> "PCADetector":
+            holdout: str = "blocks", **_training_options) -> "PCADetector":
         """Exact fit by SVD (training options such as epochs are accepted and ignored). With
         `val_fraction`, the same interleaved blocks as the autoencoders are held out (not fitted on)."""
-        X = self._prepare_fit(X, channels)
+        if holdout == "tail" and val_fraction > 0:  # standardise on the fitted rows only, as evaluate.SETTINGS was measured
+            self._prepare_fit(X[:len(X) - int(len(X) * val_fraction)], channels)
+            X = np.asarray(X, dtype=np.float32)
+        else:
+            X = self._prepare_fit(X, channels)
         flat = sliding_windows(self.scaler.transform(X), self.window).reshape(-1, self.window * X.shape[1])
-        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window)
+        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout)
         self.training_report = TrainingReport(0, 0, float("nan"), 0.0, [], len(val_idx), val_idx, train_idx)
         flat = flat[train_idx]
         center = flat.mean(axis=0, dtype=np.float64)

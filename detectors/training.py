@@ -49,11 +49,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_blocks(n: int, val_fraction: float, window: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) indices of `n` windows: interleaved blocks, seams purged (see module doc)."""
+def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "blocks") -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of `n` windows: interleaved blocks, seams purged (see module doc);
+    `holdout="tail"`: the last `val_fraction` of the readings' count in windows, the rest trains
+    (the protocol `evaluate.SETTINGS` was measured with; no purge)."""
     idx = np.arange(n)
     if val_fraction <= 0 or n < 10:
         return idx, idx[:0]
+    if holdout == "tail":
+        n_val = int((n + window - 1) * val_fraction)
+        return idx[:n - n_val], idx[n - n_val:]
+    if holdout != "blocks":
+        raise ValueError(f"holdout must be 'blocks' or 'tail', got {holdout!r}")
     length = max(4 * window, -(-n // MAX_BLOCKS))
     blocks = -(-n // length)
     n_val = min(max(1, round(blocks * val_fraction)), blocks - 1) if blocks > 1 else 0
@@ -98,6 +105,7 @@ def fit_autoencoder(
     device: torch.device | str = "cpu",
     callback: ProgressCallback | None = None,
     latent_dim: int | None = None,
+    holdout: str = "blocks",
 ) -> TrainingReport:
     """Train `net` (whose forward maps `[b, w, c]` to `(latent, reconstruction)`) to reconstruct
     standardised `windows` from a noisy copy (Gaussian, `noise` standard units); AdamW with
@@ -107,7 +115,7 @@ def fit_autoencoder(
     started = time.perf_counter()
     device = torch.device(device)
     windows = np.ascontiguousarray(windows, dtype=np.float32)
-    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1])
+    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1], holdout)
     if len(train_idx) == 0:
         raise ValueError("no training windows: need more readings than the window length")
     pca_val = pca_loss(windows[train_idx], windows[val_idx], latent_dim) if latent_dim else float("nan")

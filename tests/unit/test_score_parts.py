@@ -10,7 +10,7 @@ import torch
 
 from latentwatch.detectors import PCADetector, QuantileThreshold, make_detector, sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
-from latentwatch.detectors.latent import ScoreParts, ledoit_wolf
+from latentwatch.detectors.latent import PARTS, ScoreParts, ledoit_wolf
 
 torch.set_num_threads(2)
 MIX = np.random.default_rng(7).normal(size=(2, 6))  # 2 latent factors -> 6 channels
@@ -42,7 +42,7 @@ def off_manifold(det: PCADetector) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pca():
     det, thr = PCADetector(latent_dim=2), QuantileThreshold(0.99)
-    fit_and_calibrate(det, manifold(2000), thr)
+    fit_and_calibrate(det, manifold(2000), thr, use=PARTS)  # the score: both parts
     recon_only = PCADetector(latent_dim=2).fit(manifold(2000), val_fraction=0.2)
     return det, thr, recon_only
 
@@ -84,7 +84,7 @@ def test_without_calibration_the_score_is_reconstruction_error_alone(pca):
 
 def test_autoencoder_latent_term_sees_the_unvisited_region():
     det, thr = make_detector("mlp", latent_dim=2, hidden=16, device="cpu"), QuantileThreshold(0.99)
-    fit_and_calibrate(det, manifold(1500), thr, epochs=40, seed=0)
+    fit_and_calibrate(det, manifold(1500), thr, epochs=40, seed=0, use=PARTS)
     s = det.score(probes()["unvisited"])
     assert s.parts["latent_distance"][0] > 10 and thr.flag(s.score)[0]
 
@@ -122,3 +122,11 @@ def test_an_autoencoder_on_linear_data_ends_no_worse_than_pca():
     weak = make_detector("mlp", latent_dim=2, hidden=32, device="cpu")
     kept, thr, held = fit_no_worse_than_pca(weak, X, lambda: QuantileThreshold(0.99), epochs=1, seed=0)
     assert kept.kind == "pca" and kept.latent_dim == 2 and np.isfinite(thr.value) and len(held) >= 10
+
+
+def test_by_default_the_score_is_reconstruction_and_the_latent_distance_is_reported_beside_it():
+    det, thr = PCADetector(latent_dim=2), QuantileThreshold(0.99)
+    fit_and_calibrate(det, manifold(2000), thr)
+    s = det.score(probes()["unvisited"])
+    assert det.parts.use == ("reconstruction",)
+    assert s.score[0] == s.parts["reconstruction"][0] and s.parts["latent_distance"][0] > 15
