@@ -50,6 +50,10 @@ class ScoreParts:
     scales: dict[str, float]  # part -> its mean on held-out normal data
     use: tuple[str, ...] = PARTS  # the parts averaged into the score
 
+    def __post_init__(self) -> None:
+        self._mean32 = np.asarray(self.mean, np.float64).astype(np.float32)
+        self._prec32 = (np.asarray(self.precision, np.float64) / max(len(self.mean), 1)).astype(np.float32)
+
     @classmethod
     def fit(cls, fit_latent: np.ndarray, fit_error: np.ndarray, held_latent: np.ndarray | None = None,
             held_error: np.ndarray | None = None, use: tuple[str, ...] = PARTS) -> "ScoreParts":
@@ -60,20 +64,21 @@ class ScoreParts:
         parts = cls(mean, np.linalg.pinv(cov), {p: 1.0 for p in PARTS}, tuple(use))
         if held_latent is None or len(held_latent) == 0:
             held_latent, held_error = fit_latent, fit_error
-        raw = parts.raw(np.asarray(held_error, np.float64), held_latent)
+        raw = {p: v.astype(np.float64) for p, v in parts.raw(held_error, held_latent).items()}
         parts.scales = {p: max(float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else 1.0, 1e-12)
                         for p, v in raw.items()}
         return parts
 
     def raw(self, error: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
-        """Unscaled parts: reconstruction error [n] and latent Mahalanobis^2 / k [n]."""
-        d = np.asarray(latent, dtype=np.float64) - self.mean
-        maha = np.einsum("ij,jk,ik->i", d, self.precision, d) / max(len(self.mean), 1)
-        return {"reconstruction": np.asarray(error, np.float64), "latent_distance": maha}
+        """Unscaled parts: reconstruction error [n] and latent Mahalanobis^2 / k [n] (float32: one
+        small matrix product per batch, so the stream's model stage stays as fast)."""
+        d = np.asarray(latent, dtype=np.float32) - self._mean32
+        maha = np.einsum("ij,ij->i", d @ self._prec32, d)
+        return {"reconstruction": np.asarray(error, np.float32), "latent_distance": maha}
 
     def combine(self, error: np.ndarray, latent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(parts scaled to mean 1 on normal data, float32 [n] each; score = their mean, float32 [n])."""
-        parts = {p: (v / self.scales[p]).astype(np.float32) for p, v in self.raw(error, latent).items()}
+        parts = {p: v * np.float32(1 / self.scales[p]) for p, v in self.raw(error, latent).items()}
         score = parts[self.use[0]] if len(self.use) == 1 else np.mean(
             np.stack([parts[p] for p in self.use]), axis=0, dtype=np.float32)
         return parts, score
