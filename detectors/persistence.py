@@ -4,11 +4,14 @@ Conv-AE baseline flags a point only when its whole preceding window is above (k 
 
 The state is, per sensor, the above/below bits of its last n-1 readings (one int). The split is
 River's: `flags(keys, above)` is pure (a redone batch gets the same answer), `learn(keys, above)`
-changes the state and is called once a batch is committed; `step` returns both, with the state
-to commit, so a caller computes the batch once. Readings of one sensor within a batch are taken
-in batch order. State is bounded: at most `max_sensors` sensors, the least recently seen evicted
+changes the state and is called once a batch is committed. `step(keys, above, prior)` is the
+functional form, as `AdaptiveThreshold.step`: flags against `prior` (sensor -> bits; a missing
+sensor has none above) and the posterior bits of every sensor seen, for a caller that keeps
+per-sensor state itself (the stream's state store and changelog); `commit(posterior)` applies it
+to this object's own state. Readings of one sensor within a batch are taken in batch order. The
+object's own state is bounded: at most `max_sensors` sensors, the least recently seen evicted
 first (`evictions` counts them); an evicted sensor that comes back starts again from nothing
-above, like a new one. `score` (a whole file, one sensor) and the stream use the same object.
+above, like a new one. `score` (a whole file, one sensor) and the stream use the same rule.
 
 Default (`choose`): chosen without labels, from the false runs the rule would raise on held-out
 normal scores (see `choose`).
@@ -17,19 +20,9 @@ normal scores (see `choose`).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-
 import numpy as np
 
 MAX_SENSORS = 1_000_000  # ~150 bytes per sensor (dict entry + int): ~150 MB at the bound
-
-
-@dataclass(frozen=True)
-class Pending:
-    """The state a batch would leave: commit it with `PersistenceRule.commit`."""
-
-    keys: list
-    bits: list[int]
 
 
 class PersistenceRule:
@@ -45,20 +38,21 @@ class PersistenceRule:
     def describe(self) -> str:
         return f"{self.k} of the last {self.n} readings above the threshold"
 
-    def step(self, keys, above: np.ndarray) -> tuple[np.ndarray, Pending]:
-        """(flags [m] bool, the state to commit) for readings `above` [m] of sensors `keys` [m]. Pure."""
+    def step(self, keys, above: np.ndarray, prior) -> tuple[np.ndarray, dict]:
+        """(flags [m] bool, posterior {sensor: bits}) for readings `above` [m] of sensors `keys` [m],
+        given `prior` {sensor: bits} (a mapping; missing = none above). Pure."""
         above = np.asarray(above, dtype=bool)
         m = len(above)
         if self.n == 1 or m == 0:
-            return above.copy(), Pending([], [])
+            return above.copy(), {}
         keys = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) else keys
         uniq, inverse = np.unique(keys, return_inverse=True)
         uniq = uniq.tolist()
         order = np.argsort(inverse, kind="stable")  # readings grouped by sensor, batch order inside
         counts = np.bincount(inverse, minlength=len(uniq))
         h = self.n - 1
-        prior = np.array([self.state.get(u, 0) for u in uniq], dtype=np.int64)
-        prior_bits = (prior[:, None] >> np.arange(h - 1, -1, -1)) & 1  # oldest first
+        before = np.array([prior.get(u, 0) for u in uniq], dtype=np.int64)
+        prior_bits = (before[:, None] >> np.arange(h - 1, -1, -1)) & 1  # oldest first
         # per sensor: [its h prior bits, its readings in order], concatenated over sensors
         seq = np.empty(len(uniq) * h + m, dtype=np.int64)
         starts = np.arange(len(uniq)) * h + np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -73,15 +67,15 @@ class PersistenceRule:
         ends = starts + h + counts  # one past each sensor's last reading: its new state is seq[end-h:end]
         tail = seq[ends[:, None] - h + np.arange(h)]  # oldest first
         new_bits = (tail << np.arange(h - 1, -1, -1)).sum(axis=1)
-        return flags, Pending(uniq, new_bits.tolist())
+        return flags, dict(zip(uniq, new_bits.tolist()))
 
     def flags(self, keys, above: np.ndarray) -> np.ndarray:
-        """Flags for a batch, given the state before it. Pure: call it again, same answer."""
-        return self.step(keys, above)[0]
+        """Flags for a batch, given this object's state before it. Pure: call it again, same answer."""
+        return self.step(keys, above, self.state)[0]
 
-    def commit(self, pending: Pending) -> None:
-        """Apply the state a `step` returned (once the batch is committed)."""
-        for key, bits in zip(pending.keys, pending.bits):
+    def commit(self, posterior: dict) -> None:
+        """Apply the posterior a `step` returned (once the batch is committed)."""
+        for key, bits in posterior.items():
             self.state[key] = bits
             self.state.move_to_end(key)
         while len(self.state) > self.max_sensors:
@@ -89,8 +83,8 @@ class PersistenceRule:
             self.evictions += 1
 
     def learn(self, keys, above: np.ndarray) -> None:
-        """Move the state past a batch (the River name for `commit(step(...)[1])`)."""
-        self.commit(self.step(keys, above)[1])
+        """Move this object's state past a batch (`commit(step(keys, above, state)[1])`)."""
+        self.commit(self.step(keys, above, self.state)[1])
 
     def forget(self, keys) -> None:
         """Drop sensors' state (e.g. on a revoked partition)."""

@@ -51,10 +51,19 @@ def test_stream_batches_give_the_same_flags_as_one_call(batch):
     stream = PersistenceRule(3, 4)
     got = []
     for start in range(0, n_readings, batch):
-        flags, pending = stream.step(keys[start:start + batch], above[start:start + batch])
+        flags, posterior = stream.step(keys[start:start + batch], above[start:start + batch], stream.state)
         got.append(flags)
-        stream.commit(pending)
+        stream.commit(posterior)
     assert np.array_equal(np.concatenate(got), whole)
+    # the functional form with state kept outside (as the stream's state store does) agrees too
+    outside: dict = {}
+    got = []
+    rule = PersistenceRule(3, 4)
+    for start in range(0, n_readings, batch):
+        flags, posterior = rule.step(keys[start:start + batch], above[start:start + batch], outside)
+        got.append(flags)
+        outside.update(posterior)
+    assert np.array_equal(np.concatenate(got), whole) and rule.state == {}
     # and per sensor, the same as scoring that sensor's readings alone as a file
     for key in set(keys.tolist()):
         mine = keys == key
