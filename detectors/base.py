@@ -9,7 +9,7 @@ per-sensor history. Scoring never changes the model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,9 @@ class Scores:
     latent: np.ndarray  # [n, k] float32: the encoder's latent vector of each reading (or window)
     channel_error: np.ndarray  # [n, channels] float32: reconstruction error per channel (standardised)
     score: np.ndarray  # [n] float32: the anomaly score (higher is more anomalous)
+    # part name -> [n] float32, each row-aligned with `score` and scaled to mean 1 on normal data,
+    # e.g. {"reconstruction": ..., "latent_distance": ...}: which part made a score high
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.score)

@@ -1,6 +1,8 @@
 """A trained model on disk: a directory holding `weights.pt` (a plain tensor state_dict) and
 `model.json` (everything else: channels, scaler, window, kind, hyperparameters, threshold,
-training-data summary, versions).
+score parts (latent mean/precision, part scales), persistence rule, training-data summary,
+versions). Fields added later (`score_parts`, `persistence`) are optional: a checkpoint written
+before them loads and scores as it did (reconstruction error, plain threshold).
 
 Loading never unpickles arbitrary objects (`torch.load(..., weights_only=True)`), so a checkpoint
 from an untrusted place cannot run code. Every way a checkpoint can be unusable raises one
@@ -13,7 +15,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import numpy as np
 import torch
 
 from latentwatch.detectors import __version__, versions
+from latentwatch.detectors.latent import ScoreParts
 from latentwatch.detectors.models import MODELS, TorchDetector, make_detector
+from latentwatch.detectors.persistence import PersistenceRule
 from latentwatch.detectors.scaler import Standardiser
 from latentwatch.detectors.thresholds import Threshold, threshold_from_dict
 
@@ -41,6 +45,7 @@ class LoadedModel:
     metadata: dict
     name: str  # metadata "name", else the directory name
     version: str  # metadata "version" (default at save: the training time, e.g. 20260321T101500Z)
+    persistence: PersistenceRule = field(default_factory=PersistenceRule)  # k of n; 1 of 1 when absent
 
 
 def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str] | None = None) -> dict:
@@ -53,7 +58,7 @@ def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str]
 
 
 def save(path: str | Path, detector: TorchDetector, threshold: Threshold, training_summary: dict, *,
-         name: str | None = None, version: str | None = None) -> Path:
+         name: str | None = None, version: str | None = None, persistence: PersistenceRule | None = None) -> Path:
     """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -71,12 +76,16 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
         "hyperparameters": detector.config(),
         "scaler": detector.scaler.to_dict(),
         "threshold": threshold.to_dict(),
+        "persistence": (persistence or PersistenceRule()).to_dict(),
         "training": {**training_summary, "trained_at": now.isoformat(timespec="seconds")},
     }
+    if detector.parts is not None:
+        meta["score_parts"] = detector.parts.to_dict()
     if detector.training_report is not None:
         r = detector.training_report
         meta["training"]["fit"] = {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
-                                   "best_val_loss": r.best_val_loss, "seconds": round(r.seconds, 3)}
+                                   "best_val_loss": r.best_val_loss, "pca_val_loss": r.pca_val_loss,
+                                   "validation_windows": r.validation_rows, "seconds": round(r.seconds, 3)}
     tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
     torch.save(detector.state_dict(), tmp_w)
     meta["weights_sha256"] = _sha256(tmp_w)  # load refuses a weights file from another save
@@ -125,6 +134,9 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
             raise ValueError(f"scaler has {len(scaler.mean)} channels, metadata lists {len(channels)}")
         threshold = threshold_from_dict(meta["threshold"])
         detector = make_detector(kind, **meta["hyperparameters"], device="cpu")
+        persistence = PersistenceRule.from_dict(meta["persistence"]) if "persistence" in meta else PersistenceRule()
+        parts = (ScoreParts.from_dict(meta["score_parts"], int(meta["latent_dim"]))
+                 if meta.get("score_parts") is not None else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {METADATA} is incomplete or inconsistent ({exc!r}); {retrain}") from None
     try:
@@ -148,8 +160,10 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: {WEIGHTS} does not fit the model described in {METADATA} "
                               f"({' '.join(first[:2])[:300]}); {retrain}") from None
+    detector.parts = parts
     detector.to(device)
-    return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")))
+    return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")),
+                       persistence)
 
 
 def _sha256(path: Path) -> str:

@@ -119,7 +119,8 @@ def run_skab(root: Path, kind: str, *, variant: str = "per-file", files: int | N
     threshold_source (anomaly-free variant only): "train" = the threshold from the anomaly-free
     hold-out; "file" = refit it on the model's scores of each file's own first 400 rows."""
     s = dict(SETTINGS[kind], **(settings or {}))
-    fit_opts = dict(s["fit"], seed=seed, **({"epochs": epochs} if epochs else {}))
+    # the time-ordered tail these settings were measured with (train's default holds out interleaved blocks)
+    fit_opts = dict(s["fit"], seed=seed, holdout="tail", **({"epochs": epochs} if epochs else {}))
     paths = labelled_files(root)[:files]
     counts, seconds = Counts(), []
     thr_name = ""

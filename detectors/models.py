@@ -6,6 +6,11 @@ Score of a reading = mean over channels of the squared reconstruction error in s
 `channel_error` holds the per-channel terms, so an alert can say which sensor channel is off.
 Windowed models can average the error over the last `score_last` readings of each window: a
 smoother score that is still a pure function of the window (no state between `score` calls).
+
+After `calibrate` (which `calibrate.fit_and_calibrate`, hence `latentwatch train`, calls) the score
+is the mean of two parts scaled on held-out normal data, reconstruction error and latent
+Mahalanobis distance (`latent.py`), and `Scores.parts` holds both. Without it (a bare `fit`, a
+checkpoint from before) the score is the reconstruction error alone, as it always was.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import torch
 from torch import nn
 
 from latentwatch.detectors.base import Detector, Scores, sliding_windows
+from latentwatch.detectors.latent import DEFAULT_USE, ScoreParts
 from latentwatch.detectors.scaler import Standardiser
-from latentwatch.detectors.training import ProgressCallback, TrainingReport, fit_autoencoder, seed_everything
+from latentwatch.detectors.training import (ProgressCallback, TrainingReport, fit_autoencoder, seed_everything,
+                                             split_blocks)
 
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,6 +65,7 @@ class TorchDetector(Detector):
         self.scaler: Standardiser | None = None
         self.net: nn.Module | None = None
         self.training_report: TrainingReport | None = None
+        self.parts: ScoreParts | None = None  # set by `calibrate`: the score becomes the two-part index
         self._pinned: torch.Tensor | None = None
 
     # -- what a subclass provides -------------------------------------------------------------
@@ -71,18 +79,28 @@ class TorchDetector(Detector):
                 "score_last": self.score_last, **self.hparams}
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, channels: list[str] | None = None, *, epochs: int = 50,
-            batch_size: int = 256, lr: float = 1e-3, val_fraction: float = 0.2, patience: int = 8,
-            seed: int = 0, callback: ProgressCallback | None = None) -> "TorchDetector":
-        """Learn normal behaviour from `X` `[n, channels]` (time order, raw units)."""
+    def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.2,
+            seed: int = 0, callback: ProgressCallback | None = None, **training) -> "TorchDetector":
+        """Learn normal behaviour from `X` `[n, channels]` (time order, raw units); `training`
+        options (epochs, batch_size, lr, weight_decay, noise, patience, holdout) go to `fit_autoencoder`."""
         X = self._prepare_fit(X, channels)
         seed_everything(seed)
         self.net = self._build_net(len(self.channels))
         windows = sliding_windows(self.scaler.transform(X), self.window)
         self.training_report = fit_autoencoder(
-            self.net, windows, epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
-            patience=patience, seed=seed, device=self.device, callback=callback)
+            self.net, windows, val_fraction=val_fraction, seed=seed, device=self.device, callback=callback,
+            latent_dim=self.latent_dim, **training)
         return self._ready()
+
+    def calibrate(self, fit_windows: np.ndarray, held_out_windows: np.ndarray,
+                  use: tuple[str, ...] = DEFAULT_USE) -> "TorchDetector":
+        """Fit the latent distribution on `fit_windows` (raw units, the windows trained on) and scale
+        both score parts on `held_out_windows` (normal, not trained on); the score becomes the mean
+        of the parts in `use` (`latent.PARTS` for both), and `Scores.parts` reports both."""
+        self.parts = None
+        fit, held = self.score(fit_windows), self.score(held_out_windows)
+        self.parts = ScoreParts.fit(fit.latent, fit.score, held.latent, held.score, use)
+        return self
 
     def _prepare_fit(self, X: np.ndarray, channels: list[str] | None) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -96,6 +114,7 @@ class TorchDetector(Detector):
         if len(self.channels) != X.shape[1]:
             raise ValueError(f"{len(self.channels)} channel names for {X.shape[1]} columns")
         self.scaler = Standardiser.fit(X)
+        self.parts = None  # a refit model has new latents: calibrate again
         return X
 
     def restore(self, channels: list[str], scaler: Standardiser, state_dict: dict) -> "TorchDetector":
@@ -142,7 +161,11 @@ class TorchDetector(Detector):
             for start in range(0, n, self.chunk_rows):
                 stop = min(start + self.chunk_rows, n)
                 latent[start:stop], error[start:stop] = self._score_chunk(w[start:stop])
-        return Scores(latent, error, error.mean(axis=1, dtype=np.float32))
+        recon = error.mean(axis=1, dtype=np.float32)
+        if self.parts is None:
+            return Scores(latent, error, recon, {"reconstruction": recon})
+        parts, score = self.parts.combine(recon, latent)
+        return Scores(latent, error, score, parts)
 
     def _score_chunk(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dev = torch.device(self.device)
@@ -283,10 +306,19 @@ class PCADetector(TorchDetector):
     def _build_net(self, n_channels: int) -> nn.Module:
         return _PCANet(self.window * n_channels, self.latent_dim, (self.window, n_channels))
 
-    def fit(self, X: np.ndarray, channels: list[str] | None = None, **_training_options) -> "PCADetector":
-        """Exact fit by SVD (training options such as epochs are accepted and ignored)."""
-        X = self._prepare_fit(X, channels)
+    def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.0,
+            holdout: str = "blocks", **_training_options) -> "PCADetector":
+        """Exact fit by SVD (training options such as epochs are accepted and ignored). With
+        `val_fraction`, the same interleaved blocks as the autoencoders are held out (not fitted on)."""
+        if holdout == "tail" and val_fraction > 0:  # standardise on the fitted rows only, as evaluate.SETTINGS was measured
+            self._prepare_fit(X[:len(X) - int(len(X) * val_fraction)], channels)
+            X = np.asarray(X, dtype=np.float32)
+        else:
+            X = self._prepare_fit(X, channels)
         flat = sliding_windows(self.scaler.transform(X), self.window).reshape(-1, self.window * X.shape[1])
+        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout)
+        self.training_report = TrainingReport(0, 0, float("nan"), 0.0, [], len(val_idx), val_idx, train_idx)
+        flat = flat[train_idx]
         center = flat.mean(axis=0, dtype=np.float64)
         _, s, vt = np.linalg.svd(flat - center, full_matrices=False)
         if not self.latent_dim:

@@ -16,6 +16,8 @@ import numpy as np
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
+AUTO_AE_MIN_ROWS = 5000  # below this, autoencoders ended worse than PCA on held-out data (SKAB, 400 rows)
+DEFAULT_WINDOW = {"auto": 8, "pca": 8, "window": 32, "mlp": 1}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,22 +29,39 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and MODEL_DIR/current points at it (see `latentwatch models`)")
     t.add_argument("--no-promote", action="store_true",
                    help="write the new version but leave `current` where it is (promote it later)")
-    t.add_argument("--model", choices=["mlp", "window", "pca"], default="window",
-                   help="mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W "
-                        "readings; pca: linear baseline (default: %(default)s)")
-    t.add_argument("--window", type=int, default=None, help="readings per window (default: 32 for window, 1 otherwise)")
-    t.add_argument("--score-last", type=int, default=1,
-                   help="average the error over the last N readings of each window (default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--model", choices=["auto", "mlp", "window", "pca"], default="auto",
+                   help="auto: PCA over windows, or the window autoencoder when there are at least "
+                        f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
+                        "mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W readings; "
+                        "pca: linear (default: %(default)s)")
+    t.add_argument("--window", type=int, default=None,
+                   help="readings per window (default: 8 for auto and pca, 32 for window, 1 for mlp)")
+    t.add_argument("--score-last", type=int, default=None,
+                   help="average the error over the last N readings of each window (default: the window)")
+    t.add_argument("--variance", type=float, default=0.8,
+                   help="PCA: keep the components explaining this share of the variance (default: %(default)s)")
+    t.add_argument("--score", choices=["reconstruction", "both"], default="reconstruction",
+                   help="what the score is: reconstruction error, or its mean with the latent distance (both "
+                        "are always reported, in score's columns and in alerts) (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner; default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="windows per step (default: about 16 steps an epoch, 16-256 windows)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--latent", type=int, default=None, help="latent size k (default: the model's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-fraction", type=float, default=0.2,
-                   help="last part of the data held out for early stopping and the threshold (default: %(default)s)")
+                   help="share of the data held out, in interleaved blocks, for early stopping, the score "
+                        "parts and the threshold (default: %(default)s)")
     t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
+    t.add_argument("--margin", type=float, default=1.5,
+                   help="multiply the quantile threshold by this (default: %(default)s, the upper-control-limit "
+                        "rule of SKAB's autoencoder baselines)")
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
+    t.add_argument("--persistence", default="auto", metavar="K/N|auto",
+                   help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
+                        "the fastest rule without false runs on held-out normal scores; 1/1: the plain "
+                        "threshold (default: %(default)s)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
     from latentwatch.pipeline.retrain import add_train_arguments
@@ -55,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="CSV")
     s.add_argument("--out", required=True, metavar="SCORES_CSV", help="'-' for stdout")
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
+    s.add_argument("--persistence", default=None, metavar="K/N",
+                   help="override the model's persistence rule (e.g. 1/1: flag every reading above the threshold)")
     _data_options(s)
     s.set_defaults(func=_score)
 
@@ -107,11 +128,13 @@ def _read(path: str, args, expect=None):
 
 def _train(args) -> int:
     from latentwatch.detectors import AdaptiveThreshold, POTThreshold, QuantileThreshold, make_detector
-    from latentwatch.detectors.calibrate import fit_and_calibrate
+    from latentwatch.detectors.calibrate import fit_no_worse_than_pca
+    from latentwatch.detectors import persistence
     from latentwatch.detectors.checkpoint import save, summarise_training_data
     from latentwatch.detectors.versions import VersionError, publish
 
     device = _device(args.device)
+    fixed_rule = None if args.persistence == "auto" else _rule(args.persistence)
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
     if args.from_topic:
@@ -126,41 +149,58 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
-    config: dict = {"device": device}
-    if args.window is not None:
-        config["window"] = args.window
+    kind = args.model if args.model != "auto" else ("window" if len(X) >= AUTO_AE_MIN_ROWS else "pca")
+    window = args.window or DEFAULT_WINDOW[args.model]
+    config: dict = {"device": device, "window": window, "score_last": args.score_last or window}
+    if kind == "pca":
+        config["variance"] = args.variance
     if args.latent is not None:
         config["latent_dim"] = args.latent
-    if args.score_last != 1:
-        config["score_last"] = args.score_last
-    threshold = {"quantile": lambda: QuantileThreshold(args.quantile), "pot": lambda: POTThreshold(args.risk),
-                 "adaptive": lambda: AdaptiveThreshold(base=QuantileThreshold(args.quantile))}[args.threshold]()
+    q = QuantileThreshold
+    make_threshold = {"quantile": lambda: q(args.quantile, args.margin), "pot": lambda: POTThreshold(args.risk),
+                      "adaptive": lambda: AdaptiveThreshold(base=q(args.quantile, args.margin))}[args.threshold]
+    use = ("reconstruction", "latent_distance") if args.score == "both" else ("reconstruction",)
     started = time.perf_counter()
     try:
-        detector = make_detector(args.model, **config)
-        held_out = fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=args.val_fraction,
-                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        detector = make_detector(kind, **config)
+        detector, threshold, held = fit_no_worse_than_pca(
+            detector, X, make_threshold, channels=channels, val_fraction=args.val_fraction, use=use,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    rule = fixed_rule or persistence.choose(held, threshold.value)
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
     if args.from_topic:
-        summary["source"] = stream.finish(detector, threshold, held_out)
+        summary["source"] = stream.finish(detector, threshold, held)
     from latentwatch.pipeline.drift import reference_for
 
-    summary["drift_reference"] = reference_for(detector, X, held_out, threshold.value)
+    summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
     name = args.name or Path(args.out).resolve().name
     try:
-        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v),
+        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
+                                                      persistence=rule),
                           make_current=not args.no_promote)
     except VersionError as exc:
         raise UserError(str(exc)) from None
     out = f"{args.out} as version {version}" + (" (not current)" if args.no_promote else "")
-    epochs = f", {detector.training_report.epochs_run} epochs" if detector.training_report else ""
+    r = detector.training_report
+    epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
     origin = f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"
     print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {origin} "
-          f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}; saved to {out}")
+          f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}, alert when "
+          f"{rule.describe()}; saved to {out}")
     return 0
+
+
+def _rule(text: str):
+    from latentwatch.detectors.persistence import PersistenceRule
+
+    try:
+        k, n = (int(v) for v in text.split("/"))
+        return PersistenceRule(k, n)
+    except ValueError as exc:
+        raise UserError(f"--persistence {text!r}: expected K/N with 1 <= K <= N <= 64, e.g. 3/4 ({exc})") from None
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
@@ -180,13 +220,18 @@ def _score(args) -> int:
     det = model.detector
     scored = det.score(sliding_windows(data.values, det.window))
     n, first = len(data), det.window - 1  # rows before `first` have no full window yet
+    rule = _rule(args.persistence) if args.persistence else model.persistence
     score = np.full(n, np.nan)
     score[first:] = scored.score
     threshold = np.full(n, model.threshold.value)
     threshold[first:] = model.threshold.thresholds(scored.score)
-    anomaly = np.nan_to_num(score, nan=-np.inf) > threshold  # warm-up rows: no score, never anomalous
-    rows = _format_rows(data.timestamps, score, threshold, anomaly, scored.latent if args.latent else None, first)
-    header = ["row", "timestamp", "score", "threshold", "anomaly"]
+    above = np.nan_to_num(score, nan=-np.inf) > threshold  # warm-up rows: no score, never anomalous
+    anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
+    anomaly[first:] = rule.flags(np.zeros(n - first, dtype=np.int64), above[first:])
+    parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
+    rows = _format_rows(data.timestamps, score, threshold, anomaly, above, parts,
+                        scored.latent if args.latent else None, first)
+    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", *parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
@@ -197,21 +242,21 @@ def _score(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    log.info("scored %d rows (%d anomalous) with %s", n, int(anomaly.sum()), model.name)
+    log.info("scored %d rows (%d anomalous: %s) with %s", n, int(anomaly.sum()), rule.describe(), model.name)
     return 0
 
 
-def _format_rows(timestamps, score, threshold, anomaly, latent, first):
+def _format_rows(timestamps, score, threshold, anomaly, above, parts, latent, first):
     n = len(score)
     stamps = timestamps if timestamps is not None else [""] * n
-    score_s = ["" if np.isnan(v) else f"{v:.6g}" for v in score.tolist()]
-    thr_s = [f"{v:.6g}" for v in threshold.tolist()]
-    flags = anomaly.astype(int).tolist()
-    if latent is None:
-        return zip(range(n), stamps, score_s, thr_s, flags)
-    blank = [""] * latent.shape[1]
-    lat = [blank] * first + [[f"{v:.6g}" for v in r] for r in latent.tolist()]
-    return ([i, t, s, h, f, *z] for i, t, s, h, f, z in zip(range(n), stamps, score_s, thr_s, flags, lat))
+    fmt = lambda a: ["" if np.isnan(v) else f"{v:.6g}" for v in a.tolist()]  # noqa: E731
+    cols = [range(n), stamps, fmt(score), fmt(threshold), anomaly.astype(int).tolist(), above.astype(int).tolist(),
+            *(fmt(v) for v in parts.values())]
+    if latent is not None:
+        blank = [""] * latent.shape[1]
+        cols.append([blank] * first + [[f"{v:.6g}" for v in r] for r in latent.tolist()])
+        return ([*row[:-1], *row[-1]] for row in zip(*cols))
+    return zip(*cols)
 
 
 def _evaluate_skab(args) -> int:

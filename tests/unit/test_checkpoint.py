@@ -119,3 +119,59 @@ def test_unknown_or_inconsistent_metadata(tmp_path, field, value, message):
     with pytest.raises(CheckpointError, match=message) as info:
         load(path)
     assert str(path) in str(info.value)
+
+
+def _calibrated(tmp_path, kind="pca"):
+    from latentwatch.detectors.calibrate import fit_and_calibrate
+    from latentwatch.detectors.persistence import PersistenceRule
+
+    X = normal_data(600)
+    names = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
+    det, thr = make_detector(kind, device="cpu", **CONFIGS[kind]), QuantileThreshold(0.99, margin=1.5)
+    fit_and_calibrate(det, X, thr, channels=names, epochs=2, use=("reconstruction",))
+    rule = PersistenceRule(3, 4)
+    return save(tmp_path / f"cal-{kind}", det, thr, summarise_training_data(X, names), persistence=rule), det, thr
+
+
+@pytest.mark.parametrize("kind", ["pca", "window"])
+def test_score_parts_persistence_and_fit_report_round_trip(tmp_path, kind):
+    path, det, thr = _calibrated(tmp_path, kind)
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["persistence"] == {"k": 3, "n": 4}
+    assert set(meta["score_parts"]) == {"latent_mean", "latent_precision", "scales", "use"}
+    assert meta["score_parts"]["use"] == ["reconstruction"] and meta["threshold"]["margin"] == 1.5
+    assert meta["training"]["fit"]["validation_windows"] == det.training_report.validation_rows > 0
+    loaded = load(path, device="cpu")
+    assert loaded.persistence.to_dict() == {"k": 3, "n": 4}
+    w = sliding_windows(normal_data(300, seed=9), det.window)
+    a, b = det.score(w), loaded.detector.score(w)
+    assert np.array_equal(a.score, b.score) and set(a.parts) == set(b.parts) == {"reconstruction", "latent_distance"}
+    for name in a.parts:
+        assert np.array_equal(a.parts[name], b.parts[name])
+    assert loaded.detector.parts.use == ("reconstruction",) and loaded.threshold.value == thr.value
+
+
+def test_a_checkpoint_written_before_score_parts_and_persistence_still_loads(tmp_path):
+    """Older model.json (format version 1 without `score_parts` / `persistence`): loads, scores by
+    reconstruction error as before, and alerts on the plain threshold (1 of 1)."""
+    path, det, thr, X = _save(tmp_path, "pca")
+    meta = json.loads((path / "model.json").read_text())
+    for added in ("persistence", "score_parts"):
+        meta.pop(added, None)
+    meta["training"].pop("fit", None)
+    (path / "model.json").write_text(json.dumps(meta))
+    loaded = load(path, device="cpu")
+    assert loaded.persistence.to_dict() == {"k": 1, "n": 1} and loaded.detector.parts is None
+    w = sliding_windows(normal_data(200, seed=4), det.window)
+    s = loaded.detector.score(w)
+    np.testing.assert_allclose(s.score, s.channel_error.mean(axis=1), rtol=1e-6)
+    assert np.array_equal(s.score, det.score(w).score) and set(s.parts) == {"reconstruction"}
+
+
+def test_inconsistent_score_parts_are_a_checkpoint_error(tmp_path):
+    path, _, _ = _calibrated(tmp_path, "pca")
+    meta = json.loads((path / "model.json").read_text())
+    meta["score_parts"]["latent_mean"] = [0.0]
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="score_parts"):
+        load(path)

@@ -76,7 +76,7 @@ def test_training_is_seeded_and_reproducible(kind):
 def test_training_reports_progress_and_stops_early(caplog):
     seen = []
     X = normal_data(800)
-    with caplog.at_level("INFO", logger="latentwatch.detectors.training"):
+    with caplog.at_level("DEBUG", logger="latentwatch.detectors.training"):
         model = MLPAutoencoder().fit(X, epochs=500, patience=2, lr=0.05, seed=0,
                                      callback=lambda e, tr, va: seen.append((e, tr, va)))
     report = model.training_report
@@ -84,7 +84,17 @@ def test_training_reports_progress_and_stops_early(caplog):
     assert report.epochs_run < 500  # early stopping on the validation tail kicked in
     assert all(math.isfinite(va) for _, _, va in seen)
     assert report.best_val_loss == min(va for _, _, va in seen)
-    assert any("epoch 1/500" in r.getMessage() for r in caplog.records)
+    # one line per epoch: with a progress callback the log line is DEBUG (issue #13 F: printed twice)
+    epoch_lines = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert any("epoch 1/500" in r.getMessage() for r in epoch_lines)
+    assert all(r.levelname == "DEBUG" for r in epoch_lines)
+
+
+def test_training_without_a_callback_logs_each_epoch_once_at_info(caplog):
+    with caplog.at_level("INFO", logger="latentwatch.detectors.training"):
+        MLPAutoencoder().fit(normal_data(300), epochs=3, patience=10, seed=0)
+    assert [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("epoch ")] == \
+        ["1/3", "2/3", "3/3"]
 
 
 def test_scoring_does_not_change_the_model(fitted):
