@@ -33,7 +33,8 @@ def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> 
 
 def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_id: str, ts: float | str,
                  score: float, threshold: float, top: list[dict], latent: list[float], model_name: str,
-                 model_version: str, critical_ratio: float, detected_at: float | str | None = None) -> dict:
+                 model_version: str, critical_ratio: float, detected_at: float | str | None = None,
+                 parts: dict | None = None, rule: dict | None = None) -> dict:
     """One alert; `top` is its row of `top_channels`, `latent` its latent vector as floats. Times
     may come as epoch seconds or already as ISO strings (a batch formats them in one pass)."""
     return {
@@ -49,6 +50,8 @@ def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_
         "latent": [round(x, 5) for x in latent],
         "model": {"name": model_name, "version": model_version},
         "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+        **({"parts": parts} if parts else {}),  # which part of the score fired (reconstruction, latent_distance)
+        **({"rule": rule} if rule else {}),  # the persistence rule that fired: k of the last n above
     }
 
 

@@ -162,8 +162,10 @@ class Pipeline:
     def _use(self, model) -> None:
         s = self.settings
         self.model, self.detector = model, model.detector
-        # State is needed to score (so it is kept in a changelog) for windows and per-sensor thresholds.
-        self._needs_changelog = self.detector.window > 1 or hasattr(model.threshold, "step")
+        # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, persistence.
+        rule = getattr(model, "persistence", None)
+        self._needs_changelog = (self.detector.window > 1 or hasattr(model.threshold, "step")
+                                 or (rule is not None and rule.n > 1))
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
                              latent_topic=bool(s.topics.latent), changelog=self._needs_changelog)

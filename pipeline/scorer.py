@@ -95,6 +95,9 @@ class Scorer:
         self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
         self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
         self._empty_tail = np.empty((0, len(self.channels)), np.float32)
+        self.persistence = getattr(model, "persistence", None)
+        self._rule = None if self.persistence is None or self.persistence.n <= 1 else \
+            {"k": self.persistence.k, "n": self.persistence.n}
 
     def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
               max_readings: int | None = None) -> ScoredBatch:
@@ -146,7 +149,8 @@ class Scorer:
             m = int(last_msg[k])
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
-                                       offsets[(valid[m][0].topic(), key[0])])
+                                       offsets[(valid[m][0].topic(), key[0])],
+                                       prior.persist if prior is not None else 0)
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:
@@ -166,8 +170,10 @@ class Scorer:
             sensor_of = np.array([sid for _, sid in valid], dtype=object)[msg_of[scored_idx]]
             thresholds = self._thresholds(scores64, sensor_of, msg_of[scored_idx], valid, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
-            flagged = scores64 > thresholds
+            flagged = self._persistence(scores64 > thresholds, sensor_of, msg_of[scored_idx], valid, updates,
+                                        store)
             latent_all = s.latent
+            parts = {name: v.astype(np.float64) for name, v in (getattr(s, "parts", None) or {}).items()}
             raised = np.flatnonzero(flagged)
             tops = alerts.top_channels(s.channel_error[raised], self.channels)
             lat = s.latent[raised].astype(np.float64).tolist()
@@ -180,7 +186,8 @@ class Scorer:
                     topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos[i]),
                     sensor_id=sid, ts=t_iso, score=float(scores64[j]), threshold=float(thresholds[j]),
                     top=top, latent=latent, model_name=self.model.name, model_version=str(self.model.version),
-                    critical_ratio=self.critical_ratio, detected_at=detected_at)
+                    critical_ratio=self.critical_ratio, detected_at=detected_at,
+                    parts={name: round(float(v[j]), 3) for name, v in parts.items()}, rule=self._rule)
                 alerts_out.append((sid.encode(), alerts.encode(record)))
                 severities.append(record["severity"])
             if self.latent_topic:
@@ -222,6 +229,20 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
+    def _persistence(self, above, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
+        """The model's persistence rule (k of the last n readings above, per sensor): which
+        readings fire. Its per-sensor bits come from the store and go back through `updates`."""
+        rule = self.persistence
+        if rule is None or rule.n <= 1:
+            return above
+        keys = {(valid[m][0].partition(), sid) for m, sid in zip(msg_idx.tolist(), sensor_of.tolist())}
+        prior = {k[1]: e.persist for k in keys if (e := store.get(k)) is not None}
+        fired, posterior = rule.step(sensor_of, above, prior)
+        for key in keys:
+            if key[1] in posterior and key in updates:
+                updates[key] = dataclasses.replace(updates[key], persist=int(posterior[key[1]]))
+        return np.asarray(fired, dtype=bool)
+
     def _thresholds(self, scores, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
         thr = self.model.threshold
         step = getattr(thr, "step", None)
@@ -238,7 +259,7 @@ class Scorer:
         for key in set(keys):
             if key[1] in posterior and key in updates:
                 e = updates[key]
-                updates[key] = state.Entry(e.last_ts, e.tail, posterior[key[1]], e.valid_at)
+                updates[key] = dataclasses.replace(e, threshold=posterior[key[1]])
         return np.asarray(out, dtype=np.float64)
 
     def _latents(self, valid, s, scores, scored_idx, msg_of, pos, ts) -> list[tuple[bytes, bytes]]:

@@ -47,6 +47,7 @@ class Entry:
     tail: np.ndarray
     threshold: tuple[float, float] | None = None  # adaptive threshold (mean, var) of normal scores
     valid_at: int = -1  # input offset from which this entry is the sensor's state (changelog only)
+    persist: int = 0  # persistence rule: the last n-1 "above the threshold" bits, newest lowest
 
 
 class StateStore:
@@ -105,7 +106,7 @@ class StateStore:
             same = e.tail.ndim == 2 and e.tail.shape[1] == channels
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at)
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, 0)
 
     def partitions(self) -> set[int]:
         return {k[0] for k in self._entries}
@@ -113,20 +114,21 @@ class StateStore:
 
 # -- the changelog record -------------------------------------------------------------------------
 # Binary, little-endian: magic b"LWS1", valid_at (q), last_ts (d), has_threshold (B), mean, var
-# (dd), rows, channels (II), tail float32[rows*channels]; then the same again for the entry before
+# (dd), persistence bits (q), rows, channels (II), tail float32[rows*channels]; then the same again for the entry before
 # (rows == 0xFFFFFFFF: none). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only.
 _MAGIC = b"LWS1"
-_HEAD = struct.Struct("<qdBddII")
+_HEAD = struct.Struct("<qdBddqII")
 _NONE = 0xFFFFFFFF
 
 
 def _pack_one(e: Entry | None) -> bytes:
     if e is None:
-        return _HEAD.pack(-1, 0.0, 0, 0.0, 0.0, _NONE, 0)
+        return _HEAD.pack(-1, 0.0, 0, 0.0, 0.0, 0, _NONE, 0)
     t = np.ascontiguousarray(e.tail, dtype="<f4")
     rows, channels = (t.shape[0], t.shape[1]) if t.ndim == 2 else (0, 0)
     mean, var = e.threshold if e.threshold is not None else (0.0, 0.0)
-    return _HEAD.pack(e.valid_at, e.last_ts, e.threshold is not None, mean, var, rows, channels) + t.tobytes()
+    return _HEAD.pack(e.valid_at, e.last_ts, e.threshold is not None, mean, var, e.persist, rows, channels) \
+        + t.tobytes()
 
 
 def pack(entry: Entry, before: Entry | None) -> bytes:
@@ -134,13 +136,13 @@ def pack(entry: Entry, before: Entry | None) -> bytes:
 
 
 def _unpack_one(buf: memoryview, pos: int) -> tuple[Entry | None, int]:
-    valid_at, last_ts, has_thr, mean, var, rows, channels = _HEAD.unpack_from(buf, pos)
+    valid_at, last_ts, has_thr, mean, var, persist, rows, channels = _HEAD.unpack_from(buf, pos)
     pos += _HEAD.size
     if rows == _NONE:
         return None, pos
     n = rows * channels * 4
     tail = np.frombuffer(bytes(buf[pos:pos + n]), dtype="<f4").astype(np.float32).reshape(rows, channels)
-    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at), pos + n
+    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, persist), pos + n
 
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:

@@ -134,3 +134,27 @@ def test_alert_times_formatted_per_batch_match_one_by_one():
     rng = np.random.default_rng(0)
     ts = np.concatenate([rng.uniform(946_684_800, 1.9e9, 5000), [1795255200.0005, 1795255200.0015, 1795255200.2495]])
     assert iso_many(ts) == [iso(float(t)) for t in ts]
+
+
+def test_the_persistence_rule_fires_the_same_in_the_stream_as_over_the_whole_series():
+    from latentwatch.detectors.persistence import PersistenceRule
+
+    model = stub_model(window=1, threshold=4.0)
+    model.persistence = PersistenceRule(3, 5)
+    sc, store = scorer_for(model, changelog=True), StateStore()
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=120)
+    v[30:36] = 5.0  # a run above: fires once 3 of the last 5 are above
+    v[70] = 5.0  # alone: never fires
+    fired = []
+    for b in range(0, 120, 7):  # stream-sized batches, state applied between them as at commit
+        batch = sc.score(messages([reading("s", NOW - 200 + i, v[i]) for i in range(b, min(b + 7, 120))],
+                                  first_offset=b), store, NOW)
+        redo = sc.score(batch.messages, store, NOW)  # a redone batch: same flags, state applied once
+        assert [a for _, a in redo.alerts] == [a for _, a in batch.alerts] or len(redo.alerts) == len(batch.alerts)
+        store.apply(batch.updates)
+        fired += [json.loads(a)["source"]["offset"] for _, a in batch.alerts]
+        assert all(json.loads(a)["rule"] == {"k": 3, "n": 5} for _, a in batch.alerts)
+    stub_scores = (np.repeat(v[:, None], 3, axis=1) ** 2).mean(1)
+    whole = PersistenceRule(3, 5).flags(np.zeros(120, np.int64), stub_scores > 4.0)
+    assert fired == np.flatnonzero(whole).tolist() and 32 in fired and 70 not in fired
