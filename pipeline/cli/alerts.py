@@ -8,12 +8,10 @@ import signal
 import sys
 import threading
 
+from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
-
-BOOTSTRAP_HELP = ("Kafka bootstrap servers (default: $LATENTWATCH_BOOTSTRAP, else the local broker "
-                  "of `latentwatch broker start`)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reads every partition of the alerts topic with isolation.level=read_committed "
                     "(alerts of aborted transactions never show). Joins no consumer group and commits "
                     "nothing. Exits after --max-messages alerts, --timeout seconds, or Ctrl+C.")
-    t.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    add_connection_flags(t)
     t.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
     t.add_argument("--json", action="store_true", help="print each alert as one line of JSON")
     t.add_argument("--from-beginning", action="store_true",
@@ -50,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "accepted it. Runs until Ctrl+C / SIGTERM.")
     f.add_argument("--alertmanager", required=True, metavar="URL",
                    help="Alertmanager base URL, e.g. http://localhost:9093")
-    f.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    add_connection_flags(f)
     f.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
     f.add_argument("--group-id", default="latentwatch-forwarder", help="consumer group (default: %(default)s)")
     f.add_argument("--batch-size", type=int, default=100, help="alerts per POST at most (default: %(default)s)")
@@ -63,12 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longest wait between two delivery attempts, seconds (default: %(default)s)")
     f.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)  # tests
     f.set_defaults(func=_forward)
-
-
-def _bootstrap(value: str | None) -> str:
-    from latentwatch.pipeline.cli.sim import bootstrap_servers
-
-    return bootstrap_servers(value)
 
 
 def _stop_event() -> threading.Event:
@@ -89,7 +81,7 @@ def _tail(args) -> int:
 
     _positive("--max-messages", args.max_messages)
     _positive("--timeout", args.timeout)
-    tail(_bootstrap(args.bootstrap), args.topic, sys.stdout, as_json=args.json,
+    tail(connection_settings(args), args.topic, sys.stdout, as_json=args.json,
          from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
          max_messages=args.max_messages, timeout=args.timeout, stop=_stop_event(), err=sys.stderr)
     return 0
@@ -104,13 +96,14 @@ def _forward(args) -> int:
         raise UserError(f"--alertmanager must be an http(s) URL, got {args.alertmanager!r}")
     for name in ("batch_size", "batch_wait", "resolve_timeout", "backoff_max"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    bootstrap = _bootstrap(args.bootstrap)
-    consumer = Consumer(forwarder_consumer_config(bootstrap, args.group_id))
+    settings = connection_settings(args)
+    consumer = Consumer(forwarder_consumer_config(settings, args.group_id))
     forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), args.topic,
                           batch_size=args.batch_size, batch_wait=args.batch_wait,
                           resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max,
                           stop=_stop_event())
-    log.info("forwarding %s on %s to %s (group %s)", args.topic, bootstrap, args.alertmanager, args.group_id)
+    log.info("forwarding %s on %s to %s (group %s)", args.topic, settings.kafka.bootstrap_servers,
+             args.alertmanager, args.group_id)
     try:
         stats = forwarder.run(max_batches=args.max_batches)
     finally:
