@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from latentwatch.pipeline.devtools.simulate import SensorSimulator, iso_ts
+from latentwatch.pipeline.kafka.clients import create_topics
 
 PARTITIONS = 8
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated event times (fixed, reproducible)
@@ -38,9 +39,7 @@ class Workload:
 def make_topics(bootstrap: str, specs: dict[str, tuple[int, dict]]) -> None:
     """Create topics {name: (partitions, config)} and wait for them."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futs = admin.create_topics([NewTopic(n, p, 1, config=c) for n, (p, c) in specs.items()])
-    for fut in futs.values():
-        fut.result(timeout=60)
+    create_topics(admin, specs, exist_ok=False, timeout=60)
 
 
 def unique(prefix: str) -> str:

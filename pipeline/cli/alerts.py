@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
+from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_forward)
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise UserError(f"{name} must be positive, got {value}")
@@ -81,9 +72,10 @@ def _tail(args) -> int:
 
     _positive("--max-messages", args.max_messages)
     _positive("--timeout", args.timeout)
-    tail(connection_settings(args), args.topic, sys.stdout, as_json=args.json,
-         from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
-         max_messages=args.max_messages, timeout=args.timeout, stop=_stop_event(), err=sys.stderr)
+    with stop_on_signals() as stop:
+        tail(connection_settings(args), args.topic, sys.stdout, as_json=args.json,
+             from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
+             max_messages=args.max_messages, timeout=args.timeout, stop=stop, err=sys.stderr)
     return 0
 
 
@@ -98,16 +90,16 @@ def _forward(args) -> int:
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     settings = connection_settings(args)
     consumer = Consumer(forwarder_consumer_config(settings, args.group_id))
-    forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), args.topic,
-                          batch_size=args.batch_size, batch_wait=args.batch_wait,
-                          resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max,
-                          stop=_stop_event())
     log.info("forwarding %s on %s to %s (group %s)", args.topic, settings.kafka.bootstrap_servers,
              args.alertmanager, args.group_id)
-    try:
-        stats = forwarder.run(max_batches=args.max_batches)
-    finally:
-        consumer.close()
+    with stop_on_signals() as stop:
+        forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), args.topic,
+                              batch_size=args.batch_size, batch_wait=args.batch_wait,
+                              resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max, stop=stop)
+        try:
+            stats = forwarder.run(max_batches=args.max_batches)
+        finally:
+            consumer.close()
     log.info("forwarded %d alerts in %d batches (%d skipped, %d failed attempts)",
              stats.forwarded, stats.batches, stats.skipped, stats.failed_attempts)
     return 0

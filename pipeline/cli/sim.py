@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
-from datetime import UTC, datetime
 
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
+from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.errors import UserError
 
 
@@ -23,32 +21,14 @@ def make_producer(args):
     return Producer(tool_producer_config(connection_settings(args)))
 
 
-def parse_time(text: str) -> float:
-    """Epoch seconds or ISO-8601 (naive = UTC) -> epoch seconds."""
+def start_time(text: str) -> float:
+    """--start-time: ISO-8601 (naive = UTC) or epoch seconds."""
+    from latentwatch.pipeline.contract import parse_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         raise UserError(f"not a time: {text!r} (use ISO-8601 or epoch seconds)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """An Event set by Ctrl+C / SIGTERM, so a stream stops cleanly (flushes, closes the truth CSV)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _truth_sink(path):
@@ -135,7 +115,7 @@ def _simulate(args) -> int:
                               kinds=kinds, interval=args.interval, period=args.period)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    start_ts = parse_time(args.start_time) if args.start_time else None
+    start_ts = start_time(args.start_time) if args.start_time else None
     producer = make_producer(args)
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:

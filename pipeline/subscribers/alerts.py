@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from latentwatch.pipeline.contract import parse_time
+
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("warning", "critical")  # in increasing order
@@ -58,19 +60,17 @@ def parse_alert(value: bytes | None) -> dict:
     for key in ("score", "threshold"):
         if not isinstance(alert[key], (int, float)) or isinstance(alert[key], bool):
             raise BadAlert(f"{key} is not a number")
-    parse_time(alert["ts"])
+    alert_time(alert["ts"])
     return alert
 
 
-def parse_time(value) -> datetime:
-    """ISO 8601 (with `Z` or an offset; naive = UTC) or epoch seconds -> aware UTC datetime."""
+def alert_time(value) -> datetime:
+    """An alert's `ts` (contract.parse_time: ISO 8601, naive = UTC, or epoch seconds) -> aware UTC
+    datetime; BadAlert when it is none."""
     try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
-        dt = datetime.fromisoformat(str(value))
-    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(parse_time(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
         raise BadAlert(f"bad timestamp {value!r}") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def rfc3339(dt: datetime) -> str:
@@ -191,7 +191,7 @@ def tail(settings, topic: str, out: TextIO, *, as_json: bool = False, from_begin
 # ----------------------------------------------------------------------------- Alertmanager
 def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> dict:
     """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert)."""
-    starts = parse_time(alert["ts"])
+    starts = alert_time(alert["ts"])
     score, threshold = float(alert["score"]), float(alert["threshold"])
     channel = top_channel(alert)
     am = {
