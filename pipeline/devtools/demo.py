@@ -23,7 +23,6 @@ from confluent_kafka import Consumer, Producer
 from latentwatch.pipeline.config import KafkaSettings, load_settings
 from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
 from latentwatch.pipeline.kafka import clients as kafka_io
-from latentwatch.pipeline.runner import Pipeline
 from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
 from latentwatch.pipeline.devtools.truth import evaluate
 
@@ -111,6 +110,8 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
                           anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
     model = _train(opts, sim, workdir)
+
+    from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
 
     _create_input_topic(settings, partitions=4)
     pipeline = Pipeline(settings, model)
