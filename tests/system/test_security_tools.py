@@ -134,3 +134,20 @@ def test_alerts_forward_over_tls_and_scram(secure_broker, tmp_path, kind):
     finally:
         c.close()
     assert_no_secret(r.stdout + r.stderr)
+
+
+def test_bench_over_scram(secure_broker, tmp_path):
+    """The benchmark's own clients and the pipeline processes it starts reach a SCRAM cluster
+    (the smallest run that still starts a pipeline process)."""
+    b = secure_broker
+    cfg = write_config(tmp_path, client_config(b, "scram"))
+    out = tmp_path / "results"
+    r = cli("bench", "--config", str(cfg), "--quick", "--workloads", "single", "--readings", "2000",
+            "--skip", "model,naive,latency", "--out", str(out), "--stem", "scram", timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "scram.json").read_text())
+    assert res["broker"]["kind"] == "external"
+    single = res["workloads"]["single"]
+    assert single["ceiling_bare"]["readings_per_s"] > 0 and single["pipeline"]["readings_per_s"] > 0
+    assert single["pipeline"]["exit_code"] == 0
+    assert_no_secret(r.stdout + r.stderr)
