@@ -26,9 +26,10 @@ demo: setup
 test: setup system-deps
 	$(BIN)/python -m pytest $(ARGS)
 
-# The unit tier on every core (pytest-xdist): about 100 s of CPU in all.
+# The unit tier: about 100 s of CPU, in one process (pytest-xdist on 2 shared cores measured
+# slower: +40 % CPU for the workers' own start-up, nothing gained without an idle core).
 test-fast: setup
-	$(BIN)/python -m pytest tests/unit -n auto $(ARGS)
+	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 bench: setup
 	$(BIN)/python -m latentwatch.bench $(ARGS)
