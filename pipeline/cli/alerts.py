@@ -12,6 +12,8 @@ from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
+TOPIC_HELP = "alerts topic (default: topics.alerts of --config / LATENTWATCH_TOPICS__ALERTS, else anomaly-alerts)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("alerts", help="follow the anomaly alerts topic, or forward it to Alertmanager")
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(alerts of aborted transactions never show). Joins no consumer group and commits "
                     "nothing. Exits after --max-messages alerts, --timeout seconds, or Ctrl+C.")
     add_connection_flags(t)
-    t.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
+    t.add_argument("--topic", default=None, help=TOPIC_HELP)
     t.add_argument("--json", action="store_true", help="print each alert as one line of JSON")
     t.add_argument("--from-beginning", action="store_true",
                    help="start at the oldest alert still in the topic (default: only new alerts)")
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--alertmanager", required=True, metavar="URL",
                    help="Alertmanager base URL, e.g. http://localhost:9093")
     add_connection_flags(f)
-    f.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
+    f.add_argument("--topic", default=None, help=TOPIC_HELP)
     f.add_argument("--group-id", default="latentwatch-forwarder", help="consumer group (default: %(default)s)")
     f.add_argument("--batch-size", type=int, default=100, help="alerts per POST at most (default: %(default)s)")
     f.add_argument("--batch-wait", type=float, default=1.0,
@@ -73,7 +75,8 @@ def _tail(args) -> int:
     _positive("--max-messages", args.max_messages)
     _positive("--timeout", args.timeout)
     with stop_on_signals() as stop:
-        tail(connection_settings(args), args.topic, sys.stdout, as_json=args.json,
+        settings = connection_settings(args, {"topics.alerts": args.topic})
+        tail(settings, settings.topics.alerts, sys.stdout, as_json=args.json,
              from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
              max_messages=args.max_messages, timeout=args.timeout, stop=stop, err=sys.stderr)
     return 0
@@ -88,12 +91,13 @@ def _forward(args) -> int:
         raise UserError(f"--alertmanager must be an http(s) URL, got {args.alertmanager!r}")
     for name in ("batch_size", "batch_wait", "resolve_timeout", "backoff_max"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    settings = connection_settings(args)
+    settings = connection_settings(args, {"topics.alerts": args.topic})
+    topic = settings.topics.alerts
     consumer = Consumer(forwarder_consumer_config(settings, args.group_id))
-    log.info("forwarding %s on %s to %s (group %s)", args.topic, settings.kafka.bootstrap_servers,
+    log.info("forwarding %s on %s to %s (group %s)", topic, settings.kafka.bootstrap_servers,
              args.alertmanager, args.group_id)
     with stop_on_signals() as stop:
-        forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), args.topic,
+        forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), topic,
                               batch_size=args.batch_size, batch_wait=args.batch_wait,
                               resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max, stop=stop)
         try:

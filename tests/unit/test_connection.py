@@ -114,3 +114,18 @@ def test_subscriber_configs_come_from_the_settings():
     assert tail["security.protocol"] == "SASL_SSL" and tail["group.id"].startswith("latentwatch-tail-")
     fwd = forwarder_consumer_config(_secure(), "fwd")
     assert fwd["sasl.username"] == "u" and fwd["group.id"] == "fwd" and fwd["isolation.level"] == "read_committed"
+
+
+def test_alerts_tail_follows_the_configured_alerts_topic(clean_env, tmp_path, monkeypatch):
+    """Without --topic, `alerts tail` reads the pipeline's alerts topic of the same config."""
+    from latentwatch.pipeline.cli.main import main
+    from latentwatch.pipeline.subscribers import alerts
+
+    seen = []
+    monkeypatch.setattr(alerts, "tail", lambda settings, topic, *a, **kw: seen.append(topic) or 0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("topics:\n  alerts: prod-alerts\n")
+    assert main(["alerts", "tail", "--config", str(cfg), "--bootstrap", "b:1"]) == 0
+    assert main(["alerts", "tail", "--config", str(cfg), "--bootstrap", "b:1", "--topic", "other"]) == 0
+    assert main(["alerts", "tail", "--bootstrap", "b:1"]) == 0
+    assert seen == ["prod-alerts", "other", "anomaly-alerts"]
