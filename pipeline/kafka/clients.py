@@ -83,7 +83,7 @@ def create_topics(admin: AdminClient, specs: dict[str, tuple[int, dict] | int], 
 
 def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=None) -> dict:
     """The consumer of `run`."""
-    conf = settings.kafka.client_config()
+    conf = client_config(settings)
     conf.update({
         "group.id": settings.group_id,
         "enable.auto.commit": False,
@@ -139,7 +139,7 @@ class TransactionalId:
 
 def producer_config(settings: Settings, on_error=None, transactional_id: str | None = None) -> dict:
     """The producer of `run`."""
-    conf = settings.kafka.client_config()
+    conf = client_config(settings)
     conf.update({
         "enable.idempotence": True,
         "acks": "all",
