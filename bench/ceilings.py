@@ -7,13 +7,13 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from latentwatch.pipeline.kafka import clients as kafka_io
-from latentwatch.pipeline.config import load_settings
+from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.contract import Decoder
 
 
-def _consumer(bootstrap: str, topic: str, partitions: int) -> Consumer:
+def _consumer(cluster: Settings, topic: str, partitions: int) -> Consumer:
     """A consumer with the pipeline's fetch settings, assigned to every partition from the start."""
-    settings = load_settings(None, {"kafka.bootstrap_servers": bootstrap, "group_id": "bench-ceiling"})
+    settings = cluster.model_copy(update={"group_id": "bench-ceiling"})
     conf = kafka_io.consumer_config(settings)
     conf.pop("logger", None)
     c = Consumer(conf)
@@ -21,7 +21,7 @@ def _consumer(bootstrap: str, topic: str, partitions: int) -> Consumer:
     return c
 
 
-def consume_rate(bootstrap: str, topic: str, ends: dict[int, int], readings_per_message: int,
+def consume_rate(cluster: Settings, topic: str, ends: dict[int, int], readings_per_message: int,
                  channels: list[str] | None = None, chunk: int | None = None) -> dict:
     """Read every message up to `ends`; decode each one when `channels` is given.
 
@@ -32,7 +32,7 @@ def consume_rate(bootstrap: str, topic: str, ends: dict[int, int], readings_per_
     waited out its timeout, which measured the timeout. Returns readings/s, messages/s, counts."""
     chunk = chunk or max(1, 4096 // readings_per_message)
     t_assign = time.perf_counter()
-    c = _consumer(bootstrap, topic, len(ends))
+    c = _consumer(cluster, topic, len(ends))
     decoder = Decoder(channels) if channels else None
     total = sum(ends.values())
     seen = first = readings = 0

@@ -15,7 +15,10 @@ WARMUP_RUN_S = 10.0  # the unmeasured latency run before the measured ones
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", default=None, help="use this Kafka instead of a temporary local broker")
+    from latentwatch.pipeline.cli.connection import add_connection_flags
+
+    add_connection_flags(p, bootstrap_help="use this Kafka instead of a temporary local broker [env "
+                                           "LATENTWATCH_BOOTSTRAP or LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
     p.add_argument("--readings", type=int, default=1_000_000, help="readings per workload (default 1,000,000)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
     p.add_argument("--workloads", default="single,batch,frames",
@@ -54,6 +57,9 @@ def log(msg: str) -> None:
 
 
 def run(args) -> int:
+    from latentwatch.pipeline.cli.connection import bootstrap_configured
+    from latentwatch.pipeline.config import KafkaSettings
+
     if args.quick:
         args.readings = min(args.readings, 20_000)
         args.naive_readings = min(args.naive_readings, 2_000)
@@ -65,17 +71,18 @@ def run(args) -> int:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         broker = None
-        if args.bootstrap:
-            bootstrap, broker_info = args.bootstrap, {"kind": "external", "version": "?"}
+        cluster = _cluster(args)
+        if bootstrap_configured(cluster):
+            broker_info = {"kind": "external", "version": "?"}
         else:
             from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker
 
             log("starting a local Kafka broker")
             broker = LocalBroker(work / "broker")
-            bootstrap = broker.start().bootstrap
+            cluster = cluster.model_copy(update={"kafka": KafkaSettings(bootstrap_servers=broker.start().bootstrap)})
             broker_info = {"kind": "local single-node KRaft", "version": KAFKA_VERSION}
         try:
-            res = _measure(args, bootstrap, broker_info, work)
+            res = _measure(args, cluster, broker_info, work)
         finally:
             if broker is not None:
                 broker.stop()
@@ -91,7 +98,20 @@ def _write(args, res):
     return report.write(res, Path(args.out), args.stem)
 
 
-def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
+def _cluster(args):
+    """The Kafka settings of --bootstrap / --config / LATENTWATCH_* (TLS, SASL), as every command
+    reads them. The pipeline processes under test inherit them: --config goes to them through
+    $LATENTWATCH_CONFIG."""
+    import os
+
+    from latentwatch.pipeline.cli.connection import connection_settings
+
+    if args.config:
+        os.environ["LATENTWATCH_CONFIG"] = os.path.abspath(args.config)
+    return connection_settings(args, local_fallback=False)
+
+
+def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
     from latentwatch.bench import report
     from latentwatch.bench.ceilings import consume_rate
     from latentwatch.bench.latency import run_latency
@@ -141,30 +161,30 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
         fmt = "frames" if name == "frames" else "json"
         w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
-        produce(bootstrap, w)
-        ends = end_offsets(bootstrap, w.topic)
+        produce(cluster, w)
+        ends = end_offsets(cluster, w.topic)
         out: dict = {"workload": w.describe()}
         res["workloads"][name] = out
         if "ceilings" not in skip:
             log(f"{name}: ceilings")
-            out["ceiling_bare"] = consume_rate(bootstrap, w.topic, ends, per)
-            out["ceiling_decode"] = consume_rate(bootstrap, w.topic, ends, per, channels)
+            out["ceiling_bare"] = consume_rate(cluster, w.topic, ends, per)
+            out["ceiling_decode"] = consume_rate(cluster, w.topic, ends, per, channels)
         if "pipeline" not in skip:
             log(f"{name}: pipeline end to end")
             prof = work / f"profile-{name}.speedscope.json" if args.profile else None
-            out["pipeline"] = run_pipeline(bootstrap, model_dir, w.topic, ends, per, work, args.batch_size,
+            out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, args.batch_size,
                                            env=env, profile_out=prof, max_wait_ms=args.max_wait_ms)
             if prof is not None:
                 out["pipeline"]["profile"] = str(prof)
             log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
             if "ceilings" not in skip:  # again, so a change in background load shows (the ratio uses the mean)
-                out["ceiling_decode_after"] = consume_rate(bootstrap, w.topic, ends, per, channels)
+                out["ceiling_decode_after"] = consume_rate(cluster, w.topic, ends, per, channels)
         if "naive" not in skip and det.window == 1:
             log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
                 f"(at most {args.naive_seconds:.0f} s)")
             alerts = unique("naive-alerts")
-            make_topics(bootstrap, {alerts: (1, {})})
-            out["naive"] = run_naive(bootstrap, w.topic, PARTITIONS, model_dir, alerts,
+            make_topics(cluster, {alerts: (1, {})})
+            out["naive"] = run_naive(cluster, w.topic, PARTITIONS, model_dir, alerts,
                                      min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
         if "latency" not in skip:
             max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
@@ -172,7 +192,7 @@ def _measure(args, bootstrap: str, broker_info: dict, work: Path) -> dict:
             rates = [args.latency_rate] if args.latency_rate else [f * max_rate for f in fractions]
 
             def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
-                return run_latency(bootstrap, model_dir, work, rate=rate, duration=duration, channels=args.channels,
+                return run_latency(cluster, model_dir, work, rate=rate, duration=duration, channels=args.channels,
                                    sensors=args.sensors, readings_per_message=per, batch_size=args.batch_size,
                                    env=env, max_wait_ms=args.max_wait_ms, profile_out=profile, fmt=fmt)
 

@@ -31,7 +31,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from latentwatch.bench.pipeline_proc import CommitWatcher, PipelineProcess, wait_for_commits
 from latentwatch.bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
+from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
+from latentwatch.pipeline.kafka import clients as kafka_io
 
 MIN_SLEEP_S = 0.0005  # the load generator's pacing granularity
 # The generator's librdkafka linger.ms: librdkafka's default, as a sensor gateway would run. Its
@@ -59,8 +61,8 @@ def _cpu_used(a: dict, b: dict) -> dict:
     return {k: round((b[k] - a[k]) / wall, 2) for k in ("busy", "pipeline", "generator")}
 
 
-def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader", "enable.auto.commit": False})
+def _read_all(cluster: Settings, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
+    c = Consumer(kafka_io.client_config(cluster) | {"group.id": "bench-reader", "enable.auto.commit": False})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     seen, total = 0, sum(ends.values())
     deadline = time.monotonic() + 300
@@ -74,12 +76,12 @@ def _read_all(bootstrap: str, topic: str, partitions: int, ends: dict[int, int],
         c.close()
 
 
-def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
+def run_latency(cluster: Settings, model_dir: str, work: Path, *, rate: float, duration: float, channels: int,
                 sensors: int, readings_per_message: int, batch_size: int, warmup_s: float | None = None,
                 env: dict | None = None, seed: int = SEED, max_wait_ms: float | None = None,
                 profile_out: Path | None = None, linger_ms: float = GENERATOR_LINGER_MS, fmt: str = "json") -> dict:
     topic, alerts, dlq, group = unique("lat-in"), unique("lat-alerts"), unique("lat-dlq"), unique("lat-group")
-    make_topics(bootstrap, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
+    make_topics(cluster, {topic: (PARTITIONS, {}), alerts: (1, {"message.timestamp.type": "LogAppendTime"}),
                             dlq: (1, {})})
     warmup_s = min(3.0, duration / 4) if warmup_s is None else warmup_s  # 3 s, less in a smoke run
     n_readings = int(rate * duration)
@@ -90,11 +92,11 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
     gc.collect()
     gc.freeze()
 
-    proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
+    proc = PipelineProcess(cluster, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
                            batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all", "enable.idempotence": True,
+    p = Producer(kafka_io.client_config(cluster) | {"linger.ms": linger_ms, "acks": "all", "enable.idempotence": True,
                   "compression.type": "lz4"})
-    watcher = CommitWatcher(bootstrap, group, topic, PARTITIONS)
+    watcher = CommitWatcher(cluster, group, topic, PARTITIONS)
     behind_max = 0.0
     try:
         proc.wait_assigned()
@@ -126,7 +128,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
         produce_s = time.perf_counter() - t0
         cpu = _cpu_used(cpu0, _cpu_snapshot(proc.python_pid()))
         p.flush(60)
-        ends = end_offsets(bootstrap, topic)
+        ends = end_offsets(cluster, topic)
         wait_for_commits(proc, watcher, ends, timeout=max(120.0, 4 * duration))
         rss = proc.peak_rss_bytes()
         own = proc.scrape()
@@ -142,7 +144,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
         src = json.loads(m.value())["source"]
         alert_src.append((src["partition"], src["offset"], m.timestamp()[1]))
 
-    _read_all(bootstrap, alerts, 1, end_offsets(bootstrap, alerts, 1), on_alert)
+    _read_all(cluster, alerts, 1, end_offsets(cluster, alerts, 1), on_alert)
     ts_kinds = set()
     needed = {(pa, off) for pa, off, _ in alert_src}
     input_ts: dict[tuple[int, int], int] = {}
@@ -154,7 +156,7 @@ def run_latency(bootstrap: str, model_dir: str, work: Path, *, rate: float, dura
             ts_kinds.add(kind)
             input_ts[key] = ts
 
-    _read_all(bootstrap, topic, PARTITIONS, ends, on_input)
+    _read_all(cluster, topic, PARTITIONS, ends, on_input)
     cutoff = (t0_wall + warmup_s) * 1000
     pairs = np.array([(input_ts[(pa, off)], a - input_ts[(pa, off)]) for pa, off, a in alert_src
                       if (pa, off) in input_ts], dtype=np.float64).reshape(-1, 2)

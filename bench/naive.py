@@ -12,9 +12,11 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from latentwatch.pipeline.contract import parse_ts
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.kafka import clients as kafka_io
 
 
-def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alerts_topic: str,
+def run_naive(cluster: Settings, topic: str, partitions: int, model_dir: str, alerts_topic: str,
               max_readings: int, max_seconds: float = 30.0, fmt: str = "json") -> dict:
     from latentwatch.detectors.checkpoint import load
 
@@ -23,10 +25,10 @@ def run_naive(bootstrap: str, topic: str, partitions: int, model_dir: str, alert
     channels = det.channels
     if det.window != 1:
         raise ValueError("the naive baseline scores one reading per call: it needs a point-wise (window 1) model")
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-naive-{topic}", "enable.auto.commit": False,
+    c = Consumer(kafka_io.client_config(cluster) | {"group.id": f"bench-naive-{topic}", "enable.auto.commit": False,
                   "auto.offset.reset": "earliest"})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    p = Producer(kafka_io.client_config(cluster) | {"acks": "all", "enable.idempotence": True})
     readings = alerts = messages = 0
     t0 = None
     try:

@@ -12,15 +12,21 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.kafka import clients as kafka_io
+
 
 class PipelineProcess:
     """`python -m latentwatch.pipeline.cli run ...` with its log in `log_path`."""
 
-    def __init__(self, bootstrap: str, model_dir: str, input_topic: str, alerts_topic: str, dlq_topic: str,
+    def __init__(self, cluster: Settings, model_dir: str, input_topic: str, alerts_topic: str, dlq_topic: str,
                  group: str, log_path: Path, batch_size: int = 4096, max_wait_ms: float | None = None,
                  env: dict | None = None, profile_out: Path | None = None):
-        self.bootstrap, self.topic, self.group = bootstrap, input_topic, group
-        cmd = [sys.executable, "-m", "latentwatch.pipeline.cli", "run", "--model", model_dir, "--bootstrap", bootstrap,
+        self.topic, self.group = input_topic, group
+        # The connection: --bootstrap here; TLS/SASL from the environment or $LATENTWATCH_CONFIG,
+        # which the child inherits (bench --config sets it).
+        cmd = [sys.executable, "-m", "latentwatch.pipeline.cli", "run", "--model", model_dir,
+               "--bootstrap", cluster.kafka.bootstrap_servers,
                "--input-topic", input_topic, "--alerts-topic", alerts_topic, "--dead-letter-topic", dlq_topic,
                "--group-id", group, "--metrics-port", "0", "--batch-size", str(batch_size), "--device", "cpu"]
         if max_wait_ms is not None:
@@ -120,8 +126,8 @@ class PipelineProcess:
 class CommitWatcher:
     """Reads the group's committed offsets (a consumer that never joins the group)."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int):
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    def __init__(self, cluster: Settings, group: str, topic: str, partitions: int):
+        self.c = Consumer(kafka_io.client_config(cluster) | {"group.id": group, "enable.auto.commit": False})
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
 
     def committed(self) -> dict[int, int]:
@@ -154,17 +160,17 @@ def wait_for_commits(proc: PipelineProcess, watcher: CommitWatcher, ends: dict[i
     raise RuntimeError(f"pipeline did not commit {total} offsets within {timeout:.0f} s: {proc.tail()}")
 
 
-def run_pipeline(bootstrap: str, model_dir: str, topic: str, ends: dict[int, int], readings_per_message: int,
+def run_pipeline(cluster: Settings, model_dir: str, topic: str, ends: dict[int, int], readings_per_message: int,
                  work: Path, batch_size: int, env: dict | None = None, profile_out: Path | None = None,
                  timeout: float = 1200, max_wait_ms: float | None = None) -> dict:
     """The whole topic through a fresh pipeline process; readings/s between the first and last commit."""
     from latentwatch.bench.workload import make_topics, unique
 
     alerts, dlq, group = unique("alerts"), unique("dlq"), unique("group")
-    make_topics(bootstrap, {alerts: (1, {}), dlq: (1, {})})
-    proc = PipelineProcess(bootstrap, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
+    make_topics(cluster, {alerts: (1, {}), dlq: (1, {})})
+    proc = PipelineProcess(cluster, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
                            batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
-    watcher = CommitWatcher(bootstrap, group, topic, len(ends))
+    watcher = CommitWatcher(cluster, group, topic, len(ends))
     try:
         t_start = time.perf_counter()
         proc.wait_assigned()

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from latentwatch.pipeline.devtools.simulate import SensorSimulator, iso_ts
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.kafka import clients as kafka_io
 
 PARTITIONS = 8
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated event times (fixed, reproducible)
@@ -36,12 +38,10 @@ class Workload:
         return asdict(self)
 
 
-def make_topics(bootstrap: str, specs: dict[str, tuple[int, dict]]) -> None:
+def make_topics(cluster: Settings, specs: dict[str, tuple[int, dict]]) -> None:
     """Create topics {name: (partitions, config)} and wait for them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futs = admin.create_topics([NewTopic(n, p, 1, config=c) for n, (p, c) in specs.items()])
-    for fut in futs.values():
-        fut.result(timeout=60)
+    admin = AdminClient(kafka_io.admin_config(cluster))
+    kafka_io.create_topics(admin, specs, exist_ok=False, timeout=60)
 
 
 def unique(prefix: str) -> str:
@@ -127,18 +127,18 @@ def _encode_frames(sim: SensorSimulator, n_readings: int, per_message: int, step
         step += chunk_steps
 
 
-def bulk_producer(bootstrap: str, linger_ms: int = 20) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "batch.size": 1_000_000,
+def bulk_producer(cluster: Settings, linger_ms: int = 20) -> Producer:
+    return Producer(kafka_io.client_config(cluster) | {"linger.ms": linger_ms, "batch.size": 1_000_000,
                      "compression.type": "lz4", "acks": "all", "enable.idempotence": True,
                      "queue.buffering.max.messages": 500_000})
 
 
-def produce(bootstrap: str, w: Workload, seed: int = SEED) -> Workload:
+def produce(cluster: Settings, w: Workload, seed: int = SEED) -> Workload:
     """Create `w.topic` (8 partitions) and fill it with `w.readings` readings as fast as possible."""
     w.topic = w.topic or unique(w.name)
-    make_topics(bootstrap, {w.topic: (PARTITIONS, {})})
+    make_topics(cluster, {w.topic: (PARTITIONS, {})})
     sim = SensorSimulator(sensors=w.sensors, channels=w.channels, seed=seed)
-    p = bulk_producer(bootstrap)
+    p = bulk_producer(cluster)
     t0 = time.monotonic()
     for i, (key, value, _) in enumerate(encode_messages(sim, w.readings, w.readings_per_message, fmt=w.format)):
         while True:
@@ -157,8 +157,8 @@ def produce(bootstrap: str, w: Workload, seed: int = SEED) -> Workload:
     return w
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+def end_offsets(cluster: Settings, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
+    c = Consumer(kafka_io.client_config(cluster) | {"group.id": "bench-watermarks"})
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
     finally:

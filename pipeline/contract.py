@@ -77,25 +77,39 @@ def loads(value: bytes):
         raise ContractError("not_json", str(exc)[:200]) from None
 
 
-def parse_ts(raw) -> float:
-    """ISO-8601 (a naive time is UTC) or epoch seconds -> epoch seconds."""
+def parse_time(raw) -> float:
+    """ISO-8601 (a naive time is UTC) or epoch seconds (a number, or its text) -> epoch seconds.
+
+    The one time parser: the input contract (parse_ts), `simulate --start-time`, `replay`'s time
+    column and the alert subscribers use it. TypeError for anything but a string or a number,
+    ValueError (saying why, after the value: "'x' is neither ...") for a string that is no time."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         try:
             return float(raw)
         except OverflowError:  # a JSON integer beyond float range
-            raise ContractError("bad_timestamp", "ts is an integer beyond any date") from None
-    if isinstance(raw, str):
+            raise ValueError("is an integer beyond any date") from None
+    if not isinstance(raw, str):
+        raise TypeError(f"must be a string or a number, not {type(raw).__name__}")
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
         try:
-            dt = datetime.fromisoformat(raw)
+            return float(raw)
         except ValueError:
-            try:
-                return float(raw)
-            except ValueError:
-                raise ContractError("bad_timestamp", f"ts {raw[:40]!r} is neither ISO-8601 nor epoch seconds") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    raise ContractError("schema", f"ts must be a string or a number, not {type(raw).__name__}")
+            raise ValueError(f"{raw[:40]!r} is neither ISO-8601 nor epoch seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def parse_ts(raw) -> float:
+    """parse_time for the `ts` of a reading: failures are contract errors (schema, bad_timestamp)."""
+    try:
+        return parse_time(raw)
+    except TypeError as exc:
+        raise ContractError("schema", f"ts {exc}") from None
+    except ValueError as exc:
+        raise ContractError("bad_timestamp", f"ts {exc}") from None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

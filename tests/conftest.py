@@ -19,6 +19,7 @@ pytest.register_assert_rewrite("tests.support")
 pytest_plugins = [
     "tests.support.kafka",
     "tests.support.prom",
+    "tests.support.secure",
     "tests.support.streams",
 ]
 

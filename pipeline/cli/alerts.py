@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
+from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
+from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_HELP = ("Kafka bootstrap servers (default: $LATENTWATCH_BOOTSTRAP, else the local broker "
-                  "of `latentwatch broker start`)")
+TOPIC_HELP = "alerts topic (default: topics.alerts of --config / LATENTWATCH_TOPICS__ALERTS, else anomaly-alerts)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reads every partition of the alerts topic with isolation.level=read_committed "
                     "(alerts of aborted transactions never show). Joins no consumer group and commits "
                     "nothing. Exits after --max-messages alerts, --timeout seconds, or Ctrl+C.")
-    t.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    t.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
+    add_connection_flags(t)
+    t.add_argument("--topic", default=None, help=TOPIC_HELP)
     t.add_argument("--json", action="store_true", help="print each alert as one line of JSON")
     t.add_argument("--from-beginning", action="store_true",
                    help="start at the oldest alert still in the topic (default: only new alerts)")
@@ -50,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "accepted it. Runs until Ctrl+C / SIGTERM.")
     f.add_argument("--alertmanager", required=True, metavar="URL",
                    help="Alertmanager base URL, e.g. http://localhost:9093")
-    f.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    f.add_argument("--topic", default="anomaly-alerts", help="alerts topic (default: %(default)s)")
+    add_connection_flags(f)
+    f.add_argument("--topic", default=None, help=TOPIC_HELP)
     f.add_argument("--group-id", default="latentwatch-forwarder", help="consumer group (default: %(default)s)")
     f.add_argument("--batch-size", type=int, default=100, help="alerts per POST at most (default: %(default)s)")
     f.add_argument("--batch-wait", type=float, default=1.0,
@@ -65,20 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_forward)
 
 
-def _bootstrap(value: str | None) -> str:
-    from latentwatch.pipeline.cli.sim import bootstrap_servers
-
-    return bootstrap_servers(value)
-
-
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise UserError(f"{name} must be positive, got {value}")
@@ -89,9 +74,11 @@ def _tail(args) -> int:
 
     _positive("--max-messages", args.max_messages)
     _positive("--timeout", args.timeout)
-    tail(_bootstrap(args.bootstrap), args.topic, sys.stdout, as_json=args.json,
-         from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
-         max_messages=args.max_messages, timeout=args.timeout, stop=_stop_event(), err=sys.stderr)
+    with stop_on_signals() as stop:
+        settings = connection_settings(args, {"topics.alerts": args.topic})
+        tail(settings, settings.topics.alerts, sys.stdout, as_json=args.json,
+             from_beginning=args.from_beginning, min_severity=args.min_severity, sensors=args.sensor,
+             max_messages=args.max_messages, timeout=args.timeout, stop=stop, err=sys.stderr)
     return 0
 
 
@@ -104,17 +91,19 @@ def _forward(args) -> int:
         raise UserError(f"--alertmanager must be an http(s) URL, got {args.alertmanager!r}")
     for name in ("batch_size", "batch_wait", "resolve_timeout", "backoff_max"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    bootstrap = _bootstrap(args.bootstrap)
-    consumer = Consumer(forwarder_consumer_config(bootstrap, args.group_id))
-    forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), args.topic,
-                          batch_size=args.batch_size, batch_wait=args.batch_wait,
-                          resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max,
-                          stop=_stop_event())
-    log.info("forwarding %s on %s to %s (group %s)", args.topic, bootstrap, args.alertmanager, args.group_id)
-    try:
-        stats = forwarder.run(max_batches=args.max_batches)
-    finally:
-        consumer.close()
+    settings = connection_settings(args, {"topics.alerts": args.topic})
+    topic = settings.topics.alerts
+    consumer = Consumer(forwarder_consumer_config(settings, args.group_id))
+    log.info("forwarding %s on %s to %s (group %s)", topic, settings.kafka.bootstrap_servers,
+             args.alertmanager, args.group_id)
+    with stop_on_signals() as stop:
+        forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), topic,
+                              batch_size=args.batch_size, batch_wait=args.batch_wait,
+                              resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max, stop=stop)
+        try:
+            stats = forwarder.run(max_batches=args.max_batches)
+        finally:
+            consumer.close()
     log.info("forwarded %d alerts in %d batches (%d skipped, %d failed attempts)",
              stats.forwarded, stats.batches, stats.skipped, stats.failed_attempts)
     return 0

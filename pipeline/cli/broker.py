@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
+from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker, default_state_dir
 
 
@@ -47,16 +46,14 @@ def _start(args) -> int:
     print(info.bootstrap, flush=True)
     if not args.foreground:
         return 0
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    try:
-        while not done.wait(1.0):
-            if broker.status() is None:
-                print("latentwatch: the broker exited; see", broker.log_file)
-                return 1
-    finally:
-        broker.stop()
+    with stop_on_signals() as done:
+        try:
+            while not done.wait(1.0):
+                if broker.status() is None:
+                    print("latentwatch: the broker exited; see", broker.log_file)
+                    return 1
+        finally:
+            broker.stop()
     return 0
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from latentwatch.pipeline.cli.connection import add_connection_flags, bootstrap_configured, connection_settings
 from latentwatch.pipeline.errors import UserError
 
 
@@ -13,11 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo", help="live demo: local broker, simulated sensors, pipeline, alerts, metrics",
-        description="Starts a local Kafka broker (unless --bootstrap), trains a model on simulated normal "
+        description="Starts a local Kafka broker (unless a Kafka address is configured: --bootstrap, the "
+                    "kafka: section of --config, or LATENTWATCH_* variables), trains a model on simulated normal "
                     "data, streams simulated sensors with injected anomalies through the pipeline, shows "
                     "alerts live, and prints precision/recall/latency at the end. Stops everything it started.")
-    p.add_argument("--bootstrap", default=os.environ.get("LATENTWATCH_BOOTSTRAP"),
-                   help="use this Kafka cluster instead of starting a local broker [env LATENTWATCH_BOOTSTRAP]")
+    add_connection_flags(p, bootstrap_help="use this Kafka cluster instead of starting a local broker "
+                                           "[env LATENTWATCH_BOOTSTRAP or LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl+C)")
     p.add_argument("--rate", type=float, default=400.0, help="readings/s across all sensors (default 400)")
     p.add_argument("--sensors", type=int, default=20)
@@ -47,7 +48,9 @@ def _demo(args) -> int:
                         f"choose from {', '.join(KINDS)} or 'all'")
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
-    opts = DemoOptions(bootstrap=args.bootstrap, duration=args.duration, rate=args.rate, sensors=args.sensors,
+    settings = connection_settings(args, local_fallback=False)
+    kafka = settings.kafka if bootstrap_configured(settings) else None
+    opts = DemoOptions(kafka=kafka, duration=args.duration, rate=args.rate, sensors=args.sensors,
                        channels=args.channels, anomaly_rate=args.anomaly_rate, kinds=kinds, window=args.window,
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet)
     return main_demo(opts)

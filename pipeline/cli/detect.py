@@ -262,10 +262,12 @@ def _format_rows(timestamps, score, threshold, anomaly, above, parts, latent, fi
 def _evaluate_skab(args) -> int:
     from latentwatch.detectors import evaluate
 
-    root = evaluate.find_skab(args.data, repo_root=Path(__file__).resolve().parent.parent)
+    root = evaluate.find_skab(args.data, repo_root=Path(__file__).resolve().parents[2])
     if root is None:
         raise UserError(f"SKAB data not found (looked for {args.data or '../shared/data/skab'} from the current "
-                        "directory and the repository root); pass --data PATH")
+                        "directory and the repository root): get it with 'git clone "
+                        "https://github.com/waico/SKAB ../shared/data/skab' (GPL-3.0, not shipped here) "
+                        "or pass --data PATH")
     _device(args.device)
     if args.select == "cv":
         return _select_skab(root, args)

@@ -46,9 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def without_triton() -> None:
+    """Make PyTorch see no Triton in this process.
+
+    PyTorch imports Triton (the GPU kernel compiler of torch.compile) merely to probe for it as
+    soon as anything loads torch._dynamo, and torch.optim does on an optimizer's first parameter
+    group (`train`, the demo). Nothing here compiles kernels, and at exit Triton's nanobind
+    bindings printed about 30 lines of `nanobind: leaked ... triton ...` warnings under the
+    demo's summary. A None entry in sys.modules makes `import triton` fail, so torch's
+    has_triton_package() is False, as on a machine without Triton. `bench` keeps Triton: it
+    measures torch.compile on a GPU.
+    """
+    sys.modules.setdefault("triton", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "bench":
+        without_triton()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -11,7 +11,8 @@ import sys
 
 import yaml
 
-from latentwatch.pipeline.config import ENV_PREFIX, load_settings
+from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
+from latentwatch.pipeline.config import ENV_PREFIX
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger("latentwatch.run")
@@ -19,8 +20,6 @@ log = logging.getLogger("latentwatch.run")
 # flag -> (settings path, environment variable, help)
 RUN_FLAGS = {
     "--model": ("model.path", "MODEL__PATH", "model directory written by 'latentwatch train'"),
-    "--bootstrap": ("kafka.bootstrap_servers", "KAFKA__BOOTSTRAP_SERVERS", "Kafka bootstrap servers "
-                    f"(also {ENV_PREFIX}BOOTSTRAP)"),
     "--input-topic": ("topics.input", "TOPICS__INPUT", "topic of sensor readings (default sensor-readings)"),
     "--alerts-topic": ("topics.alerts", "TOPICS__ALERTS", "topic for alerts (default anomaly-alerts)"),
     "--dead-letter-topic": ("topics.dead_letter", "TOPICS__DEAD_LETTER",
@@ -37,7 +36,8 @@ RUN_FLAGS = {
 
 
 def add_settings_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"YAML config file [env {ENV_PREFIX}CONFIG]")
+    # run's default address is kafka.bootstrap_servers' (127.0.0.1:9092, docker-compose's broker)
+    add_connection_flags(p, local_fallback=False)
     for flag, (_, env, text) in RUN_FLAGS.items():
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None,
                        help=f"{text} [env {ENV_PREFIX}{env}]")
@@ -48,7 +48,7 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args):
     overrides = {path: getattr(args, flag[2:].replace("-", "_")) for flag, (path, _, _) in RUN_FLAGS.items()}
     overrides["create_topics"] = getattr(args, "create_topics", None)
-    return load_settings(args.config, overrides)
+    return connection_settings(args, overrides, local_fallback=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,62 +5,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
 import sys
-import threading
-from datetime import UTC, datetime
 
+from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
+from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.errors import UserError
 
 
-def bootstrap_servers(value: str | None) -> str:
-    """--bootstrap, else $LATENTWATCH_BOOTSTRAP, else the broker `latentwatch broker start` runs."""
-    if value:
-        return value
-    if os.environ.get("LATENTWATCH_BOOTSTRAP"):
-        return os.environ["LATENTWATCH_BOOTSTRAP"]
-    from latentwatch.pipeline.devtools.broker import LocalBroker, default_state_dir
-
-    info = LocalBroker(default_state_dir()).status()
-    if info is None:
-        raise UserError("no Kafka address: pass --bootstrap HOST:PORT, set LATENTWATCH_BOOTSTRAP, "
-                        "or start one with `latentwatch broker start`")
-    return info.bootstrap
-
-
-def make_producer(bootstrap: str):
+def make_producer(args):
+    """A producer to the cluster of --bootstrap / --config / the environment (TLS, SASL)."""
     from confluent_kafka import Producer
 
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    from latentwatch.pipeline.kafka.clients import tool_producer_config
+
+    return Producer(tool_producer_config(connection_settings(args)))
 
 
-def parse_time(text: str) -> float:
-    """Epoch seconds or ISO-8601 (naive = UTC) -> epoch seconds."""
+def start_time(text: str) -> float:
+    """--start-time: ISO-8601 (naive = UTC) or epoch seconds."""
+    from latentwatch.pipeline.contract import parse_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         raise UserError(f"not a time: {text!r} (use ISO-8601 or epoch seconds)") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """An Event set by Ctrl+C / SIGTERM, so a stream stops cleanly (flushes, closes the truth CSV)."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _truth_sink(path):
@@ -76,9 +44,7 @@ def _truth_sink(path):
 
 def _kafka_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", required=True, help="Kafka topic to produce to")
-    p.add_argument("--bootstrap", default=None,
-                   help="Kafka bootstrap servers (default: $LATENTWATCH_BOOTSTRAP, else the local broker "
-                        "of `latentwatch broker start`)")
+    add_connection_flags(p)
     p.add_argument("--batch-size", type=int, default=1,
                    help="readings per message; 1 = single-reading messages (default: %(default)s)")
     p.add_argument("--format", choices=["json", "frames"], default="json",
@@ -162,8 +128,8 @@ def _simulate(args) -> int:
         except ValueError:
             raise UserError(f"--operating-point-change {args.operating_point_change!r}: give AFTER_S or "
                             "AFTER_S:SHIFT, e.g. 600:2") from None
-    start_ts = parse_time(args.start_time) if args.start_time else None
-    producer = make_producer(bootstrap_servers(args.bootstrap))
+    start_ts = start_time(args.start_time) if args.start_time else None
+    producer = make_producer(args)
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         produce_stream(producer, args.topic, sim, args.rate, count=args.count, duration=args.duration,
@@ -188,7 +154,7 @@ def _replay(args) -> int:
     speed = 0.0 if args.as_fast_as_possible else args.speed
     if speed < 0 or (args.rate is not None and args.rate <= 0):
         raise UserError("--speed must be >= 0 and --rate > 0")
-    producer = make_producer(bootstrap_servers(args.bootstrap))
+    producer = make_producer(args)
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         replay_file(producer, args.topic, args.csv, speed=speed, rate=args.rate, sensor_id=args.sensor_id,

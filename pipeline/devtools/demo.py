@@ -1,6 +1,6 @@
 """`latentwatch demo`: the whole system live on one machine.
 
-Local broker (unless --bootstrap) -> topics -> a model trained on simulated normal data ->
+Local broker (unless a Kafka address is configured: --bootstrap, --config, LATENTWATCH_*) -> topics -> a model trained on simulated normal data ->
 simulator + pipeline + metrics -> live progress in the terminal -> a summary scored against the
 simulator's ground truth -> everything started is stopped again.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
+from latentwatch.pipeline.config import KafkaSettings, load_settings
 from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
-from latentwatch.pipeline.config import load_settings
-from latentwatch.pipeline.runner import Pipeline
+from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
 from latentwatch.pipeline.devtools.truth import evaluate
 
@@ -40,7 +40,7 @@ BAD_MESSAGES = [b"{not json", b'{"sensor_id": "sensor-x", "ts": "soon", "values"
 
 @dataclass
 class DemoOptions:
-    bootstrap: str | None = None
+    kafka: KafkaSettings | None = None  # an existing cluster (TLS, SASL...); None: a local broker
     duration: float | None = None
     rate: float = 400.0
     sensors: int = 20
@@ -62,14 +62,14 @@ def run_demo(opts: DemoOptions) -> int:
     workdir = tempfile.mkdtemp(prefix="latentwatch-demo-")
     broker = None
     try:
-        bootstrap = opts.bootstrap
-        if not bootstrap:
+        kafka = opts.kafka
+        if kafka is None:
             out("starting a local Kafka broker ...")
             broker = LocalBroker(f"{workdir}/broker")
             t0 = time.monotonic()
-            bootstrap = broker.start().bootstrap
-            out(f"broker ready at {bootstrap} ({time.monotonic() - t0:.1f} s)")
-        return _run(opts, bootstrap, workdir)
+            kafka = KafkaSettings(bootstrap_servers=broker.start().bootstrap)
+            out(f"broker ready at {kafka.bootstrap_servers} ({time.monotonic() - t0:.1f} s)")
+        return _run(opts, kafka, workdir)
     finally:
         if broker is not None:
             broker.stop()
@@ -99,17 +99,19 @@ def _train(opts: DemoOptions, sim: SensorSimulator, workdir: str):
     return load(path, device="auto")
 
 
-def _run(opts: DemoOptions, bootstrap: str, workdir: str) -> int:
+def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     run_id = uuid.uuid4().hex[:6]
     topics = {"topics.input": f"demo-readings-{run_id}", "topics.alerts": f"demo-alerts-{run_id}",
               "topics.dead_letter": f"demo-readings-{run_id}.dlq"}
     port = opts.metrics_port if opts.metrics_port and not port_in_use(opts.metrics_port) else 0
-    settings = load_settings(None, {"kafka.bootstrap_servers": bootstrap, **topics,
+    settings = load_settings(None, {"kafka": kafka.model_dump(), **topics,
                                     "group_id": f"demo-{run_id}", "metrics.port": port,
                                     "create_topics": True, "batch.max_wait_ms": 10})
     sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
                           anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
     model = _train(opts, sim, workdir)
+
+    from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
 
     _create_input_topic(settings, partitions=4)
     pipeline = Pipeline(settings, model)
@@ -119,12 +121,12 @@ def _run(opts: DemoOptions, bootstrap: str, workdir: str) -> int:
     runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     runner.start()
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": _QUIET})
+    producer = Producer(kafka_io.tool_producer_config(settings, {"logger": _QUIET}))
     truth: list = []
     stream = BackgroundStream(producer, settings.topics.input, sim, rate=opts.rate,
                               on_truth=truth.extend).start()
     alerts: list[dict] = []
-    watcher = _AlertWatcher(bootstrap, settings.topics.alerts, alerts, quiet=opts.quiet)
+    watcher = _AlertWatcher(settings, alerts, quiet=opts.quiet)
     watcher.start()
     out(f"simulating {opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s, "
         f"anomalies: {', '.join(opts.kinds)} — Ctrl+C to stop" +
@@ -156,10 +158,10 @@ def _run(opts: DemoOptions, bootstrap: str, workdir: str) -> int:
 
 
 def _create_input_topic(settings, partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    admin.create_topics([NewTopic(settings.topics.input, partitions, 1)])[settings.topics.input].result(30)
+    admin = AdminClient(kafka_io.admin_config(settings))
+    kafka_io.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
 
 
 def _metric(metrics, name: str) -> float:
@@ -188,12 +190,12 @@ def _drain(pipeline, expected_readings: int, timeout: float) -> None:
 class _AlertWatcher(threading.Thread):
     """Prints alerts as they arrive (a few per second at most) and keeps them for the summary."""
 
-    def __init__(self, bootstrap: str, topic: str, sink: list, quiet: bool):
+    def __init__(self, settings, sink: list, quiet: bool):
         super().__init__(name="alerts", daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-tail-{uuid.uuid4().hex[:6]}",
-                                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                                  "logger": _QUIET})
-        self.consumer.subscribe([topic])
+        self.consumer = Consumer(kafka_io.tool_consumer_config(settings, {
+            "group.id": f"demo-tail-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed", "logger": _QUIET}))
+        self.consumer.subscribe([settings.topics.alerts])
         self.sink, self.quiet = sink, quiet
         self._halt = threading.Event()
         self._printed_at: list[float] = []

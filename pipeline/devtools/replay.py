@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from latentwatch.pipeline.contract import parse_time
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.devtools.simulate import NORMAL, ProduceStats, encode, iso_ts, send
 
@@ -39,15 +39,6 @@ class Table:
         return out.tolist()
 
 
-def parse_time(text: str) -> float:
-    """Epoch seconds or ISO-8601 (a time without zone is UTC) -> epoch seconds."""
-    try:
-        return float(text)
-    except ValueError:
-        dt = datetime.fromisoformat(text.strip())
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
 def read_csv(path, channels: list[str] | None = None) -> Table:
     """`detectors.csvdata.read_csv` plus parsed, sorted times; `channels` (a model's) must all be
     present and come back in that order. Problems raise UserError naming file and line."""
@@ -63,7 +54,7 @@ def read_csv(path, channels: list[str] | None = None) -> Table:
     times = np.empty(len(data))
     for i, text in enumerate(data.timestamps.tolist()):
         try:
-            times[i] = parse_time(text)
+            times[i] = parse_time(text.strip())
         except ValueError:
             raise UserError(f"{path}: line {i + 2}: {text!r} is neither ISO-8601 nor epoch seconds") from None
     order = np.argsort(times, kind="stable")

@@ -16,10 +16,73 @@ from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger("latentwatch.kafka")
+LIBRDKAFKA_LOG = logging.getLogger("latentwatch.librdkafka")  # every client logs through it
+
+
+# ----------------------------------------------------------------------------- client configs
+# The one place that turns the `kafka` settings tree into librdkafka configurations, for every
+# command that talks to Kafka: `run` (consumer_config, producer_config), the subscribers and
+# the development tools (tool_consumer_config, tool_producer_config), topic creation and checks
+# (admin_config). Connection and security properties come from `settings.kafka` alone, so TLS
+# and SASL reach every client alike.
+
+def client_config(settings: Settings) -> dict:
+    """Connection and security properties (secrets revealed: for clients only, never log it)
+    and our logger."""
+    conf = settings.kafka.client_config()
+    conf["logger"] = LIBRDKAFKA_LOG
+    return conf
+
+
+def admin_config(settings: Settings) -> dict:
+    """An AdminClient's configuration."""
+    return client_config(settings)
+
+
+def tool_consumer_config(settings: Settings, props: dict) -> dict:
+    """A consumer of a command other than `run` (alerts tail/forward, demo, bench): the shared
+    connection, then `kafka.consumer`, then the command's own `props`, which win (a tail's
+    throw-away group id, read_committed...)."""
+    conf = client_config(settings)
+    conf.update(settings.kafka.consumer)
+    conf.update(props)
+    return conf
+
+
+def tool_producer_config(settings: Settings, props: dict | None = None) -> dict:
+    """A producer of a command other than `run` (simulate, replay, demo, bench): the shared
+    connection, idempotent with acks=all, then `kafka.producer` (a transactional.id there is
+    `run`'s and is not taken over), then the command's own `props`."""
+    conf = client_config(settings)
+    conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    conf.update({k: v for k, v in settings.kafka.producer.items() if not k.startswith("transaction")})
+    conf.update(props or {})
+    return conf
+
+
+def create_topics(admin: AdminClient, specs: dict[str, tuple[int, dict] | int], replication: int = 1,
+                  exist_ok: bool = True, timeout: float = 30.0) -> list[str]:
+    """Create topics {name: partitions or (partitions, topic config)} and wait for them; returns
+    the names created. A topic that already exists is fine with `exist_ok`; any other failure
+    raises KafkaException."""
+    new = []
+    for name, spec in specs.items():
+        partitions, config = spec if isinstance(spec, tuple) else (spec, {})
+        new.append(NewTopic(name, partitions, replication, config=config or {}))
+    created = []
+    for name, fut in admin.create_topics(new).items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if not (exist_ok and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+    return created
 
 
 def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=None) -> dict:
-    conf = settings.kafka.client_config()
+    """The consumer of `run`."""
+    conf = client_config(settings)
     conf.update({
         "group.id": settings.group_id,
         "enable.auto.commit": False,
@@ -38,7 +101,7 @@ def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=
         conf["error_cb"] = on_error
     if on_commit is not None:
         conf["on_commit"] = on_commit
-    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    conf["logger"] = LIBRDKAFKA_LOG
     return conf
 
 
@@ -74,7 +137,8 @@ class TransactionalId:
 
 
 def producer_config(settings: Settings, on_error=None, transactional_id: str | None = None) -> dict:
-    conf = settings.kafka.client_config()
+    """The producer of `run`."""
+    conf = client_config(settings)
     conf.update({
         "enable.idempotence": True,
         "acks": "all",
@@ -94,15 +158,14 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
     conf.update(settings.kafka.producer)
     if on_error is not None:
         conf["error_cb"] = on_error
-    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    conf["logger"] = LIBRDKAFKA_LOG
     return conf
 
 
 def check_cluster(settings: Settings):
     """Fail with one clear line when Kafka is unreachable or a topic is missing (unless we create
     it). Returns the cluster's metadata (topics as they are now)."""
-    conf = settings.kafka.client_config()
-    conf["logger"] = logging.getLogger("latentwatch.librdkafka")
+    conf = admin_config(settings)
     conf["log_level"] = 3
     refused: list[str] = []  # authentication / TLS failures: retrying will not help
     conf["error_cb"] = lambda err: refused.append(err.str()) if err.code() in _REFUSED else None
@@ -137,17 +200,15 @@ def check_cluster(settings: Settings):
         raise UserError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}: "
                         "create them, or pass --create-topics (LATENTWATCH_CREATE_TOPICS=true)")
     partitions = len(metadata.topics[t.input].partitions) if t.input in metadata.topics else 8
-    futures = admin.create_topics([NewTopic(name, partitions, 1) for name in missing])
-    for name, fut in futures.items():
-        try:
-            fut.result(timeout=30)
-            log.info("created topic %s (%d partitions)", name, partitions)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise UserError(f"could not create topic {name}: {exc.args[0].str()}") from None
+    try:
+        created = create_topics(admin, dict.fromkeys(missing, partitions))
+    except KafkaException as exc:
+        raise UserError(f"could not create topic(s) {', '.join(missing)}: {exc.args[0].str()}") from None
+    for name in created:
+        log.info("created topic %s (%d partitions)", name, partitions)
     for _ in range(50):  # created topics show in metadata a moment later
         metadata = admin.list_topics(timeout=min(5.0, settings.startup_timeout_s))
-        if all(name in metadata.topics for name in t.names()):
+        if all(name in metadata.topics for name in settings.topics.names()):
             break
         time.sleep(0.1)
     return metadata
@@ -307,5 +368,5 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-# The clients log through this logger (conf["logger"] above and in the CLIs).
-logging.getLogger("latentwatch.librdkafka").addFilter(RepeatFilter())
+# The clients log through this logger (conf["logger"] above).
+LIBRDKAFKA_LOG.addFilter(RepeatFilter())

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from latentwatch.pipeline.contract import parse_time
+
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("warning", "critical")  # in increasing order
@@ -58,19 +60,17 @@ def parse_alert(value: bytes | None) -> dict:
     for key in ("score", "threshold"):
         if not isinstance(alert[key], (int, float)) or isinstance(alert[key], bool):
             raise BadAlert(f"{key} is not a number")
-    parse_time(alert["ts"])
+    alert_time(alert["ts"])
     return alert
 
 
-def parse_time(value) -> datetime:
-    """ISO 8601 (with `Z` or an offset; naive = UTC) or epoch seconds -> aware UTC datetime."""
+def alert_time(value) -> datetime:
+    """An alert's `ts` (contract.parse_time: ISO 8601, naive = UTC, or epoch seconds) -> aware UTC
+    datetime; BadAlert when it is none."""
     try:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
-        dt = datetime.fromisoformat(str(value))
-    except (ValueError, OverflowError, OSError):
+        return datetime.fromtimestamp(parse_time(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
         raise BadAlert(f"bad timestamp {value!r}") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def rfc3339(dt: datetime) -> str:
@@ -114,38 +114,45 @@ def format_line(alert: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- tail
-def tail_consumer_config(bootstrap: str) -> dict:
-    return {
-        "bootstrap.servers": bootstrap,
+def tail_consumer_config(settings) -> dict:
+    """A reader of every partition that joins no group and commits nothing."""
+    from latentwatch.pipeline.kafka.clients import tool_consumer_config
+
+    return tool_consumer_config(settings, {
         "group.id": f"latentwatch-tail-{uuid.uuid4().hex[:8]}",  # never committed
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
-    }
+    })
 
 
-def tail(bootstrap: str, topic: str, out: TextIO, *, as_json: bool = False, from_beginning: bool = False,
+def tail(settings, topic: str, out: TextIO, *, as_json: bool = False, from_beginning: bool = False,
          min_severity: str | None = None, sensors: Iterable[str] | None = None,
          max_messages: int | None = None, timeout: float | None = None,
          stop: threading.Event | None = None, err: TextIO | None = None) -> int:
     """Print alerts of `topic` as they arrive; returns how many were printed. Reads every
     partition (no consumer group membership, nothing committed): from the beginning, or only
     what arrives from now on. Stops after `max_messages` printed alerts, `timeout` seconds or
-    when `stop` is set."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+    when `stop` is set. `settings`: the pipeline's Settings, of which the `kafka` tree is used."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
     stop = stop or threading.Event()
     deadline = None if timeout is None else time.monotonic() + timeout
-    consumer = Consumer(tail_consumer_config(bootstrap))
+    consumer = Consumer(tail_consumer_config(settings))
     printed = 0
     try:
-        md = consumer.list_topics(topic, timeout=15)
+        from latentwatch.pipeline.errors import UserError
+
+        try:
+            md = consumer.list_topics(topic, timeout=15)
+        except KafkaException as exc:
+            raise UserError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers} ({exc.args[0].str()}): check "
+                            "--bootstrap and the kafka.security_protocol, kafka.sasl_* and kafka.ssl_* "
+                            "settings") from None
         tmd = md.topics.get(topic)
         if tmd is None or tmd.error is not None or not tmd.partitions:
-            from latentwatch.pipeline.errors import UserError
-
-            raise UserError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise UserError(f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in sorted(tmd.partitions)])
         while not stop.is_set():
@@ -184,7 +191,7 @@ def tail(bootstrap: str, topic: str, out: TextIO, *, as_json: bool = False, from
 # ----------------------------------------------------------------------------- Alertmanager
 def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> dict:
     """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert)."""
-    starts = parse_time(alert["ts"])
+    starts = alert_time(alert["ts"])
     score, threshold = float(alert["score"]), float(alert["threshold"])
     channel = top_channel(alert)
     am = {
@@ -251,16 +258,18 @@ class ForwarderStats:
     committed: dict = field(default_factory=dict)  # (topic, partition) -> next offset
 
 
-def forwarder_consumer_config(bootstrap: str, group_id: str) -> dict:
-    return {
-        "bootstrap.servers": bootstrap,
+def forwarder_consumer_config(settings, group_id: str) -> dict:
+    """A member of the forwarder's group that commits by hand, after Alertmanager accepted."""
+    from latentwatch.pipeline.kafka.clients import tool_consumer_config
+
+    return tool_consumer_config(settings, {
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "enable.partition.eof": False,
-    }
+    })
 
 
 class Forwarder:

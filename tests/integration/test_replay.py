@@ -15,8 +15,9 @@ from latentwatch.pipeline.devtools.replay import default_sensor_id, read_csv, sc
 from latentwatch.pipeline.devtools.simulate import TRUTH_HEADER
 
 from tests.support.kafka import consume_all
+from tests.support.skab import SKAB_DATA, needs_skab
 
-SKAB = Path("/work/shared/data/skab/data/valve1/0.csv")
+SKAB = SKAB_DATA / "valve1" / "0.csv"
 T0 = datetime(2020, 3, 9, 10, 14, 33, tzinfo=UTC)
 
 
@@ -99,7 +100,7 @@ def test_cli_replay_keeps_order_ts_truth_and_pacing(batch, kafka_bootstrap, make
 
 
 @pytest.mark.broker
-@pytest.mark.skipif(not SKAB.exists(), reason="SKAB data not present")
+@needs_skab
 def test_skab_file_replays_as_is(kafka_bootstrap, make_topic, make_consumer):
     from latentwatch.pipeline.cli.main import main
 

@@ -1,6 +1,7 @@
 """SKAB through the whole system: `train` on a file, `replay` it into Kafka, alerts from `run`.
 
-Reads SKAB from ../shared/data/skab (never copied into the repo); CI has it there.
+Reads SKAB from ../shared/data/skab (never copied into the repo; tests/support/skab.py); CI has it
+there. Without it every test here is skipped with "SKAB data not present".
 """
 
 from __future__ import annotations
@@ -8,16 +9,17 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from latentwatch.detectors.checkpoint import load
 
 from tests.support.harness import RunningPipeline, alerts_of, counter, read_topic, settings_for
+from tests.support.skab import SKAB_DATA as SKAB
+from tests.support.skab import needs_skab
 
-SKAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "skab" / "data"
 FILE = SKAB / "valve1" / "1.csv"
+pytestmark = needs_skab
 
 
 def _cli(*args: str) -> None:
@@ -56,7 +58,7 @@ def _rates(alerts, truth):
 
 @pytest.fixture(scope="module")
 def skab_file():
-    assert FILE.exists(), f"SKAB is expected at {SKAB} (../shared/data/skab beside the repo)"
+    assert FILE.exists(), f"{FILE} missing: SKAB at {SKAB} is incomplete"
     return FILE
 
 

@@ -40,14 +40,13 @@ def admin(kafka_bootstrap):
 @pytest.fixture
 def make_topic(admin):
     """`make_topic(partitions=1, prefix="t")` -> a fresh, uniquely named topic that exists."""
-    from confluent_kafka.admin import NewTopic
+    from latentwatch.pipeline.kafka.clients import create_topics
 
     created: list[str] = []
 
     def make(partitions: int = 1, prefix: str = "t", config: dict | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        fut = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name]
-        fut.result(timeout=30)
+        create_topics(admin, {name: (partitions, config or {})}, exist_ok=False)
         created.append(name)
         return name
 

@@ -14,9 +14,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from latentwatch.pipeline.devtools.broker import LocalBroker, free_port
+from latentwatch.pipeline.kafka.clients import create_topics
 
 from tests.support.ledger import committed_lag
 from tests.support.streams import Stream, normal_values
@@ -33,7 +34,7 @@ def topic_maker(bootstrap: str, conf: dict | None = None):
 
     def make(partitions: int = 1, prefix: str = "t", config: dict | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(timeout=30)
+        create_topics(admin, {name: (partitions, config or {})}, exist_ok=False)
         return name
 
     return make

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from latentwatch.pipeline.config import load_settings
 from latentwatch.pipeline.subscribers.alerts import (
     AlertmanagerClient,
     Forwarder,
@@ -114,7 +115,8 @@ class ForwarderThread:
     def __init__(self, kafka_bootstrap: str, url: str, topic: str, group: str, **kw):
         from confluent_kafka import Consumer
 
-        self.consumer = Consumer(forwarder_consumer_config(kafka_bootstrap, group))
+        settings = load_settings(None, {"kafka.bootstrap_servers": kafka_bootstrap})
+        self.consumer = Consumer(forwarder_consumer_config(settings, group))
         kw.setdefault("batch_wait", 0.3)
         self.forwarder = Forwarder(self.consumer, AlertmanagerClient(url, timeout=5), topic, **kw)
         self.error: BaseException | None = None

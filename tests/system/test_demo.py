@@ -25,5 +25,7 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     warming = int(re.search(r"warming up ([\d,]+)", out).group(1).replace(",", ""))
     assert produced > 5000 and scored + warming == produced
     assert "precision" in out and "p99" in out and "broker stopped" in out
+    assert "nanobind" not in r.stdout + r.stderr, "Triton's leak warnings bury the summary"
+    assert out.rstrip().endswith("broker stopped")  # the summary is the last thing shown
     java = subprocess.run(["pgrep", "-f", "latentwatch-demo-"], capture_output=True, text=True)
     assert java.stdout.strip() == "", "the demo left a process behind"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import NewTopic
 
+from latentwatch.pipeline.kafka.clients import create_topics
 from tests.support.ledger import committed_lag
 from tests.support.processes import (
     PrivateBroker,
@@ -282,7 +282,7 @@ def test_input_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, produce
     fresh = TimelineStream(make_topic)
     fresh.group = s.group
     fresh.input = s.input
-    admin.create_topics([NewTopic(s.input, s.partitions, 1)])[s.input].result(timeout=30)
+    create_topics(admin, {s.input: s.partitions}, exist_ok=False)
     m = n + 2000
     fresh.produce(producer, m, seed=5, bad_every=300)
     _drain_with_a_new_process(kafka_bootstrap, fresh, model_dir, log, delivery)
@@ -318,7 +318,7 @@ def test_output_topic_deleted_mid_run(kafka_bootstrap, admin, make_topic, produc
     _one_clear_line(log.read_text()[mark:], topic)
     assert committed_lag(kafka_bootstrap, s.input, s.group, s.partitions) > 0  # undeliverable: not committed
 
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    create_topics(admin, {topic: 1}, exist_ok=False)
     _drain_with_a_new_process(kafka_bootstrap, s, model_dir, log, delivery)
     led = settled_ledger(s, kafka_bootstrap)
     new = s.refs - before  # what went to the deleted topic before is gone with it

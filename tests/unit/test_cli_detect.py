@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests.support.detector_data import normal_data
+from tests.support.skab import SKAB, needs_skab
 
 REPO = Path(__file__).resolve().parents[2]
-SKAB = REPO / ".." / "shared" / "data" / "skab"
 
 
 def cli(*args, cwd=REPO):
@@ -115,9 +115,15 @@ def test_user_errors_are_one_line(trained, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(not (SKAB / "data" / "valve1").is_dir(), reason="SKAB data not present at ../shared/data/skab")
+@needs_skab
 def test_skab_evaluate_smoke():
-    r = cli("evaluate", "skab", "--files", "2", "--models", "pca", "--variant", "per-file")
+    r = cli("evaluate", "skab", "--data", SKAB, "--files", "2", "--models", "pca", "--variant", "per-file")
     assert r.returncode == 0, r.stderr
     assert "latentwatch pca [per-file" in r.stdout and "leaderboard: Conv-AE" in r.stdout
     assert "2 labelled files" in r.stdout
+
+
+def test_evaluate_skab_without_the_data_says_where_to_get_it(tmp_path):
+    r = cli("evaluate", "skab", "--data", tmp_path / "none", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "https://github.com/waico/SKAB" in r.stderr and "--data PATH" in r.stderr
