@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.support.kafka",
     "tests.support.prom",
     "tests.support.streams",
+    "tests.support.cluster",
 ]
 
 # With LATENTWATCH_STRICT_SKIPS=1 (.ci/run sets it) a skipped test fails, unless it waits for
