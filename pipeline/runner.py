@@ -28,6 +28,7 @@ from latentwatch.pipeline import alerts
 from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.contract import ContractError, Decoder, iso
+from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.history import SensorHistory
 from latentwatch.pipeline.metrics import PipelineMetrics, observe_many
 
@@ -61,6 +62,7 @@ class Pipeline:
         self.detector = model.detector
         self.channels = list(self.detector.channels)
         self.metrics = metrics or PipelineMetrics()
+        self.health = Health(settings.health.stall_after_s)
         self.decoder = Decoder(self.channels, settings.batch.max_message_bytes, settings.batch.max_future_s)
         self.history = SensorHistory(self.detector.window, len(self.channels))
         self.exactly_once = settings.delivery == "exactly-once"
@@ -83,6 +85,7 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+        self.health.stopping()
 
     @property
     def stopping(self) -> bool:
@@ -104,8 +107,9 @@ class Pipeline:
         self.consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._warm_up()
+        self.health.model_loaded(self.model.name)
         if s.metrics.port is not None:
-            self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host)
+            self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host, health=self.health)
             log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_server.server_port)
         log.info("consuming %s as group %s (%s, model %s on %s)", s.topics.input, s.group_id, s.delivery,
                  self.model.name, getattr(self.detector, "device", "cpu"))
@@ -135,6 +139,7 @@ class Pipeline:
         # A message may carry many readings: batches are capped in messages and in bytes.
         try:
             while not self.stopping:
+                self.health.beat()
                 messages = kafka_io.accumulate(self.consumer, b.max_readings, b.max_bytes,
                                                b.max_wait_ms / 1000, lambda: self.stopping,
                                                self._revoked)
@@ -376,6 +381,7 @@ class Pipeline:
     def _wait_for_acks(self) -> None:
         deadline = time.monotonic() + 10
         while self._producer_fatal is None and self.producer.flush(1.0) > 0:
+            self.health.beat()  # waiting for Kafka, not stalled
             if time.monotonic() > deadline:
                 log.warning("waiting for Kafka to acknowledge %d produced messages", len(self.producer))
                 deadline = time.monotonic() + 10
@@ -441,6 +447,7 @@ class Pipeline:
         # which would seek to the beginning (redo everything) or, with 'latest', skip readings.
         committed = None
         while committed is None:
+            self.health.beat()
             try:
                 committed = self.consumer.committed(assignment, timeout=10)
             except KafkaException as exc:
@@ -483,6 +490,7 @@ class Pipeline:
     # -- callbacks -----------------------------------------------------------------------------
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", _fmt(partitions))
+        self.health.assignment(len(partitions))
         self.metrics.assigned_partitions.set(len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -508,6 +516,7 @@ class Pipeline:
         for tp in partitions:
             self.metrics.forget_partition(tp.topic, tp.partition)
         self.metrics.assigned_partitions.set(0)
+        self.health.waiting_for_assignment()
 
     def _on_producer_error(self, err: KafkaError) -> None:
         self._on_kafka_error(err, replaceable=True)
