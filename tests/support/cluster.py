@@ -6,6 +6,7 @@ Each node is a JVM with a 384 MiB heap (devtools/cluster.py): about 1.5 GiB for 
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 
@@ -53,3 +54,83 @@ def replicated_topic_maker(bootstrap: str):
         return name
 
     return make
+
+
+def leader_assigned_topic_maker(bootstrap: str, leader: int, nodes=(1, 2, 3)):
+    """`make_topic` whose partitions all have `leader` as preferred leader (first replica) and
+    the other nodes as followers: one node to kill takes every leader of these topics down."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    followers = [n for n in nodes if n != leader]
+
+    def make(partitions: int = 1, prefix: str = "t", config: dict | None = None) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        assignment = [[leader, *followers] for _ in range(partitions)]
+        admin.create_topics([NewTopic(name, partitions, replica_assignment=assignment, config=config or {})])[name].result(
+            timeout=30)
+        return name
+
+    return make
+
+
+def leaders(bootstrap: str, topics: list[str], timeout: float = 30) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> leader node, once every topic is in the metadata (a topic just
+    made may take a moment to reach the broker that answers)."""
+    import time
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=10)
+        if all(t in md.topics and md.topics[t].partitions for t in topics) or time.monotonic() > deadline:
+            return {(t, p.id): p.leader for t in topics for p in md.topics[t].partitions.values()}
+        time.sleep(0.2)
+
+
+class ProgressWatch:
+    """Scrapes a pipeline's `latentwatch_offset_commits_total` every 50 ms in a thread and keeps
+    when it rose: `longest_gap()` is the longest stretch without a commit between `start()` and
+    `stop()` (the figure the failover tests report; never asserted on, as timings are not)."""
+
+    def __init__(self, url: str, interval: float = 0.05):
+        import threading
+
+        self.url = url
+        self.interval = interval
+        self.rises: list[float] = []
+        self._last = -1.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = self.stopped = 0.0
+
+    def start(self) -> ProgressWatch:
+        import time
+
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        import time
+
+        self.stopped = time.monotonic()
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import time
+
+        from tests.support.streams import scrape
+
+        while not self._stop.is_set():
+            try:
+                value = scrape(self.url, "latentwatch_offset_commits_total")
+            except OSError:
+                value = self._last
+            if value > self._last:
+                self._last = value
+                self.rises.append(time.monotonic())
+            self._stop.wait(self.interval)
+
+    def longest_gap(self) -> float:
+        marks = [self.started, *(t for t in self.rises if self.started <= t <= self.stopped), self.stopped]
+        return round(max(b - a for a, b in itertools.pairwise(marks)), 2)
