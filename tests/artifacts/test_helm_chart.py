@@ -183,3 +183,19 @@ def test_chart_refuses_unsafe_values(helm, args, message):
     base = [] if not args else ["--set", "kafka.bootstrapServers=k:9092"]
     r = _template(helm, *base, *args)
     assert r.returncode != 0 and message in r.stderr
+
+
+def test_readme_worked_example_renders_and_decodes(helm, checker, tmp_path):
+    """The SASL_SSL example of README's "Scaling out" is a working set of values."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"<<'VALUES'\n(.*?)\nVALUES\n", text, flags=re.S)
+    values = tmp_path / "values-prod.yaml"
+    values.write_text(block)
+    rendered = _render(helm, values)
+    r = _check(checker, rendered)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = {o["kind"] for o in _objects(rendered)}
+    assert {"ScaledObject", "TriggerAuthentication", "PodMonitor", "PrometheusRule"} <= kinds
+    assert "Secret" not in kinds  # an existing Secret, made with kubectl
