@@ -134,3 +134,53 @@ class ProgressWatch:
     def longest_gap(self) -> float:
         marks = [self.started, *(t for t in self.rises if self.started <= t <= self.stopped), self.stopped]
         return round(max(b - a for a, b in itertools.pairwise(marks)), 2)
+
+
+@pytest.fixture(scope="session")
+def windowed_model_dir(tmp_path_factory):
+    """A 1-D convolutional autoencoder over windows of 8 readings of one sensor, on the same
+    4-channel data as `model_dir` (it flags the injected +12 spikes when they end a window)."""
+    import numpy as np
+
+    from latentwatch.detectors.base import sliding_windows
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.models import WindowAutoencoder
+    from latentwatch.detectors.thresholds import QuantileThreshold
+
+    from tests.support.streams import CH, normal_values
+
+    rng = np.random.default_rng(0)
+    X = normal_values(rng, 4000).astype(np.float32)
+    det = WindowAutoencoder(window=8, latent_dim=2, hidden=16, kernel=3, device="cpu").fit(X, CH, epochs=8, seed=0)
+    held = normal_values(rng, 4000).astype(np.float32)
+    thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(held, 8)).score)
+    path = tmp_path_factory.mktemp("model") / "window"
+    save(path, det, thr, summarise_training_data(X, CH), name="test-window")
+    return str(path)
+
+
+def unexplained_by_warm_up(lost: set, bootstrap: str, input_topic: str, window: int) -> set:
+    """The readings of `lost` that a windowed model's warm-up does not explain.
+
+    A windowed model scores a reading once its sensor has `window - 1` readings before it in the
+    process's history; after a (re)assignment or a rewind that history starts empty, so up to
+    `window - 1` readings of each sensor in a row are kept as history, not scored (counted in
+    latentwatch_readings_warming_up_total). Anything else unscored is lost: a run of more than
+    `window - 1` consecutive unscored readings of one sensor, all of it."""
+    from tests.support.harness import read_topic
+
+    by_sensor: dict[tuple[int, bytes], list[int]] = {}
+    for m in read_topic(bootstrap, input_topic, timeout=60):
+        by_sensor.setdefault((m.partition(), m.key()), []).append(m.offset())
+    left = set()
+    for (partition, _), offsets in by_sensor.items():
+        run: list = []
+        for offset in sorted(offsets) + [None]:
+            ref = None if offset is None else (partition, offset, 0)
+            if ref in lost:
+                run.append(ref)
+                continue
+            if len(run) > window - 1:
+                left.update(run)
+            run = []
+    return left
