@@ -29,7 +29,9 @@ class Health:
     def __init__(self, stall_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.stall_after_s = stall_after_s
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: stopping() runs in a signal handler, which may interrupt this same thread
+        # inside another method's `with self._lock` (a plain Lock would deadlock there).
+        self._lock = threading.RLock()
         self._last_beat = clock()  # a process that just started is alive until it stalls
         self._model: str | None = None
         self._partitions: int | None = None  # None: no answer from the group yet
