@@ -38,7 +38,8 @@ class Workload:
 def make_topics(bootstrap: str, specs: dict[str, tuple[int, dict]]) -> None:
     """Create topics {name: (partitions, config)} and wait for them."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futs = admin.create_topics([NewTopic(n, p, 1, config=c) for n, (p, c) in specs.items()])
+    # Replication: the cluster's default (1 on a single broker, 3 on `broker start --nodes 3`).
+    futs = admin.create_topics([NewTopic(n, p, -1, config=c) for n, (p, c) in specs.items()])
     for fut in futs.values():
         fut.result(timeout=60)
 
