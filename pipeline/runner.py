@@ -428,6 +428,7 @@ class Pipeline:
                 pass
         self.producer = None
         while not self.stopping:
+            self.health.beat()  # waiting for Kafka, not stalled
             try:
                 self.producer = self._new_producer()
                 return
