@@ -190,7 +190,7 @@ def test_readme_worked_example_renders_and_decodes(helm, checker, tmp_path):
     import re
 
     text = (ROOT / "README.md").read_text()
-    (block,) = re.findall(r"<<'VALUES'\n(.*?)\nVALUES\n", text, flags=re.S)
+    (block,) = re.findall(r"<<'VALUES'\n(.*?)\nVALUES\n", text, flags=re.DOTALL)
     values = tmp_path / "values-prod.yaml"
     values.write_text(block)
     rendered = _render(helm, values)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "broker", *args],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, check=False)
 
 
 def test_cli_three_nodes_replicated_status_and_stop(tmp_path):
