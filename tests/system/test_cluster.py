@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from latentwatch.pipeline.devtools.broker import _alive
@@ -21,6 +22,28 @@ pytestmark = pytest.mark.slow
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "broker", *args],
                           capture_output=True, text=True, timeout=240, check=False)
+
+
+def _retrying(call, attempts: int = 20):
+    """A topic just made reaches every broker's metadata a moment later."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return None
+
+
+def _topic(admin, name: str):
+    deadline = time.monotonic() + 30
+    while True:
+        md = admin.list_topics(timeout=10).topics.get(name)
+        if (md is not None and md.partitions) or time.monotonic() > deadline:
+            assert md is not None, f"{name} not in the metadata"
+            return md
+        time.sleep(0.2)
 
 
 def test_cli_three_nodes_replicated_status_and_stop(tmp_path):
@@ -40,15 +63,15 @@ def test_cli_three_nodes_replicated_status_and_stop(tmp_path):
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic("replicated", 3)])["replicated"].result(timeout=30)  # broker defaults
-        md = admin.list_topics("replicated", timeout=10).topics["replicated"]
+        md = _topic(admin, "replicated")
         assert all(sorted(p.replicas) == [1, 2, 3] for p in md.partitions.values())
-        configs = admin.describe_configs([ConfigResource("topic", "replicated")])
-        (conf,) = [f.result() for f in configs.values()]
+        resource = ConfigResource("topic", "replicated")
+        conf = _retrying(lambda: admin.describe_configs([resource])[resource].result())
         assert conf["min.insync.replicas"].value == "2"
         # The offsets and transaction-state topics are replicated too (made on first use).
         p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "t-1"})
         p.init_transactions(60)
-        internal = admin.list_topics(timeout=10).topics["__transaction_state"]
+        internal = _topic(admin, "__transaction_state")
         assert all(len(part.replicas) == 3 for part in internal.partitions.values())
     finally:
         stopped = _cli("stop", "--state-dir", state)
