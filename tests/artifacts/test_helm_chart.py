@@ -178,6 +178,8 @@ def test_scaled_object_bounds_and_anti_flapping(helm):
     (["--set", "terminationGracePeriodSeconds=30"], "must be longer than shutdown_timeout_s"),
     (["--set", "kafka.saslMechanism=PLAIN", "--set", "kafka.saslUsername=u"], "need a Secret"),
     ([], "kafka.bootstrapServers is required"),
+    (["--set", "autoscaling.keda.maxReplica=3"], "additional properties 'maxReplica' not allowed"),  # values.schema.json
+    (["--set", "kafka.securityProtocol=SASL_TLS"], "kafka/securityProtocol"),
 ])
 def test_chart_refuses_unsafe_values(helm, args, message):
     base = [] if not args else ["--set", "kafka.bootstrapServers=k:9092"]
