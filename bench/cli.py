@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_connection_flags(p, bootstrap_help="use this Kafka instead of a temporary local broker [env "
                                            "LATENTWATCH_BOOTSTRAP or LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes of the temporary local Kafka: 1 (default) or 3 (replicated: RF 3, min ISR 2)")
+    p.add_argument("--scale", default="", help="comma-separated process counts for the scale-out stage, "
+                   "e.g. 1,2: the workload through that many pipeline processes in one group (default: off)")
     p.add_argument("--readings", type=int, default=1_000_000, help="readings per workload (default 1,000,000)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
     p.add_argument("--workloads", default="single,batch,frames",
@@ -77,10 +81,23 @@ def run(args) -> int:
         else:
             from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker
 
-            log("starting a local Kafka broker")
-            broker = LocalBroker(work / "broker")
-            cluster = cluster.model_copy(update={"kafka": KafkaSettings(bootstrap_servers=broker.start().bootstrap)})
-            broker_info = {"kind": "local single-node KRaft", "version": KAFKA_VERSION}
+            if args.nodes > 1:
+                from latentwatch.pipeline.devtools.cluster import LocalCluster
+
+                log(f"starting a local {args.nodes}-node Kafka cluster")
+                # A new group's first assignment waits 5 s for more members (Kafka's own default is
+                # 3 s): the processes of the scale-out stage, started together, share the first one.
+                broker = LocalCluster(work / "cluster", nodes=args.nodes,
+                                      extra_properties={"group.initial.rebalance.delay.ms": "5000"})
+                started = broker.start()
+                broker_info = {"kind": f"local {args.nodes}-node KRaft cluster (RF {min(args.nodes, 3)}, "
+                                       "min.insync.replicas 2)", "version": KAFKA_VERSION}
+            else:
+                log("starting a local Kafka broker")
+                broker = LocalBroker(work / "broker")
+                started = broker.start().bootstrap
+                broker_info = {"kind": "local single-node KRaft", "version": KAFKA_VERSION}
+            cluster = cluster.model_copy(update={"kafka": KafkaSettings(bootstrap_servers=started)})
         try:
             res = _measure(args, cluster, broker_info, work)
         finally:
@@ -179,6 +196,14 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
             log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
             if "ceilings" not in skip:  # again, so a change in background load shows (the ratio uses the mean)
                 out["ceiling_decode_after"] = consume_rate(cluster, w.topic, ends, per, channels)
+        for n in [int(x) for x in args.scale.split(",") if x.strip()]:
+            from latentwatch.bench.scale import run_group
+
+            log(f"{name}: {n} pipeline process(es) in one group")
+            row = run_group(cluster.kafka.bootstrap_servers, model_dir, w.topic, ends, per, work, args.batch_size, n, env=env,
+                            max_wait_ms=args.max_wait_ms)
+            out.setdefault("scale", []).append(row)
+            log(f"{name}: {n} process(es) {row['readings_per_s'] or 0:,.0f} readings/s")
         if "naive" not in skip and det.window == 1:
             log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
                 f"(at most {args.naive_seconds:.0f} s)")

@@ -138,6 +138,14 @@ def markdown(res: dict) -> str:
                   f"| {_n(x.get('startup_p50_ms'))} / {_n(x.get('startup_p99_ms'))} / {_n(x.get('startup_max_ms'))} "
                   f"| {_cpu(x)} |"
                   for name, sweep in sweeps for x in sweep]
+    scales = [(name, w["scale"]) for name, w in res["workloads"].items() if w.get("scale")]
+    if scales:
+        lines += ["", f"Scale-out: pipeline processes in one consumer group ({res['broker']['kind']}), rate "
+                  "from the last process's assignment to the last commit:", "",
+                  "| workload | processes | readings measured | readings/s | batches per process |",
+                  "|---|---:|---:|---:|---|"]
+        lines += [f"| {name} | {r['processes']} | {_n(r['readings_measured'])} | {_n(r['readings_per_s'])} "
+                  f"| {r['batches_per_process']} |" for name, rows in scales for r in rows]
     ms = res.get("model_stage") or {}
     if ms.get("cpu"):
         other = {r["batch"]: r for r in ms.get("cpu_default_threads") or []}

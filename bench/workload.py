@@ -41,7 +41,8 @@ class Workload:
 def make_topics(cluster: Settings, specs: dict[str, tuple[int, dict]]) -> None:
     """Create topics {name: (partitions, config)} and wait for them."""
     admin = AdminClient(kafka_io.admin_config(cluster))
-    kafka_io.create_topics(admin, specs, exist_ok=False, timeout=60)
+    # Replication: the cluster's default (1 on a single broker, 3 on `broker start --nodes 3`).
+    kafka_io.create_topics(admin, specs, replication=-1, exist_ok=False, timeout=60)
 
 
 def unique(prefix: str) -> str:

@@ -106,6 +106,12 @@ class MetricsSettings(BaseModel):
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
 
 
+class HealthSettings(BaseModel):
+    stall_after_s: float = Field(
+        120.0, gt=0, description="/healthz fails when the run loop has not iterated for this long; above "
+                                 "the longest a Kafka call may block (a transaction: shutdown_timeout_s + 5)")
+
+
 class AlertSettings(BaseModel):
     critical_ratio: float = Field(2.0, gt=1.0, description="score >= ratio x threshold is critical")
 
@@ -120,6 +126,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     late_policy: Literal["dead-letter", "score"] = Field(

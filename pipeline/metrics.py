@@ -4,10 +4,14 @@ no per-sensor labels. Every series exists from start-up (labelled ones are pre-i
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from datetime import datetime
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 PREFIX = "latentwatch"
 
@@ -167,10 +171,46 @@ class PipelineMetrics:
         except KeyError:
             pass
 
-    def serve(self, port: int, addr: str = "127.0.0.1"):
-        """Serve /metrics; returns (server, thread). Port 0 picks a free port (`server.server_port`)."""
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1", health=None):
+        """Serve /metrics, and /healthz and /readyz when `health` (pipeline.health.Health) is
+        given; returns (server, thread). Port 0 picks a free port (`server.server_port`)."""
+        app = _with_health(make_wsgi_app(self.registry), health)
+        server_class = _Server6 if ":" in addr else _Server
+        server = make_server(addr, port, app, server_class, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
         return server, thread
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the process at exit
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        """No line per scrape or probe."""
+
+
+def _with_health(metrics_app, health):
+    """/healthz and /readyz: 200 with the reason when ok, 503 with the reason when not (plain
+    text, one line: what `kubectl describe pod` shows for a failing probe); the rest: /metrics."""
+
+    def app(environ, start_response):
+        check = {"/healthz": "liveness", "/readyz": "readiness"}.get(environ.get("PATH_INFO", ""))
+        if health is None or check is None:
+            return metrics_app(environ, start_response)
+        ok, reason = getattr(health, check)()
+        body = f"{'ok' if ok else 'not ok'}: {reason}\n".encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store")])
+        return [body]
+
+    return app
 
 
 def observe_many(histogram: Histogram, values) -> None:

@@ -28,6 +28,7 @@ from latentwatch.pipeline import state as state_mod
 from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog
 from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
@@ -46,6 +47,7 @@ class Pipeline:
     def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
+        self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
         self._use(model)
@@ -53,7 +55,7 @@ class Pipeline:
         self.lifecycle = Lifecycle(model, m, path=s.model.path, device=s.model.device)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
-                             on_error=self.monitor.on_error, on_stats=m.on_stats,
+                             on_error=self.monitor.on_error, on_stats=m.on_stats, on_wait=self.health.beat,
                              on_commit=lambda err, parts: self.committer.on_commit(err, parts))
         self.sink: Sink | None = None
         self.committer = None
@@ -65,6 +67,7 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
+        self.health.stopping()  # runs in the signal handler: Health's lock is reentrant
         if not self._stop.is_set():
             self._deadline = time.monotonic() + self.settings.shutdown_timeout_s
             self._stop.set()
@@ -84,16 +87,19 @@ class Pipeline:
         txn = kafka_io.TransactionalId(s.group_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
-                         deadline=lambda: self._deadline, transactional_id=txn.value if txn else None)
+                         deadline=lambda: self._deadline, transactional_id=txn.value if txn else None,
+                         on_wait=self.health.beat)
         on_committed = m.commits.inc
-        self.committer = (ExactlyOnce(self.source, self.sink, on_committed, s.shutdown_timeout_s, lambda: self._deadline)
-                          if txn else AtLeastOnce(self.source, self.sink, on_committed, lambda: self._deadline))
+        deadline = lambda: self._deadline  # noqa: E731
+        self.committer = (ExactlyOnce(self.source, self.sink, on_committed, s.shutdown_timeout_s, deadline)
+                          if txn else AtLeastOnce(self.source, self.sink, on_committed, deadline))
         self.committer.init_producer(self.sink.producer)
         self.source.open()
         # The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones).
         self.detector.score(np.zeros((2, self.detector.window, len(self.detector.channels)), dtype=np.float32))
+        self.health.model_loaded(self.model.name)
         if s.metrics.port is not None:
-            self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host)
+            self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host, health=self.health)
             log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_server.server_port)
         log.info("consuming %s as group %s (%s, model %s on %s)", s.topics.input, s.group_id, s.delivery,
                  self.model.name, getattr(self.detector, "device", "cpu"))
@@ -117,6 +123,7 @@ class Pipeline:
         rc = 0
         try:
             while not self.stopping:
+                self.health.beat()
                 new_model = self.lifecycle.between_batches()
                 if new_model is not None:
                     self._swap(new_model)
@@ -180,6 +187,7 @@ class Pipeline:
             self.state.for_model(model.detector.window, len(model.detector.channels))
         if self._needs_changelog and self.state_topic is None:
             self.state_topic = changelog.ensure(self.settings, self._input_partitions)
+        self.health.model_loaded(model.name)
         log.info("model %s version %s swapped in (was %s)", model.name, model.version, old.version)
 
     def _recover(self, exc: BatchFailed) -> None:
@@ -234,13 +242,14 @@ class Pipeline:
     # -- rebalance hooks (run inside consume()) -------------------------------------------------
     def _assigned(self, partitions) -> None:
         self.metrics.assigned(partitions)
+        self.health.assignment(len(partitions))
         self._restore(partitions)
 
     def _restore(self, partitions) -> None:
         """State of newly assigned (or rewound) partitions, as of their committed offsets."""
         if self.state_topic is not None and partitions:
             changelog.restore_into(self.state, self.settings, self.state_topic, partitions,
-                                   self.source.committed, lambda: self.stopping)
+                                   self.source.committed, lambda: self.stopping, on_wait=self.health.beat)
 
     def _revoked(self, partitions) -> None:
         # Every processed batch is acknowledged and its commit sent when this runs: settle that
@@ -258,3 +267,4 @@ class Pipeline:
     def _forget(self, partitions) -> None:
         self.state.drop_partitions({tp.partition for tp in partitions})
         self.metrics.revoked(partitions)
+        self.health.waiting_for_assignment()

@@ -33,7 +33,8 @@ _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 class Sink:
     def __init__(self, settings, *, on_error: Callable, deadline: Callable[[], float | None],
-                 transactional_id: str | None = None):
+                 transactional_id: str | None = None, on_wait: Callable[[], None] = lambda: None):
+        self._on_wait = on_wait  # called while waiting on Kafka (health: waiting, not stalled)
         self.settings = settings
         self.topics = settings.topics
         self._on_error = on_error
@@ -79,6 +80,7 @@ class Sink:
                                       **extra)
                 return
             except BufferError:
+                self._on_wait()
                 self._check_time()
                 self.producer.poll(0.05)
             except KafkaException as exc:
@@ -102,6 +104,7 @@ class Sink:
         Stopping (the stop deadline passed first)."""
         warn_at = time.monotonic() + 10
         while self.producer.flush(0.1) > 0:
+            self._on_wait()
             if self.fatal is not None:
                 raise ProducerBroken(self.fatal)
             self._check_time()
@@ -166,6 +169,7 @@ class Sink:
                 if exc.args[0].fatal():
                     raise Fatal(exc.args[0].str()) from None
                 log.warning("could not start a new producer yet (%s); retrying", exc.args[0].str())
+                self._on_wait()
 
     def close(self, timeout: float) -> None:
         if self.producer is None:

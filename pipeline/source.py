@@ -24,7 +24,9 @@ log = logging.getLogger("latentwatch.run")
 
 
 class Source:
-    def __init__(self, settings, *, on_assign, on_revoke, on_lost, on_error, on_stats, on_commit):
+    def __init__(self, settings, *, on_assign, on_revoke, on_lost, on_error, on_stats, on_commit,
+                 on_wait=lambda: None):
+        self._on_wait = on_wait  # called while waiting on Kafka (health: waiting, not stalled)
         self.settings = settings
         self.batch = settings.batch
         self._hooks = (on_assign, on_revoke, on_lost)
@@ -65,6 +67,7 @@ class Source:
             try:
                 return self.consumer.committed(partitions, timeout=2 if stopping() else 10)
             except KafkaException as exc:
+                self._on_wait()
                 if stopping():
                     return None
                 log.warning("could not read committed offsets (%s); retrying", exc.args[0].str())

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.support.prom",
     "tests.support.secure",
     "tests.support.streams",
+    "tests.support.cluster",
 ]
 
 # With LATENTWATCH_STRICT_SKIPS=1 (.ci/run sets it) a skipped test fails, unless it waits for

@@ -163,9 +163,18 @@ class LocalBroker:
     def __init__(self, state_dir: Path | str | None = None, port: int | None = None,
                  version: str = KAFKA_VERSION, extra_properties: dict[str, str] | None = None,
                  extra_listeners: dict[str, tuple[str, int]] | None = None,
-                 format_args: list[str] | None = None):
+                 format_args: list[str] | None = None, node_id: int = 1, controller_port: int | None = None,
+                 quorum_voters: str | None = None, cluster_id: str | None = None,
+                 jvm_opts: list[str] | None = None):
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.port = port
+        # A node of a cluster (devtools/cluster.py) gets its id, fixed controller port, the
+        # quorum's voters and the cluster id; a single broker makes its own.
+        self.node_id = node_id
+        self.controller_port = controller_port
+        self.quorum_voters = quorum_voters
+        self.cluster_id = cluster_id
+        self.jvm_opts = list(jvm_opts or JVM_OPTS)
         self.version = version
         self.extra_properties = dict(extra_properties or {})
         self.extra_listeners = dict(extra_listeners or {})
@@ -197,6 +206,19 @@ class LocalBroker:
         running = self.status()
         if running is not None:
             return running
+        info = self.launch()
+        try:
+            self.wait_ready(info, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return info
+
+    def launch(self) -> BrokerInfo:
+        """Start the JVM and return at once (a cluster's nodes only get ready together)."""
+        running = self.status()
+        if running is not None:
+            return running
         java = shutil.which("java")
         if java is None:
             raise UserError("Java is not installed: install JDK 17 (apt-get install openjdk-17-jdk-headless)")
@@ -204,7 +226,7 @@ class LocalBroker:
         if port_in_use(port):
             raise UserError(f"port {port} on 127.0.0.1 is in use: choose another with --port, "
                             "or stop whatever listens there")
-        controller_port = free_port()
+        controller_port = self.controller_port or free_port()
         while controller_port == port:
             controller_port = free_port()
         libs = ensure_kafka_jars(self.version)
@@ -217,13 +239,13 @@ class LocalBroker:
         cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.state_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
         classpath = str(libs / "*")
-        base_cmd = [java, *JVM_OPTS, f"-Dlog4j2.configurationFile=file:{self.state_dir / 'log4j2.properties'}",
+        base_cmd = [java, *self.jvm_opts, f"-Dlog4j2.configurationFile=file:{self.state_dir / 'log4j2.properties'}",
                     "-cp", classpath]
 
         if not (data / "meta.properties").exists():
             data.mkdir(parents=True, exist_ok=True)
             fmt = subprocess.run(
-                [*base_cmd, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(cfg),
+                [*base_cmd, "kafka.tools.StorageTool", "format", "-t", self.cluster_id or _cluster_id(), "-c", str(cfg),
                  "--ignore-formatted", *self.format_args], capture_output=True, text=True,
             )
             if fmt.returncode != 0:
@@ -242,18 +264,13 @@ class LocalBroker:
                           bootstrap=f"127.0.0.1:{port}", state_dir=str(self.state_dir),
                           kafka_version=self.version)
         self.info_file.write_text(json.dumps(asdict(info)))
-        try:
-            self._wait_ready(info, timeout)
-        except BaseException:
-            self.stop()
-            raise
         return info
 
     def _properties(self, port: int, controller_port: int, data: Path) -> dict[str, str]:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.quorum_voters or f"{self.node_id}@127.0.0.1:{controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
             "controller.listener.names": "CONTROLLER",
@@ -282,7 +299,7 @@ class LocalBroker:
         props.update(self.extra_properties)
         return props
 
-    def _wait_ready(self, info: BrokerInfo, timeout: float) -> None:
+    def wait_ready(self, info: BrokerInfo, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not _alive(info.pid):

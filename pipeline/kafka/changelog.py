@@ -53,8 +53,8 @@ def ensure(settings, input_partitions: int) -> str:
     return name
 
 
-def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 120.0
-            ) -> dict[state.Key, state.Entry]:
+def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 120.0,
+            on_wait=lambda: None) -> dict[state.Key, state.Entry]:
     """Each sensor's entry as of the committed input offset of its partition."""
     if not committed:
         return {}
@@ -71,6 +71,7 @@ def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 
         while left:
             if time.monotonic() > deadline:
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"restoring {topic} took over {timeout_s:.0f} s"))
+            on_wait()  # a long restore is progress, not a stalled loop (/healthz)
             for msg in consumer.consume(1000, timeout=0.5):
                 err = msg.error()
                 if err is not None:
@@ -95,7 +96,8 @@ def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 
     return out
 
 
-def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stopping) -> None:
+def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stopping,
+                 on_wait=lambda: None) -> None:
     """Restore `partitions`' entries into `store`, retried until it works or a stop is asked for
     (a reading is never scored without its state; a restore that fails is never skipped)."""
     while not stopping():
@@ -104,9 +106,10 @@ def restore_into(store: state.StateStore, settings, topic: str, partitions, comm
             return
         try:
             t0 = time.monotonic()
-            entries = restore(settings, topic, {tp.partition: tp.offset for tp in committed})
+            entries = restore(settings, topic, {tp.partition: tp.offset for tp in committed}, on_wait=on_wait)
         except KafkaException as exc:
             log.warning("could not restore state from %s (%s); retrying", topic, exc.args[0].str())
+            on_wait()
             time.sleep(1)
             continue
         store.load(entries)

@@ -60,10 +60,11 @@ def tool_producer_config(settings: Settings, props: dict | None = None) -> dict:
     return conf
 
 
-def create_topics(admin: AdminClient, specs: dict[str, tuple[int, dict] | int], replication: int = 1,
+def create_topics(admin: AdminClient, specs: dict[str, tuple[int, dict] | int], replication: int = -1,
                   exist_ok: bool = True, timeout: float = 30.0) -> list[str]:
     """Create topics {name: partitions or (partitions, topic config)} and wait for them; returns
-    the names created. A topic that already exists is fine with `exist_ok`; any other failure
+    the names created. Replication -1: the cluster's default (RF 3 on `broker start --nodes 3`).
+    A topic that already exists is fine with `exist_ok`; any other failure
     raises KafkaException."""
     new = []
     for name, spec in specs.items():
