@@ -264,15 +264,16 @@ def recalibrate(detector, threshold, data: StreamData, held_out: np.ndarray, rat
     threshold fitted without them sits lower (the 0.99 quantile of what is left is about the
     0.98 one of normal data). So the alerted readings in the held-out part are scored by the new
     model and the lowest-scoring `rate x held-out` of them, the likely false alerts (anomalies
-    score higher), go back into the threshold's data. Returns how many went back."""
+    score higher), go back into the threshold's data. The held-out windows are interleaved blocks
+    spread over the whole range (detectors.training), so the alerted readings of the whole range
+    stand for theirs, in proportion. Returns how many went back."""
     if rate <= 0 or data.full is None or data.kept.all() or len(held_out) == 0:
         return 0
     w = detector.window
-    kept_pos = np.flatnonzero(data.kept)
-    start = kept_pos[len(kept_pos) - len(held_out)]  # first held-out row, in `full`
+    share = len(held_out) / max(1, int(data.kept.sum()))  # of the kept readings, held out
     candidates = np.flatnonzero(~data.kept)
-    candidates = candidates[(candidates >= start) & (candidates >= w - 1)]
-    k = min(len(candidates), int(round(rate * (len(held_out) + len(candidates)))))
+    candidates = candidates[candidates >= w - 1]
+    k = min(len(candidates), int(round(rate * (len(held_out) + share * len(candidates)))))
     if k == 0:
         return 0
     windows = np.stack([data.full[i - w + 1:i + 1] for i in candidates])
