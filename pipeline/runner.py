@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from latentwatch.pipeline import state as state_mod
-from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce
+from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
 from latentwatch.pipeline.health import Health
@@ -220,18 +220,21 @@ class Pipeline:
         def finish():
             if self.sink is not None:
                 self.sink.close(budget)
-            if self.source.consumer is not None:
-                try:
-                    if self.committer is not None:
-                        self.committer.settle()
-                except (BatchFailed, Fatal) as exc:  # the next owner redoes the last batch
-                    log.warning("last commit not confirmed at exit: %s", exc)
+            if self.source.consumer is None:
+                return
+            try:
+                if self.committer is not None:
+                    self.committer.settle()
+            except (BatchFailed, Fatal, Stopping) as exc:  # the next owner redoes the last batch
+                log.warning("last commit not confirmed at exit: %s", exc)
+            finally:  # never leave a consumer to the interpreter's exit: its destructor blocks on Kafka
                 self.source.close()
 
-        closer = threading.Thread(target=finish, name="close", daemon=True)
-        closer.start()
-        closer.join(budget + 2)
-        if closer.is_alive():
+        try:
+            failed = in_thread(finish, budget + 2, lambda: None)
+            if failed is not None:
+                log.warning("closing the Kafka clients failed: %s", failed)
+        except TimeoutError:
             log.warning("Kafka clients did not close within the shutdown timeout: exiting without them")
             self.unclean_exit = True
         self.lifecycle.close()
