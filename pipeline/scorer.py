@@ -64,6 +64,7 @@ class ScoredBatch:
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
     max_event_ts: float | None = None
     rest: list = field(default_factory=list)  # messages past `max_readings`: for the next batch
+    offsets: dict | None = None  # next offset per (topic, partition), computed once
     values: np.ndarray | None = None  # [readings, channels] the valid readings (model lifecycle checks)
     latent: np.ndarray | None = None  # [scored, k] latent vectors of the scored readings (drift)
     flagged: np.ndarray | None = None  # [scored] above the threshold
@@ -74,7 +75,7 @@ class ScoredBatch:
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """The offset to commit per (topic, partition): one past the highest message."""
-        return _next_offsets(self.messages)
+        return self.offsets if self.offsets is not None else _next_offsets(self.messages)
 
 
 class Scorer:
@@ -119,10 +120,10 @@ class Scorer:
         values, ts, counts = d.values[rows], d.ts[rows], d.counts[keep]
         valid = [(messages[i], sid) for i, sid, k in zip(d.index, d.sensor_ids, keep) if k]
         dead.sort(key=lambda e: e[0])
-        if not valid:
-            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0)
-        starts = np.cumsum(counts) - counts
         offsets = _next_offsets(messages)
+        if not valid:
+            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0, offsets=offsets)
+        starts = np.cumsum(counts) - counts
         # 4. windows and tails per (partition, sensor), in offset order. Readings are grouped by
         # key with one stable argsort, not a Python loop per message (4 ms a batch of 4096).
         key_of_msg: dict[state.Key, int] = {}
@@ -197,7 +198,8 @@ class Scorer:
             changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
                          for key, entry in updates.items()]
         return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
-                           updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged)
+                           updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged,
+                           offsets=offsets)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
@@ -281,10 +283,7 @@ def _windows(seq: np.ndarray, window: int) -> np.ndarray:
 
 
 def _next_offsets(messages) -> dict[tuple[str, int], int]:
-    out: dict[tuple[str, int], int] = {}
-    for m in messages:
-        tp = (m.topic(), m.partition())
-        if m.offset() + 1 > out.get(tp, -1):
-            out[tp] = m.offset() + 1
-    return out
+    """One past the last message of each partition: a partition's messages come in offset order
+    (consume order, and what `Source.put_back` returns goes first), so the last one wins."""
+    return {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
 
