@@ -104,6 +104,8 @@ class PipelineMetrics:
         for sev in batch.severities:
             self.alerts.labels(severity=sev).inc()
         observe_many(self.score, batch.scores)
+        if batch.inference_s is not None:
+            self.inference_seconds.observe(batch.inference_s)
         self.messages_consumed.inc(len(batch.messages))
         self.readings_consumed.inc(batch.n_readings)
         self.readings_scored.inc(batch.n_scored)

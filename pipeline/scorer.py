@@ -65,6 +65,7 @@ class ScoredBatch:
     max_event_ts: float | None = None
     rest: list = field(default_factory=list)  # messages past `max_readings`: for the next batch
     offsets: dict | None = None  # next offset per (topic, partition), computed once
+    inference_s: float | None = None  # wall time of the model call (None: no call)
     values: np.ndarray | None = None  # [readings, channels] the valid readings (model lifecycle checks)
     latent: np.ndarray | None = None  # [scored, k] latent vectors of the scored readings (drift)
     flagged: np.ndarray | None = None  # [scored] above the threshold
@@ -161,9 +162,11 @@ class Scorer:
         # 5. score, thresholds, alerts and latents
         msg_of = np.repeat(np.arange(len(valid)), counts)
         alerts_out, severities, latents_out = [], [], []
-        scores64, latent_all, flagged = np.empty(0), None, np.zeros(0, bool)
+        scores64, latent_all, flagged, inference_s = np.empty(0), None, np.zeros(0, bool), None
         if len(scored_idx):
+            t0 = time.perf_counter()
             s = self.detector.score(windows)
+            inference_s = time.perf_counter() - t0
             scores64 = s.score.astype(np.float64)
             bad = ~np.isfinite(scores64)
             if bad.any():
@@ -199,7 +202,7 @@ class Scorer:
                          for key, entry in updates.items()]
         return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
                            updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged,
-                           offsets=offsets)
+                           offsets=offsets, inference_s=inference_s)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
