@@ -64,7 +64,7 @@ class ScoredBatch:
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
     max_event_ts: float | None = None
     rest: list = field(default_factory=list)  # messages past `max_readings`: for the next batch
-    offsets: dict | None = None  # next offset per (topic, partition), computed once
+    offsets: dict = field(default_factory=dict)  # next offset per (topic, partition), computed once
     inference_s: float | None = None  # wall time of the model call (None: no call)
     values: np.ndarray | None = None  # [readings, channels] the valid readings (model lifecycle checks)
     latent: np.ndarray | None = None  # [scored, k] latent vectors of the scored readings (drift)
@@ -76,7 +76,7 @@ class ScoredBatch:
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """The offset to commit per (topic, partition): one past the highest message."""
-        return self.offsets if self.offsets is not None else _next_offsets(self.messages)
+        return self.offsets
 
 
 class Scorer:

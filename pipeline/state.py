@@ -108,9 +108,6 @@ class StateStore:
                 np.empty((0, channels), np.float32)
             self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, 0)
 
-    def partitions(self) -> set[int]:
-        return {k[0] for k in self._entries}
-
 
 # -- the changelog record -------------------------------------------------------------------------
 # Binary, little-endian: magic b"LWS1", valid_at (q), last_ts (d), has_threshold (B), mean, var

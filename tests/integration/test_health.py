@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from tests.support.harness import RunningPipeline, settings_for
 from tests.support.stub_model import stub_model
+from tests.support.http import http_get
 
 CH = ["a", "b", "c"]
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+_get = http_get
 
 
 def _wait_status(url: str, status: int, timeout: float = 60) -> str:

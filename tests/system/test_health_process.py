@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 from tests.support.processes import stop_process
 from tests.support.streams import Stream, metrics_url, start_run
+from tests.support.http import http_get
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+_get = http_get
 
 
 def test_process_is_alive_and_ready_once_assigned(kafka_bootstrap, make_topic,

@@ -3,13 +3,12 @@ to /metrics. A fake clock stands in for time (no sleeping, no timed assertions).
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 
 import pytest
 
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.metrics import PipelineMetrics
+from tests.support.http import http_get
 
 
 class Clock:
@@ -80,12 +79,7 @@ def test_a_rebalance_does_not_make_a_ready_member_unready_but_stopping_does():
     assert h.liveness()[0]  # shutting down is not dead
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+_get = http_get
 
 
 @pytest.fixture
