@@ -34,6 +34,7 @@ from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
+from latentwatch.pipeline.rebalance import Rebalance
 from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.source import Source
@@ -54,7 +55,9 @@ class Pipeline:
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP) and drift.
         self.lifecycle = Lifecycle(model, m, path=s.model.path, device=s.model.device)
         self.monitor = KafkaMonitor(s, m.kafka_error)
-        self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
+        self.rebalance = Rebalance(self)
+        self.source = Source(s, on_assign=self.rebalance.assigned, on_revoke=self.rebalance.revoked,
+                             on_lost=self.rebalance.lost,
                              on_error=self.monitor.on_error, on_stats=m.on_stats, on_wait=self.health.beat,
                              on_commit=lambda err, parts: self.committer.on_commit(err, parts))
         self.sink: Sink | None = None
@@ -204,11 +207,7 @@ class Pipeline:
         self.sink.reset()
         if not self.stopping:
             self.source.rewind(lambda: self.stopping)
-            # The committed state is the state at the committed offsets, but for an asynchronous
-            # commit that never took: start the assigned partitions' state again from there.
-            assignment = self.source.consumer.assignment()
-            self.state.drop_partitions({tp.partition for tp in assignment})
-            self._restore(assignment)
+            self.rebalance.reload(self.source.consumer.assignment())
 
     def close(self) -> None:
         """Finish within what is left of the stop budget; a client that will not close in time is
@@ -241,33 +240,3 @@ class Pipeline:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server = None
-
-    # -- rebalance hooks (run inside consume()) -------------------------------------------------
-    def _assigned(self, partitions) -> None:
-        self.metrics.assigned(partitions)
-        self.health.assignment(len(partitions))
-        self._restore(partitions)
-
-    def _restore(self, partitions) -> None:
-        """State of newly assigned (or rewound) partitions, as of their committed offsets."""
-        if self.state_topic is not None and partitions:
-            changelog.restore_into(self.state, self.settings, self.state_topic, partitions,
-                                   self.source.committed, lambda: self.stopping, on_wait=self.health.beat)
-
-    def _revoked(self, partitions) -> None:
-        # Every processed batch is acknowledged and its commit sent when this runs: settle that
-        # commit (the next owner starts after our last batch), then drop the state.
-        try:
-            self.committer.settle(in_callback=True)
-        except BatchFailed as exc:  # the next owner redoes the last batch: a duplicate, no loss
-            log.warning("last commit not confirmed before the revoke: %s", exc)
-        self._forget(partitions)
-
-    def _lost(self, partitions) -> None:
-        self.committer.forget()
-        self._forget(partitions)
-
-    def _forget(self, partitions) -> None:
-        self.state.drop_partitions({tp.partition for tp in partitions})
-        self.metrics.revoked(partitions)
-        self.health.waiting_for_assignment()
