@@ -13,6 +13,7 @@ pipeline/frames.py): both kinds may share a topic, `Decoder` tells them apart by
 
 from __future__ import annotations
 
+import bisect
 import json
 import operator
 from collections.abc import Iterable
@@ -57,6 +58,14 @@ class DecodedBatch:
     values: np.ndarray  # [n, channels] float32, n = counts.sum()
     ts: np.ndarray  # [n] epoch seconds
     errors: list[tuple[int, ContractError]]  # (position in the input, why)
+    taken: int | None = None  # with a reading cap: the input's first `taken` items (None: all)
+
+    def head(self, n: int) -> DecodedBatch:
+        """The outcome of the input's first `n` items only."""
+        j = bisect.bisect_left(self.index, n)
+        rows = int(self.counts[:j].sum())
+        return DecodedBatch(self.index[:j], self.sensor_ids[:j], self.counts[:j], self.values[:rows], self.ts[:rows],
+                            [e for e in self.errors if e[0] < n], n)
 
 
 def loads(value: bytes):
@@ -160,9 +169,13 @@ class Decoder:
         values = self._to_array(rows)  # numbers first, then times: the order decides the reason
         return Decoded(sensor_id, values, self._times(ts_raw, now))
 
-    def decode_many(self, items: Iterable[tuple[bytes | None, bytes | None]], now: float) -> DecodedBatch:
+    def decode_many(self, items: Iterable[tuple[bytes | None, bytes | None]], now: float,
+                    max_readings: int | None = None) -> DecodedBatch:
         """Decode a micro-batch of (value, key): JSON messages and binary frames, each kind in
-        one go, merged back into input order."""
+        one go, merged back into input order. With `max_readings`, only the longest prefix of
+        the input holding at most that many readings (at least one item) is decoded; `taken`
+        says how long it is. JSON, the costly kind, stops being parsed at the item that crosses
+        the cap (the items after it are never looked at)."""
         json_items, frames = [], []
         for i, (value, key) in enumerate(items):
             if value is not None and value[:4] == FRAME_MAGIC:
@@ -170,14 +183,20 @@ class Decoder:
             else:
                 json_items.append((i, value, key))
         if not frames:
-            return self._decode_json([(v, k) for _, v, k in json_items], now)
+            return self._decode_json([(v, k) for _, v, k in json_items], now, max_readings)
         got = self._frames.decode_many(frames, now)
-        if not json_items:
+        if json_items:
+            got = merge(got, _renumber(self._decode_json([(v, k) for _, v, k in json_items], now),
+                                       [i for i, _, _ in json_items]))
+        n = len(json_items) + len(frames)
+        if max_readings is None or n < 2 or int(got.counts.sum()) <= max_readings:
             return got
-        return merge(got, _renumber(self._decode_json([(v, k) for _, v, k in json_items], now),
-                                    [i for i, _, _ in json_items]))
+        per_item = np.zeros(n, np.int64)
+        per_item[got.index] = got.counts
+        return got.head(max(1, int(np.searchsorted(np.cumsum(per_item), max_readings, side="right"))))
 
-    def _decode_json(self, items: list[tuple[bytes | None, bytes | None]], now: float) -> DecodedBatch:
+    def _decode_json(self, items: list[tuple[bytes | None, bytes | None]], now: float,
+                     max_readings: int | None = None) -> DecodedBatch:
         """Decode a micro-batch of JSON (value, key). Each message is parsed and checked on its own;
         the numbers and times of all of them are then converted and checked in one go, which is
         most of the saving on one-reading messages. Should that fail (a bad number or time
@@ -186,12 +205,16 @@ class Decoder:
         rows_all: list = []
         ts_all: list[float] = []
         one_by_one = False
+        taken, cap = None, max_readings if max_readings is not None else float("inf")
         for i, (value, key) in enumerate(items):
             try:
                 sensor_id, rows, ts_list = self._parse(value, key)
             except ContractError as err:
                 errors.append((i, err))
                 continue
+            if i and len(rows_all) + len(rows) > cap:
+                taken = i  # this one and the rest wait for the next batch
+                break
             try:
                 ts_list = parse_times(ts_list)
             except ContractError:  # which reason comes first is for the one-by-one path to say
@@ -207,8 +230,10 @@ class Decoder:
         counts_arr = np.array(counts, dtype=np.int64)
         converted = None if one_by_one or not index else self._convert_all(rows_all, ts_all, counts_arr, now)
         if converted is None and index:
-            return self._convert_one_by_one(index, sensor_ids, counts, rows_all, ts_all, errors, now)
-        return DecodedBatch(index, sensor_ids, counts_arr, *(converted or self._no_readings()), errors)
+            got = self._convert_one_by_one(index, sensor_ids, counts, rows_all, ts_all, errors, now)
+            got.taken = taken
+            return got
+        return DecodedBatch(index, sensor_ids, counts_arr, *(converted or self._no_readings()), errors, taken)
 
     def _no_readings(self) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((0, len(self.channels)), np.float32), np.empty(0)

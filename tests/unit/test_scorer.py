@@ -73,6 +73,28 @@ def test_max_readings_caps_readings_not_messages():
     assert len(one.messages) == 1 and one.n_readings == 10  # at least one message, whatever its size
 
 
+def test_a_batch_past_max_readings_is_parsed_once_and_the_rest_not_at_all(monkeypatch):
+    # Parsing is most of a batch's cost: the cut must not decode the taken messages twice, nor
+    # decode those it hands back (they are decoded with the next batch). Only the message that
+    # crosses the cap is parsed and then handed back.
+    from latentwatch.pipeline import contract
+
+    sc, store = scorer_for(stub_model()), StateStore()
+    parsed = []
+    real = contract.Decoder._parse
+    monkeypatch.setattr(contract.Decoder, "_parse", lambda self, v, k: parsed.append(v) or real(self, v, k))
+    payloads = [{"sensor_id": f"s{i}", "readings": [{"ts": NOW - 100 + j, "values": [1, 2, 3]} for j in range(10)]}
+                for i in range(40)]
+    batch = sc.score(messages(payloads), store, NOW, max_readings=25)
+    assert batch.n_readings == 20 and len(batch.rest) == 38
+    assert len(parsed) == 3
+    bad = messages([{"sensor_id": "x"}, *payloads[:3]])  # a dead letter holds no readings: taken
+    parsed.clear()
+    cut = sc.score(bad, store, NOW, max_readings=25)
+    assert len(cut.dead) == 1 and cut.n_readings == 20 and [m.offset() for m in cut.rest] == [3]
+    assert len(parsed) == 4
+
+
 def test_float32_max_is_a_dead_letter_for_a_scaled_model_not_a_crash():
     from latentwatch.detectors.checkpoint import load, save, summarise_training_data  # noqa: F401
     from latentwatch.detectors.models import make_detector

@@ -1,0 +1,100 @@
+"""The at-least-once committer without a broker: the previous batch's commit may still be
+travelling while the next batch is produced (waiting for it cost a round trip per batch), but
+never two; a commit that failed is redone synchronously before anything else is produced."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from latentwatch.pipeline.committer import AtLeastOnce
+from latentwatch.pipeline.errors import BatchFailed
+
+
+class FakeConsumer:
+    def __init__(self):
+        self.calls: list[tuple[bool, dict]] = []  # (asynchronous, {(topic, partition): offset})
+        self.refuse_sync = False
+
+    def commit(self, offsets, asynchronous):
+        self.calls.append((asynchronous, {(tp.topic, tp.partition): tp.offset for tp in offsets}))
+        if not asynchronous and self.refuse_sync:
+            raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+
+
+class Parts:
+    def __init__(self, consumer):
+        self.consumer = consumer
+        self.waits = 0
+
+    def wait(self):  # the sink: everything produced is acknowledged
+        self.waits += 1
+
+
+def committer():
+    consumer = FakeConsumer()
+    parts = Parts(consumer)
+    confirmed = []
+    c = AtLeastOnce(parts, parts, lambda: confirmed.append(1), lambda: None)
+    return c, consumer, confirmed
+
+
+def ack(c, offsets, err=None):
+    """librdkafka's on_commit for one commit (served inside consume())."""
+    c.on_commit(err, [TopicPartition(t, p, o) for (t, p), o in offsets.items()])
+
+
+def test_the_previous_commit_may_travel_while_the_next_batch_is_produced():
+    c, consumer, confirmed = committer()
+    c.begin()
+    c.commit({("in", 0): 10})
+    c.begin()  # its on_commit has not come yet: no synchronous round trip for it
+    assert consumer.calls == [(True, {("in", 0): 10})]
+    c.commit({("in", 0): 20, ("in", 1): 5})
+    ack(c, {("in", 0): 10})
+    ack(c, {("in", 0): 20, ("in", 1): 5})
+    c.begin()
+    assert all(asynchronous for asynchronous, _ in consumer.calls)
+    assert len(confirmed) == 2
+    c.settle()  # nothing left to settle
+    assert len(consumer.calls) == 2
+
+
+def test_never_two_commits_travelling_the_older_is_settled_with_the_newest_offsets():
+    c, consumer, confirmed = committer()
+    c.begin()
+    c.commit({("in", 0): 10, ("in", 1): 3})
+    c.begin()
+    c.commit({("in", 0): 20})
+    c.begin()  # two unconfirmed: settled synchronously, each partition at its newest offset
+    assert consumer.calls[-1] == (False, {("in", 0): 20, ("in", 1): 3})
+    assert len(confirmed) == 1
+    ack(c, {("in", 0): 10, ("in", 1): 3})  # late callbacks of settled commits change nothing
+    ack(c, {("in", 0): 20})
+    assert len(confirmed) == 1
+
+
+def test_a_failed_commit_is_redone_synchronously_before_the_next_batch_and_raises_if_refused():
+    c, consumer, confirmed = committer()
+    c.begin()
+    c.commit({("in", 0): 10})
+    ack(c, {("in", 0): 10}, err=KafkaError(KafkaError.REQUEST_TIMED_OUT))
+    c.begin()
+    assert consumer.calls[-1] == (False, {("in", 0): 10}) and len(confirmed) == 1
+    c.commit({("in", 0): 20})
+    ack(c, {("in", 0): 20}, err=KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+    consumer.refuse_sync = True
+    with pytest.raises(BatchFailed):
+        c.begin()
+
+
+def test_settle_on_revoke_commits_what_travels_and_forget_drops_it():
+    c, consumer, _ = committer()
+    c.commit({("in", 0): 10})
+    c.commit({("in", 0): 12})
+    c.settle(in_callback=True)
+    assert consumer.calls[-1] == (False, {("in", 0): 12})
+    c.commit({("in", 0): 14})
+    c.forget()
+    c.settle()
+    assert consumer.calls[-1] == (True, {("in", 0): 14})
