@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="readings per message, batch and frames workloads (default 250)")
     p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
     p.add_argument("--batch-size", type=int, default=4096, help="pipeline batch.max_readings (default 4096)")
+    p.add_argument("--frames-batch-size", type=int, default=65536,
+                   help="pipeline batch.max_readings for the frames workload (default 65536: the setting for "
+                        "high-rate sensors; 4,096 readings are 16 frames, and a batch's two round trips to the "
+                        "broker then cost more than decoding it)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="pipeline batch.max_wait_ms (default: the pipeline's, 20)")
     p.add_argument("--max-bytes", type=int, default=None,
@@ -152,7 +156,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
     res = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": "python -m latentwatch.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
            "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
-           "settings": {"batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms, "max_bytes": args.max_bytes,
+           "settings": {"batch_size": args.batch_size, "frames_batch_size": args.frames_batch_size, "max_wait_ms": args.max_wait_ms, "max_bytes": args.max_bytes,
                         "torch_threads_env": args.torch_threads,
                         "partitions": PARTITIONS, "quick": args.quick},
            "targets": report.TARGETS, "workloads": {}}
@@ -176,6 +180,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         per = shapes[name]
         fmt = "frames" if name == "frames" else "json"
+        batch_size = args.frames_batch_size if name == "frames" else args.batch_size
         w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
         produce(cluster, w)
@@ -189,7 +194,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
         if "pipeline" not in skip:
             log(f"{name}: pipeline end to end")
             prof = work / f"profile-{name}.speedscope.json" if args.profile else None
-            out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, args.batch_size,
+            out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, batch_size,
                                            env=env, profile_out=prof, max_wait_ms=args.max_wait_ms)
             if prof is not None:
                 out["pipeline"]["profile"] = str(prof)
@@ -200,7 +205,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
             from latentwatch.bench.scale import run_group
 
             log(f"{name}: {n} pipeline process(es) in one group")
-            row = run_group(cluster.kafka.bootstrap_servers, model_dir, w.topic, ends, per, work, args.batch_size, n, env=env,
+            row = run_group(cluster.kafka.bootstrap_servers, model_dir, w.topic, ends, per, work, batch_size, n, env=env,
                             max_wait_ms=args.max_wait_ms)
             out.setdefault("scale", []).append(row)
             log(f"{name}: {n} process(es) {row['readings_per_s'] or 0:,.0f} readings/s")
@@ -218,7 +223,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
 
             def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
                 return run_latency(cluster, model_dir, work, rate=rate, duration=duration, channels=args.channels,
-                                   sensors=args.sensors, readings_per_message=per, batch_size=args.batch_size,
+                                   sensors=args.sensors, readings_per_message=per, batch_size=batch_size,
                                    env=env, max_wait_ms=args.max_wait_ms, profile_out=profile, fmt=fmt)
 
             if not args.quick:

@@ -99,7 +99,9 @@ def markdown(res: dict) -> str:
              f"Kafka {res['broker']['version']} ({res['broker']['kind']}). Load average at start/end: "
              f"{res['loadavg_start']} / {res['loadavg_end']}."), "",
              (f"Model: {res['model']['kind']} (window {res['model']['window']}), {res['model']['channels']} channels. "
-             f"Pipeline batch.max_readings {res['settings']['batch_size']}, batch.max_wait_ms "
+             f"Pipeline batch.max_readings {res['settings']['batch_size']}"
+             + (f" (frames: {res['settings']['frames_batch_size']})" if res['settings'].get('frames_batch_size') else "")
+             + ", batch.max_wait_ms "
               f"{res['settings'].get('max_wait_ms') or 'default (20)'}, torch threads "
               f"{res['settings'].get('torch_threads_env') or 'default'}. Command: `{res['command']}`"), "",
              ("| workload | readings | bare consume r/s | consume+decode r/s (before / after) | pipeline r/s | pipeline / decode (>= 0.70) "

@@ -96,6 +96,10 @@ class Scorer:
         scaler = getattr(self.detector, "scaler", None)
         self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
         self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
+        if scaler is not None:  # the range as float32 bounds: most batches need one min and max per channel
+            with np.errstate(over="ignore"):
+                self._lo = (self._mean - MAX_Z * self._std).astype(np.float32)
+                self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
         self._empty_tail = np.empty((0, len(self.channels)), np.float32)
         self.persistence = getattr(model, "persistence", None)
         self._rule = None if self.persistence is None or self.persistence.n <= 1 else \
@@ -206,7 +210,8 @@ class Scorer:
         ends = np.cumsum(d.counts)
         firsts, lasts = d.ts[ends - d.counts].tolist(), d.ts[ends - 1].tolist()
         far_msgs: set[int] = set()
-        if self._mean is not None and len(d.values):
+        if self._mean is not None and len(d.values) and not (
+                (d.values.min(axis=0) >= self._lo).all() and (d.values.max(axis=0) <= self._hi).all()):
             z = np.abs((d.values.astype(np.float64) - self._mean) / self._std)
             far_rows = (z > MAX_Z).any(axis=1)
             if far_rows.any():
