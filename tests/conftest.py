@@ -30,6 +30,23 @@ pytest_plugins = [
 # or can do, so a skip there means a real-broker test quietly did not run.
 ALLOWED_IN_CI = ("needs CUDA", "SKAB data not present")
 
+# `make test` runs the suite on pytest-xdist workers (most of its time is waiting on brokers and
+# processes, not CPU). Each worker starts its own brokers on first use; tests on the 3-node
+# cluster or the TLS/SCRAM broker stay on one worker each, so those brokers start once.
+SHARED_BROKERS = {"kafka_cluster": "cluster", "cluster": "cluster", "secure_broker": "secure"}
+
+
+# The demo's tests check that no demo process is left behind: one worker, one demo at a time.
+ONE_AT_A_TIME = {"tests/system/test_demo.py": "demo"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for name, g in SHARED_BROKERS.items() if name in getattr(item, "fixturenames", ())),
+                     ONE_AT_A_TIME.get(item.nodeid.split("::")[0]))
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

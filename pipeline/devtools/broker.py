@@ -8,6 +8,7 @@ about one broker: its data dir, logs, config and `broker.json` (pid and address)
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -77,6 +78,16 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
     done = home / ".complete"
     if done.exists() and any(libs.glob("kafka_2.13-*.jar")):
         return libs
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as lock:  # several processes at once (test workers): one downloads
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and any(libs.glob("kafka_2.13-*.jar")):
+            return libs
+        return _download_kafka_jars(home, version)
+
+
+def _download_kafka_jars(home: Path, version: str) -> Path:
+    libs, done = home / "libs", home / ".complete"
     mvn = shutil.which("mvn")
     if mvn is None:
         raise UserError(
