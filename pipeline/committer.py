@@ -15,7 +15,9 @@ commit may still be travelling when a batch begins, never two: then, and after a
 failed, the offsets in flight are settled (committed again synchronously, each partition at its
 newest offset) before the batch produces anything; also on a revoke and at close. Waiting for
 every commit before the next batch cost a round trip per batch (14 % of the loop's time on the
-batch workload, py-spy). A crash redoes at most two batches.
+batch workload, py-spy). A crash redoes at most two batches. Not so while the pipeline writes a
+state changelog (`travel_ok()` false): its restore relies on at most one batch having written
+state without its offsets committed (state.py), so each commit is settled before the next batch.
 
 Exactly-once: one Kafka transaction per batch (outputs, changelog and offsets). Each
 transactional call gets its own time bound (`shutdown_timeout_s`, or what is left of the stop
@@ -75,9 +77,10 @@ def _call_here(call: Callable[[], None]):
 
 
 class AtLeastOnce:
-    def __init__(self, source, sink, on_committed: Callable[[], None], deadline: Callable[[], float | None]):
+    def __init__(self, source, sink, on_committed: Callable[[], None], deadline: Callable[[], float | None],
+                 travel_ok: Callable[[], bool] = lambda: True):
         self.source, self.sink, self._on_committed = source, sink, on_committed
-        self._deadline = deadline
+        self._deadline, self._travel_ok = deadline, travel_ok
         self._travelling: list[dict[tuple[str, int], int]] = []  # asynchronous commits, oldest first
         self._failed = False  # an on_commit reported an error: settle before the next batch
 
@@ -85,7 +88,7 @@ class AtLeastOnce:
         pass
 
     def begin(self) -> None:
-        if self._failed or len(self._travelling) > 1:
+        if self._failed or len(self._travelling) > (1 if self._travel_ok() else 0):
             self.settle()  # before this batch produces anything
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:

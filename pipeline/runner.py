@@ -95,7 +95,8 @@ class Pipeline:
         on_committed = m.commits.inc
         deadline = lambda: self._deadline  # noqa: E731
         self.committer = (ExactlyOnce(self.source, self.sink, on_committed, s.shutdown_timeout_s, deadline)
-                          if txn else AtLeastOnce(self.source, self.sink, on_committed, deadline))
+                          if txn else AtLeastOnce(self.source, self.sink, on_committed, deadline,
+                                                  travel_ok=lambda: not self._needs_changelog))
         self.committer.init_producer(self.sink.producer)
         self.source.open()
         # The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones).
