@@ -37,7 +37,9 @@ SHARED_BROKERS = {"kafka_cluster": "cluster", "cluster": "cluster", "secure_brok
 
 
 # The demo's tests check that no demo process is left behind: one worker, one demo at a time.
-ONE_AT_A_TIME = {"tests/system/test_demo.py": "demo"}
+# The cluster module's CLI test starts a 3-node cluster of its own: not beside the shared one.
+ONE_AT_A_TIME = {"tests/system/test_demo.py": "demo", "tests/system/test_cluster.py": "cluster",
+                 "tests/system/test_failover.py": "cluster"}
 
 
 def pytest_collection_modifyitems(config, items):
