@@ -28,13 +28,16 @@ mid-transaction; a call that does not return in time leaves its producer behind
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
+
+log = logging.getLogger("latentwatch.run")
 
 
 def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
@@ -85,6 +88,9 @@ class AtLeastOnce:
         self._failed = False  # an on_commit reported an error: settle before the next batch
 
     def init_producer(self, producer) -> None:
+        pass
+
+    def start(self, producer) -> None:
         pass
 
     def begin(self) -> None:
@@ -153,14 +159,43 @@ class AtLeastOnce:
         self._travelling, self._failed = [], False
 
 
+# A transaction coordinator still loading or moving (right after a broker starts or fails over):
+# init_transactions says so at once rather than waiting.
+_COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                          KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
 class ExactlyOnce:
     def __init__(self, source, sink, on_committed: Callable[[], None], timeout_s: float,
-                 deadline: Callable[[], float | None]):
+                 deadline: Callable[[], float | None], startup_timeout_s: float = 30.0, retry_s: float = 0.5):
         self.source, self.sink, self._on_committed = source, sink, on_committed
         self.timeout_s, self._deadline = timeout_s, deadline
+        self._startup_timeout_s, self._retry_s = startup_timeout_s, retry_s
+
+    def start(self, producer) -> None:
+        """`init_producer` at start: what still fails after the retries is one clear line."""
+        try:
+            self.init_producer(producer)
+        except KafkaException as exc:
+            raise UserError(f"could not start transactions (delivery: exactly-once): {exc.args[0].str()}; check "
+                            "that the brokers' transaction coordinator is up and that this user may use "
+                            "its transactional.id") from None
 
     def init_producer(self, producer) -> None:
-        producer.init_transactions(self.timeout_s)
+        """init_transactions, retried for up to `startup_timeout_s` while the coordinator is not
+        ready (seen as NOT_COORDINATOR right after a broker start); other errors raise at once."""
+        give_up = time.monotonic() + self._startup_timeout_s
+        while True:
+            try:
+                producer.init_transactions(self.timeout_s)
+                return
+            except KafkaException as exc:
+                err, stop_at = exc.args[0], self._deadline()
+                if (err.fatal() or not (err.retriable() or err.code() in _COORDINATOR_NOT_READY)
+                        or time.monotonic() > give_up or (stop_at is not None and time.monotonic() > stop_at)):
+                    raise
+                log.info("transaction coordinator not ready (%s); retrying", err.str())
+                time.sleep(self._retry_s)
 
     def begin(self) -> None:
         try:

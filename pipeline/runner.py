@@ -92,12 +92,10 @@ class Pipeline:
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          deadline=lambda: self._deadline, transactional_id=txn.value if txn else None,
                          on_wait=self.health.beat)
-        on_committed = m.commits.inc
-        deadline = lambda: self._deadline  # noqa: E731
-        self.committer = (ExactlyOnce(self.source, self.sink, on_committed, s.shutdown_timeout_s, deadline)
-                          if txn else AtLeastOnce(self.source, self.sink, on_committed, deadline,
-                                                  travel_ok=lambda: not self._needs_changelog))
-        self.committer.init_producer(self.sink.producer)
+        parts, deadline = (self.source, self.sink, m.commits.inc), lambda: self._deadline
+        self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, deadline, s.startup_timeout_s) if txn
+                          else AtLeastOnce(*parts, deadline, travel_ok=lambda: not self._needs_changelog))
+        self.committer.start(self.sink.producer)
         self.source.open()
         # The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones).
         self.detector.score(np.zeros((2, self.detector.window, len(self.detector.channels)), dtype=np.float32))

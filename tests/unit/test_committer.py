@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from latentwatch.pipeline.committer import AtLeastOnce
-from latentwatch.pipeline.errors import BatchFailed
+from latentwatch.pipeline.errors import BatchFailed, UserError
 
 
 class FakeConsumer:
@@ -108,3 +108,33 @@ def test_with_a_state_changelog_each_commit_is_settled_before_the_next_batch():
     c.commit({("in", 0): 10})
     c.begin()
     assert consumer.calls == [(True, {("in", 0): 10}), (False, {("in", 0): 10})] and len(confirmed) == 1
+
+
+class FlakyTxnProducer:
+    """init_transactions refused with `errors` (one per call) before it works."""
+
+    def __init__(self, errors):
+        self.errors, self.calls = list(errors), 0
+
+    def init_transactions(self, timeout):
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+
+
+def test_exactly_once_start_waits_for_a_transaction_coordinator_that_is_not_ready_yet():
+    # seen right after a broker start: init_transactions -> NOT_COORDINATOR (the process exited 1
+    # with a traceback); a coordinator still loading or moving is worth waiting for at start
+    from latentwatch.pipeline.committer import ExactlyOnce
+
+    c = ExactlyOnce(None, None, lambda: None, 5.0, lambda: None, startup_timeout_s=20, retry_s=0.01)
+    producer = FlakyTxnProducer([KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS])
+    c.init_producer(producer)
+    assert producer.calls == 3
+    gives_up = ExactlyOnce(None, None, lambda: None, 5.0, lambda: None, startup_timeout_s=0.05, retry_s=0.01)
+    with pytest.raises(KafkaException):
+        gives_up.init_producer(FlakyTxnProducer([KafkaError.NOT_COORDINATOR] * 1000))
+    with pytest.raises(KafkaException):  # not a coordinator's passing state: no waiting
+        c.init_producer(FlakyTxnProducer([KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, None]))
+    with pytest.raises(UserError, match="could not start transactions"):  # at start: one line, not a traceback
+        c.start(FlakyTxnProducer([KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED]))
