@@ -270,11 +270,12 @@ class Scorer:
     def _latents(self, valid, s, scores, scored_idx, msg_of, pos, ts) -> list[tuple[bytes, bytes]]:
         out = []
         lat = np.round(s.latent.astype(np.float64), 5).tolist()
+        model = {"name": self.model.name, "version": str(self.model.version)}
         for j, i in enumerate(scored_idx.tolist()):
             msg, sid = valid[msg_of[i]]
             out.append((sid.encode(), orjson.dumps({
                 "sensor_id": sid, "ts": iso(float(ts[i])), "score": float(scores[j]), "latent": lat[j],
-                "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                "model": model, "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                            "index": int(pos[i])}})))
         return out
 
