@@ -99,6 +99,8 @@ class StateSettings(BaseModel):
 class ModelSettings(BaseModel):
     path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    shadow: str | None = Field(None, description="a candidate model directory scored beside `path` on every batch "
+                                                 "(no alerts from it; agreement metrics latentwatch_shadow_*)")
 
 
 class MetricsSettings(BaseModel):
