@@ -89,7 +89,12 @@ def _run(args) -> int:
 
     settings = settings_from_args(args)
     model = load_model(settings.model.path, settings.model.device)
-    shadow = load_model(settings.model.shadow, settings.model.device) if settings.model.shadow else None
+    shadow = None
+    if settings.model.shadow:
+        try:
+            shadow = load_model(settings.model.shadow, settings.model.device)
+        except UserError as exc:
+            raise UserError(f"shadow model (--shadow): {exc}") from None
     pipeline = Pipeline(settings, model, shadow=shadow)
     signals = {"count": 0}
 
