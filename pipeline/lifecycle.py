@@ -37,8 +37,15 @@ class Lifecycle:
         metrics.set_model(model)
         self.watcher = watcher or (ModelWatcher(path, model, device=device, interval_s=interval_s, metrics=metrics)
                                    if path else None)
-        self.drift = LatentDrift.from_model(model, metrics=metrics, window_s=drift_window_s)
+        self.drift = LatentDrift.from_model(model, metrics=metrics, **self._drift_window())
         self._recent: np.ndarray | None = None
+
+    @classmethod
+    def for_settings(cls, model: LoadedModel, metrics, settings, shadow: LoadedModel | None = None) -> Lifecycle:
+        """The run loop's: watch `model.path`, drift over `model.drift_window_s`, `shadow` beside."""
+        s = settings.model
+        return cls(model, metrics, path=s.path, device=s.device, drift_window_s=s.drift_window_s,
+                   shadow=Shadow(shadow, metrics, settings) if shadow is not None else None)
 
     def committed(self, batch) -> None:
         """One committed batch of the loaded model."""
@@ -67,7 +74,7 @@ class Lifecycle:
             return None
         self.model = new
         self.metrics.set_model(new)
-        self.drift = LatentDrift.from_model(new, metrics=self.metrics, window_s=self.drift_window_s)
+        self.drift = LatentDrift.from_model(new, metrics=self.metrics, **self._drift_window())
         return new
 
     def request_check(self) -> None:
@@ -78,6 +85,9 @@ class Lifecycle:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
+
+    def _drift_window(self) -> dict:
+        return {"window_s": self.drift_window_s, "bucket_s": min(10.0, self.drift_window_s / 4)}
 
     def _sample(self) -> np.ndarray | None:
         return None if self._recent is None else self._recent[-SAMPLE_READINGS:]

@@ -68,7 +68,7 @@ class PipelineMetrics:
         self._trained_at: float | None = None
         self.model_age = Gauge(f"{p}_model_age_seconds", "Seconds since the loaded model was trained", registry=r)
         self.model_age.set_function(lambda: float("nan") if self._trained_at is None else time.time() - self._trained_at)
-        self.latent_drift_psi = Gauge(f"{p}_latent_drift_psi", "Largest per-dimension population stability index of the live latent vectors (last 2 min) against the model's held-out ones; NaN until enough readings", registry=r)
+        self.latent_drift_psi = Gauge(f"{p}_latent_drift_psi", "Largest per-dimension population stability index of the live latent vectors (last model.drift_window_s, default 2 min) against the model's held-out ones; NaN until enough readings", registry=r)
         self.live_exceedance = Gauge(f"{p}_live_exceedance_ratio", "Share of the readings scored in the last 2 min that were above the threshold", registry=r)
         self.reference_exceedance = Gauge(f"{p}_reference_exceedance_ratio", "Share of the model's held-out readings above its threshold", registry=r)
         self.drift_window_readings = Gauge(f"{p}_drift_window_readings", "Readings in the drift window", registry=r)

@@ -36,7 +36,6 @@ from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.rebalance import Rebalance
 from latentwatch.pipeline.scorer import Scorer
-from latentwatch.pipeline.shadow import Shadow
 from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.source import Source
 
@@ -55,8 +54,7 @@ class Pipeline:
         self.state_topic = None
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
-        self.lifecycle = Lifecycle(model, m, path=s.model.path, device=s.model.device,
-                                   shadow=Shadow(shadow, m, s) if shadow is not None else None)
+        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.rebalance = Rebalance(self)
         self.source = Source(s, on_assign=self.rebalance.assigned, on_revoke=self.rebalance.revoked,
