@@ -162,7 +162,7 @@ class TimelineStream(Stream):
             producer.produce(self.input, body, key=sensor.encode(),
                              on_delivery=lambda e, m, a=tuple(anomalous), b=bad: on_delivery(e, m, a, b))
             producer.poll(0)
-            if per_second and (i // per_message) % 50 == 0:
+            if per_second and (i // per_message) % max(1, 50 // per_message) == 0:  # every ~50 readings
                 ahead = started + i / per_second - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
