@@ -9,7 +9,12 @@
 4. after a phase of traffic at the new point, `latentwatch train --from-topic` retrains on that
    range of the input topic (readings the old model alerted on and dead letters left out),
    `latentwatch models promote` makes it current and the pipeline swaps it in between batches;
-5. one more phase: alerts settle back to the normal phase's rate and the drift metric falls.
+5. one more phase on the retrained model: the drift metric falls back under the threshold and
+   the alert rate comes down, part of the way (measured at --phase 30: 14.8 alerts per 1000
+   readings normal, 35.4 after the change, 26.9 retrained; drift PSI 0.18, 0.74-3.4, 0.04). It
+   stays above the normal rate because the readings the old model alerted on at the new point,
+   mostly false alerts there, are left out of the retraining (by design of `--from-topic`, and
+   only the design rate of them, 1 %, is readmitted), which makes the new threshold tighter.
 
 Every step is the command an operator would run (called in-process); `--phase` sets the length
 of each phase and the drift metric's window (default 40 s: ~4 minutes in all with training).
@@ -137,7 +142,7 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
             time.sleep(0.1)
         out(f"   the pipeline swapped version {new} in between two batches" if pipeline.model.version == new
             else "   the new version was not swapped in within 60 s")
-        out(f"5. the new model at the new operating point for {phase_s:.0f} s: alerts settle back")
+        out(f"5. the retrained model at the new operating point for {phase_s:.0f} s")
         run_phase("new operating point, retrained model", phase_s)
     finally:
         stream.stop()
