@@ -165,9 +165,9 @@ class Pipeline:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
-        self.lifecycle.committed(batch)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
+        self.lifecycle.committed(batch)  # drift, shadow: after the batch's own timings are taken
 
     def _use(self, model) -> None:
         s = self.settings
