@@ -99,6 +99,10 @@ class StateSettings(BaseModel):
 class ModelSettings(BaseModel):
     path: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    drift_window_s: float = Field(120.0, gt=0, description="seconds of live latent vectors the drift metric "
+                                                           "(latentwatch_latent_drift_psi) compares with the training data")
+    shadow: str | None = Field(None, description="a candidate model directory scored beside `path` on every batch "
+                                                 "(no alerts from it; agreement metrics latentwatch_shadow_*)")
 
 
 class MetricsSettings(BaseModel):

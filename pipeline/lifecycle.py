@@ -3,15 +3,17 @@
     life = Lifecycle(model, metrics, path=settings.model.path, device=settings.model.device)
     # (cli/run.py) signal.signal(signal.SIGHUP, lambda *_: life.request_check())
     ...
-    # in the scoring step, after the model call (scores: detectors.Scores, thresholds: per reading)
-    life.scored(values, scores.latent, scores.score > thresholds)
+    # after a batch committed (scorer.ScoredBatch): drift, and the shadow model when there is one
+    life.committed(batch)
     # between two batches (the batch in hand has finished on the old model)
     new = life.between_batches()
     if new is not None:
         ...  # pipeline.runner.Pipeline._swap: a new scorer; per-sensor state kept or re-windowed
 
 `between_batches` never blocks: loading and validating happen on the watcher's thread
-(model_watch.py). On a swap it exports the new model's info, threshold and age and starts a new
+(model_watch.py). With a `shadow` (shadow.py, `run --shadow DIR`), `committed` also has the
+candidate score the batch and count agreement, and `forget` drops its state of partitions that
+moved or were rewound. On a swap it exports the new model's info, threshold and age and starts a new
 drift window against the new model's training data.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from latentwatch.detectors.checkpoint import LoadedModel
 from latentwatch.pipeline.drift import LatentDrift
 from latentwatch.pipeline.model_watch import ModelWatcher
+from latentwatch.pipeline.shadow import Shadow
 
 __all__ = ["Lifecycle"]
 SAMPLE_READINGS = 512  # recent readings a new version is validated on
@@ -28,13 +31,32 @@ SAMPLE_READINGS = 512  # recent readings a new version is validated on
 
 class Lifecycle:
     def __init__(self, model: LoadedModel, metrics, *, path: str | None = None, device: str = "cpu",
-                 interval_s: float = 5.0, drift_window_s: float = 120.0, watcher: ModelWatcher | None = None):
-        self.model, self.metrics, self.drift_window_s = model, metrics, drift_window_s
+                 interval_s: float = 5.0, drift_window_s: float = 120.0, watcher: ModelWatcher | None = None,
+                 shadow: Shadow | None = None):
+        self.model, self.metrics, self.drift_window_s, self.shadow = model, metrics, drift_window_s, shadow
         metrics.set_model(model)
         self.watcher = watcher or (ModelWatcher(path, model, device=device, interval_s=interval_s, metrics=metrics)
                                    if path else None)
-        self.drift = LatentDrift.from_model(model, metrics=metrics, window_s=drift_window_s)
+        self.drift = LatentDrift.from_model(model, metrics=metrics, **self._drift_window())
         self._recent: np.ndarray | None = None
+
+    @classmethod
+    def for_settings(cls, model: LoadedModel, metrics, settings, shadow: LoadedModel | None = None) -> Lifecycle:
+        """The run loop's: watch `model.path`, drift over `model.drift_window_s`, `shadow` beside."""
+        s = settings.model
+        return cls(model, metrics, path=s.path, device=s.device, drift_window_s=s.drift_window_s,
+                   shadow=Shadow(shadow, metrics, settings) if shadow is not None else None)
+
+    def committed(self, batch) -> None:
+        """One committed batch of the loaded model."""
+        if batch.latent is not None:
+            self.scored(batch.values, batch.latent, batch.flagged)
+        if self.shadow is not None:
+            self.shadow.observe(batch)
+
+    def forget(self, partitions: set[int]) -> None:
+        if self.shadow is not None:
+            self.shadow.forget(partitions)
 
     def scored(self, values: np.ndarray, latent: np.ndarray, exceeded: np.ndarray) -> None:
         """One batch: its readings [n, channels] (kept by reference, copied only when a check
@@ -52,7 +74,7 @@ class Lifecycle:
             return None
         self.model = new
         self.metrics.set_model(new)
-        self.drift = LatentDrift.from_model(new, metrics=self.metrics, window_s=self.drift_window_s)
+        self.drift = LatentDrift.from_model(new, metrics=self.metrics, **self._drift_window())
         return new
 
     def request_check(self) -> None:
@@ -63,6 +85,9 @@ class Lifecycle:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.close()
+
+    def _drift_window(self) -> dict:
+        return {"window_s": self.drift_window_s, "bucket_s": min(10.0, self.drift_window_s / 4)}
 
     def _sample(self) -> np.ndarray | None:
         return None if self._recent is None else self._recent[-SAMPLE_READINGS:]

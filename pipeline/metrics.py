@@ -68,12 +68,21 @@ class PipelineMetrics:
         self._trained_at: float | None = None
         self.model_age = Gauge(f"{p}_model_age_seconds", "Seconds since the loaded model was trained", registry=r)
         self.model_age.set_function(lambda: float("nan") if self._trained_at is None else time.time() - self._trained_at)
-        self.latent_drift_psi = Gauge(f"{p}_latent_drift_psi", "Largest per-dimension population stability index of the live latent vectors (last 2 min) against the model's held-out ones; NaN until enough readings", registry=r)
+        self.latent_drift_psi = Gauge(f"{p}_latent_drift_psi", "Largest per-dimension population stability index of the live latent vectors (last model.drift_window_s, default 2 min) against the model's held-out ones; NaN until enough readings", registry=r)
         self.live_exceedance = Gauge(f"{p}_live_exceedance_ratio", "Share of the readings scored in the last 2 min that were above the threshold", registry=r)
         self.reference_exceedance = Gauge(f"{p}_reference_exceedance_ratio", "Share of the model's held-out readings above its threshold", registry=r)
         self.drift_window_readings = Gauge(f"{p}_drift_window_readings", "Readings in the drift window", registry=r)
         for gauge in (self.latent_drift_psi, self.live_exceedance, self.reference_exceedance):
             gauge.set(float("nan"))
+        # Shadow scoring (shadow.py, run --shadow DIR): a candidate model beside the loaded one.
+        self.shadow_model = Info(f"{p}_shadow_model", "The shadow (candidate) model, when run --shadow gives one", registry=r)
+        self.shadow_readings = Counter(f"{p}_shadow_readings", "Readings scored by both the loaded and the shadow model, by whether each would alert (both, current_only, candidate_only, neither)", ["agreement"], registry=r)
+        self.shadow_unpaired = Counter(f"{p}_shadow_unpaired_readings", "Readings scored by only one of the loaded and the shadow model (the shadow's warm-up, another window or channels)", registry=r)
+        self.shadow_failures = Counter(f"{p}_shadow_failures", "Batches the shadow model failed to score (the pipeline goes on)", registry=r)
+        self.shadow_correlation = Gauge(f"{p}_shadow_score_correlation", "Spearman rank correlation of the loaded and the shadow model's scores over the last 10,000 readings both scored; NaN without a shadow or with fewer than 100", registry=r)
+        self.shadow_correlation.set(float("nan"))
+        for agreement in ("both", "current_only", "candidate_only", "neither"):  # shadow.AGREEMENTS
+            self.shadow_readings.labels(agreement=agreement)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
@@ -132,6 +141,13 @@ class PipelineMetrics:
     def model_loaded(self, model) -> None:
         self.set_model(model)
         self.device_info.info({"device": str(getattr(model.detector, "device", "cpu"))})
+
+    def shadow_loaded(self, model, correlation) -> None:
+        """The shadow model's info; `correlation()` is called on each scrape."""
+        d = model.detector
+        self.shadow_model.info({"name": model.name, "version": str(model.version), "kind": d.kind,
+                                "window": str(d.window), "channels": str(len(d.channels))})
+        self.shadow_correlation.set_function(correlation)
 
     def assigned(self, partitions) -> None:
         self.assigned_partitions.set(len(partitions))

@@ -36,6 +36,7 @@ class Rebalance:
 
     def reload(self, partitions) -> None:
         self.p.state.drop_partitions({tp.partition for tp in partitions})
+        self.p.lifecycle.forget({tp.partition for tp in partitions})  # the shadow's state: warms up again
         self.restore(partitions)
 
     def revoked(self, partitions) -> None:
@@ -51,5 +52,6 @@ class Rebalance:
 
     def _forget(self, partitions) -> None:
         self.p.state.drop_partitions({tp.partition for tp in partitions})
+        self.p.lifecycle.forget({tp.partition for tp in partitions})
         self.p.metrics.revoked(partitions)
         self.p.health.waiting_for_assignment()

@@ -45,15 +45,16 @@ log = logging.getLogger("latentwatch.run")
 class Pipeline:
     """One pipeline process: `run()` until `stop()` (or a signal handled by the caller)."""
 
-    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None):
+    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
+        self._refs = shadow is not None  # the shadow model (shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
         self._use(model)
-        # Hot swaps (a new version behind the model directory's `current`, or SIGHUP) and drift.
-        self.lifecycle = Lifecycle(model, m, path=s.model.path, device=s.model.device)
+        # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
+        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.rebalance = Rebalance(self)
         self.source = Source(s, on_assign=self.rebalance.assigned, on_revoke=self.rebalance.revoked,
@@ -163,10 +164,9 @@ class Pipeline:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
-        if batch.latent is not None:
-            self.lifecycle.scored(batch.values, batch.latent, batch.flagged)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
+        self.lifecycle.committed(batch)  # drift, shadow: after the batch's own timings are taken
 
     def _use(self, model) -> None:
         s = self.settings
@@ -177,7 +177,7 @@ class Pipeline:
                                  or (rule is not None and rule.n > 1))
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog)
+                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs)
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept

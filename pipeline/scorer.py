@@ -68,7 +68,9 @@ class ScoredBatch:
     inference_s: float | None = None  # wall time of the model call (None: no call)
     values: np.ndarray | None = None  # [readings, channels] the valid readings (model lifecycle checks)
     latent: np.ndarray | None = None  # [scored, k] latent vectors of the scored readings (drift)
-    flagged: np.ndarray | None = None  # [scored] above the threshold
+    flagged: np.ndarray | None = None  # [scored] alerts (above the threshold, after the persistence rule)
+    refs: np.ndarray | None = None  # [scored, 3] (partition, offset, index) of each scored reading (`refs=True`)
+    now: float | None = None  # the wall time the batch was judged against (future timestamps)
 
     @property
     def n_scored(self) -> int:
@@ -80,10 +82,11 @@ class ScoredBatch:
 
 
 class Scorer:
-    """Scores micro-batches for one model. `changelog`: return state records for the changelog."""
+    """Scores micro-batches for one model. `changelog`: return state records for the changelog;
+    `refs`: say which reading each score is of (shadow scoring pairs two models' readings)."""
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
-                 critical_ratio: float, latent_topic: bool, changelog: bool):
+                 critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False):
         self.model = model
         self.detector = model.detector
         self.channels = list(self.detector.channels)
@@ -93,6 +96,7 @@ class Scorer:
         self.critical_ratio = critical_ratio
         self.latent_topic = latent_topic
         self.changelog = changelog
+        self.refs = refs
         scaler = getattr(self.detector, "scaler", None)
         self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
         self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
@@ -123,7 +127,7 @@ class Scorer:
         dead.sort(key=lambda e: e[0])
         offsets = _next_offsets(messages)
         if not valid:
-            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0, offsets=offsets, rest=rest)
+            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0, offsets=offsets, rest=rest, now=now)
         starts = np.cumsum(counts) - counts
         # 4. windows and tails per (partition, sensor), in offset order. Readings are grouped by
         # key with one stable argsort, not a Python loop per message (4 ms a batch of 4096).
@@ -162,7 +166,7 @@ class Scorer:
         # 5. score, thresholds, alerts and latents
         msg_of = np.repeat(np.arange(len(valid)), counts)
         alerts_out, severities, latents_out = [], [], []
-        scores64, latent_all, flagged, inference_s = np.empty(0), None, np.zeros(0, bool), None
+        scores64, latent_all, flagged, inference_s, refs = np.empty(0), None, np.zeros(0, bool), None, None
         if len(scored_idx):
             t0 = time.perf_counter()
             s = self.detector.score(windows)
@@ -196,13 +200,17 @@ class Scorer:
                 severities.append(record["severity"])
             if self.latent_topic:
                 latents_out = self._latents(valid, s, scores64, scored_idx, msg_of, pos, ts)
+            if self.refs:
+                mi = msg_of[scored_idx]
+                refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[mi],
+                                 np.array([m.offset() for m, _ in valid], np.int64)[mi], pos[scored_idx]], 1)
         changelog = []
         if self.changelog:
             changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
                          for key, entry in updates.items()]
         return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
                            updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged,
-                           offsets=offsets, inference_s=inference_s, rest=rest)
+                           offsets=offsets, inference_s=inference_s, rest=rest, refs=refs, now=now)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
@@ -271,11 +279,12 @@ class Scorer:
     def _latents(self, valid, s, scores, scored_idx, msg_of, pos, ts) -> list[tuple[bytes, bytes]]:
         out = []
         lat = np.round(s.latent.astype(np.float64), 5).tolist()
+        model = {"name": self.model.name, "version": str(self.model.version)}
         for j, i in enumerate(scored_idx.tolist()):
             msg, sid = valid[msg_of[i]]
             out.append((sid.encode(), orjson.dumps({
                 "sensor_id": sid, "ts": iso(float(ts[i])), "score": float(scores[j]), "latent": lat[j],
-                "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                "model": model, "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                            "index": int(pos[i])}})))
         return out
 

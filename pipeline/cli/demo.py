@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "alerts live, and prints precision/recall/latency at the end. Stops everything it started.")
     add_connection_flags(p, bootstrap_help="use this Kafka cluster instead of starting a local broker "
                                            "[env LATENTWATCH_BOOTSTRAP or LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    p.add_argument("--scenario", choices=["anomalies", "drift"], default="anomalies",
+                   help="anomalies (default): injected anomalies, alerts, precision/recall; drift: the plant "
+                        "changes operating point, the drift metric rises, train --from-topic, promote, alerts "
+                        "settle (a few minutes)")
+    p.add_argument("--phase", type=float, default=40.0,
+                   help="drift scenario: seconds per phase, also the drift metric's window (default 40)")
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl+C)")
     p.add_argument("--rate", type=float, default=400.0, help="readings/s across all sensors (default 400)")
     p.add_argument("--sensors", type=int, default=20)
@@ -48,9 +54,12 @@ def _demo(args) -> int:
                         f"choose from {', '.join(KINDS)} or 'all'")
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
+    if args.phase < 5:
+        raise UserError("--phase must be at least 5 seconds (the drift metric needs readings to compare)")
     settings = connection_settings(args, local_fallback=False)
     kafka = settings.kafka if bootstrap_configured(settings) else None
     opts = DemoOptions(kafka=kafka, duration=args.duration, rate=args.rate, sensors=args.sensors,
                        channels=args.channels, anomaly_rate=args.anomaly_rate, kinds=kinds, window=args.window,
-                       epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet)
+                       epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,
+                       scenario=args.scenario, phase=args.phase)
     return main_demo(opts)

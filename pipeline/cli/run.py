@@ -28,6 +28,8 @@ RUN_FLAGS = {
     "--group-id": ("group_id", "GROUP_ID", "consumer group (default latentwatch)"),
     "--metrics-port": ("metrics.port", "METRICS__PORT", "port of /metrics (default 9464; 0 = any free port)"),
     "--metrics-host": ("metrics.host", "METRICS__HOST", "address /metrics binds to (default 127.0.0.1)"),
+    "--shadow": ("model.shadow", "MODEL__SHADOW", "candidate model directory scored beside --model on every batch, "
+                 "without alerts; compare with latentwatch_shadow_* metrics before 'models promote'"),
     "--device": ("model.device", "MODEL__DEVICE", "auto | cpu | cuda (default auto)"),
     "--delivery": ("delivery", "DELIVERY", "at-least-once (default) | exactly-once"),
     "--batch-size": ("batch.max_readings", "BATCH__MAX_READINGS", "readings per micro-batch (default 4096)"),
@@ -87,7 +89,13 @@ def _run(args) -> int:
 
     settings = settings_from_args(args)
     model = load_model(settings.model.path, settings.model.device)
-    pipeline = Pipeline(settings, model)
+    shadow = None
+    if settings.model.shadow:
+        try:
+            shadow = load_model(settings.model.shadow, settings.model.device)
+        except UserError as exc:
+            raise UserError(f"shadow model (--shadow): {exc}") from None
+    pipeline = Pipeline(settings, model, shadow=shadow)
     signals = {"count": 0}
 
     def on_signal(signum, frame):

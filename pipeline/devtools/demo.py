@@ -52,6 +52,8 @@ class DemoOptions:
     metrics_port: int = 9464
     seed: int = 7
     quiet: bool = False
+    scenario: str = "anomalies"  # or "drift": drift_demo.py
+    phase: float = 40.0  # seconds per phase of the drift scenario
 
 
 def out(text: str = "") -> None:
@@ -69,6 +71,10 @@ def run_demo(opts: DemoOptions) -> int:
             t0 = time.monotonic()
             kafka = KafkaSettings(bootstrap_servers=broker.start().bootstrap)
             out(f"broker ready at {kafka.bootstrap_servers} ({time.monotonic() - t0:.1f} s)")
+        if opts.scenario == "drift":
+            from latentwatch.pipeline.devtools.drift_demo import run_drift
+
+            return run_drift(opts, kafka, workdir)
         return _run(opts, kafka, workdir)
     finally:
         if broker is not None:
@@ -109,22 +115,9 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
                                     "create_topics": True, "batch.max_wait_ms": 10})
     sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
                           anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
-    model = _train(opts, sim, workdir)
-
-    from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
-
-    _create_input_topic(settings, partitions=4)
-    pipeline = Pipeline(settings, model)
-    pipeline.start()
-    metrics_url = f"http://{settings.metrics.host}:{pipeline.metrics_server.server_port}/metrics"
-    out(f"pipeline running: metrics at {metrics_url}")
-    runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
-    runner.start()
-
-    producer = Producer(kafka_io.tool_producer_config(settings, {"logger": _QUIET}))
     truth: list = []
-    stream = BackgroundStream(producer, settings.topics.input, sim, rate=opts.rate,
-                              on_truth=truth.extend).start()
+    pipeline, runner, producer, stream, metrics_url = start_live(settings, _train(opts, sim, workdir), sim, opts.rate,
+                                                                 on_truth=truth.extend)
     alerts: list[dict] = []
     watcher = _AlertWatcher(settings, alerts, quiet=opts.quiet)
     watcher.start()
@@ -155,6 +148,23 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     watcher.stop(expect=pipeline.metrics)
     _summary(pipeline, stats, truth, alerts, bad_i, opts, metrics_url, time.monotonic() - started)
     return 0  # Ctrl+C is how the demo is meant to end
+
+
+def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None):
+    """What both scenarios start: the input topic, the pipeline in its own thread, a producer
+    and the simulated stream. Returns (pipeline, its thread, producer, stream, metrics URL)."""
+    from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
+
+    _create_input_topic(settings, partitions=4)
+    pipeline = Pipeline(settings, model)
+    pipeline.start()
+    metrics_url = f"http://{settings.metrics.host}:{pipeline.metrics_server.server_port}/metrics"
+    out(f"pipeline running (model version {model.version}): metrics at {metrics_url}")
+    runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+    runner.start()
+    producer = Producer(kafka_io.tool_producer_config(settings, {"logger": _QUIET}))
+    stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth).start()
+    return pipeline, runner, producer, stream, metrics_url
 
 
 def _create_input_topic(settings, partitions: int) -> None:

@@ -56,7 +56,8 @@ def test_dashboard_covers_the_operator_questions():
                    "latentwatch_batch_size_readings", "latentwatch_model_info", "latentwatch_device_info",
                    "latentwatch_processing_delay_seconds", "latentwatch_latent_drift_psi",
                    "latentwatch_live_exceedance_ratio", "latentwatch_model_age_seconds",
-                   "latentwatch_model_reloads_total"):
+                   "latentwatch_model_reloads_total", "latentwatch_shadow_readings_total",
+                   "latentwatch_shadow_score_correlation"):
         assert needle in exprs, needle
     heatmaps = [p for p in all_panels(load()) if p["type"] == "heatmap"]
     assert heatmaps and "latentwatch_reconstruction_score_bucket" in heatmaps[0]["targets"][0]["expr"]
@@ -108,6 +109,9 @@ def test_every_dashboard_query_returns_finite_data(make_prometheus):
             m.live_exceedance.set(0.012)
             m.reference_exceedance.set(0.01)
             m.model_reloads.labels(outcome="success").inc()
+            m.shadow_readings.labels(agreement="neither").inc(8 * k)  # with run --shadow
+            m.shadow_readings.labels(agreement="both").inc(k)
+            m.shadow_correlation.set(0.93)  # NaN without a shadow model
             m.on_stats('{"topics": {"readings": {"partitions": {"0": {"fetch_state": "active", "consumer_lag": 3}}}}}')
 
         traffic(3)

@@ -115,6 +115,11 @@ def test_retrain_on_a_range_with_anomalies_matches_the_clean_range(stream, tmp_p
     # (detectors.training) instead of the tail: the anomalies the alerting model missed (~40 % of
     # 3 %) stay in the held-out data and push its top up beside the readmitted false alerts. The
     # bound says what holds today; the naive retrain (alerted readings kept) is further off still.
+    # Measured again for #15 (2026-11-29): 1.1064; naive 5.51. Readmitting a spread sample of the
+    # range's likely false alerts (the lowest rate x N alerted, every n-th) instead of the lowest
+    # k gave 1.1169: the lowest-k choice is biased low and hides part of the missed anomalies'
+    # push. What is left cannot be excluded from the old model's alerts (it missed them); it
+    # would take that model's recall, which the stream does not give.
     assert 0.85 <= ratio <= 1.15, (retrained.threshold.value, clean.threshold.value)
     # and leaving the alerted readings out is what makes it so
     assert naive.metadata["training"]["source"]["left_out"]["alerted"] == 0

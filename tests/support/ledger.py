@@ -27,6 +27,10 @@ class Ledger:
     committed: dict[int, int] = field(default_factory=dict)
     sensors: dict[Ref, str] = field(default_factory=dict)  # sensor of each input (windowed models)
     window: int = 1
+    # (Kafka timestamp ms, model version, source) of each latent record / alert, in topic order
+    # (both topics have one partition): which version scored what, and when (hot swaps)
+    scored_log: list[tuple[int, str, Ref]] = field(default_factory=list)
+    alert_log: list[tuple[int, str, Ref]] = field(default_factory=list)
 
     @property
     def warm_up(self) -> set[Ref]:
@@ -68,19 +72,25 @@ def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str,
                  sensors: dict | None = None, window: int = 1) -> Ledger:
     led = Ledger(inputs, sensors=sensors or {}, window=window)
     for m in read_topic(bootstrap, latent_topic, timeout=60, read_committed=read_committed):
-        src = json.loads(m.value())["source"]
-        led.scored[(src["partition"], src["offset"], src["index"])] += 1
+        led.scored[_log(led.scored_log, m)] += 1
     for m in read_topic(bootstrap, dead_topic, timeout=60, read_committed=read_committed):
         h = dict(m.headers())
         led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1
     for m in read_topic(bootstrap, alerts_topic, timeout=60, read_committed=read_committed):
-        src = json.loads(m.value())["source"]
-        led.alerts[(src["partition"], src["offset"], src["index"])] += 1
+        led.alerts[_log(led.alert_log, m)] += 1
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     for tp in c.committed([TopicPartition(input_topic, p) for p in range(partitions)], timeout=10):
         led.committed[tp.partition] = max(tp.offset, 0)
     c.close()
     return led
+
+
+def _log(log: list, message) -> Ref:
+    record = json.loads(message.value())
+    src = record["source"]
+    ref = (src["partition"], src["offset"], src["index"])
+    log.append((message.timestamp()[1], str(record.get("model", {}).get("version")), ref))
+    return ref
 
 
 def committed_lag(bootstrap: str, topic: str, group: str, partitions: int) -> int:

@@ -116,42 +116,53 @@ class TimelineStream(Stream):
         self.bad: set = set()
 
     def produce(self, producer, n, seed=0, anomaly_every=97, bad_every=0, per_second: float | None = None,
-                body_for=None):
+                body_for=None, per_message: int = 1):
+        """`n` readings; with `per_message` > 1, that many consecutive readings of one sensor go
+        in one message (the contract's "readings" batch; refs (partition, offset, index)), which
+        lets one Python feeder send thousands of readings a second on a busy machine."""
         rng = np.random.default_rng(seed)
         values = normal_values(rng, n)
         first = self.sent
         self.sent += n
         started = time.monotonic()
 
-        def on_delivery(err, msg, anomalous=False, bad=False):
+        def on_delivery(err, msg, anomalous=(), bad=False):
             assert err is None, err
-            ref = (msg.partition(), msg.offset(), 0)
             with self._lock:
-                self.refs.add(ref)
-                self.sensors[ref] = msg.key().decode()
-                if anomalous:
-                    self.anomalies.add(ref)
+                for j in range(per_message):
+                    ref = (msg.partition(), msg.offset(), j)
+                    self.refs.add(ref)
+                    self.sensors[ref] = msg.key().decode()
+                    if j in anomalous:
+                        self.anomalies.add(ref)
                 if bad:
-                    self.bad.add(ref)
+                    self.bad.add((msg.partition(), msg.offset(), 0))
 
-        for i in range(n):
+        for i in range(0, n, per_message):
+            sensor = f"s{(first + i) // per_message % 16}"
+            readings, anomalous = [], []
+            for j in range(per_message):
+                k = first + i + j
+                v = values[i + j].copy()
+                if anomaly_every and k % anomaly_every == 5:
+                    v[k % 4] += 12.0
+                    anomalous.append(j)
+                readings.append({"ts": self.t0 + k * 0.01, "values": v.tolist()})
+            if per_message == 1:
+                body = json.dumps({"sensor_id": sensor, **readings[0]}).encode()
+            else:
+                body = json.dumps({"sensor_id": sensor, "readings": readings}).encode()
             k = first + i
-            sensor = f"s{k % 16}"
-            v = values[i].copy()
-            anomalous = bool(anomaly_every and k % anomaly_every == 5)
-            if anomalous:
-                v[k % 4] += 12.0
-            body = json.dumps({"sensor_id": sensor, "ts": self.t0 + k * 0.01, "values": v.tolist()}).encode()
-            bad = bool(bad_every and k % bad_every == 3)
+            bad = bool(bad_every and (k // per_message) % bad_every == 3)  # every `bad_every` messages
             if bad:
-                body, anomalous = b"\x00garbage", False
+                body, anomalous = b"\x00garbage", []
             if body_for is not None:
                 body, bad = body_for(k, body, bad)
-                anomalous = anomalous and not bad
+                anomalous = [] if bad else anomalous
             producer.produce(self.input, body, key=sensor.encode(),
-                             on_delivery=lambda e, m, a=anomalous, b=bad: on_delivery(e, m, a, b))
+                             on_delivery=lambda e, m, a=tuple(anomalous), b=bad: on_delivery(e, m, a, b))
             producer.poll(0)
-            if per_second and i % 50 == 0:
+            if per_second and (i // per_message) % max(1, 50 // per_message) == 0:  # every ~50 readings
                 ahead = started + i / per_second - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)

@@ -178,3 +178,35 @@ def wait_metric(url, name, at_least, timeout=90) -> float:
             return value
         time.sleep(0.2)
     raise AssertionError(f"{name} reached only {value}, wanted {at_least}")
+
+
+def versioned_window_models(root, channels=CH) -> dict[str, str]:
+    """A versioned model directory (detectors/versions.py) of W=8 PCA models for hot-swap tests:
+    "a" current; "b" a compatible retrain (other data, same window and channels); "incompatible"
+    (other channel names) and "corrupt" (truncated weights) written but not current. Returns
+    {role: version name}. PCA: exact, no training time."""
+    from latentwatch.detectors import versions
+    from latentwatch.detectors.base import sliding_windows
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.thresholds import QuantileThreshold
+
+    def writer(seed, names, corrupt=False):
+        rng = np.random.default_rng(seed)
+        X = normal_values(rng, 3000).astype(np.float32)
+        det = make_detector("pca", window=WINDOW, latent_dim=3).fit(X, list(names))
+        thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(normal_values(rng, 3000).astype(np.float32),
+                                                                     WINDOW)).score)
+
+        def write(d, v):
+            save(d, det, thr, summarise_training_data(X, list(names)), name="swap", version=v)
+            if corrupt:
+                weights = d / versions.WEIGHTS
+                weights.write_bytes(weights.read_bytes()[:100])
+        return write
+
+    out = {"a": versions.publish(root, writer(0, channels))}
+    for role, seed, names, corrupt in (("b", 1, channels, False), ("incompatible", 2, [*channels[:-1], "other"], False),
+                                       ("corrupt", 3, channels, True)):
+        out[role] = versions.publish(root, writer(seed, names, corrupt), make_current=False)
+    return out

@@ -29,3 +29,25 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     assert out.rstrip().endswith("broker stopped")  # the summary is the last thing shown
     java = subprocess.run(["pgrep", "-f", "latentwatch-demo-"], capture_output=True, text=True)
     assert java.stdout.strip() == "", "the demo left a process behind"
+
+
+def test_drift_scenario_drift_rises_retrain_from_the_topic_promote_and_it_falls():
+    """`demo --scenario drift`, short phases: the operating-point change raises the drift metric
+    past the model-stale threshold, a model retrained from the topic is promoted and swapped in,
+    and at the new point it sees less drift and fewer alerts than the old model did."""
+    r = subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "demo", "--scenario", "drift", "--phase", "12",
+                        "--epochs", "1", "--metrics-port", "0"], capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    print(out[out.find("=== latentwatch demo --scenario drift"):])
+    assert "DRIFT ALERT: latentwatch_latent_drift_psi" in out, out
+    assert re.search(r"latentwatch train --from-topic \S+ --since \S+ --until \S+", out), out
+    assert "current is now" in out and "the pipeline swapped version" in out, out
+    rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(normal|new operating point, (?:old|retrained) model)\s+[\d,]+\s+[\d,]+\s+"
+                                 r"([\d.]+)\s+([\d.]+)$", out, re.M)}
+    assert set(rows) == {"normal", "new operating point, old model", "new operating point, retrained model"}, out
+    old, new = rows["new operating point, old model"], rows["new operating point, retrained model"]
+    assert old[1] > 0.25 and new[1] < old[1], out  # drift PSI
+    assert new[0] < old[0], out  # alerts per 1000 readings settle back
+    assert out.rstrip().endswith("broker stopped")

@@ -95,3 +95,20 @@ def test_schema_prints_json():
 
     r = _cli("schema")
     assert set(json.loads(r.stdout)) == {"reading", "batch"}
+
+
+def test_a_shadow_model_that_does_not_load_is_one_line_naming_it(tmp_path):
+    from latentwatch.detectors import QuantileThreshold, make_detector
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from tests.support.detector_data import normal_data
+
+    X = normal_data(200, seed=0)
+    names = [f"c{i}" for i in range(X.shape[1])]
+    det = make_detector("pca", device="cpu", latent_dim=2).fit(X, channels=names)
+    save(tmp_path / "m", det, QuantileThreshold(0.99).fit(det.score(X[:, None, :]).score),
+         summarise_training_data(X, names))
+    r = _cli("run", "--model", str(tmp_path / "m"), "--shadow", str(tmp_path / "nope"),
+             "--bootstrap", "127.0.0.1:1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "shadow model" in lines[0] and "nope" in lines[0], r.stderr

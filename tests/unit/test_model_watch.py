@@ -231,6 +231,28 @@ def test_lifecycle_swaps_between_batches_and_restarts_drift(tmp_path):
         life.close()
 
 
+def test_the_run_loops_lifecycle_takes_drift_window_and_shadow_from_settings(tmp_path):
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.drift import reference
+    from latentwatch.pipeline.lifecycle import Lifecycle
+
+    X = normal_data(600, seed=0)
+    det = make_detector("pca", device="cpu", latent_dim=2).fit(X, channels=NAMES)
+    scores = det.score(sliding_windows(X, 1))
+    thr = QuantileThreshold(0.99).fit(scores.score)
+    save(tmp_path / "pump", det, thr, {**summarise_training_data(X, NAMES),
+                                       "drift_reference": reference(scores.latent, scores.score, thr.value)})
+    model = load(tmp_path / "pump")
+    settings = load_settings(None, {"model.path": str(tmp_path / "pump"), "model.drift_window_s": 20})
+    life = Lifecycle.for_settings(model, PipelineMetrics(), settings, shadow=load(tmp_path / "pump"))
+    try:
+        assert (life.drift.window_s, life.drift.bucket_s) == (20, 5)  # buckets: a quarter window, at most 10 s
+        assert life.shadow is not None and life.shadow.model.name == model.name
+        assert Lifecycle.for_settings(model, PipelineMetrics(), load_settings(None, {})).drift.window_s == 120
+    finally:
+        life.close()
+
+
 def test_the_same_model_under_another_pointer_is_not_swapped(tmp_path):
     """A plain directory adopted as a version keeps its files but may get another version name."""
     path = _writer(0)(tmp_path / "pump", "not a valid/version name")

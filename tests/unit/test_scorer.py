@@ -180,3 +180,13 @@ def test_the_persistence_rule_fires_the_same_in_the_stream_as_over_the_whole_ser
     stub_scores = (np.repeat(v[:, None], 3, axis=1) ** 2).mean(1)
     whole = PersistenceRule(3, 5).flags(np.zeros(120, np.int64), stub_scores > 4.0)
     assert fired == np.flatnonzero(whole).tolist() and 32 in fired and 70 not in fired
+
+
+def test_latent_records_name_the_model_version_that_scored_them():
+    """After a hot swap the latent topic must say which version scored each reading, like alerts."""
+    model = stub_model()
+    model.name, model.version = "pump", "20261129T101500Z"
+    batch = scorer_for(model).score(messages([reading("s1", NOW - 10 + i, i) for i in range(3)]), StateStore(), NOW)
+    assert len(batch.latents) == 3
+    assert {json.dumps(json.loads(v)["model"]) for _, v in batch.latents} == \
+        {json.dumps({"name": "pump", "version": "20261129T101500Z"})}
