@@ -307,7 +307,7 @@ class PCADetector(TorchDetector):
         return _PCANet(self.window * n_channels, self.latent_dim, (self.window, n_channels))
 
     def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.0,
-            holdout: str = "blocks", **_training_options) -> "PCADetector":
+            holdout: str = "blocks", fold: int | None = None, **_training_options) -> "PCADetector":
         """Exact fit by SVD (training options such as epochs are accepted and ignored). With
         `val_fraction`, the same interleaved blocks as the autoencoders are held out (not fitted on)."""
         if holdout == "tail" and val_fraction > 0:  # standardise on the fitted rows only, as evaluate.SETTINGS was measured
@@ -316,7 +316,7 @@ class PCADetector(TorchDetector):
         else:
             X = self._prepare_fit(X, channels)
         flat = sliding_windows(self.scaler.transform(X), self.window).reshape(-1, self.window * X.shape[1])
-        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout)
+        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout, fold)
         self.training_report = TrainingReport(0, 0, float("nan"), 0.0, [], len(val_idx), val_idx, train_idx)
         flat = flat[train_idx]
         center = flat.mean(axis=0, dtype=np.float64)

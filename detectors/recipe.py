@@ -39,10 +39,11 @@ class Recipe:
     latent: int | None = None
     threshold: str = "quantile"  # quantile | pot | adaptive
     quantile: float = 0.99
-    margin: float = 1.5
+    margin: float = 1.0
     risk: float = 1e-3
     persistence: str = "auto"  # "auto" or "K/N"
     val_fraction: float = 0.2
+    calibration: str = "auto"  # blocks | cross | auto (cross for PCA): calibrate.fit_and_calibrate
     epochs: int = 100
     batch_size: int | None = None
     lr: float = 1e-3
@@ -96,7 +97,7 @@ def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = No
     detector = make_detector(kind, **config)
     detector, threshold, held = fit_no_worse_than_pca(
         detector, X, o.make_threshold, channels=channels, val_fraction=o.val_fraction, use=SCORES[o.score],
-        epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
+        calibration=o.calibration, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
     rule = fixed_rule or persistence.choose(held, threshold.value)
     return Trained(detector, threshold, rule, held)
 

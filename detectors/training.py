@@ -49,10 +49,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "blocks") -> tuple[np.ndarray, np.ndarray]:
+def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "blocks",
+                 fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices of `n` windows: interleaved blocks, seams purged (see module doc);
     `holdout="tail"`: the last `val_fraction` of the readings' count in windows, the rest trains
-    (the protocol `evaluate.SETTINGS` was measured with; no purge)."""
+    (the protocol `evaluate.SETTINGS` was measured with; no purge). `fold` (0 .. folds-1, folds =
+    round(1 / val_fraction)): hold out blocks fold, fold + folds, fold + 2 folds, ... instead, so
+    the folds together hold out every block once (cross-fitted calibration, `calibrate.py`)."""
     idx = np.arange(n)
     if val_fraction <= 0 or n < 10:
         return idx, idx[:0]
@@ -67,7 +70,10 @@ def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "b
     if n_val == 0:  # one block: fall back to the tail
         cut = n - max(1, int(n * val_fraction))
         return idx[:max(cut - (window - 1), 1)], idx[cut:]
-    chosen = np.unique(((np.arange(n_val) + 0.5) * blocks / n_val).astype(int).clip(0, blocks - 1))
+    if fold is not None:
+        chosen = np.arange(fold, blocks, n_folds(val_fraction))
+    else:
+        chosen = np.unique(((np.arange(n_val) + 0.5) * blocks / n_val).astype(int).clip(0, blocks - 1))
     val = np.zeros(n, bool)
     near = np.zeros(n, bool)
     for b in chosen:
@@ -75,6 +81,11 @@ def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "b
         val[lo:hi] = True
         near[max(lo - (window - 1), 0):min(hi + window - 1, n)] = True
     return idx[~near], idx[val]
+
+
+def n_folds(val_fraction: float) -> int:
+    """Folds of cross-fitted calibration: each holds out about `val_fraction` of the blocks."""
+    return max(2, round(1 / val_fraction))
 
 
 def pca_loss(train: np.ndarray, val: np.ndarray, k: int) -> float:
@@ -106,6 +117,7 @@ def fit_autoencoder(
     callback: ProgressCallback | None = None,
     latent_dim: int | None = None,
     holdout: str = "blocks",
+    fold: int | None = None,
 ) -> TrainingReport:
     """Train `net` (whose forward maps `[b, w, c]` to `(latent, reconstruction)`) to reconstruct
     standardised `windows` from a noisy copy (Gaussian, `noise` standard units); AdamW with
@@ -115,7 +127,7 @@ def fit_autoencoder(
     started = time.perf_counter()
     device = torch.device(device)
     windows = np.ascontiguousarray(windows, dtype=np.float32)
-    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1], holdout)
+    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1], holdout, fold)
     if len(train_idx) == 0:
         raise ValueError("no training windows: need more readings than the window length")
     pca_val = pca_loss(windows[train_idx], windows[val_idx], latent_dim) if latent_dim else float("nan")

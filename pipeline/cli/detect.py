@@ -54,13 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "parts and the threshold (default: %(default)s)")
     t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
-    t.add_argument("--margin", type=float, default=1.5,
-                   help="multiply the quantile threshold by this (default: %(default)s, the upper-control-limit "
-                        "rule of SKAB's autoencoder baselines)")
+    t.add_argument("--margin", type=float, default=1.0,
+                   help="multiply the quantile threshold by this (default: %(default)s; SKAB's autoencoder "
+                        "baselines use 1.5, the default before cross-fitted calibration)")
+    t.add_argument("--calibration", choices=["auto", "cross", "blocks"], default="auto",
+                   help="held-out scores for the score parts, threshold and persistence rule: cross = every "
+                        "window scored by a model fitted without its block (5 fits), then the model fitted on "
+                        "all; blocks = one set of interleaved blocks held out; auto = cross for PCA, blocks "
+                        "for autoencoders (default: %(default)s)")
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
     t.add_argument("--persistence", default="auto", metavar="K/N|auto",
                    help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
-                        "the fastest rule without false runs on held-out normal scores; 1/1: the plain "
+                        "the fastest rule without false runs above the threshold on held-out normal scores; 1/1: the plain "
                         "threshold (default: %(default)s)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
@@ -134,7 +139,7 @@ def _recipe(args):
     return Recipe(model=args.model, window=args.window, score_last=args.score_last, variance=args.variance,
                   score=args.score, latent=args.latent, threshold=args.threshold, quantile=args.quantile,
                   margin=args.margin, risk=args.risk, persistence=args.persistence, val_fraction=args.val_fraction,
-                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  calibration=args.calibration, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   device=_device(args.device))
 
 
