@@ -91,7 +91,7 @@ def cross_fit(detector: TorchDetector, X: np.ndarray, *, channels: list[str] | N
     every = detector.score(windows)
     detector.parts = ScoreParts.fit(every.latent, every.score, use=use, held_raw=held_raw)
     r = detector.training_report
-    r.validation_rows, r.validation_index = len(held_index), held_index[order]
+    r.validation_rows, r.validation_index, r.calibration = len(held_index), held_index[order], "cross"
     return detector.parts.combine_raw(held_raw)[1]
 
 

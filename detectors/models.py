@@ -250,6 +250,32 @@ class _ConvNet(nn.Module):
         return z, self.decoder(h).transpose(1, 2)
 
 
+class _VAENet(_ConvNet):
+    """The conv autoencoder with a Gaussian latent: the encoder gives a mean and a log-variance;
+    training decodes a sample (reparameterised) and sets `penalty`, the KL divergence from N(0, I)
+    per window, x `beta`, divided by the window's values (the reconstruction loss is a mean over
+    them); evaluation decodes the mean, so scoring is deterministic and the latent vector is the mean."""
+
+    def __init__(self, channels: int, window: int, hidden: int, latent: int, kernel: int, beta: float):
+        super().__init__(channels, window, hidden, latent, kernel)
+        self.logvar = nn.Linear(hidden * window, latent)
+        self.encoder, self.features = self.encoder[-1], self.encoder[:-1]  # mean head; shared conv trunk
+        self.beta, self.values = beta, window * channels
+        self.penalty: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x.transpose(1, 2))
+        mu = self.encoder(h)
+        z = mu
+        if self.training:
+            logvar = self.logvar(h).clamp(-10, 10)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1).mean()
+            self.penalty = self.beta * kl / self.values
+        out = self.expand(z).view(len(x), self.hidden, self.window)
+        return mu, self.decoder(out).transpose(1, 2)
+
+
 class _PCANet(nn.Module):
     """Projection onto the top-k principal axes of the (flattened, standardised) windows."""
 
@@ -294,6 +320,22 @@ class WindowAutoencoder(TorchDetector):
         return _ConvNet(n_channels, self.window, h["hidden"], self.latent_dim, h["kernel"])
 
 
+class VariationalAutoencoder(TorchDetector):
+    """The window autoencoder as a VAE (Kingma & Welling 2014): same conv encoder and decoder, a
+    Gaussian latent regularised towards N(0, I) by a KL term weighted `beta`; the latent mean is the
+    latent vector (scores, alerts, the latent distance). Scoring decodes the mean: deterministic."""
+
+    kind = "vae"
+
+    def __init__(self, window: int = 32, latent_dim: int = 8, hidden: int = 32, kernel: int = 5, beta: float = 1.0,
+                 **kw):
+        super().__init__(latent_dim=latent_dim, window=window, hidden=hidden, kernel=kernel, beta=beta, **kw)
+
+    def _build_net(self, n_channels: int) -> nn.Module:
+        h = self.hparams
+        return _VAENet(n_channels, self.window, h["hidden"], self.latent_dim, h["kernel"], float(h["beta"]))
+
+
 class PCADetector(TorchDetector):
     """Linear baseline: reconstruction from the top principal components (the Q / SPE statistic).
     `latent_dim=None` keeps the fewest components that explain `variance` of the training data."""
@@ -331,7 +373,8 @@ class PCADetector(TorchDetector):
         return self._ready()
 
 
-MODELS: dict[str, type[TorchDetector]] = {m.kind: m for m in (MLPAutoencoder, WindowAutoencoder, PCADetector)}
+MODELS: dict[str, type[TorchDetector]] = {m.kind: m for m in (MLPAutoencoder, WindowAutoencoder, VariationalAutoencoder,
+                                                               PCADetector)}
 
 
 def make_detector(kind: str, **config) -> TorchDetector:

@@ -40,6 +40,7 @@ class TrainingReport:
     validation_index: np.ndarray | None = None  # which windows (indices into the fit windows)
     train_index: np.ndarray | None = None  # the windows trained on (held-out blocks and their seams excluded)
     pca_val_loss: float = float("nan")  # PCA with the same latent size on the same split, for comparison
+    calibration: str = "blocks"  # where the held-out scores came from: one set of blocks, or cross-fitted folds
 
 
 def seed_everything(seed: int) -> None:
@@ -151,6 +152,9 @@ def fit_autoencoder(
             noisy = batch + noise * torch.randn(batch.shape, generator=gen).to(device) if noise > 0 else batch
             _, recon = net(noisy)
             loss = torch.mean((recon - batch) ** 2)
+            penalty = getattr(net, "penalty", None)  # e.g. a VAE's KL term, set by its forward in training
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,6 +179,8 @@ def fit_autoencoder(
                 break
     net.load_state_dict(best[2])
     net.eval()
+    if getattr(net, "penalty", None) is not None:
+        net.penalty = None  # holds the last batch's autograd graph
     return TrainingReport(epoch, best[1], best[0], time.perf_counter() - started, history, len(val_idx),
                           val_idx, train_idx, pca_val)
 
