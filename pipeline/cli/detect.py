@@ -33,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto: PCA over windows, or the window autoencoder when there are at least "
                         f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
                         "mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W readings; "
+                        "vae: the same as a variational autoencoder (latent mean as the latent vector); "
                         "pca: linear (default: %(default)s)")
     t.add_argument("--window", type=int, default=None,
-                   help="readings per window (default: 8 for auto and pca, 32 for window, 1 for mlp)")
+                   help="readings per window (default: 8 for auto and pca, 32 for window and vae, 1 for mlp)")
     t.add_argument("--score-last", type=int, default=None,
                    help="average the error over the last N readings of each window (default: the window)")
     t.add_argument("--variance", type=float, default=0.8,
