@@ -78,10 +78,12 @@ def cross_fit(detector: TorchDetector, X: np.ndarray, *, channels: list[str] | N
         return None
     config = detector.config()
     raw: dict[str, list[np.ndarray]] = {}
+    losses = []  # per fold: (the model's best held-out loss, PCA's with the same latent size), for the guard
     for f in range(folds):
         model = type(detector)(**config, device=detector.device)
         model.fit(X, channels=channels, val_fraction=val_fraction, fold=f, **fit_options)
         r = model.training_report
+        losses.append((r.best_val_loss, r.pca_val_loss))
         fitted, held = model.score(windows[r.train_index]), model.score(windows[r.validation_index])
         for p, v in ScoreParts.fit(fitted.latent, fitted.score).raw(held.score, held.latent).items():
             raw.setdefault(p, []).append(v)
@@ -92,6 +94,8 @@ def cross_fit(detector: TorchDetector, X: np.ndarray, *, channels: list[str] | N
     detector.parts = ScoreParts.fit(every.latent, every.score, use=use, held_raw=held_raw)
     r = detector.training_report
     r.validation_rows, r.validation_index, r.calibration = len(held_index), held_index[order], "cross"
+    if detector.kind != "pca":  # the kept model had no hold-out: the guard compares the folds' losses
+        r.best_val_loss, r.pca_val_loss = (float(np.mean(v)) for v in zip(*losses))
     return detector.parts.combine_raw(held_raw)[1]
 
 

@@ -91,10 +91,10 @@ def n_folds(val_fraction: float) -> int:
 
 def pca_loss(train: np.ndarray, val: np.ndarray, k: int) -> float:
     """Validation MSE of PCA with `k` components fitted on `train` (windows, flattened)."""
+    if len(val) == 0 or len(train) == 0:
+        return float("nan")
     a = train.reshape(len(train), -1).astype(np.float64)
     b = val.reshape(len(val), -1).astype(np.float64)
-    if len(b) == 0 or len(a) == 0:
-        return float("nan")
     center = a.mean(axis=0)
     _, _, vt = np.linalg.svd(a - center, full_matrices=False)
     v = vt[:max(min(k, vt.shape[0]), 1)]

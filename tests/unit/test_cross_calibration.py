@@ -59,3 +59,17 @@ def test_auto_is_cross_for_pca_and_too_little_data_falls_back_to_blocks():
     assert 10 <= len(held) < 113 and len(held) == small.training_report.validation_rows
     with pytest.raises(ValueError, match="calibration"):
         fit_and_calibrate(PCADetector(), normal_data(200), QuantileThreshold(0.99), calibration="tail")
+
+
+def test_the_pca_guard_still_works_with_cross_fitted_autoencoders():
+    """Cross-fitting an autoencoder fits the kept model without a hold-out; the guard compares the
+    folds' held-out losses with PCA's on the same folds instead."""
+    from latentwatch.detectors import make_detector
+    from latentwatch.detectors.calibrate import fit_no_worse_than_pca
+
+    X = normal_data(400, seed=8)
+    weak = make_detector("mlp", latent_dim=2, hidden=8, device="cpu")
+    kept, thr, held = fit_no_worse_than_pca(weak, X, lambda: QuantileThreshold(0.99), calibration="cross",
+                                            epochs=1, seed=0)
+    assert kept.kind == "pca" and kept.latent_dim == 2 and len(held) == 400
+    assert kept.training_report.calibration == "cross" and np.isfinite(thr.value)
