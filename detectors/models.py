@@ -1,5 +1,5 @@
-"""The models: a point-wise MLP autoencoder, a windowed 1-D convolutional autoencoder, and PCA
-as the linear baseline. All share `TorchDetector`, which owns standardisation, devices and
+"""The models: a point-wise MLP autoencoder, a windowed 1-D convolutional autoencoder (and its
+variational form, whose latent mean is the latent vector), and PCA as the linear baseline. All share `TorchDetector`, which owns standardisation, devices and
 batched scoring, so each model only says how to build (and, for PCA, fit) its network.
 
 Score of a reading = mean over channels of the squared reconstruction error in standard units;
