@@ -5,7 +5,8 @@ Scores of readings a model was trained on are optimistically low, so a threshold
 flags too much. `fit` holds out interleaved blocks of the windows (`training.split_blocks`): the
 autoencoders early-stop on them and never train on them; PCA is not fitted on them. The latent
 distribution is fitted on the training windows; the score parts are scaled, and the threshold
-fitted, on the model's scores of the held-out windows.
+fitted, on the model's scores of the held-out windows. `calibration="cross"` (`cross_fit`; train's
+default for PCA) holds out every block once, in 5 folds, and fits the model kept on all windows.
 """
 
 from __future__ import annotations
