@@ -18,12 +18,13 @@ except PackageNotFoundError:  # a source tree that is not installed
 
 from latentwatch.detectors.base import Detector, Scores, sliding_windows  # noqa: E402
 from latentwatch.detectors.models import (  # noqa: E402
-    MODELS, MLPAutoencoder, PCADetector, TorchDetector, WindowAutoencoder, make_detector, resolve_device)
+    MODELS, MLPAutoencoder, PCADetector, TorchDetector, VariationalAutoencoder, WindowAutoencoder, make_detector,
+    resolve_device)
 from latentwatch.detectors.thresholds import (  # noqa: E402
     AdaptiveThreshold, POTThreshold, QuantileThreshold, Threshold, threshold_from_dict)
 
 __all__ = [
     "Detector", "Scores", "sliding_windows", "TorchDetector", "MLPAutoencoder", "WindowAutoencoder",
-    "PCADetector", "MODELS", "make_detector", "resolve_device", "Threshold", "QuantileThreshold",
+    "VariationalAutoencoder", "PCADetector", "MODELS", "make_detector", "resolve_device", "Threshold", "QuantileThreshold",
     "POTThreshold", "AdaptiveThreshold", "threshold_from_dict", "__version__",
 ]

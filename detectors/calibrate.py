@@ -5,7 +5,8 @@ Scores of readings a model was trained on are optimistically low, so a threshold
 flags too much. `fit` holds out interleaved blocks of the windows (`training.split_blocks`): the
 autoencoders early-stop on them and never train on them; PCA is not fitted on them. The latent
 distribution is fitted on the training windows; the score parts are scaled, and the threshold
-fitted, on the model's scores of the held-out windows.
+fitted, on the model's scores of the held-out windows. `calibration="cross"` (`cross_fit`; train's
+default for PCA) holds out every block once, in 5 folds, and fits the model kept on all windows.
 """
 
 from __future__ import annotations
@@ -16,22 +17,36 @@ from collections.abc import Callable
 import numpy as np
 
 from latentwatch.detectors.base import sliding_windows
-from latentwatch.detectors.latent import DEFAULT_USE
+from latentwatch.detectors.latent import DEFAULT_USE, ScoreParts
 from latentwatch.detectors.models import PCADetector, TorchDetector
 from latentwatch.detectors.thresholds import Threshold
+from latentwatch.detectors.training import n_folds, split_blocks
 
 log = logging.getLogger(__name__)
 
 
+CALIBRATIONS = ("blocks", "cross", "auto")
+
+
 def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Threshold, *,
                       channels: list[str] | None = None, val_fraction: float = 0.2,
-                      use: tuple[str, ...] = DEFAULT_USE, **fit_options) -> np.ndarray:
+                      use: tuple[str, ...] = DEFAULT_USE, calibration: str = "blocks", **fit_options) -> np.ndarray:
     """Fit `detector` on `X` `[n, channels]`, its score parts and `threshold` on held-out windows;
-    return the held-out scores."""
+    return the held-out scores (in time order). `calibration`: "blocks" (one set of interleaved
+    blocks held out; the model never fits them), "cross" (`cross_fit`: every window held out once,
+    the model then fitted on all of them), "auto" (cross for PCA, whose fits take milliseconds;
+    blocks for the autoencoders, which would train once per fold)."""
     X = np.asarray(X, dtype=np.float32)
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     if int(len(X) * val_fraction) < 10:
         raise ValueError(f"{len(X)} readings leave too few (<10) held-out readings to set a threshold; "
                          "give more normal data or a larger validation fraction")
+    if calibration == "cross" or (calibration == "auto" and detector.kind == "pca"):
+        held_out = cross_fit(detector, X, channels=channels, val_fraction=val_fraction, use=use, **fit_options)
+        if held_out is not None:
+            threshold.fit(held_out)
+            return held_out
     detector.fit(X, channels=channels, val_fraction=val_fraction, **fit_options)
     report = detector.training_report
     windows = sliding_windows(X, detector.window)
@@ -45,9 +60,49 @@ def fit_and_calibrate(detector: TorchDetector, X: np.ndarray, threshold: Thresho
     return held_out
 
 
+def cross_fit(detector: TorchDetector, X: np.ndarray, *, channels: list[str] | None = None, val_fraction: float = 0.2,
+              use: tuple[str, ...] = DEFAULT_USE, **fit_options) -> np.ndarray | None:
+    """Cross-fitted calibration: the interleaved blocks are dealt into round(1/val_fraction) folds;
+    per fold a model of the same configuration is fitted without that fold's blocks (seams purged)
+    and scores them, so every window gets a held-out score (5x as many as one hold-out gives at
+    0.2). `detector` itself is then fitted on all the windows, its latent distribution on all of
+    them; its part scales and the returned held-out scores come from the folds' unscaled parts
+    (reconstruction error; latent Mahalanobis distance, each fold against its own latent fit:
+    invariant to the basis each fold's model chose). None when the data has fewer blocks than
+    folds (the caller then holds out one set of blocks)."""
+    folds = n_folds(val_fraction)
+    windows = sliding_windows(X, detector.window)
+    splits = [split_blocks(len(windows), val_fraction, detector.window, fit_options.get("holdout", "blocks"), f)
+              for f in range(folds)]
+    held_index = np.concatenate([v for _, v in splits])
+    if any(len(v) == 0 or len(t) == 0 for t, v in splits) or len(np.unique(held_index)) != len(held_index):
+        return None
+    config = detector.config()
+    raw: dict[str, list[np.ndarray]] = {}
+    losses = []  # per fold: (the model's best held-out loss, PCA's with the same latent size), for the guard
+    for f in range(folds):
+        model = type(detector)(**config, device=detector.device)
+        model.fit(X, channels=channels, val_fraction=val_fraction, fold=f, **fit_options)
+        r = model.training_report
+        losses.append((r.best_val_loss, r.pca_val_loss))
+        fitted, held = model.score(windows[r.train_index]), model.score(windows[r.validation_index])
+        for p, v in ScoreParts.fit(fitted.latent, fitted.score).raw(held.score, held.latent).items():
+            raw.setdefault(p, []).append(v)
+    order = np.argsort(held_index, kind="stable")
+    held_raw = {p: np.concatenate(v)[order] for p, v in raw.items()}
+    detector.fit(X, channels=channels, val_fraction=0.0, **fit_options)
+    every = detector.score(windows)
+    detector.parts = ScoreParts.fit(every.latent, every.score, use=use, held_raw=held_raw)
+    r = detector.training_report
+    r.validation_rows, r.validation_index, r.calibration = len(held_index), held_index[order], "cross"
+    if detector.kind != "pca":  # the kept model had no hold-out: the guard compares the folds' losses
+        r.best_val_loss, r.pca_val_loss = (float(np.mean(v)) for v in zip(*losses))
+    return detector.parts.combine_raw(held_raw)[1]
+
+
 def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold: Callable[[], Threshold], *,
                           channels: list[str] | None = None, val_fraction: float = 0.2,
-                          use: tuple[str, ...] = DEFAULT_USE,
+                          use: tuple[str, ...] = DEFAULT_USE, calibration: str = "blocks",
                           **fit_options) -> tuple[TorchDetector, Threshold, np.ndarray]:
     """`fit_and_calibrate`, then the guard: an autoencoder whose best held-out reconstruction loss
     is worse than PCA's with the same latent size on the same split has not learnt what a linear
@@ -55,7 +110,7 @@ def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold
     Returns (detector, threshold, held-out scores)."""
     threshold = make_threshold()
     held = fit_and_calibrate(detector, X, threshold, channels=channels, val_fraction=val_fraction, use=use,
-                             **fit_options)
+                             calibration=calibration, **fit_options)
     report = detector.training_report
     if detector.kind == "pca" or not report.pca_val_loss < report.best_val_loss:
         return detector, threshold, held
@@ -64,5 +119,6 @@ def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold
     pca = PCADetector(latent_dim=detector.latent_dim, window=detector.window, score_last=detector.score_last,
                       device=detector.device)
     threshold = make_threshold()
-    held = fit_and_calibrate(pca, X, threshold, channels=channels, val_fraction=val_fraction, use=use)
+    held = fit_and_calibrate(pca, X, threshold, channels=channels, val_fraction=val_fraction, use=use,
+                             calibration=calibration)
     return pca, threshold, held

@@ -85,7 +85,8 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
         r = detector.training_report
         meta["training"]["fit"] = {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
                                    "best_val_loss": r.best_val_loss, "pca_val_loss": r.pca_val_loss,
-                                   "validation_windows": r.validation_rows, "seconds": round(r.seconds, 3)}
+                                   "validation_windows": r.validation_rows, "calibration": r.calibration,
+                                   "seconds": round(r.seconds, 3)}
     tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
     torch.save(detector.state_dict(), tmp_w)
     meta["weights_sha256"] = _sha256(tmp_w)  # load refuses a weights file from another save

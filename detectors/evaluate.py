@@ -157,6 +157,36 @@ def run_skab(root: Path, kind: str, *, variant: str = "per-file", files: int | N
     return SkabResult(kind, variant, label, counts, len(paths), seconds)
 
 
+@dataclass
+class DefaultsResult:
+    name: str
+    counts: Counts
+    files: int
+    rules: list[str] = field(default_factory=list)  # the persistence rule chosen per file
+    kinds: list[str] = field(default_factory=list)  # the model kept per file (the PCA guard may swap it)
+
+
+def run_defaults(root: Path, options=None, *, files: int | None = None, name: str = "train + score defaults") -> DefaultsResult:
+    """What a new user gets: per labelled file, `latentwatch train` on its first 400 rows (with
+    `options`, a `recipe.Recipe`; None: train's defaults) and `latentwatch score` on the rest (a
+    file of its own, as issue #14 measured it: its first window-1 rows have no score, so are not
+    flagged); the anomaly flags against the labels, summed over the files. Same code as the CLI
+    (`detectors.recipe`)."""
+    from latentwatch.detectors import recipe
+
+    counts, rules, kinds = Counts(), [], []
+    paths = labelled_files(root)[:files]
+    for path in paths:
+        data = read_csv(path)
+        trained = recipe.train(data.values[:TRAIN_ROWS], data.channels, options)
+        flagged = recipe.flag_series(trained.detector, trained.threshold, trained.rule, data.values[TRAIN_ROWS:])
+        counts.add(flagged.anomaly, data.labels["anomaly"][TRAIN_ROWS:])
+        rules.append(f"{trained.rule.k}/{trained.rule.n}")
+        kinds.append(trained.detector.kind)
+        log.info("defaults %s: F1 so far %.3f", path.relative_to(root), counts.f1)
+    return DefaultsResult(name, counts, len(paths), rules, kinds)
+
+
 def _describe(thr: Threshold) -> str:
     d = thr.to_dict()
     if d["kind"] == "quantile":

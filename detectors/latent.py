@@ -56,15 +56,19 @@ class ScoreParts:
 
     @classmethod
     def fit(cls, fit_latent: np.ndarray, fit_error: np.ndarray, held_latent: np.ndarray | None = None,
-            held_error: np.ndarray | None = None, use: tuple[str, ...] = PARTS) -> "ScoreParts":
-        """Latent distribution from `fit_latent` [n, k]; scales from the held-out pair (else the fit pair)."""
+            held_error: np.ndarray | None = None, use: tuple[str, ...] = PARTS,
+            held_raw: dict[str, np.ndarray] | None = None) -> "ScoreParts":
+        """Latent distribution from `fit_latent` [n, k]; scales from the held-out pair (else the fit
+        pair), or from `held_raw` (part -> unscaled held-out values, e.g. cross-fitted ones)."""
         if not use or not set(use) <= set(PARTS):
             raise ValueError(f"score parts to use must be among {', '.join(PARTS)}, got {use!r}")
         mean, cov = ledoit_wolf(fit_latent)
         parts = cls(mean, np.linalg.pinv(cov), {p: 1.0 for p in PARTS}, tuple(use))
-        if held_latent is None or len(held_latent) == 0:
-            held_latent, held_error = fit_latent, fit_error
-        raw = {p: v.astype(np.float64) for p, v in parts.raw(held_error, held_latent).items()}
+        if held_raw is None:
+            if held_latent is None or len(held_latent) == 0:
+                held_latent, held_error = fit_latent, fit_error
+            held_raw = parts.raw(held_error, held_latent)
+        raw = {p: np.asarray(held_raw[p], np.float64) for p in PARTS}
         parts.scales = {p: max(float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else 1.0, 1e-12)
                         for p, v in raw.items()}
         return parts
@@ -78,7 +82,11 @@ class ScoreParts:
 
     def combine(self, error: np.ndarray, latent: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(parts scaled to mean 1 on normal data, float32 [n] each; score = their mean, float32 [n])."""
-        parts = {p: v * np.float32(1 / self.scales[p]) for p, v in self.raw(error, latent).items()}
+        return self.combine_raw(self.raw(error, latent))
+
+    def combine_raw(self, raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`combine` from unscaled parts (`raw`'s output)."""
+        parts = {p: np.asarray(v, np.float32) * np.float32(1 / self.scales[p]) for p, v in raw.items()}
         score = parts[self.use[0]] if len(self.use) == 1 else np.mean(
             np.stack([parts[p] for p in self.use]), axis=0, dtype=np.float32)
         return parts, score

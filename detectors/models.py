@@ -1,5 +1,5 @@
-"""The models: a point-wise MLP autoencoder, a windowed 1-D convolutional autoencoder, and PCA
-as the linear baseline. All share `TorchDetector`, which owns standardisation, devices and
+"""The models: a point-wise MLP autoencoder, a windowed 1-D convolutional autoencoder (and its
+variational form, whose latent mean is the latent vector), and PCA as the linear baseline. All share `TorchDetector`, which owns standardisation, devices and
 batched scoring, so each model only says how to build (and, for PCA, fit) its network.
 
 Score of a reading = mean over channels of the squared reconstruction error in standard units;
@@ -250,6 +250,32 @@ class _ConvNet(nn.Module):
         return z, self.decoder(h).transpose(1, 2)
 
 
+class _VAENet(_ConvNet):
+    """The conv autoencoder with a Gaussian latent: the encoder gives a mean and a log-variance;
+    training decodes a sample (reparameterised) and sets `penalty`, the KL divergence from N(0, I)
+    per window, x `beta`, divided by the window's values (the reconstruction loss is a mean over
+    them); evaluation decodes the mean, so scoring is deterministic and the latent vector is the mean."""
+
+    def __init__(self, channels: int, window: int, hidden: int, latent: int, kernel: int, beta: float):
+        super().__init__(channels, window, hidden, latent, kernel)
+        self.logvar = nn.Linear(hidden * window, latent)
+        self.encoder, self.features = self.encoder[-1], self.encoder[:-1]  # mean head; shared conv trunk
+        self.beta, self.values = beta, window * channels
+        self.penalty: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x.transpose(1, 2))
+        mu = self.encoder(h)
+        z = mu
+        if self.training:
+            logvar = self.logvar(h).clamp(-10, 10)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1).mean()
+            self.penalty = self.beta * kl / self.values
+        out = self.expand(z).view(len(x), self.hidden, self.window)
+        return mu, self.decoder(out).transpose(1, 2)
+
+
 class _PCANet(nn.Module):
     """Projection onto the top-k principal axes of the (flattened, standardised) windows."""
 
@@ -294,6 +320,22 @@ class WindowAutoencoder(TorchDetector):
         return _ConvNet(n_channels, self.window, h["hidden"], self.latent_dim, h["kernel"])
 
 
+class VariationalAutoencoder(TorchDetector):
+    """The window autoencoder as a VAE (Kingma & Welling 2014): same conv encoder and decoder, a
+    Gaussian latent regularised towards N(0, I) by a KL term weighted `beta`; the latent mean is the
+    latent vector (scores, alerts, the latent distance). Scoring decodes the mean: deterministic."""
+
+    kind = "vae"
+
+    def __init__(self, window: int = 32, latent_dim: int = 8, hidden: int = 32, kernel: int = 5, beta: float = 1.0,
+                 **kw):
+        super().__init__(latent_dim=latent_dim, window=window, hidden=hidden, kernel=kernel, beta=beta, **kw)
+
+    def _build_net(self, n_channels: int) -> nn.Module:
+        h = self.hparams
+        return _VAENet(n_channels, self.window, h["hidden"], self.latent_dim, h["kernel"], float(h["beta"]))
+
+
 class PCADetector(TorchDetector):
     """Linear baseline: reconstruction from the top principal components (the Q / SPE statistic).
     `latent_dim=None` keeps the fewest components that explain `variance` of the training data."""
@@ -307,7 +349,7 @@ class PCADetector(TorchDetector):
         return _PCANet(self.window * n_channels, self.latent_dim, (self.window, n_channels))
 
     def fit(self, X: np.ndarray, channels: list[str] | None = None, *, val_fraction: float = 0.0,
-            holdout: str = "blocks", **_training_options) -> "PCADetector":
+            holdout: str = "blocks", fold: int | None = None, **_training_options) -> "PCADetector":
         """Exact fit by SVD (training options such as epochs are accepted and ignored). With
         `val_fraction`, the same interleaved blocks as the autoencoders are held out (not fitted on)."""
         if holdout == "tail" and val_fraction > 0:  # standardise on the fitted rows only, as evaluate.SETTINGS was measured
@@ -316,7 +358,7 @@ class PCADetector(TorchDetector):
         else:
             X = self._prepare_fit(X, channels)
         flat = sliding_windows(self.scaler.transform(X), self.window).reshape(-1, self.window * X.shape[1])
-        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout)
+        train_idx, val_idx = split_blocks(len(flat), val_fraction, self.window, holdout, fold)
         self.training_report = TrainingReport(0, 0, float("nan"), 0.0, [], len(val_idx), val_idx, train_idx)
         flat = flat[train_idx]
         center = flat.mean(axis=0, dtype=np.float64)
@@ -331,7 +373,8 @@ class PCADetector(TorchDetector):
         return self._ready()
 
 
-MODELS: dict[str, type[TorchDetector]] = {m.kind: m for m in (MLPAutoencoder, WindowAutoencoder, PCADetector)}
+MODELS: dict[str, type[TorchDetector]] = {m.kind: m for m in (MLPAutoencoder, WindowAutoencoder, VariationalAutoencoder,
+                                                               PCADetector)}
 
 
 def make_detector(kind: str, **config) -> TorchDetector:

@@ -14,7 +14,7 @@ first (`evictions` counts them); an evicted sensor that comes back starts again 
 above, like a new one. `score` (a whole file, one sensor) and the stream use the same rule.
 
 Default (`choose`): chosen without labels, from the false runs the rule would raise on held-out
-normal scores (see `choose`).
+normal scores at the threshold (see `choose`).
 """
 
 from __future__ import annotations
@@ -110,18 +110,19 @@ CANDIDATES = ((1, 1), (2, 2), (2, 3), (3, 4), (4, 4), (4, 6), (6, 8), (8, 8))
 
 
 def choose(held_out: np.ndarray, threshold: float, max_false_runs_per_1000: float = 1.0,
-           candidates=CANDIDATES) -> PersistenceRule:
+           candidates=CANDIDATES, level: float | None = None) -> PersistenceRule:
     """The fastest rule (smallest n, then smallest k) whose false runs on held-out normal scores
-    (in time order) stay within `max_false_runs_per_1000` readings, counted at the held-out 0.95
-    quantile (or `threshold` when lower), so that a few hundred held-out scores still show runs:
-    `threshold` itself was set on the same scores and would show almost none. No labels: it asks
-    how long normal excursions last, not what anomalies look like."""
+    (in time order) stay within `max_false_runs_per_1000` readings, counted at `threshold` (the
+    one the rule will be used with; `level`: at that score instead). No labels: it asks how long
+    normal excursions above the threshold last, not what anomalies look like. With the few hundred
+    cross-fitted held-out scores `train` has, ~1 % of them are above its 0.99-quantile threshold,
+    so the rule sees the runs; with fewer scores there may be none to see and the answer is 1 of 1
+    (the plain threshold)."""
     s = np.asarray(held_out, dtype=np.float64)
     s = s[np.isfinite(s)]
     if len(s) < 20:
         return PersistenceRule(1, 1)
-    level = min(threshold, float(np.quantile(s, 0.95)))
-    above = s > level
+    above = s > (threshold if level is None else level)
     for k, n in candidates:
         if 1000 * false_runs(above, k, n) / len(s) <= max_false_runs_per_1000:
             return PersistenceRule(k, n)

@@ -31,6 +31,7 @@ from latentwatch.detectors.base import sliding_windows
 from latentwatch.detectors.csvdata import read_csv
 from latentwatch.detectors.evaluate import TRAIN_ROWS, Counts, labelled_files
 from latentwatch.detectors.models import TorchDetector, make_detector
+from latentwatch.detectors.persistence import choose
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,12 @@ class Setting:
     q: float = 0.99
     margin: float = 1.5
     statistic: str = "spe"  # spe | t2+spe (PCA only; see `statistics`)
+    persistence: str = "none"  # none | auto: the k-of-n rule `persistence.choose` picks from the calibration scores
 
     def describe(self) -> str:
         stat = f", {self.statistic}" if self.statistic != "spe" else ""
-        return f"{self.model.describe()}{stat}, smooth {self.smooth}, q{self.q} x{self.margin}"
+        rule = ", persistence auto" if self.persistence == "auto" else ""
+        return f"{self.model.describe()}{stat}, smooth {self.smooth}, q{self.q} x{self.margin}{rule}"
 
 
 # The grid. First run: everything but `drop`, smoothing 16 and t2+spe, fixed before any
@@ -91,12 +94,15 @@ class Setting:
 # it): + `drop` THERMAL and smoothing 16 (between 8 and 32, whose causal lag past the end of a
 # segment costs FAR). Third, after the second's result (blind F1 0.777, FAR 8.94 %): + t2+spe,
 # the textbook PCA monitoring pair (SKAB's own "T-squared+Q" baseline), before running it; it gave
-# 0.774 / 8.93 % (detectors/README.md). No grid after that.
+# 0.774 / 8.93 % (detectors/README.md). Fourth (issue #14, before running it): + persistence
+# "auto", the k-of-n rule `train` uses, chosen per file without labels from the false runs above
+# the threshold on the calibration scores (`persistence.choose`); nothing else changed.
 SMOOTH = (1, 8, 16, 32)
 QUANTILES = (0.95, 0.99, 1.0)
 MARGINS = (1.0, 1.5, 2.0, 3.0)
 DROPS = ((), THERMAL)
 STATISTICS = ("spe", "t2+spe")
+PERSISTENCE = ("none", "auto")
 
 
 def model_grid(kinds: list[str] | tuple[str, ...] = ("pca",)) -> list[ModelSpec]:
@@ -113,11 +119,11 @@ def model_grid(kinds: list[str] | tuple[str, ...] = ("pca",)) -> list[ModelSpec]
 
 
 def expand(specs: list[ModelSpec], smooth=SMOOTH, quantiles=QUANTILES, margins=MARGINS,
-           statistics=STATISTICS) -> list[Setting]:
-    """Every (model, statistic, smoothing, q, margin), in that nesting order (ties go to the
-    first); t2+spe for PCA models only."""
-    return [Setting(m, s, q, k, st) for m in specs for st in statistics if st == "spe" or m.kind == "pca"
-            for s in smooth for q in quantiles for k in margins]
+           statistics=STATISTICS, persistence=PERSISTENCE) -> list[Setting]:
+    """Every (model, statistic, smoothing, q, margin, persistence), in that nesting order (ties go
+    to the first); t2+spe for PCA models only."""
+    return [Setting(m, s, q, k, st, p) for m in specs for st in statistics if st == "spe" or m.kind == "pca"
+            for s in smooth for q in quantiles for k in margins for p in persistence]
 
 
 # Library defaults (PCADetector, QuantileThreshold 0.99) with the x1.5 upper-control-limit rule of
@@ -213,8 +219,18 @@ def trailing_mean(x: np.ndarray, k: int) -> np.ndarray:
 def predict(sc: SpecScores, setting: Setting) -> np.ndarray:
     """The setting's alarms on the test rows: bool [n_test]."""
     calib, series = sc.pair(setting.statistic)
-    thr = np.quantile(trailing_mean(calib, setting.smooth), setting.q) * setting.margin
-    return trailing_mean(series, setting.smooth)[sc.first_test:] > thr
+    smoothed = trailing_mean(calib, setting.smooth)
+    thr = np.quantile(smoothed, setting.q) * setting.margin
+    return apply_persistence(trailing_mean(series, setting.smooth) > thr, smoothed, thr, setting)[sc.first_test:]
+
+
+def apply_persistence(above: np.ndarray, calib: np.ndarray, thr: float, setting: Setting) -> np.ndarray:
+    """`above` over a file's whole scored series, through the setting's persistence rule (chosen
+    from the calibration scores, no labels): a stream that has run since the file's first row."""
+    if setting.persistence == "none":
+        return above
+    rule = choose(calib, thr)
+    return rule.flags(np.zeros(len(above), dtype=np.int64), above)
 
 
 @dataclass
@@ -253,12 +269,17 @@ def count_table(runs: list[FileRun], truths: list[np.ndarray], settings: list[Se
         for (spec, statistic, smooth), members in groups.items():
             sc = run.scores[spec]
             calib, series = sc.pair(statistic)
-            test = trailing_mean(series, smooth)[sc.first_test:]
+            whole = trailing_mean(series, smooth)
+            test = whole[sc.first_test:]
             if len(test) != len(truth):
                 raise ValueError(f"{run.path}: {len(test)} scored test rows for {len(truth)} labels")
-            qs = np.quantile(trailing_mean(calib, smooth), [m.q for m in members])
+            smoothed = trailing_mean(calib, smooth)
+            qs = np.quantile(smoothed, [m.q for m in members])
             thr = qs * np.array([m.margin for m in members])
             flags = test[None, :] > thr[:, None]
+            for i, m in enumerate(members):
+                if m.persistence != "none":
+                    flags[i] = apply_persistence(whole > thr[i], smoothed, thr[i], m)[sc.first_test:]
             tp = (flags & truth).sum(axis=1)
             fp = (flags & ~truth).sum(axis=1)
             pos = int(truth.sum())

@@ -40,6 +40,7 @@ class TrainingReport:
     validation_index: np.ndarray | None = None  # which windows (indices into the fit windows)
     train_index: np.ndarray | None = None  # the windows trained on (held-out blocks and their seams excluded)
     pca_val_loss: float = float("nan")  # PCA with the same latent size on the same split, for comparison
+    calibration: str = "blocks"  # where the held-out scores came from: one set of blocks, or cross-fitted folds
 
 
 def seed_everything(seed: int) -> None:
@@ -49,10 +50,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "blocks") -> tuple[np.ndarray, np.ndarray]:
+def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "blocks",
+                 fold: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices of `n` windows: interleaved blocks, seams purged (see module doc);
     `holdout="tail"`: the last `val_fraction` of the readings' count in windows, the rest trains
-    (the protocol `evaluate.SETTINGS` was measured with; no purge)."""
+    (the protocol `evaluate.SETTINGS` was measured with; no purge). `fold` (0 .. folds-1, folds =
+    round(1 / val_fraction)): hold out blocks fold, fold + folds, fold + 2 folds, ... instead, so
+    the folds together hold out every block once (cross-fitted calibration, `calibrate.py`)."""
     idx = np.arange(n)
     if val_fraction <= 0 or n < 10:
         return idx, idx[:0]
@@ -67,7 +71,10 @@ def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "b
     if n_val == 0:  # one block: fall back to the tail
         cut = n - max(1, int(n * val_fraction))
         return idx[:max(cut - (window - 1), 1)], idx[cut:]
-    chosen = np.unique(((np.arange(n_val) + 0.5) * blocks / n_val).astype(int).clip(0, blocks - 1))
+    if fold is not None:
+        chosen = np.arange(fold, blocks, n_folds(val_fraction))
+    else:
+        chosen = np.unique(((np.arange(n_val) + 0.5) * blocks / n_val).astype(int).clip(0, blocks - 1))
     val = np.zeros(n, bool)
     near = np.zeros(n, bool)
     for b in chosen:
@@ -77,12 +84,17 @@ def split_blocks(n: int, val_fraction: float, window: int = 1, holdout: str = "b
     return idx[~near], idx[val]
 
 
+def n_folds(val_fraction: float) -> int:
+    """Folds of cross-fitted calibration: each holds out about `val_fraction` of the blocks."""
+    return max(2, round(1 / val_fraction))
+
+
 def pca_loss(train: np.ndarray, val: np.ndarray, k: int) -> float:
     """Validation MSE of PCA with `k` components fitted on `train` (windows, flattened)."""
+    if len(val) == 0 or len(train) == 0:
+        return float("nan")
     a = train.reshape(len(train), -1).astype(np.float64)
     b = val.reshape(len(val), -1).astype(np.float64)
-    if len(b) == 0 or len(a) == 0:
-        return float("nan")
     center = a.mean(axis=0)
     _, _, vt = np.linalg.svd(a - center, full_matrices=False)
     v = vt[:max(min(k, vt.shape[0]), 1)]
@@ -106,6 +118,7 @@ def fit_autoencoder(
     callback: ProgressCallback | None = None,
     latent_dim: int | None = None,
     holdout: str = "blocks",
+    fold: int | None = None,
 ) -> TrainingReport:
     """Train `net` (whose forward maps `[b, w, c]` to `(latent, reconstruction)`) to reconstruct
     standardised `windows` from a noisy copy (Gaussian, `noise` standard units); AdamW with
@@ -115,7 +128,7 @@ def fit_autoencoder(
     started = time.perf_counter()
     device = torch.device(device)
     windows = np.ascontiguousarray(windows, dtype=np.float32)
-    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1], holdout)
+    train_idx, val_idx = split_blocks(len(windows), val_fraction, windows.shape[1], holdout, fold)
     if len(train_idx) == 0:
         raise ValueError("no training windows: need more readings than the window length")
     pca_val = pca_loss(windows[train_idx], windows[val_idx], latent_dim) if latent_dim else float("nan")
@@ -139,6 +152,9 @@ def fit_autoencoder(
             noisy = batch + noise * torch.randn(batch.shape, generator=gen).to(device) if noise > 0 else batch
             _, recon = net(noisy)
             loss = torch.mean((recon - batch) ** 2)
+            penalty = getattr(net, "penalty", None)  # e.g. a VAE's KL term, set by its forward in training
+            if penalty is not None:
+                loss = loss + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -163,6 +179,8 @@ def fit_autoencoder(
                 break
     net.load_state_dict(best[2])
     net.eval()
+    if getattr(net, "penalty", None) is not None:
+        net.penalty = None  # holds the last batch's autograd graph
     return TrainingReport(epoch, best[1], best[0], time.perf_counter() - started, history, len(val_idx),
                           val_idx, train_idx, pca_val)
 

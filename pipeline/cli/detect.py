@@ -9,6 +9,7 @@ import csv
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,7 @@ import numpy as np
 from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
-AUTO_AE_MIN_ROWS = 5000  # below this, autoencoders ended worse than PCA on held-out data (SKAB, 400 rows)
-DEFAULT_WINDOW = {"auto": 8, "pca": 8, "window": 32, "mlp": 1}
+AUTO_AE_MIN_ROWS = 5000  # detectors.recipe.AUTO_AE_MIN_ROWS (not imported here: the CLI starts without torch)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,13 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and MODEL_DIR/current points at it (see `latentwatch models`)")
     t.add_argument("--no-promote", action="store_true",
                    help="write the new version but leave `current` where it is (promote it later)")
-    t.add_argument("--model", choices=["auto", "mlp", "window", "pca"], default="auto",
+    t.add_argument("--model", choices=["auto", "mlp", "window", "vae", "pca"], default="auto",
                    help="auto: PCA over windows, or the window autoencoder when there are at least "
                         f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
                         "mlp: point-wise autoencoder; window: 1-D conv autoencoder over the last W readings; "
+                        "vae: the same as a variational autoencoder (latent mean as the latent vector); "
                         "pca: linear (default: %(default)s)")
     t.add_argument("--window", type=int, default=None,
-                   help="readings per window (default: 8 for auto and pca, 32 for window, 1 for mlp)")
+                   help="readings per window (default: 8 for auto and pca, 32 for window and vae, 1 for mlp)")
     t.add_argument("--score-last", type=int, default=None,
                    help="average the error over the last N readings of each window (default: the window)")
     t.add_argument("--variance", type=float, default=0.8,
@@ -54,13 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "parts and the threshold (default: %(default)s)")
     t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
-    t.add_argument("--margin", type=float, default=1.5,
-                   help="multiply the quantile threshold by this (default: %(default)s, the upper-control-limit "
-                        "rule of SKAB's autoencoder baselines)")
+    t.add_argument("--margin", type=float, default=1.0,
+                   help="multiply the quantile threshold by this (default: %(default)s; SKAB's autoencoder "
+                        "baselines use 1.5, the default before cross-fitted calibration)")
+    t.add_argument("--calibration", choices=["auto", "cross", "blocks"], default="auto",
+                   help="held-out scores for the score parts, threshold and persistence rule: cross = every "
+                        "window scored by a model fitted without its block (5 fits), then the model fitted on "
+                        "all; blocks = one set of interleaved blocks held out; auto = cross for PCA, blocks "
+                        "for autoencoders (default: %(default)s)")
     t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
     t.add_argument("--persistence", default="auto", metavar="K/N|auto",
                    help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
-                        "the fastest rule without false runs on held-out normal scores; 1/1: the plain "
+                        "the fastest rule without false runs above the threshold on held-out normal scores; 1/1: the plain "
                         "threshold (default: %(default)s)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
@@ -85,10 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sk.add_argument("--data", default=None, help="SKAB folder (default: ../shared/data/skab from here or the repo)")
     sk.add_argument("--models", default=None,
                     help="comma-separated kinds (default: pca,window,mlp; with --select cv: pca)")
-    sk.add_argument("--select", choices=["none", "cv"], default="none",
+    sk.add_argument("--select", choices=["none", "cv", "defaults"], default="none",
                     help="cv: choose model, window, smoothing and threshold blind, by leave-one-folder-out "
                          "cross-validation (each folder scored with the setting that did best on the others), "
-                         "beside a fixed a-priori default (default: %(default)s: the fixed SETTINGS)")
+                         "beside a fixed a-priori default; defaults: what plain `train` (first 400 rows) and "
+                         "`score` (the rest) give on each file, with train's defaults or the --models kinds "
+                         "(default: %(default)s: the fixed SETTINGS)")
     sk.add_argument("--max-far", type=float, default=None, metavar="PCT",
                     help="with --select cv, also choose by F1 among settings whose FAR on the other folders "
                          "is at most PCT %% (e.g. 13.55, the best published detector's; the primary, "
@@ -126,15 +134,24 @@ def _read(path: str, args, expect=None):
         raise UserError(str(exc)) from None
 
 
+def _recipe(args):
+    from latentwatch.detectors.recipe import Recipe
+
+    return Recipe(model=args.model, window=args.window, score_last=args.score_last, variance=args.variance,
+                  score=args.score, latent=args.latent, threshold=args.threshold, quantile=args.quantile,
+                  margin=args.margin, risk=args.risk, persistence=args.persistence, val_fraction=args.val_fraction,
+                  calibration=args.calibration, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  device=_device(args.device))
+
+
 def _train(args) -> int:
-    from latentwatch.detectors import AdaptiveThreshold, POTThreshold, QuantileThreshold, make_detector
-    from latentwatch.detectors.calibrate import fit_no_worse_than_pca
-    from latentwatch.detectors import persistence
+    from latentwatch.detectors import recipe
     from latentwatch.detectors.checkpoint import save, summarise_training_data
     from latentwatch.detectors.versions import VersionError, publish
 
-    device = _device(args.device)
-    fixed_rule = None if args.persistence == "auto" else _rule(args.persistence)
+    options = _recipe(args)
+    if args.persistence != "auto":
+        _rule(args.persistence)  # a bad K/N is refused before any data is read
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
     if args.from_topic:
@@ -149,26 +166,12 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
-    kind = args.model if args.model != "auto" else ("window" if len(X) >= AUTO_AE_MIN_ROWS else "pca")
-    window = args.window or DEFAULT_WINDOW[args.model]
-    config: dict = {"device": device, "window": window, "score_last": args.score_last or window}
-    if kind == "pca":
-        config["variance"] = args.variance
-    if args.latent is not None:
-        config["latent_dim"] = args.latent
-    q = QuantileThreshold
-    make_threshold = {"quantile": lambda: q(args.quantile, args.margin), "pot": lambda: POTThreshold(args.risk),
-                      "adaptive": lambda: AdaptiveThreshold(base=q(args.quantile, args.margin))}[args.threshold]
-    use = ("reconstruction", "latent_distance") if args.score == "both" else ("reconstruction",)
     started = time.perf_counter()
     try:
-        detector = make_detector(kind, **config)
-        detector, threshold, held = fit_no_worse_than_pca(
-            detector, X, make_threshold, channels=channels, val_fraction=args.val_fraction, use=use,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        trained = recipe.train(X, channels, options)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    rule = fixed_rule or persistence.choose(held, threshold.value)
+    detector, threshold, held, rule = trained.detector, trained.threshold, trained.held, trained.rule
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
     if args.from_topic:
@@ -194,13 +197,12 @@ def _train(args) -> int:
 
 
 def _rule(text: str):
-    from latentwatch.detectors.persistence import PersistenceRule
+    from latentwatch.detectors.recipe import parse_rule
 
     try:
-        k, n = (int(v) for v in text.split("/"))
-        return PersistenceRule(k, n)
+        return parse_rule(text)
     except ValueError as exc:
-        raise UserError(f"--persistence {text!r}: expected K/N with 1 <= K <= N <= 64, e.g. 3/4 ({exc})") from None
+        raise UserError(f"--{exc}") from None
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
@@ -208,8 +210,8 @@ def _reorder(part, channels: list[str]) -> np.ndarray:
 
 
 def _score(args) -> int:
-    from latentwatch.detectors import sliding_windows
     from latentwatch.detectors.checkpoint import CheckpointError, load
+    from latentwatch.detectors.recipe import flag_series
 
     device = _device(args.device)
     try:
@@ -218,20 +220,11 @@ def _score(args) -> int:
         raise UserError(str(exc)) from None
     data = _read(args.data, args, expect=model.detector.channels)
     det = model.detector
-    scored = det.score(sliding_windows(data.values, det.window))
-    n, first = len(data), det.window - 1  # rows before `first` have no full window yet
     rule = _rule(args.persistence) if args.persistence else model.persistence
-    score = np.full(n, np.nan)
-    score[first:] = scored.score
-    threshold = np.full(n, model.threshold.value)
-    threshold[first:] = model.threshold.thresholds(scored.score)
-    above = np.nan_to_num(score, nan=-np.inf) > threshold  # warm-up rows: no score, never anomalous
-    anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
-    anomaly[first:] = rule.flags(np.zeros(n - first, dtype=np.int64), above[first:])
-    parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
-    rows = _format_rows(data.timestamps, score, threshold, anomaly, above, parts,
-                        scored.latent if args.latent else None, first)
-    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", *parts]
+    f = flag_series(det, model.threshold, rule, data.values)
+    rows = _format_rows(data.timestamps, f.score, f.threshold, f.anomaly, f.above, f.parts,
+                        f.scored.latent if args.latent else None, f.first)
+    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", *f.parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
@@ -242,7 +235,7 @@ def _score(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    log.info("scored %d rows (%d anomalous: %s) with %s", n, int(anomaly.sum()), rule.describe(), model.name)
+    log.info("scored %d rows (%d anomalous: %s) with %s", len(data), int(f.anomaly.sum()), rule.describe(), model.name)
     return 0
 
 
@@ -271,6 +264,8 @@ def _evaluate_skab(args) -> int:
     _device(args.device)
     if args.select == "cv":
         return _select_skab(root, args)
+    if args.select == "defaults":
+        return _defaults_skab(root, args)
     variants = ["per-file", "anomaly-free"] if args.variant == "both" else [args.variant]
     results = []
     for kind in _kinds(args.models or "pca,window,mlp"):
@@ -283,6 +278,25 @@ def _evaluate_skab(args) -> int:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
     print(evaluate.format_table(results))
+    return 0
+
+
+def _defaults_skab(root: Path, args) -> int:
+    from latentwatch.detectors import evaluate
+    from latentwatch.detectors.recipe import Recipe
+
+    rows = []
+    for kind in _kinds(args.models or "auto"):
+        options = Recipe(model=kind, seed=args.seed, device=args.device, **({"epochs": args.epochs} if args.epochs else {}))
+        try:
+            r = evaluate.run_defaults(root, options, files=args.files, name=f"train --model {kind} + score, defaults")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        rules = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r.rules).items()))
+        kept = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r.kinds).items()))
+        rows.append((f"latentwatch {r.name}", r.counts, None))
+        print(f"{kind}: models kept {kept}; persistence rules {rules}")
+    print(evaluate.format_table([], rows, files=args.files or len(evaluate.labelled_files(root))))
     return 0
 
 

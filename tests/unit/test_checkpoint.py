@@ -14,7 +14,8 @@ from latentwatch.detectors.checkpoint import CheckpointError, load, save, summar
 from tests.support.detector_data import normal_data
 
 torch.set_num_threads(2)
-CONFIGS = {"mlp": {"hidden": [16, 8]}, "window": {"window": 8, "score_last": 2}, "pca": {"window": 3}}
+CONFIGS = {"mlp": {"hidden": [16, 8]}, "window": {"window": 8, "score_last": 2}, "pca": {"window": 3},
+           "vae": {"window": 8, "score_last": 2, "latent_dim": 3, "hidden": 8, "beta": 0.5}}
 
 
 def _save(tmp_path, kind="mlp", threshold=None):
@@ -133,7 +134,7 @@ def _calibrated(tmp_path, kind="pca"):
     return save(tmp_path / f"cal-{kind}", det, thr, summarise_training_data(X, names), persistence=rule), det, thr
 
 
-@pytest.mark.parametrize("kind", ["pca", "window"])
+@pytest.mark.parametrize("kind", ["pca", "window", "vae"])
 def test_score_parts_persistence_and_fit_report_round_trip(tmp_path, kind):
     path, det, thr = _calibrated(tmp_path, kind)
     meta = json.loads((path / "model.json").read_text())
@@ -175,3 +176,42 @@ def test_inconsistent_score_parts_are_a_checkpoint_error(tmp_path):
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="score_parts"):
         load(path)
+
+
+def test_vae_checkpoint_round_trips_its_hyperparameters_and_latent_mean(tmp_path):
+    path, det, thr = _calibrated(tmp_path, "vae")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["kind"] == "vae" and meta["hyperparameters"]["beta"] == 0.5 and meta["hyperparameters"]["hidden"] == 8
+    loaded = load(path, device="cpu").detector
+    assert type(loaded).__name__ == "VariationalAutoencoder" and loaded.hparams == det.hparams
+    w = sliding_windows(normal_data(200, seed=5), det.window)
+    a, b = det.score(w), loaded.score(w)
+    assert np.array_equal(a.latent, b.latent) and np.array_equal(a.score, b.score)
+    assert np.array_equal(b.latent, loaded.score(w).latent)  # the latent mean: no sampling when scoring
+    # weights hold plain tensors only: the loader's weights_only=True reads them
+    assert all(isinstance(v, torch.Tensor) for v in torch.load(path / "weights.pt", weights_only=True).values())
+
+
+def test_cross_fitted_calibration_is_recorded_and_round_trips(tmp_path):
+    from latentwatch.detectors.calibrate import fit_and_calibrate
+
+    X = normal_data(400)
+    names = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
+    det, thr = make_detector("pca", device="cpu", window=8, score_last=8, variance=0.8), QuantileThreshold(0.99)
+    fit_and_calibrate(det, X, thr, channels=names, calibration="cross")
+    path = save(tmp_path / "cross", det, thr, summarise_training_data(X, names))
+    fit = json.loads((path / "model.json").read_text())["training"]["fit"]
+    assert fit["calibration"] == "cross" and fit["validation_windows"] == 393
+    loaded = load(path, device="cpu")
+    w = sliding_windows(normal_data(100, seed=6), 8)
+    assert np.array_equal(loaded.detector.score(w).score, det.score(w).score)
+    assert loaded.detector.parts.scales == det.parts.scales and loaded.threshold.value == thr.value
+
+
+def test_a_checkpoint_without_the_calibration_field_still_loads(tmp_path):
+    path, det, _ = _calibrated(tmp_path, "pca")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["training"]["fit"].pop("calibration") == "blocks"
+    (path / "model.json").write_text(json.dumps(meta))
+    w = sliding_windows(normal_data(100, seed=7), det.window)
+    assert np.array_equal(load(path, device="cpu").detector.score(w).score, det.score(w).score)

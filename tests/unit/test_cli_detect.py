@@ -89,7 +89,7 @@ def test_persistence_override_in_score_and_bad_rules(trained):
     assert bad.returncode == 2 and "expected K/N" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("kind", ["mlp", "pca"])
+@pytest.mark.parametrize("kind", ["mlp", "vae", "pca"])
 def test_other_models_train_with_pot_threshold(tmp_path, kind):
     train = write_csv(tmp_path / "train.csv", normal_data(800))
     r = cli("train", "--data", train, "--data", train, "--out", tmp_path / "m", "--model", kind, "--epochs", "3",
@@ -97,6 +97,8 @@ def test_other_models_train_with_pot_threshold(tmp_path, kind):
     assert r.returncode == 0, r.stderr
     kept = kind if "ended worse than PCA" not in r.stderr else "pca"  # the guard may replace a 3-epoch AE
     assert f"trained {kept} model on 1600 rows" in r.stdout and "threshold pot" in r.stdout
+    meta = json.loads(next((tmp_path / "m" / "versions").glob("*/model.json")).read_text())
+    assert meta["kind"] == kept and meta["training"]["fit"]["calibration"] == ("cross" if kept == "pca" else "blocks")
 
 
 def test_user_errors_are_one_line(trained, tmp_path):

@@ -15,7 +15,8 @@ from tests.support.detector_data import inject, normal_data, roc_auc
 
 torch.set_num_threads(2)
 
-CONFIGS = {"mlp": {}, "window": {"window": 16, "score_last": 4}, "pca": {"latent_dim": 2}}
+CONFIGS = {"mlp": {}, "window": {"window": 16, "score_last": 4}, "vae": {"window": 16, "score_last": 4},
+           "pca": {"latent_dim": 2}}
 FLOORS = {"spike": 0.95, "level_shift": 0.95, "stuck": 0.8, "broken_correlation": 0.8}
 
 
@@ -62,7 +63,7 @@ def test_channel_error_points_at_the_broken_channel(fitted):
     assert int(np.argmax(s.channel_error[200])) == 4
 
 
-@pytest.mark.parametrize("kind", ["mlp", "window"])
+@pytest.mark.parametrize("kind", ["mlp", "window", "vae"])
 def test_training_is_seeded_and_reproducible(kind):
     X = normal_data(600)
     a = make_detector(kind, device="cpu", **CONFIGS[kind]).fit(X, epochs=3, seed=7)
@@ -157,3 +158,20 @@ def test_cpu_and_cuda_score_the_same(fitted, kind):
         model.to("cpu")
     np.testing.assert_allclose(on_gpu.score, on_cpu.score, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(on_gpu.latent, on_cpu.latent, rtol=1e-3, atol=1e-4)
+
+
+def test_vae_trains_with_its_kl_term_and_scores_with_the_latent_mean(fitted):
+    model = fitted["vae"]
+    net = model.net
+    assert not net.training and net.penalty is None  # no autograd graph kept after training
+    X = normal_data(400)
+    with_kl = make_detector("vae", window=8, device="cpu", beta=1.0).fit(X, epochs=2, seed=3)
+    without = make_detector("vae", window=8, device="cpu", beta=0.0).fit(X, epochs=2, seed=3)
+    assert with_kl.training_report.history[0][0] > without.training_report.history[0][0]  # KL in the training loss
+    w = sliding_windows(normal_data(200, seed=6), model.window)
+    a = model.score(w)
+    with torch.inference_mode():
+        x = (torch.from_numpy(np.ascontiguousarray(w)) - model._mean) / model._std
+        mean = net.encoder(net.features(x.transpose(1, 2))).numpy()
+    np.testing.assert_allclose(a.latent, mean, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(a.score, model.score(w).score)  # no sampling at scoring time

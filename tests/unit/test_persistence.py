@@ -89,10 +89,24 @@ def test_bad_rules_are_refused():
 def test_default_is_chosen_from_normal_excursions_without_labels():
     rng = np.random.default_rng(0)
     white = rng.normal(size=400)  # independent scores: excursions are single readings
-    fast = choose(white, np.quantile(white, 0.99))
+    fast = choose(white, np.quantile(white, 0.95))
     assert fast.n <= 4
     slow = np.convolve(rng.normal(size=420), np.ones(20) / 20, mode="valid")[:400]  # excursions last ~20 readings
-    rule = choose(slow, np.quantile(slow, 0.99))
+    rule = choose(slow, np.quantile(slow, 0.95))
     assert rule.n >= 6 and rule.n > fast.n
     assert false_runs(slow > np.quantile(slow, 0.95), rule.k, rule.n) <= false_runs(slow > np.quantile(slow, 0.95), 1, 1)
     assert choose(np.arange(5.0), 3.0).to_dict() == {"k": 1, "n": 1}  # too few scores: the plain threshold
+
+
+def test_runs_are_counted_at_the_threshold_the_rule_is_used_with():
+    """Excursions to 1 last 8 readings, the one to 3 a single reading: above a threshold of 4 the
+    plain threshold raises no false run; above 2, 2 of 2 is the quickest that raises none; above
+    0.5, only 8 of 8."""
+    held = np.zeros(400)
+    for start in range(20, 400, 60):
+        held[start:start + 8] = 1.0
+    held[50] = 3.0
+    assert choose(held, 4.0).to_dict() == {"k": 1, "n": 1}
+    assert choose(held, 2.0).to_dict() == {"k": 2, "n": 2}
+    assert choose(held, 0.5).to_dict() == {"k": 8, "n": 8}
+    assert choose(held, 2.0, level=0.5).to_dict() == {"k": 8, "n": 8}

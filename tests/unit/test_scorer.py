@@ -180,6 +180,11 @@ def test_the_persistence_rule_fires_the_same_in_the_stream_as_over_the_whole_ser
     stub_scores = (np.repeat(v[:, None], 3, axis=1) ** 2).mean(1)
     whole = PersistenceRule(3, 5).flags(np.zeros(120, np.int64), stub_scores > 4.0)
     assert fired == np.flatnonzero(whole).tolist() and 32 in fired and 70 not in fired
+    # and `latentwatch score` (recipe.flag_series) on the same readings as a file flags the same rows
+    from latentwatch.detectors.recipe import flag_series
+
+    as_file = flag_series(model.detector, model.threshold, model.persistence, np.repeat(v[:, None], 3, axis=1))
+    assert np.flatnonzero(as_file.anomaly).tolist() == fired
 
 
 def test_latent_records_name_the_model_version_that_scored_them():

@@ -211,13 +211,35 @@ def test_dropped_channels_do_not_reach_the_model():
         selection.score_file(X, spec)
 
 
+def test_persistence_auto_counts_are_its_label_free_rule_over_the_stream(skab_root):
+    """Every setting's counts in the table are its `predict` alarms against the labels; with
+    persistence auto, those are the rule `persistence.choose` picks from the calibration scores."""
+    from latentwatch.detectors.persistence import choose
+
+    settings = [s for s in GRID if s.persistence == "auto"][:6]
+    result = selection.run_selection(skab_root, settings=settings)
+    run = result.runs[0]
+    truth = selection.read_truth(run.path)
+    for i, setting in enumerate(settings):
+        flags = selection.predict(run.scores[setting.model], setting)
+        c = evaluate.Counts()
+        c.add(flags, truth)
+        assert tuple(result.table[0, i]) == (c.tp, c.fp, c.fn, c.tn)
+        sc = run.scores[setting.model]
+        calib = selection.trailing_mean(sc.pair(setting.statistic)[0], setting.smooth)
+        thr = np.quantile(calib, setting.q) * setting.margin
+        above = selection.trailing_mean(sc.pair(setting.statistic)[1], setting.smooth) > thr
+        rule = choose(calib, thr)
+        assert np.array_equal(flags, rule.flags(np.zeros(len(above), np.int64), above)[sc.first_test:])
+
+
 def test_grid_holds_both_channel_sets_and_every_smoothing():
     specs = selection.model_grid(("pca",))
     assert {s.drop for s in specs} == {(), selection.THERMAL}
     assert len(specs) == 2 * len({s for s in specs if not s.drop})
     settings = selection.expand(specs)
-    assert len(settings) == len(specs) * 2 * 4 * 3 * 4
-    assert {s.statistic for s in settings} == {"spe", "t2+spe"}
+    assert len(settings) == len(specs) * 2 * 4 * 3 * 4 * 2
+    assert {s.statistic for s in settings} == {"spe", "t2+spe"} and {s.persistence for s in settings} == {"none", "auto"}
     window_ae = selection.expand([ModelSpec("window", 8, 8)])
     assert {s.statistic for s in window_ae} == {"spe"}  # T^2 is PCA's
 
