@@ -6,10 +6,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.timeout(900)  # end to end: its length scales with the CPU it gets (3 test workers on 2 cores)
 def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     r = subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "demo", "--duration", "30", "--rate", "400",
-                        "--metrics-port", "0", "--quiet"], capture_output=True, text=True, timeout=300)
+                        "--metrics-port", "0", "--quiet"], capture_output=True, text=True, timeout=840)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     m = re.search(r"anomalies injected (\d+) \(events\), alerted (\d+): recall ([\d.]+)", out)
@@ -31,12 +34,13 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     assert java.stdout.strip() == "", "the demo left a process behind"
 
 
+@pytest.mark.timeout(900)  # end to end: its length scales with the CPU it gets (3 test workers on 2 cores)
 def test_drift_scenario_drift_rises_retrain_from_the_topic_promote_and_it_falls():
     """`demo --scenario drift`, short phases: the operating-point change raises the drift metric
     past the model-stale threshold, a model retrained from the topic is promoted and swapped in,
     and at the new point it sees less drift and fewer alerts than the old model did."""
     r = subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "demo", "--scenario", "drift", "--phase", "12",
-                        "--epochs", "1", "--metrics-port", "0"], capture_output=True, text=True, timeout=400)
+                        "--epochs", "1", "--metrics-port", "0"], capture_output=True, text=True, timeout=840)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     print(out[out.find("=== latentwatch demo --scenario drift"):])
