@@ -106,7 +106,10 @@ def test_retrain_on_a_range_with_anomalies_matches_the_clean_range(stream, tmp_p
     assert src["readings"] == len(SENSORS) * PER_SENSOR and src["sensors"] == len(SENSORS)
     assert src["left_out"]["alerted"] == stream["n_alerts"] > 0.6 * stream["anomalous"]
     assert src["left_out"]["dead_letters"] == {"not_json": 40}
-    assert 0 < src["readmitted_as_false_alerts"] < 0.02 * 0.2 * len(SENSORS) * PER_SENSOR
+    # About the alerting model's false-alert rate (1 %) of the held-out scores: since PCA's
+    # calibration is cross-fitted (every window held out once, detectors.training), that is all
+    # the range's readings, not a 20 % block of them.
+    assert 0 < src["readmitted_as_false_alerts"] < 0.02 * len(SENSORS) * PER_SENSOR
     assert clean.metadata["training"]["source"]["left_out"]["alerted"] == 0
     assert clean.metadata["training"]["rows"] == len(SENSORS) * PER_SENSOR  # the range ends at t1, exclusive
 
@@ -119,7 +122,8 @@ def test_retrain_on_a_range_with_anomalies_matches_the_clean_range(stream, tmp_p
     # range's likely false alerts (the lowest rate x N alerted, every n-th) instead of the lowest
     # k gave 1.1169: the lowest-k choice is biased low and hides part of the missed anomalies'
     # push. What is left cannot be excluded from the old model's alerts (it missed them); it
-    # would take that model's recall, which the stream does not give.
+    # would take that model's recall, which the stream does not give. With PCA's cross-fitted
+    # calibration (#14, every window held out once): 1.124.
     assert 0.85 <= ratio <= 1.15, (retrained.threshold.value, clean.threshold.value)
     # and leaving the alerted readings out is what makes it so
     assert naive.metadata["training"]["source"]["left_out"]["alerted"] == 0

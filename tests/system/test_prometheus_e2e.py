@@ -180,7 +180,9 @@ def test_dashboard_queries_and_counters_on_a_running_pipeline(
     # ... and, over a window holding all the traffic, finite values (the rates are not 0/0)
     # The drift gauges are NaN by design until the 2-minute drift window holds 500 readings
     # (pipeline/drift.py); this test sends fewer. They must return data (above), not a number.
-    warming = ("latentwatch_latent_drift_psi", "latentwatch_live_exceedance_ratio")
+    # The shadow correlation is NaN by design while no candidate runs beside the model (--shadow).
+    warming = ("latentwatch_latent_drift_psi", "latentwatch_live_exceedance_ratio",
+               "latentwatch_shadow_score_correlation")
     wide = [e.replace(f"[{GRAFANA_VARS['$__rate_interval']}]", "[10m]") for e in exprs
             if not any(name in e for name in warming)]
     not_finite = [(e, r) for e in wide for r in prom.query(e) if not math.isfinite(float(r["value"][1]))]
