@@ -49,6 +49,10 @@ class TorchDetector(Detector):
 
     kind = "torch"
     chunk_rows = 65536  # windows per network call: bounds memory on huge inputs, amortises overhead
+    # On a CPU the activations of a chunk should stay in cache: the bench's model stage (MLP, 16
+    # channels, one thread) scored 2.41M readings/s in calls of 4,096, 1.72M in 16,384 and 1.26M
+    # in 65,536. Rows are independent, so chunking changes no score.
+    cpu_chunk_rows = 4096
 
     def __init__(self, *, latent_dim: int, window: int = 1, device: str = "auto",
                  precision: str = "float32", score_last: int = 1, **hparams):
@@ -153,13 +157,14 @@ class TorchDetector(Detector):
         if w.dtype != np.float32:
             w = w.astype(np.float32)
         n = len(w)
-        if n <= self.chunk_rows:  # the streaming case: one network call, no extra copies
+        chunk = self.chunk_rows if torch.device(self.device).type == "cuda" else self.cpu_chunk_rows
+        if n <= chunk:  # the streaming case: one network call, no extra copies
             latent, error = self._score_chunk(w)
         else:
             latent = np.empty((n, self.latent_dim), np.float32)
             error = np.empty((n, len(self.channels)), np.float32)
-            for start in range(0, n, self.chunk_rows):
-                stop = min(start + self.chunk_rows, n)
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
                 latent[start:stop], error[start:stop] = self._score_chunk(w[start:stop])
         recon = error.mean(axis=1, dtype=np.float32)
         if self.parts is None:

@@ -130,7 +130,7 @@ def test_one_million_readings_are_scored_in_chunks():
     X = rng.normal(size=(1_000_000, 32)).astype(np.float32)
     scores = model.score(sliding_windows(X, 1))
     assert len(scores) == 1_000_000 and scores.latent.shape == (1_000_000, 4)
-    assert len(calls) == math.ceil(1_000_000 / model.chunk_rows) and max(calls) == model.chunk_rows
+    assert len(calls) == math.ceil(1_000_000 / model.cpu_chunk_rows) and max(calls) == model.cpu_chunk_rows
     assert np.all(np.isfinite(scores.score))
     np.testing.assert_allclose(scores.score[-1000:], model.score(X[-1000:, None, :]).score, rtol=1e-5)
 
