@@ -60,6 +60,15 @@ class DecodedBatch:
     errors: list[tuple[int, ContractError]]  # (position in the input, why)
     taken: int | None = None  # with a reading cap: the input's first `taken` items (None: all)
 
+    def capped(self, n_items: int, max_readings: int) -> DecodedBatch:
+        """The longest prefix of the `n_items` input items holding at most `max_readings`
+        readings (at least one item)."""
+        if n_items < 2 or int(self.counts.sum()) <= max_readings:
+            return self
+        per_item = np.zeros(n_items, np.int64)
+        per_item[self.index] = self.counts
+        return self.head(max(1, int(np.searchsorted(np.cumsum(per_item), max_readings, side="right"))))
+
     def head(self, n: int) -> DecodedBatch:
         """The outcome of the input's first `n` items only."""
         j = bisect.bisect_left(self.index, n)
@@ -188,12 +197,7 @@ class Decoder:
         if json_items:
             got = merge(got, _renumber(self._decode_json([(v, k) for _, v, k in json_items], now),
                                        [i for i, _, _ in json_items]))
-        n = len(json_items) + len(frames)
-        if max_readings is None or n < 2 or int(got.counts.sum()) <= max_readings:
-            return got
-        per_item = np.zeros(n, np.int64)
-        per_item[got.index] = got.counts
-        return got.head(max(1, int(np.searchsorted(np.cumsum(per_item), max_readings, side="right"))))
+        return got if max_readings is None else got.capped(len(json_items) + len(frames), max_readings)
 
     def _decode_json(self, items: list[tuple[bytes | None, bytes | None]], now: float,
                      max_readings: int | None = None) -> DecodedBatch:

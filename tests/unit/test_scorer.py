@@ -195,3 +195,17 @@ def test_latent_records_name_the_model_version_that_scored_them():
     assert len(batch.latents) == 3
     assert {json.dumps(json.loads(v)["model"]) for _, v in batch.latents} == \
         {json.dumps({"name": "pump", "version": "20261129T101500Z"})}
+
+
+def test_frames_past_max_readings_are_cut_like_json():
+    from latentwatch.pipeline.frames import encode_frame
+
+    sc, store = scorer_for(stub_model()), StateStore()
+    chans = list(sc.channels)
+    frames = [encode_frame(NOW - 100 + np.arange(10, dtype=np.float64) + 20 * i,
+                           np.ones((10, len(chans)), np.float32), chans) for i in range(5)]
+    from tests.support.fakes import FakeMessage
+    msgs = [FakeMessage(v, f"s{i}".encode(), "in", 0, i) for i, v in enumerate(frames)]
+    batch = sc.score(msgs, store, NOW, max_readings=25)
+    assert batch.n_readings == 20 and [m.offset() for m in batch.rest] == [2, 3, 4]
+    assert batch.next_offsets() == {("in", 0): 2}
