@@ -194,12 +194,14 @@ class Pipeline:
 
     def _recover(self, exc: BatchFailed) -> None:
         """Undo what is not durable and go back to the committed offsets."""
+        if not isinstance(exc, ProducerBroken):
+            # First, even when the run ends here (a deleted topic): an open transaction holds its
+            # offsets pending, and the group's committed offsets are unreadable until it times out.
+            self.committer.abort()
         self.monitor.check(self.source.consumer, after_failure=True)  # a deleted topic: TopicsGone
         log.warning("batch not committed, rewinding to the committed offsets: %s", exc)
         self.monitor.after_failure()
         self.metrics.batch_rewinds.inc()
-        if not isinstance(exc, ProducerBroken):
-            self.committer.abort()
         if self.sink.fatal is not None or isinstance(exc, ProducerBroken):
             self.sink.fatal = self.sink.fatal or str(exc)
             self.sink.replace(lambda: self.stopping, self.committer.init_producer)
