@@ -40,6 +40,12 @@ SHARED_BROKERS = {"kafka_cluster": "cluster", "cluster": "cluster", "secure_brok
 # The cluster module's CLI test starts a 3-node cluster of its own: not beside the shared one.
 ONE_AT_A_TIME = {"tests/system/test_demo.py": "demo", "tests/system/test_cluster.py": "cluster",
                  "tests/system/test_failover.py": "cluster"}
+# Modules whose module-scoped fixture trains models (or fills a topic): spread over the workers,
+# each worker built its own copy. test_detectors' training took 237-256 s of setup on each of three
+# workers in a full run (CI's log); kept on one worker, it is built once.
+ONE_AT_A_TIME.update({m: m for m in ("tests/unit/test_detectors.py", "tests/unit/test_cli_detect.py",
+                                      "tests/unit/test_drift.py", "tests/unit/test_score_parts.py",
+                                      "tests/integration/test_retrain.py")})
 
 
 def pytest_collection_modifyitems(config, items):
