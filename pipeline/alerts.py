@@ -26,33 +26,66 @@ def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> 
     total = err.sum(axis=1, keepdims=True)
     shares = np.divide(err, total, out=np.full_like(err, 1.0 / err.shape[1]), where=total > 0)
     order = np.argsort(-shares, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(shares, order, axis=1).tolist()
-    return [[{"channel": channels[i], "share": round(v, 4)} for i, v in zip(idx, vals)]
+    top = np.round(np.take_along_axis(shares, order, axis=1), 4).tolist()
+    return [[{"channel": channels[i], "share": v} for i, v in zip(idx, vals)]
             for idx, vals in zip(order.tolist(), top)]
+
+
+def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: list[str],
+                  scores: np.ndarray, thresholds: np.ndarray, tops: list[list[dict]], latent: np.ndarray,
+                  model_name: str, model_version: str, critical_ratio: float, detected_at: str,
+                  parts: dict[str, np.ndarray] | None = None, rule: dict | None = None) -> list[dict]:
+    """A batch's alerts, one per row: `sources` (topic, partition, offset, index) of each reading,
+    `ts` its event time as ISO strings (`iso_many`), `tops` its row of `top_channels`, `latent`
+    `[n, k]`, `parts` name -> `[n]`. Rounding and conversion are done per column in numpy: per
+    alert in Python they were half of the scorer's time at a 2.3 % alert rate (cProfile, the
+    bench's frames batches)."""
+    score, threshold = np.asarray(scores, np.float64), np.asarray(thresholds, np.float64)
+    critical = (score >= critical_ratio * threshold).tolist()
+    columns = [_round(score, 6).tolist(), _round(threshold, 6).tolist(),
+               _round(np.asarray(latent, np.float64), 5).tolist()]
+    names = list(parts or {})
+    part_rows = (list(zip(*(_round(np.asarray(parts[n], np.float64), 3).tolist() for n in names)))
+                 if names else [()] * len(sources))
+    model = {"name": model_name, "version": model_version}
+    out = []
+    for (topic, partition, offset, index), sid, t, sc, thr, lat, top, crit, pr in zip(
+            sources, sensor_ids, ts, *columns, tops, critical, part_rows):
+        record = {
+            "alert_id": f"{topic}/{partition}/{offset}/{index}", "sensor_id": sid, "ts": t,
+            "detected_at": detected_at, "score": sc, "threshold": thr,
+            "severity": "critical" if crit else "warning", "top_channels": top, "latent": lat,
+            "model": model, "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+        }
+        if names:  # which part of the score fired (reconstruction, latent_distance)
+            record["parts"] = dict(zip(names, pr))
+        if rule:  # the persistence rule that fired: k of the last n above
+            record["rule"] = rule
+        out.append(record)
+    return out
 
 
 def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_id: str, ts: float | str,
                  score: float, threshold: float, top: list[dict], latent: list[float], model_name: str,
                  model_version: str, critical_ratio: float, detected_at: float | str | None = None,
                  parts: dict | None = None, rule: dict | None = None) -> dict:
-    """One alert; `top` is its row of `top_channels`, `latent` its latent vector as floats. Times
-    may come as epoch seconds or already as ISO strings (a batch formats them in one pass)."""
-    return {
-        "alert_id": f"{topic}/{partition}/{offset}/{index}",
-        "sensor_id": sensor_id,
-        "ts": ts if isinstance(ts, str) else iso(ts),
-        "detected_at": detected_at if isinstance(detected_at, str) else iso(
+    """One alert (`alert_records` with one row); `top` is its row of `top_channels`, `latent` its
+    latent vector. Times may come as epoch seconds or as ISO strings."""
+    return alert_records(
+        sources=[(topic, partition, offset, index)], sensor_ids=[sensor_id], ts=[ts if isinstance(ts, str) else iso(ts)],
+        scores=np.array([score]), thresholds=np.array([threshold]), tops=[top],
+        latent=np.asarray([latent], np.float64).reshape(1, -1), model_name=model_name, model_version=model_version,
+        critical_ratio=critical_ratio,
+        detected_at=detected_at if isinstance(detected_at, str) else iso(
             detected_at if detected_at is not None else time.time()),
-        "score": round(float(score), 6),
-        "threshold": round(float(threshold), 6),
-        "severity": severity(score, threshold, critical_ratio),
-        "top_channels": top,
-        "latent": [round(x, 5) for x in latent],
-        "model": {"name": model_name, "version": model_version},
-        "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
-        **({"parts": parts} if parts else {}),  # which part of the score fired (reconstruction, latent_distance)
-        **({"rule": rule} if rule else {}),  # the persistence rule that fired: k of the last n above
-    }
+        parts={n: np.array([v]) for n, v in (parts or {}).items()}, rule=rule)[0]
+
+
+def _round(a: np.ndarray, decimals: int) -> np.ndarray:
+    """`round()` per element, as Python's: numpy scales by 10**decimals first, which overflows
+    for the largest finite floats (a non-finite score is reported as the largest float)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(np.abs(a) < 1e15, np.round(a, decimals), a)
 
 
 def iso_many(ts: np.ndarray) -> list[str]:

@@ -4,6 +4,7 @@ no per-sensor labels. Every series exists from start-up (labelled ones are pre-i
 from __future__ import annotations
 
 import json
+from collections import Counter as Tally
 import socket
 import threading
 import time
@@ -108,10 +109,12 @@ class PipelineMetrics:
         import numpy as np
 
         now = time.time()
-        for _, reason, _detail in batch.dead:
-            self.dead_letters.labels(reason=reason).inc()
-        for sev in batch.severities:
-            self.alerts.labels(severity=sev).inc()
+        # One inc per label value, not per record: labels() and inc() take locks (3 % of the
+        # frames loop at ~1,500 alerts a batch, py-spy).
+        for reason, n in Tally(reason for _, reason, _detail in batch.dead).items():
+            self.dead_letters.labels(reason=reason).inc(n)
+        for sev, n in Tally(batch.severities).items():
+            self.alerts.labels(severity=sev).inc(n)
         observe_many(self.score, batch.scores)
         if batch.inference_s is not None:
             self.inference_seconds.observe(batch.inference_s)

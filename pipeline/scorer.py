@@ -181,23 +181,19 @@ class Scorer:
             flagged = self._persistence(scores64 > thresholds, sensor_of, msg_of[scored_idx], valid, updates,
                                         store)
             latent_all = s.latent
-            parts = {name: v.astype(np.float64) for name, v in (getattr(s, "parts", None) or {}).items()}
             raised = np.flatnonzero(flagged)
-            tops = alerts.top_channels(s.channel_error[raised], self.channels)
-            lat = s.latent[raised].astype(np.float64).tolist()
-            detected_at = iso(time.time())
-            ts_iso = alerts.iso_many(ts[scored_idx[raised]])
-            for j, top, latent, t_iso in zip(raised.tolist(), tops, lat, ts_iso):
-                i = scored_idx[j]
-                msg, sid = valid[msg_of[i]]
-                record = alerts.alert_record(
-                    topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), index=int(pos[i]),
-                    sensor_id=sid, ts=t_iso, score=float(scores64[j]), threshold=float(thresholds[j]),
-                    top=top, latent=latent, model_name=self.model.name, model_version=str(self.model.version),
-                    critical_ratio=self.critical_ratio, detected_at=detected_at,
-                    parts={name: round(float(v[j]), 3) for name, v in parts.items()}, rule=self._rule)
-                alerts_out.append((sid.encode(), alerts.encode(record)))
-                severities.append(record["severity"])
+            rows = scored_idx[raised]
+            sources = [(m.topic(), m.partition(), m.offset(), p) for m, p in
+                       zip((valid[k][0] for k in msg_of[rows].tolist()), pos[rows].tolist())]
+            sensor_ids = sensor_of[raised].tolist()
+            records = alerts.alert_records(
+                sources=sources, sensor_ids=sensor_ids, ts=alerts.iso_many(ts[rows]), scores=scores64[raised],
+                thresholds=thresholds[raised], tops=alerts.top_channels(s.channel_error[raised], self.channels),
+                latent=s.latent[raised], model_name=self.model.name, model_version=str(self.model.version),
+                critical_ratio=self.critical_ratio, detected_at=iso(time.time()),
+                parts={name: v[raised] for name, v in (getattr(s, "parts", None) or {}).items()}, rule=self._rule)
+            alerts_out = [(sid.encode(), alerts.encode(r)) for sid, r in zip(sensor_ids, records)]
+            severities = [r["severity"] for r in records]
             if self.latent_topic:
                 latents_out = self._latents(valid, s, scores64, scored_idx, msg_of, pos, ts)
             if self.refs:
