@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-readings", type=int, default=250,
                    help="readings per message, batch and frames workloads (default 250)")
     p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
-    p.add_argument("--batch-size", type=int, default=4096, help="pipeline batch.max_readings (default 4096)")
+    p.add_argument("--batch-size", type=int, default=32768, help="pipeline batch.max_readings (default 32768, as `run`)")
     p.add_argument("--frames-batch-size", type=int, default=65536,
                    help="pipeline batch.max_readings for the frames workload (default 65536: the setting for "
                         "high-rate sensors; 4,096 readings are 16 frames, and a batch's two round trips to the "
