@@ -48,6 +48,13 @@ ONE_AT_A_TIME.update({m: m for m in ("tests/unit/test_detectors.py", "tests/unit
                                       "tests/integration/test_retrain.py")})
 
 
+# Until 2026-11-30 no group took effect, for two reasons: pytest-xdist's worker reads the
+# xdist_group markers in its own pytest_collection_modifyitems, which ran before this one (a
+# plugin registered later runs first; hence tryfirst), and it groups by suffixing
+# `item._nodeid`, which pytest 9 no longer reads (nodeid comes from `item._id`; hence
+# pytest<9 in pyproject.toml). So test_detectors' models were trained on all three workers
+# (125-265 s of setup each) and two demos ran side by side.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = next((g for name, g in SHARED_BROKERS.items() if name in getattr(item, "fixturenames", ())),

@@ -181,7 +181,9 @@ def test_to_alertmanager_maps_labels_annotations_and_times():
 
 @pytest.mark.parametrize("value", [b"not json", b"[]", b'{"sensor_id": "x"}', None,
                                    json.dumps({**alert_record("x"), "severity": "meh"}).encode(),
-                                   json.dumps({**alert_record("x"), "ts": "yesterday"}).encode()])
+                                   json.dumps({**alert_record("x"), "ts": "yesterday"}).encode()],
+                         # fixed ids: the records hold the time of collection, which differs per xdist worker
+                         ids=["not-json", "a-list", "no-fields", "tombstone", "bad-severity", "bad-ts"])
 def test_parse_alert_rejects_non_alerts(value):
     from latentwatch.pipeline.subscribers.alerts import BadAlert
 
