@@ -84,8 +84,9 @@ class TopicSettings(BaseModel):
 
 class BatchSettings(BaseModel):
     # 32768, not 4096: each batch pays a produce/acknowledge round trip and an offset commit.
-    # Bench, same day, back to back (bench/results/s2-batch*.md): pipeline / consume+decode 0.66
-    # -> 0.95 (single), 0.67 -> 0.89 (batch). In steady traffic max_wait_ms closes batches
+    # Bench, two back-to-back pairs (bench/results/s2-batch*.md, s3-*.md): pipeline /
+    # consume+decode 0.67 -> 0.89 and 0.51 -> 0.70 (batch), 0.66 -> 0.95 and 0.83 -> 0.82
+    # (single). In steady traffic max_wait_ms closes batches
     # long before the cap; the cap bounds a backlog's batches (~64 MiB of W=32 windows).
     max_readings: int = Field(32768, ge=1, description="score when this many readings are in hand")
     max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
