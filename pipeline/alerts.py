@@ -14,10 +14,6 @@ import orjson
 from latentwatch.pipeline.contract import iso
 
 
-def severity(score: float, threshold: float, critical_ratio: float) -> str:
-    return "critical" if score >= critical_ratio * threshold else "warning"
-
-
 def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[list[dict]]:
     """For each row of `[n, channels]`, the `k` channels with the largest share of that reading's
     reconstruction error. A batch's alerts in one pass: numpy's overhead per call, per alert,

@@ -175,31 +175,30 @@ class Scorer:
             bad = ~np.isfinite(scores64)
             if bad.any():
                 scores64[bad] = _BIG
-            sensor_of = np.array([sid for _, sid in valid], dtype=object)[msg_of[scored_idx]]
-            thresholds = self._thresholds(scores64, sensor_of, msg_of[scored_idx], valid, updates, store)
+            scored_msg = msg_of[scored_idx]
+            sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
+            thresholds = self._thresholds(scores64, sensor_of, scored_msg, valid, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
-            flagged = self._persistence(scores64 > thresholds, sensor_of, msg_of[scored_idx], valid, updates,
-                                        store)
+            flagged = self._persistence(scores64 > thresholds, sensor_of, scored_msg, valid, updates, store)
             latent_all = s.latent
             raised = np.flatnonzero(flagged)
             rows = scored_idx[raised]
-            sources = [(m.topic(), m.partition(), m.offset(), p) for m, p in
-                       zip((valid[k][0] for k in msg_of[rows].tolist()), pos[rows].tolist())]
             sensor_ids = sensor_of[raised].tolist()
             records = alerts.alert_records(
-                sources=sources, sensor_ids=sensor_ids, ts=alerts.iso_many(ts[rows]), scores=scores64[raised],
-                thresholds=thresholds[raised], tops=alerts.top_channels(s.channel_error[raised], self.channels),
+                sources=_sources(valid, msg_of, pos, rows), sensor_ids=sensor_ids, ts=alerts.iso_many(ts[rows]),
+                scores=scores64[raised], thresholds=thresholds[raised],
+                tops=alerts.top_channels(s.channel_error[raised], self.channels),
                 latent=s.latent[raised], model_name=self.model.name, model_version=str(self.model.version),
                 critical_ratio=self.critical_ratio, detected_at=iso(time.time()),
                 parts={name: v[raised] for name, v in (getattr(s, "parts", None) or {}).items()}, rule=self._rule)
             alerts_out = [(sid.encode(), alerts.encode(r)) for sid, r in zip(sensor_ids, records)]
             severities = [r["severity"] for r in records]
             if self.latent_topic:
-                latents_out = self._latents(valid, s, scores64, scored_idx, msg_of, pos, ts)
+                latents_out = self._latents(_sources(valid, msg_of, pos, scored_idx), sensor_of.tolist(),
+                                            alerts.iso_many(ts[scored_idx]), scores64, s.latent)
             if self.refs:
-                mi = msg_of[scored_idx]
-                refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[mi],
-                                 np.array([m.offset() for m, _ in valid], np.int64)[mi], pos[scored_idx]], 1)
+                refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
+                                 np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], pos[scored_idx]], 1)
         changelog = []
         if self.changelog:
             changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
@@ -272,17 +271,21 @@ class Scorer:
                 updates[key] = dataclasses.replace(e, threshold=posterior[key[1]])
         return np.asarray(out, dtype=np.float64)
 
-    def _latents(self, valid, s, scores, scored_idx, msg_of, pos, ts) -> list[tuple[bytes, bytes]]:
-        out = []
-        lat = np.round(s.latent.astype(np.float64), 5).tolist()
+    def _latents(self, sources, sensor_ids, ts_iso, scores, latent) -> list[tuple[bytes, bytes]]:
+        """One latent record per scored reading, built per column like the alerts."""
         model = {"name": self.model.name, "version": str(self.model.version)}
-        for j, i in enumerate(scored_idx.tolist()):
-            msg, sid = valid[msg_of[i]]
-            out.append((sid.encode(), orjson.dumps({
-                "sensor_id": sid, "ts": iso(float(ts[i])), "score": float(scores[j]), "latent": lat[j],
-                "model": model, "source": {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                           "index": int(pos[i])}})))
-        return out
+        return [(sid.encode(), orjson.dumps({
+            "sensor_id": sid, "ts": t, "score": sc, "latent": lat, "model": model,
+            "source": {"topic": topic, "partition": part, "offset": off, "index": index}}))
+            for (topic, part, off, index), sid, t, sc, lat in zip(
+                sources, sensor_ids, ts_iso, scores.tolist(), np.round(latent.astype(np.float64), 5).tolist())]
+
+
+def _sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, offset, index in its message) of the readings `rows`, for the records
+    that name them: indices converted once per column, not as numpy scalars per record."""
+    msgs = [valid[k][0] for k in msg_of[rows].tolist()]
+    return [(m.topic(), m.partition(), m.offset(), i) for m, i in zip(msgs, pos[rows].tolist())]
 
 
 def _windows(seq: np.ndarray, window: int) -> np.ndarray:
