@@ -1,8 +1,9 @@
 """A trained model on disk: a directory holding `weights.pt` (a plain tensor state_dict) and
 `model.json` (everything else: channels, scaler, window, kind, hyperparameters, threshold,
-score parts (latent mean/precision, part scales), persistence rule, training-data summary,
-versions). Fields added later (`score_parts`, `persistence`) are optional: a checkpoint written
-before them loads and scores as it did (reconstruction error, plain threshold).
+score parts (latent mean/precision, part scales), alarm rule, training-data summary,
+versions). Fields added later (`score_parts`, `alarm`) are optional: a checkpoint written
+before them loads and scores as it did (reconstruction error; its threshold as the instant limit,
+no EWMA). The `persistence` rule (k of n) of checkpoints written before the alarm rule is ignored.
 
 Loading never unpickles arbitrary objects (`torch.load(..., weights_only=True)`), so a checkpoint
 from an untrusted place cannot run code. Every way a checkpoint can be unusable raises one
@@ -15,7 +16,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from latentwatch.detectors import __version__, versions
 from latentwatch.detectors.latent import ScoreParts
 from latentwatch.detectors.models import MODELS, TorchDetector, make_detector
-from latentwatch.detectors.persistence import PersistenceRule
+from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.scaler import Standardiser
 from latentwatch.detectors.thresholds import Threshold, threshold_from_dict
 
@@ -45,7 +46,11 @@ class LoadedModel:
     metadata: dict
     name: str  # metadata "name", else the directory name
     version: str  # metadata "version" (default at save: the training time, e.g. 20260321T101500Z)
-    persistence: PersistenceRule = field(default_factory=PersistenceRule)  # k of n; 1 of 1 when absent
+    alarm: AlarmRule | None = None  # None only before load fills it: then the threshold alone
+
+    def __post_init__(self):
+        if self.alarm is None:
+            self.alarm = AlarmRule.instant_only(self.threshold.value)
 
 
 def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str] | None = None) -> dict:
@@ -58,7 +63,7 @@ def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str]
 
 
 def save(path: str | Path, detector: TorchDetector, threshold: Threshold, training_summary: dict, *,
-         name: str | None = None, version: str | None = None, persistence: PersistenceRule | None = None) -> Path:
+         name: str | None = None, version: str | None = None, alarm: AlarmRule | None = None) -> Path:
     """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,7 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
         "hyperparameters": detector.config(),
         "scaler": detector.scaler.to_dict(),
         "threshold": threshold.to_dict(),
-        "persistence": (persistence or PersistenceRule()).to_dict(),
+        "alarm": (alarm or AlarmRule.instant_only(threshold.value)).to_dict(),
         "training": {**training_summary, "trained_at": now.isoformat(timespec="seconds")},
     }
     if detector.parts is not None:
@@ -135,7 +140,8 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
             raise ValueError(f"scaler has {len(scaler.mean)} channels, metadata lists {len(channels)}")
         threshold = threshold_from_dict(meta["threshold"])
         detector = make_detector(kind, **meta["hyperparameters"], device="cpu")
-        persistence = PersistenceRule.from_dict(meta["persistence"]) if "persistence" in meta else PersistenceRule()
+        alarm = AlarmRule.from_dict(meta["alarm"]) if meta.get("alarm") is not None else \
+            AlarmRule.instant_only(threshold.value)
         parts = (ScoreParts.from_dict(meta["score_parts"], int(meta["latent_dim"]))
                  if meta.get("score_parts") is not None else None)
     except (KeyError, TypeError, ValueError) as exc:
@@ -164,7 +170,7 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
     detector.parts = parts
     detector.to(device)
     return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")),
-                       persistence)
+                       alarm)
 
 
 def _sha256(path: Path) -> str:

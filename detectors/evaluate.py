@@ -11,6 +11,7 @@ test row as context, as a stream would. The data (GPL) is read in place, never c
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,9 @@ class DefaultsResult:
     name: str
     counts: Counts
     files: int
-    rules: list[str] = field(default_factory=list)  # the persistence rule chosen per file
     kinds: list[str] = field(default_factory=list)  # the model kept per file (the PCA guard may swap it)
+    measured: list[float] = field(default_factory=list)  # per file: the rule's false-alarm rate on held-out normal data
+    detection: dict[str, list[float]] = field(default_factory=dict)  # statistic -> detection at FAR_LEVELS (pooled)
 
 
 def run_defaults(root: Path, options=None, *, files: int | None = None, name: str = "train + score defaults") -> DefaultsResult:
@@ -174,17 +176,44 @@ def run_defaults(root: Path, options=None, *, files: int | None = None, name: st
     (`detectors.recipe`)."""
     from latentwatch.detectors import recipe
 
-    counts, rules, kinds = Counts(), [], []
+    counts, kinds, measured = Counts(), [], []
+    pooled: dict[str, list[np.ndarray]] = {"score": [], "ewma": []}
+    truths = []
     paths = labelled_files(root)[:files]
     for path in paths:
         data = read_csv(path)
         trained = recipe.train(data.values[:TRAIN_ROWS], data.channels, options)
         flagged = recipe.flag_series(trained.detector, trained.threshold, trained.rule, data.values[TRAIN_ROWS:])
-        counts.add(flagged.anomaly, data.labels["anomaly"][TRAIN_ROWS:])
-        rules.append(f"{trained.rule.k}/{trained.rule.n}")
+        truth = data.labels["anomaly"][TRAIN_ROWS:]
+        counts.add(flagged.anomaly, truth)
         kinds.append(trained.detector.kind)
+        measured.append(float(trained.rule.measured))
+        # the statistics in units of the file's own limits, so that one cut across files means the same
+        pooled["score"].append(flagged.score / trained.rule.instant)
+        pooled["ewma"].append(flagged.ewma / math.exp(trained.rule.ewma_limit))
+        truths.append(truth > 0.5)
         log.info("defaults %s: F1 so far %.3f", path.relative_to(root), counts.f1)
-    return DefaultsResult(name, counts, len(paths), rules, kinds)
+    truth = np.concatenate(truths) if truths else np.zeros(0, bool)
+    detection = detection_at({k: np.concatenate(v) for k, v in pooled.items()}, truth) if truths else {}
+    return DefaultsResult(name, counts, len(paths), kinds, measured, detection)
+
+
+FAR_LEVELS = (0.01, 0.05, 0.10)
+
+
+def detection_at(statistics: dict[str, np.ndarray], truth: np.ndarray, levels=FAR_LEVELS) -> dict[str, list[float]]:
+    """The trade-off curve at a few points: per statistic, the share of anomalous rows above its
+    (1 - level) quantile over the normal rows (rows without a statistic count as not detected).
+    Uses the labels, so it shows what the score could do, not an operating point anyone can set."""
+    truth = np.asarray(truth, bool)
+    out = {}
+    for name, stat in statistics.items():
+        v = np.nan_to_num(np.asarray(stat, np.float64), nan=-np.inf)
+        normal = v[~truth & np.isfinite(v)]
+        if len(normal) == 0 or not truth.any():
+            continue
+        out[name] = [float(np.mean(v[truth] > np.quantile(normal, 1 - lv))) for lv in levels]
+    return out
 
 
 def _describe(thr: Threshold) -> str:

@@ -6,21 +6,25 @@ defaults benchmark (`evaluate skab --select defaults`) run the same code.
     out = flag_series(trained.detector, trained.threshold, trained.rule, values)   # per row of `values`
 
 `flag_series` scores every row of a file (rows before the first full window have no score and are
-never anomalous) and applies the persistence rule to the scored readings, as the stream does.
+never anomalous) and applies the alarm rule (`alarms.AlarmRule`) to the scored readings, as the
+stream does, episodes included.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentwatch.detectors import persistence
+from latentwatch.detectors import alarms
+from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.base import Scores, sliding_windows
-from latentwatch.detectors.calibrate import fit_no_worse_than_pca
+from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
 from latentwatch.detectors.models import TorchDetector, make_detector
-from latentwatch.detectors.persistence import PersistenceRule
 from latentwatch.detectors.thresholds import AdaptiveThreshold, POTThreshold, QuantileThreshold, Threshold
+
+log = logging.getLogger(__name__)
 
 AUTO_AE_MIN_ROWS = 5000  # below this, autoencoders ended worse than PCA on held-out data (SKAB, 400 rows)
 DEFAULT_WINDOW = {"auto": 8, "pca": 8, "window": 32, "mlp": 1, "vae": 32}
@@ -37,11 +41,12 @@ class Recipe:
     variance: float = 0.8  # PCA: share of the variance its components explain
     score: str = "reconstruction"  # a key of SCORES
     latent: int | None = None
-    threshold: str = "quantile"  # quantile | pot | adaptive
+    false_alarm_rate: float = alarms.BUDGET  # the budget: fraction of normal readings allowed to alarm
+    ewma_lambda: float = alarms.LAMBDA
+    threshold: str = "auto"  # the instant limit: auto (POT at its share of the budget) | quantile | pot | adaptive
     quantile: float = 0.99
     margin: float = 1.0
-    risk: float = 1e-3
-    persistence: str = "auto"  # "auto" or "K/N"
+    risk: float | None = None  # POT tail probability; None: the instant limit's share of the budget
     val_fraction: float = 0.2
     calibration: str = "auto"  # blocks | cross | auto (cross for PCA): calibrate.fit_and_calibrate
     epochs: int = 100
@@ -57,34 +62,32 @@ class Recipe:
 
     def make_threshold(self) -> Threshold:
         q = lambda: QuantileThreshold(self.quantile, self.margin)  # noqa: E731
-        makers = {"quantile": q, "pot": lambda: POTThreshold(self.risk), "adaptive": lambda: AdaptiveThreshold(base=q())}
+        risk = self.risk if self.risk is not None else min(alarms.INSTANT_SHARE * self.false_alarm_rate, 0.5)
+        pot = lambda: POTThreshold(risk)  # noqa: E731
+        makers = {"auto": pot, "quantile": q, "pot": pot, "adaptive": lambda: AdaptiveThreshold(base=q())}
         if self.threshold not in makers:
             raise ValueError(f"unknown threshold {self.threshold!r}; known: {', '.join(makers)}")
         return makers[self.threshold]()
 
 
-def parse_rule(text: str) -> PersistenceRule:
-    """"K/N" -> PersistenceRule(K, N); ValueError saying what is expected."""
-    try:
-        k, n = (int(v) for v in text.split("/"))
-        return PersistenceRule(k, n)
-    except ValueError as exc:
-        raise ValueError(f"persistence {text!r}: expected K/N with 1 <= K <= N <= 64, e.g. 3/4 ({exc})") from None
-
-
 @dataclass
 class Trained:
     detector: TorchDetector
-    threshold: Threshold
-    rule: PersistenceRule
+    threshold: Threshold  # the instant limit (`rule.instant` is its value)
+    rule: AlarmRule
     held: np.ndarray  # the held-out normal scores the threshold and rule were set on
 
 
 def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = None) -> Trained:
     """Fit the detector `options` describe on `X` [n, channels] (time order), with its score
-    parts, threshold and persistence rule (all from held-out normal data, no labels)."""
+    parts, instant limit and alarm rule (all from held-out normal data, no labels). An explicit
+    model kind is kept (a warning when PCA did better on held-out data); `auto` keeps the guard
+    that replaces a worse autoencoder by PCA."""
     o = options or Recipe()
-    fixed_rule = None if o.persistence == "auto" else parse_rule(o.persistence)
+    if not 0 < o.false_alarm_rate < 1:
+        raise ValueError(f"the false-alarm rate must be a fraction in (0, 1), e.g. 0.01; got {o.false_alarm_rate}")
+    if not 0 < o.ewma_lambda <= 1:
+        raise ValueError(f"the EWMA weight must be in (0, 1], e.g. 0.1; got {o.ewma_lambda}")
     if o.score not in SCORES:
         raise ValueError(f"unknown score {o.score!r}; known: {', '.join(SCORES)}")
     kind = o.kind(len(X))
@@ -95,17 +98,29 @@ def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = No
     if o.latent is not None:
         config["latent_dim"] = o.latent
     detector = make_detector(kind, **config)
-    detector, threshold, held = fit_no_worse_than_pca(
-        detector, X, o.make_threshold, channels=channels, val_fraction=o.val_fraction, use=SCORES[o.score],
-        calibration=o.calibration, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
-    rule = fixed_rule or persistence.choose(held, threshold.value)
+    fit = dict(channels=channels, val_fraction=o.val_fraction, use=SCORES[o.score], calibration=o.calibration,
+               epochs=o.epochs, batch_size=o.batch_size, lr=o.lr, seed=o.seed)
+    if o.model == "auto":
+        detector, threshold, held = fit_no_worse_than_pca(detector, X, o.make_threshold, **fit)
+    else:
+        threshold = o.make_threshold()
+        held = fit_and_calibrate(detector, X, threshold, **fit)
+        r = detector.training_report
+        if detector.kind != "pca" and r is not None and r.pca_val_loss < r.best_val_loss:
+            log.warning("the %s autoencoder ended worse than PCA on held-out data (loss %.4g vs %.4g); kept as "
+                        "asked (--model auto would use PCA)", detector.kind, r.best_val_loss, r.pca_val_loss)
+    segments = detector.training_report.validation_index if detector.training_report is not None else None
+    if segments is not None and len(segments) != len(held):
+        segments = None
+    rule = alarms.calibrate(held, o.false_alarm_rate, lam=o.ewma_lambda, segments=segments, instant=threshold.value)
     return Trained(detector, threshold, rule, held)
 
 
 @dataclass
 class Flagged:
-    """Per row of a file: score, threshold, above it, anomaly (the rule); `scored` holds the
-    detector's output for rows `first`.. (latent vectors, parts)."""
+    """Per row of a file: score, instant limit, above it, anomaly (the alarm rule), the rule that
+    fired, its statistic and limit, the EWMA; `events` the episode events (event, row, episode);
+    `scored` holds the detector's output for rows `first`.. (latent vectors, parts)."""
 
     score: np.ndarray
     threshold: np.ndarray
@@ -114,18 +129,34 @@ class Flagged:
     first: int  # rows before this one have no full window: no score, never anomalous
     scored: Scores
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # per row, NaN before `first`
+    rule: np.ndarray | None = None  # int8 per row: index into alarms.RULES, -1 none
+    statistic: np.ndarray | None = None
+    limit: np.ndarray | None = None
+    ewma: np.ndarray | None = None
+    events: list = field(default_factory=list)  # (event, row, Episode)
 
 
-def flag_series(detector: TorchDetector, threshold: Threshold, rule: PersistenceRule, values: np.ndarray) -> Flagged:
-    """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score` does."""
+def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
+                ts: np.ndarray | None = None) -> Flagged:
+    """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score`
+    and the stream do. `ts`: the rows' event times (episode updates are rate-limited by them;
+    default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0))."""
     scored = detector.score(sliding_windows(values, detector.window))
     n, first = len(values), detector.window - 1
+    m = n - first
     score = np.full(n, np.nan)
     score[first:] = scored.score
     thr = np.full(n, threshold.value)
     thr[first:] = threshold.thresholds(scored.score)
     above = np.nan_to_num(score, nan=-np.inf) > thr
+    rows = np.arange(first, n)
+    times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
+    refs = np.stack([np.zeros(m, np.int64), rows, np.zeros(m, np.int64)], axis=1)
+    d, _ = rule.step(np.zeros(m, np.int64), score[first:], times, refs, {}, instant=thr[first:])
     anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
-    anomaly[first:] = rule.flags(np.zeros(n - first, dtype=np.int64), above[first:])
+    anomaly[first:] = d.alarm
+    pad = lambda v, fill: np.concatenate([np.full(first, fill, dtype=v.dtype), v])  # noqa: E731
     parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
-    return Flagged(score, thr, above, anomaly, first, scored, parts)
+    events = [(e, int(pos) + first, ep) for e, pos, _, ep in d.events]
+    return Flagged(score, thr, above, anomaly, first, scored, parts, pad(d.rule, -1), pad(d.statistic, np.nan),
+                   pad(d.limit, np.nan), pad(d.ewma, np.nan), events)

@@ -1,7 +1,13 @@
-"""Alert records: what subscribers of the alerts topic receive (JSON, key = sensor id).
+"""Alert records: what subscribers of the alerts topic receive (JSON, key = sensor id), two kinds:
 
-`alert_id` is `<topic>/<partition>/<offset>/<index>` of the reading that raised it, so a replay
-after a crash produces the same id and subscribers can drop duplicates.
+- `kind: "reading"`: one per alarmed reading (`alerts.per_reading`), naming the rule that fired
+  (`instant` or `ewma`), its `statistic` and `limit`; `alert_id` is
+  `<topic>/<partition>/<offset>/<index>` of the reading, so a replay after a crash produces the
+  same id and subscribers can drop duplicates.
+- `kind: "episode"`: a sensor's alarm as one incident, `event` `open` (its first alarmed reading),
+  `update` (at most one per `update_s` of event time while it lasts: peak so far, readings so
+  far) and `close` (after `close_after` readings without an alarm). `episode_id` is the
+  `alert_id` of its first reading: a replay gives the same id.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import time
 import numpy as np
 import orjson
 
+from latentwatch.detectors.alarms import RULES
 from latentwatch.pipeline.contract import iso
 
 
@@ -30,33 +37,63 @@ def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> 
 def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: list[str],
                   scores: np.ndarray, thresholds: np.ndarray, tops: list[list[dict]], latent: np.ndarray,
                   model_name: str, model_version: str, critical_ratio: float, detected_at: str,
-                  parts: dict[str, np.ndarray] | None = None, rule: dict | None = None) -> list[dict]:
+                  parts: dict[str, np.ndarray] | None = None, rules: np.ndarray | None = None,
+                  statistics: np.ndarray | None = None, limits: np.ndarray | None = None) -> list[dict]:
     """A batch's alerts, one per row: `sources` (topic, partition, offset, index) of each reading,
     `ts` its event time as ISO strings (`iso_many`), `tops` its row of `top_channels`, `latent`
     `[n, k]`, `parts` name -> `[n]`. Rounding and conversion are done per column in numpy: per
     alert in Python they were half of the scorer's time at a 2.3 % alert rate (cProfile, the
-    bench's frames batches)."""
+    bench's frames batches). `rules` (index into `alarms.RULES`), `statistics`, `limits`: what fired
+    (default: the instant rule, the score against the threshold); severity follows statistic/limit."""
     score, threshold = np.asarray(scores, np.float64), np.asarray(thresholds, np.float64)
-    critical = (score >= critical_ratio * threshold).tolist()
+    n = len(score)
+    rules = np.zeros(n, np.int8) if rules is None else np.asarray(rules)
+    stat = score if statistics is None else np.asarray(statistics, np.float64)
+    limit = threshold if limits is None else np.asarray(limits, np.float64)
+    critical = (stat >= critical_ratio * limit).tolist()
     columns = [_round(score, 6).tolist(), _round(threshold, 6).tolist(),
-               _round(np.asarray(latent, np.float64), 5).tolist()]
+               _round(np.asarray(latent, np.float64), 5).tolist(), [RULES[r] for r in rules.tolist()],
+               _round(stat, 6).tolist(), _round(limit, 6).tolist()]
     names = list(parts or {})
     part_rows = (list(zip(*(_round(np.asarray(parts[n], np.float64), 3).tolist() for n in names)))
                  if names else [()] * len(sources))
     model = {"name": model_name, "version": model_version}
     out = []
-    for (topic, partition, offset, index), sid, t, sc, thr, lat, top, crit, pr in zip(
+    for (topic, partition, offset, index), sid, t, sc, thr, lat, rule, st, lim, top, crit, pr in zip(
             sources, sensor_ids, ts, *columns, tops, critical, part_rows):
         record = {
-            "alert_id": f"{topic}/{partition}/{offset}/{index}", "sensor_id": sid, "ts": t,
-            "detected_at": detected_at, "score": sc, "threshold": thr,
+            "kind": "reading", "alert_id": f"{topic}/{partition}/{offset}/{index}", "sensor_id": sid, "ts": t,
+            "detected_at": detected_at, "score": sc, "threshold": thr, "rule": rule, "statistic": st, "limit": lim,
             "severity": "critical" if crit else "warning", "top_channels": top, "latent": lat,
             "model": model, "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
         }
         if names:  # which part of the score fired (reconstruction, latent_distance)
             record["parts"] = dict(zip(names, pr))
-        if rule:  # the persistence rule that fired: k of the last n above
-            record["rule"] = rule
+        out.append(record)
+    return out
+
+
+def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: np.ndarray,
+                    tops: list[list[dict]], model_name: str, model_version: str, critical_ratio: float,
+                    detected_at: str) -> list[dict]:
+    """One record per episode event (`alarms.Decision.events`: (event, reading, key, Episode)),
+    row-aligned with `sources`/`sensor_ids`/`ts`/`tops` of the reading that raised it."""
+    model = {"name": model_name, "version": model_version}
+    out = []
+    for (event, _pos, _key, ep), (topic, _p, _o, _i), sid, t, top in zip(events, sources, sensor_ids,
+                                                                       np.asarray(ts, np.float64).tolist(), tops):
+        partition, offset, index = ep.ref
+        record = {
+            "kind": "episode", "event": event, "episode_id": f"{topic}/{partition}/{offset}/{index}",
+            "sensor_id": sid, "started_at": iso(ep.started_ts), "ts": iso(t), "detected_at": detected_at,
+            "rule": RULES[ep.rule], "readings": ep.count, "peak_score": _round(np.array([ep.peak_score]), 6).item(),
+            "peak_margin": round(ep.peak, 4), "peak_at": iso(ep.peak_ts),
+            "severity": "critical" if ep.peak >= critical_ratio else "warning",
+            "top_channels": top, "model": model,
+            "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+        }
+        if event == "close":
+            record["ended_at"] = iso(t)
         out.append(record)
     return out
 
@@ -64,7 +101,7 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
 def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_id: str, ts: float | str,
                  score: float, threshold: float, top: list[dict], latent: list[float], model_name: str,
                  model_version: str, critical_ratio: float, detected_at: float | str | None = None,
-                 parts: dict | None = None, rule: dict | None = None) -> dict:
+                 parts: dict | None = None) -> dict:
     """One alert (`alert_records` with one row); `top` is its row of `top_channels`, `latent` its
     latent vector. Times may come as epoch seconds or as ISO strings."""
     return alert_records(
@@ -74,7 +111,7 @@ def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_
         critical_ratio=critical_ratio,
         detected_at=detected_at if isinstance(detected_at, str) else iso(
             detected_at if detected_at is not None else time.time()),
-        parts={n: np.array([v]) for n, v in (parts or {}).items()}, rule=rule)[0]
+        parts={n: np.array([v]) for n, v in (parts or {}).items()})[0]
 
 
 def _round(a: np.ndarray, decimals: int) -> np.ndarray:

@@ -122,7 +122,9 @@ class HealthSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    critical_ratio: float = Field(2.0, gt=1.0, description="score >= ratio x threshold is critical")
+    critical_ratio: float = Field(2.0, gt=1.0, description="statistic >= ratio x its limit is critical")
+    per_reading: bool = Field(True, description="publish a record per alarmed reading (kind 'reading') beside "
+                                                "the episode events (kind 'episode'); false: episodes only")
 
 
 class Settings(BaseSettings):

@@ -171,13 +171,13 @@ class Pipeline:
     def _use(self, model) -> None:
         s = self.settings
         self.model, self.detector = model, model.detector
-        # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, persistence.
-        rule = getattr(model, "persistence", None)
-        self._needs_changelog = (self.detector.window > 1 or hasattr(model.threshold, "step")
-                                 or (rule is not None and rule.n > 1))
+        # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, and the
+        # alarm rule (its EWMA and open episodes): a restart must not re-open or lose an episode.
+        self._needs_changelog = True
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs)
+                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs,
+                             per_reading=s.alerts.per_reading)
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept

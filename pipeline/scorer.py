@@ -12,9 +12,10 @@ Steps, in order:
    its message is a dead letter ("out_of_range"; e.g. the 3.4e38 "no data" of field devices);
 4. windows per (partition, sensor) from the stored tails and this batch's readings, in offset
    order; a sensor's first `window - 1` readings ever are its warm-up (not scored, counted);
-5. one model call, thresholds (per-sensor ones read their state, return the new one), alert
-   records and latent records; a non-finite score (impossible after step 3, kept as a guard)
-   becomes the largest finite float, so it alerts and never reaches a metric as NaN;
+5. one model call, the instant limits (per-sensor ones read their state, return the new one),
+   the alarm rule (detectors/alarms.py: instant and EWMA, per-sensor state from the store,
+   episodes), alert, episode and latent records; a non-finite score (impossible after step 3,
+   kept as a guard) becomes the largest finite float, so it alerts and never reaches a metric as NaN;
 6. the new state entries of the sensors touched, and their changelog records when enabled.
 """
 
@@ -55,8 +56,8 @@ class ScoredBatch:
 
     messages: list  # the batch's messages, in consume order
     dead: list[tuple[int, str, str]]  # (message index, reason, detail), in offset order
-    alerts: list[tuple[bytes, bytes]]  # (key, value) for the alerts topic
-    severities: list[str]  # of each alert
+    alerts: list[tuple[bytes, bytes]]  # (key, value) for the alerts topic: per-reading alerts, then episode events
+    severities: list[str]  # of each per-reading alert (counted even when `alerts.per_reading` is off)
     latents: list[tuple[bytes, bytes]]  # (key, value) for the latent topic (empty when off)
     scores: np.ndarray  # [scored] finite float64
     n_readings: int  # valid readings decoded (dead-lettered messages' not counted)
@@ -71,6 +72,7 @@ class ScoredBatch:
     flagged: np.ndarray | None = None  # [scored] alerts (above the threshold, after the persistence rule)
     refs: np.ndarray | None = None  # [scored, 3] (partition, offset, index) of each scored reading (`refs=True`)
     now: float | None = None  # the wall time the batch was judged against (future timestamps)
+    episodes: list[str] = field(default_factory=list)  # the event (open, update, close) of each episode record
 
     @property
     def n_scored(self) -> int:
@@ -86,7 +88,8 @@ class Scorer:
     `refs`: say which reading each score is of (shadow scoring pairs two models' readings)."""
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
-                 critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False):
+                 critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False,
+                 per_reading: bool = True):
         self.model = model
         self.detector = model.detector
         self.channels = list(self.detector.channels)
@@ -97,6 +100,7 @@ class Scorer:
         self.latent_topic = latent_topic
         self.changelog = changelog
         self.refs = refs
+        self.per_reading = per_reading
         scaler = getattr(self.detector, "scaler", None)
         self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
         self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
@@ -105,9 +109,7 @@ class Scorer:
                 self._lo = (self._mean - MAX_Z * self._std).astype(np.float32)
                 self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
         self._empty_tail = np.empty((0, len(self.channels)), np.float32)
-        self.persistence = getattr(model, "persistence", None)
-        self._rule = None if self.persistence is None or self.persistence.n <= 1 else \
-            {"k": self.persistence.k, "n": self.persistence.n}
+        self.rule = model.alarm
 
     def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
               max_readings: int | None = None) -> ScoredBatch:
@@ -156,7 +158,7 @@ class Scorer:
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
                                        offsets[(valid[m][0].topic(), key[0])],
-                                       prior.persist if prior is not None else 0)
+                                       prior.alarm if prior is not None else None)
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:
@@ -165,7 +167,7 @@ class Scorer:
             windows, scored_idx = np.empty((0, self.window, len(self.channels)), np.float32), np.empty(0, np.int64)
         # 5. score, thresholds, alerts and latents
         msg_of = np.repeat(np.arange(len(valid)), counts)
-        alerts_out, severities, latents_out = [], [], []
+        alerts_out, severities, latents_out, episodes = [], [], [], []
         scores64, latent_all, flagged, inference_s, refs = np.empty(0), None, np.zeros(0, bool), None, None
         if len(scored_idx):
             t0 = time.perf_counter()
@@ -179,20 +181,36 @@ class Scorer:
             sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
             thresholds = self._thresholds(scores64, sensor_of, scored_msg, valid, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
-            flagged = self._persistence(scores64 > thresholds, sensor_of, scored_msg, valid, updates, store)
+            key_idx = msg_key[scored_msg]
+            d = self._alarms(keys, key_idx, scores64, thresholds, ts[scored_idx], scored_msg, pos[scored_idx],
+                             valid, updates, store)
+            flagged = d.alarm
             latent_all = s.latent
             raised = np.flatnonzero(flagged)
             rows = scored_idx[raised]
             sensor_ids = sensor_of[raised].tolist()
+            tops = alerts.top_channels(s.channel_error[raised], self.channels)
+            model_name, model_version, detected_at = self.model.name, str(self.model.version), iso(time.time())
             records = alerts.alert_records(
                 sources=_sources(valid, msg_of, pos, rows), sensor_ids=sensor_ids, ts=alerts.iso_many(ts[rows]),
-                scores=scores64[raised], thresholds=thresholds[raised],
-                tops=alerts.top_channels(s.channel_error[raised], self.channels),
-                latent=s.latent[raised], model_name=self.model.name, model_version=str(self.model.version),
-                critical_ratio=self.critical_ratio, detected_at=iso(time.time()),
-                parts={name: v[raised] for name, v in (getattr(s, "parts", None) or {}).items()}, rule=self._rule)
-            alerts_out = [(sid.encode(), alerts.encode(r)) for sid, r in zip(sensor_ids, records)]
+                scores=scores64[raised], thresholds=thresholds[raised], tops=tops,
+                latent=s.latent[raised], model_name=model_name, model_version=model_version,
+                critical_ratio=self.critical_ratio, detected_at=detected_at,
+                parts={name: v[raised] for name, v in (getattr(s, "parts", None) or {}).items()},
+                rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised])
             severities = [r["severity"] for r in records]
+            if self.per_reading:
+                alerts_out = [(sid.encode(), alerts.encode(r)) for sid, r in zip(sensor_ids, records)]
+            if d.events:
+                at = np.array([e[1] for e in d.events], np.int64)
+                ev_rows = scored_idx[at]
+                ev_tops = alerts.top_channels(s.channel_error[at], self.channels)
+                ev_records = alerts.episode_records(
+                    d.events, sources=_sources(valid, msg_of, pos, ev_rows), sensor_ids=sensor_of[at].tolist(),
+                    ts=ts[ev_rows], tops=ev_tops, model_name=model_name, model_version=model_version,
+                    critical_ratio=self.critical_ratio, detected_at=detected_at)
+                alerts_out += [(r["sensor_id"].encode(), alerts.encode(r)) for r in ev_records]
+                episodes = [r["event"] for r in ev_records]
             if self.latent_topic:
                 latents_out = self._latents(_sources(valid, msg_of, pos, scored_idx), sensor_of.tolist(),
                                             alerts.iso_many(ts[scored_idx]), scores64, s.latent)
@@ -205,7 +223,8 @@ class Scorer:
                          for key, entry in updates.items()]
         return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
                            updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged,
-                           offsets=offsets, inference_s=inference_s, rest=rest, refs=refs, now=now)
+                           offsets=offsets, inference_s=inference_s, rest=rest, refs=refs, now=now,
+                           episodes=episodes)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
@@ -238,19 +257,20 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
-    def _persistence(self, above, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
-        """The model's persistence rule (k of the last n readings above, per sensor): which
-        readings fire. Its per-sensor bits come from the store and go back through `updates`."""
-        rule = self.persistence
-        if rule is None or rule.n <= 1:
-            return above
-        keys = {(valid[m][0].partition(), sid) for m, sid in zip(msg_idx.tolist(), sensor_of.tolist())}
-        prior = {k[1]: e.persist for k in keys if (e := store.get(k)) is not None}
-        fired, posterior = rule.step(sensor_of, above, prior)
-        for key in keys:
-            if key[1] in posterior and key in updates:
-                updates[key] = dataclasses.replace(updates[key], persist=int(posterior[key[1]]))
-        return np.asarray(fired, dtype=bool)
+    def _alarms(self, keys, key_idx, scores, instant, ts, msg_idx, index, valid, updates, store):
+        """The alarm rule over the scored readings (`key_idx`: each one's index into `keys`): its
+        per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`."""
+        prior = {k: e.alarm for k in np.unique(key_idx).tolist()
+                 if (e := store.get(keys[k])) is not None and e.alarm is not None}
+        msgs = [valid[m][0] for m in msg_idx.tolist()]
+        refs = np.stack([np.fromiter((m.partition() for m in msgs), np.int64, len(msgs)),
+                         np.fromiter((m.offset() for m in msgs), np.int64, len(msgs)), index.astype(np.int64)], axis=1)
+        d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
+        for k, a in posterior.items():
+            key = keys[k]
+            if key in updates:
+                updates[key] = dataclasses.replace(updates[key], alarm=a)
+        return d
 
     def _thresholds(self, scores, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
         thr = self.model.threshold

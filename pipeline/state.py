@@ -2,7 +2,8 @@
 
 What a sensor needs to be scored: for windowed models the last `window - 1` readings (its
 *tail*), for per-sensor (adaptive) thresholds its score statistics; for the late policy the
-event time of its last reading. Entries are keyed by (input partition, sensor id).
+event time of its last reading; for the alarm rule (detectors/alarms.py) its EWMA and its open
+episode. Entries are keyed by (input partition, sensor id).
 
 Three rules keep it right and bounded:
 
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latentwatch.detectors.alarms import Episode, SensorAlarm
+
 Key = tuple[int, str]  # (input partition, sensor id)
 
 
@@ -47,7 +50,7 @@ class Entry:
     tail: np.ndarray
     threshold: tuple[float, float] | None = None  # adaptive threshold (mean, var) of normal scores
     valid_at: int = -1  # input offset from which this entry is the sensor's state (changelog only)
-    persist: int = 0  # persistence rule: the last n-1 "above the threshold" bits, newest lowest
+    alarm: SensorAlarm | None = None  # the alarm rule's EWMA and open episode (None: a new sensor)
 
 
 class StateStore:
@@ -106,50 +109,79 @@ class StateStore:
             same = e.tail.ndim == 2 and e.tail.shape[1] == channels
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, 0)
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, None)
 
 
 # -- the changelog record -------------------------------------------------------------------------
-# Binary, little-endian: magic b"LWS1", valid_at (q), last_ts (d), has_threshold (B), mean, var
-# (dd), persistence bits (q), rows, channels (II), tail float32[rows*channels]; then the same again for the entry before
-# (rows == 0xFFFFFFFF: none). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only.
-_MAGIC = b"LWS1"
-_HEAD = struct.Struct("<qdBddqII")
+# Binary, little-endian: magic b"LWS2", valid_at (q), last_ts (d), has_threshold (B), mean, var
+# (dd), rows, channels (II), tail float32[rows*channels], then the alarm state: has_alarm (B), z (d),
+# has_episode (B) and the episode (ref qqq, started_ts d, rule b, peak, peak_score, peak_ts ddd,
+# count, below qq, last_event_ts d); then the same again for the entry before (rows == 0xFFFFFFFF:
+# none). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only. b"LWS1" records
+# (before the alarm rule: a persistence int where the alarm state is now) are still read.
+_MAGIC, _MAGIC1 = b"LWS2", b"LWS1"
+_HEAD = struct.Struct("<qdBddII")
+_HEAD1 = struct.Struct("<qdBddqII")
+_ALARM = struct.Struct("<BdB")
+_EPISODE = struct.Struct("<qqqdbdddqqd")
 _NONE = 0xFFFFFFFF
 
 
 def _pack_one(e: Entry | None) -> bytes:
     if e is None:
-        return _HEAD.pack(-1, 0.0, 0, 0.0, 0.0, 0, _NONE, 0)
+        return _HEAD.pack(-1, 0.0, 0, 0.0, 0.0, _NONE, 0)
     t = np.ascontiguousarray(e.tail, dtype="<f4")
     rows, channels = (t.shape[0], t.shape[1]) if t.ndim == 2 else (0, 0)
     mean, var = e.threshold if e.threshold is not None else (0.0, 0.0)
-    return _HEAD.pack(e.valid_at, e.last_ts, e.threshold is not None, mean, var, e.persist, rows, channels) \
-        + t.tobytes()
+    a, ep = e.alarm, (e.alarm.episode if e.alarm is not None else None)
+    out = _HEAD.pack(e.valid_at, e.last_ts, e.threshold is not None, mean, var, rows, channels) + t.tobytes() \
+        + _ALARM.pack(a is not None, a.z if a is not None else 0.0, ep is not None)
+    if ep is not None:
+        out += _EPISODE.pack(*ep.ref, ep.started_ts, ep.rule, ep.peak, ep.peak_score, ep.peak_ts, ep.count,
+                             ep.below, ep.last_event_ts)
+    return out
 
 
 def pack(entry: Entry, before: Entry | None) -> bytes:
     return _MAGIC + _pack_one(entry) + _pack_one(before)
 
 
-def _unpack_one(buf: memoryview, pos: int) -> tuple[Entry | None, int]:
-    valid_at, last_ts, has_thr, mean, var, persist, rows, channels = _HEAD.unpack_from(buf, pos)
-    pos += _HEAD.size
+def _unpack_one(buf: memoryview, pos: int, v1: bool) -> tuple[Entry | None, int]:
+    if v1:
+        valid_at, last_ts, has_thr, mean, var, _persist, rows, channels = _HEAD1.unpack_from(buf, pos)
+        pos += _HEAD1.size
+    else:
+        valid_at, last_ts, has_thr, mean, var, rows, channels = _HEAD.unpack_from(buf, pos)
+        pos += _HEAD.size
     if rows == _NONE:
         return None, pos
     n = rows * channels * 4
+    if pos + n > len(buf):
+        raise ValueError("tail runs past the record")
     tail = np.frombuffer(bytes(buf[pos:pos + n]), dtype="<f4").astype(np.float32).reshape(rows, channels)
-    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, persist), pos + n
+    pos += n
+    alarm = None
+    if not v1:
+        has_alarm, z, has_ep = _ALARM.unpack_from(buf, pos)
+        pos += _ALARM.size
+        episode = None
+        if has_ep:
+            f = _EPISODE.unpack_from(buf, pos)
+            pos += _EPISODE.size
+            episode = Episode(tuple(f[:3]), *f[3:])
+        alarm = SensorAlarm(z, episode) if has_alarm else None
+    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm), pos
 
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
     """(entry, the entry before it); ValueError when it is not a changelog record of ours."""
-    if not value or value[:4] != _MAGIC:
+    if not value or value[:4] not in (_MAGIC, _MAGIC1):
         raise ValueError("not a latentwatch state record")
+    v1 = value[:4] == _MAGIC1
     buf = memoryview(value)
     try:
-        entry, pos = _unpack_one(buf, 4)
-        before, _ = _unpack_one(buf, pos)
+        entry, pos = _unpack_one(buf, 4, v1)
+        before, _ = _unpack_one(buf, pos, v1)
     except (struct.error, ValueError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:

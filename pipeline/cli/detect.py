@@ -53,21 +53,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the data held out, in interleaved blocks, for early stopping, the score "
                         "parts and the threshold (default: %(default)s)")
-    t.add_argument("--threshold", choices=["quantile", "pot", "adaptive"], default="quantile")
+    t.add_argument("--false-alarm-rate", type=float, default=0.01, metavar="FRACTION",
+                   help="the alarm rule's budget: the fraction of normal readings allowed to alarm, met on "
+                        "held-out normal data by the instant and EWMA limits together (default: %(default)s)")
+    t.add_argument("--ewma-lambda", type=float, default=0.1,
+                   help="weight of the newest reading in the EWMA of the log score: smaller is more sensitive "
+                        "to small persistent shifts and slower to settle (default: %(default)s)")
+    t.add_argument("--threshold", choices=["auto", "quantile", "pot", "adaptive"], default="auto",
+                   help="the instant limit: auto = a POT tail quantile at a fifth of the false-alarm budget; "
+                        "quantile/pot/adaptive as given (the EWMA limit then spends what is left of the budget)")
     t.add_argument("--quantile", type=float, default=0.99, help="quantile for --threshold quantile/adaptive")
     t.add_argument("--margin", type=float, default=1.0,
                    help="multiply the quantile threshold by this (default: %(default)s; SKAB's autoencoder "
                         "baselines use 1.5, the default before cross-fitted calibration)")
     t.add_argument("--calibration", choices=["auto", "cross", "blocks"], default="auto",
-                   help="held-out scores for the score parts, threshold and persistence rule: cross = every "
+                   help="held-out scores for the score parts, threshold and alarm rule: cross = every "
                         "window scored by a model fitted without its block (5 fits), then the model fitted on "
                         "all; blocks = one set of interleaved blocks held out; auto = cross for PCA, blocks "
                         "for autoencoders (default: %(default)s)")
-    t.add_argument("--risk", type=float, default=1e-3, help="tail probability for --threshold pot")
-    t.add_argument("--persistence", default="auto", metavar="K/N|auto",
-                   help="flag a reading when K of its sensor's last N readings are above the threshold; auto: "
-                        "the fastest rule without false runs above the threshold on held-out normal scores; 1/1: the plain "
-                        "threshold (default: %(default)s)")
+    t.add_argument("--risk", type=float, default=None,
+                   help="tail probability for --threshold pot (default: a fifth of the false-alarm rate)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
     from latentwatch.pipeline.retrain import add_train_arguments
@@ -80,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, metavar="CSV")
     s.add_argument("--out", required=True, metavar="SCORES_CSV", help="'-' for stdout")
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
-    s.add_argument("--persistence", default=None, metavar="K/N",
-                   help="override the model's persistence rule (e.g. 1/1: flag every reading above the threshold)")
+    s.add_argument("--episodes", default=None, metavar="CSV",
+                   help="also write the episode events (open, update, close) the stream would publish")
     _data_options(s)
     s.set_defaults(func=_score)
 
@@ -139,7 +144,8 @@ def _recipe(args):
 
     return Recipe(model=args.model, window=args.window, score_last=args.score_last, variance=args.variance,
                   score=args.score, latent=args.latent, threshold=args.threshold, quantile=args.quantile,
-                  margin=args.margin, risk=args.risk, persistence=args.persistence, val_fraction=args.val_fraction,
+                  margin=args.margin, risk=args.risk, false_alarm_rate=args.false_alarm_rate,
+                  ewma_lambda=args.ewma_lambda, val_fraction=args.val_fraction,
                   calibration=args.calibration, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   device=_device(args.device))
 
@@ -150,8 +156,10 @@ def _train(args) -> int:
     from latentwatch.detectors.versions import VersionError, publish
 
     options = _recipe(args)
-    if args.persistence != "auto":
-        _rule(args.persistence)  # a bad K/N is refused before any data is read
+    if not 0 < args.false_alarm_rate < 1:  # refused before any data is read
+        raise UserError(f"--false-alarm-rate {args.false_alarm_rate}: give a fraction in (0, 1), e.g. 0.01 (1 %)")
+    if not 0 < args.ewma_lambda <= 1:
+        raise UserError(f"--ewma-lambda {args.ewma_lambda}: give a weight in (0, 1], e.g. 0.1")
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
     if args.from_topic:
@@ -176,13 +184,18 @@ def _train(args) -> int:
     summary = summarise_training_data(X, channels, [p.path for p in parts])
     if args.from_topic:
         summary["source"] = stream.finish(detector, threshold, held)
+        from latentwatch.detectors import alarms  # the instant limit moved: the EWMA limit fills the rest again
+
+        segments = getattr(detector.training_report, "validation_index", None)
+        rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
+                                segments=segments if segments is not None and len(segments) == len(held) else None)
     from latentwatch.pipeline.drift import reference_for
 
     summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
     name = args.name or Path(args.out).resolve().name
     try:
         version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
-                                                      persistence=rule),
+                                                      alarm=rule),
                           make_current=not args.no_promote)
     except VersionError as exc:
         raise UserError(str(exc)) from None
@@ -191,18 +204,34 @@ def _train(args) -> int:
     epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
     origin = f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"
     print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {origin} "
-          f"in {seconds:.1f}s{epochs}; threshold {threshold.kind} = {threshold.value:.5g}, alert when "
-          f"{rule.describe()}; saved to {out}")
+          f"in {seconds:.1f}s{epochs}; instant limit {threshold.kind} = {threshold.value:.5g}; {rule.describe()}"
+          f"{_per_day(rule, parts)}; saved to {out}")
+    if rule.budget * rule.held_out < 10:
+        print(f"note: {rule.held_out} held-out readings cannot verify a false-alarm rate of {rule.budget:.3%} "
+              f"(below ~10/{rule.held_out} = {10 / max(rule.held_out, 1):.2%}); give more normal data to check it")
     return 0
 
 
-def _rule(text: str):
-    from latentwatch.detectors.recipe import parse_rule
+def _per_day(rule, parts) -> str:
+    """The budget as false alarms per sensor per day, at the training data's sampling interval."""
+    import datetime as dt
 
-    try:
-        return parse_rule(text)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
+    for part in parts[:1]:
+        stamps = part.timestamps
+        if stamps is None or len(stamps) < 3:
+            return ""
+        try:
+            t = np.array([dt.datetime.fromisoformat(str(v)).timestamp() for v in stamps[:1000]])
+        except ValueError:
+            try:
+                t = np.asarray(stamps[:1000], dtype=np.float64)
+            except ValueError:
+                return ""
+        step = float(np.median(np.diff(t)))
+        if step > 0:
+            return (f" (sampling every {step:.3g} s: about {rule.budget * 86400 / step:.3g} falsely alarmed readings "
+                    "per sensor per day)")
+    return ""
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
@@ -220,11 +249,11 @@ def _score(args) -> int:
         raise UserError(str(exc)) from None
     data = _read(args.data, args, expect=model.detector.channels)
     det = model.detector
-    rule = _rule(args.persistence) if args.persistence else model.persistence
+    rule = model.alarm
     f = flag_series(det, model.threshold, rule, data.values)
-    rows = _format_rows(data.timestamps, f.score, f.threshold, f.anomaly, f.above, f.parts,
-                        f.scored.latent if args.latent else None, f.first)
-    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", *f.parts]
+    rows = _format_rows(data.timestamps, f, f.scored.latent if args.latent else None)
+    header = ["row", "timestamp", "score", "threshold", "anomaly", "above", "rule", "statistic", "limit", "ewma",
+              *f.parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
@@ -235,16 +264,47 @@ def _score(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    log.info("scored %d rows (%d anomalous: %s) with %s", len(data), int(f.anomaly.sum()), rule.describe(), model.name)
+    from latentwatch.detectors.alarms import RULES
+
+    if args.episodes:
+        with open(args.episodes, "w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["event", "episode_row", "row", "rule", "readings", "peak_score", "peak_margin"])
+            for event, row, ep in f.events:
+                w.writerow([event, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}"])
+    opened = sum(1 for e in f.events if e[0] == "open")
+    log.info("scored %d rows (%d anomalous, %d episodes) with %s: %s", len(data), int(f.anomaly.sum()), opened,
+             model.name, rule.describe())
+    if "anomaly" in data.labels:
+        print(_tradeoff(f, data.labels["anomaly"]), file=sys.stderr if args.out == "-" else sys.stdout)
     return 0
 
 
-def _format_rows(timestamps, score, threshold, anomaly, above, parts, latent, first):
-    n = len(score)
+def _tradeoff(f, labels) -> str:
+    """The labelled file's detection rate at 1 %, 5 % and 10 % false alarms (the score and its EWMA
+    cut at those quantiles of the normal rows) beside the model's own operating point."""
+    from latentwatch.detectors.evaluate import Counts, detection_at
+
+    truth = np.asarray(labels) > 0.5
+    own = Counts()
+    own.add(f.anomaly, truth)
+    rates = detection_at({"score": f.score, "ewma": f.ewma}, truth)
+    lines = [f"operating point (the model's rule): detection {1 - own.mar / 100:.3f} at {own.far:.2f} % false alarms"]
+    for name, row in rates.items():
+        lines.append(f"{name} cut at 1 / 5 / 10 % false alarms: detection " + " / ".join(f"{v:.3f}" for v in row))
+    return "\n".join(lines)
+
+
+def _format_rows(timestamps, f, latent):
+    n, first = len(f.score), f.first
     stamps = timestamps if timestamps is not None else [""] * n
+    from latentwatch.detectors.alarms import RULES
+
     fmt = lambda a: ["" if np.isnan(v) else f"{v:.6g}" for v in a.tolist()]  # noqa: E731
-    cols = [range(n), stamps, fmt(score), fmt(threshold), anomaly.astype(int).tolist(), above.astype(int).tolist(),
-            *(fmt(v) for v in parts.values())]
+    names = ["", *RULES]  # rule index -1 (none) -> ""
+    cols = [range(n), stamps, fmt(f.score), fmt(f.threshold), f.anomaly.astype(int).tolist(),
+            f.above.astype(int).tolist(), [names[r + 1] for r in f.rule.tolist()], fmt(f.statistic), fmt(f.limit),
+            fmt(f.ewma), *(fmt(v) for v in f.parts.values())]
     if latent is not None:
         blank = [""] * latent.shape[1]
         cols.append([blank] * first + [[f"{v:.6g}" for v in r] for r in latent.tolist()])
@@ -292,10 +352,14 @@ def _defaults_skab(root: Path, args) -> int:
             r = evaluate.run_defaults(root, options, files=args.files, name=f"train --model {kind} + score, defaults")
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        rules = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r.rules).items()))
         kept = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r.kinds).items()))
         rows.append((f"latentwatch {r.name}", r.counts, None))
-        print(f"{kind}: models kept {kept}; persistence rules {rules}")
+        print(f"{kind}: models kept {kept}; false-alarm budget {options.false_alarm_rate:.2%}, measured on held-out "
+              f"normal data {np.mean(r.measured):.3%} (mean over files)")
+        for name, row in r.detection.items():
+            print(f"{kind}: {name} cut at 1 / 5 / 10 % false alarms (pooled test rows): detection "
+                  + " / ".join(f"{v:.3f}" for v in row) + f"; the rule's own: {1 - r.counts.mar / 100:.3f} at "
+                  f"{r.counts.far:.2f} %")
     print(evaluate.format_table([], rows, files=args.files or len(evaluate.labelled_files(root))))
     return 0
 

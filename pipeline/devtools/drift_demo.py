@@ -61,7 +61,7 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
                           anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
     train_args = ["--model", "window", "--window", str(opts.window), "--epochs", str(opts.epochs),
-                  "--seed", str(opts.seed), "--name", "demo-drift", "--score", "both", "--persistence", "1/1"]
+                  "--seed", str(opts.seed), "--name", "demo-drift", "--score", "both"]
     data = Path(workdir) / "normal.csv"
     with open(data, "w", newline="") as f:
         w = csv.writer(f)

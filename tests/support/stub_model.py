@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.base import Detector, Scores
 
 
@@ -48,6 +49,11 @@ class StubModel:
     name: str = "stub"
     version: str = "0"
     metadata: dict = field(default_factory=dict)
+    alarm: AlarmRule | None = None  # None: the threshold alone (no EWMA), as a checkpoint without one
+
+    def __post_init__(self):
+        if self.alarm is None:
+            self.alarm = AlarmRule.instant_only(self.threshold.value)
 
 
 def stub_model(channels=("a", "b", "c"), window: int = 1, threshold: float = 9.0) -> StubModel:

@@ -48,8 +48,7 @@ def trained_model(tmp_path_factory) -> str:
                                       for i, row in enumerate(X)]
     (d / "train.csv").write_text("\n".join(lines) + "\n")
     cli("train", "--data", str(d / "train.csv"), "--out", str(d / "model"), "--model", "mlp",
-        "--epochs", "8", "--seed", "0", "--device", "cpu", "--quantile", "0.999",
-        "--persistence", "1/1")  # one-reading anomalies are injected: alert on each, not k of n
+        "--epochs", "8", "--seed", "0", "--device", "cpu", "--threshold", "quantile", "--quantile", "0.999")
     return str(d / "model")
 
 

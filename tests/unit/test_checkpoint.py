@@ -124,26 +124,26 @@ def test_unknown_or_inconsistent_metadata(tmp_path, field, value, message):
 
 def _calibrated(tmp_path, kind="pca"):
     from latentwatch.detectors.calibrate import fit_and_calibrate
-    from latentwatch.detectors.persistence import PersistenceRule
+    from latentwatch.detectors import alarms
 
     X = normal_data(600)
     names = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
     det, thr = make_detector(kind, device="cpu", **CONFIGS[kind]), QuantileThreshold(0.99, margin=1.5)
-    fit_and_calibrate(det, X, thr, channels=names, epochs=2, use=("reconstruction",))
-    rule = PersistenceRule(3, 4)
-    return save(tmp_path / f"cal-{kind}", det, thr, summarise_training_data(X, names), persistence=rule), det, thr
+    held = fit_and_calibrate(det, X, thr, channels=names, epochs=2, use=("reconstruction",))
+    rule = alarms.calibrate(held, 0.02, lam=0.2, instant=thr.value)
+    return save(tmp_path / f"cal-{kind}", det, thr, summarise_training_data(X, names), alarm=rule), det, thr
 
 
 @pytest.mark.parametrize("kind", ["pca", "window", "vae"])
-def test_score_parts_persistence_and_fit_report_round_trip(tmp_path, kind):
+def test_score_parts_alarm_rule_and_fit_report_round_trip(tmp_path, kind):
     path, det, thr = _calibrated(tmp_path, kind)
     meta = json.loads((path / "model.json").read_text())
-    assert meta["persistence"] == {"k": 3, "n": 4}
+    assert meta["alarm"]["budget"] == 0.02 and meta["alarm"]["lambda"] == 0.2 and meta["alarm"]["instant"] == thr.value
     assert set(meta["score_parts"]) == {"latent_mean", "latent_precision", "scales", "use"}
     assert meta["score_parts"]["use"] == ["reconstruction"] and meta["threshold"]["margin"] == 1.5
     assert meta["training"]["fit"]["validation_windows"] == det.training_report.validation_rows > 0
     loaded = load(path, device="cpu")
-    assert loaded.persistence.to_dict() == {"k": 3, "n": 4}
+    assert loaded.alarm.to_dict() == meta["alarm"]  # score and run decide with the same limits
     w = sliding_windows(normal_data(300, seed=9), det.window)
     a, b = det.score(w), loaded.detector.score(w)
     assert np.array_equal(a.score, b.score) and set(a.parts) == set(b.parts) == {"reconstruction", "latent_distance"}
@@ -152,17 +152,20 @@ def test_score_parts_persistence_and_fit_report_round_trip(tmp_path, kind):
     assert loaded.detector.parts.use == ("reconstruction",) and loaded.threshold.value == thr.value
 
 
-def test_a_checkpoint_written_before_score_parts_and_persistence_still_loads(tmp_path):
-    """Older model.json (format version 1 without `score_parts` / `persistence`): loads, scores by
-    reconstruction error as before, and alerts on the plain threshold (1 of 1)."""
+def test_a_checkpoint_written_before_score_parts_and_the_alarm_rule_still_loads(tmp_path):
+    """Older model.json (format version 1 without `score_parts` / `alarm`, perhaps with the k-of-n
+    `persistence` of before): loads, scores by reconstruction error as before, and alarms on the
+    plain threshold (instant limit, no EWMA)."""
     path, det, thr, X = _save(tmp_path, "pca")
     meta = json.loads((path / "model.json").read_text())
-    for added in ("persistence", "score_parts"):
+    for added in ("alarm", "score_parts"):
         meta.pop(added, None)
+    meta["persistence"] = {"k": 3, "n": 4}
     meta["training"].pop("fit", None)
     (path / "model.json").write_text(json.dumps(meta))
     loaded = load(path, device="cpu")
-    assert loaded.persistence.to_dict() == {"k": 1, "n": 1} and loaded.detector.parts is None
+    assert loaded.alarm.instant == loaded.threshold.value and loaded.alarm.ewma_limit == float("inf")
+    assert loaded.detector.parts is None
     w = sliding_windows(normal_data(200, seed=4), det.window)
     s = loaded.detector.score(w)
     np.testing.assert_allclose(s.score, s.channel_error.mean(axis=1), rtol=1e-6)

@@ -158,33 +158,47 @@ def test_alert_times_formatted_per_batch_match_one_by_one():
     assert iso_many(ts) == [iso(float(t)) for t in ts]
 
 
-def test_the_persistence_rule_fires_the_same_in_the_stream_as_over_the_whole_series():
-    from latentwatch.detectors.persistence import PersistenceRule
+def test_the_alarm_rule_gives_the_stream_the_same_flags_and_episodes_as_score_over_the_file():
+    """Stream-sized batches, their state through the changelog record between batches, and a
+    redone batch: the same alarmed readings, rules and episodes (open and close at the same
+    readings, ids from the first reading) as `latentwatch score` over the readings as a file."""
+    import math
 
-    model = stub_model(window=1, threshold=4.0)
-    model.persistence = PersistenceRule(3, 5)
+    from latentwatch.detectors.alarms import AlarmRule
+    from latentwatch.detectors.recipe import flag_series
+    from latentwatch.pipeline import state
+
+    model = stub_model(window=1, threshold=30.0)
+    model.alarm = AlarmRule(instant=30.0, ewma_limit=math.log(3.0), floor=0.0, center=0.0, lam=0.2, close_after=5)
     sc, store = scorer_for(model, changelog=True), StateStore()
     rng = np.random.default_rng(3)
-    v = rng.normal(size=120)
-    v[30:36] = 5.0  # a run above: fires once 3 of the last 5 are above
-    v[70] = 5.0  # alone: never fires
-    fired = []
-    for b in range(0, 120, 7):  # stream-sized batches, state applied between them as at commit
-        batch = sc.score(messages([reading("s", NOW - 200 + i, v[i]) for i in range(b, min(b + 7, 120))],
+    v = rng.normal(size=160) * 0.5
+    v[30:60] = 2.2  # a sustained shift: score 4.84, under the instant limit; the EWMA fires
+    v[100] = 8.0  # one reading far out (score 64): the instant limit fires at once
+    fired, rules, events = [], {}, []
+    for b in range(0, 160, 7):
+        batch = sc.score(messages([reading("s", NOW - 200 + i, v[i]) for i in range(b, min(b + 7, 160))],
                                   first_offset=b), store, NOW)
-        redo = sc.score(batch.messages, store, NOW)  # a redone batch: same flags, state applied once
-        assert [a for _, a in redo.alerts] == [a for _, a in batch.alerts] or len(redo.alerts) == len(batch.alerts)
-        store.apply(batch.updates)
-        fired += [json.loads(a)["source"]["offset"] for _, a in batch.alerts]
-        assert all(json.loads(a)["rule"] == {"k": 3, "n": 5} for _, a in batch.alerts)
-    stub_scores = (np.repeat(v[:, None], 3, axis=1) ** 2).mean(1)
-    whole = PersistenceRule(3, 5).flags(np.zeros(120, np.int64), stub_scores > 4.0)
-    assert fired == np.flatnonzero(whole).tolist() and 32 in fired and 70 not in fired
-    # and `latentwatch score` (recipe.flag_series) on the same readings as a file flags the same rows
-    from latentwatch.detectors.recipe import flag_series
-
-    as_file = flag_series(model.detector, model.threshold, model.persistence, np.repeat(v[:, None], 3, axis=1))
-    assert np.flatnonzero(as_file.anomaly).tolist() == fired
+        redo = sc.score(batch.messages, store, NOW)  # a redone batch: same outputs, state applied once
+        strip = lambda recs: [{k: r[k] for k in r if k != "detected_at"} for r in map(json.loads, recs)]  # noqa: E731
+        assert strip(v for _, v in redo.alerts) == strip(v for _, v in batch.alerts)
+        # the state goes through its changelog record, as a restore would read it
+        store.apply({k: state.unpack(state.pack(e, None))[0] for k, e in batch.updates.items()})
+        for r in map(json.loads, (a for _, a in batch.alerts)):
+            if r["kind"] == "reading":
+                fired.append(r["source"]["offset"])
+                rules[r["source"]["offset"]] = r["rule"]
+                assert r["statistic"] > r["limit"]
+            else:
+                events.append((r["event"], r["source"]["offset"], r["episode_id"]))
+    as_file = flag_series(model.detector, model.threshold, model.alarm, np.repeat(v[:, None], 3, axis=1))
+    assert fired == np.flatnonzero(as_file.anomaly).tolist()
+    assert rules[100] == "instant" and 100 in fired and 99 not in fired
+    assert {rules[o] for o in fired if 30 <= o < 60} == {"ewma"} and fired[0] <= 35  # within a few readings
+    file_events = [(e, ep.ref[1]) for e, _row, ep in as_file.events]
+    assert [(e, int(i.split("/")[2])) for e, _o, i in events] == file_events
+    assert [e for e, _o, _i in events] == ["open", "close", "open", "close"]
+    assert events[0][2] == f"in/0/{fired[0]}/0"  # named by its first reading
 
 
 def test_latent_records_name_the_model_version_that_scored_them():

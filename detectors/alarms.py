@@ -1,0 +1,286 @@
+"""The alarm rule: a combined Shewhart-EWMA chart on the anomaly score, with a false-alarm budget.
+
+Two statistics per sensor, one decision (Lucas & Saccucci 1990):
+
+- **instant** (Shewhart): the reading's own score against the instant limit. One reading far out
+  alarms at once, whatever came before it.
+- **ewma**: `z_t = lam * g_t + (1 - lam) * z_(t-1)` of the clipped log score
+  `g_t = clip(log score_t, floor, cap)` against the EWMA limit. A small persistent shift moves z
+  past its limit within a few multiples of 1/lam readings. The log and the clip are there because
+  scores are squared errors with a heavy right tail: `floor` (log of the held-out median) makes
+  the chart one-sided (normal readings below the median cannot pull z down and delay a shift),
+  `cap` (log of the instant limit) stops one huge reading - which the instant limit has already
+  alarmed on - from holding z above its limit for long.
+
+A reading alarms when either fires. Both limits are set *jointly* on held-out normal score
+sequences (in time order: `calibrate`): the instant limit takes `INSTANT_SHARE` of the budget as
+an extreme-value tail quantile (POT: the held-out data rarely resolves a rate that small
+empirically), and the EWMA limit is the lowest level at which the union of the two alarms on no
+more than `budget` of the held-out readings. The i.i.d. formulas for EWMA limits do not hold for
+these scores (a windowed model's consecutive scores share W-1 readings), hence the empirical
+calibration over sequences.
+
+Episodes: a sensor's alarmed readings are grouped into episodes. One opens at an alarmed reading
+while none is open; it closes after `close_after` consecutive readings without an alarm
+(hysteresis: 1/lam by default, the EWMA's memory), so a flapping statistic does not open and close
+episodes at the reading rate. `step` reports, per reading, whether it opened an episode, and per
+sensor where its open episode closed; the caller (the stream, or `score` over a file) names
+episodes by their first reading, so a replay gives the same id.
+
+State, per sensor, is one `SensorAlarm` (the EWMA value and the open episode, if any): `step` is
+pure (prior in, posterior out), as River's `score_one`/`learn_one` split, so the stream applies
+the posterior only when its batch commits and a redone batch does not smooth twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from latentwatch.detectors.thresholds import POTThreshold
+
+BUDGET = 0.01  # default false-alarm budget: 1 % of normal readings, the old 0.99-quantile meaning
+LAMBDA = 0.1  # EWMA weight: the classic range is 0.05-0.25 for shifts of ~1 sigma (notes: SPC)
+INSTANT_SHARE = 0.2  # of the budget given to the instant limit ("wider than alone": Lucas & Saccucci)
+RULES = ("instant", "ewma")
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """An open episode of one sensor: `ref` names its first reading (the caller's id of it)."""
+
+    ref: tuple[int, int, int]  # (partition, offset, index) in the stream; (0, row, 0) in a file
+    started_ts: float
+    rule: int  # index in RULES of the rule that opened it
+    peak: float  # highest margin (statistic / limit) so far
+    peak_score: float
+    peak_ts: float
+    count: int  # alarmed readings so far
+    below: int  # readings without an alarm since the last alarmed one
+    last_event_ts: float  # event time of the last open/update event (updates are rate-limited)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorAlarm:
+    z: float  # EWMA of the clipped log score
+    episode: Episode | None = None
+
+
+@dataclass
+class Decision:
+    """Per reading (in the order given to `step`)."""
+
+    alarm: np.ndarray  # bool: either rule fired
+    rule: np.ndarray  # int8 index into RULES of the rule that fired (instant wins), -1 none
+    statistic: np.ndarray  # the fired rule's statistic (score, or exp(z)); the score otherwise
+    limit: np.ndarray  # the fired rule's limit (score units)
+    ewma: np.ndarray  # exp(z) after each reading, score units
+    events: list[tuple[str, int, "object", Episode]]  # (open|update|close, reading position, key, episode)
+
+
+class AlarmRule:
+    """The combined rule, fitted (`calibrate`) or loaded (`from_dict`)."""
+
+    kind = "shewhart-ewma"
+
+    def __init__(self, *, instant: float, ewma_limit: float, floor: float, center: float, lam: float = LAMBDA,
+                 budget: float = BUDGET, close_after: int | None = None, update_s: float = 60.0,
+                 measured: float | None = None, held_out: int = 0):
+        if not 0 < lam <= 1:
+            raise ValueError(f"the EWMA weight must be in (0, 1], got {lam}")
+        if not 0 < budget < 1:
+            raise ValueError(f"the false-alarm budget must be in (0, 1), got {budget}")
+        self.instant, self.ewma_limit, self.floor, self.center = float(instant), float(ewma_limit), float(floor), float(center)
+        self.lam, self.budget = float(lam), float(budget)
+        self.close_after = int(close_after if close_after is not None else math.ceil(1 / lam))
+        self.update_s = float(update_s)
+        self.measured, self.held_out = measured, int(held_out)
+        self.cap = math.log(max(self.instant, 1e-300))
+
+    # -- the statistics ---------------------------------------------------------------------------
+    def g(self, scores: np.ndarray) -> np.ndarray:
+        """The clipped log score the EWMA smooths."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log(np.maximum(np.asarray(scores, np.float64), 1e-300))
+        return np.clip(np.nan_to_num(x, nan=self.cap, posinf=self.cap), self.floor, max(self.cap, self.floor))
+
+    def ewma(self, scores: np.ndarray, starts: np.ndarray, z0: np.ndarray) -> np.ndarray:
+        """z after each reading; readings grouped by sensor (`starts`: a bool, True at a group's first
+        reading; `z0` per reading, read at group starts). One affine scan, no loop per reading."""
+        return _affine_scan(self.lam, self.g(scores), starts, z0)
+
+    def limits(self, instant: np.ndarray | float) -> tuple[np.ndarray, float]:
+        return np.asarray(instant, np.float64), math.exp(self.ewma_limit)
+
+    # -- the decision -----------------------------------------------------------------------------
+    def step(self, keys, scores: np.ndarray, ts: np.ndarray, refs: np.ndarray, prior: dict,
+             instant: np.ndarray | float | None = None) -> tuple[Decision, dict]:
+        """Decide readings `scores` [m] of sensors `keys` [m] (a sensor's readings in time order;
+        sensors may interleave), with event times `ts` [m] and reading ids `refs` [m, 3], given
+        `prior` {key: SensorAlarm}. `instant`: per-reading instant limits (an adaptive threshold),
+        default the rule's. Pure: returns the decision and the posterior of every sensor seen."""
+        scores = np.asarray(scores, np.float64)
+        m = len(scores)
+        inst = np.full(m, self.instant) if instant is None else np.broadcast_to(np.asarray(instant, np.float64), (m,))
+        keys = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) else keys
+        if m == 0:
+            return Decision(*(np.zeros(0, t) for t in (bool, np.int8, float, float, float)), []), {}
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        uniq = uniq.tolist()
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(uniq))
+        ends = np.cumsum(counts)
+        first = np.zeros(m, bool)
+        first[ends - counts] = True
+        priors = [prior.get(u) for u in uniq]
+        z0 = np.repeat(np.array([p.z if p is not None else self.center for p in priors]), counts)
+        s_sorted = scores[order]
+        z = self.ewma(s_sorted, first, z0)
+        inst_sorted = inst[order]
+        fire_i = ~(np.nan_to_num(s_sorted, nan=np.inf) <= inst_sorted)  # NaN alarms (never scored as normal)
+        fire_e = z > self.ewma_limit
+        alarm_sorted = fire_i | fire_e
+        rule_sorted = np.where(fire_i, 0, np.where(fire_e, 1, -1)).astype(np.int8)
+        ez = np.exp(z)
+        stat_sorted = np.where(rule_sorted == 1, ez, s_sorted)
+        limit_sorted = np.where(rule_sorted == 1, math.exp(self.ewma_limit), inst_sorted)
+        margin = np.where(alarm_sorted, stat_sorted / np.maximum(limit_sorted, 1e-300), 0.0)
+        events, posterior = [], {}
+        ts_sorted = np.asarray(ts, np.float64)[order]
+        refs_sorted = np.asarray(refs, np.int64).reshape(m, 3)[order]
+        for k, key in enumerate(uniq):
+            lo, hi = int(ends[k] - counts[k]), int(ends[k])
+            ep = priors[k].episode if priors[k] is not None else None
+            if ep is not None or alarm_sorted[lo:hi].any():
+                ep = self._episodes(key, ep, lo, hi, alarm_sorted, rule_sorted, margin, s_sorted, ts_sorted,
+                                    refs_sorted, order, events)
+            posterior[key] = SensorAlarm(float(z[hi - 1]), ep)
+        out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
+        for arr, src in zip(out, (alarm_sorted, rule_sorted, stat_sorted, limit_sorted, ez)):
+            arr[order] = src
+        return Decision(*out, events), posterior
+
+    def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events) -> Episode | None:
+        """Walk one sensor's readings [lo, hi) of the sorted arrays: open, update, close its episodes.
+        Python per alarmed reading only; a sensor without alarms is skipped when nothing is open."""
+        hits = np.flatnonzero(alarm[lo:hi]) + lo
+        pos = lo
+        for j in hits.tolist():
+            if ep is not None and ep.below + (j - pos) >= self.close_after:  # closed in the gap before j
+                at = pos + self.close_after - ep.below - 1
+                events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
+                ep = None
+            if ep is None:
+                ep = Episode(tuple(int(v) for v in refs[j]), float(ts[j]), int(rule[j]), float(margin[j]),
+                             float(score[j]), float(ts[j]), 1, 0, float(ts[j]))
+                events.append(("open", int(order[j]), key, ep))
+            else:
+                peak = margin[j] > ep.peak
+                ep = replace(ep, count=ep.count + 1, below=0,
+                             **({"peak": float(margin[j]), "peak_score": float(score[j]), "peak_ts": float(ts[j])}
+                                if peak else {}))
+                if ts[j] - ep.last_event_ts >= self.update_s:
+                    ep = replace(ep, last_event_ts=float(ts[j]))
+                    events.append(("update", int(order[j]), key, ep))
+            pos = j + 1
+        if ep is not None:
+            gap = hi - pos
+            if ep.below + gap >= self.close_after:
+                at = pos + self.close_after - ep.below - 1
+                events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
+                return None
+            ep = replace(ep, below=ep.below + gap)
+        return ep
+
+    def describe(self) -> str:
+        return (f"alarm when the score passes {self.instant:.5g} (instant) or its EWMA (lambda {self.lam:g}) "
+                f"passes {math.exp(self.ewma_limit):.5g}; false-alarm budget {self.budget:.3%} of normal readings"
+                + (f", measured {self.measured:.3%} on {self.held_out} held-out readings" if self.measured is not None else "")
+                + f"; an episode closes after {self.close_after} readings without an alarm")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "budget": self.budget, "instant": self.instant, "lambda": self.lam,
+                "ewma_limit": self.ewma_limit, "ewma_limit_score": math.exp(self.ewma_limit), "floor": self.floor,
+                "center": self.center, "close_after": self.close_after, "update_s": self.update_s,
+                "measured_false_alarm_rate": self.measured, "held_out_readings": self.held_out}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AlarmRule":
+        if d.get("kind") != cls.kind:
+            raise ValueError(f"unknown alarm rule kind {d.get('kind')!r}; known: {cls.kind}")
+        values = [d[k] for k in ("instant", "floor", "center", "lambda", "budget")]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or not (
+                isinstance(d["ewma_limit"], (int, float)) and d["ewma_limit"] > -math.inf):
+            raise ValueError("alarm rule limits must be numbers (the EWMA limit may be Infinity: never)")
+        return cls(instant=d["instant"], ewma_limit=d["ewma_limit"], floor=d["floor"], center=d["center"],
+                   lam=d["lambda"], budget=d["budget"], close_after=int(d["close_after"]),
+                   update_s=float(d.get("update_s", 60.0)), measured=d.get("measured_false_alarm_rate"),
+                   held_out=int(d.get("held_out_readings", 0)))
+
+    @classmethod
+    def instant_only(cls, limit: float) -> "AlarmRule":
+        """A plain threshold as a rule (checkpoints written before this rule): the EWMA never fires."""
+        floor = math.log(max(limit, 1e-300))
+        return cls(instant=limit, ewma_limit=math.inf, floor=floor, center=floor)
+
+
+def calibrate(held: np.ndarray, budget: float = BUDGET, *, lam: float = LAMBDA, segments: np.ndarray | None = None,
+              instant: float | None = None, share: float = INSTANT_SHARE, close_after: int | None = None) -> AlarmRule:
+    """Set both limits on held-out normal scores `held` (time order within each segment;
+    `segments`: the index each score belongs to, a new segment wherever it does not follow the one
+    before, e.g. at the seams of interleaved held-out blocks). `instant`: a given instant limit (an
+    explicit `--threshold`), else the POT tail quantile at `share * budget`. The EWMA limit is then
+    the lowest that keeps the union of alarms on held-out within `budget`."""
+    s = np.asarray(held, np.float64)
+    ok = np.isfinite(s)
+    s = s[ok]
+    if len(s) < 10:
+        raise ValueError(f"{len(s)} held-out scores are too few (<10) to set alarm limits; give more normal data")
+    if not 0 < budget < 1:
+        raise ValueError(f"the false-alarm budget must be in (0, 1), got {budget}")
+    seg = np.zeros(len(s), bool)
+    seg[0] = True
+    if segments is not None:
+        idx = np.asarray(segments)[ok]
+        seg[1:] = np.diff(idx) != 1
+    if instant is None:
+        instant = POTThreshold(risk=min(share * budget, 0.5)).fit(s).value
+    floor = math.log(max(float(np.median(s)), 1e-300))
+    rule = AlarmRule(instant=instant, ewma_limit=math.inf, floor=floor, center=floor, lam=lam, budget=budget,
+                     close_after=close_after)
+    gs = rule.g(s)
+    center = float(gs.mean())
+    rule.center = center
+    z = rule.ewma(s, seg, np.full(len(s), center))
+    inst = s > instant
+    allowed = int(math.floor(budget * len(s))) - int(inst.sum())
+    zn = np.sort(z[~inst])[::-1]
+    if allowed < 0 or len(zn) == 0:
+        limit = float(z.max()) + 1e-9  # the instant limit alone spends the budget
+    elif allowed >= len(zn):
+        limit = float(zn[-1]) - 1e-9
+    else:
+        limit = float(zn[allowed])  # exactly `allowed` non-instant readings strictly above it
+    rule.ewma_limit = max(limit, floor)  # z never goes below the floor: a limit there would always fire
+    rule.measured = float(np.mean(inst | (z > rule.ewma_limit)))
+    rule.held_out = len(s)
+    return rule
+
+
+def _affine_scan(lam: float, g: np.ndarray, starts: np.ndarray, z0: np.ndarray) -> np.ndarray:
+    """z_t = (1-lam) z_(t-1) + lam g_t per group, z_(-1) = z0 at each group's start, for all groups
+    at once: the prefix composition of the affine maps (A, B) (Hillis-Steele, log2(m) numpy passes;
+    no cancellation, unlike a weighted cumsum over long runs)."""
+    a = 1.0 - lam
+    A = np.where(starts, 0.0, a)
+    B = lam * g + np.where(starts, a * z0, 0.0)
+    d = 1
+    m = len(g)
+    while d < m:
+        A_prev, B_prev = A[:-d], B[:-d]
+        B = np.concatenate([B[:d], A[d:] * B_prev + B[d:]])
+        A = np.concatenate([A[:d], A[d:] * A_prev])
+        d *= 2
+    return B
