@@ -22,12 +22,12 @@ def cli(*args, cwd=REPO):
     return subprocess.run(env_cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def write_csv(path: Path, X: np.ndarray, sep=";") -> Path:
+def write_csv(path: Path, X: np.ndarray, sep=";", labels=()) -> Path:
     names = ["pressure", "temp", "flow", "current", "voltage", "rpm"]
     with open(path, "w") as f:
         f.write(sep.join(["datetime", *names, "anomaly"]) + "\n")
         for i, row in enumerate(X):
-            f.write(sep.join([f"2024-01-01 00:{i // 60 % 60:02d}:{i % 60:02d}", *(f"{v:.6g}" for v in row), "0"]) + "\n")
+            f.write(sep.join([f"2024-01-01 00:{i // 60 % 60:02d}:{i % 60:02d}", *(f"{v:.6g}" for v in row), "1" if i in labels else "0"]) + "\n")
     return path
 
 
@@ -39,10 +39,11 @@ def trained(tmp_path_factory):
     r = cli("train", "--data", train, "--out", out, "--model", "window", "--window", "8", "--epochs", "2",
             "--device", "cpu", "--seed", "1")
     assert r.returncode == 0, r.stderr
-    # two epochs cannot learn what PCA does: the guard keeps PCA (same window and latent size) and says so
-    assert "trained pca model on 1500 rows x 6 channels" in r.stdout
-    assert "window autoencoder ended worse than PCA on held-out data" in r.stderr
-    assert "alert when" in r.stdout
+    # two epochs cannot learn what PCA does: an explicit --model is kept all the same, with a warning
+    # (the guard that swaps in PCA belongs to --model auto)
+    assert "trained window model on 1500 rows x 6 channels" in r.stdout
+    assert "window autoencoder ended worse than PCA on held-out data" in r.stderr and "kept as asked" in r.stderr
+    assert "false-alarm budget 1.000% of normal readings, measured" in r.stdout
     from latentwatch.detectors.checkpoint import load
 
     ref = load(out, device="cpu").metadata["training"]["drift_reference"]  # latent drift's baseline
@@ -54,39 +55,39 @@ def test_score_writes_one_row_per_input_row_in_order(trained):
     tmp, model = trained
     X = normal_data(300, seed=5)
     X[200, 2] += 20 * X[:, 2].std()
-    data = write_csv(tmp / "test.csv", X, sep=",")
+    data = write_csv(tmp / "test.csv", X, sep=",", labels={200})
     out = tmp / "scores.csv"
     r = cli("score", "--model", model, "--data", data, "--out", out, "--latent", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 300 and [int(r["row"]) for r in rows] == list(range(300))
-    assert list(rows[0]) == (["row", "timestamp", "score", "threshold", "anomaly", "above", "reconstruction",
-                              "latent_distance"] + [f"latent_{i}" for i in range(8)])
+    assert list(rows[0]) == (["row", "timestamp", "score", "threshold", "anomaly", "above", "rule", "statistic",
+                              "limit", "ewma", "reconstruction", "latent_distance"] + [f"latent_{i}" for i in range(8)])
     assert rows[0]["timestamp"] == "2024-01-01 00:00:00" and rows[299]["timestamp"] == "2024-01-01 00:04:59"
     assert all(r["score"] == "" and r["anomaly"] == "0" and r["latent_0"] == "" for r in rows[:7])
     assert all(r["score"] != "" for r in rows[7:])
     assert rows[200]["above"] == "1" and float(rows[200]["score"]) > float(rows[200]["threshold"])
     assert float(rows[200]["reconstruction"]) > 10 * float(rows[100]["reconstruction"])  # which part fired
-    # the persistence rule (k of the last n above) flags it once enough readings are above, within n
-    from latentwatch.detectors.checkpoint import load
-
-    n = load(model, device="cpu").metadata["persistence"]["n"]  # through `current` (versioned directory)
-    assert any(r["anomaly"] == "1" for r in rows[200:200 + n])
+    # one reading far out alarms at once, on the instant limit (the k-of-n rule of before never did)
+    assert rows[200]["anomaly"] == "1" and rows[200]["rule"] == "instant"
+    assert float(rows[200]["statistic"]) > float(rows[200]["limit"]) == float(rows[200]["threshold"])
     assert sum(int(r["anomaly"]) for r in rows) < 30
+    # the labelled file's trade-off beside the operating point
+    assert "cut at 1 / 5 / 10 % false alarms" in r.stdout and "operating point" in r.stdout
 
 
-def test_persistence_override_in_score_and_bad_rules(trained):
-    tmp, model = trained
-    X = normal_data(300, seed=5)
-    X[200, 2] += 20 * X[:, 2].std()
-    data = write_csv(tmp / "test2.csv", X, sep=",")
-    out = tmp / "scores2.csv"
-    r = cli("score", "--model", model, "--data", data, "--out", out, "--persistence", "1/1", "--device", "cpu")
+def test_the_budget_is_a_setting_and_bad_ones_are_one_line(trained, tmp_path):
+    tmp, _ = trained
+    train = write_csv(tmp_path / "train.csv", normal_data(1500))
+    r = cli("train", "--data", train, "--out", tmp_path / "m", "--model", "pca", "--false-alarm-rate", "0.05",
+            "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader(open(out)))
-    assert all(r["anomaly"] == r["above"] for r in rows)  # 1 of 1: the plain threshold
-    bad = cli("score", "--model", model, "--data", data, "--out", out, "--persistence", "5/3")
-    assert bad.returncode == 2 and "expected K/N" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    meta = json.loads(next((tmp_path / "m" / "versions").glob("*/model.json")).read_text())
+    assert meta["alarm"]["budget"] == 0.05 and 0.025 <= meta["alarm"]["measured_false_alarm_rate"] <= 0.05
+    assert "about 4.32e+03 falsely alarmed readings per sensor per day" in r.stdout  # 1 s sampling
+    for flag, value in (("--false-alarm-rate", "5"), ("--ewma-lambda", "0")):
+        bad = cli("train", "--data", train, "--out", tmp_path / "m2", flag, value)
+        assert bad.returncode == 2 and flag in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind", ["mlp", "vae", "pca"])
@@ -95,8 +96,8 @@ def test_other_models_train_with_pot_threshold(tmp_path, kind):
     r = cli("train", "--data", train, "--data", train, "--out", tmp_path / "m", "--model", kind, "--epochs", "3",
             "--threshold", "pot", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    kept = kind if "ended worse than PCA" not in r.stderr else "pca"  # the guard may replace a 3-epoch AE
-    assert f"trained {kept} model on 1600 rows" in r.stdout and "threshold pot" in r.stdout
+    kept = kind  # an explicit --model is kept, even a 3-epoch autoencoder worse than PCA
+    assert f"trained {kept} model on 1600 rows" in r.stdout and "instant limit pot" in r.stdout
     meta = json.loads(next((tmp_path / "m" / "versions").glob("*/model.json")).read_text())
     assert meta["kind"] == kept and meta["training"]["fit"]["calibration"] == ("cross" if kept == "pca" else "blocks")
 
