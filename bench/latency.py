@@ -141,7 +141,10 @@ def run_latency(cluster: Settings, model_dir: str, work: Path, *, rate: float, d
     alert_src: list[tuple[int, int, int]] = []  # (partition, offset, alert append time ms)
 
     def on_alert(m):
-        src = json.loads(m.value())["source"]
+        record = json.loads(m.value())
+        if record.get("kind") == "episode":
+            return
+        src = record["source"]
         alert_src.append((src["partition"], src["offset"], m.timestamp()[1]))
 
     _read_all(cluster, alerts, 1, end_offsets(cluster, alerts, 1), on_alert)

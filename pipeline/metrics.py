@@ -50,6 +50,7 @@ class PipelineMetrics:
         self.readings_warming_up = Counter(f"{p}_readings_warming_up", "Readings kept as window history before a sensor has enough to be scored", registry=r)
         self.dead_letters = Counter(f"{p}_dead_letters", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
         self.alerts = Counter(f"{p}_alerts", "Anomaly alerts produced, by severity", ["severity"], registry=r)
+        self.episodes = Counter(f"{p}_episode_events", "Alarm episode events produced (open, update, close)", ["event"], registry=r)
         self.delivery_failures = Counter(f"{p}_producer_delivery_failures", "Produced messages the broker did not acknowledge", registry=r)
         self.batches = Counter(f"{p}_batches", "Micro-batches processed", registry=r)
         self.batch_size = Histogram(f"{p}_batch_size_readings", "Readings per micro-batch", buckets=BATCH_BUCKETS, registry=r)
@@ -95,6 +96,8 @@ class PipelineMetrics:
             self.dead_letters.labels(reason=reason)
         for severity in ("warning", "critical"):
             self.alerts.labels(severity=severity)
+        for event in ("open", "update", "close"):
+            self.episodes.labels(event=event)
         for kind in ("transport", "broker", "fatal"):
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
@@ -115,6 +118,8 @@ class PipelineMetrics:
             self.dead_letters.labels(reason=reason).inc(n)
         for sev, n in Tally(batch.severities).items():
             self.alerts.labels(severity=sev).inc(n)
+        for event, n in Tally(batch.episodes).items():
+            self.episodes.labels(event=event).inc(n)
         observe_many(self.score, batch.scores)
         if batch.inference_s is not None:
             self.inference_seconds.observe(batch.inference_s)

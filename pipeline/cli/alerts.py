@@ -43,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "forward", help="send anomaly alerts to Alertmanager (at-least-once)",
         description="Consumes the alerts topic in a consumer group (read_committed, no auto commit), "
                     "POSTs each batch to Alertmanager's /api/v2/alerts as alerts named "
-                    "LatentwatchAnomaly (labels sensor, severity, top_channel; annotations score, "
-                    "threshold, alert_id, summary), retries with exponential backoff while Alertmanager "
+                    "LatentwatchAnomaly: one per episode (labels sensor, episode, severity; startsAt the "
+                    "episode's start, resolved at its close), and with --readings one per alarmed reading "
+                    "(labels sensor, severity, top_channel; annotations score, threshold, alert_id, "
+                    "summary), retries with exponential backoff while Alertmanager "
                     "is unreachable or failing, and commits the batch's offsets only after Alertmanager "
                     "accepted it. Runs until Ctrl+C / SIGTERM.")
     f.add_argument("--alertmanager", required=True, metavar="URL",
@@ -60,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "unless sent again (default: %(default)s)")
     f.add_argument("--backoff-max", type=float, default=30.0,
                    help="longest wait between two delivery attempts, seconds (default: %(default)s)")
+    f.add_argument("--readings", action="store_true",
+                   help="also forward the per-reading records (kind reading), not only episodes")
     f.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)  # tests
     f.set_defaults(func=_forward)
 
@@ -99,7 +103,8 @@ def _forward(args) -> int:
     with stop_on_signals() as stop:
         forwarder = Forwarder(consumer, AlertmanagerClient(args.alertmanager), topic,
                               batch_size=args.batch_size, batch_wait=args.batch_wait,
-                              resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max, stop=stop)
+                              resolve_timeout=args.resolve_timeout, backoff_max=args.backoff_max, stop=stop,
+                              readings=args.readings)
         try:
             stats = forwarder.run(max_batches=args.max_batches)
         finally:

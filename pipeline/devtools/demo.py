@@ -174,9 +174,10 @@ def _create_input_topic(settings, partitions: int) -> None:
     kafka_io.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
 
 
-def _metric(metrics, name: str) -> float:
-    """Sum of every sample of `name` (all label values) in the pipeline's registry."""
-    return sum(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
+def _metric(metrics, name: str, **labels) -> float:
+    """Sum of every sample of `name` (all label values, or those given) in the pipeline's registry."""
+    return sum(s.value for m in metrics.registry.collect() for s in m.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def _status(pipeline, stream, alerts, elapsed) -> None:
@@ -207,6 +208,7 @@ class _AlertWatcher(threading.Thread):
             "isolation.level": "read_committed", "logger": _QUIET}))
         self.consumer.subscribe([settings.topics.alerts])
         self.sink, self.quiet = sink, quiet
+        self.episodes: list[dict] = []  # episode events (open, update, close), beside the per-reading alerts
         self._halt = threading.Event()
         self._printed_at: list[float] = []
 
@@ -217,6 +219,9 @@ class _AlertWatcher(threading.Thread):
                     self._show(json.loads(msg.value()))
 
     def _show(self, alert: dict) -> None:
+        if alert.get("kind") == "episode":
+            self.episodes.append(alert)
+            return
         self.sink.append(alert)
         now = time.monotonic()
         self._printed_at = [t for t in self._printed_at if now - t < 1.0]
@@ -251,6 +256,8 @@ def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) ->
         f"anomaly or within {opts.window - 1} readings after it)")
     for kind, (n, hit) in sorted(ev.by_kind.items()):
         out(f"  {kind:18s} {hit}/{n}")
+    out(f"episodes opened {_metric(m, 'latentwatch_episode_events_total', event='open'):.0f}, closed "
+        f"{_metric(m, 'latentwatch_episode_events_total', event='close'):.0f} (one incident per sensor alarm)")
     if ev.delays_s:
         out(f"detection delay (event time): median {np.median(ev.delays_s):.1f} s, max {max(ev.delays_s):.1f} s")
     out(f"end-to-end latency (Kafka timestamp -> outputs acknowledged and committed): "

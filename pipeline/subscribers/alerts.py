@@ -1,10 +1,18 @@
 """Subscribers of the alerts topic: a human-readable tail, and a forwarder that turns anomaly
 alerts into Alertmanager alerts.
 
-The alert message (JSON, key = sensor id) is what `pipeline.alerts.alert_record` produces:
-`{"alert_id", "sensor_id", "ts", "detected_at", "score", "threshold", "severity",
-"top_channels": [{"channel", "share"}, ...], "latent", "model": {"name", "version"},
-"source": {"topic", "partition", "offset", "index"}}`.
+The alert message (JSON, key = sensor id) is what `pipeline.alerts` produces, of two kinds:
+`kind: "reading"` (`alert_records`: `{"alert_id", "sensor_id", "ts", "detected_at", "score",
+"threshold", "rule", "statistic", "limit", "severity", "top_channels": [{"channel", "share"}, ...],
+"latent", "model": {"name", "version"}, "source": {...}}`; records without `kind`, written before
+episodes, are readings too) and `kind: "episode"` (`episode_records`: `{"event": open|update|close,
+"episode_id", "sensor_id", "started_at", "ts", "rule", "readings", "peak_score", "peak_margin",
+"severity", ...}`, plus `ended_at` on close).
+
+The forwarder sends episodes to Alertmanager as one alert each (labels alertname, sensor,
+episode; `startsAt` the episode's start; firing until `resolve_timeout` after its last event,
+resolved at its close), and per-reading records only when asked (`--readings`) or when they
+come without a `kind` (a producer from before episodes).
 
 Both read with `isolation.level=read_committed`, so alerts of an aborted transaction (exactly-once
 mode of the pipeline) are never shown nor forwarded. The forwarder is at-least-once: it commits a
@@ -50,6 +58,8 @@ def parse_alert(value: bytes | None) -> dict:
         raise BadAlert(f"not JSON: {exc}") from None
     if not isinstance(alert, dict):
         raise BadAlert("not a JSON object")
+    if alert.get("kind") == "episode":
+        return _parse_episode(alert)
     for key in ("sensor_id", "ts", "score", "threshold", "severity"):
         if key not in alert:
             raise BadAlert(f"missing {key!r}")
@@ -62,6 +72,24 @@ def parse_alert(value: bytes | None) -> dict:
             raise BadAlert(f"{key} is not a number")
     alert_time(alert["ts"])
     return alert
+
+
+EVENTS = ("open", "update", "close")
+
+
+def _parse_episode(ep: dict) -> dict:
+    for key in ("event", "episode_id", "sensor_id", "ts", "started_at", "severity"):
+        if key not in ep:
+            raise BadAlert(f"episode without {key!r}")
+    if ep["event"] not in EVENTS:
+        raise BadAlert(f"unknown episode event {ep['event']!r}")
+    if ep["severity"] not in SEVERITIES:
+        raise BadAlert(f"unknown severity {ep['severity']!r}")
+    if not isinstance(ep["sensor_id"], str) or not ep["sensor_id"]:
+        raise BadAlert("sensor_id is not a non-empty string")
+    alert_time(ep["ts"])
+    alert_time(ep["started_at"])
+    return ep
 
 
 def alert_time(value) -> datetime:
@@ -97,7 +125,15 @@ def top_channel(alert: dict) -> str:
 
 def format_line(alert: dict) -> str:
     """One line for a terminal:
-    `2026-11-21T10:00:00.250Z CRITICAL pump-7 score 12.3 > 4.5 (x2.7) top: temp 71%, flow 20% [id]`."""
+    `2026-11-21T10:00:00.250Z CRITICAL pump-7 score 12.3 > 4.5 (x2.7) top: temp 71%, flow 20% [id]`,
+    an episode event as `... CRITICAL pump-7 episode open (ewma) peak 12.3 (x2.7), 4 readings ... [id]`."""
+    if alert.get("kind") == "episode":
+        line = (f"{alert['ts']} {alert['severity'].upper():8} {alert['sensor_id']} episode {alert['event']} "
+                f"({alert.get('rule', '?')}) peak {float(alert.get('peak_score', 0)):.4g} "
+                f"(x{float(alert.get('peak_margin', 0)):.1f}), {alert.get('readings', 0)} readings")
+        if alert["event"] == "close":
+            line += f" since {alert['started_at']}"
+        return line + f" [{alert['episode_id']}]"
     score, threshold = float(alert["score"]), float(alert["threshold"])
     ratio = f" (x{score / threshold:.1f})" if threshold > 0 else ""
     tops = ", ".join(
@@ -189,6 +225,34 @@ def tail(settings, topic: str, out: TextIO, *, as_json: bool = False, from_begin
 
 
 # ----------------------------------------------------------------------------- Alertmanager
+def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> list[dict]:
+    """An episode event -> Alertmanager API v2 alerts: one alert per episode (its labels do not
+    change while it lasts), firing from `started_at`; a close resolves it (`endsAt` = `ended_at`)
+    under both severities, since an update may have raised it from warning to critical."""
+    starts = alert_time(ep["started_at"])
+    last = alert_time(ep.get("ended_at") or ep["ts"])
+    closed = ep["event"] == "close"
+    out = []
+    for severity in (SEVERITIES if closed else (ep["severity"],)):
+        am = {
+            "labels": {"alertname": ALERTNAME, "sensor": ep["sensor_id"], "episode": str(ep["episode_id"]),
+                       "severity": severity},
+            "annotations": {
+                "rule": str(ep.get("rule", "")), "peak_score": f"{float(ep.get('peak_score', 0)):.6g}",
+                "readings": str(ep.get("readings", "")),
+                "summary": (f"Sensor {ep['sensor_id']} anomalous since {ep['started_at']} ({ep.get('rule')} rule): "
+                            f"peak score {float(ep.get('peak_score', 0)):.4g}, x{float(ep.get('peak_margin', 0)):.1f} "
+                            "its limit" + (", now back to normal" if closed else "")),
+            },
+            "startsAt": rfc3339(starts),
+            "endsAt": rfc3339(last if closed else last + timedelta(seconds=resolve_timeout)),
+        }
+        if generator_url:
+            am["generatorURL"] = generator_url
+        out.append(am)
+    return out
+
+
 def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> dict:
     """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert)."""
     starts = alert_time(alert["ts"])
@@ -284,7 +348,8 @@ class Forwarder:
 
     def __init__(self, consumer, client: AlertmanagerClient, topic: str, *, batch_size: int = 100,
                  batch_wait: float = 1.0, resolve_timeout: float = 300.0, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, stop: threading.Event | None = None):
+                 backoff_max: float = 30.0, stop: threading.Event | None = None, readings: bool = False):
+        self.readings = readings  # also forward per-reading records (kind "reading"), not only episodes
         self.consumer = consumer
         self.client = client
         self.topic = topic
@@ -344,7 +409,11 @@ class Forwarder:
         alerts = []
         for m in messages:
             try:
-                alerts.append(to_alertmanager(parse_alert(m.value()), self.resolve_timeout))
+                alert = parse_alert(m.value())
+                if alert.get("kind") == "episode":
+                    alerts += episode_to_alertmanager(alert, self.resolve_timeout)
+                elif alert.get("kind") != "reading" or self.readings:
+                    alerts.append(to_alertmanager(alert, self.resolve_timeout))
             except BadAlert as exc:
                 self.stats.skipped += 1
                 log.warning("skipping %s/%d@%d: %s", m.topic(), m.partition(), m.offset(), exc)

@@ -90,4 +90,10 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
 
 
 def alerts_of(messages) -> list[dict]:
-    return [json.loads(m.value()) for m in messages]
+    """The per-reading alert records (kind "reading") among the alerts topic's messages."""
+    return [r for r in map(json.loads, (m.value() for m in messages)) if r.get("kind") != "episode"]
+
+
+def episodes_of(messages) -> list[dict]:
+    """The episode events (kind "episode") among the alerts topic's messages."""
+    return [r for r in map(json.loads, (m.value() for m in messages)) if r.get("kind") == "episode"]

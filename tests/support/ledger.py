@@ -3,6 +3,7 @@
 Each reading is scored (a record on the latent topic names its source), dead-lettered (the
 dead-letter topic names its source offset), or still uncommitted (at or past the group's
 committed offset). Injected anomalies must each have an alert. Duplicates are counted.
+Episode events (kind "episode" on the alerts topic) are counted per (episode id, event).
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ class Ledger:
     # (both topics have one partition): which version scored what, and when (hot swaps)
     scored_log: list[tuple[int, str, Ref]] = field(default_factory=list)
     alert_log: list[tuple[int, str, Ref]] = field(default_factory=list)
+    episodes: Counter = field(default_factory=Counter)  # (episode_id, event) -> records
+
+    def episode_faults(self, exactly_once: bool) -> list[str]:
+        """What is wrong with the episode events: a close or update without its open, an id that
+        names no input reading, and (exactly-once) any event other than update seen twice."""
+        faults = []
+        opened = {i for (i, e) in self.episodes if e == "open"}
+        refs = {f"{p}/{o}/{x}" for p, o, x in self.inputs}
+        for (i, e), n in self.episodes.items():
+            if e != "open" and i not in opened:
+                faults.append(f"{e} without open: {i}")
+            if i.split("/", 1)[1] not in refs:
+                faults.append(f"id names no input reading: {i}")
+            if exactly_once and e != "update" and n > 1:
+                faults.append(f"{e} {n} times: {i}")
+        return faults
 
     @property
     def warm_up(self) -> set[Ref]:
@@ -77,7 +94,11 @@ def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str,
         h = dict(m.headers())
         led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1
     for m in read_topic(bootstrap, alerts_topic, timeout=60, read_committed=read_committed):
-        led.alerts[_log(led.alert_log, m)] += 1
+        record = json.loads(m.value())
+        if record.get("kind") == "episode":
+            led.episodes[(record["episode_id"], record["event"])] += 1
+        else:
+            led.alerts[_log(led.alert_log, m)] += 1
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     for tp in c.committed([TopicPartition(input_topic, p) for p in range(partitions)], timeout=10):
         led.committed[tp.partition] = max(tp.offset, 0)

@@ -173,6 +173,9 @@ def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, mak
     led = settled_ledger(s, kafka_bootstrap)
     _assert_balanced(led, n, dead=len(s.bad))
     assert not led.missing_alerts(s.anomalies)
+    # episodes: each opened once and closed at most once under exactly-once, ids stable across kills
+    assert not led.episode_faults(delivery == "exactly-once"), led.episode_faults(delivery == "exactly-once")[:5]
+    assert sum(1 for _i, e in led.episodes if e == "open") >= len(s.anomalies) // 10
     if delivery == "exactly-once":
         assert led.duplicates == 0
     else:
@@ -217,6 +220,9 @@ def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer,
     _assert_balanced(led, n, dead=len(s.bad))
     RESULTS[f"rebalance_{delivery}_{model}"] = {"readings": n, "lost": len(led.lost), "duplicates": led.duplicates}
     assert led.duplicates == 0, f"{led.duplicates} readings processed twice across the rebalances"
+    # an episode open when its partition moved is closed by the next owner (state from the changelog)
+    assert not led.episode_faults(exactly_once=True), led.episode_faults(True)[:5]
+    assert any(e == "close" for _i, e in led.episodes)
 
 
 def _one_clear_line(text: str, topic: str) -> str:

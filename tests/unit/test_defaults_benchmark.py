@@ -47,8 +47,12 @@ def test_defaults_figure_is_plain_train_then_score_on_the_rest(tmp_path: Path, c
 @needs_skab
 @pytest.mark.slow
 def test_skab_through_plain_train_and_score_keeps_its_figure():
-    """Issue #14's defaults protocol on SKAB (measured 0.799 / FAR 12.36 %): a change that makes
-    the default detector worse on it fails here (FAR above the published Conv-AE's 13.55 % too)."""
+    """Issue #14's defaults protocol on SKAB, with issue #21's alarm rule (measured 0.838 / FAR
+    22.47 % / MAR 13.90; k-of-n before it: 0.799 / 12.36 / 26.40): a change that makes the default
+    detector worse on it fails here. The rule meets its budget on each file's held-out normal
+    scores; SKAB's test parts are not like them (detectors/README.md), hence the FAR."""
     r = evaluate.run_defaults(SKAB)
     assert r.files == 34 and set(r.kinds) == {"pca"}
-    assert r.counts.f1 >= 0.795 and r.counts.far <= 12.5, (r.counts.f1, r.counts.far, r.counts.mar)
+    assert r.counts.f1 >= 0.83 and r.counts.far <= 23.0, (r.counts.f1, r.counts.far, r.counts.mar)
+    assert max(r.measured) <= 0.01 and np.mean(r.measured) >= 0.005  # the 1 % budget, on held-out data
+    assert r.detection["score"][2] > r.detection["score"][0]  # the trade-off is reported, and rises
