@@ -135,7 +135,8 @@ class AlarmRule:
         first = np.zeros(m, bool)
         first[ends - counts] = True
         priors = [prior.get(u) for u in uniq]
-        z0 = np.repeat(np.array([p.z if p is not None else self.center for p in priors]), counts)
+        # a new sensor, or one whose EWMA is not in this rule's units (after a model swap: NaN), starts at the center
+        z0 = np.repeat(np.array([p.z if p is not None and math.isfinite(p.z) else self.center for p in priors]), counts)
         s_sorted = scores[order]
         z = self.ewma(s_sorted, first, z0)
         inst_sorted = inst[order]

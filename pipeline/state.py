@@ -104,12 +104,15 @@ class StateStore:
 
     def for_model(self, window: int, channels: int) -> None:
         """A model swap: tails cut to the new window's last `window - 1` readings (a longer window
-        warms up the difference); other channels or thresholds start afresh (last times kept)."""
+        warms up the difference); other channels or thresholds start afresh (last times kept). An
+        open alarm episode is kept (the new model continues and closes it); the EWMA, in the old
+        model's units, restarts at the new rule's center (NaN here)."""
         for key, e in self._entries.items():
             same = e.tail.ndim == 2 and e.tail.shape[1] == channels
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, None)
+            alarm = SensorAlarm(float("nan"), e.alarm.episode) if e.alarm is not None else None
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm)
 
 
 # -- the changelog record -------------------------------------------------------------------------

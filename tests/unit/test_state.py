@@ -6,6 +6,7 @@ import time
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from latentwatch.pipeline.state import Entry, StateStore, approx_entry_bytes
 
@@ -37,3 +38,29 @@ def test_idle_sensors_are_evicted_after_the_ttl_and_come_back_as_new():
     out = store.apply({(0, "busy"): Entry(2.0, np.zeros((0, 2), np.float32))}, now=t0 + 70)
     assert out["idle"] == [(0, "quiet")] and store.get((0, "quiet")) is None
     assert store.get((0, "busy")).last_ts == 2.0
+
+
+def test_the_alarm_state_round_trips_through_the_changelog_record_and_old_records_still_read():
+    """The alarm rule's EWMA and open episode are in the changelog record (LWS2), exactly; a
+    record written before the alarm rule (LWS1, a k-of-n bits field there) still reads, with
+    no alarm state (the sensor's EWMA starts at the rule's center)."""
+    import struct
+
+    import numpy as np
+
+    from latentwatch.detectors.alarms import Episode, SensorAlarm
+    from latentwatch.pipeline import state
+
+    ep = Episode((3, 1842, 7), 1.7e9, 1, 2.5, 12.25, 1.7e9 + 3, 4, 2, 1.7e9 + 1)
+    e = state.Entry(1.7e9 + 5, np.arange(6, dtype=np.float32).reshape(2, 3), (1.0, 0.5), 99, SensorAlarm(0.4375, ep))
+    before = state.Entry(1.7e9, np.zeros((2, 3), np.float32), None, 90, SensorAlarm(0.1, None))
+    got, got_before = state.unpack(state.pack(e, before))
+    assert got.alarm == e.alarm and got_before.alarm == before.alarm and got.threshold == (1.0, 0.5)
+    assert np.array_equal(got.tail, e.tail) and got.valid_at == 99
+    head1 = struct.Struct("<qdBddqII")
+    v1 = b"LWS1" + head1.pack(99, 1.7e9, 0, 0.0, 0.0, 0b101, 2, 3) + e.tail.tobytes() + \
+        head1.pack(-1, 0.0, 0, 0.0, 0.0, 0, 0xFFFFFFFF, 0)
+    old, none = state.unpack(v1)
+    assert old.alarm is None and none is None and np.array_equal(old.tail, e.tail)
+    with pytest.raises(ValueError):
+        state.unpack(state.pack(e, None)[:-10])  # truncated: refused, not misread
