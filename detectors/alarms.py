@@ -111,9 +111,6 @@ class AlarmRule:
         reading; `z0` per reading, read at group starts). One affine scan, no loop per reading."""
         return _affine_scan(self.lam, self.g(scores), starts, z0)
 
-    def limits(self, instant: np.ndarray | float) -> tuple[np.ndarray, float]:
-        return np.asarray(instant, np.float64), math.exp(self.ewma_limit)
-
     # -- the decision -----------------------------------------------------------------------------
     def step(self, keys, scores: np.ndarray, ts: np.ndarray, refs: np.ndarray, prior: dict,
              instant: np.ndarray | float | None = None) -> tuple[Decision, dict]:

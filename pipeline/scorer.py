@@ -181,9 +181,10 @@ class Scorer:
             sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
             thresholds = self._thresholds(scores64, sensor_of, scored_msg, valid, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
-            key_idx = msg_key[scored_msg]
-            d = self._alarms(keys, key_idx, scores64, thresholds, ts[scored_idx], scored_msg, pos[scored_idx],
-                             valid, updates, store)
+            # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
+            reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
+                                     np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], pos[scored_idx]], 1)
+            d = self._alarms(keys, msg_key[scored_msg], scores64, thresholds, ts[scored_idx], reading_refs, updates, store)
             flagged = d.alarm
             latent_all = s.latent
             raised = np.flatnonzero(flagged)
@@ -215,8 +216,7 @@ class Scorer:
                 latents_out = self._latents(_sources(valid, msg_of, pos, scored_idx), sensor_of.tolist(),
                                             alerts.iso_many(ts[scored_idx]), scores64, s.latent)
             if self.refs:
-                refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
-                                 np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], pos[scored_idx]], 1)
+                refs = reading_refs
         changelog = []
         if self.changelog:
             changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
@@ -257,14 +257,11 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
-    def _alarms(self, keys, key_idx, scores, instant, ts, msg_idx, index, valid, updates, store):
+    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store):
         """The alarm rule over the scored readings (`key_idx`: each one's index into `keys`): its
         per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`."""
         prior = {k: e.alarm for k in np.unique(key_idx).tolist()
                  if (e := store.get(keys[k])) is not None and e.alarm is not None}
-        msgs = [valid[m][0] for m in msg_idx.tolist()]
-        refs = np.stack([np.fromiter((m.partition() for m in msgs), np.int64, len(msgs)),
-                         np.fromiter((m.offset() for m in msgs), np.int64, len(msgs)), index.astype(np.int64)], axis=1)
         d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
         for k, a in posterior.items():
             key = keys[k]
