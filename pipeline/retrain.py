@@ -241,6 +241,16 @@ def add_train_arguments(t) -> None:
     g.add_argument("--max-readings", type=int, default=5_000_000, help="refuse a larger range (default: %(default)s)")
 
 
+def model_alert_rate(metadata: dict | None) -> float:
+    """The share of normal readings a model alerts on by design: its alarm rule's false-alarm
+    budget (instant and EWMA alarms together, what the alerts topic carries), else what its
+    threshold flags (a model from before the alarm rule)."""
+    alarm = (metadata or {}).get("alarm")
+    if isinstance(alarm, dict) and isinstance(alarm.get("budget"), (int, float)) and alarm.get("ewma_limit") != float("inf"):
+        return float(alarm["budget"])
+    return expected_alert_rate((metadata or {}).get("threshold"))
+
+
 def expected_alert_rate(threshold: dict | None) -> float:
     """The share of normal readings a model's threshold flags by design (quantile: 1 - q; POT:
     its risk; adaptive: its base's), 0 when unknown."""
@@ -332,9 +342,9 @@ def training_data_from_args(args) -> StreamTraining:
     if len(data.values) == 0:
         raise UserError(f"no usable readings in {args.from_topic} between {source['since']} and "
                         f"{source['until'] or 'the end'}; check the range and --columns")
-    rate = expected_alert_rate((current or {}).get("threshold"))
+    rate = model_alert_rate(current)
     if not current and data.alerted:
-        rate = 0.01  # no model here to ask: assume the default threshold (0.99 quantile)
+        rate = 0.01  # no model here to ask: assume the default budget (1 %)
     return StreamTraining(data.values, channels, data, source, rate)
 
 

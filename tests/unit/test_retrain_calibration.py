@@ -34,6 +34,16 @@ def test_expected_alert_rate_of_thresholds():
     assert expected_alert_rate(None) == 0.0
 
 
+def test_a_model_with_an_alarm_rule_alerts_at_its_budget():
+    from latentwatch.pipeline.retrain import model_alert_rate
+
+    assert model_alert_rate({"alarm": {"budget": 0.02, "ewma_limit": 1.2}, "threshold": {"kind": "pot", "risk": 0.004}}) == 0.02
+    # a checkpoint from before the alarm rule (the threshold alone, no EWMA limit): its threshold's rate
+    assert model_alert_rate({"alarm": {"budget": 0.01, "ewma_limit": float("inf")},
+                             "threshold": {"kind": "quantile", "q": 0.99}}) == pytest.approx(0.01)
+    assert model_alert_rate({"threshold": {"kind": "quantile", "q": 0.995}}) == pytest.approx(0.005)
+
+
 def test_readmitting_the_false_alerts_restores_the_threshold():
     rng = np.random.default_rng(0)
     current = make_detector("pca", device="cpu", latent_dim=2).fit(_normal(rng, 5000), CH)
