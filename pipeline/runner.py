@@ -132,6 +132,8 @@ class Pipeline:
                     self._swap(new_model)
                 messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
                 self.monitor.check(self.source.consumer)
+                if self.rebalance.incomplete:  # stopped during a restore: the next owner scores them
+                    break
                 if messages:
                     self.process(messages)
                 else:
@@ -168,9 +170,15 @@ class Pipeline:
         self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
         self.lifecycle.committed(batch)  # drift, shadow: after the batch's own timings are taken
 
+    def evicted_on_load(self, evicted: dict) -> None:
+        """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""
+        if self.state_topic:
+            self._tombstones += [k for keys in evicted.values() for k in keys]
+
     def _use(self, model) -> None:
         s = self.settings
         self.model, self.detector = model, model.detector
+        self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, persistence.
         rule = getattr(model, "persistence", None)
         self._needs_changelog = (self.detector.window > 1 or hasattr(model.threshold, "step")

@@ -25,14 +25,22 @@ Three rules keep it right and bounded:
    first) and none idle longer than `state.idle_ttl_s` (wall clock). Evictions are counted;
    an evicted sensor that comes back starts again like a new one (warms up its window). An
    evicted entry is deleted from the changelog (a tombstone) so a restore cannot bring it back.
+
+State that enters the store from outside a batch (a restore from the changelog, a model swap) is
+**checked against the model loaded now** (`expect`, `check`): an entry whose tail has another
+length or channel count than the model needs, or that holds values the model cannot take, is
+dropped (counted by reason in `latentwatch_state_dropped_total`) and its sensor warms up like a
+new one. A model change (W=16 -> W=8, a channel added) therefore never feeds an old tail to the
+scorer, on this process or on the one a rebalance hands the partition to.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -50,12 +58,68 @@ class Entry:
     persist: int = 0  # persistence rule: the last n-1 "above the threshold" bits, newest lowest
 
 
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """What the model loaded now needs of a sensor's state."""
+
+    window: int
+    channels: int
+
+
+def _check_tail(e: Entry, fit: Fit) -> str | None:
+    t = e.tail
+    if len(t) == 0:  # nothing to feed the model (a window-1 model's entry, a sensor warming up)
+        return None
+    if t.ndim != 2 or t.shape[1] != fit.channels:
+        return "channels"
+    if len(t) > max(fit.window - 1, 0):
+        return "window"
+    if t.dtype != np.float32:
+        return "dtype"
+    if not np.isfinite(t).all():
+        return "non_finite"
+    return None
+
+
+def _check_threshold(e: Entry, fit: Fit) -> str | None:
+    if e.threshold is None:
+        return None
+    mean, var = e.threshold
+    return None if np.isfinite(mean) and np.isfinite(var) and var >= 0 else "threshold"
+
+
+# One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
+# A new kind of state (e.g. an alarm rule's) adds its own here; its reason becomes a label value.
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold")
+
+
+def check(entry: Entry, fit: Fit | None) -> str | None:
+    """Why `entry` cannot be used by a model needing `fit` (None: it can, or no model is known)."""
+    if fit is None:
+        return None
+    for one in ENTRY_CHECKS:
+        reason = one(entry, fit)
+        if reason is not None:
+            return reason
+    return None
+
+
+@dataclass
+class Loaded:
+    """What `StateStore.load` did: entries dropped by reason, keys evicted by reason."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    evicted: dict[str, list] = field(default_factory=dict)
+
+
 class StateStore:
     """The entries of the assigned partitions, in least-recently-seen order."""
 
     def __init__(self, max_sensors: int = 100_000, idle_ttl_s: float = 86_400.0):
         self.max_sensors = max_sensors
         self.idle_ttl_s = idle_ttl_s
+        self.fit: Fit | None = None  # what the loaded model needs (None: entries are not checked)
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
@@ -90,9 +154,23 @@ class StateStore:
                 evicted["idle"].append(key)
         return evicted
 
-    def load(self, entries: dict[Key, Entry], now: float | None = None) -> None:
-        """Restored entries (from the changelog), before any batch of their partitions."""
-        self.apply(entries, now)
+    def expect(self, window: int, channels: int) -> None:
+        """The model loaded now: entries that enter the store from outside a batch are checked
+        against it."""
+        self.fit = Fit(window, channels)
+
+    def load(self, entries: dict[Key, Entry], now: float | None = None) -> Loaded:
+        """Restored entries (from the changelog), before any batch of their partitions: those
+        that do not fit the model are dropped (a new sensor), the rest taken like a batch's."""
+        dropped: Counter = Counter()
+        keep = {}
+        for key, entry in entries.items():
+            reason = check(entry, self.fit)
+            if reason is None:
+                keep[key] = entry
+            else:
+                dropped[reason] += 1
+        return Loaded(dict(dropped), self.apply(keep, now))
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for key in [k for k in self._entries if k[0] in partitions]:
@@ -107,6 +185,7 @@ class StateStore:
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)
             self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, 0)
+        self.expect(window, channels)
 
 
 # -- the changelog record -------------------------------------------------------------------------

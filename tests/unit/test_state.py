@@ -37,3 +37,52 @@ def test_idle_sensors_are_evicted_after_the_ttl_and_come_back_as_new():
     out = store.apply({(0, "busy"): Entry(2.0, np.zeros((0, 2), np.float32))}, now=t0 + 70)
     assert out["idle"] == [(0, "quiet")] and store.get((0, "quiet")) is None
     assert store.get((0, "busy")).last_ts == 2.0
+
+
+# -- restored state is checked against the model loaded now (issue 22, item 1) -------------------
+
+def _w16_store_entries(channels=3, rows=15):
+    return {(0, f"s{i}"): Entry(1000.0 + i, np.arange(rows * channels, dtype=np.float32).reshape(rows, channels))
+            for i in range(4)}
+
+
+def test_a_w16_tail_restored_for_a_w8_model_is_dropped_and_counted_and_the_scorer_does_not_crash():
+    from tests.support.fakes import messages
+    from tests.support.stub_model import stub_model
+    from tests.unit.test_scorer import reading, scorer_for
+
+    model = stub_model(window=8)
+    store = StateStore()
+    store.expect(window=8, channels=3)
+    outcome = store.load(_w16_store_entries())
+    assert outcome.dropped == {"window": 4} and len(store) == 0
+    sc = scorer_for(model)
+    batch = sc.score(messages([reading(f"s{i % 4}", 1_799_999_000.0 + i, i) for i in range(40)]), store, 1_800_000_000.0)
+    assert batch.n_scored == 40 - 4 * 7  # each sensor warms up like a new one
+    assert len(batch.scores) == batch.n_scored
+
+
+def test_a_restored_tail_of_another_channel_count_is_dropped():
+    store = StateStore()
+    store.expect(window=16, channels=4)
+    outcome = store.load(_w16_store_entries(channels=3))
+    assert outcome.dropped == {"channels": 4} and len(store) == 0
+
+
+def test_restored_entries_that_fit_are_kept_and_bad_values_are_dropped_by_reason():
+    store = StateStore()
+    store.expect(window=16, channels=3)
+    good = _w16_store_entries()
+    nan_tail = np.full((15, 3), np.nan, np.float32)
+    bad = {(1, "nan"): Entry(1.0, nan_tail), (1, "f64"): Entry(1.0, np.zeros((15, 3), np.float64)),
+           (1, "thr"): Entry(1.0, np.zeros((15, 3), np.float32), threshold=(float("inf"), 1.0))}
+    outcome = store.load({**good, **bad})
+    assert outcome.dropped == {"non_finite": 1, "dtype": 1, "threshold": 1}
+    assert len(store) == 4 and store.get((0, "s0")).tail.shape == (15, 3)
+
+
+def test_an_empty_tail_fits_any_model():
+    store = StateStore()
+    store.expect(window=8, channels=5)
+    outcome = store.load({(0, "w1"): Entry(5.0, np.zeros((0, 0), np.float32))})
+    assert outcome.dropped == {} and store.get((0, "w1")).last_ts == 5.0
