@@ -57,10 +57,16 @@ class Sink:
             self._produce(self.topics.alerts, value, key)
         for key, value in batch.latents:
             self._produce(self.topics.latent, value, key)
+        # Evicted sensors are deleted from the changelog first (a restore keeps a key's last
+        # record): one evicted and back in this batch has its new record after the tombstone, or
+        # none (its record supersedes it).
+        rewritten = {(partition, key) for partition, key, _ in batch.changelog}
+        for partition, sensor_id in tombstones:
+            key = sensor_id.encode()
+            if (partition, key) not in rewritten:
+                self._produce(state_topic, None, key, partition=partition)
         for partition, key, value in batch.changelog:
             self._produce(state_topic, value, key, partition=partition)
-        for partition, sensor_id in tombstones:  # evicted sensors: gone from the changelog too
-            self._produce(state_topic, None, sensor_id.encode(), partition=partition)
 
     def _dead_letter(self, msg, reason: str, detail: str) -> None:
         value = msg.value() or b""
