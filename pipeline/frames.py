@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latentwatch.pipeline.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
-from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError
+from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError, check_sensor_id
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"  # the IANA media type; informative only
 FRAME_VERSION = "1"
 VERSION_KEY = b"latentwatch.frame"
@@ -203,7 +203,7 @@ class FrameDecoder:
         if sensor_id is None:
             if not key:
                 raise ContractError("schema", "sensor_id missing (in the schema metadata or as the message key)")
-            sensor_id = key.decode("utf-8", "replace")
+            sensor_id = check_sensor_id(key.decode("utf-8", "replace"), "the message key (the sensor id)")
         return sensor_id, values, ts
 
     def _layout(self, value: bytes) -> _Layout:
@@ -284,6 +284,7 @@ class FrameDecoder:
                 raise ContractError("invalid_utf8", "sensor_id in the schema metadata is not UTF-8") from None
             if not sensor_id:
                 raise ContractError("schema", "sensor_id in the schema metadata is empty")
+            check_sensor_id(sensor_id, "sensor_id in the schema metadata")
         names = schema.names
         if len(set(names)) != len(names):
             raise ContractError("schema", "duplicate column names")

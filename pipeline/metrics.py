@@ -26,6 +26,7 @@ DEAD_LETTER_REASONS = (
     "too_large",
     "bad_timestamp",
     "late",  # older than or equal to the sensor's last scored reading (windowed models)
+    "bad_sensor_id",  # longer than contract.MAX_SENSOR_ID_BYTES (256) bytes of UTF-8, or a control character
     "out_of_range",  # finite, but too far from the training scale to score in float32 (e.g. 3.4e38)
     # Binary frames (pipeline/frames.py) only; their other faults map onto the reasons above.
     "corrupt_frame",  # not a readable Arrow IPC stream: truncated, bit-flipped, bad offsets
