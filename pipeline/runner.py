@@ -24,10 +24,11 @@ import time
 import numpy as np
 import torch
 
+from latentwatch.pipeline import budget
 from latentwatch.pipeline import state as state_mod
 from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog
 from latentwatch.pipeline.kafka import clients as kafka_io
@@ -52,6 +53,9 @@ class Pipeline:
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
+        why = self._state_fits(model)
+        if why is not None:
+            raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
@@ -154,7 +158,7 @@ class Pipeline:
     def process(self, messages: list) -> None:
         """One micro-batch, from messages to committed (or rewound)."""
         started = time.monotonic()
-        batch = self.scorer.score(messages, self.state, max_readings=self.settings.batch.max_readings)
+        batch = self.scorer.score(messages, self.state, max_readings=self._readings_cap)
         self.source.put_back(batch.rest)
         self.source.learn(len(batch.messages) - len(batch.dead), batch.n_readings)
         tombstones = self._tombstones
@@ -183,14 +187,29 @@ class Pipeline:
         rule = getattr(model, "persistence", None)
         self._needs_changelog = (self.detector.window > 1 or hasattr(model.threshold, "step")
                                  or (rule is not None and rule.n > 1))
+        # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
+        # batch.max_output_bytes; a message holding more readings than that is a dead letter.
+        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        self._readings_cap = budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading)
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs)
+                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs,
+                             max_message_readings=s.batch.max_output_bytes // per_reading)
+
+    def _state_fits(self, model) -> str | None:
+        """Why `model`'s per-sensor state records could not be produced (None: they can)."""
+        d = model.detector
+        limit = int(kafka_io.producer_config(self.settings).get("message.max.bytes", 1_000_000))
+        return budget.changelog_fits(d.window, len(d.channels), limit) if d.window > 1 else None
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept
         when window and channels match, cut or grown (warming up the difference) otherwise."""
         old = self.model
+        why = self._state_fits(model)
+        if why is not None:
+            log.error("model %s version %s not swapped in (the running one goes on): %s", model.name, model.version, why)
+            return
         self._use(model)
         if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
                 or type(model.threshold) is not type(old.threshold):
