@@ -18,7 +18,6 @@ limit, and a batch's records fit `batch.max_output_bytes`.
 from __future__ import annotations
 
 import numpy as np
-
 from latentwatch.pipeline import alerts, state
 from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from latentwatch.pipeline import budget
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES

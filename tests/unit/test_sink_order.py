@@ -37,6 +37,7 @@ def test_an_evicted_sensor_back_in_the_next_batch_keeps_its_new_record_after_no_
 
 def test_a_dead_letter_with_a_600000_byte_key_fits_the_producer_limit():
     from latentwatch.pipeline.kafka import clients as kafka_io
+
     from tests.support.fakes import FakeMessage
 
     sink = _sink()
