@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     group_id: str = "latentwatch"
+    instance_id: str | None = Field(None, description="unique per live process, stable across its restarts (the "
+                                    "Helm chart passes <namespace>/<pod name>); names its transactional.id instead "
+                                    "of the hostname")
     model: ModelSettings = Field(default_factory=ModelSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     state: StateSettings = Field(default_factory=StateSettings)

@@ -92,7 +92,7 @@ class Pipeline:
         self._input_partitions = len(metadata.topics[s.topics.input].partitions)
         if self._needs_changelog:
             self.state_topic = changelog.ensure(s, self._input_partitions)
-        txn = kafka_io.TransactionalId(s.group_id) if s.delivery == "exactly-once" else None
+        txn = kafka_io.TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          deadline=lambda: self._deadline, transactional_id=txn.value if txn else None,
