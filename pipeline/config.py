@@ -166,7 +166,9 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
         for section in ("consumer", "producer"):
             for key in data["kafka"][section]:
-                if any(word in key for word in ("password", "secret", "key", "token", "jaas")):
+                # sasl.oauthbearer.config and .extensions carry clientSecret= / tokens in free text
+                if any(word in key for word in ("password", "secret", "key", "token", "jaas", "oauthbearer.config",
+                                                "extensions", "credential")):
                     data["kafka"][section][key] = "**********"
         return data
 
