@@ -306,7 +306,15 @@ class Decoder:
             raise ContractError("schema", "message has no value (tombstone)")
         if len(value) > self.max_message_bytes:
             raise ContractError("too_large", f"{len(value)} bytes > limit {self.max_message_bytes}")
-        obj = loads(value)
+        try:
+            obj = loads(value)
+        except ContractError:
+            from latentwatch.pipeline.arrow_ipc import legacy_stream  # it imports this module
+
+            if legacy_stream(value):
+                raise ContractError("unsupported_version", "Arrow's legacy IPC format (before 0.15, no FF FF FF FF "
+                                    "continuation marker): write it with a current writer") from None
+            raise
         if not isinstance(obj, dict):
             raise ContractError("schema", f"expected a JSON object, got {type(obj).__name__}")
 
