@@ -159,9 +159,14 @@ class StateStore:
         against it."""
         self.fit = Fit(window, channels)
 
-    def load(self, entries: dict[Key, Entry], now: float | None = None) -> Loaded:
+    def load(self, entries: dict[Key, Entry], now: float | None = None,
+             seen: dict[Key, float] | None = None) -> Loaded:
         """Restored entries (from the changelog), before any batch of their partitions: those
-        that do not fit the model are dropped (a new sensor), the rest taken like a batch's."""
+        that do not fit the model are dropped (a new sensor). `seen`: the wall time each was
+        last updated (its record's), so the idle clock and the recency order go on from where
+        they were, not from the restore; entries idle past the TTL already are evicted now."""
+        now = time.monotonic() if now is None else now
+        wall, seen = time.time(), seen or {}
         dropped: Counter = Counter()
         keep = {}
         for key, entry in entries.items():
@@ -170,7 +175,18 @@ class StateStore:
                 keep[key] = entry
             else:
                 dropped[reason] += 1
-        return Loaded(dict(dropped), self.apply(keep, now))
+        idle = []
+        for key in sorted(keep, key=lambda k: seen.get(k, wall)):  # least recently seen first
+            ago = max(0.0, wall - seen.get(key, wall))
+            if ago > self.idle_ttl_s:
+                idle.append(key)
+                continue
+            self._entries[key] = keep[key]
+            self._entries.move_to_end(key)
+            self._seen[key] = now - ago
+        evicted = self.apply({}, now)
+        evicted["idle"] = idle + evicted["idle"]
+        return Loaded(dict(dropped), evicted)
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for key in [k for k in self._entries if k[0] in partitions]:
@@ -191,10 +207,11 @@ class StateStore:
 # -- the changelog record -------------------------------------------------------------------------
 # Binary, little-endian: magic b"LWS1", valid_at (q), last_ts (d), has_threshold (B), mean, var
 # (dd), persistence bits (q), rows, channels (II), tail float32[rows*channels]; then the same again for the entry before
-# (rows == 0xFFFFFFFF: none). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only.
+# (rows == 0xFFFFFFFF: none); then the wall time it was written (d). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only.
 _MAGIC = b"LWS1"
 _HEAD = struct.Struct("<qdBddqII")
 _NONE = 0xFFFFFFFF
+_WRITTEN = struct.Struct("<d")  # at the end: the wall time the record was written (for the idle TTL)
 
 
 def _pack_one(e: Entry | None) -> bytes:
@@ -207,8 +224,10 @@ def _pack_one(e: Entry | None) -> bytes:
         + t.tobytes()
 
 
-def pack(entry: Entry, before: Entry | None) -> bytes:
-    return _MAGIC + _pack_one(entry) + _pack_one(before)
+def pack(entry: Entry, before: Entry | None, written_at: float | None = None) -> bytes:
+    """The record; it ends with the wall time it is written (`written_at`, default now)."""
+    return _MAGIC + _pack_one(entry) + _pack_one(before) + _WRITTEN.pack(time.time() if written_at is None
+                                                                          else written_at)
 
 
 def _unpack_one(buf: memoryview, pos: int) -> tuple[Entry | None, int]:
@@ -223,17 +242,33 @@ def _unpack_one(buf: memoryview, pos: int) -> tuple[Entry | None, int]:
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
     """(entry, the entry before it); ValueError when it is not a changelog record of ours."""
+    entry, before, _ = unpack_record(value)
+    return entry, before
+
+
+def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
+    """(entry, the entry before it, the wall time it was written or None for a record of a
+    version before that was kept: readers of either version read both)."""
     if not value or value[:4] != _MAGIC:
         raise ValueError("not a latentwatch state record")
     buf = memoryview(value)
     try:
         entry, pos = _unpack_one(buf, 4)
-        before, _ = _unpack_one(buf, pos)
+        before, pos = _unpack_one(buf, pos)
     except (struct.error, ValueError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:
         raise ValueError("state record without an entry")
-    return entry, before
+    written = _WRITTEN.unpack_from(buf, pos)[0] if len(value) == pos + _WRITTEN.size else None
+    return entry, before, written
+
+
+def written_at(value: bytes) -> float | None:
+    """The wall time a record was written (None: an older record, or not one of ours)."""
+    try:
+        return unpack_record(value)[2]
+    except ValueError:
+        return None
 
 
 def as_of(entry: Entry, before: Entry | None, committed: int) -> Entry | None:

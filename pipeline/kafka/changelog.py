@@ -64,6 +64,7 @@ class Progress:
         self.position = {p: -2 for p in committed}  # next offset to read per partition (-2: the beginning)
         self.left = set(committed)
         self.found: dict[state.Key, tuple] = {}
+        self.seen: dict[state.Key, float] = {}  # wall time each sensor's last record was written
         self.records = 0
 
 
@@ -105,9 +106,13 @@ def restore(settings, topic: str, committed: dict[int, int], stall_s: float = 12
                 key = (msg.partition(), (msg.key() or b"").decode("utf-8", "replace"))
                 if msg.value() is None:
                     found.pop(key, None)  # a tombstone: evicted
+                    progress.seen.pop(key, None)
                     continue
                 try:
-                    found[key] = state.unpack(msg.value())
+                    entry, before, written = state.unpack_record(msg.value())
+                    found[key] = (entry, before)
+                    if written is not None:
+                        progress.seen[key] = written
                 except ValueError as exc:
                     log.warning("state record %s[%d]@%d skipped: %s", topic, msg.partition(), msg.offset(), exc)
     finally:
@@ -148,7 +153,7 @@ def restore_into(store: state.StateStore, settings, topic: str, partitions, comm
             continue
         if entries is None:
             return None
-        loaded = store.load(entries)
+        loaded = store.load(entries, seen=progress.seen)  # the idle clock goes on from the records' times
         seconds = time.monotonic() - t0
         log.info("restored the state of %d sensors (%d records) from %s in %.2f s%s", len(entries),
                  progress.records, topic, seconds,

@@ -86,3 +86,29 @@ def test_an_empty_tail_fits_any_model():
     store.expect(window=8, channels=5)
     outcome = store.load({(0, "w1"): Entry(5.0, np.zeros((0, 0), np.float32))})
     assert outcome.dropped == {} and store.get((0, "w1")).last_ts == 5.0
+
+
+# -- a restore keeps the idle clock and the recency order (issue 22, item 6) ---------------------
+
+def test_a_record_carries_the_wall_time_it_was_written_and_old_records_still_read():
+    from latentwatch.pipeline import state
+
+    e = Entry(5.0, np.zeros((2, 3), np.float32), valid_at=3)
+    value = state.pack(e, None, written_at=1_800_000_000.5)
+    assert state.written_at(value) == 1_800_000_000.5 and state.unpack(value)[0].valid_at == 3
+    old = value[:-8]  # a record of the previous version: no time at its end
+    assert state.written_at(old) is None and state.unpack(old)[0].valid_at == 3
+
+
+def test_a_restore_keeps_each_sensors_idle_clock_and_evicts_the_long_idle_with_a_count():
+    store = StateStore(max_sensors=10, idle_ttl_s=100)
+    store.expect(window=3, channels=3)
+    wall, now = time.time(), time.monotonic()
+    entries = {(0, k): Entry(1.0, np.zeros((2, 3), np.float32)) for k in ("fresh", "stale", "older")}
+    seen = {(0, "fresh"): wall - 10, (0, "stale"): wall - 1000, (0, "older"): wall - 50}
+    outcome = store.load(entries, now=now, seen=seen)
+    assert outcome.evicted["idle"] == [(0, "stale")]  # idle past the TTL before the restart
+    assert store.get((0, "stale")) is None
+    # still idle 50 s and 10 s: gone after 50 and 90 more seconds, not a full TTL after the restore
+    later = store.apply({}, now=now + 60)
+    assert later["idle"] == [(0, "older")] and store.get((0, "fresh")) is not None
