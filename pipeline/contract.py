@@ -34,9 +34,6 @@ MAX_SENSOR_ID_BYTES = 256
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-_KEY_DIFFERS = "the sensor_id in the message differs from its key (the key is the sensor id: send the same, or one)"
-
-
 def check_sensor_id(sensor_id: str, where: str = "sensor_id") -> str:
     """`sensor_id` when it may be one, else a ContractError (invalid_utf8, bad_sensor_id)."""
     try:
@@ -327,8 +324,6 @@ class Decoder:
         if not isinstance(sensor_id, str) or not sensor_id:
             raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
         check_sensor_id(sensor_id)
-        if key and "sensor_id" in obj and key != sensor_id.encode("utf-8"):
-            raise ContractError("bad_sensor_id", _KEY_DIFFERS)
 
         if "readings" in obj:
             readings = obj["readings"]

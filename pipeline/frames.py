@@ -9,7 +9,7 @@ end-of-stream marker. Columns:
   fixed-width type are ignored. No nulls, no dictionary encoding, no IPC buffer compression
   (Kafka's own compression.type does that better, and an uncompressed frame can be read in
   place: its memory is bounded by the message size).
-- schema metadata: `sensor_id` (else the message key is the sensor id; both: the same) and, optionally,
+- schema metadata: `sensor_id` (else the message key is the sensor id) and, optionally,
   `latentwatch.frame` = "1", the version of this contract (an unknown one is dead-lettered).
 
 Frames are told from JSON by their first four bytes, Arrow's continuation marker 0xFFFFFFFF:
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latentwatch.pipeline.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
-from latentwatch.pipeline.contract import _KEY_DIFFERS, FLOAT32_MAX, TS_MIN, ContractError, check_sensor_id
+from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError, check_sensor_id
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"  # the IANA media type; informative only
 FRAME_VERSION = "1"
 VERSION_KEY = b"latentwatch.frame"
@@ -83,10 +83,6 @@ class _Plan:
     fields: tuple[int, ...]  # per model channel, its field index
     dtypes: tuple[np.dtype, ...]
     uniform: bool  # all channel columns of one type
-
-    @property
-    def sensor_key(self) -> bytes | None:
-        return None if self.sensor_id is None else self.sensor_id.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -226,8 +222,6 @@ class FrameDecoder:
             values = np.stack([np.frombuffer(value, d, n, header_end + o) for d, o in zip(plan.dtypes, lay.offsets)],
                               axis=1)
         sensor_id = plan.sensor_id
-        if sensor_id is not None and key and key != plan.sensor_key:
-            raise ContractError("bad_sensor_id", _KEY_DIFFERS)
         if sensor_id is None:
             if not key:
                 raise ContractError("schema", "sensor_id missing (in the schema metadata or as the message key)")

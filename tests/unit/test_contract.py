@@ -150,15 +150,3 @@ def test_a_frame_with_a_long_key_or_metadata_sensor_id_is_a_dead_letter():
                                  (frame, b"fine")], NOW)
     assert [(i, e.reason) for i, e in d.errors] == [(0, "bad_sensor_id"), (1, "bad_sensor_id")]
     assert d.sensor_ids == ["fine"]
-
-
-def test_a_body_sensor_id_that_differs_from_the_key_is_a_dead_letter_not_a_silent_override():
-    from latentwatch.pipeline.frames import encode_frame
-
-    assert reason(_one("pump-7"), key=b"pump-8") == "bad_sensor_id"
-    assert dec(_one("pump-7"), key=b"pump-7").sensor_id == "pump-7"
-    assert dec(_one("pump-7")).sensor_id == "pump-7" and dec(_one(), key=b"pump-7").sensor_id == "pump-7"
-    ts = NOW - 10 + np.arange(3.0)
-    d = Decoder(CH).decode_many([(encode_frame(ts, np.ones((3, 3)), CH, "pump-7"), b"pump-8"),
-                                 (encode_frame(ts, np.ones((3, 3)), CH, "pump-7"), b"pump-7")], NOW)
-    assert [(i, e.reason) for i, e in d.errors] == [(0, "bad_sensor_id")] and d.sensor_ids == ["pump-7"]
