@@ -112,3 +112,15 @@ def test_a_restore_keeps_each_sensors_idle_clock_and_evicts_the_long_idle_with_a
     # still idle 50 s and 10 s: gone after 50 and 90 more seconds, not a full TTL after the restore
     later = store.apply({}, now=now + 60)
     assert later["idle"] == [(0, "older")] and store.get((0, "fresh")) is not None
+
+
+def test_after_a_hot_swap_a_restore_of_tails_the_changelog_still_holds_for_the_old_model_drops_them():
+    # The swap trims the tails in memory; the changelog keeps the old ones of sensors not seen
+    # since, and a rebalance then restores them on a member that runs the new model.
+    store = StateStore()
+    store.expect(window=16, channels=3)
+    store.apply({(0, "seen"): Entry(1.0, np.zeros((15, 3), np.float32))})
+    store.for_model(window=8, channels=3)
+    assert store.get((0, "seen")).tail.shape == (7, 3)
+    outcome = store.load(_w16_store_entries())
+    assert outcome.dropped == {"window": 4} and len(store) == 1
