@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from latentwatch.detectors.checkpoint import load
 from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES, ContractError, Decoder
 from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
@@ -372,7 +371,7 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def test_fuzzed_messages_through_a_running_pipeline(kafka_bootstrap, make_topic, producer, model_dir,  # noqa: F811
+def test_fuzzed_messages_through_a_running_pipeline(kafka_bootstrap, make_topic, producer, model_dir,
                                                     tmp_path):
     """A seeded corpus of fuzzed messages (every kind above, a fifth of them valid) through
     `latentwatch run`: every bad one is in the dead-letter topic with the reason the decoder

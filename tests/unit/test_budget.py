@@ -57,3 +57,13 @@ def test_a_model_whose_state_record_cannot_fit_the_producer_is_refused():
     why = budget.changelog_fits(256, 512, 1_000_000)  # two tails of 255 x 512 float32: 1.04 MB
     assert why is not None and "message.max.bytes" in why
     assert budget.changelog_record_bytes(256, 512) > 1_000_000 > budget.changelog_record_bytes(32, 16)
+
+
+def test_the_pipeline_refuses_at_start_a_model_whose_state_record_cannot_fit_with_one_line():
+    import pytest
+    from latentwatch.pipeline.errors import UserError
+    from latentwatch.pipeline.runner import Pipeline
+
+    with pytest.raises(UserError) as info:
+        Pipeline(Settings(), stub_model(channels=[f"c{i}" for i in range(512)], window=256))
+    assert "message.max.bytes" in str(info.value) and "\n" not in str(info.value)

@@ -6,7 +6,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from latentwatch.pipeline.state import Entry, StateStore, approx_entry_bytes
 
 
