@@ -225,8 +225,8 @@ class Scorer:
         cap = self.max_message_readings
         for j, (i, sid) in enumerate(zip(d.index, d.sensor_ids)):
             if cap is not None and d.counts[j] > cap:
-                dead.append((i, "too_large", f"{int(d.counts[j])} readings in one message could make more "
-                             f"records than batch.max_output_bytes allows ({cap} readings)"))
+                dead.append((i, "too_large", (f"{int(d.counts[j])} readings in one message could make more "
+                                              f"records than batch.max_output_bytes allows ({cap} readings)")))
                 keep[j] = False
                 continue
             if j in far_msgs:

@@ -46,6 +46,7 @@ def test_a_dead_letter_with_a_600000_byte_key_fits_the_producer_limit():
     batch = ScoredBatch([msg], [(0, "bad_sensor_id", "sensor_id is 600000 bytes")], [], [], [], np.empty(0), 0)
     sink.produce_batch(batch, None)
     (topic, _, key, value), = sink.producer.produced
+    assert topic == Settings().topics.dead_letter
     headers = dict(sink.producer.headers)
     size = len(key) + len(value) + sum(len(k) + len(v) for k, v in sink.producer.headers)
     assert size <= limit - 1024  # room for the record's framing
