@@ -90,3 +90,20 @@ def read_message(data: bytes, pos: int) -> tuple[Reader, tuple, int, int, int]:
     if body_len < 0:
         raise ContractError("corrupt_frame", "negative body length")
     return b, msg, header_type, b.ref(header_at), body_len
+
+
+def legacy_stream(value: bytes) -> bool:
+    """An Arrow IPC stream in the pre-0.15 format: an int32 metadata length (padded to 8 bytes)
+    and no continuation marker. Only asked of a message JSON could not read."""
+    if len(value) < 16:
+        return False
+    size = int.from_bytes(value[:4], "little", signed=True)
+    if size <= 0 or size + 4 > len(value) or (size + 4) % 8:
+        return False
+    import pyarrow as pa
+
+    try:
+        pa.ipc.open_stream(value).schema  # noqa: B018 - reading it is the check
+    except Exception:  # noqa: BLE001 - untrusted bytes
+        return False
+    return True

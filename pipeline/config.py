@@ -92,6 +92,9 @@ class BatchSettings(BaseModel):
     max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="... or when this many bytes of messages are in hand")
     max_message_bytes: int = Field(1_000_000, ge=64, description="larger messages are dead letters")
+    max_output_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024, description="bound on the records one batch "
+                                  "makes (alerts, latent); lowers max_readings for models whose records are large, "
+                                  "and a message whose readings alone could pass it is a dead letter (too_large)")
     max_future_s: float = Field(86_400.0, ge=0, description="event times further ahead are dead letters")
 
 
@@ -133,6 +136,9 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     group_id: str = "latentwatch"
+    instance_id: str | None = Field(None, description="unique per live process, stable across its restarts (the "
+                                    "Helm chart passes <namespace>/<pod name>); names its transactional.id instead "
+                                    "of the hostname")
     model: ModelSettings = Field(default_factory=ModelSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     state: StateSettings = Field(default_factory=StateSettings)
@@ -162,7 +168,9 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
         for section in ("consumer", "producer"):
             for key in data["kafka"][section]:
-                if any(word in key for word in ("password", "secret", "key", "token", "jaas")):
+                # sasl.oauthbearer.config and .extensions carry clientSecret= / tokens in free text
+                if any(word in key for word in ("password", "secret", "key", "token", "jaas", "oauthbearer.config",
+                                                "extensions", "credential")):
                     data["kafka"][section][key] = "**********"
         return data
 

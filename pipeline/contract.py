@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import operator
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,23 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 FRAME_MAGIC = b"\xff\xff\xff\xff"  # the first bytes of a binary frame (never of UTF-8 JSON)
 # Event times outside [TS_MIN, now + max_future] are out of contract (reason "bad_timestamp").
 TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+# A sensor id is the key (and a field) of every alert, latent and state record made of it: at most
+# this many bytes of UTF-8, no control characters (C0, DEL, C1), else reason "bad_sensor_id".
+MAX_SENSOR_ID_BYTES = 256
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def check_sensor_id(sensor_id: str, where: str = "sensor_id") -> str:
+    """`sensor_id` when it may be one, else a ContractError (invalid_utf8, bad_sensor_id)."""
+    try:
+        n = len(sensor_id.encode("utf-8"))  # it becomes the key of what we produce
+    except UnicodeEncodeError:
+        raise ContractError("invalid_utf8", f"{where} holds a lone surrogate (\\ud800-\\udfff)") from None
+    if n > MAX_SENSOR_ID_BYTES:
+        raise ContractError("bad_sensor_id", f"{where} is {n} bytes of UTF-8 (at most {MAX_SENSOR_ID_BYTES})")
+    if _CONTROL.search(sensor_id):
+        raise ContractError("bad_sensor_id", f"{where} holds a control character")
+    return sensor_id
 
 
 class ContractError(Exception):
@@ -288,7 +306,15 @@ class Decoder:
             raise ContractError("schema", "message has no value (tombstone)")
         if len(value) > self.max_message_bytes:
             raise ContractError("too_large", f"{len(value)} bytes > limit {self.max_message_bytes}")
-        obj = loads(value)
+        try:
+            obj = loads(value)
+        except ContractError:
+            from latentwatch.pipeline.arrow_ipc import legacy_stream  # it imports this module
+
+            if legacy_stream(value):
+                raise ContractError("unsupported_version", "Arrow's legacy IPC format (before 0.15, no FF FF FF FF "
+                                    "continuation marker): write it with a current writer") from None
+            raise
         if not isinstance(obj, dict):
             raise ContractError("schema", f"expected a JSON object, got {type(obj).__name__}")
 
@@ -297,10 +323,7 @@ class Decoder:
             sensor_id = key.decode("utf-8", "replace")
         if not isinstance(sensor_id, str) or not sensor_id:
             raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
-        try:
-            sensor_id.encode("utf-8")  # it becomes the key of what we produce
-        except UnicodeEncodeError:
-            raise ContractError("invalid_utf8", "sensor_id holds a lone surrogate (\\ud800-\\udfff)") from None
+        check_sensor_id(sensor_id)
 
         if "readings" in obj:
             readings = obj["readings"]

@@ -22,13 +22,14 @@ schema message and cached. No Python object is made per reading.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from latentwatch.pipeline.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
-from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError
+from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError, check_sensor_id
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"  # the IANA media type; informative only
 FRAME_VERSION = "1"
 VERSION_KEY = b"latentwatch.frame"
@@ -46,15 +47,27 @@ class _Cache(dict):
     def __init__(self, max_bytes: int):
         super().__init__()
         self.max_bytes, self.bytes = max_bytes, 0
+        self._cost: dict[bytes, int] = {}
+
+    def _key(self, key: bytes) -> bytes:
+        # A header over 1/64 of the bound (a schema of thousands of ignored columns: 12 ms to
+        # parse at 4,000) is kept by its digest, so it is parsed once, not on every frame.
+        return key if len(key) <= self.max_bytes // 64 else hashlib.blake2b(key, digest_size=32).digest()
+
+    def get(self, key: bytes, default=None):
+        return super().get(self._key(key), default)
 
     def put(self, key: bytes, value) -> None:
-        if len(key) > self.max_bytes // 64:  # a pathological header: read it again next time
+        cost = len(key) if len(key) <= self.max_bytes // 64 else 1024  # a digest and its (small) value
+        key = self._key(key)
+        if key in self:
             return
         self[key] = value
-        self.bytes += len(key)
+        self._cost[key] = cost
+        self.bytes += cost
         while self.bytes > self.max_bytes:
             oldest = next(iter(self))
-            self.bytes -= len(oldest)
+            self.bytes -= self._cost.pop(oldest)
             del self[oldest]
 
 
@@ -85,6 +98,15 @@ class _Layout:
 
 
 _EOS = (MAGIC + b"\0\0\0\0", b"\0\0\0\0")
+
+
+def _another_message(value: bytes, pos: int) -> bool:
+    """Whether a whole Arrow IPC message (not junk, not an end-of-stream) starts at `pos`."""
+    try:
+        b, _, header_type, _, body_len = read_message(value, pos)
+    except Exception:  # noqa: BLE001 - untrusted bytes: anything unreadable is not a message
+        return False
+    return header_type != 0 and b.end + body_len <= len(value)
 
 
 class FrameDecoder:
@@ -187,7 +209,7 @@ class FrameDecoder:
             raise ContractError(*lay)  # a new one each time: re-raising one object grows its traceback
         end = header_end + lay.body_len
         if len(value) != end and value[end:] not in _EOS:
-            if len(value) > end + 8 and value[end:end + 4] == MAGIC:
+            if _another_message(value, end):
                 raise ContractError("schema", "a frame holds one record batch (then, optionally, end-of-stream)")
             raise ContractError("corrupt_frame", "frame truncated, or bytes after its record batch")
         plan, n = lay.plan, lay.n
@@ -203,7 +225,7 @@ class FrameDecoder:
         if sensor_id is None:
             if not key:
                 raise ContractError("schema", "sensor_id missing (in the schema metadata or as the message key)")
-            sensor_id = key.decode("utf-8", "replace")
+            sensor_id = check_sensor_id(key.decode("utf-8", "replace"), "the message key (the sensor id)")
         return sensor_id, values, ts
 
     def _layout(self, value: bytes) -> _Layout:
@@ -284,6 +306,7 @@ class FrameDecoder:
                 raise ContractError("invalid_utf8", "sensor_id in the schema metadata is not UTF-8") from None
             if not sensor_id:
                 raise ContractError("schema", "sensor_id in the schema metadata is empty")
+            check_sensor_id(sensor_id, "sensor_id in the schema metadata")
         names = schema.names
         if len(set(names)) != len(names):
             raise ContractError("schema", "duplicate column names")

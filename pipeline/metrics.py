@@ -26,6 +26,7 @@ DEAD_LETTER_REASONS = (
     "too_large",
     "bad_timestamp",
     "late",  # older than or equal to the sensor's last scored reading (windowed models)
+    "bad_sensor_id",  # longer than contract.MAX_SENSOR_ID_BYTES (256) bytes of UTF-8, or a control character
     "out_of_range",  # finite, but too far from the training scale to score in float32 (e.g. 3.4e38)
     # Binary frames (pipeline/frames.py) only; their other faults map onto the reasons above.
     "corrupt_frame",  # not a readable Arrow IPC stream: truncated, bit-flipped, bad offsets
@@ -35,6 +36,7 @@ DEAD_LETTER_REASONS = (
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+RESTORE_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SCORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 
 
@@ -88,6 +90,8 @@ class PipelineMetrics:
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
+        self.state_dropped = Counter(f"{p}_state_dropped", "Restored per-sensor state entries that did not fit the loaded model and were dropped (the sensor warms up again), by reason (window, channels, dtype, non_finite, threshold)", ["reason"], registry=r)
+        self.state_restore_seconds = Histogram(f"{p}_state_restore_duration_seconds", "Wall time of a per-sensor state restore from the changelog (on assignment or after a rewind)", buckets=RESTORE_BUCKETS, registry=r)
         self.batch_rewinds = Counter(f"{p}_batch_rewinds", "Batches not committed (a delivery or commit failed): rewound and redone", registry=r)
         self.dead_letters_truncated = Counter(f"{p}_dead_letters_truncated", "Dead letters produced truncated (the original was too large to produce whole)", registry=r)
         self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
@@ -102,6 +106,8 @@ class PipelineMetrics:
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
+        for reason in ("window", "channels", "dtype", "non_finite", "threshold"):  # state.DROP_REASONS
+            self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
             self.model_reloads.labels(outcome=outcome)
@@ -142,6 +148,15 @@ class PipelineMetrics:
         if truncated > self._truncated_seen:
             self.dead_letters_truncated.inc(truncated - self._truncated_seen)
             self._truncated_seen = truncated
+
+    def state_restored(self, loaded, seconds: float) -> None:
+        """A restore's outcome (state.Loaded) and duration; evicted over the bound on load too."""
+        for reason, n in loaded.dropped.items():
+            self.state_dropped.labels(reason=reason).inc(n)
+        for reason, keys in loaded.evicted.items():
+            if keys:
+                self.state_evictions.labels(reason=reason).inc(len(keys))
+        self.state_restore_seconds.observe(seconds)
 
     def kafka_error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()

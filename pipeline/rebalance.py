@@ -22,6 +22,7 @@ log = logging.getLogger("latentwatch.run")
 class Rebalance:
     def __init__(self, pipeline):
         self.p = pipeline  # its state, settings, source, committer, metrics and health, as they are now
+        self.incomplete = False  # a stop came during a restore: assigned partitions without their state
 
     def assigned(self, partitions) -> None:
         self.p.metrics.assigned(partitions)
@@ -31,8 +32,14 @@ class Rebalance:
     def restore(self, partitions) -> None:
         p = self.p
         if p.state_topic is not None and partitions:
-            changelog.restore_into(p.state, p.settings, p.state_topic, partitions, p.source.committed,
-                                   lambda: p.stopping, on_wait=p.health.beat)
+            done = changelog.restore_into(p.state, p.settings, p.state_topic, partitions, p.source.committed,
+                                          lambda: p.stopping, on_wait=p.health.beat)
+            if done is None:  # stopping: nothing of these partitions may be scored now
+                self.incomplete = True
+                return
+            loaded, seconds = done
+            p.metrics.state_restored(loaded, seconds)
+            p.evicted_on_load(loaded.evicted)  # tombstones, so the next restore does not bring them back
 
     def reload(self, partitions) -> None:
         self.p.state.drop_partitions({tp.partition for tp in partitions})

@@ -24,10 +24,11 @@ import time
 import numpy as np
 import torch
 
+from latentwatch.pipeline import budget
 from latentwatch.pipeline import state as state_mod
 from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
+from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog
 from latentwatch.pipeline.kafka import clients as kafka_io
@@ -52,6 +53,9 @@ class Pipeline:
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
+        why = self._state_fits(model)
+        if why is not None:
+            raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
@@ -88,7 +92,7 @@ class Pipeline:
         self._input_partitions = len(metadata.topics[s.topics.input].partitions)
         if self._needs_changelog:
             self.state_topic = changelog.ensure(s, self._input_partitions)
-        txn = kafka_io.TransactionalId(s.group_id) if s.delivery == "exactly-once" else None
+        txn = kafka_io.TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          deadline=lambda: self._deadline, transactional_id=txn.value if txn else None,
@@ -132,6 +136,8 @@ class Pipeline:
                     self._swap(new_model)
                 messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
                 self.monitor.check(self.source.consumer)
+                if self.rebalance.incomplete:  # stopped during a restore: the next owner scores them
+                    break
                 if messages:
                     self.process(messages)
                 else:
@@ -152,7 +158,7 @@ class Pipeline:
     def process(self, messages: list) -> None:
         """One micro-batch, from messages to committed (or rewound)."""
         started = time.monotonic()
-        batch = self.scorer.score(messages, self.state, max_readings=self.settings.batch.max_readings)
+        batch = self.scorer.score(messages, self.state, max_readings=self._readings_cap)
         self.source.put_back(batch.rest)
         self.source.learn(len(batch.messages) - len(batch.dead), batch.n_readings)
         tombstones = self._tombstones
@@ -168,21 +174,42 @@ class Pipeline:
         self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
         self.lifecycle.committed(batch)  # drift, shadow: after the batch's own timings are taken
 
+    def evicted_on_load(self, evicted: dict) -> None:
+        """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""
+        if self.state_topic:
+            self._tombstones += [k for keys in evicted.values() for k in keys]
+
     def _use(self, model) -> None:
         s = self.settings
         self.model, self.detector = model, model.detector
+        self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, and the
         # alarm rule (its EWMA and open episodes): a restart must not re-open or lose an episode.
         self._needs_changelog = True
+        # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
+        # batch.max_output_bytes; a message holding more readings than that is a dead letter.
+        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        self._readings_cap = budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading)
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
                              latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs,
+                             max_message_readings=s.batch.max_output_bytes // per_reading,
                              per_reading=s.alerts.per_reading)
+
+    def _state_fits(self, model) -> str | None:
+        """Why `model`'s per-sensor state records could not be produced (None: they can)."""
+        d = model.detector
+        limit = int(kafka_io.producer_config(self.settings).get("message.max.bytes", 1_000_000))
+        return budget.changelog_fits(d.window, len(d.channels), limit) if d.window > 1 else None
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept
         when window and channels match, cut or grown (warming up the difference) otherwise."""
         old = self.model
+        why = self._state_fits(model)
+        if why is not None:
+            log.error("model %s version %s not swapped in (the running one goes on): %s", model.name, model.version, why)
+            return
         self._use(model)
         if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
                 or type(model.threshold) is not type(old.threshold):

@@ -89,7 +89,7 @@ class Scorer:
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
                  critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False,
-                 per_reading: bool = True):
+                 max_message_readings: int | None = None, per_reading: bool = True):
         self.model = model
         self.detector = model.detector
         self.channels = list(self.detector.channels)
@@ -101,6 +101,7 @@ class Scorer:
         self.changelog = changelog
         self.refs = refs
         self.per_reading = per_reading
+        self.max_message_readings = max_message_readings  # more in one message: too_large (budget.py)
         scaler = getattr(self.detector, "scaler", None)
         self._mean = None if scaler is None else np.asarray(scaler.mean, np.float64)
         self._std = None if scaler is None else np.asarray(scaler.std, np.float64)
@@ -239,7 +240,13 @@ class Scorer:
             if far_rows.any():
                 far_msgs = set(np.repeat(np.arange(len(d.index)), d.counts)[far_rows].tolist())
         last_seen: dict[state.Key, float] = {}
+        cap = self.max_message_readings
         for j, (i, sid) in enumerate(zip(d.index, d.sensor_ids)):
+            if cap is not None and d.counts[j] > cap:
+                dead.append((i, "too_large", (f"{int(d.counts[j])} readings in one message could make more "
+                                              f"records than batch.max_output_bytes allows ({cap} readings)")))
+                keep[j] = False
+                continue
             if j in far_msgs:
                 dead.append((i, "out_of_range", f"a value is more than {MAX_Z:.0e} standard deviations from "
                              "its channel's training mean (a 'no data' sentinel such as 3.4e38, or wrong units)"))

@@ -28,6 +28,7 @@ log = logging.getLogger("latentwatch.run")
 
 # Room for a record's framing, key and our headers on top of the value (bytes).
 _RECORD_OVERHEAD = 4096
+DLQ_KEY_CAP = 1024  # bytes of a dead letter's key kept (the rest: header lw-dlq-key-truncated)
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
@@ -57,20 +58,31 @@ class Sink:
             self._produce(self.topics.alerts, value, key)
         for key, value in batch.latents:
             self._produce(self.topics.latent, value, key)
+        # Evicted sensors are deleted from the changelog first (a restore keeps a key's last
+        # record): one evicted and back in this batch has its new record after the tombstone, or
+        # none (its record supersedes it).
+        rewritten = {(partition, key) for partition, key, _ in batch.changelog}
+        for partition, sensor_id in tombstones:
+            key = sensor_id.encode()
+            if (partition, key) not in rewritten:
+                self._produce(state_topic, None, key, partition=partition)
         for partition, key, value in batch.changelog:
             self._produce(state_topic, value, key, partition=partition)
-        for partition, sensor_id in tombstones:  # evicted sensors: gone from the changelog too
-            self._produce(state_topic, None, sensor_id.encode(), partition=partition)
 
     def _dead_letter(self, msg, reason: str, detail: str) -> None:
-        value = msg.value() or b""
+        value, key = msg.value() or b"", msg.key()
         headers = kafka_io.dead_letter_headers(msg, reason, detail)
-        if len(value) > self.dlq_cap:
+        if key is not None and len(key) > DLQ_KEY_CAP:  # a key is a sensor id: at most 256 bytes in contract
+            headers += [("lw-dlq-key-truncated", b"true"), ("lw-dlq-original-key-bytes", str(len(key)).encode())]
+            key = key[:DLQ_KEY_CAP]
+        # key, value and headers together fit the producer's limit (the value gives way)
+        room = self.dlq_cap - len(key or b"") - sum(len(k) + len(v or b"") for k, v in headers) - 256
+        if len(value) > room:
             headers += [("lw-dlq-truncated", b"true"), ("lw-dlq-original-bytes", str(len(value)).encode()),
                         ("lw-dlq-original-sha256", hashlib.sha256(value).hexdigest().encode())]
-            value = value[:self.dlq_cap]
+            value = value[:max(0, room)]
             self.truncated += 1
-        self._produce(self.topics.dead_letter, value, msg.key(), headers)
+        self._produce(self.topics.dead_letter, value, key, headers)
 
     def _produce(self, topic, value, key, headers=None, partition: int | None = None) -> None:
         extra = {} if partition is None else {"partition": partition}

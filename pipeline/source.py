@@ -43,15 +43,16 @@ class Source:
 
     def next_batch(self, stopping) -> list:
         b = self.batch
-        held, self._held = self._held, []
         want = max(1, int(b.max_readings / max(self.readings_per_message, 1.0)))
-        if len(held) >= want:
-            self._held = held[want:]
-            return held[:want]
-        got = kafka_io.accumulate(self.consumer, want - len(held), b.max_bytes, b.max_wait_ms / 1000,
+        if len(self._held) >= want:
+            held, self._held = self._held[:want], self._held[want:]
+            return held
+        # The held messages stay in self._held while fetching: a revoke or loss inside consume()
+        # (eager or cooperative-sticky) drops theirs there (`_forget`). Taken out first, they
+        # escaped it: accumulate() clears the revoked set as it goes.
+        got = kafka_io.accumulate(self.consumer, want - len(self._held), b.max_bytes, b.max_wait_ms / 1000,
                                   stopping, self._revoked)
-        if self._revoked:
-            held = [m for m in held if (m.topic(), m.partition()) not in self._revoked]
+        held, self._held = self._held, []
         return held + got
 
     def put_back(self, messages: list) -> None:

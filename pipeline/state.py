@@ -26,14 +26,22 @@ Three rules keep it right and bounded:
    first) and none idle longer than `state.idle_ttl_s` (wall clock). Evictions are counted;
    an evicted sensor that comes back starts again like a new one (warms up its window). An
    evicted entry is deleted from the changelog (a tombstone) so a restore cannot bring it back.
+
+State that enters the store from outside a batch (a restore from the changelog, a model swap) is
+**checked against the model loaded now** (`expect`, `check`): an entry whose tail has another
+length or channel count than the model needs, or that holds values the model cannot take, is
+dropped (counted by reason in `latentwatch_state_dropped_total`) and its sensor warms up like a
+new one. A model change (W=16 -> W=8, a channel added) therefore never feeds an old tail to the
+scorer, on this process or on the one a rebalance hands the partition to.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,12 +61,68 @@ class Entry:
     alarm: SensorAlarm | None = None  # the alarm rule's EWMA and open episode (None: a new sensor)
 
 
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """What the model loaded now needs of a sensor's state."""
+
+    window: int
+    channels: int
+
+
+def _check_tail(e: Entry, fit: Fit) -> str | None:
+    t = e.tail
+    if len(t) == 0:  # nothing to feed the model (a window-1 model's entry, a sensor warming up)
+        return None
+    if t.ndim != 2 or t.shape[1] != fit.channels:
+        return "channels"
+    if len(t) > max(fit.window - 1, 0):
+        return "window"
+    if t.dtype != np.float32:
+        return "dtype"
+    if not np.isfinite(t).all():
+        return "non_finite"
+    return None
+
+
+def _check_threshold(e: Entry, fit: Fit) -> str | None:
+    if e.threshold is None:
+        return None
+    mean, var = e.threshold
+    return None if np.isfinite(mean) and np.isfinite(var) and var >= 0 else "threshold"
+
+
+# One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
+# A new kind of state (e.g. an alarm rule's) adds its own here; its reason becomes a label value.
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold")
+
+
+def check(entry: Entry, fit: Fit | None) -> str | None:
+    """Why `entry` cannot be used by a model needing `fit` (None: it can, or no model is known)."""
+    if fit is None:
+        return None
+    for one in ENTRY_CHECKS:
+        reason = one(entry, fit)
+        if reason is not None:
+            return reason
+    return None
+
+
+@dataclass
+class Loaded:
+    """What `StateStore.load` did: entries dropped by reason, keys evicted by reason."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    evicted: dict[str, list] = field(default_factory=dict)
+
+
 class StateStore:
     """The entries of the assigned partitions, in least-recently-seen order."""
 
     def __init__(self, max_sensors: int = 100_000, idle_ttl_s: float = 86_400.0):
         self.max_sensors = max_sensors
         self.idle_ttl_s = idle_ttl_s
+        self.fit: Fit | None = None  # what the loaded model needs (None: entries are not checked)
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
@@ -93,9 +157,39 @@ class StateStore:
                 evicted["idle"].append(key)
         return evicted
 
-    def load(self, entries: dict[Key, Entry], now: float | None = None) -> None:
-        """Restored entries (from the changelog), before any batch of their partitions."""
-        self.apply(entries, now)
+    def expect(self, window: int, channels: int) -> None:
+        """The model loaded now: entries that enter the store from outside a batch are checked
+        against it."""
+        self.fit = Fit(window, channels)
+
+    def load(self, entries: dict[Key, Entry], now: float | None = None,
+             seen: dict[Key, float] | None = None) -> Loaded:
+        """Restored entries (from the changelog), before any batch of their partitions: those
+        that do not fit the model are dropped (a new sensor). `seen`: the wall time each was
+        last updated (its record's), so the idle clock and the recency order go on from where
+        they were, not from the restore; entries idle past the TTL already are evicted now."""
+        now = time.monotonic() if now is None else now
+        wall, seen = time.time(), seen or {}
+        dropped: Counter = Counter()
+        keep = {}
+        for key, entry in entries.items():
+            reason = check(entry, self.fit)
+            if reason is None:
+                keep[key] = entry
+            else:
+                dropped[reason] += 1
+        idle = []
+        for key in sorted(keep, key=lambda k: seen.get(k, wall)):  # least recently seen first
+            ago = max(0.0, wall - seen.get(key, wall))
+            if ago > self.idle_ttl_s:
+                idle.append(key)
+                continue
+            self._entries[key] = keep[key]
+            self._entries.move_to_end(key)
+            self._seen[key] = now - ago
+        evicted = self.apply({}, now)
+        evicted["idle"] = idle + evicted["idle"]
+        return Loaded(dict(dropped), evicted)
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for key in [k for k in self._entries if k[0] in partitions]:
@@ -113,6 +207,7 @@ class StateStore:
                 np.empty((0, channels), np.float32)
             alarm = SensorAlarm(float("nan"), e.alarm.episode) if e.alarm is not None else None
             self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm)
+        self.expect(window, channels)
 
 
 # -- the changelog record -------------------------------------------------------------------------
@@ -120,14 +215,16 @@ class StateStore:
 # (dd), rows, channels (II), tail float32[rows*channels], then the alarm state: has_alarm (B), z (d),
 # has_episode (B) and the episode (ref qqq, started_ts d, rule b, peak, peak_score, peak_ts ddd,
 # count, below qq, last_event_ts d); then the same again for the entry before (rows == 0xFFFFFFFF:
-# none). Compact (a W=32, 16-channel tail is 2 KB) and read by this module only. b"LWS1" records
-# (before the alarm rule: a persistence int where the alarm state is now) are still read.
+# none); then the wall time it was written (d). Compact (a W=32, 16-channel tail is 2 KB) and read
+# by this module only. b"LWS1" records (before the alarm rule: a persistence int where the alarm
+# state is now; with or without the wall time) are still read, without alarm state.
 _MAGIC, _MAGIC1 = b"LWS2", b"LWS1"
 _HEAD = struct.Struct("<qdBddII")
 _HEAD1 = struct.Struct("<qdBddqII")
 _ALARM = struct.Struct("<BdB")
 _EPISODE = struct.Struct("<qqqdbdddqqd")
 _NONE = 0xFFFFFFFF
+_WRITTEN = struct.Struct("<d")  # at the end: the wall time the record was written (for the idle TTL)
 
 
 def _pack_one(e: Entry | None) -> bytes:
@@ -145,8 +242,10 @@ def _pack_one(e: Entry | None) -> bytes:
     return out
 
 
-def pack(entry: Entry, before: Entry | None) -> bytes:
-    return _MAGIC + _pack_one(entry) + _pack_one(before)
+def pack(entry: Entry, before: Entry | None, written_at: float | None = None) -> bytes:
+    """The record; it ends with the wall time it is written (`written_at`, default now)."""
+    return _MAGIC + _pack_one(entry) + _pack_one(before) + _WRITTEN.pack(time.time() if written_at is None
+                                                                          else written_at)
 
 
 def _unpack_one(buf: memoryview, pos: int, v1: bool) -> tuple[Entry | None, int]:
@@ -178,18 +277,34 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool) -> tuple[Entry | None, int]
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
     """(entry, the entry before it); ValueError when it is not a changelog record of ours."""
+    entry, before, _ = unpack_record(value)
+    return entry, before
+
+
+def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
+    """(entry, the entry before it, the wall time it was written or None for a record of a
+    version before that was kept: readers of either version read both)."""
     if not value or value[:4] not in (_MAGIC, _MAGIC1):
         raise ValueError("not a latentwatch state record")
     v1 = value[:4] == _MAGIC1
     buf = memoryview(value)
     try:
         entry, pos = _unpack_one(buf, 4, v1)
-        before, _ = _unpack_one(buf, pos, v1)
+        before, pos = _unpack_one(buf, pos, v1)
     except (struct.error, ValueError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:
         raise ValueError("state record without an entry")
-    return entry, before
+    written = _WRITTEN.unpack_from(buf, pos)[0] if len(value) == pos + _WRITTEN.size else None
+    return entry, before, written
+
+
+def written_at(value: bytes) -> float | None:
+    """The wall time a record was written (None: an older record, or not one of ours)."""
+    try:
+        return unpack_record(value)[2]
+    except ValueError:
+        return None
 
 
 def as_of(entry: Entry, before: Entry | None, committed: int) -> Entry | None:

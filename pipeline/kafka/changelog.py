@@ -20,10 +20,12 @@ from latentwatch.pipeline.errors import UserError
 
 log = logging.getLogger("latentwatch.run")
 
-# Compaction keeps one record per sensor; short segments let it run soon, so a restore reads
-# about one record per sensor, not one per batch since the topic was made.
-TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1",
-                "segment.bytes": str(64 * 1024 * 1024)}
+# Compaction keeps one record per sensor; the active segment is never compacted, so it is kept
+# small and rolled often (at most 16 MB or 60 s of records), and max.compaction.lag.ms makes the
+# cleaner take a rolled segment within 5 min whatever the dirty ratio: a restore reads about one
+# record per sensor plus at most a few minutes of traffic, not everything since the topic was made.
+TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1",
+                "segment.bytes": str(16 * 1024 * 1024), "max.compaction.lag.ms": "300000"}
 
 
 def state_topic(settings) -> str:
@@ -53,37 +55,64 @@ def ensure(settings, input_partitions: int) -> str:
     return name
 
 
-def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 120.0,
-            on_wait=lambda: None) -> dict[state.Key, state.Entry]:
-    """Each sensor's entry as of the committed input offset of its partition."""
+class Progress:
+    """How far a restore has read: kept across its retries, so a retry goes on from where the
+    last try stopped (a changelog too large to read in one try is never read again from 0)."""
+
+    def __init__(self, committed: dict[int, int]):
+        self.committed = committed
+        self.position = {p: -2 for p in committed}  # next offset to read per partition (-2: the beginning)
+        self.left = set(committed)
+        self.found: dict[state.Key, tuple] = {}
+        self.seen: dict[state.Key, float] = {}  # wall time each sensor's last record was written
+        self.records = 0
+
+
+def restore(settings, topic: str, committed: dict[int, int], stall_s: float = 120.0, on_wait=lambda: None,
+            stopping=lambda: False, progress: Progress | None = None) -> dict[state.Key, state.Entry] | None:
+    """Each sensor's entry as of the committed input offset of its partition; None when a stop is
+    asked for first. A KafkaException (timed out) when nothing arrived for `stall_s`: the caller
+    retries with the same `progress`. The stop flag is looked at every 0.5 s."""
     if not committed:
         return {}
+    progress = progress if progress is not None else Progress(committed)
     conf = settings.kafka.client_config()
     conf.update({"group.id": f"latentwatch-restore-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                  "enable.partition.eof": True, "isolation.level": "read_committed",
                  "logger": logging.getLogger("latentwatch.librdkafka")})
     consumer = Consumer(conf)
-    found: dict[state.Key, tuple] = {}
+    found = progress.found
     try:
-        consumer.assign([TopicPartition(topic, p, -2) for p in committed])  # from the beginning
-        left = set(committed)
-        deadline = time.monotonic() + timeout_s
-        while left:
-            if time.monotonic() > deadline:
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"restoring {topic} took over {timeout_s:.0f} s"))
+        consumer.assign([TopicPartition(topic, p, progress.position[p]) for p in progress.left])
+        last_progress = time.monotonic()
+        while progress.left:
+            if stopping():
+                return None
+            if time.monotonic() - last_progress > stall_s:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                                f"nothing read from {topic} for {stall_s:.0f} s"))
             on_wait()  # a long restore is progress, not a stalled loop (/healthz)
-            for msg in consumer.consume(1000, timeout=0.5):
+            msgs = consumer.consume(1000, timeout=0.5)
+            if msgs:
+                last_progress = time.monotonic()
+            for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        left.discard(msg.partition())
+                        progress.left.discard(msg.partition())
                     continue
+                progress.position[msg.partition()] = msg.offset() + 1
+                progress.records += 1
                 key = (msg.partition(), (msg.key() or b"").decode("utf-8", "replace"))
                 if msg.value() is None:
                     found.pop(key, None)  # a tombstone: evicted
+                    progress.seen.pop(key, None)
                     continue
                 try:
-                    found[key] = state.unpack(msg.value())
+                    entry, before, written = state.unpack_record(msg.value())
+                    found[key] = (entry, before)
+                    if written is not None:
+                        progress.seen[key] = written
                 except ValueError as exc:
                     log.warning("state record %s[%d]@%d skipped: %s", topic, msg.partition(), msg.offset(), exc)
     finally:
@@ -97,21 +126,37 @@ def restore(settings, topic: str, committed: dict[int, int], timeout_s: float = 
 
 
 def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stopping,
-                 on_wait=lambda: None) -> None:
+                 on_wait=lambda: None) -> tuple[state.Loaded, float] | None:
     """Restore `partitions`' entries into `store`, retried until it works or a stop is asked for
-    (a reading is never scored without its state; a restore that fails is never skipped)."""
+    (a reading is never scored without its state; a restore that fails is never skipped). A retry
+    goes on from where the last try stopped. Returns what the store did with the entries and the
+    restore's duration (seconds), or None when a stop came first (nothing loaded: the caller
+    must not score those partitions)."""
+    t0 = time.monotonic()
+    progress = None
     while not stopping():
         committed = committed_of(partitions, stopping)
         if committed is None:
-            return
+            return None
+        offsets = {tp.partition: tp.offset for tp in committed}
+        progress = progress or Progress(offsets)  # the records read stay read; as_of takes `offsets`
         try:
-            t0 = time.monotonic()
-            entries = restore(settings, topic, {tp.partition: tp.offset for tp in committed}, on_wait=on_wait)
+            entries = restore(settings, topic, offsets, on_wait=on_wait, stopping=stopping, progress=progress)
         except KafkaException as exc:
-            log.warning("could not restore state from %s (%s); retrying", topic, exc.args[0].str())
+            log.warning("could not restore state from %s yet (%s; %d records read so far); going on",
+                        topic, exc.args[0].str(), progress.records)
             on_wait()
-            time.sleep(1)
+            for _ in range(10):  # 1 s, looking at the stop flag
+                if stopping():
+                    return None
+                time.sleep(0.1)
             continue
-        store.load(entries)
-        log.info("restored the state of %d sensors from %s in %.2f s", len(entries), topic, time.monotonic() - t0)
-        return
+        if entries is None:
+            return None
+        loaded = store.load(entries, seen=progress.seen)  # the idle clock goes on from the records' times
+        seconds = time.monotonic() - t0
+        log.info("restored the state of %d sensors (%d records) from %s in %.2f s%s", len(entries),
+                 progress.records, topic, seconds,
+                 f"; dropped as not fitting the model: {loaded.dropped}" if loaded.dropped else "")
+        return loaded, seconds
+    return None

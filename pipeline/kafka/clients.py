@@ -115,9 +115,15 @@ class TransactionalId:
     transaction at once, instead of every reader of its outputs, and the committed offsets of
     its partitions, waiting for that transaction to time out. Concurrent processes get
     different slots, so they never fence each other.
+
+    `instance` (setting `instance_id`; the Helm chart passes `<namespace>/<pod name>` from the
+    downward API) names the process instead of the hostname: processes that share a hostname
+    but not `/tmp` (pods with hostNetwork on one node, containers run with --network host) would
+    otherwise both take slot 0 of the same id and fence each other. A pod's name is kept by a
+    container restarted in it, so the restart still takes over its predecessor's id.
     """
 
-    def __init__(self, group_id: str):
+    def __init__(self, group_id: str, instance: str | None = None):
         import fcntl
         import tempfile
 
@@ -132,7 +138,9 @@ class TransactionalId:
                 handle.close()
                 continue
             self._handle = handle  # the lock lives as long as this object
-            self.value = f"latentwatch-{group_id}-{socket.gethostname()}-{slot}"
+            who = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in instance) if instance \
+                else socket.gethostname()
+            self.value = f"latentwatch-{group_id}-{who}-{slot}"
             return
         raise UserError(f"no free transactional.id slot in {folder}")
 

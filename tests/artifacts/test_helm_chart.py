@@ -146,6 +146,11 @@ def test_rendered_pipeline_yaml_is_a_valid_configuration(helm, values, tmp_path)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["ports"][0]["containerPort"] == settings.metrics.port
+    # the transactional.id is named per pod (downward API), not by a hostname pods may share
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LATENTWATCH_INSTANCE_ID"]["value"] == "$(POD_NAMESPACE)/$(POD_NAME)"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 def test_rules_and_dashboard_are_the_repo_files(helm):

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from latentwatch.pipeline.contract import ContractError, Decoder
 from latentwatch.pipeline.frames import encode_frame
 from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
@@ -86,7 +85,8 @@ def valid_frames(draw, n_channels=4):
         cols["extra"] = pa.array(np.arange(k, dtype=np.int32))
     names = draw(st.permutations(list(cols)))
     table = pa.table({n: cols[n] for n in names})
-    meta = {"sensor_id": draw(st.text(min_size=1, max_size=8))} if draw(st.booleans()) else {}
+    ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=8)  # no control chars
+    meta = {"sensor_id": draw(ids)} if draw(st.booleans()) else {}
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema.with_metadata(meta)) as w:
         w.write_table(table.replace_schema_metadata(meta))

@@ -40,6 +40,9 @@ class FakeMessage:
     def __len__(self):
         return len(self._value or b"")
 
+    def error(self):
+        return None
+
 
 def messages(payloads: list[dict | bytes], partition: int = 0, first_offset: int = 0) -> list[FakeMessage]:
     out = []

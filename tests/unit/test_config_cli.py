@@ -112,3 +112,29 @@ def test_a_shadow_model_that_does_not_load_is_one_line_naming_it(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "shadow model" in lines[0] and "nope" in lines[0], r.stderr
+
+
+def test_config_show_masks_an_oauthbearer_config_holding_a_client_secret():
+    s = load_settings(None, {"kafka.consumer": {"sasl.oauthbearer.config": "clientId=lw clientSecret=s3cr3t-x"},
+                             "kafka.producer": {"sasl.oauthbearer.client.secret": "s3cr3t-y",
+                                                "sasl.oauthbearer.extensions": "logicalCluster=lkc-1,token=s3cr3t-z"}})
+    shown = str(s.masked())
+    assert "s3cr3t" not in shown
+    assert s.kafka.consumer["sasl.oauthbearer.config"].endswith("s3cr3t-x")  # still reaches librdkafka
+
+
+def test_run_help_states_the_defaults_the_settings_have():
+    import re
+
+    from latentwatch.pipeline.cli.run import RUN_FLAGS
+    from latentwatch.pipeline.config import Settings
+
+    s = Settings()
+    for flag, (path, _, text) in RUN_FLAGS.items():
+        said = re.search(r"\(default (\d+(?:\.\d+)?)[;)]", text)
+        if said is None:
+            continue
+        value = s
+        for part in path.split("."):
+            value = getattr(value, part)
+        assert float(said.group(1)) == float(value), f"{flag} says default {said.group(1)}, the setting is {value}"

@@ -112,3 +112,41 @@ def test_parse_times_gives_parse_ts_reasons():
     with pytest.raises(ContractError) as info:
         parse_times(["2026-11-21T10:00:00Z", "yesterday"])
     assert info.value.reason == "bad_timestamp"
+
+
+# -- sensor ids: bounded length, no control characters (issue 22, items 2 and 9) ------------------
+
+def _one(sensor=None):
+    obj = {"ts": NOW - 1, "values": [1.0, 2.0, 3.0]}
+    if sensor is not None:
+        obj["sensor_id"] = sensor
+    return obj
+
+
+@pytest.mark.parametrize("where", ["body", "key"])
+def test_a_600000_character_sensor_id_is_a_dead_letter_not_an_alert_key(where):
+    from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES
+
+    long_id = "x" * 600_000
+    got = reason(_one(long_id), max_message_bytes=2_000_000) if where == "body" else \
+        reason(_one(), key=long_id.encode(), max_message_bytes=2_000_000)
+    assert got == "bad_sensor_id"
+    assert dec(_one("y" * MAX_SENSOR_ID_BYTES)).sensor_id == "y" * MAX_SENSOR_ID_BYTES
+    assert reason(_one("é" * (MAX_SENSOR_ID_BYTES // 2 + 1))) == "bad_sensor_id"  # bytes, not characters
+
+
+@pytest.mark.parametrize("sid", ["pump\n7", "pump\x007", "a\x1bb", "del\x7f", "c1\x85"])
+def test_control_characters_in_a_sensor_id_are_a_dead_letter(sid):
+    assert reason(_one(sid)) == "bad_sensor_id"
+    assert reason(_one(), key=sid.encode()) == "bad_sensor_id"
+
+
+def test_a_frame_with_a_long_key_or_metadata_sensor_id_is_a_dead_letter():
+    from latentwatch.pipeline.frames import encode_frame
+
+    ts = NOW - 10 + np.arange(5.0)
+    frame = encode_frame(ts, np.ones((5, 3)), CH)
+    d = Decoder(CH).decode_many([(frame, b"k" * 100_000), (encode_frame(ts, np.ones((5, 3)), CH, "m\tx"), None),
+                                 (frame, b"fine")], NOW)
+    assert [(i, e.reason) for i, e in d.errors] == [(0, "bad_sensor_id"), (1, "bad_sensor_id")]
+    assert d.sensor_ids == ["fine"]

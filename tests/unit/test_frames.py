@@ -227,3 +227,44 @@ def test_a_cached_rejection_is_a_new_error_each_time():
             d.decode(bad, b"k", NOW)
         errors.append(info.value)
     assert len({id(e) for e in errors}) == 3 and {e.reason for e in errors} == {"missing_channels"}
+
+
+# -- issue 22, item 9 ----------------------------------------------------------------------------
+
+def _good_frame(n=4, extra_columns=0):
+    cols = {"ts": pa.array(NOW - 100 + np.arange(n, dtype=np.float64))}
+    cols.update({c: pa.array(np.ones(n, np.float32)) for c in CH})
+    cols.update({f"x{i:05d}": pa.array(np.zeros(n, np.float32)) for i in range(extra_columns)})
+    return arrow_frame(cols, {"sensor_id": "s"})
+
+
+@pytest.mark.parametrize("junk", [b"\xff\xff\xff\xff" + bytes(range(40)), bytes(range(7, 60)), b"\x00" * 9])
+def test_a_valid_frame_followed_by_junk_bytes_is_corrupt_frame(junk):
+    frame = _good_frame()
+    with pytest.raises(ContractError) as info:
+        FrameDecoder(CH).decode(frame + junk, None, NOW)
+    assert info.value.reason == "corrupt_frame"
+
+
+def test_arrows_legacy_ipc_format_is_unsupported_version_not_invalid_utf8():
+    import io
+
+    t = pa.table({"ts": pa.array(NOW - 100 + np.arange(3.0)), **{c: pa.array(np.ones(3, np.float32)) for c in CH}})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(use_legacy_format=True)) as w:
+        w.write_table(t)
+    d = Decoder(CH).decode_many([(sink.getvalue(), b"s")], NOW)
+    (_, err), = d.errors
+    assert err.reason == "unsupported_version" and "legacy" in err.detail
+
+
+def test_a_schema_over_the_cache_entry_limit_is_parsed_once_not_per_frame(monkeypatch):
+    dec = FrameDecoder(CH)
+    frame = _good_frame(extra_columns=4000)
+    assert len(frame) > CACHE_BYTES // 64  # over the size a cache key may have
+    calls = []
+    real = dec._make_plan
+    monkeypatch.setattr(dec, "_make_plan", lambda msg: calls.append(1) or real(msg))
+    for _ in range(5):
+        assert dec.decode(frame, None, NOW)[1].shape == (4, 3)
+    assert len(calls) == 1

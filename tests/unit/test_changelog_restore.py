@@ -1,0 +1,101 @@
+"""The changelog restore without a broker (a scripted consumer): it honours the stop flag, and a
+retry goes on from where the last try stopped instead of reading the changelog from 0 again."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from latentwatch.pipeline import state
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.kafka import changelog
+
+from tests.support.fakes import FakeMessage
+
+
+class _Eof:
+    def __init__(self, partition):
+        self._partition = partition
+
+    def error(self):
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+    def partition(self):
+        return self._partition
+
+
+def _record(partition, offset, sensor, valid_at=0):
+    entry = state.Entry(float(offset), np.zeros((2, 3), np.float32), valid_at=valid_at)
+    return FakeMessage(state.pack(entry, None), sensor.encode(), "lw-state", partition, offset)
+
+
+class ScriptedConsumer:
+    """Each instance plays the next script: a list of consume() results (a list of messages, or
+    an exception to raise); after the script, consume() returns nothing (a frozen broker)."""
+
+    scripts: ClassVar[list] = []
+    made: ClassVar[list] = []
+
+    def __init__(self, conf):
+        self.script = list(ScriptedConsumer.scripts.pop(0)) if ScriptedConsumer.scripts else []
+        self.assigned, self.calls = None, 0
+        ScriptedConsumer.made.append(self)
+
+    def assign(self, tps):
+        self.assigned = [(tp.partition, tp.offset) for tp in tps]
+
+    def consume(self, n, timeout):
+        self.calls += 1
+        if self.calls > 200:
+            raise AssertionError("the restore ignored the stop flag")
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        return []
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    ScriptedConsumer.scripts, ScriptedConsumer.made = [], []
+    monkeypatch.setattr(changelog, "Consumer", ScriptedConsumer)
+    monkeypatch.setattr(changelog.time, "sleep", lambda s: None)
+    return ScriptedConsumer
+
+
+def _committed(offsets):
+    return lambda partitions, stopping: [TopicPartition("in", p, o) for p, o in offsets.items()]
+
+
+def test_a_restore_from_a_frozen_broker_returns_when_a_stop_is_asked_for(scripted):
+    store, calls = state.StateStore(), {"n": 0}
+
+    def stopping():
+        calls["n"] += 1
+        return calls["n"] > 5  # SIGTERM arrives after a few polls
+
+    out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", 0)], _committed({0: 10}),
+                                 stopping)
+    assert out is None and len(store) == 0
+    assert scripted.made[0].calls < 10
+
+
+def test_a_retried_restore_goes_on_from_where_it_stopped_not_from_offset_zero(scripted):
+    timeout = KafkaException(KafkaError(KafkaError._TRANSPORT, "broker gone"))
+    scripted.scripts = [[[_record(0, 0, "a"), _record(0, 1, "b")], timeout],
+                        [[_record(0, 2, "c")], [_Eof(0)]]]
+    store = state.StateStore()
+    out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", 0)], _committed({0: 10}),
+                                 lambda: False)
+    assert out is not None
+    first, second = scripted.made
+    assert first.assigned == [(0, -2)] and second.assigned == [(0, 2)]  # resumed after offset 1
+    assert {k[1] for k in [(0, "a"), (0, "b"), (0, "c")] if store.get(k) is not None} == {"a", "b", "c"}
+    loaded, seconds = out
+    assert loaded.dropped == {} and seconds >= 0
