@@ -90,7 +90,7 @@ class PipelineMetrics:
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
-        self.state_dropped = Counter(f"{p}_state_dropped", "Restored per-sensor state entries that did not fit the loaded model and were dropped (the sensor warms up again), by reason (window, channels, dtype, non_finite, threshold)", ["reason"], registry=r)
+        self.state_dropped = Counter(f"{p}_state_dropped", "Restored per-sensor state entries that did not fit the loaded model and were dropped (the sensor warms up again), by reason (window, channels, dtype, non_finite, threshold, alarm)", ["reason"], registry=r)
         self.state_restore_seconds = Histogram(f"{p}_state_restore_duration_seconds", "Wall time of a per-sensor state restore from the changelog (on assignment or after a rewind)", buckets=RESTORE_BUCKETS, registry=r)
         self.batch_rewinds = Counter(f"{p}_batch_rewinds", "Batches not committed (a delivery or commit failed): rewound and redone", registry=r)
         self.dead_letters_truncated = Counter(f"{p}_dead_letters_truncated", "Dead letters produced truncated (the original was too large to produce whole)", registry=r)
@@ -106,7 +106,7 @@ class PipelineMetrics:
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
-        for reason in ("window", "channels", "dtype", "non_finite", "threshold"):  # state.DROP_REASONS
+        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm"):  # state.DROP_REASONS
             self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES

@@ -91,10 +91,22 @@ def _check_threshold(e: Entry, fit: Fit) -> str | None:
     return None if np.isfinite(mean) and np.isfinite(var) and var >= 0 else "threshold"
 
 
+def _check_alarm(e: Entry, fit: Fit) -> str | None:
+    """The alarm rule's state: an EWMA that is a number (NaN: restart at the rule's center; the
+    rule treats any non-finite z so) and an episode whose counts and times make sense."""
+    a = e.alarm
+    if a is None or a.episode is None:
+        return None
+    ep = a.episode
+    ok = (ep.count >= 1 and ep.below >= 0 and 0 <= ep.rule <= 1 and min(ep.ref) >= 0
+          and all(np.isfinite(v) for v in (ep.started_ts, ep.peak, ep.peak_score, ep.peak_ts, ep.last_event_ts)))
+    return None if ok else "alarm"
+
+
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
-# A new kind of state (e.g. an alarm rule's) adds its own here; its reason becomes a label value.
-ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold")
+# A new kind of state adds its own here; its reason becomes a label value.
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:

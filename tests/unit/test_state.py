@@ -151,3 +151,17 @@ def test_after_a_hot_swap_a_restore_of_tails_the_changelog_still_holds_for_the_o
     assert store.get((0, "seen")).tail.shape == (7, 3)
     outcome = store.load(_w16_store_entries())
     assert outcome.dropped == {"window": 4} and len(store) == 1
+
+
+def test_restored_alarm_state_that_makes_no_sense_is_dropped_and_a_nan_ewma_is_kept():
+    from latentwatch.detectors.alarms import Episode, SensorAlarm
+    from latentwatch.pipeline import state
+
+    fit = state.Fit(window=1, channels=3)
+    tail = np.zeros((0, 3), np.float32)
+    good = Episode((0, 5, 0), 1.0, 0, 2.0, 3.0, 1.0, 1, 0, 1.0)
+    assert state.check(Entry(1.0, tail, alarm=SensorAlarm(float("nan"), good)), fit) is None  # z restarts at the center
+    for bad in (Episode((0, 5, 0), 1.0, 0, 2.0, 3.0, 1.0, 0, 0, 1.0),  # no alarmed reading
+                Episode((0, 5, 0), float("inf"), 0, 2.0, 3.0, 1.0, 1, 0, 1.0),
+                Episode((0, -5, 0), 1.0, 0, 2.0, 3.0, 1.0, 1, 0, 1.0)):
+        assert state.check(Entry(1.0, tail, alarm=SensorAlarm(0.0, bad)), fit) == "alarm"
