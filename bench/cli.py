@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated models, each with its model stage and end-to-end rows: mlp (point-wise), "
                         "pca and window (plain `latentwatch train`'s: PCA over 8-reading windows, the window "
                         "autoencoder W=8) (default mlp,pca,window; the first fills the top-level keys)")
+    p.add_argument("--reuse-models", default=None,
+                   help="a work dir of an earlier run: its model-KIND directories are used instead of training")
     p.add_argument("--model-kind", default=None, choices=["mlp", "pca", "window"], help="one model (as --models)")
     p.add_argument("--batch-size", type=int, default=32768, help="pipeline batch.max_readings (default 32768, as `run`)")
     p.add_argument("--frames-batch-size", type=int, default=65536,
@@ -177,9 +179,14 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
         workloads[name] = (w, end_offsets(cluster, w.topic))
     ceilings: dict = {}
     for kind in models:
-        log(f"training the {kind} model ({args.channels} channels)")
-        model_dir = str(train_model(work / f"model-{kind}", args.channels, args.sensors, kind,
-                                    epochs=3 if args.quick else 10))
+        reuse = Path(args.reuse_models or "/nonexistent") / f"model-{kind}"
+        if reuse.is_dir():
+            log(f"using the {kind} model in {reuse}")
+            model_dir = str(reuse)
+        else:
+            log(f"training the {kind} model ({args.channels} channels)")
+            model_dir = str(train_model(work / f"model-{kind}", args.channels, args.sensors, kind,
+                                        epochs=3 if args.quick else 10))
         from latentwatch.detectors.checkpoint import load
 
         det = load(model_dir, device="cpu").detector

@@ -143,6 +143,26 @@ def matmul_gflops(threads: int, n: int = 1536, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def alternating(det, n: int, reps: int = 10) -> dict:
+    """The dense form against the network on the same `n` windows, alternating call by call
+    (`reps` each), so both see the same background load: best and median windows/s."""
+    rng = np.random.default_rng(1)
+    w = (det.scaler.mean + det.scaler.std * rng.standard_normal((n, det.window, len(det.channels)))).astype(np.float32)
+    forms = {"dense": det._dense, "network": None}
+    rates: dict = {k: [] for k in forms}
+    try:
+        for _ in range(reps):
+            for k, form in forms.items():
+                det._dense = form
+                rates[k].append(n / _timed(lambda: det.score(w)))
+    finally:
+        det._dense = forms["dense"]
+    out = {f"{k}_{stat}": round(float(f(v)), 1) for k, v in rates.items() for stat, f in (("best", max), ("median", np.median))}
+    out.update(batch=n, reps=reps, speedup_best=round(out["dense_best"] / out["network_best"], 2),
+               speedup_median=round(out["dense_median"] / out["network_median"], 2))
+    return out
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -174,6 +194,14 @@ def run(model_dir: str, sizes=BATCH_SIZES, budget_s: float = 0.5) -> dict:
         torch.set_num_threads(1)
         out["cpu"] = cpu_sweep(det, sizes, budget_s)
         out["roofline"] = roofline(det, out["cpu"], 1)
+        if getattr(det, "_dense", None) is not None:  # the network itself, as scoring ran before fastpath.py
+            det.dense_scoring = False
+            det._ready()
+            out["cpu_network"] = cpu_sweep(det, sizes, budget_s)
+            out["roofline_network"] = roofline(det, out["cpu_network"], 1)
+            det.dense_scoring = True
+            det._ready()
+            out["dense_vs_network"] = alternating(det, 16384, reps=4 if budget_s < 0.1 else 10)
         if default > 1:
             torch.set_num_threads(default)
             out["cpu_default_threads"] = cpu_sweep(det, sizes, budget_s)

@@ -200,7 +200,8 @@ def model_stage_lines(model_name: str, ms: dict) -> list[str]:
     m = ms["model"]
     lines = ["", f"Model stage alone, {model_name} ({m['kind']}, window {m['window']}, dense form "
              f"{'on' if m.get('dense_form') else 'off'}): `detector.score` on random windows, CPU:", ""]
-    for key, label in (("roofline", "1 thread"), ("roofline_default_threads", f"{d} threads")):
+    for key, label in (("roofline", "1 thread"), ("roofline_network", "1 thread, the network without the dense form"),
+                       ("roofline_default_threads", f"{d} threads")):
         r = ms.get(key)
         if r:
             lines.append(f"- roofline, {label}: {r['flops_per_window']:,} FLOPs per window as written "
@@ -208,11 +209,20 @@ def model_stage_lines(model_name: str, ms: dict) -> list[str]:
                          f"{r['matmul_gflops']} GFLOP/s now -> {_n(r['roofline_windows_per_s'])} windows/s; best "
                          f"{_n(r['best_windows_per_s'])} windows/s (batch {r['best_batch']}) = "
                          f"**{r['fraction_of_roofline']:.2f} of roofline**")
+    ab = ms.get("dense_vs_network")
+    if ab:
+        lines.append(f"- dense form vs the network, alternating call by call ({ab['reps']} each, batch {ab['batch']}, "
+                     f"1 thread): best {_n(ab['dense_best'])} vs {_n(ab['network_best'])} windows/s "
+                     f"(**{ab['speedup_best']}x**), median {_n(ab['dense_median'])} vs {_n(ab['network_median'])} "
+                     f"({ab['speedup_median']}x)")
+    net = {r["batch"]: r for r in ms.get("cpu_network") or []}
     lines += ["", (f"| batch | readings/s (1 thread, as the pipeline) | µs per call | readings/s ({d} threads) "
-                   "| µs per call |"), "|---:|---:|---:|---:|---:|"]
+                   "| µs per call | readings/s (1 thread, network without the dense form) |"),
+              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} "
               f"| {_n(other.get(r['batch'], {}).get('readings_per_s'))} "
-              f"| {_n(other.get(r['batch'], {}).get('us_per_call'), 1)} |" for r in ms["cpu"]]
+              f"| {_n(other.get(r['batch'], {}).get('us_per_call'), 1)} "
+              f"| {_n(net.get(r['batch'], {}).get('readings_per_s'))} |" for r in ms["cpu"]]
     return lines
 
 
