@@ -47,6 +47,8 @@ def test_dense_form_scores_equal_the_network(kind, config):
     windows = sliding_windows(_data(700, seed=1) * 1.5, det.window)  # off the training data: large errors too
     old, new = _both(det, windows)
     _assert_same(old, new)
+    small = windows[:fastpath.BAND_MIN_ROWS - 1]  # small batches run the one-band form
+    _assert_same(*_both(det, small))
 
 
 def test_equal_with_large_offsets_and_in_chunks():
@@ -85,6 +87,16 @@ def test_a_dense_form_that_disagrees_is_not_used(monkeypatch):
         return form
 
     monkeypatch.setattr(fastpath.DenseForm, "of", staticmethod(broken))
+    det._ready()
+    assert det._dense is None
+
+    def broken_whole(net, window, groups=1):  # only the small-batch form is off
+        form = real(net, window, groups)
+        (lo, hi, m, b), *rest = form.whole[0][0]
+        form.whole = [([(lo, hi, m * 1.01, b), *rest], form.whole[0][1]), *form.whole[1:]]
+        return form
+
+    monkeypatch.setattr(fastpath.DenseForm, "of", staticmethod(broken_whole))
     det._ready()
     assert det._dense is None
     assert np.isfinite(det.score(sliding_windows(_data(50), 8)).score).all()  # the network scores
