@@ -4,14 +4,19 @@ A 1-D convolution over a window of fixed length W (zero padding at the window's 
 linear map of the flattened window, so the window autoencoder is exactly an MLP on the
 `[W * channels]` vector: conv1 -> (W*C x W*H), conv2 -> (W*H x W*H), the bottleneck Linear, the
 expand Linear, conv3, conv4. The matrices are read off the trained weights once (a convolution
-of a one-hot input is its weight entry, exactly), and scoring is six `addmm` calls with in-place
-ReLUs on the time-major windows as they come, no transposes. The dense form does more
-multiply-adds than the convolutions (every W x W block, ~400k FLOPs a window at W=8, C=16,
-H=32, k=5, against ~250k), but runs them as large GEMMs: measured on the 2-core bench machine,
-one thread, batches of 32k windows, `WindowAutoencoder.score` went from ~44k windows/s (79 %
-of the time in `mkldnn_convolution` on length-8 inputs) to the figures in bench/results (see
-detectors/README.md). PCA windows use the same input handling with its two products fused
-into one `addmm`.
+of a one-hot input is its weight entry, exactly), and scoring is a few `addmm` calls with
+in-place ReLUs on the time-major windows as they come, no transposes. A convolution's matrix
+is block-banded; on a CPU it is cut into bands of output positions so the zero blocks are
+skipped: 217k FLOPs a window executed at W=8, C=16, H=32, k=5, against 254k as the convolutions
+are written. Profile of the network (one thread, 32k windows): 79 % of the time in
+`mkldnn_convolution` on length-8 inputs. Measured in one process on the 2-core bench machine,
+one thread (bench/model_stage.py, 2026-12-02): best 162k vs 130k windows/s, 0.57 vs 0.45 of a
+`torch.mm` float32 rate timed in the same run; alternating call by call on 16,384 windows, best
+1.64x, median 1.09x (the machine was shared; an earlier quiet A/B gave 1.18-1.2x best and median).
+PCA keeps its own two products: a dense form with the centring folded
+into the biases scored 0.95-0.98x its windows/s (W=8, 2 components, alternating, best and
+median of 10): PCA is bound by the elementwise passes (standardise, residual, square, mean),
+not by its matrix products, and stays at ~1.6-1.8M windows/s, ~0.03 of the matmul roofline.
 
 Scores equal the network's within float32 rounding (only the order of the sums differs);
 `DenseForm.build` checks that on a probe batch and returns None (the network is used) if not.
@@ -73,12 +78,8 @@ class DenseForm:
     @classmethod
     def of(cls, net: nn.Module, window: int, groups: int = 2) -> "DenseForm | None":
         """The dense form of a conv autoencoder (`_ConvNet`, `_VAENet`), else None."""
-        from latentwatch.detectors.models import _ConvNet, _PCANet, _VAENet  # noqa: PLC0415 (models imports this)
+        from latentwatch.detectors.models import _ConvNet, _VAENet  # noqa: PLC0415 (models imports this module)
 
-        if type(net) is _PCANet:  # z = (x - center) P^T, recon = z P + center: the centring in the bias
-            p, c = net.components.detach(), net.center.detach()
-            return cls([([(0, p.shape[1], p.t().contiguous(), -(c @ p.t()))], False),
-                        ([(0, p.shape[0], p.contiguous(), c.clone())], False)], latent_at=0)
         if type(net) not in (_ConvNet, _VAENet):
             return None
         with torch.no_grad():
