@@ -78,7 +78,7 @@ class DenseForm:
     @classmethod
     def of(cls, net: nn.Module, window: int, groups: int = 2) -> "DenseForm | None":
         """The dense form of a conv autoencoder (`_ConvNet`, `_VAENet`), else None."""
-        from latentwatch.detectors.models import _ConvNet, _VAENet  # noqa: PLC0415 (models imports this module)
+        from latentwatch.detectors.models import _ConvNet, _VAENet  # models imports this module: imported here
 
         if type(net) not in (_ConvNet, _VAENet):
             return None
@@ -92,7 +92,7 @@ class DenseForm:
             head_w = head.weight.detach().view(-1, hidden, window).transpose(1, 2).reshape(len(head.weight), -1)
             exp_w = expand.weight.detach().view(hidden, window, -1).transpose(0, 1).reshape(hidden * window, -1)
             exp_b = expand.bias.detach().view(hidden, window).t().reshape(-1)
-            conv = lambda c: (_conv_matrix(c, window, True, True), _conv_bias(c, window, True))  # noqa: E731
+            conv = lambda c: (_conv_matrix(c, window, True, True), _conv_bias(c, window, True))
             dense = [(*conv(conv1), True), (*conv(conv2), True),
                      (head_w.t().contiguous(), head.bias.detach().clone(), False),
                      (exp_w.t().contiguous(), exp_b.contiguous(), True),
