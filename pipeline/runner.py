@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from latentwatch.pipeline import state as state_mod
-from latentwatch.pipeline.budget import BatchBudget
+from latentwatch.pipeline.pacing import BatchBudget
 from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
@@ -53,7 +53,7 @@ class Pipeline:
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
-        self.budget = BatchBudget.for_settings(s.batch)  # batch.max_latency_ms
+        self.pacing = BatchBudget.for_settings(s.batch)  # batch.max_latency_ms
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
@@ -132,7 +132,7 @@ class Pipeline:
                 new_model = self.lifecycle.between_batches()
                 if new_model is not None:
                     self._swap(new_model)
-                self.budget.size(self.source)
+                self.pacing.size(self.source)
                 messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
                 self.monitor.check(self.source.consumer)
                 if messages:
@@ -155,8 +155,8 @@ class Pipeline:
     def process(self, messages: list) -> None:
         """One micro-batch, from messages to committed (or rewound)."""
         started = time.monotonic()
-        batch = self.scorer.score(messages, self.state, max_readings=self.budget.limit())
-        self.budget.observe(batch.n_readings, time.monotonic() - started)
+        batch = self.scorer.score(messages, self.state, max_readings=self.pacing.limit())
+        self.pacing.observe(batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
         self.source.learn(len(batch.messages) - len(batch.dead), batch.n_readings)
         tombstones = self._tombstones

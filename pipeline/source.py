@@ -35,7 +35,7 @@ class Source:
         self._revoked: set = set()
         self._held: list = []  # put back by the last batch, in consume order
         self.readings_per_message = 1.0  # running estimate, from the batches decoded so far
-        self.max_readings = settings.batch.max_readings  # the next batch's cap (budget.py lowers it)
+        self.max_readings = settings.batch.max_readings  # the next batch's cap (pacing.py lowers it)
 
     def open(self) -> None:
         self.consumer = Consumer(self._conf)

@@ -1,9 +1,9 @@
-"""batch.max_latency_ms: batches sized by the measured cost per reading (pipeline/budget.py)."""
+"""batch.max_latency_ms: batches sized by the measured cost per reading (pipeline/pacing.py)."""
 
 from __future__ import annotations
 
 from latentwatch.pipeline import budget
-from latentwatch.pipeline.budget import BatchBudget
+from latentwatch.pipeline.pacing import BatchBudget
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.source import Source
 

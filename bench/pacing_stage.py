@@ -1,9 +1,9 @@
-"""The batch budget alone (pipeline/budget.py): a backlog of messages scored by the pipeline's
+"""The batch budget alone (pipeline/pacing.py): a backlog of messages scored by the pipeline's
 `Scorer` in batches capped by `batch.max_readings` only, then sized by `batch.max_latency_ms`,
 back to back in one process, no Kafka. Reports the longest and the 99th-percentile batch
 (every reading of a batch waits for all of it) and the readings/s each way.
 
-Run alone: `python -m latentwatch.bench.budget_stage --model DIR [--budget-ms 20]` (prints JSON)."""
+Run alone: `python -m latentwatch.bench.pacing_stage --model DIR [--budget-ms 20]` (prints JSON)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def backlog(channels: int, sensors: int, readings: int, per_message: int, fmt: s
 def drain(model, messages: list, max_readings: int, budget_ms: float | None, per_message: int = 1) -> dict:
     """Score `messages` as the run loop would a backlog: batch after batch, state carried over."""
     from latentwatch.pipeline import state
-    from latentwatch.pipeline.budget import BatchBudget
+    from latentwatch.pipeline.pacing import BatchBudget
     from latentwatch.pipeline.scorer import Scorer
 
     scorer = Scorer(model, max_message_bytes=1_000_000, max_future_s=1e12, late_policy="score",
@@ -88,7 +88,7 @@ def run(model_dir: str, budgets=(None, 50.0, 20.0), readings: int = 65536, per_m
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m latentwatch.bench.budget_stage", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m latentwatch.bench.pacing_stage", description=__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--readings", type=int, default=65536)
     ap.add_argument("--per-message", type=int, default=1)
