@@ -32,7 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sensors", type=int, default=64, help="sensors (message keys) (default 64)")
     p.add_argument("--batch-readings", type=int, default=250,
                    help="readings per message, batch and frames workloads (default 250)")
-    p.add_argument("--model-kind", default="mlp", choices=["mlp", "window"], help="model to train (default mlp)")
+    p.add_argument("--models", default="mlp,pca,window",
+                   help="comma-separated models, each with its model stage and end-to-end rows: mlp (point-wise), "
+                        "pca and window (plain `latentwatch train`'s: PCA over 8-reading windows, the window "
+                        "autoencoder W=8) (default mlp,pca,window; the first fills the top-level keys)")
+    p.add_argument("--reuse-models", default=None,
+                   help="a work dir of an earlier run: its model-KIND directories are used instead of training")
+    p.add_argument("--model-kind", default=None, choices=["mlp", "pca", "window"], help="one model (as --models)")
     p.add_argument("--batch-size", type=int, default=32768, help="pipeline batch.max_readings (default 32768, as `run`)")
     p.add_argument("--frames-batch-size", type=int, default=65536,
                    help="pipeline batch.max_readings for the frames workload (default 65536: the setting for "
@@ -160,95 +166,122 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
                         "torch_threads_env": args.torch_threads,
                         "partitions": PARTITIONS, "quick": args.quick},
            "targets": report.TARGETS, "workloads": {}}
-    log(f"training the {args.model_kind} model ({args.channels} channels)")
-    model_dir = str(train_model(work / "model", args.channels, args.sensors, args.model_kind,
-                                epochs=3 if args.quick else 10))
-    from latentwatch.detectors.checkpoint import load
-
-    det = load(model_dir, device="cpu").detector
-    res["model"] = {"kind": det.kind, "window": det.window, "channels": len(det.channels), "path": model_dir}
-    channels = list(det.channels)
-
-    if "model" not in skip:
-        from latentwatch.bench import model_stage
-
-        log("model stage alone")
-        sizes = model_stage.BATCH_SIZES[:7] if args.quick else model_stage.BATCH_SIZES
-        res["model_stage"] = model_stage.run(model_dir, sizes, budget_s=0.05 if args.quick else 0.5)
-
+    models = [args.model_kind] if args.model_kind else [m.strip() for m in args.models.split(",") if m.strip()]
+    res["models"] = {}
     shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings}
+    workloads: dict = {}
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         per = shapes[name]
         fmt = "frames" if name == "frames" else "json"
-        batch_size = args.frames_batch_size if name == "frames" else args.batch_size
         w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
         produce(cluster, w)
-        ends = end_offsets(cluster, w.topic)
-        out: dict = {"workload": w.describe()}
-        res["workloads"][name] = out
-        if "ceilings" not in skip:
-            log(f"{name}: ceilings")
-            out["ceiling_bare"] = consume_rate(cluster, w.topic, ends, per)
-            out["ceiling_decode"] = consume_rate(cluster, w.topic, ends, per, channels)
-        if "pipeline" not in skip:
-            log(f"{name}: pipeline end to end")
-            prof = work / f"profile-{name}.speedscope.json" if args.profile else None
-            out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, batch_size,
-                                           env=env, profile_out=prof, max_wait_ms=args.max_wait_ms)
-            if prof is not None:
-                out["pipeline"]["profile"] = str(prof)
-            log(f"{name}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
-            if "ceilings" not in skip:  # again, so a change in background load shows (the ratio uses the mean)
-                out["ceiling_decode_after"] = consume_rate(cluster, w.topic, ends, per, channels)
-        for n in [int(x) for x in args.scale.split(",") if x.strip()]:
-            from latentwatch.bench.scale import run_group
+        workloads[name] = (w, end_offsets(cluster, w.topic))
+    ceilings: dict = {}
+    for kind in models:
+        reuse = Path(args.reuse_models or "/nonexistent") / f"model-{kind}"
+        if reuse.is_dir():
+            log(f"using the {kind} model in {reuse}")
+            model_dir = str(reuse)
+        else:
+            log(f"training the {kind} model ({args.channels} channels)")
+            model_dir = str(train_model(work / f"model-{kind}", args.channels, args.sensors, kind,
+                                        epochs=3 if args.quick else 10))
+        from latentwatch.detectors.checkpoint import load
 
-            log(f"{name}: {n} pipeline process(es) in one group")
-            row = run_group(cluster.kafka.bootstrap_servers, model_dir, w.topic, ends, per, work, batch_size, n, env=env,
-                            max_wait_ms=args.max_wait_ms)
-            out.setdefault("scale", []).append(row)
-            log(f"{name}: {n} process(es) {row['readings_per_s'] or 0:,.0f} readings/s")
-        if "naive" not in skip and det.window == 1:
-            log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
-                f"(at most {args.naive_seconds:.0f} s)")
-            alerts = unique("naive-alerts")
-            make_topics(cluster, {alerts: (1, {})})
-            out["naive"] = run_naive(cluster, w.topic, PARTITIONS, model_dir, alerts,
-                                     min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
-        if "latency" not in skip:
-            max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
-            fractions = [float(f) for f in args.latency_fractions.split(",") if f.strip()]
-            rates = [args.latency_rate] if args.latency_rate else [f * max_rate for f in fractions]
+        det = load(model_dir, device="cpu").detector
+        m: dict = {"model": {"kind": det.kind, "window": det.window, "channels": len(det.channels),
+                             "path": model_dir, "requested": kind}, "workloads": {}}
+        res["models"][kind] = m
+        channels = list(det.channels)
+        if "model" not in skip:
+            from latentwatch.bench import model_stage
 
-            def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
-                return run_latency(cluster, model_dir, work, rate=rate, duration=duration, channels=args.channels,
-                                   sensors=args.sensors, readings_per_message=per, batch_size=batch_size,
-                                   env=env, max_wait_ms=args.max_wait_ms, profile_out=profile, fmt=fmt)
+            log(f"{kind}: model stage alone")
+            sizes = model_stage.BATCH_SIZES[:7] if args.quick else model_stage.BATCH_SIZES
+            m["model_stage"] = model_stage.run(model_dir, sizes, budget_s=0.05 if args.quick else 0.5)
+        for name, (w, ends) in workloads.items():
+            per, fmt = w.readings_per_message, w.format
+            batch_size = args.frames_batch_size if name == "frames" else args.batch_size
+            out: dict = {"workload": w.describe()}
+            m["workloads"][name] = out
+            if "ceilings" not in skip:
+                if name not in ceilings:  # the same topic for every model: read it once
+                    log(f"{name}: ceilings")
+                    ceilings[name] = (consume_rate(cluster, w.topic, ends, per),
+                                      consume_rate(cluster, w.topic, ends, per, channels))
+                out["ceiling_bare"], out["ceiling_decode"] = ceilings[name]
+            if m.get("model_stage"):
+                from latentwatch.bench.model_stage import ceiling
 
-            if not args.quick:
-                # One unmeasured run first: the broker's JIT compiles its produce/fetch paths for
-                # this live pattern over ~10 s, which showed as a slow fall of the first measured
-                # run's medians (15 -> 8 ms) while the runs after it were flat from their start.
-                log(f"{name}: latency warm-up run at {rates[0]:,.0f} readings/s for {WARMUP_RUN_S:.0f} s "
-                    "(not reported)")
-                warm = latency(rates[0], WARMUP_RUN_S)
-                out["latency_warmup_run"] = {k: warm.get(k) for k in ("offered_readings_per_s", "duration_s", "p50_ms",
-                                                                      "p99_ms", "startup_p99_ms", "samples")}
-            sweep = []
-            for rate in rates:
-                log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
-                lat = latency(rate, args.latency_seconds,
-                              work / f"profile-latency-{name}-{rate:.0f}.speedscope.json" if args.profile else None)
-                lat["fraction_of_max"] = round(rate / max_rate, 3)
-                sweep.append(lat)
-            out["latency"] = sweep[0]
-            if len(sweep) > 1:
-                out["latency_sweep"] = sweep
-        out["verdict"] = report.verdicts(out)
-        log(f"{name}: {out['verdict']}")
+                out["model_stage_ceiling"] = {"readings_per_s": ceiling(m["model_stage"], batch_size),
+                                              "max_batch": batch_size}
+            if "pipeline" not in skip:
+                log(f"{name} / {kind}: pipeline end to end")
+                prof = work / f"profile-{kind}-{name}.speedscope.json" if args.profile else None
+                out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, batch_size,
+                                               env=env, profile_out=prof, max_wait_ms=args.max_wait_ms)
+                if prof is not None:
+                    out["pipeline"]["profile"] = str(prof)
+                log(f"{name} / {kind}: pipeline {out['pipeline']['readings_per_s']:,.0f} readings/s")
+                if "ceilings" not in skip:  # again, so a change in background load shows (the ratio uses the mean)
+                    out["ceiling_decode_after"] = consume_rate(cluster, w.topic, ends, per, channels)
+            for n in [int(x) for x in args.scale.split(",") if x.strip()]:
+                from latentwatch.bench.scale import run_group
+
+                log(f"{name}: {n} pipeline process(es) in one group")
+                row = run_group(cluster.kafka.bootstrap_servers, model_dir, w.topic, ends, per, work, batch_size, n,
+                                env=env, max_wait_ms=args.max_wait_ms)
+                out.setdefault("scale", []).append(row)
+                log(f"{name}: {n} process(es) {row['readings_per_s'] or 0:,.0f} readings/s")
+            if "naive" not in skip and det.window == 1:
+                log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
+                    f"(at most {args.naive_seconds:.0f} s)")
+                alerts = unique("naive-alerts")
+                make_topics(cluster, {alerts: (1, {})})
+                out["naive"] = run_naive(cluster, w.topic, PARTITIONS, model_dir, alerts,
+                                         min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
+            if "latency" not in skip:
+                _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt, run_latency)
+            out["verdict"] = report.verdicts(out)
+            log(f"{name} / {kind}: {out['verdict']}")
+    first = res["models"][models[0]]
+    res["model"], res["workloads"] = first["model"], first["workloads"]
+    if first.get("model_stage"):
+        res["model_stage"] = first["model_stage"]
     res["loadavg_end"] = report.loadavg()
     return res
+
+
+def _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt, run_latency) -> None:
+    max_rate = (out.get("pipeline") or {}).get("readings_per_s") or 10_000.0
+    fractions = [float(f) for f in args.latency_fractions.split(",") if f.strip()]
+    rates = [args.latency_rate] if args.latency_rate else [f * max_rate for f in fractions]
+
+    def latency(rate: float, duration: float, profile: Path | None = None) -> dict:
+        return run_latency(cluster, model_dir, work, rate=rate, duration=duration, channels=args.channels,
+                           sensors=args.sensors, readings_per_message=per, batch_size=batch_size,
+                           env=env, max_wait_ms=args.max_wait_ms, profile_out=profile, fmt=fmt)
+
+    if not args.quick:
+        # One unmeasured run first: the broker's JIT compiles its produce/fetch paths for
+        # this live pattern over ~10 s, which showed as a slow fall of the first measured
+        # run's medians (15 -> 8 ms) while the runs after it were flat from their start.
+        log(f"{name}: latency warm-up run at {rates[0]:,.0f} readings/s for {WARMUP_RUN_S:.0f} s (not reported)")
+        warm = latency(rates[0], WARMUP_RUN_S)
+        out["latency_warmup_run"] = {k: warm.get(k) for k in ("offered_readings_per_s", "duration_s", "p50_ms",
+                                                              "p99_ms", "startup_p99_ms", "samples")}
+    sweep = []
+    for rate in rates:
+        log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s")
+        tag = f"{Path(model_dir).name}-{name}-{rate:.0f}"
+        lat = latency(rate, args.latency_seconds,
+                      work / f"profile-latency-{tag}.speedscope.json" if args.profile else None)
+        lat["fraction_of_max"] = round(rate / max_rate, 3)
+        sweep.append(lat)
+    out["latency"] = sweep[0]
+    if len(sweep) > 1:
+        out["latency_sweep"] = sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,13 @@ def _rate(fn, n: int, budget_s: float) -> tuple[float, float]:
             return calls / elapsed, calls * n / elapsed
 
 
+def ceiling(ms: dict, max_batch: int) -> float | None:
+    """The model stage's ceiling for a pipeline whose batches hold at most `max_batch` readings:
+    the best 1-thread rate (the pipeline's threads) of a batch size up to that."""
+    rates = [r["readings_per_s"] for r in ms.get("cpu") or [] if r["batch"] <= max_batch]
+    return max(rates) if rates else None
+
+
 def cpu_sweep(detector, sizes=BATCH_SIZES, budget_s: float = 0.5, seed: int = 0) -> list[dict]:
     """`detector.score` (standardise, network, errors, back to numpy) on random windows."""
     rng = np.random.default_rng(seed)
@@ -98,20 +105,107 @@ def gpu_overhead(detector, sizes=(1, 64, 4096, 65536), budget_s: float = 0.5) ->
     return out
 
 
+def flops_per_window(det) -> int:
+    """Multiply-adds x 2 of the network on one window, as its layers are written (a convolution:
+    every output position times every tap, padding included; PCA: its two products)."""
+    from torch import nn
+
+    total, W = 0, det.window
+    for m in det.net.modules():
+        if isinstance(m, nn.Conv1d):
+            total += 2 * m.in_channels * m.out_channels // m.groups * m.kernel_size[0] * W
+        elif isinstance(m, nn.Linear) and not (det.kind == "vae" and m is det.net.logvar):  # logvar: training only
+            total += 2 * m.in_features * m.out_features
+    comps = getattr(det.net, "components", None)
+    if comps is not None:
+        total += 2 * 2 * comps.numel()
+    return total
+
+
+def executed_flops_per_window(det) -> int | None:
+    """The same, as the dense form scoring runs it (detectors/fastpath.py), or None without one."""
+    form = getattr(det, "_dense", None)
+    if form is None:
+        return None
+    return sum(2 * (hi - lo) * m.shape[1] for parts, _ in form.layers for lo, hi, m, _ in parts)
+
+
+def matmul_gflops(threads: int, n: int = 1536, reps: int = 5) -> float:
+    """Best-of-`reps` float32 `torch.mm` of two n x n matrices on `threads` threads: the roofline."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
+def alternating(det, n: int, reps: int = 10) -> dict:
+    """The dense form against the network on the same `n` windows, alternating call by call
+    (`reps` each), so both see the same background load: best and median windows/s."""
+    rng = np.random.default_rng(1)
+    w = (det.scaler.mean + det.scaler.std * rng.standard_normal((n, det.window, len(det.channels)))).astype(np.float32)
+    forms = {"dense": det._dense, "network": None}
+    rates: dict = {k: [] for k in forms}
+    try:
+        for _ in range(reps):
+            for k, form in forms.items():
+                det._dense = form
+                rates[k].append(n / _timed(lambda: det.score(w)))
+    finally:
+        det._dense = forms["dense"]
+    out = {f"{k}_{stat}": round(float(f(v)), 1) for k, v in rates.items() for stat, f in (("best", max), ("median", np.median))}
+    out.update(batch=n, reps=reps, speedup_best=round(out["dense_best"] / out["network_best"], 2),
+               speedup_median=round(out["dense_median"] / out["network_median"], 2))
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def roofline(det, rows: list[dict], threads: int) -> dict:
+    """FLOPs per window, a matmul rate on the same threads measured now, and the fraction of it
+    the best batch of `rows` reached (windows/s x FLOPs per window / matmul FLOP/s)."""
+    flops = flops_per_window(det)
+    gflops = matmul_gflops(threads)
+    best = max(rows, key=lambda r: r["readings_per_s"])
+    return {"threads": threads, "flops_per_window": flops, "executed_flops_per_window": executed_flops_per_window(det),
+            "matmul_gflops": round(gflops, 1), "roofline_windows_per_s": round(gflops * 1e9 / flops, 1),
+            "best_batch": best["batch"], "best_windows_per_s": best["readings_per_s"],
+            "fraction_of_roofline": round(best["readings_per_s"] * flops / (gflops * 1e9), 3)}
+
+
 def run(model_dir: str, sizes=BATCH_SIZES, budget_s: float = 0.5) -> dict:
     from latentwatch.detectors.checkpoint import load
 
     model = load(model_dir, device="cpu")
     det = model.detector
     default = torch.get_num_threads()
-    out = {"model": {"kind": det.kind, "window": det.window, "channels": len(det.channels)},
+    out = {"model": {"kind": det.kind, "window": det.window, "channels": len(det.channels),
+                     "dense_form": getattr(det, "_dense", None) is not None},
            "torch_threads": 1, "torch_default_threads": default}
     try:  # one thread, as the pipeline scores on CPU; then torch's default when that is more
         torch.set_num_threads(1)
         out["cpu"] = cpu_sweep(det, sizes, budget_s)
+        out["roofline"] = roofline(det, out["cpu"], 1)
+        if getattr(det, "_dense", None) is not None:  # the network itself, as scoring ran before fastpath.py
+            det.dense_scoring = False
+            det._ready()
+            out["cpu_network"] = cpu_sweep(det, sizes, budget_s)
+            out["roofline_network"] = roofline(det, out["cpu_network"], 1)
+            det.dense_scoring = True
+            det._ready()
+            out["dense_vs_network"] = alternating(det, 16384, reps=4 if budget_s < 0.1 else 10)
         if default > 1:
             torch.set_num_threads(default)
             out["cpu_default_threads"] = cpu_sweep(det, sizes, budget_s)
+            out["roofline_default_threads"] = roofline(det, out["cpu_default_threads"], default)
     finally:
         torch.set_num_threads(default)
     out["gpu"] = gpu_overhead(det, budget_s=budget_s)

@@ -59,6 +59,11 @@ def verdicts(w: dict) -> dict:
     if dec:
         out["decode_ceiling_mean_readings_per_s"] = round(dec, 1)
     naive = (w.get("naive") or {}).get("readings_per_s")
+    model = (w.get("model_stage_ceiling") or {}).get("readings_per_s")
+    if model:
+        out["model_stage_ceiling_readings_per_s"] = model
+    if pipe and dec and model:  # what the loop itself costs: 1.0 = as fast as its slower stage alone
+        out["pipeline_vs_min_ceiling"] = round(pipe / min(dec, model), 3)
     if pipe and dec:
         out["pipeline_vs_decode_ceiling"] = round(pipe / dec, 3)
     if pipe and naive:
@@ -104,11 +109,13 @@ def markdown(res: dict) -> str:
              + ", batch.max_wait_ms "
               f"{res['settings'].get('max_wait_ms') or 'default (20)'}, torch threads "
               f"{res['settings'].get('torch_threads_env') or 'default'}. Command: `{res['command']}`"), "",
-             ("| workload | readings | bare consume r/s | consume+decode r/s (before / after) | pipeline r/s | pipeline / decode (>= 0.70) "
+             ("| model | workload | readings | bare consume r/s | consume+decode r/s (before / after) | model stage r/s "
+             "| pipeline r/s | pipeline / decode (>= 0.70) | pipeline / min(decode, model) "
              "| naive r/s | pipeline / naive (>= 20) | consume+decode / naive | latency offered r/s | p50 ms "
              "| p99 ms (<= 25) | p99.9 ms | peak RSS MiB (<= 1024) |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, w in res["workloads"].items():
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    by_model = res.get("models") or {res["model"]["kind"]: {"model": res["model"], "workloads": res["workloads"]}}
+    for model_name, name, w in [(k, n, w) for k, mm in by_model.items() for n, w in mm["workloads"].items()]:
         v = w.get("verdict", {})
         met = v.get("met", {})
         lat = w.get("latency") or {}
@@ -117,13 +124,17 @@ def markdown(res: dict) -> str:
         def mark(key, text, met=met):
             return f"{text} {'✅' if met.get(key) else '❌'}"
 
+        mdesc = by_model[model_name]["model"]
         lines.append(
-            f"| {name} ({w['workload']['readings_per_message']}/msg) | {_n(w['workload']['readings'])} "
+            f"| {mdesc['kind']} W={mdesc['window']} | {name} ({w['workload']['readings_per_message']}/msg) "
+            f"| {_n(w['workload']['readings'])} "
             f"| {_n((w.get('ceiling_bare') or {}).get('readings_per_s'))} "
             f"| {_n((w.get('ceiling_decode') or {}).get('readings_per_s'))} / "
             f"{_n((w.get('ceiling_decode_after') or {}).get('readings_per_s'))} "
+            f"| {_n(v.get('model_stage_ceiling_readings_per_s'))} "
             f"| {mark('readings_per_s', _n(pipe.get('readings_per_s'))) if 'readings_per_s' in met else _n(pipe.get('readings_per_s'))} "
             f"| {mark('pipeline_vs_decode_ceiling', _n(v.get('pipeline_vs_decode_ceiling'), 2))} "
+            f"| {_n(v.get('pipeline_vs_min_ceiling'), 2)} "
             f"| {_n((w.get('naive') or {}).get('readings_per_s'))} | {mark('pipeline_vs_naive', _n(v.get('pipeline_vs_naive'), 1))} "
             f"| {_n(v.get('decode_ceiling_vs_naive'), 1)} "
             f"| {_n(lat.get('offered_readings_per_s'))} | {_n(lat.get('p50_ms'), 1)} "
@@ -148,16 +159,10 @@ def markdown(res: dict) -> str:
                   "|---|---:|---:|---:|---|"]
         lines += [f"| {name} | {r['processes']} | {_n(r['readings_measured'])} | {_n(r['readings_per_s'])} "
                   f"| {r['batches_per_process']} |" for name, rows in scales for r in rows]
+    stages = [(k, mm["model_stage"]) for k, mm in by_model.items() if (mm.get("model_stage") or {}).get("cpu")]
+    for model_name, ms in stages:
+        lines += model_stage_lines(model_name, ms)
     ms = res.get("model_stage") or {}
-    if ms.get("cpu"):
-        other = {r["batch"]: r for r in ms.get("cpu_default_threads") or []}
-        d = ms.get("torch_default_threads")
-        lines += ["", "Model stage alone (`detector.score` on random windows, CPU):", "",
-                  (f"| batch | readings/s (1 thread, as the pipeline) | µs per call | readings/s ({d} threads) "
-                  "| µs per call |"), "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} "
-                  f"| {_n(other.get(r['batch'], {}).get('readings_per_s'))} "
-                  f"| {_n(other.get(r['batch'], {}).get('us_per_call'), 1)} |" for r in ms["cpu"]]
     gpu = ms.get("gpu") or {}
     if gpu.get("available"):
         lines += ["", f"GPU ({gpu['device']}), µs per call: eager / CUDA graph / torch.compile / score() end to end:", ""]
@@ -187,6 +192,38 @@ def markdown(res: dict) -> str:
               "uses their mean. Naive: one message at a time, one model call per reading, flush and "
               "synchronous commit per message, on a prefix of the topic."), ""]
     return "\n".join(lines)
+
+
+def model_stage_lines(model_name: str, ms: dict) -> list[str]:
+    other = {r["batch"]: r for r in ms.get("cpu_default_threads") or []}
+    d = ms.get("torch_default_threads")
+    m = ms["model"]
+    lines = ["", f"Model stage alone, {model_name} ({m['kind']}, window {m['window']}, dense form "
+             f"{'on' if m.get('dense_form') else 'off'}): `detector.score` on random windows, CPU:", ""]
+    for key, label in (("roofline", "1 thread"), ("roofline_network", "1 thread, the network without the dense form"),
+                       ("roofline_default_threads", f"{d} threads")):
+        r = ms.get(key)
+        if r:
+            lines.append(f"- roofline, {label}: {r['flops_per_window']:,} FLOPs per window as written "
+                         f"(executed: {_n(r.get('executed_flops_per_window'))}); torch.mm float32 "
+                         f"{r['matmul_gflops']} GFLOP/s now -> {_n(r['roofline_windows_per_s'])} windows/s; best "
+                         f"{_n(r['best_windows_per_s'])} windows/s (batch {r['best_batch']}) = "
+                         f"**{r['fraction_of_roofline']:.2f} of roofline**")
+    ab = ms.get("dense_vs_network")
+    if ab:
+        lines.append(f"- dense form vs the network, alternating call by call ({ab['reps']} each, batch {ab['batch']}, "
+                     f"1 thread): best {_n(ab['dense_best'])} vs {_n(ab['network_best'])} windows/s "
+                     f"(**{ab['speedup_best']}x**), median {_n(ab['dense_median'])} vs {_n(ab['network_median'])} "
+                     f"({ab['speedup_median']}x)")
+    net = {r["batch"]: r for r in ms.get("cpu_network") or []}
+    lines += ["", (f"| batch | readings/s (1 thread, as the pipeline) | µs per call | readings/s ({d} threads) "
+                   "| µs per call | readings/s (1 thread, network without the dense form) |"),
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['batch']} | {_n(r['readings_per_s'])} | {_n(r['us_per_call'], 1)} "
+              f"| {_n(other.get(r['batch'], {}).get('readings_per_s'))} "
+              f"| {_n(other.get(r['batch'], {}).get('us_per_call'), 1)} "
+              f"| {_n(net.get(r['batch'], {}).get('readings_per_s'))} |" for r in ms["cpu"]]
+    return lines
 
 
 def _cpu(x: dict) -> str:

@@ -90,6 +90,9 @@ class BatchSettings(BaseModel):
     # long before the cap; the cap bounds a backlog's batches (~64 MiB of W=32 windows).
     max_readings: int = Field(32768, ge=1, description="score when this many readings are in hand")
     max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
+    # Off by default: see pipeline/pacing.py and pipeline/README.md for the measured trade-off.
+    max_latency_ms: float | None = Field(None, gt=0, description="... or when scoring them would take longer "
+                                         "than this, by the model's measured cost per reading (pipeline/pacing.py)")
     max_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="... or when this many bytes of messages are in hand")
     max_message_bytes: int = Field(1_000_000, ge=64, description="larger messages are dead letters")
     max_output_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024, description="bound on the records one batch "

@@ -26,6 +26,7 @@ import torch
 
 from latentwatch.pipeline import budget
 from latentwatch.pipeline import state as state_mod
+from latentwatch.pipeline.pacing import BatchBudget
 from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
@@ -56,6 +57,7 @@ class Pipeline:
         why = self._state_fits(model)
         if why is not None:
             raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
+        self.pacing = BatchBudget.for_settings(s.batch)  # batch.max_latency_ms
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
@@ -134,6 +136,7 @@ class Pipeline:
                 new_model = self.lifecycle.between_batches()
                 if new_model is not None:
                     self._swap(new_model)
+                self.pacing.size(self.source)
                 messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
                 self.monitor.check(self.source.consumer)
                 if self.rebalance.incomplete:  # stopped during a restore: the next owner scores them
@@ -158,7 +161,9 @@ class Pipeline:
     def process(self, messages: list) -> None:
         """One micro-batch, from messages to committed (or rewound)."""
         started = time.monotonic()
-        batch = self.scorer.score(messages, self.state, max_readings=self._readings_cap)
+        # the reading cap: the output budget's (budget.py), lowered by the time budget (pacing.py)
+        batch = self.scorer.score(messages, self.state, max_readings=min(self._readings_cap, self.pacing.limit()))
+        self.pacing.observe(batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
         self.source.learn(len(batch.messages) - len(batch.dead), batch.n_readings)
         tombstones = self._tombstones

@@ -35,6 +35,7 @@ class Source:
         self._revoked: set = set()
         self._held: list = []  # put back by the last batch, in consume order
         self.readings_per_message = 1.0  # running estimate, from the batches decoded so far
+        self.max_readings = settings.batch.max_readings  # the next batch's cap (pacing.py lowers it)
 
     def open(self) -> None:
         self.consumer = Consumer(self._conf)
@@ -43,7 +44,7 @@ class Source:
 
     def next_batch(self, stopping) -> list:
         b = self.batch
-        want = max(1, int(b.max_readings / max(self.readings_per_message, 1.0)))
+        want = max(1, int(self.max_readings / max(self.readings_per_message, 1.0)))
         if len(self._held) >= want:
             held, self._held = self._held[:want], self._held[want:]
             return held

@@ -41,3 +41,14 @@ def test_quick_bench_writes_sane_json(kafka_bootstrap, tmp_path):
             assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
         assert set(w["verdict"]["met"]) == {"pipeline_vs_decode_ceiling", "pipeline_vs_naive", "p99_latency_ms",
                                             "peak_rss_bytes"} | ({"readings_per_s"} if name == "frames" else set())
+    # issue 23: a row per model plain `train` gives (PCA windows, the window autoencoder) beside the MLP,
+    # each with its model stage's roofline and the pipeline against min(consume+decode, model stage)
+    assert set(res["models"]) == {"mlp", "pca", "window"}
+    assert res["models"]["window"]["model"]["kind"] == "window" and res["models"]["pca"]["model"]["window"] == 8
+    for kind, m in res["models"].items():
+        roof = m["model_stage"]["roofline"]
+        assert roof["flops_per_window"] > 0 and roof["matmul_gflops"] > 0 and roof["fraction_of_roofline"] > 0, kind
+        for name, w in m["workloads"].items():
+            assert w["verdict"]["pipeline_vs_min_ceiling"] > 0, (kind, name)
+    assert res["models"]["window"]["model_stage"]["model"]["dense_form"]
+    assert res["models"]["window"]["model_stage"]["dense_vs_network"]["network_best"] > 0
