@@ -166,7 +166,10 @@ def test_dashboard_queries_and_counters_on_a_running_pipeline(
     assert prom.value("sum(latentwatch_reconstruction_score_count)") == n_good
     alerts_counted = prom.value("sum(latentwatch_alerts_total)")
     assert alerts_counted >= anomalies // 2  # the injected anomalies alert (most of them at least)
-    assert count_messages(kafka_bootstrap, alerts) == alerts_counted
+    episodes_counted = prom.value("sum(latentwatch_episode_events_total)")
+    assert episodes_counted >= prom.value('sum(latentwatch_episode_events_total{event="open"})') > 0
+    # the alerts topic: a record per alarmed reading and one per episode event, all counted
+    assert count_messages(kafka_bootstrap, alerts) == alerts_counted + episodes_counted
     assert count_messages(kafka_bootstrap, dlq) == k
     assert prom.value('latentwatch_model_info') == 1
     assert prom.value('latentwatch_device_info') == 1
