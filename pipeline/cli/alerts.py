@@ -89,7 +89,7 @@ def _tail(args) -> int:
 def _forward(args) -> int:
     from confluent_kafka import Consumer
 
-    from latentwatch.pipeline.subscribers.alerts import AlertmanagerClient, Forwarder, forwarder_consumer_config
+    from latentwatch.pipeline.subscribers.alertmanager import AlertmanagerClient, Forwarder, forwarder_consumer_config
 
     if not args.alertmanager.startswith(("http://", "https://")):
         raise UserError(f"--alertmanager must be an http(s) URL, got {args.alertmanager!r}")

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from latentwatch.pipeline.config import load_settings
-from latentwatch.pipeline.subscribers.alerts import (
+from latentwatch.pipeline.subscribers.alertmanager import (
     AlertmanagerClient,
     Forwarder,
     forwarder_consumer_config,
-    parse_alert,
     to_alertmanager,
 )
+from latentwatch.pipeline.subscribers.alerts import parse_alert
 from tests.support.prom import free_port
 from tests.support.records import alert_record
 

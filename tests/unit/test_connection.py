@@ -108,7 +108,8 @@ def test_tool_configs_take_the_passthrough_but_keep_their_own_role():
 
 
 def test_subscriber_configs_come_from_the_settings():
-    from latentwatch.pipeline.subscribers.alerts import forwarder_consumer_config, tail_consumer_config
+    from latentwatch.pipeline.subscribers.alertmanager import forwarder_consumer_config
+    from latentwatch.pipeline.subscribers.alerts import tail_consumer_config
 
     tail = tail_consumer_config(_secure())
     assert tail["security.protocol"] == "SASL_SSL" and tail["group.id"].startswith("latentwatch-tail-")
