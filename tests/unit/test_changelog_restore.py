@@ -37,11 +37,15 @@ class ScriptedConsumer:
 
     scripts: ClassVar[list] = []
     made: ClassVar[list] = []
+    watermarks: ClassVar[dict] = {}  # partition -> (low, high); a partition not given holds records
 
     def __init__(self, conf):
         self.script = list(ScriptedConsumer.scripts.pop(0)) if ScriptedConsumer.scripts else []
         self.assigned, self.calls = None, 0
         ScriptedConsumer.made.append(self)
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        return ScriptedConsumer.watermarks.get(tp.partition, (0, 100))
 
     def assign(self, tps):
         self.assigned = [(tp.partition, tp.offset) for tp in tps]
@@ -63,7 +67,7 @@ class ScriptedConsumer:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    ScriptedConsumer.scripts, ScriptedConsumer.made = [], []
+    ScriptedConsumer.scripts, ScriptedConsumer.made, ScriptedConsumer.watermarks = [], [], {}
     monkeypatch.setattr(changelog, "Consumer", ScriptedConsumer)
     monkeypatch.setattr(changelog.time, "sleep", lambda s: None)
     return ScriptedConsumer
@@ -99,3 +103,28 @@ def test_a_retried_restore_goes_on_from_where_it_stopped_not_from_offset_zero(sc
     assert {k[1] for k in [(0, "a"), (0, "b"), (0, "c")] if store.get(k) is not None} == {"a", "b", "c"}
     loaded, seconds = out
     assert loaded.dropped == {} and seconds >= 0
+
+
+def test_empty_changelog_partitions_are_done_without_waiting_for_their_end(scripted):
+    # A changelog partition with nothing in it (a new group, or every sensor evicted and
+    # compacted) is known empty from its watermarks: waiting for its end-of-partition event cost
+    # 2.0 s here on every assignment (the fetch wait and backoffs before the event arrives), an
+    # unscored backlog at every start and rebalance.
+    scripted.watermarks = {0: (0, 0), 1: (7, 7)}
+    scripted.scripts = [[[_record(2, 0, "c")], [_Eof(2)]]]
+    store = state.StateStore()
+    out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", p) for p in (0, 1, 2)],
+                                 _committed({0: 10, 1: 10, 2: 10}), lambda: False)
+    assert out is not None
+    (consumer,) = scripted.made
+    assert consumer.assigned == [(2, -2)]  # only the partition with records is read
+    assert store.get((2, "c")) is not None
+
+
+def test_a_restore_of_only_empty_partitions_reads_nothing(scripted):
+    scripted.watermarks = {0: (0, 0), 1: (0, 0)}
+    out = changelog.restore_into(state.StateStore(), Settings(), "lw-state",
+                                 [TopicPartition("in", p) for p in (0, 1)], _committed({0: 3, 1: 4}), lambda: False)
+    assert out is not None
+    (consumer,) = scripted.made
+    assert consumer.calls == 0
