@@ -50,7 +50,8 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
     rules = np.zeros(n, np.int8) if rules is None else np.asarray(rules)
     stat = score if statistics is None else np.asarray(statistics, np.float64)
     limit = threshold if limits is None else np.asarray(limits, np.float64)
-    critical = (stat >= critical_ratio * limit).tolist()
+    with np.errstate(over="ignore"):  # a non-finite score is scored as float64's max: inf here, still critical
+        critical = (stat >= critical_ratio * limit).tolist()
     columns = [_round(score, 6).tolist(), _round(threshold, 6).tolist(),
                _round(np.asarray(latent, np.float64), 5).tolist(), [RULES[r] for r in rules.tolist()],
                _round(stat, 6).tolist(), _round(limit, 6).tolist()]

@@ -36,6 +36,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 def check_sensor_id(sensor_id: str, where: str = "sensor_id") -> str:
     """`sensor_id` when it may be one, else a ContractError (invalid_utf8, bad_sensor_id)."""
+    if sensor_id.isascii() and len(sensor_id) <= MAX_SENSOR_ID_BYTES and sensor_id.isprintable():
+        return sensor_id  # the usual id, without encoding it or a regex: 2.2 % of the loop (py-spy)
     try:
         n = len(sensor_id.encode("utf-8"))  # it becomes the key of what we produce
     except UnicodeEncodeError:
