@@ -6,7 +6,9 @@ Both follow the same steps, called by the pipeline for every batch:
 3. `commit(offsets)`  makes outputs and offsets durable together, or raises (BatchFailed,
    ProducerBroken, Stopping), in which case nothing of the batch counts;
 4. `abort()`   after a failure, before the rewind;
-and `settle()` on a revoke and at close.
+and `settle()` on a revoke and at close, `forget()` when partitions are lost, `on_commit()` for
+librdkafka's commit confirmations. Both declare the `Committer` protocol below; the pipeline
+holds one and knows nothing of which.
 
 At-least-once: the outputs are acknowledged first, then the offsets are committed
 asynchronously, so the next batch is read, scored and produced while the commit travels. Its
@@ -32,10 +34,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
+from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
 
@@ -44,7 +48,7 @@ def _tps(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
 
-def in_thread(call: Callable[[], None], limit_s: float | None, deadline: Callable[[], float | None]):
+def in_thread(call: Callable[[], None], limit_s: float | None, stop: StopBudget):
     """Run a blocking client call on a helper thread and wait for it, but never past `limit_s`
     nor past the stop deadline (a synchronous commit to a dead coordinator blocks ~60 s, and a
     signal cannot interrupt a C call). Returns the call's exception, or None; raises Stopping or
@@ -63,8 +67,7 @@ def in_thread(call: Callable[[], None], limit_s: float | None, deadline: Callabl
     started = time.monotonic()
     while worker.is_alive():
         worker.join(0.1)
-        stop_at = deadline()
-        if worker.is_alive() and stop_at is not None and time.monotonic() > stop_at:
+        if worker.is_alive() and stop.passed():
             raise Stopping("the shutdown timeout ran out while waiting for Kafka")
         if worker.is_alive() and limit_s is not None and time.monotonic() - started > limit_s:
             raise TimeoutError(f"no answer from Kafka in {limit_s:.0f} s")
@@ -79,11 +82,24 @@ def _call_here(call: Callable[[], None]):
     return None
 
 
-class AtLeastOnce:
-    def __init__(self, source, sink, on_committed: Callable[[], None], deadline: Callable[[], float | None],
-                 travel_ok: Callable[[], bool] = lambda: True):
+class Committer(Protocol):
+    """How a batch's outputs and offsets become durable together (the steps above)."""
+
+    def start(self, producer) -> None: ...
+    def init_producer(self, producer) -> None: ...
+    def begin(self) -> None: ...
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None: ...
+    def abort(self) -> None: ...
+    def settle(self, in_callback: bool = False) -> None: ...
+    def forget(self) -> None: ...
+    def on_commit(self, err, partitions) -> None: ...
+
+
+class AtLeastOnce(Committer):
+    def __init__(self, source, sink, on_committed: Callable[[], None], stop: StopBudget,
+                 travel_ok: bool = True):
         self.source, self.sink, self._on_committed = source, sink, on_committed
-        self._deadline, self._travel_ok = deadline, travel_ok
+        self._stop, self._travel_ok = stop, travel_ok
         self._travelling: list[dict[tuple[str, int], int]] = []  # asynchronous commits, oldest first
         self._failed = False  # an on_commit reported an error: settle before the next batch
 
@@ -94,7 +110,7 @@ class AtLeastOnce:
         pass
 
     def begin(self) -> None:
-        if self._failed or len(self._travelling) > (1 if self._travel_ok() else 0):
+        if self._failed or len(self._travelling) > (1 if self._travel_ok else 0):
             self.settle()  # before this batch produces anything
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -137,7 +153,7 @@ class AtLeastOnce:
         offsets, consumer = _tps(merged), self.source.consumer
         try:
             commit = lambda: consumer.commit(offsets=offsets, asynchronous=False)  # noqa: E731
-            exc = _call_here(commit) if in_callback else in_thread(commit, None, self._deadline)
+            exc = _call_here(commit) if in_callback else in_thread(commit, None, self._stop)
         except Stopping:
             self.forget()  # the next owner redoes the last batches: duplicates, no loss
             raise
@@ -165,11 +181,11 @@ _COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOA
                           KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
 
-class ExactlyOnce:
+class ExactlyOnce(Committer):
     def __init__(self, source, sink, on_committed: Callable[[], None], timeout_s: float,
-                 deadline: Callable[[], float | None], startup_timeout_s: float = 30.0, retry_s: float = 0.5):
+                 stop: StopBudget, startup_timeout_s: float = 30.0, retry_s: float = 0.5):
         self.source, self.sink, self._on_committed = source, sink, on_committed
-        self.timeout_s, self._deadline = timeout_s, deadline
+        self.timeout_s, self._stop = timeout_s, stop
         self._startup_timeout_s, self._retry_s = startup_timeout_s, retry_s
 
     def start(self, producer) -> None:
@@ -190,9 +206,9 @@ class ExactlyOnce:
                 producer.init_transactions(self.timeout_s)
                 return
             except KafkaException as exc:
-                err, stop_at = exc.args[0], self._deadline()
+                err = exc.args[0]
                 if (err.fatal() or not (err.retriable() or err.code() in _COORDINATOR_NOT_READY)
-                        or time.monotonic() > give_up or (stop_at is not None and time.monotonic() > stop_at)):
+                        or time.monotonic() > give_up or self._stop.passed()):
                     raise
                 log.info("transaction coordinator not ready (%s); retrying", err.str())
                 time.sleep(self._retry_s)
@@ -212,6 +228,9 @@ class ExactlyOnce:
             raise ProducerBroken(self.sink.fatal)
         self._on_committed()
 
+    def on_commit(self, err, partitions) -> None:
+        pass  # offsets go with the transaction: no asynchronous commit to confirm
+
     def settle(self, in_callback: bool = False) -> None:
         pass  # a transaction is committed or not: nothing travels between batches
 
@@ -226,24 +245,22 @@ class ExactlyOnce:
         except (BatchFailed, Stopping) as exc:
             # a transaction that would not abort: this producer cannot be trusted with the next
             # batch; a new one with the same id fences it
-            self.sink.fatal = self.sink.fatal or str(exc)
+            self.sink.broken(str(exc))
         self.sink.reset()
 
     def _bounded(self, call: Callable[[float], None]) -> None:
         """Run one transactional call with a hard time limit of its own."""
-        timeout = self.timeout_s
-        deadline = self._deadline()
-        if deadline is not None:
-            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+        stopping = self._stop.deadline is not None
+        timeout = max(0.1, self._stop.left(self.timeout_s)) if stopping else self.timeout_s
         try:
-            exc = in_thread(lambda: call(timeout), timeout + (1 if deadline is not None else 5), self._deadline)
+            exc = in_thread(lambda: call(timeout), timeout + (1 if stopping else 5), self._stop)
         except (TimeoutError, Stopping):
-            self.sink.fatal = "a transactional call did not return in time"
+            self.sink.broken("a transactional call did not return in time")
             raise ProducerBroken(self.sink.fatal) from None
         if isinstance(exc, KafkaException):
             err = exc.args[0]
             if err.fatal():
-                self.sink.fatal = self.sink.fatal or err.str()
+                self.sink.broken(err.str())
                 raise ProducerBroken(err.str()) from None
             raise BatchFailed(err.str()) from None
         if exc is not None:

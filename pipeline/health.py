@@ -24,8 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from latentwatch.pipeline.events import Listener
 
-class Health:
+
+class Health(Listener):
     def __init__(self, stall_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.stall_after_s = stall_after_s
         self._clock = clock
@@ -54,6 +56,12 @@ class Health:
     def waiting_for_assignment(self) -> None:
         with self._lock:
             self._rebalancing = True
+
+    def on_assigned(self, partitions) -> None:
+        self.assignment(len(partitions))
+
+    def on_revoked(self, partitions) -> None:
+        self.waiting_for_assignment()
 
     def stopping(self) -> None:
         """Shutting down (SIGTERM): no longer ready, so no new work is routed here; still alive."""

@@ -3,15 +3,16 @@
     life = Lifecycle(model, metrics, path=settings.model.path, device=settings.model.device)
     # (cli/run.py) signal.signal(signal.SIGHUP, lambda *_: life.request_check())
     ...
-    # after a batch committed (scorer.ScoredBatch): drift, and the shadow model when there is one
-    life.committed(batch)
+    # a listener of the run loop's events (events.py): after a batch committed, drift and the
+    # shadow model when there is one; on a revoke or a rewind, the shadow forgets those partitions
+    life.on_batch_committed(events.Committed(batch, ...))
     # between two batches (the batch in hand has finished on the old model)
     new = life.between_batches()
     if new is not None:
         ...  # pipeline.runner.Pipeline._swap: a new scorer; per-sensor state kept or re-windowed
 
 `between_batches` never blocks: loading and validating happen on the watcher's thread
-(model_watch.py). With a `shadow` (shadow.py, `run --shadow DIR`), `committed` also has the
+(model_watch.py). With a `shadow` (shadow.py, `run --shadow DIR`), a committed batch also has the
 candidate score the batch and count agreement, and `forget` drops its state of partitions that
 moved or were rewound. On a swap it exports the new model's info, threshold and age and starts a new
 drift window against the new model's training data.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from latentwatch.detectors.checkpoint import LoadedModel
 from latentwatch.pipeline.drift import LatentDrift
+from latentwatch.pipeline.events import Committed, Listener
 from latentwatch.pipeline.model_watch import ModelWatcher
 from latentwatch.pipeline.shadow import Shadow
 
@@ -29,7 +31,7 @@ __all__ = ["Lifecycle"]
 SAMPLE_READINGS = 512  # recent readings a new version is validated on
 
 
-class Lifecycle:
+class Lifecycle(Listener):
     def __init__(self, model: LoadedModel, metrics, *, path: str | None = None, device: str = "cpu",
                  interval_s: float = 5.0, drift_window_s: float = 120.0, watcher: ModelWatcher | None = None,
                  shadow: Shadow | None = None):
@@ -47,12 +49,19 @@ class Lifecycle:
         return cls(model, metrics, path=s.path, device=s.device, drift_window_s=s.drift_window_s,
                    shadow=Shadow(shadow, metrics, settings) if shadow is not None else None)
 
-    def committed(self, batch) -> None:
-        """One committed batch of the loaded model."""
+    def on_batch_committed(self, done: Committed) -> None:
+        """One committed batch of the loaded model (after the batch's own timings are taken)."""
+        batch = done.batch
         if batch.latent is not None:
             self.scored(batch.values, batch.latent, batch.flagged)
         if self.shadow is not None:
             self.shadow.observe(batch)
+
+    def on_revoked(self, partitions) -> None:
+        self.forget({tp.partition for tp in partitions})
+
+    def on_reloaded(self, partitions) -> None:
+        self.forget({tp.partition for tp in partitions})  # the shadow's state: warms up again
 
     def forget(self, partitions: set[int]) -> None:
         if self.shadow is not None:

@@ -14,6 +14,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
+from latentwatch.pipeline.events import Committed, Listener
+
 PREFIX = "latentwatch"
 
 # Reasons a message goes to the dead-letter topic (the `reason` label and header).
@@ -40,7 +42,7 @@ RESTORE_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 SCORE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 
 
-class PipelineMetrics:
+class PipelineMetrics(Listener):
     """All metrics of one pipeline process, in their own registry (tests make one each)."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -112,10 +114,12 @@ class PipelineMetrics:
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
             self.model_reloads.labels(outcome=outcome)
 
-    # -- fed by the pipeline: one committed batch, and the other parts' events ------------------
-    def batch_committed(self, batch, started: float, evicted: dict, n_sensors: int, truncated: int) -> None:
+    # -- fed by the pipeline's events (events.py): one committed batch, and the other parts' --------
+    def on_batch_committed(self, done: Committed) -> None:
         """Count what a committed batch did (a rewound batch is counted when redone)."""
         import numpy as np
+
+        batch, started, evicted, n_sensors, truncated = done.batch, done.started, done.evicted, done.sensors, done.truncated
 
         now = time.time()
         # One inc per label value, not per record: labels() and inc() take locks (3 % of the
@@ -149,7 +153,10 @@ class PipelineMetrics:
             self.dead_letters_truncated.inc(truncated - self._truncated_seen)
             self._truncated_seen = truncated
 
-    def state_restored(self, loaded, seconds: float) -> None:
+    def on_offsets_committed(self) -> None:
+        self.commits.inc()
+
+    def on_restored(self, loaded, seconds: float) -> None:
         """A restore's outcome (state.Loaded) and duration; evicted over the bound on load too."""
         for reason, n in loaded.dropped.items():
             self.state_dropped.labels(reason=reason).inc(n)
@@ -161,10 +168,6 @@ class PipelineMetrics:
     def kafka_error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
 
-    def model_loaded(self, model) -> None:
-        self.set_model(model)
-        self.device_info.info({"device": str(getattr(model.detector, "device", "cpu"))})
-
     def shadow_loaded(self, model, correlation) -> None:
         """The shadow model's info; `correlation()` is called on each scrape."""
         d = model.detector
@@ -172,17 +175,18 @@ class PipelineMetrics:
                                 "window": str(d.window), "channels": str(len(d.channels))})
         self.shadow_correlation.set_function(correlation)
 
-    def assigned(self, partitions) -> None:
+    def on_assigned(self, partitions) -> None:
         self.assigned_partitions.set(len(partitions))
 
-    def revoked(self, partitions) -> None:
+    def on_revoked(self, partitions) -> None:
         for tp in partitions:
             self.forget_partition(tp.topic, tp.partition)
         self.assigned_partitions.set(0)
 
     def set_model(self, model) -> None:
-        """The loaded model's info, threshold and training time (at start and after a swap)."""
+        """The loaded model's info, device, threshold and training time (at start and after a swap)."""
         d = model.detector
+        self.device_info.info({"device": str(d.device)})
         self.model_info.info({"name": model.name, "version": str(model.version), "kind": d.kind,
                               "window": str(d.window), "channels": str(len(d.channels))})
         self.threshold.set(float(model.threshold.value))

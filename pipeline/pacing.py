@@ -44,6 +44,36 @@ class BatchBudget:
         cost = seconds / readings
         self.cost_s = cost if self.cost_s is None else (1 - ALPHA) * self.cost_s + ALPHA * cost
 
-    def size(self, source) -> None:
-        """Have `source` gather no more than the next batch may hold (nothing is decoded twice)."""
-        source.max_readings = self.limit()
+
+
+class BatchSizing:
+    """How big the next batch is: the one place that decides (the run loop asks, the source
+    gathers, the scorer cuts at the limit and hands back the rest).
+
+    1. `limit()`: readings the next batch may hold, the least of `batch.max_readings`, the
+       output budget's cap for the model loaded (budget.readings_cap: a batch's records fit
+       `batch.max_output_bytes`) and the time budget (`batch.max_latency_ms`, BatchBudget);
+    2. `messages(limit)`: how many messages to gather for it, from the readings a message
+       carried on average so far (a message may hold many);
+    3. `observe(n_messages, n_readings, seconds)` after scoring: both estimates learn;
+    4. `for_model(cap)`: a new model brings its own output-budget cap.
+    """
+
+    def __init__(self, batch, output_cap: int):
+        self.time = BatchBudget.for_settings(batch)
+        self.output_cap = output_cap
+        self.readings_per_message = 1.0  # moving average over the batches decoded so far
+
+    def for_model(self, output_cap: int) -> None:
+        self.output_cap = output_cap
+
+    def limit(self) -> int:
+        return min(self.output_cap, self.time.limit())
+
+    def messages(self, limit: int) -> int:
+        return max(1, int(limit / max(self.readings_per_message, 1.0)))
+
+    def observe(self, n_messages: int, n_readings: int, seconds: float) -> None:
+        self.time.observe(n_readings, seconds)
+        if n_messages:
+            self.readings_per_message = 0.8 * self.readings_per_message + 0.2 * (n_readings / n_messages)

@@ -7,58 +7,71 @@ between two batches, when everything processed is acknowledged and its commit se
 - lost: drop the state without committing (the partitions are someone else's already);
 - reload: after a rewind, the assigned partitions' state again as of the committed offsets (an
   asynchronous commit that never took leaves the in-memory state one batch ahead).
+
+Its collaborators are given, not reached through the pipeline: the state store, where the
+committed offsets come from (the source), the stop budget, the events fan-out (metrics, health,
+lifecycle), and, once the clients are open, the committer and the changelog topic (`attach`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from latentwatch.pipeline.errors import BatchFailed
+from latentwatch.pipeline.events import Listener
 from latentwatch.pipeline.kafka import changelog
+from latentwatch.pipeline.state import StateStore
+from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
 
 
 class Rebalance:
-    def __init__(self, pipeline):
-        self.p = pipeline  # its state, settings, source, committer, metrics and health, as they are now
+    def __init__(self, *, store: StateStore, settings, committed_of: Callable, stop: StopBudget,
+                 events: Listener, on_wait: Callable[[], None] = lambda: None,
+                 on_evicted: Callable[[dict], None] = lambda evicted: None):
+        self.store, self.settings, self.committed_of, self.stop = store, settings, committed_of, stop
+        self.events, self.on_wait, self.on_evicted = events, on_wait, on_evicted
+        self.committer = None  # attach(): set once the clients are open
+        self.state_topic: str | None = None  # None: nothing to restore
         self.incomplete = False  # a stop came during a restore: assigned partitions without their state
 
+    def attach(self, committer, state_topic: str | None) -> None:
+        self.committer, self.state_topic = committer, state_topic
+
     def assigned(self, partitions) -> None:
-        self.p.metrics.assigned(partitions)
-        self.p.health.assignment(len(partitions))
+        self.events.on_assigned(partitions)
         self.restore(partitions)
 
     def restore(self, partitions) -> None:
-        p = self.p
-        if p.state_topic is not None and partitions:
-            done = changelog.restore_into(p.state, p.settings, p.state_topic, partitions, p.source.committed,
-                                          lambda: p.stopping, on_wait=p.health.beat)
-            if done is None:  # stopping: nothing of these partitions may be scored now
-                self.incomplete = True
-                return
-            loaded, seconds = done
-            p.metrics.state_restored(loaded, seconds)
-            p.evicted_on_load(loaded.evicted)  # tombstones, so the next restore does not bring them back
+        if self.state_topic is None or not partitions:
+            return
+        done = changelog.restore_into(self.store, self.settings, self.state_topic, partitions, self.committed_of,
+                                      self.stop, on_wait=self.on_wait)
+        if done is None:  # stopping: nothing of these partitions may be scored now
+            self.incomplete = True
+            return
+        loaded, seconds = done
+        self.events.on_restored(loaded, seconds)
+        self.on_evicted(loaded.evicted)  # tombstones, so the next restore does not bring them back
 
     def reload(self, partitions) -> None:
-        self.p.state.drop_partitions({tp.partition for tp in partitions})
-        self.p.lifecycle.forget({tp.partition for tp in partitions})  # the shadow's state: warms up again
+        self.store.drop_partitions({tp.partition for tp in partitions})
+        self.events.on_reloaded(partitions)
         self.restore(partitions)
 
     def revoked(self, partitions) -> None:
         try:
-            self.p.committer.settle(in_callback=True)
+            self.committer.settle(in_callback=True)
         except BatchFailed as exc:  # the next owner redoes the last batch: a duplicate, no loss
             log.warning("last commit not confirmed before the revoke: %s", exc)
         self._forget(partitions)
 
     def lost(self, partitions) -> None:
-        self.p.committer.forget()
+        self.committer.forget()
         self._forget(partitions)
 
     def _forget(self, partitions) -> None:
-        self.p.state.drop_partitions({tp.partition for tp in partitions})
-        self.p.lifecycle.forget({tp.partition for tp in partitions})
-        self.p.metrics.revoked(partitions)
-        self.p.health.waiting_for_assignment()
+        self.store.drop_partitions({tp.partition for tp in partitions})
+        self.events.on_revoked(partitions)

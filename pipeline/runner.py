@@ -11,6 +11,14 @@ Per micro-batch:
 A `BatchFailed` anywhere in 3 rewinds to the committed offsets and the batch is redone, with a
 new producer first when it broke. `Fatal` ends the run with 1, `TopicsGone` with 2, `Stopping`
 (the shutdown budget spent waiting on Kafka) with 0, leaving the batch in hand uncommitted.
+
+The parts are given what they need, not the pipeline: one stop budget (stop.py) where they
+wait on Kafka, one events fan-out (events.py: metrics, health, lifecycle) for what happened,
+one `Committer` (committer.py), and batch sizes from one place (pacing.BatchSizing).
+
+Every model keeps per-sensor state (windows, per-sensor thresholds, the alarm rule's EWMA and
+open episodes), so every run writes a state changelog: a restart neither re-opens nor loses an
+episode (state.py).
 """
 
 from __future__ import annotations
@@ -18,28 +26,28 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import threading
 import time
 
 import numpy as np
 import torch
 
 from latentwatch.pipeline import budget
-from latentwatch.pipeline import state as state_mod
-from latentwatch.pipeline.pacing import BatchBudget
-from latentwatch.pipeline.committer import AtLeastOnce, ExactlyOnce, in_thread
+from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
+from latentwatch.pipeline.events import Committed, Fanout
 from latentwatch.pipeline.health import Health
-from latentwatch.pipeline.kafka import changelog
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
+from latentwatch.pipeline.pacing import BatchSizing
 from latentwatch.pipeline.rebalance import Rebalance
 from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.source import Source
+from latentwatch.pipeline.state import Key, StateStore
+from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
 
@@ -52,57 +60,69 @@ class Pipeline:
         self.metrics = m = metrics or PipelineMetrics()
         self._refs = shadow is not None  # the shadow model (shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
-        self.state = state_mod.StateStore(s.state.max_sensors, s.state.idle_ttl_s)
+        self.state = StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
+        self.stop_budget = StopBudget(s.shutdown_timeout_s)
         why = self._state_fits(model)
         if why is not None:
             raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
-        self.pacing = BatchBudget.for_settings(s.batch)  # batch.max_latency_ms
+        self.sizing = BatchSizing(s.batch, s.batch.max_readings)
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
+        self.events = Fanout(m, self.health, self.lifecycle)
         self.monitor = KafkaMonitor(s, m.kafka_error)
-        self.rebalance = Rebalance(self)
-        self.source = Source(s, on_assign=self.rebalance.assigned, on_revoke=self.rebalance.revoked,
-                             on_lost=self.rebalance.lost,
+        self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
                              on_error=self.monitor.on_error, on_stats=m.on_stats, on_wait=self.health.beat,
-                             on_commit=lambda err, parts: self.committer.on_commit(err, parts))
+                             on_commit=self._on_commit)
+        self.rebalance = Rebalance(store=self.state, settings=s, committed_of=self.source.committed,
+                                   stop=self.stop_budget, events=self.events, on_wait=self.health.beat,
+                                   on_evicted=self.evicted_on_load)
         self.sink: Sink | None = None
-        self.committer = None
-        self._stop = threading.Event()
-        self._deadline: float | None = None  # monotonic: a stop must be done by then
-        self._tombstones: list[state_mod.Key] = []
+        self.committer: Committer | None = None
+        self._tombstones: list[Key] = []
         self.metrics_server = None
         self.unclean_exit = False  # a Kafka client did not close in time: the caller should os._exit
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
         self.health.stopping()  # runs in the signal handler: Health's lock is reentrant
-        if not self._stop.is_set():
-            self._deadline = time.monotonic() + self.settings.shutdown_timeout_s
-            self._stop.set()
+        self.stop_budget.stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self.stop_budget.stopping
+
+    # -- the source's rebalance and commit callbacks (inside consume()) --------------------------
+    def _assigned(self, partitions) -> None:
+        self.rebalance.assigned(partitions)
+
+    def _revoked(self, partitions) -> None:
+        self.rebalance.revoked(partitions)
+
+    def _lost(self, partitions) -> None:
+        self.rebalance.lost(partitions)
+
+    def _on_commit(self, err, partitions) -> None:
+        self.committer.on_commit(err, partitions)
 
     def start(self) -> None:
         """Check the cluster, open the clients, subscribe, serve metrics."""
         s, m = self.settings, self.metrics
-        metadata = kafka_io.check_cluster(s)
-        m.model_loaded(self.model)
+        metadata = clients.check_cluster(s)
         self._input_partitions = len(metadata.topics[s.topics.input].partitions)
-        if self._needs_changelog:
-            self.state_topic = changelog.ensure(s, self._input_partitions)
-        txn = kafka_io.TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
+        self.state_topic = changelog.ensure(s, self._input_partitions)
+        txn = clients.TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
-                         deadline=lambda: self._deadline, transactional_id=txn.value if txn else None,
+                         stop=self.stop_budget, transactional_id=txn.value if txn else None,
                          on_wait=self.health.beat)
-        parts, deadline = (self.source, self.sink, m.commits.inc), lambda: self._deadline
-        self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, deadline, s.startup_timeout_s) if txn
-                          else AtLeastOnce(*parts, deadline, travel_ok=lambda: not self._needs_changelog))
+        parts = (self.source, self.sink, self.events.on_offsets_committed)
+        # With a state changelog an at-least-once commit may not travel past the next batch (state.py).
+        self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, self.stop_budget, s.startup_timeout_s) if txn
+                          else AtLeastOnce(*parts, self.stop_budget, travel_ok=self.state_topic is None))
         self.committer.start(self.sink.producer)
+        self.rebalance.attach(self.committer, self.state_topic)
         self.source.open()
         # The model's first call sets up its kernels (5.6 ms here, 0.1 ms for the next ones).
         self.detector.score(np.zeros((2, self.detector.window, len(self.detector.channels)), dtype=np.float32))
@@ -111,7 +131,7 @@ class Pipeline:
             self.metrics_server, _ = m.serve(s.metrics.port, s.metrics.host, health=self.health)
             log.info("metrics on http://%s:%d/metrics", s.metrics.host, self.metrics_server.server_port)
         log.info("consuming %s as group %s (%s, model %s on %s)", s.topics.input, s.group_id, s.delivery,
-                 self.model.name, getattr(self.detector, "device", "cpu"))
+                 self.model.name, self.detector.device)
         # torch, numpy and the clients leave ~200k long-lived objects, and a full collection walks
         # them all (~70 ms on 2 cores): a pause every few seconds under load, straight into the
         # latency tail. Frozen, they are skipped; the collector still sees what the loop makes.
@@ -124,7 +144,7 @@ class Pipeline:
         if self.source.consumer is None:
             self.start()
         threads = torch.get_num_threads()
-        if str(getattr(self.detector, "device", "cpu")) == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        if str(self.detector.device) == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # One intra-op thread: a batch is one small model call, and extra torch threads spin
             # against librdkafka's threads and the broker for the same cores (on 2 shared cores:
             # 1.8x the end-to-end throughput; see bench/). OMP_NUM_THREADS overrides.
@@ -136,13 +156,13 @@ class Pipeline:
                 new_model = self.lifecycle.between_batches()
                 if new_model is not None:
                     self._swap(new_model)
-                self.pacing.size(self.source)
-                messages = self.monitor.on_messages(self.source.next_batch(lambda: self.stopping))
+                limit = self.sizing.limit()
+                messages = self.monitor.on_messages(self.source.next_batch(self.sizing.messages(limit), self.stop_budget))
                 self.monitor.check(self.source.consumer)
                 if self.rebalance.incomplete:  # stopped during a restore: the next owner scores them
                     break
                 if messages:
-                    self.process(messages)
+                    self.process(messages, limit)
                 else:
                     self.sink.producer.poll(0)
         except Fatal as exc:
@@ -158,14 +178,13 @@ class Pipeline:
             self.close()
         return rc
 
-    def process(self, messages: list) -> None:
-        """One micro-batch, from messages to committed (or rewound)."""
+    def process(self, messages: list, limit: int | None = None) -> None:
+        """One micro-batch, from messages to committed (or rewound); at most `limit` readings
+        (default: what `sizing` allows now), the rest handed back to the source."""
         started = time.monotonic()
-        # the reading cap: the output budget's (budget.py), lowered by the time budget (pacing.py)
-        batch = self.scorer.score(messages, self.state, max_readings=min(self._readings_cap, self.pacing.limit()))
-        self.pacing.observe(batch.n_readings, time.monotonic() - started)
+        batch = self.scorer.score(messages, self.state, max_readings=self.sizing.limit() if limit is None else limit)
+        self.sizing.observe(len(batch.messages) - len(batch.dead), batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
-        self.source.learn(len(batch.messages) - len(batch.dead), batch.n_readings)
         tombstones = self._tombstones
         try:
             self.committer.begin()
@@ -176,8 +195,8 @@ class Pipeline:
             return
         evicted = self.state.apply(batch.updates)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
-        self.metrics.batch_committed(batch, started, evicted, len(self.state), self.sink.truncated)
-        self.lifecycle.committed(batch)  # drift, shadow: after the batch's own timings are taken
+        # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
+        self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated))
 
     def evicted_on_load(self, evicted: dict) -> None:
         """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""
@@ -188,23 +207,20 @@ class Pipeline:
         s = self.settings
         self.model, self.detector = model, model.detector
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
-        # State is needed to score (kept in a changelog) for windows, per-sensor thresholds, and the
-        # alarm rule (its EWMA and open episodes): a restart must not re-open or lose an episode.
-        self._needs_changelog = True
         # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
         # batch.max_output_bytes; a message holding more readings than that is a dead letter.
         per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
-        self._readings_cap = budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading)
+        self.sizing.for_model(budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading))
         self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=self._needs_changelog, refs=self._refs,
+                             latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs,
                              max_message_readings=s.batch.max_output_bytes // per_reading,
                              per_reading=s.alerts.per_reading)
 
     def _state_fits(self, model) -> str | None:
         """Why `model`'s per-sensor state records could not be produced (None: they can)."""
         d = model.detector
-        limit = int(kafka_io.producer_config(self.settings).get("message.max.bytes", 1_000_000))
+        limit = int(clients.producer_config(self.settings).get("message.max.bytes", 1_000_000))
         return budget.changelog_fits(d.window, len(d.channels), limit) if d.window > 1 else None
 
     def _swap(self, model) -> None:
@@ -219,8 +235,6 @@ class Pipeline:
         if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
                 or type(model.threshold) is not type(old.threshold):
             self.state.for_model(model.detector.window, len(model.detector.channels))
-        if self._needs_changelog and self.state_topic is None:
-            self.state_topic = changelog.ensure(self.settings, self._input_partitions)
         self.health.model_loaded(model.name)
         log.info("model %s version %s swapped in (was %s)", model.name, model.version, old.version)
 
@@ -234,20 +248,21 @@ class Pipeline:
         log.warning("batch not committed, rewinding to the committed offsets: %s", exc)
         self.monitor.after_failure()
         self.metrics.batch_rewinds.inc()
-        if self.sink.fatal is not None or isinstance(exc, ProducerBroken):
-            self.sink.fatal = self.sink.fatal or str(exc)
-            self.sink.replace(lambda: self.stopping, self.committer.init_producer)
+        if isinstance(exc, ProducerBroken):
+            self.sink.broken(str(exc))
+        if self.sink.fatal is not None:
+            self.sink.replace(self.committer.init_producer)
         self.sink.reset()
         if not self.stopping:
-            self.source.rewind(lambda: self.stopping)
+            self.source.rewind(self.stop_budget)
             self.rebalance.reload(self.source.consumer.assignment())
 
     def close(self) -> None:
         """Finish within what is left of the stop budget; a client that will not close in time is
         left behind (`unclean_exit`) rather than holding the process past it."""
         budget = self.settings.shutdown_timeout_s
-        if self._deadline is not None:
-            budget = max(0.5, self._deadline - time.monotonic())
+        if self.stop_budget.deadline is not None:
+            budget = max(0.5, self.stop_budget.left(budget))
 
         def finish():
             if self.sink is not None:
@@ -263,7 +278,7 @@ class Pipeline:
                 self.source.close()
 
         try:
-            failed = in_thread(finish, budget + 2, lambda: None)
+            failed = in_thread(finish, budget + 2, StopBudget.never())
             if failed is not None:
                 log.warning("closing the Kafka clients failed: %s", failed)
         except TimeoutError:

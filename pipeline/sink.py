@@ -10,6 +10,10 @@
 3. `wait` returns once the broker acknowledged everything; the first delivery error is raised
    typed (`BatchFailed`), a fatal producer error as `ProducerBroken`.
 4. `replace` drops a broken producer and makes a new one with the same transactional.id.
+
+The sink alone owns the producer's health: `fatal` is set here (librdkafka's error_cb) or
+through `broken(why)` (a committer whose transactional call never returned), and cleared only
+by `replace`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
 from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
 
@@ -33,15 +38,15 @@ _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 
 
 class Sink:
-    def __init__(self, settings, *, on_error: Callable, deadline: Callable[[], float | None],
+    def __init__(self, settings, *, on_error: Callable, stop: StopBudget,
                  transactional_id: str | None = None, on_wait: Callable[[], None] = lambda: None):
         self._on_wait = on_wait  # called while waiting on Kafka (health: waiting, not stalled)
         self.settings = settings
         self.topics = settings.topics
         self._on_error = on_error
-        self._deadline = deadline  # monotonic time by which a stop must be done, or None
+        self._stop = stop
         self._transactional_id = transactional_id
-        self.fatal: str | None = None  # set from error_cb (librdkafka's thread, inside poll/flush)
+        self.fatal: str | None = None  # set from error_cb (librdkafka's thread, inside poll/flush) or broken()
         self._failed = 0
         self._first_error: str | None = None
         self._dlq_too_large = False
@@ -135,8 +140,7 @@ class Sink:
             raise BatchFailed(f"{failed} deliveries failed ({first})")
 
     def _check_time(self) -> None:
-        deadline = self._deadline()
-        if deadline is not None and time.monotonic() > deadline:
+        if self._stop.passed():
             raise Stopping("the shutdown timeout ran out while waiting for Kafka")
 
     def reset(self) -> None:
@@ -155,22 +159,27 @@ class Sink:
         return Producer(kafka_io.producer_config(self.settings, on_error=self._producer_error,
                                                  transactional_id=self._transactional_id))
 
+    def broken(self, why: str) -> None:
+        """This producer cannot be trusted with another batch (the first reason is kept):
+        the pipeline replaces it before the redo."""
+        self.fatal = self.fatal or why
+
     def _producer_error(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = err.str()
         self._on_error(err)
 
-    def replace(self, stopping: Callable[[], bool], init: Callable[[Producer], None]) -> None:
+    def replace(self, init: Callable[[Producer], None]) -> None:
         """A new producer (same transactional.id: it fences the old one); retried until it works
         or a stop is asked for. `init` readies it (init_transactions under exactly-once)."""
-        log.warning("the producer hit a fatal error (%s)%s", self.fatal, "" if stopping() else ": replacing it")
+        log.warning("the producer hit a fatal error (%s)%s", self.fatal, "" if self._stop.stopping else ": replacing it")
         old, self.producer, self.fatal = self.producer, None, None
         if old is not None:
             try:
                 old.purge()
             except KafkaException:
                 pass
-        while not stopping():
+        while not self._stop.stopping:
             try:
                 producer = self._new_producer()
                 init(producer)

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from latentwatch.pipeline import state
 from latentwatch.pipeline.errors import UserError
+from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
 
@@ -69,12 +70,13 @@ class Progress:
 
 
 def restore(settings, topic: str, committed: dict[int, int], stall_s: float = 120.0, on_wait=lambda: None,
-            stopping=lambda: False, progress: Progress | None = None) -> dict[state.Key, state.Entry] | None:
+            stop: StopBudget | None = None, progress: Progress | None = None) -> dict[state.Key, state.Entry] | None:
     """Each sensor's entry as of the committed input offset of its partition; None when a stop is
     asked for first. A KafkaException (timed out) when nothing arrived for `stall_s`: the caller
     retries with the same `progress`. The stop flag is looked at every 0.5 s."""
     if not committed:
         return {}
+    stop = stop or StopBudget.never()
     progress = progress if progress is not None else Progress(committed)
     conf = settings.kafka.client_config()
     conf.update({"group.id": f"latentwatch-restore-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
@@ -91,7 +93,7 @@ def restore(settings, topic: str, committed: dict[int, int], stall_s: float = 12
             consumer.assign([TopicPartition(topic, p, progress.position[p]) for p in sorted(progress.left)])
         last_progress = time.monotonic()
         while progress.left:
-            if stopping():
+            if stop.stopping:
                 return None
             if time.monotonic() - last_progress > stall_s:
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
@@ -144,7 +146,7 @@ def _skip_empty(consumer, topic: str, progress: Progress) -> None:
             progress.left.discard(p)
 
 
-def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stopping,
+def restore_into(store: state.StateStore, settings, topic: str, partitions, committed_of, stop: StopBudget,
                  on_wait=lambda: None) -> tuple[state.Loaded, float] | None:
     """Restore `partitions`' entries into `store`, retried until it works or a stop is asked for
     (a reading is never scored without its state; a restore that fails is never skipped). A retry
@@ -153,20 +155,20 @@ def restore_into(store: state.StateStore, settings, topic: str, partitions, comm
     must not score those partitions)."""
     t0 = time.monotonic()
     progress = None
-    while not stopping():
-        committed = committed_of(partitions, stopping)
+    while not stop.stopping:
+        committed = committed_of(partitions, stop)
         if committed is None:
             return None
         offsets = {tp.partition: tp.offset for tp in committed}
         progress = progress or Progress(offsets)  # the records read stay read; as_of takes `offsets`
         try:
-            entries = restore(settings, topic, offsets, on_wait=on_wait, stopping=stopping, progress=progress)
+            entries = restore(settings, topic, offsets, on_wait=on_wait, stop=stop, progress=progress)
         except KafkaException as exc:
             log.warning("could not restore state from %s yet (%s; %d records read so far); going on",
                         topic, exc.args[0].str(), progress.records)
             on_wait()
             for _ in range(10):  # 1 s, looking at the stop flag
-                if stopping():
+                if stop.stopping:
                     return None
                 time.sleep(0.1)
             continue

@@ -1,4 +1,4 @@
-"""Kafka plumbing for the run loop: client configs, batch accumulation, dead-letter headers and
+"""Kafka plumbing for the run loop: client configs, dead-letter headers and
 start-up checks."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import socket
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from latentwatch.pipeline.config import Settings
@@ -276,60 +276,6 @@ def topics_gone_message(settings: Settings, missing: list[str]) -> str:
 # librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
 _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
             KafkaError._UNSUPPORTED_FEATURE}
-
-
-def accumulate(consumer: Consumer, max_messages: int, max_bytes: int, max_wait_s: float, stop,
-               revoked: set | None = None) -> list[Message]:
-    """Collect up to `max_messages` messages or `max_bytes` of values, returning at most
-    `max_wait_s` after the first one arrived.
-
-    After the first message, `consume(n, timeout)` may return early with whatever has arrived,
-    so we keep asking until the batch is full or the deadline passes. The byte cap bounds batches of
-    many-reading messages. Errors pass through (as messages whose `.error()` is set).
-
-    `revoked` (filled by the rebalance callbacks) names partitions revoked or lost during a
-    `consume()`: messages already in hand from them are dropped, since the partition's next owner
-    (or this consumer, re-assigned from the committed offset) reads them again.
-    """
-    if revoked:
-        revoked.clear()  # revoked between batches: nothing of theirs in hand
-    batch: list[Message] = []
-    size = 0
-    deadline = None
-    while len(batch) < max_messages and size < max_bytes and not stop():
-        if deadline is None:
-            # The first message through poll(), which returns as soon as one is there:
-            # consume(n, t) with t <= 200 ms waits all of t unless n messages arrive, which
-            # held every batch's first readings back by up to 100 ms (p50 ~50 ms at 5k msg/s).
-            first = consumer.poll(0.1)
-            got = [] if first is None else [first]
-            if got and max_messages > 1:  # and what is already here, within the byte budget
-                room = max(1, int(max_bytes / max(len(first), 1)) - 1)
-                got += consumer.consume(min(max_messages - 1, room), timeout=0)
-        else:
-            # Ask for no more messages than the byte budget has room for, at the average size
-            # seen so far: one consume() of many-reading messages could otherwise overshoot it.
-            room = max(1, int((max_bytes - size) * len(batch) / max(size, 1)))
-            # librdkafka waits in whole milliseconds and truncates: a timeout under 1 ms does
-            # not wait at all, and calling again until the deadline spins the core (measured:
-            # 45 % of this thread's time at max_wait_ms=1). Round to the nearest millisecond.
-            wait_ms = round((deadline - time.monotonic()) * 1000)
-            if wait_ms <= 0:
-                break
-            got = consumer.consume(min(max_messages - len(batch), room), timeout=wait_ms / 1000)
-        if revoked:  # a rebalance ran inside consume(): what we hold of those partitions is not ours
-            batch = [m for m in batch if (m.topic(), m.partition()) not in revoked]
-            revoked.clear()
-        if got:
-            batch.extend(got)
-            size += sum(len(m) for m in got)
-            if deadline is None:
-                deadline = time.monotonic() + max_wait_s
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        if deadline is None and not got:
-            break  # nothing arrived in 100 ms: let the loop breathe (signals, metrics)
-    return batch
 
 
 def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:

@@ -7,6 +7,8 @@ import time
 
 from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.config import load_settings
+from latentwatch.pipeline.source import accumulate
+from latentwatch.pipeline.stop import StopBudget
 
 
 def _record(level: int, msg: str, *args) -> logging.LogRecord:
@@ -78,7 +80,7 @@ class _Msg:
 def test_accumulate_waits_out_its_deadline_without_spinning():
     c = _TruncatingConsumer()
     t0 = time.monotonic()
-    batch = kafka_io.accumulate(c, 1000, 1 << 20, 0.0013, lambda: False)
+    batch = accumulate(c, 1000, 1 << 20, 0.0013, StopBudget.never())
     took = time.monotonic() - t0
     assert len(batch) == 1
     assert took < 0.05

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from latentwatch.pipeline import state
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.kafka import changelog
+from latentwatch.pipeline.stop import StopBudget
 
 from tests.support.fakes import FakeMessage
 
@@ -77,15 +78,23 @@ def _committed(offsets):
     return lambda partitions, stopping: [TopicPartition("in", p, o) for p, o in offsets.items()]
 
 
+class StopAfter(StopBudget):
+    """A stop asked for after `polls` looks at the flag (SIGTERM arrives mid-restore)."""
+
+    def __init__(self, polls):
+        super().__init__(5.0)
+        self.polls = polls
+
+    @property
+    def stopping(self):
+        self.polls -= 1
+        return self.polls < 0
+
+
 def test_a_restore_from_a_frozen_broker_returns_when_a_stop_is_asked_for(scripted):
-    store, calls = state.StateStore(), {"n": 0}
-
-    def stopping():
-        calls["n"] += 1
-        return calls["n"] > 5  # SIGTERM arrives after a few polls
-
+    store = state.StateStore()
     out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", 0)], _committed({0: 10}),
-                                 stopping)
+                                 StopAfter(5))
     assert out is None and len(store) == 0
     assert scripted.made[0].calls < 10
 
@@ -96,7 +105,7 @@ def test_a_retried_restore_goes_on_from_where_it_stopped_not_from_offset_zero(sc
                         [[_record(0, 2, "c")], [_Eof(0)]]]
     store = state.StateStore()
     out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", 0)], _committed({0: 10}),
-                                 lambda: False)
+                                 StopBudget.never())
     assert out is not None
     first, second = scripted.made
     assert first.assigned == [(0, -2)] and second.assigned == [(0, 2)]  # resumed after offset 1
@@ -114,7 +123,7 @@ def test_empty_changelog_partitions_are_done_without_waiting_for_their_end(scrip
     scripted.scripts = [[[_record(2, 0, "c")], [_Eof(2)]]]
     store = state.StateStore()
     out = changelog.restore_into(store, Settings(), "lw-state", [TopicPartition("in", p) for p in (0, 1, 2)],
-                                 _committed({0: 10, 1: 10, 2: 10}), lambda: False)
+                                 _committed({0: 10, 1: 10, 2: 10}), StopBudget.never())
     assert out is not None
     (consumer,) = scripted.made
     assert consumer.assigned == [(2, -2)]  # only the partition with records is read
@@ -124,7 +133,7 @@ def test_empty_changelog_partitions_are_done_without_waiting_for_their_end(scrip
 def test_a_restore_of_only_empty_partitions_reads_nothing(scripted):
     scripted.watermarks = {0: (0, 0), 1: (0, 0)}
     out = changelog.restore_into(state.StateStore(), Settings(), "lw-state",
-                                 [TopicPartition("in", p) for p in (0, 1)], _committed({0: 3, 1: 4}), lambda: False)
+                                 [TopicPartition("in", p) for p in (0, 1)], _committed({0: 3, 1: 4}), StopBudget.never())
     assert out is not None
     (consumer,) = scripted.made
     assert consumer.calls == 0

@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from latentwatch.pipeline.committer import AtLeastOnce
+from latentwatch.pipeline.stop import StopBudget
 from latentwatch.pipeline.errors import BatchFailed, UserError
 
 
@@ -35,7 +36,7 @@ def committer(travel_ok=True):
     consumer = FakeConsumer()
     parts = Parts(consumer)
     confirmed = []
-    c = AtLeastOnce(parts, parts, lambda: confirmed.append(1), lambda: None, travel_ok=lambda: travel_ok)
+    c = AtLeastOnce(parts, parts, lambda: confirmed.append(1), StopBudget.never(), travel_ok=travel_ok)
     return c, consumer, confirmed
 
 
@@ -127,14 +128,27 @@ def test_exactly_once_start_waits_for_a_transaction_coordinator_that_is_not_read
     # with a traceback); a coordinator still loading or moving is worth waiting for at start
     from latentwatch.pipeline.committer import ExactlyOnce
 
-    c = ExactlyOnce(None, None, lambda: None, 5.0, lambda: None, startup_timeout_s=20, retry_s=0.01)
+    c = ExactlyOnce(None, None, lambda: None, 5.0, StopBudget.never(), startup_timeout_s=20, retry_s=0.01)
     producer = FlakyTxnProducer([KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS])
     c.init_producer(producer)
     assert producer.calls == 3
-    gives_up = ExactlyOnce(None, None, lambda: None, 5.0, lambda: None, startup_timeout_s=0.05, retry_s=0.01)
+    gives_up = ExactlyOnce(None, None, lambda: None, 5.0, StopBudget.never(), startup_timeout_s=0.05, retry_s=0.01)
     with pytest.raises(KafkaException):
         gives_up.init_producer(FlakyTxnProducer([KafkaError.NOT_COORDINATOR] * 1000))
     with pytest.raises(KafkaException):  # not a coordinator's passing state: no waiting
         c.init_producer(FlakyTxnProducer([KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, None]))
     with pytest.raises(UserError, match="could not start transactions"):  # at start: one line, not a traceback
         c.start(FlakyTxnProducer([KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED]))
+
+
+def test_both_committers_implement_the_whole_protocol_themselves():
+    # The run loop holds a `Committer` and calls all of it (on_commit from librdkafka's
+    # callback, forget on a lost partition): a method left to the protocol's stub would do
+    # nothing, silently (ExactlyOnce once had no on_commit at all).
+    from latentwatch.pipeline.committer import Committer, ExactlyOnce
+
+    methods = {n for n, v in vars(Committer).items() if callable(v) and not n.startswith("_")}
+    assert {"begin", "commit", "abort", "settle", "forget", "on_commit", "start", "init_producer"} <= methods
+    for cls in (AtLeastOnce, ExactlyOnce):
+        assert Committer in cls.__mro__
+        assert methods <= set(vars(cls)), (cls.__name__, methods - set(vars(cls)))

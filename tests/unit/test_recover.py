@@ -12,6 +12,7 @@ import pytest
 from latentwatch.pipeline.errors import BatchFailed
 from latentwatch.pipeline.kafka.monitor import TopicsGone
 from latentwatch.pipeline.runner import Pipeline
+from latentwatch.pipeline.stop import StopBudget
 
 
 class _Committer:
@@ -40,12 +41,12 @@ def _pipeline(gone: bool):
     p = object.__new__(Pipeline)
     p.monitor, p.committer = _Monitor(calls, gone), _Committer(calls)
     p.metrics = SimpleNamespace(batch_rewinds=SimpleNamespace(inc=lambda: calls.append("count")))
-    p.sink = SimpleNamespace(fatal=None, reset=lambda: calls.append("reset"),
+    p.sink = SimpleNamespace(fatal=None, reset=lambda: calls.append("reset"), broken=lambda why: calls.append("broken"),
                              replace=lambda *a: calls.append("replace"))
     p.source = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: []),
-                               rewind=lambda stopping: calls.append("rewind"))
+                               rewind=lambda stop: calls.append("rewind"))
     p.rebalance = SimpleNamespace(reload=lambda parts: calls.append("reload"))
-    p._stop = SimpleNamespace(is_set=lambda: False)
+    p.stop_budget = StopBudget.never()
     return p, calls
 
 

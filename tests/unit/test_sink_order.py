@@ -6,6 +6,7 @@ import numpy as np
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.scorer import ScoredBatch
 from latentwatch.pipeline.sink import Sink
+from latentwatch.pipeline.stop import StopBudget
 
 
 class Recorder:
@@ -18,7 +19,7 @@ class Recorder:
 
 
 def _sink():
-    sink = Sink(Settings(), on_error=lambda err: None, deadline=lambda: None)
+    sink = Sink(Settings(), on_error=lambda err: None, stop=StopBudget.never())
     sink.producer = Recorder()
     return sink
 

@@ -6,6 +6,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.source import Source
+from latentwatch.pipeline.stop import StopBudget
 
 from tests.support.fakes import FakeMessage
 
@@ -33,9 +34,8 @@ def test_held_back_messages_of_a_partition_revoked_during_the_next_fetch_are_dro
     s.batch.max_wait_ms = 0
     src = Source(s, on_assign=lambda p: None, on_revoke=lambda p: None, on_lost=lambda p: None,
                  on_error=None, on_stats=None, on_commit=None)
-    src.readings_per_message = s.batch.max_readings / 10  # room for 10 messages a batch
     src.consumer = RevokingConsumer(src, [TopicPartition("in", 1)], lost)
     src.put_back([FakeMessage(b"{}", b"k", "in", 1, off) for off in range(3)]
                  + [FakeMessage(b"{}", b"k", "in", 0, 99)])
-    got = src.next_batch(lambda: False)
+    got = src.next_batch(10, StopBudget.never())  # room for 10 messages a batch
     assert [(m.partition(), m.offset()) for m in got] == [(0, 99), (0, 100)]
