@@ -8,7 +8,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from latentwatch.pipeline.kafka import clients as kafka_io
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.contract import Decoder
+from latentwatch.pipeline.decode import Decoder
 
 
 def _consumer(cluster: Settings, topic: str, partitions: int) -> Consumer:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from latentwatch.pipeline.contract import parse_ts
+from latentwatch.pipeline.times import parse_time
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.kafka import clients as kafka_io
 
@@ -47,7 +47,7 @@ def run_naive(cluster: Settings, topic: str, partitions: int, model_dir: str, al
                 score = float(det.score(x).score[0])
                 readings += 1
                 if score > thr:
-                    alert = {"sensor_id": obj["sensor_id"], "ts": parse_ts(r["ts"]), "score": score,
+                    alert = {"sensor_id": obj["sensor_id"], "ts": parse_time(r["ts"]), "score": score,
                              "source": [msg.topic(), msg.partition(), msg.offset()]}
                     p.produce(alerts_topic, json.dumps(alert).encode(), obj["sensor_id"].encode())
                     alerts += 1

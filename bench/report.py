@@ -184,7 +184,7 @@ def markdown(res: dict) -> str:
                "start-up backlog), which are reported as start-up"
                + (f"; an unmeasured {_n(warm.get('duration_s'))} s run at the headline rate goes first to "
                   "warm the broker's JIT (its figures are in the JSON, `latency_warmup_run`)." if warm else ".")),
-              ("Frames: the batch workload's readings as binary Arrow IPC frames (pipeline/frames.py); its "
+              ("Frames: the batch workload's readings as binary Arrow IPC frames (pipeline/decode/frames.py); its "
                "targets are >= 2,000,000 readings/s and pipeline / decode >= 0.85 (issue 17)."),
               ("Throughput: readings between the group's first and last observed offset commit, over that time "
               "(committed offsets polled every 50 ms). Ceilings: one consumer, same fetch settings, timed from the "

@@ -31,7 +31,7 @@ class Workload:
     messages: int = 0
     bytes: int = 0
     produce_s: float = 0.0
-    format: str = "json"  # or "frames": binary frames (pipeline/frames.py)
+    format: str = "json"  # or "frames": binary frames (pipeline/decode/frames.py)
     extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
@@ -134,7 +134,7 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
 
 
 def _encode_frames(sim: SensorSimulator, n_readings: int, per_message: int, step0: int):
-    from latentwatch.pipeline.frames import encode_frame
+    from latentwatch.pipeline.decode import encode_frame
 
     names, S = sim.channel_names, sim.sensors
     chunk_steps = max(per_message, (20_000 // S) // per_message * per_message)

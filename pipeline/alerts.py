@@ -18,7 +18,9 @@ import numpy as np
 import orjson
 
 from latentwatch.detectors.alarms import RULES
-from latentwatch.pipeline.contract import iso
+# iso_many is imported for scorer.py, which calls alerts.iso_many (its own import changes with the
+# branch rebuilding Scorer.score); the one implementation is times.iso_many.
+from latentwatch.pipeline.times import iso, iso_many  # noqa: F401
 
 
 def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[list[dict]]:
@@ -40,7 +42,7 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
                   parts: dict[str, np.ndarray] | None = None, rules: np.ndarray | None = None,
                   statistics: np.ndarray | None = None, limits: np.ndarray | None = None) -> list[dict]:
     """A batch's alerts, one per row: `sources` (topic, partition, offset, index) of each reading,
-    `ts` its event time as ISO strings (`iso_many`), `tops` its row of `top_channels`, `latent`
+    `ts` its event time as ISO strings (`times.iso_many`), `tops` its row of `top_channels`, `latent`
     `[n, k]`, `parts` name -> `[n]`. Rounding and conversion are done per column in numpy: per
     alert in Python they were half of the scorer's time at a 2.3 % alert rate (cProfile, the
     bench's frames batches). `rules` (index into `alarms.RULES`), `statistics`, `limits`: what fired
@@ -120,12 +122,6 @@ def _round(a: np.ndarray, decimals: int) -> np.ndarray:
     for the largest finite floats (a non-finite score is reported as the largest float)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return np.where(np.abs(a) < 1e15, np.round(a, decimals), a)
-
-
-def iso_many(ts: np.ndarray) -> list[str]:
-    """`contract.iso` for an array in one numpy pass (same rounding to the millisecond)."""
-    ms = np.round(np.asarray(ts, dtype=np.float64) * 1000).astype("datetime64[ms]")
-    return [t + "Z" for t in np.datetime_as_string(ms, unit="ms").tolist()]
 
 
 def encode(record: dict) -> bytes:

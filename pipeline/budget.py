@@ -1,7 +1,7 @@
 """What a batch's outputs can cost, by construction: every record we produce fits the producer's
 limit, and a batch's records fit `batch.max_output_bytes`.
 
-- A record's size is bounded through its sensor id (contract.MAX_SENSOR_ID_BYTES, 256) and the
+- A record's size is bounded through its sensor id (decode.MAX_SENSOR_ID_BYTES, 256) and the
   model (latent size, channel names, window): `per_reading_bytes` is the largest alert plus the
   largest episode event (a reading raises at most one: it opens or updates an episode when it
   alarms, closes one when it is the last quiet reading of the hysteresis) plus, with the latent
@@ -24,7 +24,7 @@ import numpy as np
 
 from latentwatch.detectors.alarms import Episode, SensorAlarm
 from latentwatch.pipeline import alerts, state
-from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES
+from latentwatch.pipeline.decode import MAX_SENSOR_ID_BYTES
 
 _WORST_ID = '"' * MAX_SENSOR_ID_BYTES  # each one escaped in JSON: twice the bytes
 _BIG = -1.7976931348623157e308  # the longest spelling of a float

@@ -14,26 +14,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
+from latentwatch.pipeline.decode.batch import DEAD_LETTER_REASONS  # the `reason` label's values
 from latentwatch.pipeline.events import Committed, Listener
 
 PREFIX = "latentwatch"
-
-# Reasons a message goes to the dead-letter topic (the `reason` label and header).
-DEAD_LETTER_REASONS = (
-    "not_json",
-    "invalid_utf8",
-    "schema",  # wrong shape or types
-    "missing_channels",
-    "non_finite",  # NaN / Inf / out of float32 range
-    "too_large",
-    "bad_timestamp",
-    "late",  # older than or equal to the sensor's last scored reading (windowed models)
-    "bad_sensor_id",  # longer than contract.MAX_SENSOR_ID_BYTES (256) bytes of UTF-8, or a control character
-    "out_of_range",  # finite, but too far from the training scale to score in float32 (e.g. 3.4e38)
-    # Binary frames (pipeline/frames.py) only; their other faults map onto the reasons above.
-    "corrupt_frame",  # not a readable Arrow IPC stream: truncated, bit-flipped, bad offsets
-    "unsupported_version",  # an Arrow metadata version or latentwatch.frame version we do not read
-)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -30,25 +30,28 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.contract import Decoder, iso, parse_ts
+from latentwatch.pipeline.decode import Decoder
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.kafka.clients import consumer_config
+from latentwatch.pipeline.times import iso, parse_time
 
 log = logging.getLogger("latentwatch.retrain")
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_time(text: str, now: float | None = None) -> float:
-    """ISO-8601 (naive = UTC), epoch seconds, or a time ago as docker logs --since takes it: 30m, 6h, 7d
-    (or -6h)."""
+def parse_time_arg(text: str, now: float | None = None) -> float:
+    """A `--since`/`--until` argument -> epoch seconds: what `times.parse_time` reads (ISO-8601,
+    naive = UTC, or epoch seconds), or a time ago as docker logs --since takes it: 30m, 6h, 7d (or
+    -6h). Only these two flags take a time ago (a relative event time in a message or a CSV would
+    depend on when it is read), hence its own name; a UserError in the CLI's words otherwise."""
     now = time.time() if now is None else now
     m = _RELATIVE.match(text.strip())
     if m:
         return now - float(m.group(1)) * _UNIT[m.group(2)]
     try:
-        return parse_ts(text.strip())
-    except Exception:  # noqa: BLE001 - ContractError: say it in the CLI's words
+        return parse_time(text.strip())
+    except (TypeError, ValueError):
         raise UserError(f"time {text!r}: give ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago (6h, 7d)") from None
 
 
@@ -331,7 +334,7 @@ def training_data_from_args(args) -> StreamTraining:
     settings = load_settings(args.config, {"kafka.bootstrap_servers": args.bootstrap,
                                            "topics.alerts": args.alerts_topic})
     now = time.time()
-    since, until = parse_time(args.since, now), (parse_time(args.until, now) if args.until else None)
+    since, until = parse_time_arg(args.since, now), (parse_time_arg(args.until, now) if args.until else None)
     data = read_training_data(settings, args.from_topic, channels, since, until,
                               exclude_alerted=not args.include_alerted, max_readings=args.max_readings)
     source = data.summary(args.from_topic, since, until)

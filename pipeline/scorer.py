@@ -3,7 +3,7 @@ no metrics, no state changed (it reads the `StateStore` and returns the batch's 
 which the pipeline applies once the batch is committed). Tested without a broker.
 
 Steps, in order:
-1. decode every message (pipeline.contract); a message that breaks the contract is a dead
+1. decode every message (pipeline.decode); a message that breaks the contract is a dead
    letter with its reason;
 2. the late policy: a message whose first reading is not after its sensor's last one is a dead
    letter ("late") unless `late_policy` is "score";
@@ -30,7 +30,8 @@ import numpy as np
 import orjson
 
 from latentwatch.pipeline import alerts, state
-from latentwatch.pipeline.contract import Decoder, iso
+from latentwatch.pipeline.decode import Decoder
+from latentwatch.pipeline.times import iso
 
 # Standardised magnitude beyond which a reading is out of range: its square (1e24) and sums of
 # them stay far inside float32 (3.4e38) in every model's arithmetic. No physical measurement is

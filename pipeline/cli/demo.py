@@ -62,4 +62,8 @@ def _demo(args) -> int:
                        channels=args.channels, anomaly_rate=args.anomaly_rate, kinds=kinds, window=args.window,
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,
                        scenario=args.scenario, phase=args.phase)
+    if args.scenario == "drift":
+        from latentwatch.pipeline.devtools.drift_demo import run_drift
+
+        return main_demo(opts, run_drift)
     return main_demo(opts)

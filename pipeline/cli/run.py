@@ -137,7 +137,7 @@ def _config_show(args) -> int:
 
 
 def _schema(args) -> int:
-    from latentwatch.pipeline.contract import json_schemas
+    from latentwatch.pipeline.decode import json_schemas
 
     print(json.dumps(json_schemas(), indent=2))
     return 0

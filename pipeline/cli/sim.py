@@ -23,7 +23,7 @@ def make_producer(args):
 
 def start_time(text: str) -> float:
     """--start-time: ISO-8601 (naive = UTC) or epoch seconds."""
-    from latentwatch.pipeline.contract import parse_time
+    from latentwatch.pipeline.times import parse_time
 
     try:
         return parse_time(text)

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,13 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run_demo(opts: DemoOptions) -> int:
+# What runs once Kafka is up: (options, Kafka, a work directory) -> exit code. The plain demo by
+# default; `demo --scenario drift` passes drift_demo.run_drift, which builds on this module and is
+# therefore chosen by the CLI, not imported here (that was an import circle).
+Scenario = Callable[[DemoOptions, KafkaSettings, str], int]
+
+
+def run_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="latentwatch-demo-")
     broker = None
     try:
@@ -71,11 +78,7 @@ def run_demo(opts: DemoOptions) -> int:
             t0 = time.monotonic()
             kafka = KafkaSettings(bootstrap_servers=broker.start().bootstrap)
             out(f"broker ready at {kafka.bootstrap_servers} ({time.monotonic() - t0:.1f} s)")
-        if opts.scenario == "drift":
-            from latentwatch.pipeline.devtools.drift_demo import run_drift
-
-            return run_drift(opts, kafka, workdir)
-        return _run(opts, kafka, workdir)
+        return (scenario or _run)(opts, kafka, workdir)
     finally:
         if broker is not None:
             broker.stop()
@@ -282,11 +285,11 @@ def _histogram_quantile(registry, name: str, q: float) -> float:
     return prev_le
 
 
-def main_demo(opts: DemoOptions) -> int:
+def main_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
     logging.getLogger("latentwatch").setLevel(logging.WARNING)
     logging.getLogger("latentwatch.librdkafka").setLevel(logging.ERROR)  # start-up retries are normal
     try:
-        return run_demo(opts)
+        return run_demo(opts, scenario)
     except KeyboardInterrupt:
         out("interrupted")
         return 130

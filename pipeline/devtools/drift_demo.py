@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
-from latentwatch.pipeline.contract import iso
 from latentwatch.pipeline.devtools.broker import port_in_use
 from latentwatch.pipeline.devtools.demo import DemoOptions, _AlertWatcher, _metric, out, start_live
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
 from latentwatch.pipeline.errors import UserError
+from latentwatch.pipeline.times import iso
 
 STALE_PSI = 0.25  # LatentwatchModelStale's threshold (config/prometheus/rules/latentwatch.rules.yml)
 SHIFT = 2.5  # the operating-point change, in standard deviations of the latent factors

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentwatch.pipeline.contract import parse_time
+from latentwatch.pipeline.times import parse_time
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.devtools.simulate import NORMAL, ProduceStats, encode, iso_ts, send
 
@@ -84,7 +84,7 @@ def replay_table(producer, topic: str, table: Table, sensor_id: str, *, speed: f
                  on_truth=None, stats: ProduceStats | None = None, flush_timeout: float = 30.0,
                  fmt: str = "json") -> ProduceStats:
     """Produce `table` in time order; a batch goes out when its last reading is due. `fmt`
-    "frames": binary frames (pipeline/frames.py) instead of JSON."""
+    "frames": binary frames (pipeline/decode/frames.py) instead of JSON."""
     stats = stats if stats is not None else ProduceStats()
     stop = stop or threading.Event()
     due = schedule(table.times, speed, rate)

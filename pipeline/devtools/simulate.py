@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentwatch.pipeline.contract import iso
+from latentwatch.pipeline.times import iso
 
 KINDS = ("spike", "level_shift", "drift", "stuck", "correlation_break", "noise_burst")
 NORMAL = "normal"
@@ -306,7 +306,7 @@ def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: 
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-FORMATS = ("json", "frames")  # the JSON contract, or binary frames (pipeline/frames.py)
+FORMATS = ("json", "frames")  # the JSON contract, or binary frames (pipeline/decode/frames.py)
 
 
 def encode(fmt: str, sensor_id: str, ts: list[float], values: np.ndarray, channels: list[str],
@@ -314,7 +314,7 @@ def encode(fmt: str, sensor_id: str, ts: list[float], values: np.ndarray, channe
     """One sensor's readings (`ts` epoch seconds, sent to the millisecond either way) as a JSON
     message or a binary frame (sensor id as the message key, so every frame shares a schema)."""
     if fmt == "frames":
-        from latentwatch.pipeline.frames import encode_frame
+        from latentwatch.pipeline.decode import encode_frame
 
         return encode_frame(np.round(np.asarray(ts) * 1000) / 1000, values, channels)
     return encode_message(sensor_id, [iso_ts(t) for t in ts], values, channels if values_as == "object" else None)

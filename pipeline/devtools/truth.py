@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from latentwatch.pipeline.contract import parse_ts
 from latentwatch.pipeline.devtools.simulate import NORMAL, TruthRow
+from latentwatch.pipeline.times import parse_time
 
 
 @dataclass
@@ -44,7 +44,7 @@ def evaluate(truth: list[TruthRow], alerts: list[dict], tolerance: int = 0) -> E
     position: dict[tuple, tuple[str, int]] = {}
     events: dict[str, list[tuple[int, int, str, float]]] = {}  # sensor -> [(start, end, kind, start_ts)]
     for sensor, rows in per_sensor.items():
-        rows.sort(key=lambda r: parse_ts(r.ts))
+        rows.sort(key=lambda r: parse_time(r.ts))
         evs = []
         for i, r in enumerate(rows):
             position[(r.partition, r.offset, r.index)] = (sensor, i)
@@ -52,7 +52,7 @@ def evaluate(truth: list[TruthRow], alerts: list[dict], tolerance: int = 0) -> E
                 if evs and evs[-1][1] == i - 1 and evs[-1][2] == r.kind:
                     evs[-1] = (evs[-1][0], i, r.kind, evs[-1][3])
                 else:
-                    evs.append((i, i, r.kind, parse_ts(r.ts)))
+                    evs.append((i, i, r.kind, parse_time(r.ts)))
         events[sensor] = evs
 
     ev = Evaluation()
@@ -71,7 +71,7 @@ def evaluate(truth: list[TruthRow], alerts: list[dict], tolerance: int = 0) -> E
             if start <= pos <= end + tolerance:
                 ev.true_alerts += 1
                 key = (sensor, k)
-                first_alert[key] = min(first_alert.get(key, float("inf")), parse_ts(a["ts"]) - start_ts)
+                first_alert[key] = min(first_alert.get(key, float("inf")), parse_time(a["ts"]) - start_ts)
                 break
     for sensor, evs in events.items():
         for k, (_s, _e, kind, _t) in enumerate(evs):

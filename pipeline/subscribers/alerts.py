@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from latentwatch.pipeline.contract import parse_time
+from latentwatch.pipeline.times import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _parse_episode(ep: dict) -> dict:
 
 
 def alert_time(value) -> datetime:
-    """An alert's `ts` (contract.parse_time: ISO 8601, naive = UTC, or epoch seconds) -> aware UTC
+    """An alert's `ts` (times.parse_time: ISO 8601, naive = UTC, or epoch seconds) -> aware UTC
     datetime; BadAlert when it is none."""
     try:
         return datetime.fromtimestamp(parse_time(value), UTC)

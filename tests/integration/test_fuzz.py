@@ -22,8 +22,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from latentwatch.detectors.checkpoint import load
-from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES, ContractError, Decoder
-from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
+from latentwatch.pipeline.decode import (
+    DEAD_LETTER_REASONS,
+    MAX_SENSOR_ID_BYTES,
+    ContractError,
+    Decoder,
+)
 from latentwatch.pipeline.scorer import MAX_Z
 
 from tests.support.frames import FRAME_KINDS, fuzzed_frame

@@ -20,9 +20,7 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from latentwatch.pipeline.contract import ContractError, Decoder
-from latentwatch.pipeline.frames import encode_frame
-from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
+from latentwatch.pipeline.decode import DEAD_LETTER_REASONS, ContractError, Decoder, encode_frame
 
 EXAMPLES = int(os.environ.get("LATENTWATCH_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("LATENTWATCH_FUZZ_RANDOM"),

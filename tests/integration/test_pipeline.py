@@ -8,7 +8,7 @@ import time
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
-from latentwatch.pipeline.contract import parse_ts
+from latentwatch.pipeline.times import parse_time
 
 from tests.support.harness import RunningPipeline, alerts_of, counter, read_topic, settings_for
 from tests.support.stub_model import stub_model
@@ -54,7 +54,7 @@ def test_injected_anomalies_alert_with_documented_fields(kafka_bootstrap, make_t
     # Every alert points back at an injected reading, and the top channel is the one we broke.
     seen = set()
     for a in alerts:
-        reading_no = round(parse_ts(a["ts"]) - t0)
+        reading_no = round(parse_time(a["ts"]) - t0)
         assert reading_no in anomalous
         assert a["top_channels"][0]["channel"] == CH[reading_no % 3]
         assert a["sensor_id"] == f"s{reading_no % sensors}"
@@ -224,17 +224,17 @@ def test_isolated_readings_far_out_alarm_in_the_stream_with_a_trained_mlp(kafka_
         assert run.stop() == 0
     messages = read_topic(kafka_bootstrap, settings.topics.alerts, expected=len(bad))
     alerts = alerts_of(messages)
-    hit = {round(parse_ts(a["ts"]) - t0) for a in alerts}
+    hit = {round(parse_time(a["ts"]) - t0) for a in alerts}
     recall = len(hit & bad) / len(bad)
     assert recall >= 0.95, recall
-    assert all(a["rule"] == "instant" for a in alerts if round(parse_ts(a["ts"]) - t0) in bad
+    assert all(a["rule"] == "instant" for a in alerts if round(parse_time(a["ts"]) - t0) in bad
                if a["statistic"] > 10 * a["limit"])
     assert len(alerts) - len(hit & bad) <= 0.03 * n  # false alarms near the 1 % budget, not a flood
     from tests.support.harness import episodes_of
 
     episodes = episodes_of(messages)
     opened = {e["episode_id"] for e in episodes if e["event"] == "open"}
-    first_of_bad = {a["alert_id"] for a in alerts if round(parse_ts(a["ts"]) - t0) in bad}
+    first_of_bad = {a["alert_id"] for a in alerts if round(parse_time(a["ts"]) - t0) in bad}
     # each isolated anomaly opens an episode of its own, unless a false alarm of its sensor had
     # opened one within the 10 readings before (at a 1 % budget: a few per cent of them)
     assert len(opened & first_of_bad) >= 0.8 * len(bad), (len(opened & first_of_bad), len(bad))

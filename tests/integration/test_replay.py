@@ -120,7 +120,7 @@ def test_skab_file_replays_as_is(kafka_bootstrap, make_topic, make_consumer):
 @pytest.mark.broker
 def test_cli_replay_frames_carry_the_files_times_and_values(kafka_bootstrap, make_topic, make_consumer, tmp_path):
     from latentwatch.pipeline.cli.main import main
-    from latentwatch.pipeline.contract import Decoder
+    from latentwatch.pipeline.decode import Decoder
 
     rows = _write(tmp_path / "r.csv", rows=30)
     topic = make_topic()

@@ -14,7 +14,7 @@ from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.checkpoint import load
 from latentwatch.pipeline import alerts
 from latentwatch.pipeline.cli.main import main
-from latentwatch.pipeline.contract import iso
+from latentwatch.pipeline.times import iso
 
 pytestmark = pytest.mark.broker
 CH = ["c0", "c1", "c2", "c3"]

@@ -145,7 +145,7 @@ def test_correlation_break_reverses_the_channel_correlation():
 
 
 def test_single_and_batch_messages_follow_the_contract():
-    from latentwatch.pipeline.contract import Decoder
+    from latentwatch.pipeline.decode import Decoder
 
     dec = Decoder(["a", "b"])
     one = encode_message("s-1", ["2026-01-01T00:00:00.000Z"], np.array([[1.0, 2.0]]), ["a", "b"])
@@ -206,7 +206,7 @@ def test_produce_stream_count_batches_truth_and_determinism(batch):
 
 
 def test_wall_clock_ts_and_background_stream_stops():
-    from latentwatch.pipeline.contract import parse_ts
+    from latentwatch.pipeline.times import parse_time
 
     sim = SensorSimulator(2, 3, seed=1)
     prod = FakeProducer()
@@ -215,17 +215,17 @@ def test_wall_clock_ts_and_background_stream_stops():
         threading.Event().wait(0.01)
     stats = bg.stop()
     assert not bg.is_alive() and bg.error is None and stats.readings >= 60
-    ts = [parse_ts(r["ts"]) for m in prod.messages for r in json.loads(m[2])["readings"]]
+    ts = [parse_time(r["ts"]) for m in prod.messages for r in json.loads(m[2])["readings"]]
     assert abs(ts[-1] - time.time()) < 60
     per_msg = [json.loads(m[2])["readings"] for m in prod.messages]
-    assert all(parse_ts(a["ts"]) < parse_ts(b["ts"]) for r in per_msg for a, b in itertools.pairwise(r))
+    assert all(parse_time(a["ts"]) < parse_time(b["ts"]) for r in per_msg for a, b in itertools.pairwise(r))
 
 
 @pytest.mark.broker
 @pytest.mark.parametrize("batch, fmt", [(1, "json"), (5, "json"), (5, "frames")])
 def test_cli_simulate_round_trip_through_kafka(batch, fmt, kafka_bootstrap, make_topic, make_consumer, tmp_path):
     from latentwatch.pipeline.cli.main import main
-    from latentwatch.pipeline.contract import Decoder
+    from latentwatch.pipeline.decode import Decoder
 
     topic = make_topic(partitions=2)
     truth_csv = tmp_path / "truth.csv"

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from latentwatch.pipeline.frames import encode_frame
+from latentwatch.pipeline.decode import encode_frame
 
 FRAME_KINDS = ("frame_valid", "frame_truncated", "frame_flipped", "frame_oversize", "frame_wrong_type",
                "frame_nan", "frame_unsorted", "frame_channels", "frame_version", "frame_word")

@@ -6,7 +6,7 @@ import json
 
 from latentwatch.pipeline import budget
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES
+from latentwatch.pipeline.decode import MAX_SENSOR_ID_BYTES
 from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.state import StateStore
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from latentwatch.pipeline.contract import ContractError, Decoder, json_schemas, parse_ts
+from latentwatch.pipeline.decode import ContractError, Decoder, json_schemas, parse_ts
 
 CH = ["temp", "pressure", "flow"]
 NOW = time.time()
@@ -103,12 +103,12 @@ def test_schemas_name_both_shapes():
     ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
 ])
 def test_parse_times_fast_path_matches_parse_ts(raw):
-    from latentwatch.pipeline.contract import parse_times
+    from latentwatch.pipeline.decode.jsonmsg import parse_times
     assert parse_times(raw) == [parse_ts(t) for t in raw]
 
 
 def test_parse_times_gives_parse_ts_reasons():
-    from latentwatch.pipeline.contract import parse_times
+    from latentwatch.pipeline.decode.jsonmsg import parse_times
     with pytest.raises(ContractError) as info:
         parse_times(["2026-11-21T10:00:00Z", "yesterday"])
     assert info.value.reason == "bad_timestamp"
@@ -125,7 +125,7 @@ def _one(sensor=None):
 
 @pytest.mark.parametrize("where", ["body", "key"])
 def test_a_600000_character_sensor_id_is_a_dead_letter_not_an_alert_key(where):
-    from latentwatch.pipeline.contract import MAX_SENSOR_ID_BYTES
+    from latentwatch.pipeline.decode import MAX_SENSOR_ID_BYTES
 
     long_id = "x" * 600_000
     got = reason(_one(long_id), max_message_bytes=2_000_000) if where == "body" else \
@@ -142,7 +142,7 @@ def test_control_characters_in_a_sensor_id_are_a_dead_letter(sid):
 
 
 def test_a_frame_with_a_long_key_or_metadata_sensor_id_is_a_dead_letter():
-    from latentwatch.pipeline.frames import encode_frame
+    from latentwatch.pipeline.decode import encode_frame
 
     ts = NOW - 10 + np.arange(5.0)
     frame = encode_frame(ts, np.ones((5, 3)), CH)

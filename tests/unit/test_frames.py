@@ -10,9 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from latentwatch.pipeline.contract import ContractError, Decoder
-from latentwatch.pipeline.frames import CACHE_BYTES, FrameDecoder, encode_frame
-from latentwatch.pipeline.metrics import DEAD_LETTER_REASONS
+from latentwatch.pipeline.decode import DEAD_LETTER_REASONS, ContractError, Decoder, FrameDecoder, encode_frame
+from latentwatch.pipeline.decode.frames import CACHE_BYTES
 
 CH = ["temp", "pressure", "flow"]
 NOW = time.time()

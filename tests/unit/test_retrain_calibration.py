@@ -8,7 +8,12 @@ import pytest
 from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.calibrate import fit_and_calibrate
 from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.retrain import StreamData, expected_alert_rate, parse_time, recalibrate
+from latentwatch.pipeline.retrain import (
+    StreamData,
+    expected_alert_rate,
+    parse_time_arg,
+    recalibrate,
+)
 
 CH = ["c0", "c1", "c2", "c3"]
 
@@ -18,13 +23,13 @@ def _normal(rng, n):
     return np.stack([f[:, 0], f[:, 0] + 0.1 * rng.normal(size=n), f[:, 1], f[:, 0] - f[:, 1]], 1).astype(np.float32)
 
 
-def test_parse_time():
-    assert parse_time("2026-11-20T00:00Z") == 1795132800.0
-    assert parse_time("1795132800") == 1795132800.0
-    assert parse_time("6h", now=10_000.0) == parse_time("-6h", now=10_000.0) == 10_000.0 - 6 * 3600
-    assert parse_time("30m", now=10_000.0) == 8_200.0
+def test_parse_time_arg():
+    assert parse_time_arg("2026-11-20T00:00Z") == 1795132800.0
+    assert parse_time_arg("1795132800") == 1795132800.0
+    assert parse_time_arg("6h", now=10_000.0) == parse_time_arg("-6h", now=10_000.0) == 10_000.0 - 6 * 3600
+    assert parse_time_arg("30m", now=10_000.0) == 8_200.0
     with pytest.raises(UserError, match="ISO-8601"):
-        parse_time("yesterday")
+        parse_time_arg("yesterday")
 
 
 def test_expected_alert_rate_of_thresholds():

@@ -77,12 +77,12 @@ def test_a_batch_past_max_readings_is_parsed_once_and_the_rest_not_at_all(monkey
     # Parsing is most of a batch's cost: the cut must not decode the taken messages twice, nor
     # decode those it hands back (they are decoded with the next batch). Only the message that
     # crosses the cap is parsed and then handed back.
-    from latentwatch.pipeline import contract
+    from latentwatch.pipeline.decode.jsonmsg import JsonDecoder
 
     sc, store = scorer_for(stub_model()), StateStore()
     parsed = []
-    real = contract.Decoder._parse
-    monkeypatch.setattr(contract.Decoder, "_parse", lambda self, v, k: parsed.append(v) or real(self, v, k))
+    real = JsonDecoder._parse
+    monkeypatch.setattr(JsonDecoder, "_parse", lambda self, v, k: parsed.append(v) or real(self, v, k))
     payloads = [{"sensor_id": f"s{i}", "readings": [{"ts": NOW - 100 + j, "values": [1, 2, 3]} for j in range(10)]}
                 for i in range(40)]
     batch = sc.score(messages(payloads), store, NOW, max_readings=25)
@@ -150,8 +150,7 @@ def test_changelog_records_carry_the_entry_and_the_one_before(window):
 
 
 def test_alert_times_formatted_per_batch_match_one_by_one():
-    from latentwatch.pipeline.alerts import iso_many
-    from latentwatch.pipeline.contract import iso
+    from latentwatch.pipeline.times import iso, iso_many
 
     rng = np.random.default_rng(0)
     ts = np.concatenate([rng.uniform(946_684_800, 1.9e9, 5000), [1795255200.0005, 1795255200.0015, 1795255200.2495]])
@@ -212,7 +211,7 @@ def test_latent_records_name_the_model_version_that_scored_them():
 
 
 def test_frames_past_max_readings_are_cut_like_json():
-    from latentwatch.pipeline.frames import encode_frame
+    from latentwatch.pipeline.decode import encode_frame
 
     sc, store = scorer_for(stub_model()), StateStore()
     chans = list(sc.channels)

@@ -1,100 +1,34 @@
-"""The input contract: decode Kafka message values into arrays, or say why a message breaks it.
+"""The JSON input contract: decode JSON message values into arrays, or say why a message breaks it.
 
 One JSON object per message (UTF-8); the key, when present, is the sensor id.
 - one reading:  {"sensor_id": "pump-7", "ts": "2026-11-21T10:00:00.250Z", "values": {"temp": 71.2}}
 - a batch:      {"sensor_id": "pump-7", "readings": [{"ts": ..., "values": ...}, ...]}
 `ts` is ISO-8601 or epoch seconds; `values` is an object by channel name (must cover the model's
 channels; extra channels are ignored) or a list in the model's channel order. Readings of a batch
-are in event order. `latentwatch schema` prints this as JSON Schema.
+are in event order. `latentwatch schema` prints this as JSON Schema (`json_schemas`).
 
-A message starting with 0xFFFFFFFF is a binary frame instead (an Arrow IPC stream; see
-pipeline/frames.py): both kinds may share a topic, `Decoder` tells them apart by that prefix.
+A message may instead be a binary frame (decode/frames.py); `decode.Decoder` tells the two
+apart and hands the JSON ones to `JsonDecoder` here.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import operator
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-FRAME_MAGIC = b"\xff\xff\xff\xff"  # the first bytes of a binary frame (never of UTF-8 JSON)
-# Event times outside [TS_MIN, now + max_future] are out of contract (reason "bad_timestamp").
-TS_MIN = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
-# A sensor id is the key (and a field) of every alert, latent and state record made of it: at most
-# this many bytes of UTF-8, no control characters (C0, DEL, C1), else reason "bad_sensor_id".
-MAX_SENSOR_ID_BYTES = 256
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def check_sensor_id(sensor_id: str, where: str = "sensor_id") -> str:
-    """`sensor_id` when it may be one, else a ContractError (invalid_utf8, bad_sensor_id)."""
-    if sensor_id.isascii() and len(sensor_id) <= MAX_SENSOR_ID_BYTES and sensor_id.isprintable():
-        return sensor_id  # the usual id, without encoding it or a regex: 2.2 % of the loop (py-spy)
-    try:
-        n = len(sensor_id.encode("utf-8"))  # it becomes the key of what we produce
-    except UnicodeEncodeError:
-        raise ContractError("invalid_utf8", f"{where} holds a lone surrogate (\\ud800-\\udfff)") from None
-    if n > MAX_SENSOR_ID_BYTES:
-        raise ContractError("bad_sensor_id", f"{where} is {n} bytes of UTF-8 (at most {MAX_SENSOR_ID_BYTES})")
-    if _CONTROL.search(sensor_id):
-        raise ContractError("bad_sensor_id", f"{where} holds a control character")
-    return sensor_id
-
-
-class ContractError(Exception):
-    """A message that breaks the contract; `reason` is one of metrics.DEAD_LETTER_REASONS."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass
-class Decoded:
-    """The readings of one valid message: `values` [k, channels] float32, `ts` [k] epoch seconds."""
-
-    sensor_id: str
-    values: np.ndarray
-    ts: np.ndarray
-
-
-@dataclass
-class DecodedBatch:
-    """The outcome of `Decoder.decode_many`: the valid messages' readings, concatenated in input
-    order, and the reason of every invalid one."""
-
-    index: list[int]  # position in the input of each valid message
-    sensor_ids: list[str]  # of each valid message
-    counts: np.ndarray  # [m] readings per valid message
-    values: np.ndarray  # [n, channels] float32, n = counts.sum()
-    ts: np.ndarray  # [n] epoch seconds
-    errors: list[tuple[int, ContractError]]  # (position in the input, why)
-    taken: int | None = None  # with a reading cap: the input's first `taken` items (None: all)
-
-    def capped(self, n_items: int, max_readings: int) -> DecodedBatch:
-        """The longest prefix of the `n_items` input items holding at most `max_readings`
-        readings (at least one item)."""
-        if n_items < 2 or int(self.counts.sum()) <= max_readings:
-            return self
-        per_item = np.zeros(n_items, np.int64)
-        per_item[self.index] = self.counts
-        return self.head(max(1, int(np.searchsorted(np.cumsum(per_item), max_readings, side="right"))))
-
-    def head(self, n: int) -> DecodedBatch:
-        """The outcome of the input's first `n` items only."""
-        j = bisect.bisect_left(self.index, n)
-        rows = int(self.counts[:j].sum())
-        return DecodedBatch(self.index[:j], self.sensor_ids[:j], self.counts[:j], self.values[:rows], self.ts[:rows],
-                            [e for e in self.errors if e[0] < n], n)
+from latentwatch.pipeline.decode.arrow_ipc import legacy_stream
+from latentwatch.pipeline.decode.batch import (
+    FLOAT32_MAX,
+    TS_MIN,
+    ContractError,
+    Decoded,
+    DecodedBatch,
+    check_sensor_id,
+)
+from latentwatch.pipeline.times import parse_time
 
 
 def loads(value: bytes):
@@ -115,31 +49,6 @@ def loads(value: bytes):
         raise ContractError("not_json", str(exc)[:200]) from None
 
 
-def parse_time(raw) -> float:
-    """ISO-8601 (a naive time is UTC) or epoch seconds (a number, or its text) -> epoch seconds.
-
-    The one time parser: the input contract (parse_ts), `simulate --start-time`, `replay`'s time
-    column and the alert subscribers use it. TypeError for anything but a string or a number,
-    ValueError (saying why, after the value: "'x' is neither ...") for a string that is no time."""
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        try:
-            return float(raw)
-        except OverflowError:  # a JSON integer beyond float range
-            raise ValueError("is an integer beyond any date") from None
-    if not isinstance(raw, str):
-        raise TypeError(f"must be a string or a number, not {type(raw).__name__}")
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError(f"{raw[:40]!r} is neither ISO-8601 nor epoch seconds") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
 def parse_ts(raw) -> float:
     """parse_time for the `ts` of a reading: failures are contract errors (schema, bad_timestamp)."""
     try:
@@ -150,7 +59,7 @@ def parse_ts(raw) -> float:
         raise ContractError("bad_timestamp", f"ts {exc}") from None
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_times(raw: list) -> list[float]:
@@ -164,67 +73,31 @@ def parse_times(raw: list) -> list[float]:
         return [parse_ts(t) for t in raw]
 
 
-def iso(ts: float) -> str:
-    """Epoch seconds -> '2026-11-21T10:00:00.250Z'. Rounds (not truncates) to the millisecond,
-    so distinct milliseconds stay distinct."""
-    ms = round(ts * 1000)
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).replace(microsecond=(ms % 1000) * 1000)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class JsonDecoder:
+    """JSON message values -> readings arrays for a model with `channels`, with the contract's
+    reasons (size and time limits enforced)."""
 
-
-@dataclass
-class Decoder:
-    """Decodes message values for a model with `channels`, enforcing size and time limits."""
-
-    channels: list[str]
-    max_message_bytes: int = 1_000_000
-    max_future_s: float = 86_400.0
-    _by_name: operator.itemgetter = field(init=False, repr=False)
-    _frames: object = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        from latentwatch.pipeline.frames import FrameDecoder
-
-        self._frames = FrameDecoder(self.channels, self.max_message_bytes, self.max_future_s)
+    def __init__(self, channels: list[str], max_message_bytes: int = 1_000_000, max_future_s: float = 86_400.0):
+        self.channels = list(channels)
+        self.max_message_bytes = max_message_bytes
+        self.max_future_s = max_future_s
         getter = operator.itemgetter(*self.channels)
         # itemgetter of one key returns a scalar; keep rows as sequences either way.
         self._by_name = getter if len(self.channels) > 1 else (lambda d: (getter(d),))
 
     def decode(self, value: bytes | None, key: bytes | None, now: float) -> Decoded:
         """One message. The run loop decodes whole batches with `decode_many` (same outcome)."""
-        if value is not None and value[:4] == FRAME_MAGIC:
-            return Decoded(*self._frames.decode(value, key, now))
         sensor_id, rows, ts_raw = self._parse(value, key)
         values = self._to_array(rows)  # numbers first, then times: the order decides the reason
         return Decoded(sensor_id, values, self._times(ts_raw, now))
 
-    def decode_many(self, items: Iterable[tuple[bytes | None, bytes | None]], now: float,
+    def decode_many(self, items: list[tuple[bytes | None, bytes | None]], now: float,
                     max_readings: int | None = None) -> DecodedBatch:
-        """Decode a micro-batch of (value, key): JSON messages and binary frames, each kind in
-        one go, merged back into input order. With `max_readings`, only the longest prefix of
-        the input holding at most that many readings (at least one item) is decoded; `taken`
-        says how long it is. JSON, the costly kind, stops being parsed at the item that crosses
-        the cap (the items after it are never looked at)."""
-        json_items, frames = [], []
-        for i, (value, key) in enumerate(items):
-            if value is not None and value[:4] == FRAME_MAGIC:
-                frames.append((i, value, key))
-            else:
-                json_items.append((i, value, key))
-        if not frames:
-            return self._decode_json([(v, k) for _, v, k in json_items], now, max_readings)
-        got = self._frames.decode_many(frames, now)
-        if json_items:
-            got = merge(got, _renumber(self._decode_json([(v, k) for _, v, k in json_items], now),
-                                       [i for i, _, _ in json_items]))
-        return got if max_readings is None else got.capped(len(json_items) + len(frames), max_readings)
-
-    def _decode_json(self, items: list[tuple[bytes | None, bytes | None]], now: float,
-                     max_readings: int | None = None) -> DecodedBatch:
         """Decode a micro-batch of JSON (value, key). Each message is parsed and checked on its own;
         the numbers and times of all of them are then converted and checked in one go, which is
         most of the saving on one-reading messages. Should that fail (a bad number or time
-        somewhere), the messages are converted one by one to find the culprits."""
+        somewhere), the messages are converted one by one to find the culprits. With
+        `max_readings`, parsing stops at the item that crosses the cap (`taken` says where)."""
         index, sensor_ids, counts, errors = [], [], [], []
         rows_all: list = []
         ts_all: list[float] = []
@@ -311,8 +184,6 @@ class Decoder:
         try:
             obj = loads(value)
         except ContractError:
-            from latentwatch.pipeline.arrow_ipc import legacy_stream  # it imports this module
-
             if legacy_stream(value):
                 raise ContractError("unsupported_version", "Arrow's legacy IPC format (before 0.15, no FF FF FF FF "
                                     "continuation marker): write it with a current writer") from None
@@ -383,27 +254,6 @@ class Decoder:
         if not np.abs(arr).max() <= FLOAT32_MAX:  # one reduction; a NaN max compares false
             raise ContractError("non_finite", "NaN, Inf or a value beyond float32 range")
         return arr.astype(np.float32)
-
-
-def _renumber(d: DecodedBatch, positions: list[int]) -> DecodedBatch:
-    """Positions in a sub-list -> positions in the whole input."""
-    d.index = [positions[i] for i in d.index]
-    d.errors = [(positions[i], err) for i, err in d.errors]
-    return d
-
-
-def merge(a: DecodedBatch, b: DecodedBatch) -> DecodedBatch:
-    """Two outcomes over disjoint positions of one input -> one, in input order."""
-    index = a.index + b.index
-    counts = np.concatenate([a.counts, b.counts])
-    order = np.argsort(np.array(index, dtype=np.int64), kind="stable")
-    starts = np.cumsum(counts) - counts
-    ordered = counts[order]
-    rows = np.repeat(starts[order] - (np.cumsum(ordered) - ordered), ordered) + np.arange(int(ordered.sum()))
-    sensor_ids = a.sensor_ids + b.sensor_ids
-    return DecodedBatch([index[j] for j in order], [sensor_ids[j] for j in order], ordered,
-                        np.concatenate([a.values, b.values])[rows], np.concatenate([a.ts, b.ts])[rows],
-                        sorted(a.errors + b.errors, key=lambda e: e[0]))
 
 
 def json_schemas() -> dict:

@@ -27,9 +27,16 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+from latentwatch.pipeline.decode.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
+from latentwatch.pipeline.decode.batch import (
+    FLOAT32_MAX,
+    TS_MIN,
+    ContractError,
+    DecodedBatch,
+    check_sensor_id,
+)
 
-from latentwatch.pipeline.arrow_ipc import MAGIC, RECORD_BATCH, SCHEMA, read_message
-from latentwatch.pipeline.contract import FLOAT32_MAX, TS_MIN, ContractError, check_sensor_id
+FRAME_MAGIC = MAGIC  # the first bytes of a binary frame (never of UTF-8 JSON)
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"  # the IANA media type; informative only
 FRAME_VERSION = "1"
 VERSION_KEY = b"latentwatch.frame"
@@ -132,8 +139,6 @@ class FrameDecoder:
         per frame; numbers and times of all frames are gathered and checked in one go (one
         copy: a frame's columns are views of its message), and frame by frame only when that
         check fails, to find the culprits."""
-        from latentwatch.pipeline.contract import DecodedBatch
-
         index, sensor_ids, blocks, times, errors = [], [], [], [], []
         for i, value, key in items:
             try:

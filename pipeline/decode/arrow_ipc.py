@@ -1,5 +1,5 @@
 """A bounds-checked reader of Arrow IPC stream messages and the few flatbuffer fields the frame
-decoder (pipeline/frames.py) needs: every read is checked against the message it belongs to, so
+decoder (decode/frames.py) needs: every read is checked against the message it belongs to, so
 a truncated or corrupted frame raises ContractError("corrupt_frame"), never reads out of range.
 
 Layout (Arrow columnar format, "Encapsulated message format"): 0xFFFFFFFF, int32 metadata size,
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import struct
 
-from latentwatch.pipeline.contract import FRAME_MAGIC, ContractError
+from latentwatch.pipeline.decode.batch import ContractError
 
-MAGIC = FRAME_MAGIC  # Arrow IPC's continuation marker, the first bytes of every frame
+MAGIC = b"\xff\xff\xff\xff"  # Arrow IPC's continuation marker, the first bytes of every frame
 METADATA_VERSIONS = (3, 4)  # Arrow MetadataVersion V4 and V5 (the current one since Arrow 1.0)
 SCHEMA, RECORD_BATCH = 1, 3  # MessageHeader union types
 
