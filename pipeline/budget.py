@@ -40,6 +40,18 @@ def per_reading_bytes(model, topics, latent_topic: bool) -> int:
     topic = max((topics.input, topics.alerts), key=len)
     names = list(getattr(d, "score_parts", None) or ("reconstruction", "latent_distance"))
     latent = np.full((1, max(k, 1)), _BIG)
+    with np.errstate(over="ignore"):  # critical_ratio x the largest float is inf: by design, not a warning
+        record, episode = _worst_records(model, channels, topic, names, latent)
+    episode["ended_at"] = episode["ts"]  # a close carries one more time
+    size = len(alerts.encode(record)) + len(alerts.encode(episode)) + 2 * (256 + _KEY_AND_FRAMING)
+    if latent_topic:  # the latent record: id, time, score, latent, model, source (scorer._latents)
+        size += 2 * MAX_SENSOR_ID_BYTES + 25 * max(k, 1) + len(model.name) + len(str(model.version)) \
+            + len(topic) + 256 + _KEY_AND_FRAMING
+    return size
+
+
+def _worst_records(model, channels, topic, names, latent) -> tuple[dict, dict]:
+    """The largest alert and episode records one reading can make, built by the real record code."""
     record = alerts.alert_records(
         sources=[(topic, 2**31 - 1, 2**63 - 1, 2**31 - 1)], sensor_ids=[_WORST_ID], ts=["2026-11-21T10:00:00.250Z"],
         scores=np.array([_BIG]), thresholds=np.array([_BIG]),
@@ -52,12 +64,7 @@ def per_reading_bytes(model, topics, latent_topic: bool) -> int:
         sensor_ids=[_WORST_ID], ts=np.array([4e9]), tops=[[{"channel": c, "share": 0.3333} for c in channels[:3]]],
         model_name=model.name, model_version=str(model.version), critical_ratio=2.0,
         detected_at="2026-11-21T10:00:00.250Z")[0]
-    episode["ended_at"] = episode["ts"]  # a close carries one more time
-    size = len(alerts.encode(record)) + len(alerts.encode(episode)) + 2 * (256 + _KEY_AND_FRAMING)
-    if latent_topic:  # the latent record: id, time, score, latent, model, source (scorer._latents)
-        size += 2 * MAX_SENSOR_ID_BYTES + 25 * max(k, 1) + len(model.name) + len(str(model.version)) \
-            + len(topic) + 256 + _KEY_AND_FRAMING
-    return size
+    return record, episode
 
 
 def changelog_record_bytes(window: int, channels: int) -> int:

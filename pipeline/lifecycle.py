@@ -34,20 +34,22 @@ SAMPLE_READINGS = 512  # recent readings a new version is validated on
 class Lifecycle(Listener):
     def __init__(self, model: LoadedModel, metrics, *, path: str | None = None, device: str = "cpu",
                  interval_s: float = 5.0, drift_window_s: float = 120.0, watcher: ModelWatcher | None = None,
-                 shadow: Shadow | None = None):
+                 shadow: Shadow | None = None, fits=None):
         self.model, self.metrics, self.drift_window_s, self.shadow = model, metrics, drift_window_s, shadow
         metrics.set_model(model)
-        self.watcher = watcher or (ModelWatcher(path, model, device=device, interval_s=interval_s, metrics=metrics)
-                                   if path else None)
+        self.watcher = watcher or (ModelWatcher(path, model, device=device, interval_s=interval_s, metrics=metrics,
+                                                fits=fits) if path else None)
         self.drift = LatentDrift.from_model(model, metrics=metrics, **self._drift_window())
         self._recent: np.ndarray | None = None
 
     @classmethod
-    def for_settings(cls, model: LoadedModel, metrics, settings, shadow: LoadedModel | None = None) -> Lifecycle:
-        """The run loop's: watch `model.path`, drift over `model.drift_window_s`, `shadow` beside."""
+    def for_settings(cls, model: LoadedModel, metrics, settings, shadow: LoadedModel | None = None,
+                     fits=None) -> Lifecycle:
+        """The run loop's: watch `model.path`, drift over `model.drift_window_s`, `shadow` beside;
+        `fits(model)`: why a new version cannot run in this process (refused by the watcher)."""
         s = settings.model
         return cls(model, metrics, path=s.path, device=s.device, drift_window_s=s.drift_window_s,
-                   shadow=Shadow(shadow, metrics, settings) if shadow is not None else None)
+                   shadow=Shadow(shadow, metrics, settings) if shadow is not None else None, fits=fits)
 
     def on_batch_committed(self, done: Committed) -> None:
         """One committed batch of the loaded model (after the batch's own timings are taken)."""

@@ -13,7 +13,9 @@ batches.
 `request_check`, e.g. on SIGHUP) it hands a check to one background thread, which reads the
 `current` pointer (a versioned directory, detectors/versions.py; for a plain model directory
 the files' inode/mtime/size), and when it names something new, loads that version and
-validates it: same channels in the same order, a finite threshold, finite scores on a sample of
+validates it: same channels in the same order, a finite threshold, what the running process
+requires of any model (`fits`: the run loop's is that a sensor's state record fits the
+producer's limit, pipeline/budget.py), finite scores on a sample of
 recent readings (`sample`, [n, channels] in the model's channel order; without one, a reading
 at the training means). A later `poll` returns the validated model once, or refuses it with one
 ERROR line and `latentwatch_model_reloads_total{outcome=...}`; a refused version is not tried
@@ -56,8 +58,10 @@ class Check:
 class ModelWatcher:
     def __init__(self, path: str | Path, current: LoadedModel, *, device: str = "cpu",
                  interval_s: float = 5.0, metrics=None, clock: Callable[[], float] = time.monotonic,
-                 loader: Callable[..., LoadedModel] = load):
+                 loader: Callable[..., LoadedModel] = load,
+                 fits: Callable[[LoadedModel], str | None] | None = None):
         self.path = Path(path)
+        self.fits = fits  # why a model cannot run in this process (None: it can); refused as incompatible
         self.current = current
         self.device = device
         self.interval_s = interval_s
@@ -125,7 +129,7 @@ class ModelWatcher:
         if model.metadata.get("weights_sha256") and \
                 model.metadata.get("weights_sha256") == self.current.metadata.get("weights_sha256"):
             return Check(key, "unchanged")  # the same model under another name (an adopted directory)
-        outcome, message = validate(model, self.current, sample)
+        outcome, message = validate(model, self.current, sample, self.fits)
         return Check(key, outcome, model if outcome == "success" else None, message)
 
     def _identify(self) -> tuple[str, Path]:
@@ -163,14 +167,20 @@ class ModelWatcher:
         return found.model
 
 
-def validate(new: LoadedModel, old: LoadedModel, sample: np.ndarray | None) -> tuple[str, str]:
-    """("success", "") or (outcome, why) for a model about to replace `old`."""
+def validate(new: LoadedModel, old: LoadedModel, sample: np.ndarray | None,
+             fits: Callable[[LoadedModel], str | None] | None = None) -> tuple[str, str]:
+    """("success", "") or (outcome, why) for a model about to replace `old`. `fits` is checked
+    here, before the hand-over, so a model the process cannot run is refused like any other
+    (metric, one line, not retried) rather than counted a success and then not swapped in."""
     if list(new.detector.channels) != list(old.detector.channels):
         return "incompatible", (f"version {new.version} has channels {list(new.detector.channels)}, the running "
                                 f"model {list(old.detector.channels)} (same names in the same order needed)")
     value = getattr(new.threshold, "value", None)
     if value is None or not np.isfinite(value):
         return "incompatible", f"version {new.version} has no usable threshold ({value!r})"
+    why = fits(new) if fits is not None else None
+    if why is not None:
+        return "incompatible", f"version {new.version} cannot run here: {why}"
     windows = _sample_windows(new, sample)
     try:
         scores = new.detector.score(windows)

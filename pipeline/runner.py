@@ -69,7 +69,8 @@ class Pipeline:
         self.sizing = BatchSizing(s.batch, s.batch.max_readings)
         self._use(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
-        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow)
+        # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
+        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
         self.events = Fanout(m, self.health, self.lifecycle)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
@@ -225,12 +226,9 @@ class Pipeline:
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept
-        when window and channels match, cut or grown (warming up the difference) otherwise."""
+        when window and channels match, cut or grown (warming up the difference) otherwise. A model
+        whose state record cannot fit never gets here: the watcher refused it (`_state_fits`)."""
         old = self.model
-        why = self._state_fits(model)
-        if why is not None:
-            log.error("model %s version %s not swapped in (the running one goes on): %s", model.name, model.version, why)
-            return
         self._use(model)
         if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
                 or type(model.threshold) is not type(old.threshold):

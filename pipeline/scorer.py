@@ -181,12 +181,13 @@ class Scorer:
                 scores64[bad] = _BIG
             scored_msg = msg_of[scored_idx]
             sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
-            thresholds = self._thresholds(scores64, sensor_of, scored_msg, valid, updates, store)
+            key_idx = msg_key[scored_msg]  # each scored reading's (partition, sensor), an index into keys
+            thresholds = self._thresholds(scores64, sensor_of, key_idx, keys, updates, store)
             pos = np.arange(len(values)) - np.repeat(starts, counts)
             # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
             reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
                                      np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], pos[scored_idx]], 1)
-            d = self._alarms(keys, msg_key[scored_msg], scores64, thresholds, ts[scored_idx], reading_refs, updates, store)
+            d = self._alarms(keys, key_idx, scores64, thresholds, ts[scored_idx], reading_refs, updates, store)
             flagged = d.alarm
             latent_all = s.latent
             raised = np.flatnonzero(flagged)
@@ -277,23 +278,21 @@ class Scorer:
                 updates[key] = dataclasses.replace(updates[key], alarm=a)
         return d
 
-    def _thresholds(self, scores, sensor_of, msg_idx, valid, updates, store) -> np.ndarray:
+    def _thresholds(self, scores, sensor_of, key_idx, keys, updates, store) -> np.ndarray:
+        """Each scored reading's instant limit. A per-sensor (adaptive) threshold's state is keyed
+        like windows and alarms, by (partition, sensor) (`key_idx`: each reading's index into
+        `keys`): a sensor id on two partitions in one batch is two sensors, never one pooled state."""
         thr = self.model.threshold
         step = getattr(thr, "step", None)
         if step is None:  # one threshold for all
             return np.asarray(thr.thresholds(scores, sensor_of), dtype=np.float64)
-        partitions = np.array([valid[m][0].partition() for m in msg_idx.tolist()])
-        keys = [(int(p), s) for p, s in zip(partitions.tolist(), sensor_of.tolist())]
-        prior = {}
-        for key in set(keys):
-            entry = store.get(key)
-            if entry is not None and entry.threshold is not None:
-                prior[key[1]] = entry.threshold
-        out, posterior = step(scores, sensor_of, prior)
-        for key in set(keys):
-            if key[1] in posterior and key in updates:
-                e = updates[key]
-                updates[key] = dataclasses.replace(e, threshold=posterior[key[1]])
+        prior = {k: e.threshold for k in np.unique(key_idx).tolist()
+                 if (e := store.get(keys[k])) is not None and e.threshold is not None}
+        out, posterior = step(scores, key_idx, prior)
+        for k, t in posterior.items():
+            key = keys[k]
+            if key in updates:
+                updates[key] = dataclasses.replace(updates[key], threshold=t)
         return np.asarray(out, dtype=np.float64)
 
     def _latents(self, sources, sensor_ids, ts_iso, scores, latent) -> list[tuple[bytes, bytes]]:

@@ -80,6 +80,44 @@ class Ledger:
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.scored.values() if n > 1) + sum(n - 1 for n in self.dead.values() if n > 1)
 
+    def unscored_runs(self) -> dict[tuple[int, str], list[list[Ref]]]:
+        """Per (partition, sensor), the runs of consecutive committed, valid readings (in offset
+        order) that were never scored."""
+        dead_msgs = {(p, o) for p, o, _ in self.dead}
+        runs: dict[tuple[int, str], list[list[Ref]]] = {}
+        last_scored: dict[tuple[int, str], bool] = {}
+        for ref in sorted(r for r in self.inputs - self.uncommitted if (r[0], r[1]) not in dead_msgs):
+            key = (ref[0], self.sensors[ref])
+            if ref in self.scored:
+                last_scored[key] = True
+                continue
+            if last_scored.get(key, True):
+                runs.setdefault(key, []).append([])
+            runs[key][-1].append(ref)
+            last_scored[key] = False
+        return runs
+
+    def window_change_faults(self, new_window: int, changed_after: dict[int, int]) -> list[str]:
+        """The committed readings left unscored that a change of the model's window (from
+        `self.window` to `new_window`) does not explain: a (partition, sensor) may leave its first
+        `window - 1` readings ever (the old model's warm-up) and, past the change (`changed_after`:
+        per partition, the last offset the old model scored), runs of at most `new_window - 1`
+        consecutive readings (its restored state did not fit the new model and was dropped, or a
+        swap cut or grew its tail: pipeline/state.py). Anything else is a lost reading."""
+        dead_msgs = {(p, o) for p, o, _ in self.dead}
+        first: dict[tuple[int, str], Ref] = {}
+        for ref in sorted(r for r in self.inputs if (r[0], r[1]) not in dead_msgs):
+            first.setdefault((ref[0], self.sensors[ref]), ref)
+        faults = []
+        for key, runs in self.unscored_runs().items():
+            for run in runs:
+                if run[0] == first[key] and len(run) <= self.window - 1:
+                    continue  # the first warm-up
+                if run[0][1] > changed_after.get(key[0], -1) and len(run) <= new_window - 1:
+                    continue  # a warm-up after the window changed
+                faults.append(f"{key}: {len(run)} readings unscored from {run[0]} to {run[-1]}")
+        return faults
+
     def missing_alerts(self, anomalies: set[Ref]) -> set[Ref]:
         return {r for r in anomalies - self.warm_up if r not in self.alerts}
 

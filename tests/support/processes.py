@@ -116,10 +116,12 @@ class TimelineStream(Stream):
         self.bad: set = set()
 
     def produce(self, producer, n, seed=0, anomaly_every=97, bad_every=0, per_second: float | None = None,
-                body_for=None, per_message: int = 1):
+                body_for=None, per_message: int = 1, sensor_ids=None):
         """`n` readings; with `per_message` > 1, that many consecutive readings of one sensor go
         in one message (the contract's "readings" batch; refs (partition, offset, index)), which
-        lets one Python feeder send thousands of readings a second on a busy machine."""
+        lets one Python feeder send thousands of readings a second on a busy machine.
+        `sensor_ids`: the sensors to send for, in turn (default s0..s15)."""
+        ids = list(sensor_ids) if sensor_ids is not None else [f"s{j}" for j in range(16)]
         rng = np.random.default_rng(seed)
         values = normal_values(rng, n)
         first = self.sent
@@ -139,7 +141,7 @@ class TimelineStream(Stream):
                     self.bad.add((msg.partition(), msg.offset(), 0))
 
         for i in range(0, n, per_message):
-            sensor = f"s{(first + i) // per_message % 16}"
+            sensor = ids[(first + i) // per_message % len(ids)]
             readings, anomalous = [], []
             for j in range(per_message):
                 k = first + i + j
@@ -169,15 +171,16 @@ class TimelineStream(Stream):
         producer.flush(120)
 
 
-def settled_ledger(stream, bootstrap: str, timeout: float = 60):
+def settled_ledger(stream, bootstrap: str, timeout: float = 60, balanced=None):
     """The ledger, rebuilt until it balances or `timeout` passes. A SIGKILLed exactly-once
     process leaves its open transaction behind; until the coordinator aborts it (transaction
     timeout plus the broker's clean-up interval, ~20 s) read_committed readers stop at it, so
     outputs that are committed already look missing for a while. What is still missing after
-    `timeout` is lost."""
+    `timeout` is lost. `balanced(led)`: when it balances (default: nothing lost or uncommitted)."""
     deadline = time.monotonic() + timeout
+    balanced = balanced or (lambda led: not led.lost and not led.uncommitted)
     while True:
         led = stream.ledger(bootstrap)
-        if (not led.lost and not led.uncommitted) or time.monotonic() >= deadline:
+        if balanced(led) or time.monotonic() >= deadline:
             return led
         time.sleep(2)

@@ -186,27 +186,39 @@ def versioned_window_models(root, channels=CH) -> dict[str, str]:
     (other channel names) and "corrupt" (truncated weights) written but not current. Returns
     {role: version name}. PCA: exact, no training time."""
     from latentwatch.detectors import versions
+
+    out = {"a": versions.publish(root, _pca_writer(0, channels))}
+    for role, seed, names, corrupt in (("b", 1, channels, False), ("incompatible", 2, [*channels[:-1], "other"], False),
+                                       ("corrupt", 3, channels, True)):
+        out[role] = versions.publish(root, _pca_writer(seed, names, corrupt), make_current=False)
+    return out
+
+
+def window_change_models(root, old: int = WINDOW, new: int = 4, channels=CH) -> dict[str, str]:
+    """A versioned model directory whose current version is a W=`old` PCA model and whose "new"
+    version (written, not current) is a retrain with another window: {"old": name, "new": name}."""
+    from latentwatch.detectors import versions
+
+    return {"old": versions.publish(root, _pca_writer(0, channels, window=old)),
+            "new": versions.publish(root, _pca_writer(1, channels, window=new), make_current=False)}
+
+
+def _pca_writer(seed, names, corrupt=False, window=WINDOW):
+    from latentwatch.detectors import versions
     from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import save, summarise_training_data
     from latentwatch.detectors.models import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
-    def writer(seed, names, corrupt=False):
-        rng = np.random.default_rng(seed)
-        X = normal_values(rng, 3000).astype(np.float32)
-        det = make_detector("pca", window=WINDOW, latent_dim=3).fit(X, list(names))
-        thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(normal_values(rng, 3000).astype(np.float32),
-                                                                     WINDOW)).score)
+    rng = np.random.default_rng(seed)
+    X = normal_values(rng, 3000).astype(np.float32)
+    det = make_detector("pca", window=window, latent_dim=3).fit(X, list(names))
+    thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(normal_values(rng, 3000).astype(np.float32),
+                                                                 window)).score)
 
-        def write(d, v):
-            save(d, det, thr, summarise_training_data(X, list(names)), name="swap", version=v)
-            if corrupt:
-                weights = d / versions.WEIGHTS
-                weights.write_bytes(weights.read_bytes()[:100])
-        return write
-
-    out = {"a": versions.publish(root, writer(0, channels))}
-    for role, seed, names, corrupt in (("b", 1, channels, False), ("incompatible", 2, [*channels[:-1], "other"], False),
-                                       ("corrupt", 3, channels, True)):
-        out[role] = versions.publish(root, writer(seed, names, corrupt), make_current=False)
-    return out
+    def write(d, v):
+        save(d, det, thr, summarise_training_data(X, list(names)), name="swap", version=v)
+        if corrupt:
+            weights = d / versions.WEIGHTS
+            weights.write_bytes(weights.read_bytes()[:100])
+    return write

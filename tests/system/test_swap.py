@@ -10,6 +10,9 @@ partition, the old version's offsets all come before the new one's), the refused
 get one ERROR line and their reload outcome while the loaded model keeps scoring, and the pause
 in scoring at the swap is at most one batch longer than the longest gap between two batches
 without a swap (Kafka timestamps of the latent records; the figures are printed).
+
+A swap to another window under two members followed by rebalances (the changelog still holding
+old tails) is tests/system/test_faults.py::test_window_change_while_members_restart_and_rebalance.
 """
 
 from __future__ import annotations

@@ -75,3 +75,14 @@ def test_the_pipeline_refuses_at_start_a_model_whose_state_record_cannot_fit_wit
     with pytest.raises(UserError) as info:
         Pipeline(Settings(), stub_model(channels=[f"c{i}" for i in range(512)], window=256))
     assert "message.max.bytes" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sizing_the_worst_case_records_warns_nothing():
+    """per_reading_bytes runs at every start and swap with the largest floats: their products in
+    the record code overflow to inf by design, which must not print a RuntimeWarning to the log
+    of every process (it did: alerts.py 'overflow encountered in multiply' at each start)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert budget.per_reading_bytes(stub_model(window=1), Settings().topics, latent_topic=True) > 0

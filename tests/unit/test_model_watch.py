@@ -265,3 +265,44 @@ def test_the_same_model_under_another_pointer_is_not_swapped(tmp_path):
         assert _reloads(metrics, "success") == 0 and watcher._known.startswith("version:")
     finally:
         watcher.close()
+
+
+def test_a_version_whose_state_record_cannot_fit_is_refused_like_the_other_refusals(tmp_path, caplog):
+    """The run loop refuses a model whose per-sensor state record would pass the producer's
+    message.max.bytes (budget.changelog_fits). That is a refusal like a channel mismatch: counted
+    `incompatible`, one ERROR line, the old model's info still exported, not retried until the
+    pointer moves; never counted `success` with the old model still scoring."""
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.runner import Pipeline
+
+    root = tmp_path / "pump"
+    versions.publish(root, _writer(0, window=8))  # its state record: 1,380 bytes
+    settings = load_settings(None, {"model.path": str(root), "kafka.producer": {"message.max.bytes": 2000}})
+    metrics = PipelineMetrics()
+    pipeline = Pipeline(settings, load(root), metrics)
+    try:
+        old = pipeline.model.version
+        v2 = versions.publish(root, _writer(1, window=64))  # 4,068 bytes: over the 2,000 limit
+        caplog.set_level(logging.INFO, logger="latentwatch")
+        pipeline.lifecycle.request_check()
+        for _ in range(2):  # what the run loop does between two batches: start the check, then collect it
+            new = pipeline.lifecycle.between_batches()
+            if new is not None:
+                pipeline._swap(new)
+            pipeline.lifecycle.watcher.wait()
+        assert pipeline.model.version == old and pipeline.detector.window == 8
+        assert _reloads(metrics, "success") == 0 and _reloads(metrics, "incompatible") == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "refused (incompatible)" in errors[0] and "message.max.bytes" in errors[0]
+        assert v2 in errors[0] and "\n" not in errors[0]
+        def info(version, window):
+            return metrics.registry.get_sample_value("latentwatch_model_info", {
+                "name": "pump", "version": version, "kind": "pca", "window": window, "channels": "6"})
+        assert info(old, "8") == 1 and not info(v2, "64")  # the model info still names the model that scores
+        assert pipeline.lifecycle.model.version == old and pipeline.lifecycle.watcher.current.version == old
+        pipeline.lifecycle.watcher.clock = lambda: 10**12  # the interval passed: the same version is not retried
+        assert pipeline.lifecycle.between_batches() is None
+        pipeline.lifecycle.watcher.wait()
+        assert pipeline.lifecycle.between_batches() is None and _reloads(metrics, "incompatible") == 1
+    finally:
+        pipeline.lifecycle.close()

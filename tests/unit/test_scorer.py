@@ -222,3 +222,25 @@ def test_frames_past_max_readings_are_cut_like_json():
     batch = sc.score(msgs, store, NOW, max_readings=25)
     assert batch.n_readings == 20 and [m.offset() for m in batch.rest] == [2, 3, 4]
     assert batch.next_offsets() == {("in", 0): 2}
+
+
+def test_adaptive_threshold_state_is_kept_per_partition_and_sensor_like_the_rest():
+    """A sensor id seen on two partitions in one batch (a producer that changed its partitioner, or
+    two sites reusing an id) is two sensors, as its windows and alarm state are: each (partition,
+    sensor) gets the threshold state it gets when its partition is scored alone."""
+    from latentwatch.pipeline.state import Entry
+
+    model = stub_model(window=1)
+    rng = np.random.default_rng(1)
+    model.threshold = AdaptiveThreshold(alpha=0.2, base=QuantileThreshold(0.99)).fit(rng.chisquare(3, 5000) / 3)
+    sc, store = scorer_for(model, changelog=True), StateStore()
+    store.apply({(0, "s"): Entry(NOW - 200, np.empty((0, 3), np.float32), (0.5, 0.01)),
+                 (1, "s"): Entry(NOW - 200, np.empty((0, 3), np.float32), (4.0, 1.0))})
+    p0 = messages([reading("s", NOW - 100 + i, rng.normal()) for i in range(20)], partition=0)
+    p1 = messages([reading("s", NOW - 100 + i, 1.5 + rng.normal()) for i in range(20)], partition=1)
+    both = sc.score(p0 + p1, store, NOW)
+    alone = {0: sc.score(p0, store, NOW), 1: sc.score(p1, store, NOW)}
+    for p in (0, 1):
+        assert both.updates[(p, "s")].threshold == alone[p].updates[(p, "s")].threshold
+    assert both.updates[(0, "s")].threshold != both.updates[(1, "s")].threshold
+    assert both.flagged.tolist() == alone[0].flagged.tolist() + alone[1].flagged.tolist()
