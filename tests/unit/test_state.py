@@ -75,8 +75,8 @@ def _w16_store_entries(channels=3, rows=15):
 
 def test_a_w16_tail_restored_for_a_w8_model_is_dropped_and_counted_and_the_scorer_does_not_crash():
     from tests.support.fakes import messages
+    from tests.support.scoring import reading, scorer_for
     from tests.support.stub_model import stub_model
-    from tests.unit.test_scorer import reading, scorer_for
 
     model = stub_model(window=8)
     store = StateStore()
