@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.support.secure",
     "tests.support.streams",
     "tests.support.cluster",
+    "tests.support.torch_threads",
 ]
 
 # With LATENTWATCH_STRICT_SKIPS=1 (.ci/run sets it) a skipped test fails, unless it waits for
