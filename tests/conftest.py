@@ -6,7 +6,8 @@ Tiers (each its own folder; `make test-fast` runs the first):
   system/       real processes: the pipeline, brokers of their own, faults, fuzz, security, demo, bench,
                 the CLI's train and score; and slow in-process scale checks (400k sensor ids)
   artifacts/    shipped files checked by the real tools: compose, dashboard, rules, metrics
-Support code lives in tests/support/ as pytest plugins, so no test module imports another.
+Support code lives in tests/support/ (pytest plugins and plain modules), so no test module imports
+another (tests/unit/test_layout.py checks it).
 """
 
 from __future__ import annotations
