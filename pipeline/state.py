@@ -330,7 +330,8 @@ def as_of(entry: Entry, before: Entry | None, committed: int) -> Entry | None:
 
 
 def approx_entry_bytes(window: int, channels: int) -> int:
-    """What one entry costs in memory (measured by tests/unit/test_state.py with tracemalloc):
-    the tail's array plus ~600 bytes of Python objects and dict slots (measured: 2,488 bytes an
-    entry for W=32, 16 channels; so 100,000 sensors, the default bound, hold ~260 MB)."""
+    """What one entry costs in memory (measured by tests/system/test_state_bound.py with
+    tracemalloc): the tail's array plus ~600 bytes of Python objects and dict slots (measured:
+    2,488 bytes an entry for W=32, 16 channels; so 100,000 sensors, the default bound, hold
+    ~260 MB)."""
     return max(window - 1, 0) * channels * 4 + 600

@@ -3,9 +3,11 @@
 Tiers (each its own folder; `make test-fast` runs the first):
   unit/         no broker, no external process but our own CLI; fast
   integration/  the shared real Kafka broker, the pipeline in-process
-  system/       real processes: the pipeline, brokers of their own, faults, fuzz, security, demo, bench
+  system/       real processes: the pipeline, brokers of their own, faults, fuzz, security, demo, bench,
+                the CLI's train and score; and slow in-process scale checks (400k sensor ids)
   artifacts/    shipped files checked by the real tools: compose, dashboard, rules, metrics
-Support code lives in tests/support/ as pytest plugins, so no test module imports another.
+Support code lives in tests/support/ (pytest plugins and plain modules), so no test module imports
+another (tests/unit/test_layout.py checks it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ pytest_plugins = [
     "tests.support.secure",
     "tests.support.streams",
     "tests.support.cluster",
+    "tests.support.torch_threads",
 ]
 
 # With LATENTWATCH_STRICT_SKIPS=1 (.ci/run sets it) a skipped test fails, unless it waits for
@@ -43,7 +46,7 @@ ONE_AT_A_TIME = {"tests/system/test_demo.py": "demo", "tests/system/test_cluster
 # Modules whose module-scoped fixture trains models (or fills a topic): spread over the workers,
 # each worker built its own copy. test_detectors' training took 237-256 s of setup on each of three
 # workers in a full run (CI's log); kept on one worker, it is built once.
-ONE_AT_A_TIME.update({m: m for m in ("tests/unit/test_detectors.py", "tests/unit/test_cli_detect.py",
+ONE_AT_A_TIME.update({m: m for m in ("tests/unit/test_detectors.py", "tests/system/test_cli_detect.py",
                                       "tests/unit/test_drift.py", "tests/unit/test_score_parts.py",
                                       "tests/integration/test_retrain.py")})
 

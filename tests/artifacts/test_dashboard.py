@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 from latentwatch.pipeline.metrics import PipelineMetrics
-from tests.support.prom import make_prometheus, needs_prometheus  # noqa: F401  (fixture)
 
-from tests.support.dashboard import DASHBOARD, GRAFANA_VARS, ROOT, all_panels, dashboard_exprs, load  # noqa: F401
+from tests.support.dashboard import DASHBOARD, all_panels, dashboard_exprs, load
+from tests.support.prom import make_prometheus, needs_prometheus  # noqa: F401  (fixture)
 
 
 def test_dashboard_is_file_provisionable():

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.system.test_alerts_forward import alert_record
+from tests.support.records import alert_record
 
 pytestmark = pytest.mark.broker
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.dashboard import GRAFANA_VARS, dashboard_exprs
 from tests.support.prom import free_port, make_prometheus, needs_prometheus  # noqa: F401  (fixture)
-from tests.artifacts.test_dashboard import GRAFANA_VARS, dashboard_exprs
 
 pytestmark = [pytest.mark.broker, needs_prometheus]
 

@@ -13,7 +13,6 @@ from latentwatch.detectors import AdaptiveThreshold, QuantileThreshold, make_det
 from latentwatch.detectors.checkpoint import CheckpointError, load, save, summarise_training_data
 from tests.support.detector_data import normal_data
 
-torch.set_num_threads(2)
 CONFIGS = {"mlp": {"hidden": [16, 8]}, "window": {"window": 8, "score_last": 2}, "pca": {"window": 3},
            "vae": {"window": 8, "score_last": 2, "latent_dim": 3, "hidden": 8, "beta": 0.5}}
 

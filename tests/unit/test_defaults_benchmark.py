@@ -13,7 +13,7 @@ import pytest
 from latentwatch.detectors import evaluate
 from latentwatch.pipeline.cli.main import main
 from tests.support.skab import SKAB, needs_skab
-from tests.unit.test_selection import FOLDERS, make_file, write_skab_file
+from tests.support.skab_like import FOLDERS, make_file, write_skab_file
 
 
 def test_defaults_figure_is_plain_train_then_score_on_the_rest(tmp_path: Path, capsys):

@@ -13,7 +13,6 @@ from latentwatch.detectors import (MLPAutoencoder, PCADetector, Scores, WindowAu
                        sliding_windows)
 from tests.support.detector_data import inject, normal_data, roc_auc
 
-torch.set_num_threads(2)
 
 CONFIGS = {"mlp": {}, "window": {"window": 16, "score_last": 4}, "vae": {"window": 16, "score_last": 4},
            "pca": {"latent_dim": 2}}

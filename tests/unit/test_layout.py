@@ -174,3 +174,40 @@ def test_no_import_cycles_among_our_modules():
     detail = [" <-> ".join(c) + ": " + "; ".join(f"{a} -> {b}" for a in c for b in sorted(graph[a]) if b in c)
               for c in found]
     assert not found, "\n".join(detail)
+
+
+TEST_PACKAGES = ("tests.unit", "tests.system", "tests.integration", "tests.artifacts")
+
+
+def imports_of_test_modules(path: Path, source: str | None = None) -> set[str]:
+    """`line: module` for each import in `path` (top level or inside a function, relative ones
+    made absolute) that names a test module or a test package."""
+    package = ".".join(path.relative_to(ROOT).parent.parts)
+    out = set()
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0]
+                module = f"{base}.{module}" if module else base
+            names = [module, *(f"{module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        hits = [m for m in names if m in TEST_PACKAGES or m.startswith(tuple(f"{t}." for t in TEST_PACKAGES))]
+        if hits:
+            out.add(f"{node.lineno}: {hits[0]}")
+    return out
+
+
+def test_no_test_module_imports_another():
+    """tests/conftest.py's rule: shared code lives in tests/support/ (plugins or plain modules),
+    so no module under tests/ imports a test module."""
+    here = ROOT / "tests" / "unit" / "test_x.py"
+    assert imports_of_test_modules(here, "def f():\n    from tests.unit.test_scorer import reading\n")  # the check can fail
+    assert imports_of_test_modules(here, "from .test_scorer import reading\n")
+    assert imports_of_test_modules(here, "from ..system import test_swap\n")
+    assert not imports_of_test_modules(here, "from tests.support.fakes import messages\nimport tests.support.skab\n")
+    bad = {f"{p.relative_to(ROOT)}:{hit}" for p in (ROOT / "tests").rglob("*.py") for hit in imports_of_test_modules(p)}
+    assert not bad, "\n".join(sorted(bad))

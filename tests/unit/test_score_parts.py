@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from latentwatch.detectors import PCADetector, QuantileThreshold, make_detector, sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
 from latentwatch.detectors.latent import PARTS, ScoreParts, ledoit_wolf
 
-torch.set_num_threads(2)
 MIX = np.random.default_rng(7).normal(size=(2, 6))  # 2 latent factors -> 6 channels
 
 

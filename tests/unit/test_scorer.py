@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 
 from latentwatch.detectors.thresholds import AdaptiveThreshold, QuantileThreshold
-from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.state import StateStore
 from tests.support.fakes import messages
+from tests.support.scoring import reading, scorer_for
 from tests.support.stub_model import stub_model
 
 NOW = 1_800_000_000.0
-
-
-def scorer_for(model, late_policy="dead-letter", changelog=False) -> Scorer:
-    return Scorer(model, max_message_bytes=1_000_000, max_future_s=86_400, late_policy=late_policy,
-                  critical_ratio=2.0, latent_topic=True, changelog=changelog)
-
-
-def reading(sensor, ts, v, ch=3):
-    return {"sensor_id": sensor, "ts": ts, "values": [float(v)] * ch}
 
 
 def test_windows_are_the_last_w_readings_of_each_sensor_across_batches():

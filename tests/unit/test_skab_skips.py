@@ -10,7 +10,7 @@ import sys
 from tests.support.skab import REPO
 
 SKAB_TESTS = ["tests/integration/test_skab_replay.py", "tests/integration/test_replay.py::test_skab_file_replays_as_is",
-              "tests/unit/test_cli_detect.py::test_skab_evaluate_smoke"]
+              "tests/system/test_cli_detect.py::test_skab_evaluate_smoke"]
 
 
 def test_tests_needing_skab_skip_with_the_allowed_reason_when_it_is_absent(tmp_path):

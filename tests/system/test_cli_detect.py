@@ -1,4 +1,7 @@
-"""`latentwatch train` / `score` end to end through a subprocess, plus their one-line errors."""
+"""`latentwatch train` / `score` end to end through a subprocess, plus their one-line errors.
+
+In the system tier since issue 24 (it was unit/): 13 CLI processes, each paying the interpreter's
+and PyTorch's start-up, took 36 s (pytest --durations) of the unit tier's 92 s run."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from tests.support.detector_data import normal_data
 from tests.support.skab import SKAB, needs_skab
 
 REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
 
 
 def cli(*args, cwd=REPO):
