@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from latentwatch.detectors.alarms import Episode, SensorAlarm
-from latentwatch.pipeline import alerts, state
+from latentwatch.pipeline import records, state
 from latentwatch.pipeline.decode import MAX_SENSOR_ID_BYTES
 
 _WORST_ID = '"' * MAX_SENSOR_ID_BYTES  # each one escaped in JSON: twice the bytes
@@ -43,23 +43,25 @@ def per_reading_bytes(model, topics, latent_topic: bool) -> int:
     with np.errstate(over="ignore"):  # critical_ratio x the largest float is inf: by design, not a warning
         record, episode = _worst_records(model, channels, topic, names, latent)
     episode["ended_at"] = episode["ts"]  # a close carries one more time
-    size = len(alerts.encode(record)) + len(alerts.encode(episode)) + 2 * (256 + _KEY_AND_FRAMING)
-    if latent_topic:  # the latent record: id, time, score, latent, model, source (scorer._latents)
-        size += 2 * MAX_SENSOR_ID_BYTES + 25 * max(k, 1) + len(model.name) + len(str(model.version)) \
-            + len(topic) + 256 + _KEY_AND_FRAMING
+    size = len(records.encode(record)) + len(records.encode(episode)) + 2 * (256 + _KEY_AND_FRAMING)
+    if latent_topic:  # the latent record, built as the scorer builds it (records.latent_records)
+        ((_key, value),) = records.latent_records([(topic, 2**31 - 1, 2**63 - 1, 2**31 - 1)], [_WORST_ID],
+                                                  ["2026-11-21T10:00:00.250Z"], np.array([_BIG]), latent,
+                                                  model.name, str(model.version))
+        size += len(value) + _KEY_AND_FRAMING
     return size
 
 
 def _worst_records(model, channels, topic, names, latent) -> tuple[dict, dict]:
     """The largest alert and episode records one reading can make, built by the real record code."""
-    record = alerts.alert_records(
+    record = records.alert_records(
         sources=[(topic, 2**31 - 1, 2**63 - 1, 2**31 - 1)], sensor_ids=[_WORST_ID], ts=["2026-11-21T10:00:00.250Z"],
         scores=np.array([_BIG]), thresholds=np.array([_BIG]),
         tops=[[{"channel": c, "share": 0.3333} for c in channels[:3]]], latent=latent,
         model_name=model.name, model_version=str(model.version), critical_ratio=2.0,
         detected_at="2026-11-21T10:00:00.250Z", parts={n: np.array([_BIG]) for n in names},
         rules=np.array([1], np.int8), statistics=np.array([_BIG]), limits=np.array([_BIG]))[0]
-    episode = alerts.episode_records(
+    episode = records.episode_records(
         [("update", 0, 0, _WORST_EPISODE)], sources=[(topic, 2**31 - 1, 2**63 - 1, 2**31 - 1)],
         sensor_ids=[_WORST_ID], ts=np.array([4e9]), tops=[[{"channel": c, "share": 0.3333} for c in channels[:3]]],
         model_name=model.name, model_version=str(model.version), critical_ratio=2.0,

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import orjson
 
-from latentwatch.pipeline import alerts, state
+from latentwatch.pipeline import records, state
 from latentwatch.pipeline.decode import Decoder
-from latentwatch.pipeline.times import iso
+from latentwatch.pipeline.times import iso, iso_many
 
 # Standardised magnitude beyond which a reading is out of range: its square (1e24) and sums of
 # them stay far inside float32 (3.4e38) in every model's arithmetic. No physical measurement is
@@ -84,6 +83,49 @@ class ScoredBatch:
         return self.offsets
 
 
+@dataclass
+class _Kept:
+    """Steps 1-3: the messages taken, and the readings of those kept (valid, in time, in range)."""
+
+    messages: list
+    rest: list
+    dead: list
+    offsets: dict
+    valid: list  # (message, sensor id) of each kept message
+    values: np.ndarray  # [readings, channels]
+    ts: np.ndarray  # [readings]
+    counts: np.ndarray  # readings of each kept message
+    starts: np.ndarray  # its first reading's row
+
+
+@dataclass
+class _Windows:
+    """Step 4: what the model scores, and the new state entries."""
+
+    keys: list  # (partition, sensor) of each key index
+    msg_key: np.ndarray  # key index of each kept message
+    updates: dict
+    windows: np.ndarray  # [scored, window, channels]
+    scored_idx: np.ndarray  # reading row of each window
+    msg_of: np.ndarray  # kept message of each reading row
+    pos: np.ndarray  # index of each reading in its message
+
+
+@dataclass
+class _Judged:
+    """Step 5: scores, the alarm rule's decisions and the records made of them."""
+
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    latent: np.ndarray | None = None
+    flagged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    inference_s: float | None = None
+    refs: np.ndarray | None = None
+    alerts: list = field(default_factory=list)
+    severities: list = field(default_factory=list)
+    latents: list = field(default_factory=list)
+    episodes: list = field(default_factory=list)
+
+
 class Scorer:
     """Scores micro-batches for one model. `changelog`: return state records for the changelog;
     `refs`: say which reading each score is of (shadow scoring pairs two models' readings)."""
@@ -117,8 +159,22 @@ class Scorer:
               max_readings: int | None = None) -> ScoredBatch:
         """Score `messages` against `store` (read only). With `max_readings`, only the longest
         prefix of messages holding at most that many readings (at least one message) is taken;
-        the others are handed back in `rest`."""
+        the others are handed back in `rest`. The steps of the module's docstring, in order."""
         now = time.time() if now is None else now
+        b = self._decode(messages, store, now, max_readings)  # steps 1-3
+        if not b.valid:
+            return ScoredBatch(b.messages, b.dead, [], [], [], np.empty(0), 0, offsets=b.offsets, rest=b.rest, now=now)
+        w = self._windows(b, store)  # step 4
+        out = self._judge(b, w, store) if len(w.scored_idx) else _Judged()  # step 5
+        changelog = ([(key[0], key[1].encode(), state.pack(entry, store.get(key))) for key, entry in w.updates.items()]
+                     if self.changelog else [])  # step 6
+        return ScoredBatch(b.messages, b.dead, out.alerts, out.severities, out.latents, out.scores, len(b.values),
+                           w.updates, changelog, float(b.ts.max()), values=b.values, latent=out.latent,
+                           flagged=out.flagged, offsets=b.offsets, inference_s=out.inference_s, rest=b.rest,
+                           refs=out.refs, now=now, episodes=out.episodes)
+
+    # -- steps 1-3: decode, then the late policy and the range check ---------------------------
+    def _decode(self, messages, store, now: float, max_readings: int | None) -> "_Kept":
         d = self.decoder.decode_many([(m.value(), m.key()) for m in messages], now, max_readings)
         rest = []
         if d.taken is not None and d.taken < len(messages):
@@ -126,15 +182,18 @@ class Scorer:
         dead = [(i, err.reason, err.detail) for i, err in d.errors]
         keep = self._late_and_range(messages, d, store, dead)
         rows = np.repeat(keep, d.counts)
-        values, ts, counts = d.values[rows], d.ts[rows], d.counts[keep]
-        valid = [(messages[i], sid) for i, sid, k in zip(d.index, d.sensor_ids, keep) if k]
+        counts = d.counts[keep]
         dead.sort(key=lambda e: e[0])
-        offsets = _next_offsets(messages)
-        if not valid:
-            return ScoredBatch(messages, dead, [], [], [], np.empty(0), 0, offsets=offsets, rest=rest, now=now)
-        starts = np.cumsum(counts) - counts
-        # 4. windows and tails per (partition, sensor), in offset order. Readings are grouped by
-        # key with one stable argsort, not a Python loop per message (4 ms a batch of 4096).
+        return _Kept(messages, rest, dead, _next_offsets(messages),
+                     [(messages[i], sid) for i, sid, k in zip(d.index, d.sensor_ids, keep) if k],
+                     d.values[rows], d.ts[rows], counts, np.cumsum(counts) - counts)
+
+    # -- step 4: windows and tails per (partition, sensor), in offset order ----------------------
+    def _windows(self, b: "_Kept", store) -> "_Windows":
+        """Readings are grouped by key with one stable argsort, not a Python loop per message
+        (4 ms a batch of 4096). Each key's new entry: its last event time, tail and offset; the
+        per-sensor threshold and alarm state carried over (steps 5 replaces them)."""
+        valid, values, ts, counts, starts = b.valid, b.values, b.ts, b.counts, b.starts
         key_of_msg: dict[state.Key, int] = {}
         msg_key = np.array([key_of_msg.setdefault((msg.partition(), sid), len(key_of_msg))
                             for msg, sid in valid], dtype=np.int64)
@@ -159,7 +218,7 @@ class Scorer:
             m = int(last_msg[k])
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
-                                       offsets[(valid[m][0].topic(), key[0])],
+                                       b.offsets[(valid[m][0].topic(), key[0])],
                                        prior.alarm if prior is not None else None)
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
@@ -167,67 +226,67 @@ class Scorer:
             windows, scored_idx = np.concatenate(win_parts), np.concatenate(idx_parts)
         else:
             windows, scored_idx = np.empty((0, self.window, len(self.channels)), np.float32), np.empty(0, np.int64)
-        # 5. score, thresholds, alerts and latents
-        msg_of = np.repeat(np.arange(len(valid)), counts)
-        alerts_out, severities, latents_out, episodes = [], [], [], []
-        scores64, latent_all, flagged, inference_s, refs = np.empty(0), None, np.zeros(0, bool), None, None
-        if len(scored_idx):
-            t0 = time.perf_counter()
-            s = self.detector.score(windows)
-            inference_s = time.perf_counter() - t0
-            scores64 = s.score.astype(np.float64)
-            bad = ~np.isfinite(scores64)
-            if bad.any():
-                scores64[bad] = _BIG
-            scored_msg = msg_of[scored_idx]
-            sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
-            key_idx = msg_key[scored_msg]  # each scored reading's (partition, sensor), an index into keys
-            thresholds = self._thresholds(scores64, sensor_of, key_idx, keys, updates, store)
-            pos = np.arange(len(values)) - np.repeat(starts, counts)
-            # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
-            reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
-                                     np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], pos[scored_idx]], 1)
-            d = self._alarms(keys, key_idx, scores64, thresholds, ts[scored_idx], reading_refs, updates, store)
-            flagged = d.alarm
-            latent_all = s.latent
-            raised = np.flatnonzero(flagged)
-            rows = scored_idx[raised]
-            sensor_ids = sensor_of[raised].tolist()
-            tops = alerts.top_channels(s.channel_error[raised], self.channels)
-            model_name, model_version, detected_at = self.model.name, str(self.model.version), iso(time.time())
-            records = alerts.alert_records(
-                sources=_sources(valid, msg_of, pos, rows), sensor_ids=sensor_ids, ts=alerts.iso_many(ts[rows]),
-                scores=scores64[raised], thresholds=thresholds[raised], tops=tops,
-                latent=s.latent[raised], model_name=model_name, model_version=model_version,
-                critical_ratio=self.critical_ratio, detected_at=detected_at,
-                parts={name: v[raised] for name, v in (getattr(s, "parts", None) or {}).items()},
-                rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised])
-            severities = [r["severity"] for r in records]
-            if self.per_reading:
-                alerts_out = [(sid.encode(), alerts.encode(r)) for sid, r in zip(sensor_ids, records)]
-            if d.events:
-                at = np.array([e[1] for e in d.events], np.int64)
-                ev_rows = scored_idx[at]
-                ev_tops = alerts.top_channels(s.channel_error[at], self.channels)
-                ev_records = alerts.episode_records(
-                    d.events, sources=_sources(valid, msg_of, pos, ev_rows), sensor_ids=sensor_of[at].tolist(),
-                    ts=ts[ev_rows], tops=ev_tops, model_name=model_name, model_version=model_version,
-                    critical_ratio=self.critical_ratio, detected_at=detected_at)
-                alerts_out += [(r["sensor_id"].encode(), alerts.encode(r)) for r in ev_records]
-                episodes = [r["event"] for r in ev_records]
-            if self.latent_topic:
-                latents_out = self._latents(_sources(valid, msg_of, pos, scored_idx), sensor_of.tolist(),
-                                            alerts.iso_many(ts[scored_idx]), scores64, s.latent)
-            if self.refs:
-                refs = reading_refs
-        changelog = []
-        if self.changelog:
-            changelog = [(key[0], key[1].encode(), state.pack(entry, store.get(key)))
-                         for key, entry in updates.items()]
-        return ScoredBatch(messages, dead, alerts_out, severities, latents_out, scores64, len(values),
-                           updates, changelog, float(ts.max()), values=values, latent=latent_all, flagged=flagged,
-                           offsets=offsets, inference_s=inference_s, rest=rest, refs=refs, now=now,
-                           episodes=episodes)
+        return _Windows(keys, msg_key, updates, windows, scored_idx, np.repeat(np.arange(len(valid)), counts),
+                        np.arange(len(values)) - np.repeat(starts, counts))
+
+    # -- step 5: the model, the limits and the alarm rule, then the records ----------------------
+    def _judge(self, b: "_Kept", w: "_Windows", store) -> "_Judged":
+        valid, scored_idx = b.valid, w.scored_idx
+        t0 = time.perf_counter()
+        s = self.detector.score(w.windows)
+        inference_s = time.perf_counter() - t0
+        scores64 = s.score.astype(np.float64)
+        bad = ~np.isfinite(scores64)
+        if bad.any():
+            scores64[bad] = _BIG
+        scored_msg = w.msg_of[scored_idx]
+        sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
+        key_idx = w.msg_key[scored_msg]  # each scored reading's (partition, sensor), an index into keys
+        thresholds = self._thresholds(scores64, sensor_of, key_idx, w.keys, w.updates, store)
+        # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
+        reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
+                                 np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], w.pos[scored_idx]], 1)
+        d = self._alarms(w.keys, key_idx, scores64, thresholds, b.ts[scored_idx], reading_refs,
+                         w.updates, store)
+        out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
+                      refs=reading_refs if self.refs else None)
+        self._records(out, b, w, s, d, sensor_of, thresholds)
+        return out
+
+    def _records(self, out: "_Judged", b: "_Kept", w: "_Windows", s, d, sensor_of, thresholds) -> None:
+        """Alert, episode and latent records (pipeline/records.py builds all three)."""
+        scored_idx, ts = w.scored_idx, b.ts
+
+        def sources(rows):
+            return _sources(b.valid, w.msg_of, w.pos, rows)
+
+        raised = np.flatnonzero(out.flagged)
+        rows = scored_idx[raised]
+        sensor_ids = sensor_of[raised].tolist()
+        model_name, model_version, detected_at = self.model.name, str(self.model.version), iso(time.time())
+        alerts = records.alert_records(
+            sources=sources(rows), sensor_ids=sensor_ids, ts=iso_many(ts[rows]),
+            scores=out.scores[raised], thresholds=thresholds[raised],
+            tops=records.top_channels(s.channel_error[raised], self.channels),
+            latent=s.latent[raised], model_name=model_name, model_version=model_version,
+            critical_ratio=self.critical_ratio, detected_at=detected_at,
+            parts={name: v[raised] for name, v in s.parts.items()},
+            rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised])
+        out.severities = [r["severity"] for r in alerts]
+        if self.per_reading:
+            out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
+        if d.events:
+            at = np.array([e[1] for e in d.events], np.int64)
+            ev_rows = scored_idx[at]
+            episodes = records.episode_records(
+                d.events, sources=sources(ev_rows), sensor_ids=sensor_of[at].tolist(), ts=ts[ev_rows],
+                tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
+                model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at)
+            out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
+            out.episodes = [r["event"] for r in episodes]
+        if self.latent_topic:
+            out.latents = records.latent_records(sources(scored_idx), sensor_of.tolist(), iso_many(ts[scored_idx]),
+                                                 out.scores, s.latent, model_name, model_version)
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
@@ -294,15 +353,6 @@ class Scorer:
             if key in updates:
                 updates[key] = dataclasses.replace(updates[key], threshold=t)
         return np.asarray(out, dtype=np.float64)
-
-    def _latents(self, sources, sensor_ids, ts_iso, scores, latent) -> list[tuple[bytes, bytes]]:
-        """One latent record per scored reading, built per column like the alerts."""
-        model = {"name": self.model.name, "version": str(self.model.version)}
-        return [(sid.encode(), orjson.dumps({
-            "sensor_id": sid, "ts": t, "score": sc, "latent": lat, "model": model,
-            "source": {"topic": topic, "partition": part, "offset": off, "index": index}}))
-            for (topic, part, off, index), sid, t, sc, lat in zip(
-                sources, sensor_ids, ts_iso, scores.tolist(), np.round(latent.astype(np.float64), 5).tolist())]
 
 
 def _sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:

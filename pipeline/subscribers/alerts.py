@@ -1,7 +1,7 @@
 """Subscribers of the alerts topic: reading and checking its records, and a human-readable tail;
 the forwarder that turns them into Alertmanager alerts is `subscribers.alertmanager`.
 
-The alert message (JSON, key = sensor id) is what `pipeline.alerts` produces, of two kinds:
+The alert message (JSON, key = sensor id) is what `pipeline.records` produces, of two kinds:
 `kind: "reading"` (`alert_records`: `{"alert_id", "sensor_id", "ts", "detected_at", "score",
 "threshold", "rule", "statistic", "limit", "severity", "top_channels": [{"channel", "share"}, ...],
 "latent", "model": {"name", "version"}, "source": {...}}`; records without `kind`, written before

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.checkpoint import load
-from latentwatch.pipeline import alerts
+from latentwatch.pipeline import records
 from latentwatch.pipeline.cli.main import main
 from latentwatch.pipeline.times import iso
 
@@ -72,11 +72,11 @@ def stream(kafka_bootstrap, admin):
         sc = current.score(np.asarray(x, np.float32)[None, None, :])
         if sc.score[0] > threshold.value:
             part, off = refs[key]
-            rec = alerts.alert_record(topic=topic, partition=part, offset=off, index=0, sensor_id=key[1],
+            rec = records.alert_record(topic=topic, partition=part, offset=off, index=0, sensor_id=key[1],
                                       ts=refs["ts"][key], score=float(sc.score[0]), threshold=threshold.value,
                                       top=[], latent=[0.0, 0.0], model_name="pump", model_version="v0",
                                       critical_ratio=2.0)
-            p.produce(alerts_topic, alerts.encode(rec), key[1].encode())
+            p.produce(alerts_topic, records.encode(rec), key[1].encode())
             n_alerts += 1
     assert p.flush(60) == 0
     return {"topic": topic, "alerts": alerts_topic, "t0": t0, "t1": t1, "t2": t2, "n_alerts": n_alerts,

@@ -1,4 +1,6 @@
-"""Alert records: what subscribers of the alerts topic receive (JSON, key = sensor id), two kinds:
+"""Every record the scorer makes of a reading, built here and nowhere else (JSON, key = sensor id).
+
+On the alerts topic, two kinds:
 
 - `kind: "reading"`: one per alarmed reading (`alerts.per_reading`), naming the rule that fired
   (`instant` or `ewma`), its `statistic` and `limit`; `alert_id` is
@@ -8,6 +10,10 @@
   `update` (at most one per `update_s` of event time while it lasts: peak so far, readings so
   far) and `close` (after `close_after` readings without an alarm). `episode_id` is the
   `alert_id` of its first reading: a replay gives the same id.
+
+On the latent topic (`topics.latent`), one record per scored reading: its latent vector and
+score. Every record names its reading the same way (`source`: topic, partition, offset, index).
+budget.py sizes the worst case of each through these same functions.
 """
 
 from __future__ import annotations
@@ -18,9 +24,7 @@ import numpy as np
 import orjson
 
 from latentwatch.detectors.alarms import RULES
-# iso_many is imported for scorer.py, which calls alerts.iso_many (its own import changes with the
-# branch rebuilding Scorer.score); the one implementation is times.iso_many.
-from latentwatch.pipeline.times import iso, iso_many  # noqa: F401
+from latentwatch.pipeline.times import iso
 
 
 def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[list[dict]]:
@@ -68,7 +72,7 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
             "kind": "reading", "alert_id": f"{topic}/{partition}/{offset}/{index}", "sensor_id": sid, "ts": t,
             "detected_at": detected_at, "score": sc, "threshold": thr, "rule": rule, "statistic": st, "limit": lim,
             "severity": "critical" if crit else "warning", "top_channels": top, "latent": lat,
-            "model": model, "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+            "model": model, "source": _source(topic, partition, offset, index),
         }
         if names:  # which part of the score fired (reconstruction, latent_distance)
             record["parts"] = dict(zip(names, pr))
@@ -92,8 +96,7 @@ def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_
             "rule": RULES[ep.rule], "readings": ep.count, "peak_score": _round(np.array([ep.peak_score]), 6).item(),
             "peak_margin": round(ep.peak, 4), "peak_at": iso(ep.peak_ts),
             "severity": "critical" if ep.peak >= critical_ratio else "warning",
-            "top_channels": top, "model": model,
-            "source": {"topic": topic, "partition": partition, "offset": offset, "index": index},
+            "top_channels": top, "model": model, "source": _source(topic, partition, offset, index),
         }
         if event == "close":
             record["ended_at"] = iso(t)
@@ -115,6 +118,21 @@ def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_
         detected_at=detected_at if isinstance(detected_at, str) else iso(
             detected_at if detected_at is not None else time.time()),
         parts={n: np.array([v]) for n, v in (parts or {}).items()})[0]
+
+
+def latent_records(sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: list[str],
+                   scores: np.ndarray, latent: np.ndarray, model_name: str, model_version: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of one latent record per scored reading, built per column like the alerts."""
+    model = {"name": model_name, "version": model_version}
+    return [(sid.encode(), encode({"sensor_id": sid, "ts": t, "score": sc, "latent": lat, "model": model,
+                                   "source": _source(*src)}))
+            for src, sid, t, sc, lat in zip(sources, sensor_ids, ts, np.asarray(scores, np.float64).tolist(),
+                                            _round(np.asarray(latent, np.float64), 5).tolist())]
+
+
+def _source(topic: str, partition: int, offset: int, index: int) -> dict:
+    """The reading a record is of: the same four fields in every kind of record."""
+    return {"topic": topic, "partition": partition, "offset": offset, "index": index}
 
 
 def _round(a: np.ndarray, decimals: int) -> np.ndarray:
