@@ -47,13 +47,3 @@ class StopBudget:
         if self.deadline is None:
             return limit
         return max(0.0, min(limit, self.deadline - time.monotonic()))
-
-    def sleep(self, seconds: float, step: float = 0.1) -> bool:
-        """Wait up to `seconds`, looking at the stop flag every `step`; True when stopping."""
-        end = time.monotonic() + seconds
-        while not self.stopping:
-            now = time.monotonic()
-            if now >= end:
-                return False
-            time.sleep(min(step, end - now))
-        return True

@@ -55,10 +55,12 @@ def start_pipeline(bootstrap: str, stream, model_dir: str, log_path: Path, *extr
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
 
 
-def wait_url(proc: subprocess.Popen, log_path: Path, timeout: float = 90) -> str:
-    """The metrics URL the process prints once started (the last one in the log)."""
+def wait_url(proc: subprocess.Popen, log_path: Path, timeout: float = 90, since: int | None = None) -> str:
+    """The metrics URL the process prints once started (the last one in the log), written after
+    byte `since` of the log (default: its size now, so an earlier start in the same log is not
+    taken; 0 for a log of this start alone, which the process may have written to already)."""
     deadline = time.monotonic() + timeout
-    start = log_path.stat().st_size if log_path.exists() else 0
+    start = since if since is not None else (log_path.stat().st_size if log_path.exists() else 0)
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
         found = re.findall(r"metrics: (http://\S+)", text[start:])

@@ -254,20 +254,6 @@ def _wait_sample(url: str, name: str, at_least: float, proc, log: Path, timeout:
         time.sleep(0.2)
 
 
-def _fresh_url(proc, log: Path, timeout: float = 90) -> str:
-    """The metrics URL in the log of one process start (a file of its own; `wait_url` reads only
-    what is written after it is called, which misses a process that started meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.findall(r"metrics: (http://\S+)", log.read_text(errors="replace"))
-        if found:
-            return found[-1]
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError(f"pipeline did not start (rc {proc.poll()}):\n{log.read_text()[-4000:]}")
-
-
 def _wait_committed_past(bootstrap: str, s, marks: dict[int, int], procs, timeout: float = 60) -> None:
     """Until the group's committed offsets reach `marks` (per partition) on every partition."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": s.group, "log_level": 0})
@@ -327,7 +313,7 @@ def test_window_change_while_members_restart_and_rebalance(kafka_bootstrap, make
     try:
         procs["a"] = start_pipeline(kafka_bootstrap, s, args[0], logs["a"], *args[1:])
         procs["b"] = start_pipeline(kafka_bootstrap, s, args[0], logs["b"], *args[1:])
-        urls = {name: _fresh_url(procs[name], logs[name]) for name in "ab"}
+        urls = {name: wait_url(procs[name], logs[name], since=0) for name in "ab"}
         feeder.start()
         for name in "ab":
             _wait_sample(urls[name], "latentwatch_batches_total", 1, procs[name], logs[name])
@@ -336,7 +322,7 @@ def test_window_change_while_members_restart_and_rebalance(kafka_bootstrap, make
             nonlocal dropped
             log = logs[f"c{n}"]
             c = procs[f"c{n}"] = start_pipeline(kafka_bootstrap, s, args[0], log, *args[1:])
-            url = _fresh_url(c, log)
+            url = wait_url(c, log, since=0)
             _wait_sample(url, "latentwatch_batches_total", 1, c, log)
             dropped += _sample(url, "latentwatch_state_dropped_total", c, log, reason="window")
             if before is not None:

@@ -38,7 +38,8 @@ class ScriptedConsumer:
 
     scripts: ClassVar[list] = []
     made: ClassVar[list] = []
-    watermarks: ClassVar[dict] = {}  # partition -> (low, high); a partition not given holds records
+    watermarks: ClassVar[dict] = {}
+    watermark_calls: ClassVar[int] = 0  # partition -> (low, high); a partition not given holds records
 
     def __init__(self, conf):
         self.script = list(ScriptedConsumer.scripts.pop(0)) if ScriptedConsumer.scripts else []
@@ -46,7 +47,11 @@ class ScriptedConsumer:
         ScriptedConsumer.made.append(self)
 
     def get_watermark_offsets(self, tp, timeout=None, cached=False):
-        return ScriptedConsumer.watermarks.get(tp.partition, (0, 100))
+        ScriptedConsumer.watermark_calls += 1
+        got = ScriptedConsumer.watermarks.get(tp.partition, (0, 100))
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def assign(self, tps):
         self.assigned = [(tp.partition, tp.offset) for tp in tps]
@@ -69,6 +74,7 @@ class ScriptedConsumer:
 @pytest.fixture
 def scripted(monkeypatch):
     ScriptedConsumer.scripts, ScriptedConsumer.made, ScriptedConsumer.watermarks = [], [], {}
+    ScriptedConsumer.watermark_calls = 0
     monkeypatch.setattr(changelog, "Consumer", ScriptedConsumer)
     monkeypatch.setattr(changelog.time, "sleep", lambda s: None)
     return ScriptedConsumer
@@ -137,3 +143,16 @@ def test_a_restore_of_only_empty_partitions_reads_nothing(scripted):
     assert out is not None
     (consumer,) = scripted.made
     assert consumer.calls == 0
+
+
+def test_watermarks_that_cannot_be_had_are_not_asked_for_partition_by_partition(scripted):
+    # a broker that does not answer: each ask waits up to 2 s, so 16 partitions would hold a
+    # SIGTERM for 32 s; after the first failure every partition is read the usual way
+    timeout = KafkaException(KafkaError(KafkaError._TIMED_OUT, "no answer"))
+    scripted.watermarks = {p: timeout for p in range(16)}
+    scripted.scripts = [[[_Eof(p) for p in range(16)]]]
+    out = changelog.restore_into(state.StateStore(), Settings(), "lw-state", [TopicPartition("in", p) for p in range(16)],
+                                 _committed({p: 1 for p in range(16)}), StopBudget.never())
+    assert out is not None
+    assert scripted.watermark_calls == 1
+    assert sorted(p for p, _ in scripted.made[0].assigned) == list(range(16))
