@@ -75,9 +75,7 @@ def test_dashboard_uses_only_exported_metrics():
 @needs_prometheus
 def test_every_dashboard_query_returns_finite_data(make_prometheus):
     m = PipelineMetrics()
-    m.model_info.info({"name": "ae", "version": "1"})
-    m.device_info.info({"device": "cpu"})
-    detector = SimpleNamespace(kind="window", window=32, channels=["a", "b"])
+    detector = SimpleNamespace(kind="window", window=32, channels=["a", "b"], device="cpu")
     m.set_model(SimpleNamespace(name="ae", version="1", detector=detector, threshold=SimpleNamespace(value=4.0),
                                 metadata={"training": {"trained_at": "2026-11-29T10:00:00+00:00"}}))
     server, thread = m.serve(0)
