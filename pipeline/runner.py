@@ -58,7 +58,7 @@ class Pipeline:
     def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
-        self._refs = shadow is not None  # the shadow model (shadow.py) pairs readings by their source
+        self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -15,9 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from latentwatch.pipeline.errors import UserError
+from latentwatch.pipeline.times import parse_time
 
 log = logging.getLogger(__name__)
 AUTO_AE_MIN_ROWS = 5000  # detectors.recipe.AUTO_AE_MIN_ROWS (not imported here: the CLI starts without torch)
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")  # a time ago: --since 6h
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,9 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tail probability for --threshold pot (default: a fifth of the false-alarm rate)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
-    from latentwatch.pipeline.retrain import add_train_arguments
-
-    add_train_arguments(t)
+    _stream_options(t)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("score", help="score every row of a CSV with a saved model")
@@ -118,6 +120,60 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", default=None, help="comma-separated channel columns (default: all but time/labels)")
     p.add_argument("--time-column", default=None, help="time column name (default: timestamp/datetime/time/ts)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
+
+
+def _stream_options(t) -> None:
+    """`train`'s options for training from the stream instead of --data."""
+    g = t.add_argument_group("training from the stream (instead of --data); Kafka settings as for `run`")
+    g.add_argument("--from-topic", metavar="TOPIC", help="input topic to read the training readings from")
+    g.add_argument("--since", help="start of the range: ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago: 6h, 7d")
+    g.add_argument("--until", default=None, help="end of the range, exclusive (default: the end of the topic)")
+    g.add_argument("--config", default=None, help="YAML config of `run` (Kafka connection, TLS, SASL) "
+                                                  "[env LATENTWATCH_CONFIG]")
+    g.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers [env LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    g.add_argument("--alerts-topic", default=None, help="alerts whose readings are left out (default: the "
+                                                        "settings' topics.alerts)")
+    g.add_argument("--include-alerted", action="store_true", help="keep the readings alerts name")
+    g.add_argument("--max-readings", type=int, default=5_000_000, help="refuse a larger range (default: %(default)s)")
+
+
+def parse_time_arg(text: str, now: float | None = None) -> float:
+    """A `--since`/`--until` argument -> epoch seconds: what `times.parse_time` reads (ISO-8601,
+    naive = UTC, or epoch seconds), or a time ago as docker logs --since takes it: 30m, 6h, 7d (or
+    -6h). Only these two flags take a time ago (a relative event time in a message or a CSV would
+    depend on when it is read), hence its own name; a UserError in the CLI's words otherwise."""
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return parse_time(text.strip())
+    except (TypeError, ValueError):
+        raise UserError(f"time {text!r}: give ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago (6h, 7d)") from None
+
+
+def _stream_training(args):
+    """`train --from-topic`'s data (pipeline/lifecycle/retrain.py). Channels: --columns, else
+    those of the current model at --out (retraining it), whose threshold also says how many of
+    its alerts were false ones."""
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.lifecycle.retrain import current_metadata, stream_training
+
+    if not args.since:
+        raise UserError("--from-topic needs --since (e.g. --since 24h or --since 2026-11-20T00:00Z)")
+    current = current_metadata(args.out)
+    if args.columns:
+        channels = [c.strip() for c in args.columns.split(",")]
+    elif current:
+        channels = list(current["channels"])
+    else:
+        raise UserError(f"no model at {args.out} to take the channels from: pass --columns a,b,c")
+    settings = load_settings(args.config, {"kafka.bootstrap_servers": args.bootstrap,
+                                           "topics.alerts": args.alerts_topic})
+    now = time.time()
+    since, until = parse_time_arg(args.since, now), (parse_time_arg(args.until, now) if args.until else None)
+    return stream_training(settings, args.from_topic, channels, since, until, current=current,
+                           exclude_alerted=not args.include_alerted, max_readings=args.max_readings)
 
 
 def _device(name: str) -> str:
@@ -163,9 +219,7 @@ def _train(args) -> int:
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
     if args.from_topic:
-        from latentwatch.pipeline.retrain import training_data_from_args
-
-        stream = training_data_from_args(args)
+        stream = _stream_training(args)
         X, channels, parts = stream.values, stream.channels, []
     else:
         parts = [_read(p, args) for p in args.data]
@@ -189,7 +243,7 @@ def _train(args) -> int:
         segments = getattr(detector.training_report, "validation_index", None)
         rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
                                 segments=segments if segments is not None and len(segments) == len(held) else None)
-    from latentwatch.pipeline.drift import reference_for
+    from latentwatch.pipeline.lifecycle.drift import reference_for
 
     summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
     name = args.name or Path(args.out).resolve().name

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from latentwatch.pipeline.cli.main import main as cli_main
-from latentwatch.pipeline.shadow import AGREEMENTS, spearman
+from latentwatch.pipeline.lifecycle.shadow import AGREEMENTS, spearman
 from tests.support.harness import read_topic
 from tests.support.processes import TimelineStream, start_pipeline, stop_process, wait_drained, wait_url
 from tests.support.streams import CH, WINDOW, normal_values, scrape

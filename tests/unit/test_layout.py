@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ([p for p in (ROOT / "pipeline").glob("*.py")] + list((ROOT / "pipeline" / "kafka").glob("*.py"))
-        + list((ROOT / "pipeline" / "decode").glob("*.py")))
+        + list((ROOT / "pipeline" / "decode").glob("*.py")) + list((ROOT / "pipeline" / "lifecycle").glob("*.py")))
 OUTSIDE_CORE = ("latentwatch.pipeline.cli", "latentwatch.pipeline.devtools", "latentwatch.pipeline.subscribers")
 
 
