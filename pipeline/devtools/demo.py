@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, Producer
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
 from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
 from latentwatch.pipeline.devtools.truth import evaluate
 
@@ -165,7 +165,7 @@ def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None
     out(f"pipeline running (model version {model.version}): metrics at {metrics_url}")
     runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     runner.start()
-    producer = Producer(kafka_io.tool_producer_config(settings, {"logger": _QUIET}))
+    producer = Producer(clients.tool_producer_config(settings, {"logger": _QUIET}))
     stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth).start()
     return pipeline, runner, producer, stream, metrics_url
 
@@ -173,8 +173,8 @@ def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None
 def _create_input_topic(settings, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(kafka_io.admin_config(settings))
-    kafka_io.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
+    admin = AdminClient(clients.admin_config(settings))
+    clients.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
 
 
 def _metric(metrics, name: str, **labels) -> float:
@@ -206,7 +206,7 @@ class _AlertWatcher(threading.Thread):
 
     def __init__(self, settings, sink: list, quiet: bool):
         super().__init__(name="alerts", daemon=True)
-        self.consumer = Consumer(kafka_io.tool_consumer_config(settings, {
+        self.consumer = Consumer(clients.tool_consumer_config(settings, {
             "group.id": f"demo-tail-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "logger": _QUIET}))
         self.consumer.subscribe([settings.topics.alerts])

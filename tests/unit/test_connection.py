@@ -7,7 +7,7 @@ import pytest
 
 from latentwatch.pipeline.cli.main import build_parser
 from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients, logs
 
 # Every command that talks to Kafka, with the arguments it needs besides the connection.
 COMMANDS = {
@@ -84,25 +84,25 @@ def _secure():
 
 
 @pytest.mark.parametrize("build", [
-    lambda s: kafka_io.client_config(s),
-    lambda s: kafka_io.admin_config(s),
-    lambda s: kafka_io.tool_consumer_config(s, {"group.id": "mine"}),
-    lambda s: kafka_io.tool_producer_config(s),
-    lambda s: kafka_io.consumer_config(s),
-    lambda s: kafka_io.producer_config(s),
+    lambda s: clients.client_config(s),
+    lambda s: clients.admin_config(s),
+    lambda s: clients.tool_consumer_config(s, {"group.id": "mine"}),
+    lambda s: clients.tool_producer_config(s),
+    lambda s: clients.consumer_config(s),
+    lambda s: clients.producer_config(s),
 ])
 def test_every_client_config_carries_the_security_settings(build):
     conf = build(_secure())
     assert conf["bootstrap.servers"] == "b:9093" and conf["security.protocol"] == "SASL_SSL"
     assert conf["sasl.mechanisms"] == "SCRAM-SHA-512" and conf["sasl.password"] == "pw"
-    assert conf["ssl.ca.location"] == "/ca.pem" and conf["logger"] is kafka_io.LIBRDKAFKA_LOG
+    assert conf["ssl.ca.location"] == "/ca.pem" and conf["logger"] is logs.LIBRDKAFKA_LOG
 
 
 def test_tool_configs_take_the_passthrough_but_keep_their_own_role():
     s = _secure()
-    consumer = kafka_io.tool_consumer_config(s, {"group.id": "mine"})
+    consumer = clients.tool_consumer_config(s, {"group.id": "mine"})
     assert consumer["fetch.min.bytes"] == 7 and consumer["group.id"] == "mine"
-    producer = kafka_io.tool_producer_config(s)
+    producer = clients.tool_producer_config(s)
     assert producer["linger.ms"] == 9 and "transactional.id" not in producer
     assert producer["enable.idempotence"] is True
 
