@@ -68,7 +68,7 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
     "window": `detectors.recipe.train` with its defaults (`epochs` aside: weights do not change
     what a window costs to score)."""
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)

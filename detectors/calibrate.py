@@ -18,7 +18,7 @@ import numpy as np
 
 from latentwatch.detectors.base import sliding_windows
 from latentwatch.detectors.latent import DEFAULT_USE, ScoreParts
-from latentwatch.detectors.models import PCADetector, TorchDetector
+from latentwatch.detectors.networks import PCADetector, TorchDetector
 from latentwatch.detectors.thresholds import Threshold
 from latentwatch.detectors.training import n_folds, split_blocks
 

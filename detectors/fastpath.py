@@ -78,7 +78,7 @@ class DenseForm:
     @classmethod
     def of(cls, net: nn.Module, window: int, groups: int = 2) -> "DenseForm | None":
         """The dense form of a conv autoencoder (`_ConvNet`, `_VAENet`), else None."""
-        from latentwatch.detectors.models import _ConvNet, _VAENet  # models imports this module: imported here
+        from latentwatch.detectors.networks import _ConvNet, _VAENet  # models imports this module: imported here
 
         if type(net) not in (_ConvNet, _VAENet):
             return None

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
-from latentwatch.pipeline.devtools.broker import port_in_use
-from latentwatch.pipeline.devtools.demo import DemoOptions, _AlertWatcher, _metric, out, start_live
+from latentwatch.pipeline.devtools.local_kafka import port_in_use
+from latentwatch.pipeline.devtools.live_demo import DemoOptions, _AlertWatcher, _metric, out, start_live
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.times import iso

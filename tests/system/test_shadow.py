@@ -24,7 +24,7 @@ def _candidate(path) -> str:
     """Another window and a lower threshold than the W=8 model: they disagree on some readings."""
     from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     rng = np.random.default_rng(5)

@@ -64,9 +64,9 @@ def test_tools_fall_back_to_the_local_broker_only_when_no_address_is_configured(
 
 
 def test_no_address_anywhere_is_one_clear_error(clean_env, monkeypatch):
-    from latentwatch.pipeline.devtools import broker
+    from latentwatch.pipeline.devtools import local_kafka
 
-    monkeypatch.setattr(broker.LocalBroker, "status", lambda self: None)
+    monkeypatch.setattr(local_kafka.LocalBroker, "status", lambda self: None)
     from latentwatch.pipeline.cli.connection import connection_settings
 
     with pytest.raises(UserError, match="no Kafka address: pass --bootstrap"):
@@ -109,7 +109,7 @@ def test_tool_configs_take_the_passthrough_but_keep_their_own_role():
 
 def test_subscriber_configs_come_from_the_settings():
     from latentwatch.pipeline.subscribers.alertmanager import forwarder_consumer_config
-    from latentwatch.pipeline.subscribers.alerts import tail_consumer_config
+    from latentwatch.pipeline.subscribers.alert_reader import tail_consumer_config
 
     tail = tail_consumer_config(_secure())
     assert tail["security.protocol"] == "SASL_SSL" and tail["group.id"].startswith("latentwatch-tail-")
@@ -120,10 +120,10 @@ def test_subscriber_configs_come_from_the_settings():
 def test_alerts_tail_follows_the_configured_alerts_topic(clean_env, tmp_path, monkeypatch):
     """Without --topic, `alerts tail` reads the pipeline's alerts topic of the same config."""
     from latentwatch.pipeline.cli.main import main
-    from latentwatch.pipeline.subscribers import alerts
+    from latentwatch.pipeline.subscribers import alert_reader
 
     seen = []
-    monkeypatch.setattr(alerts, "tail", lambda settings, topic, *a, **kw: seen.append(topic) or 0)
+    monkeypatch.setattr(alert_reader, "tail", lambda settings, topic, *a, **kw: seen.append(topic) or 0)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("topics:\n  alerts: prod-alerts\n")
     assert main(["alerts", "tail", "--config", str(cfg), "--bootstrap", "b:1"]) == 0

@@ -78,11 +78,11 @@ ALLOWED_CYCLE_EDGES: dict[str, str] = {
     # and retrain.py (another engineer's step); then drift_demo calls that and this entry goes.
     "latentwatch.pipeline.devtools.drift_demo -> latentwatch.pipeline.cli.main":
         "drift demo drives train/promote through cli.main; goes with issue 24 item 4 (retraining off argparse)",
-    # detectors.models -> detectors.fastpath (WindowAutoencoder builds its DenseForm) and back,
+    # detectors.networks -> detectors.fastpath (WindowAutoencoder builds its DenseForm) and back,
     # function-level, for the private nets _ConvNet and _VAENet the dense form reads its weights from.
     # Outside pipeline/ and beside the test speed-ups in test_detectors.py: left to the detectors'
     # owner (e.g. the nets in a module of their own that both import).
-    "latentwatch.detectors.fastpath -> latentwatch.detectors.models":
+    "latentwatch.detectors.fastpath -> latentwatch.detectors.networks":
         "fastpath reads models' private nets (_ConvNet, _VAENet) through a lazy import; detectors/ owner",
 }
 

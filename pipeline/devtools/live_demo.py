@@ -22,7 +22,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
-from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker, port_in_use
 from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
 from latentwatch.pipeline.devtools.truth import evaluate
