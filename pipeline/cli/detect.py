@@ -207,9 +207,7 @@ def _recipe(args):
 
 
 def _train(args) -> int:
-    from latentwatch.detectors import recipe
-    from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.versions import VersionError, publish
+    from latentwatch.pipeline.lifecycle.train import train_version
 
     options = _recipe(args)
     if not 0 < args.false_alarm_rate < 1:  # refused before any data is read
@@ -218,6 +216,7 @@ def _train(args) -> int:
         raise UserError(f"--ewma-lambda {args.ewma_lambda}: give a weight in (0, 1], e.g. 0.1")
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
+    stream = None
     if args.from_topic:
         stream = _stream_training(args)
         X, channels, parts = stream.values, stream.channels, []
@@ -228,64 +227,12 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
-    started = time.perf_counter()
-    try:
-        trained = recipe.train(X, channels, options)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    detector, threshold, held, rule = trained.detector, trained.threshold, trained.held, trained.rule
-    seconds = time.perf_counter() - started
-    summary = summarise_training_data(X, channels, [p.path for p in parts])
-    if args.from_topic:
-        summary["source"] = stream.finish(detector, threshold, held)
-        from latentwatch.detectors import alarms  # the instant limit moved: the EWMA limit fills the rest again
-
-        segments = getattr(detector.training_report, "validation_index", None)
-        rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
-                                segments=segments if segments is not None and len(segments) == len(held) else None)
-    from latentwatch.pipeline.lifecycle.drift import reference_for
-
-    summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
-    name = args.name or Path(args.out).resolve().name
-    try:
-        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
-                                                      alarm=rule),
-                          make_current=not args.no_promote)
-    except VersionError as exc:
-        raise UserError(str(exc)) from None
-    out = f"{args.out} as version {version}" + (" (not current)" if args.no_promote else "")
-    r = detector.training_report
-    epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
-    origin = f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"
-    print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {origin} "
-          f"in {seconds:.1f}s{epochs}; instant limit {threshold.kind} = {threshold.value:.5g}; {rule.describe()}"
-          f"{_per_day(rule, parts)}; saved to {out}")
-    if rule.budget * rule.held_out < 10:
-        print(f"note: {rule.held_out} held-out readings cannot verify a false-alarm rate of {rule.budget:.3%} "
-              f"(below ~10/{rule.held_out} = {10 / max(rule.held_out, 1):.2%}); give more normal data to check it")
+    new = train_version(X, channels, options, args.out, parts=parts, stream=stream, name=args.name,
+                        promote=not args.no_promote)
+    print(new.describe(f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"))
+    if new.note():
+        print(new.note())
     return 0
-
-
-def _per_day(rule, parts) -> str:
-    """The budget as false alarms per sensor per day, at the training data's sampling interval."""
-    import datetime as dt
-
-    for part in parts[:1]:
-        stamps = part.timestamps
-        if stamps is None or len(stamps) < 3:
-            return ""
-        try:
-            t = np.array([dt.datetime.fromisoformat(str(v)).timestamp() for v in stamps[:1000]])
-        except ValueError:
-            try:
-                t = np.asarray(stamps[:1000], dtype=np.float64)
-            except ValueError:
-                return ""
-        step = float(np.median(np.diff(t)))
-        if step > 0:
-            return (f" (sampling every {step:.3g} s: about {rule.budget * 86400 / step:.3g} falsely alarmed readings "
-                    "per sensor per day)")
-    return ""
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
