@@ -71,14 +71,7 @@ def test_our_code_imports_itself_only_under_the_latentwatch_name():
 # package whose __init__ re-exports a submodule that imports a sibling would be a circle.
 # Allowed edges: known circles left for another change; each says why. An entry that no longer
 # exists fails the test, so the list only shrinks.
-ALLOWED_CYCLE_EDGES: dict[str, str] = {
-    # detectors.networks -> detectors.fastpath (WindowAutoencoder builds its DenseForm) and back,
-    # function-level, for the private nets _ConvNet and _VAENet the dense form reads its weights from.
-    # Outside pipeline/ and beside the test speed-ups in test_detectors.py: left to the detectors'
-    # owner (e.g. the nets in a module of their own that both import).
-    "latentwatch.detectors.fastpath -> latentwatch.detectors.networks":
-        "fastpath reads models' private nets (_ConvNet, _VAENet) through a lazy import; detectors/ owner",
-}
+ALLOWED_CYCLE_EDGES: dict[str, str] = {}
 
 
 def our_modules() -> dict[str, Path]:
