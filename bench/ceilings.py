@@ -6,7 +6,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.decode import Decoder
 
@@ -14,7 +14,7 @@ from latentwatch.pipeline.decode import Decoder
 def _consumer(cluster: Settings, topic: str, partitions: int) -> Consumer:
     """A consumer with the pipeline's fetch settings, assigned to every partition from the start."""
     settings = cluster.model_copy(update={"group_id": "bench-ceiling"})
-    conf = kafka_io.consumer_config(settings)
+    conf = clients.consumer_config(settings)
     conf.pop("logger", None)
     c = Consumer(conf)
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])

@@ -89,7 +89,7 @@ def run(args) -> int:
         if bootstrap_configured(cluster):
             broker_info = {"kind": "external", "version": "?"}
         else:
-            from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker
+            from latentwatch.pipeline.devtools.local_kafka import KAFKA_VERSION, LocalBroker
 
             if args.nodes > 1:
                 from latentwatch.pipeline.devtools.cluster import LocalCluster
@@ -120,9 +120,9 @@ def run(args) -> int:
 
 
 def _write(args, res):
-    from latentwatch.bench import report
+    from latentwatch.bench import summary
 
-    return report.write(res, Path(args.out), args.stem)
+    return summary.write(res, Path(args.out), args.stem)
 
 
 def _cluster(args):
@@ -139,7 +139,7 @@ def _cluster(args):
 
 
 def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
-    from latentwatch.bench import report
+    from latentwatch.bench import summary
     from latentwatch.bench.ceilings import consume_rate
     from latentwatch.bench.latency import run_latency
     from latentwatch.bench.naive import run_naive
@@ -161,11 +161,11 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
     env = env or None
     res = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": "python -m latentwatch.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-           "machine": report.machine(), "loadavg_start": report.loadavg(), "broker": broker_info,
+           "machine": summary.machine(), "loadavg_start": summary.loadavg(), "broker": broker_info,
            "settings": {"batch_size": args.batch_size, "frames_batch_size": args.frames_batch_size, "max_wait_ms": args.max_wait_ms, "max_bytes": args.max_bytes,
                         "torch_threads_env": args.torch_threads,
                         "partitions": PARTITIONS, "quick": args.quick},
-           "targets": report.TARGETS, "workloads": {}}
+           "targets": summary.TARGETS, "workloads": {}}
     models = [args.model_kind] if args.model_kind else [m.strip() for m in args.models.split(",") if m.strip()]
     res["models"] = {}
     shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings}
@@ -243,13 +243,13 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
                                          min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
             if "latency" not in skip:
                 _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt, run_latency)
-            out["verdict"] = report.verdicts(out)
+            out["verdict"] = summary.verdicts(out)
             log(f"{name} / {kind}: {out['verdict']}")
     first = res["models"][models[0]]
     res["model"], res["workloads"] = first["model"], first["workloads"]
     if first.get("model_stage"):
         res["model_stage"] = first["model_stage"]
-    res["loadavg_end"] = report.loadavg()
+    res["loadavg_end"] = summary.loadavg()
     return res
 
 

@@ -33,7 +33,7 @@ from latentwatch.bench.pipeline_proc import CommitWatcher, PipelineProcess, wait
 from latentwatch.bench.workload import PARTITIONS, SEED, encode_messages, end_offsets, make_topics, unique
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 
 MIN_SLEEP_S = 0.0005  # the load generator's pacing granularity
 # The generator's librdkafka linger.ms: librdkafka's default, as a sensor gateway would run. Its
@@ -62,7 +62,7 @@ def _cpu_used(a: dict, b: dict) -> dict:
 
 
 def _read_all(cluster: Settings, topic: str, partitions: int, ends: dict[int, int], on_msg) -> None:
-    c = Consumer(kafka_io.client_config(cluster) | {"group.id": "bench-reader", "enable.auto.commit": False})
+    c = Consumer(clients.client_config(cluster) | {"group.id": "bench-reader", "enable.auto.commit": False})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     seen, total = 0, sum(ends.values())
     deadline = time.monotonic() + 300
@@ -94,7 +94,7 @@ def run_latency(cluster: Settings, model_dir: str, work: Path, *, rate: float, d
 
     proc = PipelineProcess(cluster, model_dir, topic, alerts, dlq, group, work / f"{group}.log",
                            batch_size=batch_size, max_wait_ms=max_wait_ms, env=env, profile_out=profile_out)
-    p = Producer(kafka_io.client_config(cluster) | {"linger.ms": linger_ms, "acks": "all", "enable.idempotence": True,
+    p = Producer(clients.client_config(cluster) | {"linger.ms": linger_ms, "acks": "all", "enable.idempotence": True,
                   "compression.type": "lz4"})
     watcher = CommitWatcher(cluster, group, topic, PARTITIONS)
     behind_max = 0.0

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from latentwatch.pipeline.times import parse_time
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 
 
 def run_naive(cluster: Settings, topic: str, partitions: int, model_dir: str, alerts_topic: str,
@@ -25,10 +25,10 @@ def run_naive(cluster: Settings, topic: str, partitions: int, model_dir: str, al
     channels = det.channels
     if det.window != 1:
         raise ValueError("the naive baseline scores one reading per call: it needs a point-wise (window 1) model")
-    c = Consumer(kafka_io.client_config(cluster) | {"group.id": f"bench-naive-{topic}", "enable.auto.commit": False,
+    c = Consumer(clients.client_config(cluster) | {"group.id": f"bench-naive-{topic}", "enable.auto.commit": False,
                   "auto.offset.reset": "earliest"})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    p = Producer(kafka_io.client_config(cluster) | {"acks": "all", "enable.idempotence": True})
+    p = Producer(clients.client_config(cluster) | {"acks": "all", "enable.idempotence": True})
     readings = alerts = messages = 0
     t0 = None
     try:

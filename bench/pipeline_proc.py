@@ -13,7 +13,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 
 
 class PipelineProcess:
@@ -127,7 +127,7 @@ class CommitWatcher:
     """Reads the group's committed offsets (a consumer that never joins the group)."""
 
     def __init__(self, cluster: Settings, group: str, topic: str, partitions: int):
-        self.c = Consumer(kafka_io.client_config(cluster) | {"group.id": group, "enable.auto.commit": False})
+        self.c = Consumer(clients.client_config(cluster) | {"group.id": group, "enable.auto.commit": False})
         self.tps = [TopicPartition(topic, p) for p in range(partitions)]
 
     def committed(self) -> dict[int, int]:

@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from latentwatch.pipeline.devtools.simulate import SensorSimulator, iso_ts
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 
 PARTITIONS = 8
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated event times (fixed, reproducible)
@@ -40,9 +40,9 @@ class Workload:
 
 def make_topics(cluster: Settings, specs: dict[str, tuple[int, dict]]) -> None:
     """Create topics {name: (partitions, config)} and wait for them."""
-    admin = AdminClient(kafka_io.admin_config(cluster))
+    admin = AdminClient(clients.admin_config(cluster))
     # Replication: the cluster's default (1 on a single broker, 3 on `broker start --nodes 3`).
-    kafka_io.create_topics(admin, specs, replication=-1, exist_ok=False, timeout=60)
+    clients.create_topics(admin, specs, replication=-1, exist_ok=False, timeout=60)
 
 
 def unique(prefix: str) -> str:
@@ -68,7 +68,7 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
     "window": `detectors.recipe.train` with its defaults (`epochs` aside: weights do not change
     what a window costs to score)."""
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
@@ -155,7 +155,7 @@ def _encode_frames(sim: SensorSimulator, n_readings: int, per_message: int, step
 
 
 def bulk_producer(cluster: Settings, linger_ms: int = 20) -> Producer:
-    return Producer(kafka_io.client_config(cluster) | {"linger.ms": linger_ms, "batch.size": 1_000_000,
+    return Producer(clients.client_config(cluster) | {"linger.ms": linger_ms, "batch.size": 1_000_000,
                      "compression.type": "lz4", "acks": "all", "enable.idempotence": True,
                      "queue.buffering.max.messages": 500_000})
 
@@ -185,7 +185,7 @@ def produce(cluster: Settings, w: Workload, seed: int = SEED) -> Workload:
 
 
 def end_offsets(cluster: Settings, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    c = Consumer(kafka_io.client_config(cluster) | {"group.id": "bench-watermarks"})
+    c = Consumer(clients.client_config(cluster) | {"group.id": "bench-watermarks"})
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
     finally:

@@ -17,7 +17,7 @@ except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.0.0+src"
 
 from latentwatch.detectors.base import Detector, Scores, sliding_windows  # noqa: E402
-from latentwatch.detectors.models import (  # noqa: E402
+from latentwatch.detectors.networks import (  # noqa: E402
     MODELS, MLPAutoencoder, PCADetector, TorchDetector, VariationalAutoencoder, WindowAutoencoder, make_detector,
     resolve_device)
 from latentwatch.detectors.thresholds import (  # noqa: E402

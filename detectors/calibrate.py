@@ -18,7 +18,7 @@ import numpy as np
 
 from latentwatch.detectors.base import sliding_windows
 from latentwatch.detectors.latent import DEFAULT_USE, ScoreParts
-from latentwatch.detectors.models import PCADetector, TorchDetector
+from latentwatch.detectors.networks import PCADetector, TorchDetector
 from latentwatch.detectors.thresholds import Threshold
 from latentwatch.detectors.training import n_folds, split_blocks
 
@@ -122,3 +122,68 @@ def fit_no_worse_than_pca(detector: TorchDetector, X: np.ndarray, make_threshold
     held = fit_and_calibrate(pca, X, threshold, channels=channels, val_fraction=val_fraction, use=use,
                              calibration=calibration)
     return pca, threshold, held
+
+
+# Retraining on a range of the stream (`train --from-topic`, pipeline/lifecycle/retrain.py): the
+# readings the current model alerted on are left out; how many of them were false alerts, and
+# putting those back into the threshold's data.
+
+def model_alert_rate(metadata: dict | None) -> float:
+    """The share of normal readings a model alerts on by design: its alarm rule's false-alarm
+    budget (instant and EWMA alarms together, what the alerts topic carries), else what its
+    threshold flags (a model from before the alarm rule)."""
+    alarm = (metadata or {}).get("alarm")
+    if isinstance(alarm, dict) and isinstance(alarm.get("budget"), (int, float)) and alarm.get("ewma_limit") != float("inf"):
+        return float(alarm["budget"])
+    return expected_alert_rate((metadata or {}).get("threshold"))
+
+
+def expected_alert_rate(threshold: dict | None) -> float:
+    """The share of normal readings a model's threshold flags by design (quantile: 1 - q; POT:
+    its risk; adaptive: its base's), 0 when unknown."""
+    if not isinstance(threshold, dict):
+        return 0.0
+    kind = threshold.get("kind")
+    if kind == "quantile":
+        return max(0.0, 1.0 - float(threshold.get("q", 1.0)))
+    if kind == "pot":
+        return float(threshold.get("risk", 0.0))
+    if kind == "adaptive":
+        return expected_alert_rate(threshold.get("base"))
+    return 0.0
+
+
+def recalibrate(detector, threshold, full: np.ndarray | None, kept: np.ndarray | None, held_out: np.ndarray,
+                rate: float) -> int:
+    """Refit `threshold` on the held-out scores plus the model's false alerts among them.
+
+    `full` [n, channels]: the training range with the alerted readings still in, in the order
+    the model was trained on (pipeline/lifecycle/retrain.py's `StreamData.full`); `kept` [n]
+    bool: not alerted (the model was trained on `full[kept]`); `held_out`: its held-out scores.
+
+    Leaving out every alerted reading also leaves out the current model's false alerts: by
+    design (rate `rate`, e.g. 1 % for a 0.99 quantile) the top of the normal scores. A
+    threshold fitted without them sits lower (the 0.99 quantile of what is left is about the
+    0.98 one of normal data). So the alerted readings in the held-out part are scored by the new
+    model and the lowest-scoring `rate x held-out` of them, the likely false alerts (anomalies
+    score higher), go back into the threshold's data. The held-out windows are interleaved blocks
+    spread over the whole range (detectors.training), so the alerted readings of the whole range
+    stand for theirs, in proportion. Returns how many went back.
+
+    Taking the lowest k of all the range's alerted readings (not a spread sample of its likely
+    false ones) errs low; measured in tests/integration/test_retrain.py it offsets part of the
+    push up that anomalies the current model missed give the held-out top (ratio to a clean-range
+    threshold 1.106; with a spread sample 1.117)."""
+    if rate <= 0 or full is None or kept.all() or len(held_out) == 0:
+        return 0
+    w = detector.window
+    share = len(held_out) / max(1, int(kept.sum()))  # of the kept readings, held out
+    candidates = np.flatnonzero(~kept)
+    candidates = candidates[candidates >= w - 1]
+    k = min(len(candidates), int(round(rate * (len(held_out) + share * len(candidates)))))
+    if k == 0:
+        return 0
+    windows = np.stack([full[i - w + 1:i + 1] for i in candidates])
+    scores = np.sort(detector.score(windows).score)[:k]
+    threshold.fit(np.concatenate([held_out, scores]))
+    return k

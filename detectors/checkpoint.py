@@ -25,7 +25,7 @@ import torch
 
 from latentwatch.detectors import __version__, versions
 from latentwatch.detectors.latent import ScoreParts
-from latentwatch.detectors.models import MODELS, TorchDetector, make_detector
+from latentwatch.detectors.networks import MODELS, TorchDetector, make_detector
 from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.scaler import Standardiser
 from latentwatch.detectors.thresholds import Threshold, threshold_from_dict

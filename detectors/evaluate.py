@@ -22,7 +22,7 @@ import torch
 from latentwatch.detectors.base import sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate
 from latentwatch.detectors.csvdata import read_csv
-from latentwatch.detectors.models import make_detector
+from latentwatch.detectors.networks import make_detector
 from latentwatch.detectors.thresholds import QuantileThreshold, Threshold
 
 log = logging.getLogger(__name__)

@@ -77,14 +77,17 @@ class DenseForm:
 
     @classmethod
     def of(cls, net: nn.Module, window: int, groups: int = 2) -> "DenseForm | None":
-        """The dense form of a conv autoencoder (`_ConvNet`, `_VAENet`), else None."""
-        from latentwatch.detectors.models import _ConvNet, _VAENet  # models imports this module: imported here
-
-        if type(net) not in (_ConvNet, _VAENet):
+        """The dense form of a conv autoencoder (networks.py's `_ConvNet`, `_VAENet`), else None.
+        Those two classes say which they are in their own `DENSE_FORM` ("conv", "vae"; not
+        inherited: a subclass is another network), so this module needs no import of networks.py,
+        which imports it."""
+        kind = type(net).__dict__.get("DENSE_FORM")
+        if kind not in ("conv", "vae"):
             return None
+        vae = kind == "vae"
         with torch.no_grad():
-            trunk = net.features if isinstance(net, _VAENet) else net.encoder[:-1]
-            head = net.encoder if isinstance(net, _VAENet) else net.encoder[-1]
+            trunk = net.features if vae else net.encoder[:-1]
+            head = net.encoder if vae else net.encoder[-1]
             conv1, conv2 = trunk[0], trunk[2]
             expand, (conv3, conv4) = net.expand[0], (net.decoder[0], net.decoder[2])
             hidden = conv2.out_channels

@@ -21,7 +21,7 @@ from latentwatch.detectors import alarms
 from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.base import Scores, sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
-from latentwatch.detectors.models import TorchDetector, make_detector
+from latentwatch.detectors.networks import TorchDetector, make_detector
 from latentwatch.detectors.thresholds import AdaptiveThreshold, POTThreshold, QuantileThreshold, Threshold
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ import numpy as np
 from latentwatch.detectors.base import sliding_windows
 from latentwatch.detectors.csvdata import read_csv
 from latentwatch.detectors.evaluate import TRAIN_ROWS, Counts, labelled_files
-from latentwatch.detectors.models import TorchDetector, make_detector
+from latentwatch.detectors.networks import TorchDetector, make_detector
 from latentwatch.detectors.persistence import choose
 
 log = logging.getLogger(__name__)

@@ -64,7 +64,7 @@ class PipelineMetrics(Listener):
         self.drift_window_readings = Gauge(f"{p}_drift_window_readings", "Readings in the drift window", registry=r)
         for gauge in (self.latent_drift_psi, self.live_exceedance, self.reference_exceedance):
             gauge.set(float("nan"))
-        # Shadow scoring (shadow.py, run --shadow DIR): a candidate model beside the loaded one.
+        # Shadow scoring (lifecycle/shadow.py, run --shadow DIR): a candidate model beside the loaded one.
         self.shadow_model = Info(f"{p}_shadow_model", "The shadow (candidate) model, when run --shadow gives one", registry=r)
         self.shadow_readings = Counter(f"{p}_shadow_readings", "Readings scored by both the loaded and the shadow model, by whether each would alert (both, current_only, candidate_only, neither)", ["agreement"], registry=r)
         self.shadow_unpaired = Counter(f"{p}_shadow_unpaired_readings", "Readings scored by only one of the loaded and the shadow model (the shadow's warm-up, another window or channels)", registry=r)
@@ -95,7 +95,7 @@ class PipelineMetrics(Listener):
         for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm"):  # state.DROP_REASONS
             self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
-        for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # model_watch.RELOAD_OUTCOMES
+        for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # lifecycle/watch.py RELOAD_OUTCOMES
             self.model_reloads.labels(outcome=outcome)
 
     # -- fed by the pipeline's events (events.py): one committed batch, and the other parts' --------

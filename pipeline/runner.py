@@ -39,6 +39,7 @@ from latentwatch.pipeline.events import Committed, Fanout
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
+from latentwatch.pipeline.kafka.txn_id import TransactionalId
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.pacing import BatchSizing
@@ -58,7 +59,7 @@ class Pipeline:
     def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
-        self._refs = shadow is not None  # the shadow model (shadow.py) pairs readings by their source
+        self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = StateStore(s.state.max_sensors, s.state.idle_ttl_s)
         self.state_topic = None
@@ -67,7 +68,7 @@ class Pipeline:
         if why is not None:
             raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
         self.sizing = BatchSizing(s.batch, s.batch.max_readings)
-        self._use(model)
+        self._set_model(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
         self.lifecycle = Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
@@ -113,7 +114,7 @@ class Pipeline:
         metadata = clients.check_cluster(s)
         self._input_partitions = len(metadata.topics[s.topics.input].partitions)
         self.state_topic = changelog.ensure(s, self._input_partitions)
-        txn = clients.TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
+        txn = TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          stop=self.stop_budget, transactional_id=txn.value if txn else None,
@@ -204,7 +205,7 @@ class Pipeline:
         if self.state_topic:
             self._tombstones += [k for keys in evicted.values() for k in keys]
 
-    def _use(self, model) -> None:
+    def _set_model(self, model) -> None:
         s = self.settings
         self.model, self.detector = model, model.detector
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
@@ -229,7 +230,7 @@ class Pipeline:
         when window and channels match, cut or grown (warming up the difference) otherwise. A model
         whose state record cannot fit never gets here: the watcher refused it (`_state_fits`)."""
         old = self.model
-        self._use(model)
+        self._set_model(model)
         if (model.detector.window, list(model.detector.channels)) != (old.detector.window, list(old.detector.channels)) \
                 or type(model.threshold) is not type(old.threshold):
             self.state.for_model(model.detector.window, len(model.detector.channels))

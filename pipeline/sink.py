@@ -23,10 +23,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
@@ -35,6 +35,19 @@ log = logging.getLogger("latentwatch.run")
 _RECORD_OVERHEAD = 4096
 DLQ_KEY_CAP = 1024  # bytes of a dead letter's key kept (the rest: header lw-dlq-key-truncated)
 _TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+
+
+def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """The original headers plus why and where from."""
+    headers = list(msg.headers() or [])
+    headers += [
+        ("lw-dlq-reason", reason.encode()),
+        ("lw-dlq-detail", detail[:500].encode("utf-8", "replace")),
+        ("lw-source-topic", msg.topic().encode()),
+        ("lw-source-partition", str(msg.partition()).encode()),
+        ("lw-source-offset", str(msg.offset()).encode()),
+    ]
+    return headers
 
 
 class Sink:
@@ -50,7 +63,7 @@ class Sink:
         self._failed = 0
         self._first_error: str | None = None
         self._dlq_too_large = False
-        conf = kafka_io.producer_config(settings)
+        conf = clients.producer_config(settings)
         self.dlq_cap = int(conf.get("message.max.bytes", 1_000_000)) - _RECORD_OVERHEAD
         self.truncated = 0  # dead letters produced truncated since start (for the metric)
         self.producer = self._new_producer()
@@ -76,7 +89,7 @@ class Sink:
 
     def _dead_letter(self, msg, reason: str, detail: str) -> None:
         value, key = msg.value() or b"", msg.key()
-        headers = kafka_io.dead_letter_headers(msg, reason, detail)
+        headers = dead_letter_headers(msg, reason, detail)
         if key is not None and len(key) > DLQ_KEY_CAP:  # a key is a sensor id: at most 256 bytes in contract
             headers += [("lw-dlq-key-truncated", b"true"), ("lw-dlq-original-key-bytes", str(len(key)).encode())]
             key = key[:DLQ_KEY_CAP]
@@ -156,7 +169,7 @@ class Sink:
 
     # -- the producer's life ------------------------------------------------------------------
     def _new_producer(self) -> Producer:
-        return Producer(kafka_io.producer_config(self.settings, on_error=self._producer_error,
+        return Producer(clients.producer_config(self.settings, on_error=self._producer_error,
                                                  transactional_id=self._transactional_id))
 
     def broken(self, why: str) -> None:

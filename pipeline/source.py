@@ -18,7 +18,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, Message
 
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
@@ -31,7 +31,7 @@ class Source:
         self.settings = settings
         self.batch = settings.batch
         self._hooks = (on_assign, on_revoke, on_lost)
-        self._conf = kafka_io.consumer_config(settings, on_stats=on_stats, on_error=on_error, on_commit=on_commit)
+        self._conf = clients.consumer_config(settings, on_stats=on_stats, on_error=on_error, on_commit=on_commit)
         self.consumer: Consumer | None = None
         self._revoked: set = set()
         self._held: list = []  # put back by the last batch, in consume order

@@ -4,7 +4,7 @@ UTC with milliseconds ('2026-11-21T10:00:00.250Z') in every record it writes.
 `parse_time` is the one time parser: the input contract (decode's `parse_ts`, which turns its
 errors into dead-letter reasons), `simulate --start-time`, `replay`'s time column, the alert
 subscribers, the ground truth and `train --since/--until` (which also takes a time ago:
-`retrain.parse_time_arg`) use it. `iso` formats one time, `iso_many` a batch's in one numpy
+`cli/detect.py`'s `parse_time_arg`) use it. `iso` formats one time, `iso_many` a batch's in one numpy
 pass, with the same rounding (a unit test holds them equal); alert records format a batch's
 times with `iso_many`: 0.28 us a time against 3.4 us for `iso` in a loop (10,000 times, this
 machine).

@@ -8,7 +8,7 @@ from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from latentwatch.pipeline import state
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.devtools.broker import LocalBroker
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker
 from latentwatch.pipeline.kafka import changelog
 
 broker = LocalBroker(tempfile.mkdtemp(prefix="lw-restore-"))

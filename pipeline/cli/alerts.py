@@ -74,7 +74,7 @@ def _positive(name: str, value: float | None) -> None:
 
 
 def _tail(args) -> int:
-    from latentwatch.pipeline.subscribers.alerts import tail
+    from latentwatch.pipeline.subscribers.alert_reader import tail
 
     _positive("--max-messages", args.max_messages)
     _positive("--timeout", args.timeout)

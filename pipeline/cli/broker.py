@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from latentwatch.pipeline.cli.signals import stop_on_signals
-from latentwatch.pipeline.devtools.broker import KAFKA_VERSION, LocalBroker, default_state_dir
+from latentwatch.pipeline.devtools.local_kafka import KAFKA_VERSION, LocalBroker, default_state_dir
 from latentwatch.pipeline.devtools.cluster import LocalCluster, default_cluster_dir
 
 

@@ -51,7 +51,7 @@ def bootstrap_configured(settings: Settings) -> bool:
 
 def local_broker_address() -> str:
     """The address of the broker `latentwatch broker start` runs; UserError when none runs."""
-    from latentwatch.pipeline.devtools.broker import LocalBroker, default_state_dir
+    from latentwatch.pipeline.devtools.local_kafka import LocalBroker, default_state_dir
 
     info = LocalBroker(default_state_dir()).status()
     if info is None:

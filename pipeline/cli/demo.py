@@ -9,7 +9,7 @@ from latentwatch.pipeline.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from latentwatch.pipeline.devtools.demo import DEFAULT_KINDS
+    from latentwatch.pipeline.devtools.live_demo import DEFAULT_KINDS
 
     p = sub.add_parser(
         "demo", help="live demo: local broker, simulated sensors, pipeline, alerts, metrics",
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args) -> int:
-    from latentwatch.pipeline.devtools.demo import DemoOptions, main_demo
+    from latentwatch.pipeline.devtools.live_demo import DemoOptions, main_demo
     from latentwatch.pipeline.devtools.simulate import KINDS
 
     kinds = tuple(KINDS) if args.kinds == "all" else tuple(k.strip() for k in args.kinds.split(",") if k.strip())

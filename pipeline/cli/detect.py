@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -15,9 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from latentwatch.pipeline.errors import UserError
+from latentwatch.pipeline.times import parse_time
 
 log = logging.getLogger(__name__)
 AUTO_AE_MIN_ROWS = 5000  # detectors.recipe.AUTO_AE_MIN_ROWS (not imported here: the CLI starts without torch)
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")  # a time ago: --since 6h
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,9 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tail probability for --threshold pot (default: a fifth of the false-alarm rate)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
     _data_options(t)
-    from latentwatch.pipeline.retrain import add_train_arguments
-
-    add_train_arguments(t)
+    _stream_options(t)
     t.set_defaults(func=_train)
 
     s = sub.add_parser("score", help="score every row of a CSV with a saved model")
@@ -120,6 +122,60 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
 
 
+def _stream_options(t) -> None:
+    """`train`'s options for training from the stream instead of --data."""
+    g = t.add_argument_group("training from the stream (instead of --data); Kafka settings as for `run`")
+    g.add_argument("--from-topic", metavar="TOPIC", help="input topic to read the training readings from")
+    g.add_argument("--since", help="start of the range: ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago: 6h, 7d")
+    g.add_argument("--until", default=None, help="end of the range, exclusive (default: the end of the topic)")
+    g.add_argument("--config", default=None, help="YAML config of `run` (Kafka connection, TLS, SASL) "
+                                                  "[env LATENTWATCH_CONFIG]")
+    g.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers [env LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    g.add_argument("--alerts-topic", default=None, help="alerts whose readings are left out (default: the "
+                                                        "settings' topics.alerts)")
+    g.add_argument("--include-alerted", action="store_true", help="keep the readings alerts name")
+    g.add_argument("--max-readings", type=int, default=5_000_000, help="refuse a larger range (default: %(default)s)")
+
+
+def parse_time_arg(text: str, now: float | None = None) -> float:
+    """A `--since`/`--until` argument -> epoch seconds: what `times.parse_time` reads (ISO-8601,
+    naive = UTC, or epoch seconds), or a time ago as docker logs --since takes it: 30m, 6h, 7d (or
+    -6h). Only these two flags take a time ago (a relative event time in a message or a CSV would
+    depend on when it is read), hence its own name; a UserError in the CLI's words otherwise."""
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return parse_time(text.strip())
+    except (TypeError, ValueError):
+        raise UserError(f"time {text!r}: give ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago (6h, 7d)") from None
+
+
+def _stream_training(args):
+    """`train --from-topic`'s data (pipeline/lifecycle/retrain.py). Channels: --columns, else
+    those of the current model at --out (retraining it), whose threshold also says how many of
+    its alerts were false ones."""
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.lifecycle.retrain import current_metadata, stream_training
+
+    if not args.since:
+        raise UserError("--from-topic needs --since (e.g. --since 24h or --since 2026-11-20T00:00Z)")
+    current = current_metadata(args.out)
+    if args.columns:
+        channels = [c.strip() for c in args.columns.split(",")]
+    elif current:
+        channels = list(current["channels"])
+    else:
+        raise UserError(f"no model at {args.out} to take the channels from: pass --columns a,b,c")
+    settings = load_settings(args.config, {"kafka.bootstrap_servers": args.bootstrap,
+                                           "topics.alerts": args.alerts_topic})
+    now = time.time()
+    since, until = parse_time_arg(args.since, now), (parse_time_arg(args.until, now) if args.until else None)
+    return stream_training(settings, args.from_topic, channels, since, until, current=current,
+                           exclude_alerted=not args.include_alerted, max_readings=args.max_readings)
+
+
 def _device(name: str) -> str:
     from latentwatch.detectors import resolve_device
 
@@ -151,9 +207,7 @@ def _recipe(args):
 
 
 def _train(args) -> int:
-    from latentwatch.detectors import recipe
-    from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.versions import VersionError, publish
+    from latentwatch.pipeline.lifecycle.train import train_version
 
     options = _recipe(args)
     if not 0 < args.false_alarm_rate < 1:  # refused before any data is read
@@ -162,10 +216,9 @@ def _train(args) -> int:
         raise UserError(f"--ewma-lambda {args.ewma_lambda}: give a weight in (0, 1], e.g. 0.1")
     if bool(args.data) == bool(args.from_topic):
         raise UserError("give either --data CSV (repeatable) or --from-topic TOPIC --since TIME")
+    stream = None
     if args.from_topic:
-        from latentwatch.pipeline.retrain import training_data_from_args
-
-        stream = training_data_from_args(args)
+        stream = _stream_training(args)
         X, channels, parts = stream.values, stream.channels, []
     else:
         parts = [_read(p, args) for p in args.data]
@@ -174,64 +227,12 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
-    started = time.perf_counter()
-    try:
-        trained = recipe.train(X, channels, options)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    detector, threshold, held, rule = trained.detector, trained.threshold, trained.held, trained.rule
-    seconds = time.perf_counter() - started
-    summary = summarise_training_data(X, channels, [p.path for p in parts])
-    if args.from_topic:
-        summary["source"] = stream.finish(detector, threshold, held)
-        from latentwatch.detectors import alarms  # the instant limit moved: the EWMA limit fills the rest again
-
-        segments = getattr(detector.training_report, "validation_index", None)
-        rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
-                                segments=segments if segments is not None and len(segments) == len(held) else None)
-    from latentwatch.pipeline.drift import reference_for
-
-    summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
-    name = args.name or Path(args.out).resolve().name
-    try:
-        version = publish(args.out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
-                                                      alarm=rule),
-                          make_current=not args.no_promote)
-    except VersionError as exc:
-        raise UserError(str(exc)) from None
-    out = f"{args.out} as version {version}" + (" (not current)" if args.no_promote else "")
-    r = detector.training_report
-    epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
-    origin = f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"
-    print(f"trained {detector.kind} model on {len(X)} rows x {len(channels)} channels from {origin} "
-          f"in {seconds:.1f}s{epochs}; instant limit {threshold.kind} = {threshold.value:.5g}; {rule.describe()}"
-          f"{_per_day(rule, parts)}; saved to {out}")
-    if rule.budget * rule.held_out < 10:
-        print(f"note: {rule.held_out} held-out readings cannot verify a false-alarm rate of {rule.budget:.3%} "
-              f"(below ~10/{rule.held_out} = {10 / max(rule.held_out, 1):.2%}); give more normal data to check it")
+    new = train_version(X, channels, options, args.out, parts=parts, stream=stream, name=args.name,
+                        promote=not args.no_promote)
+    print(new.describe(f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"))
+    if new.note():
+        print(new.note())
     return 0
-
-
-def _per_day(rule, parts) -> str:
-    """The budget as false alarms per sensor per day, at the training data's sampling interval."""
-    import datetime as dt
-
-    for part in parts[:1]:
-        stamps = part.timestamps
-        if stamps is None or len(stamps) < 3:
-            return ""
-        try:
-            t = np.array([dt.datetime.fromisoformat(str(v)).timestamp() for v in stamps[:1000]])
-        except ValueError:
-            try:
-                t = np.asarray(stamps[:1000], dtype=np.float64)
-            except ValueError:
-                return ""
-        step = float(np.median(np.diff(t)))
-        if step > 0:
-            return (f" (sampling every {step:.3g} s: about {rule.budget * 86400 / step:.3g} falsely alarmed readings "
-                    "per sensor per day)")
-    return ""
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:

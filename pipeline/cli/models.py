@@ -111,20 +111,10 @@ def _show(args) -> int:
 
 
 def _promote(args) -> int:
-    from latentwatch.detectors import versions
-    from latentwatch.detectors.checkpoint import CheckpointError, load
+    from latentwatch.pipeline.lifecycle.train import promote
 
     root = _versioned(args.dir)
-    if args.version not in versions.list_versions(root):
-        raise UserError(f"{root}: no version {args.version!r}; see `latentwatch models list {root}`")
-    try:
-        load(root / versions.VERSIONS / args.version, device="cpu")
-    except CheckpointError as exc:
-        raise UserError(f"not promoted: {exc}") from None
-    try:
-        pointer = versions.set_current(root, args.version, reason="promote")
-    except versions.VersionError as exc:
-        raise UserError(str(exc)) from None
+    pointer = promote(root, args.version)
     print(f"{root}: current is now {pointer.version}" + (f" (was {pointer.previous[0]})" if pointer.previous else ""))
     return 0
 

@@ -107,7 +107,7 @@ def _run(args) -> int:
         pipeline.stop()
 
     def on_hup(signum, frame):  # reload: look at the model directory's `current` pointer now
-        life = getattr(pipeline, "lifecycle", None)  # pipeline/lifecycle.py, wired by the run loop
+        life = getattr(pipeline, "lifecycle", None)  # pipeline/lifecycle/, wired by the run loop
         if life is not None:
             life.request_check()
 

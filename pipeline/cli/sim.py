@@ -164,7 +164,7 @@ def _replay(args) -> int:
 
 
 def _report(args) -> int:
-    from latentwatch.pipeline.devtools.report import report_from_files
+    from latentwatch.pipeline.devtools.html_report import report_from_files
 
     paths = report_from_files(args.model, args.data, args.out, png_prefix=args.png, top=args.top)
     for path in paths:

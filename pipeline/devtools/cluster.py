@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentwatch.pipeline.devtools.broker import (
+from latentwatch.pipeline.devtools.local_kafka import (
     KAFKA_VERSION,
     BrokerInfo,
     LocalBroker,

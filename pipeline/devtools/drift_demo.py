@@ -16,8 +16,10 @@
    mostly false alerts there, are left out of the retraining (by design of `--from-topic`, and
    only the design rate of them, 1 %, is readmitted), which makes the new threshold tighter.
 
-Every step is the command an operator would run (called in-process); `--phase` sets the length
-of each phase and the drift metric's window (default 40 s: ~4 minutes in all with training).
+Every step does what the command an operator would run does, in-process and without its flags:
+pipeline/lifecycle/'s `train_version`, `stream_training` and `promote`, which `latentwatch train`
+and `models promote` run once cli/ has read theirs. `--phase` sets the length of each phase and
+the drift metric's window (default 40 s: ~4 minutes in all with training).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
-from latentwatch.pipeline.devtools.broker import port_in_use
-from latentwatch.pipeline.devtools.demo import DemoOptions, _AlertWatcher, _metric, out, start_live
+from latentwatch.pipeline.devtools.local_kafka import port_in_use
+from latentwatch.pipeline.devtools.live_demo import AlertWatcher, DemoOptions, metric, out, start_live
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
-from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.times import iso
+from latentwatch.pipeline.lifecycle.retrain import current_metadata, stream_training
+from latentwatch.pipeline.lifecycle.train import promote, train_version
+from latentwatch.pipeline.times import iso, parse_time
 
 STALE_PSI = 0.25  # LatentwatchModelStale's threshold (config/prometheus/rules/latentwatch.rules.yml)
 SHIFT = 2.5  # the operating-point change, in standard deviations of the latent factors
@@ -60,15 +63,14 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
               "topics.dead_letter": f"demo-drift-{run_id}.dlq"}
     sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
                           anomaly_rate=opts.anomaly_rate, kinds=list(opts.kinds))
-    train_args = ["--model", "window", "--window", str(opts.window), "--epochs", str(opts.epochs),
-                  "--seed", str(opts.seed), "--name", "demo-drift", "--score", "both"]
+    options = _recipe(opts)
     data = Path(workdir) / "normal.csv"
     with open(data, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(sim.channel_names)
         w.writerows(sim.normal_training_data(20_000).tolist())
     out(f"1. latentwatch train --data normal.csv --out {root.name} (simulated normal readings) ...")
-    _cli("train", "--data", str(data), "--out", str(root), *train_args)
+    _train_csv(data, root, options)
 
     port = opts.metrics_port if opts.metrics_port and not port_in_use(opts.metrics_port) else 0
     settings = load_settings(None, {"kafka": kafka.model_dump(), **topics, "group_id": f"demo-drift-{run_id}",
@@ -78,14 +80,14 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
 
     pipeline, runner, producer, stream, metrics_url = start_live(settings, load(root, device="auto"), sim, opts.rate)
     alerts: list[dict] = []
-    watcher = _AlertWatcher(settings, alerts, quiet=True)
+    watcher = AlertWatcher(settings, alerts, quiet=True)
     watcher.start()
     m = pipeline.metrics
     phases: list[Phase] = []
     clock = {"started": time.monotonic()}
 
     def snapshot() -> tuple[float, float]:
-        return _metric(m, "latentwatch_readings_scored_total"), _metric(m, "latentwatch_alerts_total")
+        return metric(m, "latentwatch_readings_scored_total"), metric(m, "latentwatch_alerts_total")
 
     def run_phase(name: str, seconds: float, until=None) -> Phase:
         """Stream for `seconds` (or until `until()` is true, at most `seconds`), a status line
@@ -100,7 +102,7 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
                 next_line += seconds / 4
                 _line(m, clock["started"])
         scored1, alerts1 = snapshot()
-        phase = Phase(name, scored1 - scored0, alerts1 - alerts0, _metric(m, "latentwatch_latent_drift_psi"))
+        phase = Phase(name, scored1 - scored0, alerts1 - alerts0, metric(m, "latentwatch_latent_drift_psi"))
         phases.append(phase)
         return phase
 
@@ -128,14 +130,13 @@ def run_drift(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
         since, until = iso(settled_at), iso(time.time())
         out(f"4. latentwatch train --from-topic {settings.topics.input} --since {since} --until {until} "
             f"--out {root.name} --no-promote")
-        _cli("train", "--from-topic", settings.topics.input, "--since", since, "--until", until, "--out", str(root),
-             "--no-promote", "--bootstrap", kafka.bootstrap_servers, "--alerts-topic", settings.topics.alerts,
-             *train_args)
+        _train_topic(settings.topics.input, since, until, root, options, kafka, settings.topics.alerts)
         from latentwatch.detectors import versions
 
         new = versions.list_versions(root)[-1]
         out(f"   latentwatch models promote {root.name} {new}")
-        _cli("models", "promote", str(root), new)
+        pointer = promote(root, new)
+        print(f"{root}: current is now {pointer.version}" + (f" (was {pointer.previous[0]})" if pointer.previous else ""))
         pipeline.lifecycle.request_check()  # what SIGHUP does; without it the watcher looks within 5 s
         deadline = time.monotonic() + 60
         while pipeline.model.version != new and time.monotonic() < deadline:
@@ -164,7 +165,7 @@ class _StaleRule:
         self.value = math.nan
 
     def firing(self) -> bool:
-        self.value = _metric(self.metrics, "latentwatch_latent_drift_psi")
+        self.value = metric(self.metrics, "latentwatch_latent_drift_psi")
         now = time.monotonic()
         if not self.value > STALE_PSI:  # NaN too
             self.since = None
@@ -176,9 +177,9 @@ class _StaleRule:
 
 
 def _line(m, started: float) -> None:
-    psi = _metric(m, "latentwatch_latent_drift_psi")
-    out(f"[{time.monotonic() - started:5.0f}s] scored {_metric(m, 'latentwatch_readings_scored_total'):,.0f}  "
-        f"alerts {_metric(m, 'latentwatch_alerts_total'):,.0f}  drift PSI "
+    psi = metric(m, "latentwatch_latent_drift_psi")
+    out(f"[{time.monotonic() - started:5.0f}s] scored {metric(m, 'latentwatch_readings_scored_total'):,.0f}  "
+        f"alerts {metric(m, 'latentwatch_alerts_total'):,.0f}  drift PSI "
         f"{'(filling)' if math.isnan(psi) else f'{psi:.3f}'}")
 
 
@@ -190,9 +191,36 @@ def _summary(phases: list[Phase], metrics_url: str, elapsed: float) -> None:
     out(f"(the model-stale rule fires above {STALE_PSI}; ran {elapsed:.0f} s; metrics were at {metrics_url})")
 
 
-def _cli(*argv: str) -> None:
-    from latentwatch.pipeline.cli.main import main
+def _recipe(opts: DemoOptions):
+    """`train --model window --window W --epochs E --seed S --score both`, train's other defaults."""
+    from latentwatch.detectors import resolve_device
+    from latentwatch.detectors.recipe import Recipe
 
-    rc = main(list(argv))
-    if rc != 0:
-        raise UserError(f"`latentwatch {' '.join(argv[:2])} ...` failed (exit {rc}); see above")
+    return Recipe(model="window", window=opts.window, epochs=opts.epochs, seed=opts.seed, score="both",
+                  device=str(resolve_device("auto")))
+
+
+def _train_csv(path: Path, root: Path, options) -> None:
+    """`latentwatch train --data PATH --out ROOT` with `options`, as the command runs it."""
+    from latentwatch.detectors.csvdata import read_csv
+
+    part = read_csv(str(path))
+    _trained(train_version(part.values, part.channels, options, str(root), parts=[part], name="demo-drift"),
+             "1 file(s)")
+
+
+def _train_topic(topic: str, since: str, until: str, root: Path, options, kafka: KafkaSettings, alerts_topic: str) -> None:
+    """`latentwatch train --from-topic TOPIC --since --until --out ROOT --no-promote --bootstrap
+    --alerts-topic` with `options`: the channels and the alert rate of the current model at ROOT."""
+    settings = load_settings(None, {"kafka.bootstrap_servers": kafka.bootstrap_servers, "topics.alerts": alerts_topic})
+    current = current_metadata(str(root))
+    stream = stream_training(settings, topic, list(current["channels"]), parse_time(since), parse_time(until),
+                             current=current)
+    _trained(train_version(stream.values, stream.channels, options, str(root), stream=stream, name="demo-drift",
+                           promote=False), topic)
+
+
+def _trained(new, origin: str) -> None:
+    print(new.describe(origin))
+    if new.note():
+        print(new.note())

@@ -1,22 +1,25 @@
-"""Kafka plumbing for the run loop: client configs, dead-letter headers and
-start-up checks."""
+"""Kafka client configurations and cluster/topic checks, for every command that talks to Kafka.
+
+Beside it in kafka/: `txn_id.py` (the run loop's transactional.id, claimed through a file lock),
+`logs.py` (librdkafka's logger and its repeat filter); dead-letter headers are built with the dead
+letters, in pipeline/sink.py."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import UserError
+from latentwatch.pipeline.kafka.logs import LIBRDKAFKA_LOG
+from latentwatch.pipeline.kafka.txn_id import fallback_transactional_id
 
 log = logging.getLogger("latentwatch.kafka")
-LIBRDKAFKA_LOG = logging.getLogger("latentwatch.librdkafka")  # every client logs through it
 
 
 # ----------------------------------------------------------------------------- client configs
@@ -106,45 +109,6 @@ def consumer_config(settings: Settings, on_stats=None, on_error=None, on_commit=
     return conf
 
 
-class TransactionalId:
-    """A transactional.id that a restarted process takes over from the one that died.
-
-    Processes of one group on one host claim the lowest free slot 0, 1, 2 ... through an advisory
-    file lock, which the kernel releases when a process dies. A restart (after a crash too)
-    claims the same slot, so `init_transactions` fences the dead process and aborts its open
-    transaction at once, instead of every reader of its outputs, and the committed offsets of
-    its partitions, waiting for that transaction to time out. Concurrent processes get
-    different slots, so they never fence each other.
-
-    `instance` (setting `instance_id`; the Helm chart passes `<namespace>/<pod name>` from the
-    downward API) names the process instead of the hostname: processes that share a hostname
-    but not `/tmp` (pods with hostNetwork on one node, containers run with --network host) would
-    otherwise both take slot 0 of the same id and fence each other. A pod's name is kept by a
-    container restarted in it, so the restart still takes over its predecessor's id.
-    """
-
-    def __init__(self, group_id: str, instance: str | None = None):
-        import fcntl
-        import tempfile
-
-        folder = os.path.join(tempfile.gettempdir(), "latentwatch-txn")
-        os.makedirs(folder, exist_ok=True)
-        safe_group = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in group_id)
-        for slot in range(4096):
-            handle = open(os.path.join(folder, f"{safe_group}.{slot}.lock"), "w")  # noqa: SIM115 - held
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                continue
-            self._handle = handle  # the lock lives as long as this object
-            who = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in instance) if instance \
-                else socket.gethostname()
-            self.value = f"latentwatch-{group_id}-{who}-{slot}"
-            return
-        raise UserError(f"no free transactional.id slot in {folder}")
-
-
 def producer_config(settings: Settings, on_error=None, transactional_id: str | None = None) -> dict:
     """The producer of `run`."""
     conf = client_config(settings)
@@ -159,10 +123,10 @@ def producer_config(settings: Settings, on_error=None, transactional_id: str | N
         "client.id": f"latentwatch-{socket.gethostname()}-{os.getpid()}",
     })
     if settings.delivery == "exactly-once":
-        # See TransactionalId; kafka.producer may still set its own. A transaction lasts one
-        # batch, so a short timeout bounds how long a dead process's transaction can hold
+        # See txn_id.TransactionalId; kafka.producer may still set its own. A transaction lasts
+        # one batch, so a short timeout bounds how long a dead process's transaction can hold
         # readers back when no restart takes its id over.
-        conf["transactional.id"] = transactional_id or f"latentwatch-{settings.group_id}-{os.getpid()}"
+        conf["transactional.id"] = transactional_id or fallback_transactional_id(settings.group_id)
         conf["transaction.timeout.ms"] = 10_000
     conf.update(settings.kafka.producer)
     if on_error is not None:
@@ -276,52 +240,3 @@ def topics_gone_message(settings: Settings, missing: list[str]) -> str:
 # librdkafka errors that mean "you may not connect like this" rather than "not reachable yet".
 _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
             KafkaError._UNSUPPORTED_FEATURE}
-
-
-def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, bytes]]:
-    """The original headers plus why and where from."""
-    headers = list(msg.headers() or [])
-    headers += [
-        ("lw-dlq-reason", reason.encode()),
-        ("lw-dlq-detail", detail[:500].encode("utf-8", "replace")),
-        ("lw-source-topic", msg.topic().encode()),
-        ("lw-source-partition", str(msg.partition()).encode()),
-        ("lw-source-offset", str(msg.offset()).encode()),
-    ]
-    return headers
-
-
-class RepeatFilter(logging.Filter):
-    """Holds back warnings and errors like one passed less than `period` seconds ago (alike:
-    equal but for numbers), then passes the next one with how many were held back.
-
-    While a broker is down librdkafka logs every reconnect attempt at ERROR, about 20 lines a
-    second per client, all alike; the run loop's own line says what is going on. Debug and info
-    records (e.g. `debug=...` output) always pass.
-    """
-
-    def __init__(self, period: float = 60.0):
-        super().__init__()
-        self.period = period
-        self._seen: dict[tuple[int, str], list] = {}  # kind -> [time passed, held back since]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        message = record.getMessage()
-        key = (record.levelno, re.sub(r"\d+", "#", message))
-        now = time.monotonic()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < self.period:
-            seen[1] += 1
-            return False
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = [now, 0]
-        if seen is not None and seen[1]:
-            record.msg, record.args = f"{message} ({seen[1]} more like it not shown)", None
-        return True
-
-
-# The clients log through this logger (conf["logger"] above).
-LIBRDKAFKA_LOG.addFilter(RepeatFilter())

@@ -16,7 +16,7 @@ import time
 from confluent_kafka import KafkaError
 
 from latentwatch.pipeline.errors import Fatal, UserError
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients
 
 log = logging.getLogger("latentwatch.run")
 
@@ -44,7 +44,7 @@ class KafkaMonitor:
         if err.fatal():
             if not from_producer:  # a producer is replaced (the sink); a consumer cannot be
                 self._fatal = err.str()
-        elif err.code() in kafka_io.TOPIC_GONE:
+        elif err.code() in clients.TOPIC_GONE:
             self._suspect = self._suspect or err.str()
             return  # decided by check(): logged there if the topic is still there
         now = time.monotonic()
@@ -78,9 +78,9 @@ class KafkaMonitor:
             return
         self._last_check = now
         suspect, self._suspect = self._suspect, None
-        missing = kafka_io.missing_topics(client, self.settings.topics.names(), timeout=5)
+        missing = clients.missing_topics(client, self.settings.topics.names(), timeout=5)
         if missing:
-            raise TopicsGone(kafka_io.topics_gone_message(self.settings, missing))
+            raise TopicsGone(clients.topics_gone_message(self.settings, missing))
         if suspect is not None:  # all there (or no answer): a passing error
             log.warning("Kafka: %s (librdkafka keeps retrying)", suspect)
 
@@ -96,5 +96,5 @@ class KafkaMonitor:
 
     def after_failure(self) -> None:
         """A TCP probe of the bootstrap servers tells "Kafka is down" apart from other failures."""
-        if not kafka_io.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
+        if not clients.bootstrap_reachable(self.settings.kafka.bootstrap_servers):
             self.say_unreachable()

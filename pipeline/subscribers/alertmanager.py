@@ -1,6 +1,6 @@
 """The Alertmanager side of the alerts topic: `alerts forward` turns episodes (and, when asked,
 per-reading records) into Alertmanager API v2 alerts, at-least-once (offsets committed only after
-Alertmanager accepted a batch). Records are read and checked by `subscribers.alerts`."""
+Alertmanager accepted a batch). Records are read and checked by `subscribers.alert_reader`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from latentwatch.pipeline.subscribers.alerts import (ALERTNAME, SEVERITIES, BadAlert, alert_time, parse_alert,
+from latentwatch.pipeline.subscribers.alert_reader import (ALERTNAME, SEVERITIES, BadAlert, alert_time, parse_alert,
                                                      rfc3339, top_channel)
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
-"""Unit tests of kafka_io's log hygiene and user-facing lines (no broker)."""
+"""Unit tests of the Kafka clients' log hygiene and user-facing lines (no broker)."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients, logs
 from latentwatch.pipeline.config import load_settings
 from latentwatch.pipeline.source import accumulate
 from latentwatch.pipeline.stop import StopBudget
@@ -17,8 +17,8 @@ def _record(level: int, msg: str, *args) -> logging.LogRecord:
 
 def test_repeat_filter_holds_back_alike_warnings_then_counts_them(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(kafka_io.time, "monotonic", lambda: clock[0])
-    f = kafka_io.RepeatFilter(period=60)
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    f = logs.RepeatFilter(period=60)
     refused = "FAIL [lw-%d#consumer-3] 127.0.0.1:%d/bootstrap: Connect failed: Connection refused (after %dms)"
     assert f.filter(_record(logging.ERROR, refused, 11, 9092, 0))
     for i in range(50):  # ~20 a second from librdkafka while the broker is down
@@ -34,11 +34,11 @@ def test_repeat_filter_holds_back_alike_warnings_then_counts_them(monkeypatch):
 
 def test_deleted_topic_line_names_the_topic_and_the_fix():
     s = load_settings(None, {"group_id": "plant-7"})
-    line = kafka_io.topics_gone_message(s, ["sensor-readings"])
+    line = clients.topics_gone_message(s, ["sensor-readings"])
     assert "\n" not in line
     assert line.startswith("input topic sensor-readings was deleted from Kafka at 127.0.0.1:9092")
     assert "Recreate it" in line and "--create-topics" in line and "group plant-7" in line
-    line = kafka_io.topics_gone_message(s, ["anomaly-alerts"])
+    line = clients.topics_gone_message(s, ["anomaly-alerts"])
     assert line.startswith("alerts topic anomaly-alerts was deleted") and "redone after a restart" in line
     assert "auto_offset_reset" not in line  # only the input topic's offsets go with it
 
@@ -50,10 +50,10 @@ def test_bootstrap_reachable_is_a_plain_tcp_probe():
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        assert kafka_io.bootstrap_reachable(f"127.0.0.1:{port}")
-        assert kafka_io.bootstrap_reachable(f"127.0.0.1:1, PLAINTEXT://127.0.0.1:{port}")  # any one will do
-    assert not kafka_io.bootstrap_reachable(f"127.0.0.1:{port}")  # closed: refused at once
-    assert not kafka_io.bootstrap_reachable("host.invalid:9092")
+        assert clients.bootstrap_reachable(f"127.0.0.1:{port}")
+        assert clients.bootstrap_reachable(f"127.0.0.1:1, PLAINTEXT://127.0.0.1:{port}")  # any one will do
+    assert not clients.bootstrap_reachable(f"127.0.0.1:{port}")  # closed: refused at once
+    assert not clients.bootstrap_reachable("host.invalid:9092")
 
 
 class _TruncatingConsumer:

@@ -66,7 +66,7 @@ def test_a_stop_during_a_restore_from_a_frozen_broker_ends_the_run_within_the_sh
 
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
-    from latentwatch.pipeline.devtools.broker import LocalBroker
+    from latentwatch.pipeline.devtools.local_kafka import LocalBroker
     from latentwatch.pipeline.kafka import changelog
 
     broker = LocalBroker(tmp_path / "broker")

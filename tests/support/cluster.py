@@ -144,7 +144,7 @@ def windowed_model_dir(tmp_path_factory):
 
     from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import WindowAutoencoder
+    from latentwatch.detectors.networks import WindowAutoencoder
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     from tests.support.streams import CH, normal_values

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from latentwatch.pipeline.devtools.broker import LocalBroker
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka.admin import AdminClient
 
-from latentwatch.pipeline.devtools.broker import LocalBroker, free_port
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker, free_port
 from latentwatch.pipeline.kafka.clients import create_topics
 
 from tests.support.ledger import committed_lag

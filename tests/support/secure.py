@@ -49,7 +49,7 @@ def make_certs(d: Path) -> dict[str, Path]:
 def secure_broker(tmp_path_factory):
     """A broker with PLAINTEXT (tests' own clients), TLS (SSL) and SCRAM (SASL_SSL) listeners;
     the SCRAM user is created when the data dir is formatted."""
-    from latentwatch.pipeline.devtools.broker import free_port
+    from latentwatch.pipeline.devtools.local_kafka import free_port
 
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")

@@ -30,7 +30,7 @@ def normal_values(rng, n):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import MLPAutoencoder
+    from latentwatch.detectors.networks import MLPAutoencoder
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def model_dir(tmp_path_factory):
 def window_model_dir(tmp_path_factory):
     """A windowed model (W=8): its history must survive rewinds, restarts and rebalances."""
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     rng = np.random.default_rng(0)
@@ -207,7 +207,7 @@ def _pca_writer(seed, names, corrupt=False, window=WINDOW):
     from latentwatch.detectors import versions
     from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     rng = np.random.default_rng(seed)

@@ -27,7 +27,7 @@ from latentwatch.pipeline.subscribers.alertmanager import (
     forwarder_consumer_config,
     to_alertmanager,
 )
-from latentwatch.pipeline.subscribers.alerts import parse_alert
+from latentwatch.pipeline.subscribers.alert_reader import parse_alert
 from tests.support.prom import free_port
 from tests.support.records import alert_record
 
@@ -185,7 +185,7 @@ def test_to_alertmanager_maps_labels_annotations_and_times():
                          # fixed ids: the records hold the time of collection, which differs per xdist worker
                          ids=["not-json", "a-list", "no-fields", "tombstone", "bad-severity", "bad-ts"])
 def test_parse_alert_rejects_non_alerts(value):
-    from latentwatch.pipeline.subscribers.alerts import BadAlert
+    from latentwatch.pipeline.subscribers.alert_reader import BadAlert
 
     with pytest.raises(BadAlert):
         parse_alert(value)

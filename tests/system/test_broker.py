@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from latentwatch.pipeline.devtools.broker import LocalBroker, _alive
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker, _alive
 from latentwatch.pipeline.errors import UserError
 
 from tests.support.kafka import consume_all
@@ -97,12 +97,12 @@ def test_missing_java_is_one_clear_line(tmp_path):
 
 
 def test_missing_maven_with_empty_cache_is_one_clear_line(tmp_path, monkeypatch):
-    from latentwatch.pipeline.devtools import broker
+    from latentwatch.pipeline.devtools import local_kafka
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(broker.shutil, "which", lambda name: None if name == "mvn" else "/usr/bin/" + name)
+    monkeypatch.setattr(local_kafka.shutil, "which", lambda name: None if name == "mvn" else "/usr/bin/" + name)
     with pytest.raises(UserError, match="Maven"):
-        broker.ensure_kafka_jars()
+        local_kafka.ensure_kafka_jars()
 
 
 def test_stop_kills_a_broker_that_ignores_sigterm(tmp_path):

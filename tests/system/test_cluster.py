@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from latentwatch.pipeline.devtools.broker import _alive
+from latentwatch.pipeline.devtools.local_kafka import _alive
 from latentwatch.pipeline.devtools.cluster import LocalCluster
 
 from tests.support.cluster import replicated_topic_maker

@@ -51,7 +51,7 @@ def test_unknown_topic_without_auto_creation_is_one_clear_line(kafka_bootstrap, 
 
 
 def test_unreachable_broker_at_start_gives_up_clearly(model_dir):
-    from latentwatch.pipeline.devtools.broker import free_port
+    from latentwatch.pipeline.devtools.local_kafka import free_port
 
     env = dict(os.environ, LATENTWATCH_STARTUP_TIMEOUT_S="3")
     r = subprocess.run([sys.executable, "-m", "latentwatch.pipeline.cli", "run", "--model", model_dir, "--bootstrap",

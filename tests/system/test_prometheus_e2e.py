@@ -181,7 +181,7 @@ def test_dashboard_queries_and_counters_on_a_running_pipeline(
     assert empty == [], "dashboard queries without data:\n" + "\n".join(empty)
     # ... and, over a window holding all the traffic, finite values (the rates are not 0/0)
     # The drift gauges are NaN by design until the 2-minute drift window holds 500 readings
-    # (pipeline/drift.py); this test sends fewer. They must return data (above), not a number.
+    # (pipeline/lifecycle/drift.py); this test sends fewer. They must return data (above), not a number.
     # The shadow correlation is NaN by design while no candidate runs beside the model (--shadow).
     warming = ("latentwatch_latent_drift_psi", "latentwatch_live_exceedance_ratio",
                "latentwatch_shadow_score_correlation")

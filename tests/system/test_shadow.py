@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from latentwatch.pipeline.cli.main import main as cli_main
-from latentwatch.pipeline.shadow import AGREEMENTS, spearman
+from latentwatch.pipeline.lifecycle.shadow import AGREEMENTS, spearman
 from tests.support.harness import read_topic
 from tests.support.processes import TimelineStream, start_pipeline, stop_process, wait_drained, wait_url
 from tests.support.streams import CH, WINDOW, normal_values, scrape
@@ -24,7 +24,7 @@ def _candidate(path) -> str:
     """Another window and a lower threshold than the W=8 model: they disagree on some readings."""
     from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import save, summarise_training_data
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
     from latentwatch.detectors.thresholds import QuantileThreshold
 
     rng = np.random.default_rng(5)

@@ -7,7 +7,7 @@ import pytest
 
 from latentwatch.pipeline.cli.main import build_parser
 from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.kafka import clients, logs
 
 # Every command that talks to Kafka, with the arguments it needs besides the connection.
 COMMANDS = {
@@ -64,9 +64,9 @@ def test_tools_fall_back_to_the_local_broker_only_when_no_address_is_configured(
 
 
 def test_no_address_anywhere_is_one_clear_error(clean_env, monkeypatch):
-    from latentwatch.pipeline.devtools import broker
+    from latentwatch.pipeline.devtools import local_kafka
 
-    monkeypatch.setattr(broker.LocalBroker, "status", lambda self: None)
+    monkeypatch.setattr(local_kafka.LocalBroker, "status", lambda self: None)
     from latentwatch.pipeline.cli.connection import connection_settings
 
     with pytest.raises(UserError, match="no Kafka address: pass --bootstrap"):
@@ -84,32 +84,32 @@ def _secure():
 
 
 @pytest.mark.parametrize("build", [
-    lambda s: kafka_io.client_config(s),
-    lambda s: kafka_io.admin_config(s),
-    lambda s: kafka_io.tool_consumer_config(s, {"group.id": "mine"}),
-    lambda s: kafka_io.tool_producer_config(s),
-    lambda s: kafka_io.consumer_config(s),
-    lambda s: kafka_io.producer_config(s),
+    lambda s: clients.client_config(s),
+    lambda s: clients.admin_config(s),
+    lambda s: clients.tool_consumer_config(s, {"group.id": "mine"}),
+    lambda s: clients.tool_producer_config(s),
+    lambda s: clients.consumer_config(s),
+    lambda s: clients.producer_config(s),
 ])
 def test_every_client_config_carries_the_security_settings(build):
     conf = build(_secure())
     assert conf["bootstrap.servers"] == "b:9093" and conf["security.protocol"] == "SASL_SSL"
     assert conf["sasl.mechanisms"] == "SCRAM-SHA-512" and conf["sasl.password"] == "pw"
-    assert conf["ssl.ca.location"] == "/ca.pem" and conf["logger"] is kafka_io.LIBRDKAFKA_LOG
+    assert conf["ssl.ca.location"] == "/ca.pem" and conf["logger"] is logs.LIBRDKAFKA_LOG
 
 
 def test_tool_configs_take_the_passthrough_but_keep_their_own_role():
     s = _secure()
-    consumer = kafka_io.tool_consumer_config(s, {"group.id": "mine"})
+    consumer = clients.tool_consumer_config(s, {"group.id": "mine"})
     assert consumer["fetch.min.bytes"] == 7 and consumer["group.id"] == "mine"
-    producer = kafka_io.tool_producer_config(s)
+    producer = clients.tool_producer_config(s)
     assert producer["linger.ms"] == 9 and "transactional.id" not in producer
     assert producer["enable.idempotence"] is True
 
 
 def test_subscriber_configs_come_from_the_settings():
     from latentwatch.pipeline.subscribers.alertmanager import forwarder_consumer_config
-    from latentwatch.pipeline.subscribers.alerts import tail_consumer_config
+    from latentwatch.pipeline.subscribers.alert_reader import tail_consumer_config
 
     tail = tail_consumer_config(_secure())
     assert tail["security.protocol"] == "SASL_SSL" and tail["group.id"].startswith("latentwatch-tail-")
@@ -120,10 +120,10 @@ def test_subscriber_configs_come_from_the_settings():
 def test_alerts_tail_follows_the_configured_alerts_topic(clean_env, tmp_path, monkeypatch):
     """Without --topic, `alerts tail` reads the pipeline's alerts topic of the same config."""
     from latentwatch.pipeline.cli.main import main
-    from latentwatch.pipeline.subscribers import alerts
+    from latentwatch.pipeline.subscribers import alert_reader
 
     seen = []
-    monkeypatch.setattr(alerts, "tail", lambda settings, topic, *a, **kw: seen.append(topic) or 0)
+    monkeypatch.setattr(alert_reader, "tail", lambda settings, topic, *a, **kw: seen.append(topic) or 0)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("topics:\n  alerts: prod-alerts\n")
     assert main(["alerts", "tail", "--config", str(cfg), "--bootstrap", "b:1"]) == 0

@@ -10,7 +10,7 @@ import pytest
 from latentwatch.detectors import QuantileThreshold, make_detector
 from latentwatch.detectors.calibrate import fit_and_calibrate
 from latentwatch.pipeline.devtools.simulate import SensorSimulator
-from latentwatch.pipeline.drift import LatentDrift, reference, reference_for
+from latentwatch.pipeline.lifecycle.drift import LatentDrift, reference, reference_for
 from latentwatch.pipeline.metrics import PipelineMetrics
 
 STALE = 0.25  # the "model stale" rule's threshold (config/prometheus/rules)

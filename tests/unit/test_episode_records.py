@@ -11,7 +11,7 @@ from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.pipeline.scorer import Scorer
 from latentwatch.pipeline.state import StateStore
 from latentwatch.pipeline.subscribers.alertmanager import Forwarder, episode_to_alertmanager
-from latentwatch.pipeline.subscribers.alerts import format_line, parse_alert
+from latentwatch.pipeline.subscribers.alert_reader import format_line, parse_alert
 from tests.support.fakes import messages
 from tests.support.stub_model import stub_model
 

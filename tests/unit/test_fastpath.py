@@ -9,7 +9,7 @@ import torch
 
 from latentwatch.detectors import fastpath
 from latentwatch.detectors.base import sliding_windows
-from latentwatch.detectors.models import make_detector
+from latentwatch.detectors.networks import make_detector
 
 CASES = [("window", {"window": 8, "score_last": 8}), ("window", {"window": 8, "score_last": 1}),
          ("window", {"window": 5, "hidden": 8, "kernel": 3, "latent_dim": 3}),

@@ -11,7 +11,7 @@ import pytest
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
 from latentwatch.detectors.checkpoint import load, save, summarise_training_data
 from latentwatch.pipeline.metrics import PipelineMetrics
-from latentwatch.pipeline.model_watch import ModelWatcher
+from latentwatch.pipeline.lifecycle.watch import ModelWatcher
 
 from tests.support.detector_data import normal_data
 
@@ -194,7 +194,7 @@ def test_set_model_exports_info_threshold_and_age(setup):
 
 
 def test_lifecycle_swaps_between_batches_and_restarts_drift(tmp_path):
-    from latentwatch.pipeline.drift import reference
+    from latentwatch.pipeline.lifecycle.drift import reference
     from latentwatch.pipeline.lifecycle import Lifecycle
 
     def writer(seed):
@@ -233,7 +233,7 @@ def test_lifecycle_swaps_between_batches_and_restarts_drift(tmp_path):
 
 def test_the_run_loops_lifecycle_takes_drift_window_and_shadow_from_settings(tmp_path):
     from latentwatch.pipeline.config import load_settings
-    from latentwatch.pipeline.drift import reference
+    from latentwatch.pipeline.lifecycle.drift import reference
     from latentwatch.pipeline.lifecycle import Lifecycle
 
     X = normal_data(600, seed=0)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from latentwatch.pipeline.devtools.report import ReportData, pca2, render, segments, top_alerts, write_report
+from latentwatch.pipeline.devtools.html_report import ReportData, pca2, render, segments, top_alerts, write_report
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

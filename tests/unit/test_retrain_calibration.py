@@ -6,14 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from latentwatch.detectors import QuantileThreshold, make_detector
-from latentwatch.detectors.calibrate import fit_and_calibrate
+from latentwatch.detectors.calibrate import expected_alert_rate, fit_and_calibrate, recalibrate
+from latentwatch.pipeline.cli.detect import parse_time_arg
 from latentwatch.pipeline.errors import UserError
-from latentwatch.pipeline.retrain import (
-    StreamData,
-    expected_alert_rate,
-    parse_time_arg,
-    recalibrate,
-)
+from latentwatch.pipeline.lifecycle.retrain import StreamData
 
 CH = ["c0", "c1", "c2", "c3"]
 
@@ -40,7 +36,7 @@ def test_expected_alert_rate_of_thresholds():
 
 
 def test_a_model_with_an_alarm_rule_alerts_at_its_budget():
-    from latentwatch.pipeline.retrain import model_alert_rate
+    from latentwatch.detectors.calibrate import model_alert_rate
 
     assert model_alert_rate({"alarm": {"budget": 0.02, "ewma_limit": 1.2}, "threshold": {"kind": "pot", "risk": 0.004}}) == 0.02
     # a checkpoint from before the alarm rule (the threshold alone, no EWMA limit): its threshold's rate
@@ -63,14 +59,14 @@ def test_readmitting_the_false_alerts_restores_the_threshold():
     held_out = fit_and_calibrate(det, data.values, thr, channels=CH)
     truth = np.quantile(det.score(_normal(rng, 100_000)[:, None]).score, 0.99)  # the new model on normal data
     assert thr.value < 0.9 * truth  # without the false alerts: the 0.99 quantile of a cut tail
-    k = recalibrate(det, thr, data, held_out, expected_alert_rate(cur_thr.to_dict()))
+    k = recalibrate(det, thr, data.full, data.kept, held_out, expected_alert_rate(cur_thr.to_dict()))
     assert 0.005 * len(held_out) < k < 0.02 * len(held_out)
     assert thr.value == pytest.approx(truth, rel=0.07)
 
 
 def test_the_consumer_gets_run_s_connection_settings(monkeypatch, tmp_path):
     """TLS and SASL come from the same settings tree (config file, LATENTWATCH_* env) as `run`."""
-    from latentwatch.pipeline import retrain
+    from latentwatch.pipeline.lifecycle import retrain
     from latentwatch.pipeline.config import load_settings
 
     seen = {}

@@ -88,7 +88,7 @@ def test_a_batch_past_max_readings_is_parsed_once_and_the_rest_not_at_all(monkey
 
 def test_float32_max_is_a_dead_letter_for_a_scaled_model_not_a_crash():
     from latentwatch.detectors.checkpoint import load, save, summarise_training_data  # noqa: F401
-    from latentwatch.detectors.models import make_detector
+    from latentwatch.detectors.networks import make_detector
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(600, 3)).astype(np.float32)

@@ -12,7 +12,7 @@ import pytest
 from latentwatch.pipeline.config import load_settings
 from latentwatch.pipeline.metrics import PipelineMetrics
 from latentwatch.pipeline.scorer import Scorer
-from latentwatch.pipeline.shadow import AGREEMENTS, Shadow, spearman
+from latentwatch.pipeline.lifecycle.shadow import AGREEMENTS, Shadow, spearman
 from latentwatch.pipeline.state import StateStore
 from tests.support.fakes import messages
 from tests.support.stub_model import stub_model

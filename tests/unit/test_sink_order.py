@@ -37,12 +37,12 @@ def test_an_evicted_sensor_back_in_the_next_batch_keeps_its_new_record_after_no_
 
 
 def test_a_dead_letter_with_a_600000_byte_key_fits_the_producer_limit():
-    from latentwatch.pipeline.kafka import clients as kafka_io
+    from latentwatch.pipeline.kafka import clients
 
     from tests.support.fakes import FakeMessage
 
     sink = _sink()
-    limit = int(kafka_io.producer_config(Settings()).get("message.max.bytes", 1_000_000))
+    limit = int(clients.producer_config(Settings()).get("message.max.bytes", 1_000_000))
     msg = FakeMessage(b"{" + b" " * 620_000 + b"}", b"x" * 600_000, "in", 0, 7)
     batch = ScoredBatch([msg], [(0, "bad_sensor_id", "sensor_id is 600000 bytes")], [], [], [], np.empty(0), 0)
     sink.produce_batch(batch, None)

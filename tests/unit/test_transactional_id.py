@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import tempfile
 
-from latentwatch.pipeline.kafka.clients import TransactionalId
+from latentwatch.pipeline.kafka.txn_id import TransactionalId
 
 
 def _in_container(monkeypatch, tmp_path, name, hostname="node-1"):

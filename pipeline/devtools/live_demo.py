@@ -22,8 +22,8 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
-from latentwatch.pipeline.devtools.broker import LocalBroker, port_in_use
-from latentwatch.pipeline.kafka import clients as kafka_io
+from latentwatch.pipeline.devtools.local_kafka import LocalBroker, port_in_use
+from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.devtools.simulate import KINDS, BackgroundStream, SensorSimulator
 from latentwatch.pipeline.devtools.truth import evaluate
 
@@ -122,7 +122,7 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     pipeline, runner, producer, stream, metrics_url = start_live(settings, _train(opts, sim, workdir), sim, opts.rate,
                                                                  on_truth=truth.extend)
     alerts: list[dict] = []
-    watcher = _AlertWatcher(settings, alerts, quiet=opts.quiet)
+    watcher = AlertWatcher(settings, alerts, quiet=opts.quiet)
     watcher.start()
     out(f"simulating {opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s, "
         f"anomalies: {', '.join(opts.kinds)} — Ctrl+C to stop" +
@@ -165,7 +165,7 @@ def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None
     out(f"pipeline running (model version {model.version}): metrics at {metrics_url}")
     runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     runner.start()
-    producer = Producer(kafka_io.tool_producer_config(settings, {"logger": _QUIET}))
+    producer = Producer(clients.tool_producer_config(settings, {"logger": _QUIET}))
     stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth).start()
     return pipeline, runner, producer, stream, metrics_url
 
@@ -173,19 +173,19 @@ def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None
 def _create_input_topic(settings, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(kafka_io.admin_config(settings))
-    kafka_io.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
+    admin = AdminClient(clients.admin_config(settings))
+    clients.create_topics(admin, {settings.topics.input: partitions}, exist_ok=False)
 
 
-def _metric(metrics, name: str, **labels) -> float:
+def metric(metrics, name: str, **labels) -> float:
     """Sum of every sample of `name` (all label values, or those given) in the pipeline's registry."""
     return sum(s.value for m in metrics.registry.collect() for s in m.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def _status(pipeline, stream, alerts, elapsed) -> None:
-    scored = _metric(pipeline.metrics, "latentwatch_readings_scored_total")
-    dead = _metric(pipeline.metrics, "latentwatch_dead_letters_total")
+    scored = metric(pipeline.metrics, "latentwatch_readings_scored_total")
+    dead = metric(pipeline.metrics, "latentwatch_dead_letters_total")
     out(f"[{elapsed:5.0f}s] produced {stream.stats.readings:,}  scored {scored:,.0f} ({scored / elapsed:,.0f}/s)"
         f"  alerts {len(alerts):,}  dead letters {dead:.0f}")
 
@@ -194,19 +194,19 @@ def _drain(pipeline, expected_readings: int, timeout: float) -> None:
     """Wait until the pipeline has handled everything produced (scored, warming up or dead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = (_metric(pipeline.metrics, "latentwatch_readings_consumed_total")
-                + _metric(pipeline.metrics, "latentwatch_dead_letters_total"))
+        done = (metric(pipeline.metrics, "latentwatch_readings_consumed_total")
+                + metric(pipeline.metrics, "latentwatch_dead_letters_total"))
         if done >= expected_readings:
             return
         time.sleep(0.2)
 
 
-class _AlertWatcher(threading.Thread):
+class AlertWatcher(threading.Thread):
     """Prints alerts as they arrive (a few per second at most) and keeps them for the summary."""
 
     def __init__(self, settings, sink: list, quiet: bool):
         super().__init__(name="alerts", daemon=True)
-        self.consumer = Consumer(kafka_io.tool_consumer_config(settings, {
+        self.consumer = Consumer(clients.tool_consumer_config(settings, {
             "group.id": f"demo-tail-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "logger": _QUIET}))
         self.consumer.subscribe([settings.topics.alerts])
@@ -236,7 +236,7 @@ class _AlertWatcher(threading.Thread):
             f"(threshold {alert['threshold']:.3f})  top: {top}")
 
     def stop(self, expect) -> None:
-        want = _metric(expect, "latentwatch_alerts_total")
+        want = metric(expect, "latentwatch_alerts_total")
         deadline = time.monotonic() + 10
         while len(self.sink) < want and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -251,16 +251,16 @@ def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) ->
     p50, p99 = (_histogram_quantile(m.registry, "latentwatch_end_to_end_latency_seconds", q) for q in (0.5, 0.99))
     out("\n=== latentwatch demo summary ===")
     out(f"ran {elapsed:.0f} s; readings produced {stats.delivered_readings:,}, "
-        f"scored {_metric(m, 'latentwatch_readings_scored_total'):,.0f}, "
-        f"warming up {_metric(m, 'latentwatch_readings_warming_up_total'):,.0f}")
-    out(f"dead letters {_metric(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
+        f"scored {metric(m, 'latentwatch_readings_scored_total'):,.0f}, "
+        f"warming up {metric(m, 'latentwatch_readings_warming_up_total'):,.0f}")
+    out(f"dead letters {metric(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
     out(f"anomalies injected {ev.events} (events), alerted {ev.detected}: recall {ev.recall:.3f}")
     out(f"alerts {ev.alerts}: precision {ev.precision:.3f} (an alert is right when it falls on an injected "
         f"anomaly or within {opts.window - 1} readings after it)")
     for kind, (n, hit) in sorted(ev.by_kind.items()):
         out(f"  {kind:18s} {hit}/{n}")
-    out(f"episodes opened {_metric(m, 'latentwatch_episode_events_total', event='open'):.0f}, closed "
-        f"{_metric(m, 'latentwatch_episode_events_total', event='close'):.0f} (one incident per sensor alarm)")
+    out(f"episodes opened {metric(m, 'latentwatch_episode_events_total', event='open'):.0f}, closed "
+        f"{metric(m, 'latentwatch_episode_events_total', event='close'):.0f} (one incident per sensor alarm)")
     if ev.delays_s:
         out(f"detection delay (event time): median {np.median(ev.delays_s):.1f} s, max {max(ev.delays_s):.1f} s")
     out(f"end-to-end latency (Kafka timestamp -> outputs acknowledged and committed): "

@@ -14,13 +14,14 @@ SASL included) and the run loop's isolation level (read_committed). What goes in
   [n, channels] array: what several CSV files give `train` today (the last `--val-fraction`,
   i.e. the last sensors' readings, is held out for early stopping and the threshold).
 
-Nothing is committed and no consumer group is joined (partitions are assigned directly).
+Nothing is committed and no consumer group is joined (partitions are assigned directly). The
+command's flags are read in cli/detect.py (`stream_training` takes them as plain values); the
+threshold's recalibration is detectors/calibrate.py's `recalibrate` (no Kafka).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections import Counter
@@ -29,30 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from latentwatch.detectors.calibrate import model_alert_rate, recalibrate
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.decode import Decoder
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.kafka.clients import consumer_config
-from latentwatch.pipeline.times import iso, parse_time
+from latentwatch.pipeline.times import iso
 
 log = logging.getLogger("latentwatch.retrain")
-_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_time_arg(text: str, now: float | None = None) -> float:
-    """A `--since`/`--until` argument -> epoch seconds: what `times.parse_time` reads (ISO-8601,
-    naive = UTC, or epoch seconds), or a time ago as docker logs --since takes it: 30m, 6h, 7d (or
-    -6h). Only these two flags take a time ago (a relative event time in a message or a CSV would
-    depend on when it is read), hence its own name; a UserError in the CLI's words otherwise."""
-    now = time.time() if now is None else now
-    m = _RELATIVE.match(text.strip())
-    if m:
-        return now - float(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        return parse_time(text.strip())
-    except (TypeError, ValueError):
-        raise UserError(f"time {text!r}: give ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago (6h, 7d)") from None
 
 
 @dataclass
@@ -229,77 +214,6 @@ def read_training_data(settings: Settings, topic: str, channels: list[str], sinc
     return data
 
 
-def add_train_arguments(t) -> None:
-    """`train`'s options for training from the stream instead of --data."""
-    g = t.add_argument_group("training from the stream (instead of --data); Kafka settings as for `run`")
-    g.add_argument("--from-topic", metavar="TOPIC", help="input topic to read the training readings from")
-    g.add_argument("--since", help="start of the range: ISO-8601 (2026-11-20T00:00Z), epoch seconds or a time ago: 6h, 7d")
-    g.add_argument("--until", default=None, help="end of the range, exclusive (default: the end of the topic)")
-    g.add_argument("--config", default=None, help="YAML config of `run` (Kafka connection, TLS, SASL) "
-                                                  "[env LATENTWATCH_CONFIG]")
-    g.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers [env LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
-    g.add_argument("--alerts-topic", default=None, help="alerts whose readings are left out (default: the "
-                                                        "settings' topics.alerts)")
-    g.add_argument("--include-alerted", action="store_true", help="keep the readings alerts name")
-    g.add_argument("--max-readings", type=int, default=5_000_000, help="refuse a larger range (default: %(default)s)")
-
-
-def model_alert_rate(metadata: dict | None) -> float:
-    """The share of normal readings a model alerts on by design: its alarm rule's false-alarm
-    budget (instant and EWMA alarms together, what the alerts topic carries), else what its
-    threshold flags (a model from before the alarm rule)."""
-    alarm = (metadata or {}).get("alarm")
-    if isinstance(alarm, dict) and isinstance(alarm.get("budget"), (int, float)) and alarm.get("ewma_limit") != float("inf"):
-        return float(alarm["budget"])
-    return expected_alert_rate((metadata or {}).get("threshold"))
-
-
-def expected_alert_rate(threshold: dict | None) -> float:
-    """The share of normal readings a model's threshold flags by design (quantile: 1 - q; POT:
-    its risk; adaptive: its base's), 0 when unknown."""
-    if not isinstance(threshold, dict):
-        return 0.0
-    kind = threshold.get("kind")
-    if kind == "quantile":
-        return max(0.0, 1.0 - float(threshold.get("q", 1.0)))
-    if kind == "pot":
-        return float(threshold.get("risk", 0.0))
-    if kind == "adaptive":
-        return expected_alert_rate(threshold.get("base"))
-    return 0.0
-
-
-def recalibrate(detector, threshold, data: StreamData, held_out: np.ndarray, rate: float) -> int:
-    """Refit `threshold` on the held-out scores plus the model's false alerts among them.
-
-    Leaving out every alerted reading also leaves out the current model's false alerts: by
-    design (rate `rate`, e.g. 1 % for a 0.99 quantile) the top of the normal scores. A
-    threshold fitted without them sits lower (the 0.99 quantile of what is left is about the
-    0.98 one of normal data). So the alerted readings in the held-out part are scored by the new
-    model and the lowest-scoring `rate x held-out` of them, the likely false alerts (anomalies
-    score higher), go back into the threshold's data. The held-out windows are interleaved blocks
-    spread over the whole range (detectors.training), so the alerted readings of the whole range
-    stand for theirs, in proportion. Returns how many went back.
-
-    Taking the lowest k of all the range's alerted readings (not a spread sample of its likely
-    false ones) errs low; measured in tests/integration/test_retrain.py it offsets part of the
-    push up that anomalies the current model missed give the held-out top (ratio to a clean-range
-    threshold 1.106; with a spread sample 1.117)."""
-    if rate <= 0 or data.full is None or data.kept.all() or len(held_out) == 0:
-        return 0
-    w = detector.window
-    share = len(held_out) / max(1, int(data.kept.sum()))  # of the kept readings, held out
-    candidates = np.flatnonzero(~data.kept)
-    candidates = candidates[candidates >= w - 1]
-    k = min(len(candidates), int(round(rate * (len(held_out) + share * len(candidates)))))
-    if k == 0:
-        return 0
-    windows = np.stack([data.full[i - w + 1:i + 1] for i in candidates])
-    scores = np.sort(detector.score(windows).score)[:k]
-    threshold.fit(np.concatenate([held_out, scores]))
-    return k
-
-
 @dataclass
 class StreamTraining:
     """`train --from-topic`'s data, and what to do once the model is fitted."""
@@ -312,38 +226,28 @@ class StreamTraining:
 
     def finish(self, detector, threshold, held_out: np.ndarray) -> dict:
         """Put the likely false alerts back into the threshold's data; the source summary."""
-        k = recalibrate(detector, threshold, self.data, held_out, self.alert_rate)
+        k = recalibrate(detector, threshold, self.data.full, self.data.kept, held_out, self.alert_rate)
         self.source["readmitted_as_false_alerts"] = k
         return self.source
 
 
-def training_data_from_args(args) -> StreamTraining:
-    """`train --from-topic`'s data. Channels: --columns, else those of the current model at
-    --out (retraining it), whose threshold also says how many of its alerts were false ones."""
-    from latentwatch.pipeline.config import load_settings
 
-    if not args.since:
-        raise UserError("--from-topic needs --since (e.g. --since 24h or --since 2026-11-20T00:00Z)")
-    current = _metadata_of(args.out)
-    if args.columns:
-        channels = [c.strip() for c in args.columns.split(",")]
-    elif current:
-        channels = list(current["channels"])
-    else:
-        raise UserError(f"no model at {args.out} to take the channels from: pass --columns a,b,c")
-    settings = load_settings(args.config, {"kafka.bootstrap_servers": args.bootstrap,
-                                           "topics.alerts": args.alerts_topic})
-    now = time.time()
-    since, until = parse_time_arg(args.since, now), (parse_time_arg(args.until, now) if args.until else None)
-    data = read_training_data(settings, args.from_topic, channels, since, until,
-                              exclude_alerted=not args.include_alerted, max_readings=args.max_readings)
-    source = data.summary(args.from_topic, since, until)
-    source["alerts_topic"] = None if args.include_alerted else settings.topics.alerts
+
+def stream_training(settings: Settings, topic: str, channels: list[str], since: float, until: float | None, *,
+                    current: dict | None, exclude_alerted: bool = True,
+                    max_readings: int = 5_000_000) -> StreamTraining:
+    """`train --from-topic`'s data: [since, until) of `topic` with `settings`' connection, minus
+    what `read_training_data` leaves out. `current`: the metadata of the model being retrained
+    (`current_metadata`), whose alarm rule or threshold says how many of its alerts were false."""
+    data = read_training_data(settings, topic, channels, since, until,
+                              exclude_alerted=exclude_alerted, max_readings=max_readings)
+    source = data.summary(topic, since, until)
+    source["alerts_topic"] = settings.topics.alerts if exclude_alerted else None
     log.info("read %d messages (%d readings) of %s: kept %d from %d sensors; left out %d alerted, %d late, "
-             "%d dead letters", data.messages, data.readings, args.from_topic, len(data.values), data.sensors,
+             "%d dead letters", data.messages, data.readings, topic, len(data.values), data.sensors,
              data.alerted, data.late, sum(data.dead_letters.values()))
     if len(data.values) == 0:
-        raise UserError(f"no usable readings in {args.from_topic} between {source['since']} and "
+        raise UserError(f"no usable readings in {topic} between {source['since']} and "
                         f"{source['until'] or 'the end'}; check the range and --columns")
     rate = model_alert_rate(current)
     if not current and data.alerted:
@@ -351,7 +255,8 @@ def training_data_from_args(args) -> StreamTraining:
     return StreamTraining(data.values, channels, data, source, rate)
 
 
-def _metadata_of(out: str) -> dict | None:
+def current_metadata(out: str) -> dict | None:
+    """model.json of the current version at `out`, when there is one with channels."""
     import json
 
     from latentwatch.detectors import versions

@@ -12,7 +12,7 @@
         ...  # pipeline.runner.Pipeline._swap: a new scorer; per-sensor state kept or re-windowed
 
 `between_batches` never blocks: loading and validating happen on the watcher's thread
-(model_watch.py). With a `shadow` (shadow.py, `run --shadow DIR`), a committed batch also has the
+(watch.py). With a `shadow` (shadow.py, `run --shadow DIR`), a committed batch also has the
 candidate score the batch and count agreement, and `forget` drops its state of partitions that
 moved or were rewound. On a swap it exports the new model's info, threshold and age and starts a new
 drift window against the new model's training data.
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 from latentwatch.detectors.checkpoint import LoadedModel
-from latentwatch.pipeline.drift import LatentDrift
+from latentwatch.pipeline.lifecycle.drift import LatentDrift
 from latentwatch.pipeline.events import Committed, Listener
-from latentwatch.pipeline.model_watch import ModelWatcher
-from latentwatch.pipeline.shadow import Shadow
+from latentwatch.pipeline.lifecycle.watch import ModelWatcher
+from latentwatch.pipeline.lifecycle.shadow import Shadow
 
 __all__ = ["Lifecycle"]
 SAMPLE_READINGS = 512  # recent readings a new version is validated on

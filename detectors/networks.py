@@ -246,6 +246,8 @@ class _MLPNet(nn.Module):
 class _ConvNet(nn.Module):
     """Two 1-D convolutions over time (channels as feature maps) into a dense bottleneck, and back."""
 
+    DENSE_FORM = "conv"  # fastpath.DenseForm.of reads this layout off the weights
+
     def __init__(self, channels: int, window: int, hidden: int, latent: int, kernel: int):
         super().__init__()
         pad = kernel // 2
@@ -270,6 +272,8 @@ class _VAENet(_ConvNet):
     training decodes a sample (reparameterised) and sets `penalty`, the KL divergence from N(0, I)
     per window, x `beta`, divided by the window's values (the reconstruction loss is a mean over
     them); evaluation decodes the mean, so scoring is deterministic and the latent vector is the mean."""
+
+    DENSE_FORM = "vae"  # fastpath.DenseForm.of: the conv trunk in `features`, the mean head in `encoder`
 
     def __init__(self, channels: int, window: int, hidden: int, latent: int, kernel: int, beta: float):
         super().__init__(channels, window, hidden, latent, kernel)

@@ -1,0 +1,129 @@
+"""A new version of a versioned model directory, without the command line: what `latentwatch
+train` runs once cli/detect.py has read its flags and data, and what `demo --scenario drift`
+(devtools/drift_demo.py) runs in-process; `promote` is what `latentwatch models promote` runs.
+
+    new = train_version(X, channels, Recipe(...), "models/pump", parts=csv_files)  # or stream=StreamTraining
+    print(new.describe("2 file(s)"))
+    promote(Path("models/pump"), new.version)
+
+Errors come as `UserError` (one line), as the CLI prints them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latentwatch.pipeline.errors import UserError
+
+
+@dataclass
+class NewVersion:
+    detector: object
+    threshold: object
+    rule: object  # detectors.alarms.AlarmRule
+    version: str
+    out: str
+    promoted: bool
+    rows: int
+    channels: list[str]
+    seconds: float
+    parts: list  # the CSV files (detectors.csvdata.CSVData) it was trained on; empty from a topic
+
+    def describe(self, origin: str) -> str:
+        """The line `train` prints."""
+        detector, threshold, rule = self.detector, self.threshold, self.rule
+        out = f"{self.out} as version {self.version}" + ("" if self.promoted else " (not current)")
+        r = detector.training_report
+        epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
+        return (f"trained {detector.kind} model on {self.rows} rows x {len(self.channels)} channels from {origin} "
+                f"in {self.seconds:.1f}s{epochs}; instant limit {threshold.kind} = {threshold.value:.5g}; "
+                f"{rule.describe()}{_per_day(rule, self.parts)}; saved to {out}")
+
+    def note(self) -> str | None:
+        """What `train` adds when the held-out data cannot verify the false-alarm budget."""
+        rule = self.rule
+        if rule.budget * rule.held_out < 10:
+            return (f"note: {rule.held_out} held-out readings cannot verify a false-alarm rate of {rule.budget:.3%} "
+                    f"(below ~10/{rule.held_out} = {10 / max(rule.held_out, 1):.2%}); give more normal data to check it")
+        return None
+
+
+def train_version(X: np.ndarray, channels: list[str], options, out: str, *, parts=(), stream=None,
+                  name: str | None = None, promote: bool = True) -> NewVersion:
+    """Train with `options` (detectors.recipe.Recipe) on `X` [n, channels] and publish the model
+    as a new version of `out` (current unless `promote` is false). `parts`: the CSV files `X`
+    came from; `stream`: lifecycle.retrain.StreamTraining when it came from a topic (its likely
+    false alerts go back into the threshold's data, and the alarm rule is calibrated again)."""
+    from latentwatch.detectors import recipe
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.versions import VersionError, publish
+    from latentwatch.pipeline.lifecycle.drift import reference_for
+
+    parts = list(parts)
+    started = time.perf_counter()
+    try:
+        trained = recipe.train(X, channels, options)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    detector, threshold, held, rule = trained.detector, trained.threshold, trained.held, trained.rule
+    seconds = time.perf_counter() - started
+    summary = summarise_training_data(X, channels, [p.path for p in parts])
+    if stream is not None:
+        summary["source"] = stream.finish(detector, threshold, held)
+        from latentwatch.detectors import alarms  # the instant limit moved: the EWMA limit fills the rest again
+
+        segments = getattr(detector.training_report, "validation_index", None)
+        rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
+                                segments=segments if segments is not None and len(segments) == len(held) else None)
+    summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
+    name = name or Path(out).resolve().name
+    try:
+        version = publish(out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
+                                                 alarm=rule),
+                          make_current=promote)
+    except VersionError as exc:
+        raise UserError(str(exc)) from None
+    return NewVersion(detector, threshold, rule, version, out, promote, len(X), channels, seconds, parts)
+
+
+def promote(root: Path, version: str):
+    """Make `version` of the versioned directory `root` current, once it loads; the new pointer."""
+    from latentwatch.detectors import versions
+    from latentwatch.detectors.checkpoint import CheckpointError, load
+
+    if version not in versions.list_versions(root):
+        raise UserError(f"{root}: no version {version!r}; see `latentwatch models list {root}`")
+    try:
+        load(root / versions.VERSIONS / version, device="cpu")
+    except CheckpointError as exc:
+        raise UserError(f"not promoted: {exc}") from None
+    try:
+        return versions.set_current(root, version, reason="promote")
+    except versions.VersionError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _per_day(rule, parts) -> str:
+    """The budget as false alarms per sensor per day, at the training data's sampling interval."""
+    import datetime as dt
+
+    for part in parts[:1]:
+        stamps = part.timestamps
+        if stamps is None or len(stamps) < 3:
+            return ""
+        try:
+            t = np.array([dt.datetime.fromisoformat(str(v)).timestamp() for v in stamps[:1000]])
+        except ValueError:
+            try:
+                t = np.asarray(stamps[:1000], dtype=np.float64)
+            except ValueError:
+                return ""
+        step = float(np.median(np.diff(t)))
+        if step > 0:
+            return (f" (sampling every {step:.3g} s: about {rule.budget * 86400 / step:.3g} falsely alarmed readings "
+                    "per sensor per day)")
+    return ""
