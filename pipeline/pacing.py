@@ -9,7 +9,7 @@ fewer than `MIN_READINGS`, never more than `max_readings`), the cost per reading
 average of the scorer's own time per reading (decode, windows, model, records) over recent
 batches. The budget bounds that scoring time; the produce and commit round trip of a batch
 (a few ms, not per reading) comes on top. Smaller batches cost throughput where the per-batch
-round trip is not small beside them: see the figures in pipeline/README.md.
+round trip is not small beside them: see the figures in README.md, Performance.
 """
 
 from __future__ import annotations
