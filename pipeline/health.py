@@ -68,7 +68,12 @@ class Health(Listener):
         with self._lock:
             self._stopping = True
 
-    # -- read by the HTTP server ---------------------------------------------------------------
+    # -- read by the HTTP server (and the demo) -----------------------------------------------
+    def partitions(self) -> int | None:
+        """Partitions held now; None until the group first answered."""
+        with self._lock:
+            return self._partitions
+
     def liveness(self) -> tuple[bool, str]:
         age = self._clock() - self._last_beat
         if age > self.stall_after_s:

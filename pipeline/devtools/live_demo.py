@@ -35,6 +35,10 @@ _QUIET.addHandler(logging.NullHandler())
 # Reconstruction error cannot see a stuck sensor (a frozen value is easy to reconstruct), so the
 # demo injects the other kinds by default; `--kinds all` includes it.
 DEFAULT_KINDS = tuple(k for k in KINDS if k != "stuck")
+# The simulated sensors start once the pipeline holds partitions (or after this long): readings
+# produced before the group's first join are a start-up backlog, which made the demo's end-to-end
+# p99 (416 ms at 400 readings/s, p50 19 ms) a measure of its own start, not of the steady state.
+ASSIGNMENT_WAIT_S = 30.0
 BAD_MESSAGES = [b"{not json", b'{"sensor_id": "sensor-x", "ts": "soon", "values": [1]}',
                 b'{"sensor_id": "sensor-x", "ts": 1, "values": {}}', b"\xff\xfe"]
 
@@ -165,9 +169,18 @@ def start_live(settings, model, sim: SensorSimulator, rate: float, on_truth=None
     out(f"pipeline running (model version {model.version}): metrics at {metrics_url}")
     runner = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     runner.start()
+    _wait_assigned(pipeline.health, ASSIGNMENT_WAIT_S)
     producer = Producer(clients.tool_producer_config(settings, {"logger": _QUIET}))
     stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth).start()
     return pipeline, runner, producer, stream, metrics_url
+
+
+def _wait_assigned(health, timeout_s: float) -> None:
+    """Until the pipeline holds partitions, at most `timeout_s` (then the stream starts anyway:
+    the pipeline catches up once the group answers)."""
+    deadline = time.monotonic() + timeout_s
+    while not health.partitions() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _create_input_topic(settings, partitions: int) -> None:
