@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "high-rate sensors; 4,096 readings are 16 frames, and a batch's two round trips to the "
                         "broker then cost more than decoding it)")
     p.add_argument("--max-wait-ms", type=float, default=None,
-                   help="pipeline batch.max_wait_ms (default: the pipeline's, 20)")
+                   help="pipeline batch.max_wait_ms (default: the pipeline's, 5)")
     p.add_argument("--max-bytes", type=int, default=None,
                    help="pipeline batch.max_bytes (default: the pipeline's, 4 MiB); frames are ~3.6x denser "
                         "than JSON, so the same byte cap holds ~3.6x the readings per batch")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from latentwatch.pipeline.config import BatchSettings
+
 import json
 import os
 import platform
@@ -107,7 +109,7 @@ def markdown(res: dict) -> str:
              f"Pipeline batch.max_readings {res['settings']['batch_size']}"
              + (f" (frames: {res['settings']['frames_batch_size']})" if res['settings'].get('frames_batch_size') else "")
              + ", batch.max_wait_ms "
-              f"{res['settings'].get('max_wait_ms') or 'default (20)'}, torch threads "
+              f"{res['settings'].get('max_wait_ms') or 'default (' + format(BatchSettings().max_wait_ms, 'g') + ')'}, torch threads "
               f"{res['settings'].get('torch_threads_env') or 'default'}. Command: `{res['command']}`"), "",
              ("| model | workload | readings | bare consume r/s | consume+decode r/s (before / after) | model stage r/s "
              "| pipeline r/s | pipeline / decode (>= 0.70) | pipeline / min(decode, model) "

@@ -89,7 +89,11 @@ class BatchSettings(BaseModel):
     # (single). In steady traffic max_wait_ms closes batches
     # long before the cap; the cap bounds a backlog's batches (~64 MiB of W=32 windows).
     max_readings: int = Field(32768, ge=1, description="score when this many readings are in hand")
-    max_wait_ms: float = Field(20.0, ge=0, description="... or when the first of them waited this long")
+    # 5, not 20: at low rates a batch waits all of it, which was most of the latency. Bench, warm
+    # broker, alternating twice (MLP, 10 s at a fixed rate): p50 / p99 batch 10k readings/s
+    # 34-36 / 47-49 ms -> 17-18 / 24-55 ms, single 2k/s 25-26 / 43-49 -> 14-15 / 25-30 ms, at
+    # 0.17-0.29 -> 0.21-0.44 of a core (more, smaller batches). Under load batches fill first.
+    max_wait_ms: float = Field(5.0, ge=0, description="... or when the first of them waited this long")
     # Off by default: see pipeline/pacing.py and pipeline/README.md for the measured trade-off.
     max_latency_ms: float | None = Field(None, gt=0, description="... or when scoring them would take longer "
                                          "than this, by the model's measured cost per reading (pipeline/pacing.py)")

@@ -33,7 +33,7 @@ RUN_FLAGS = {
     "--device": ("model.device", "MODEL__DEVICE", "auto | cpu | cuda (default auto)"),
     "--delivery": ("delivery", "DELIVERY", "at-least-once (default) | exactly-once"),
     "--batch-size": ("batch.max_readings", "BATCH__MAX_READINGS", "readings per micro-batch (default 32768)"),
-    "--max-wait-ms": ("batch.max_wait_ms", "BATCH__MAX_WAIT_MS", "longest wait to fill a batch (default 20)"),
+    "--max-wait-ms": ("batch.max_wait_ms", "BATCH__MAX_WAIT_MS", "longest wait to fill a batch (default 5)"),
 }
 
 
