@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from latentwatch.pipeline.config import BatchSettings
-
 import json
 import os
 import platform
 from pathlib import Path
+
+from latentwatch.pipeline.config import BatchSettings
 
 GIB = 1 << 30
 # Targets of issue 7 (2-core CPU machine, one pipeline process).
