@@ -62,6 +62,10 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
                read_committed: bool = True) -> list:
     """All messages of `topic`: read until `expected` arrived or, without it, until the end.
 
+    The alerts topic carries per-reading alerts and episode events, in an order that depends on
+    how readings fell into batches: read it to the end (once its producer has stopped), never
+    up to a count of alerts (a count reached with episode events cut the alerts short).
+
     "The end" is every partition's position at its high watermark. For a read_committed reader
     that also means no transaction is left open before it (a killed producer's transaction holds
     readers back until the broker aborts it), so nothing committed can still be on its way.
