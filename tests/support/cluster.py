@@ -73,16 +73,20 @@ def leader_assigned_topic_maker(bootstrap: str, leader: int, nodes=(1, 2, 3)):
 
 
 def leaders(bootstrap: str, topics: list[str], timeout: float = 30) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> leader node, once every topic is in the metadata (a topic just
-    made may take a moment to reach the broker that answers)."""
+    """(topic, partition) -> leader node, once every topic is in the metadata with every
+    partition led (a topic just made may take a moment to reach the broker that answers: CI
+    once read it with no partitions yet, KeyError 0). At the deadline, what the metadata says."""
     import time
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
     while True:
         md = admin.list_topics(timeout=10)
-        if all(t in md.topics and md.topics[t].partitions for t in topics) or time.monotonic() > deadline:
-            return {(t, p.id): p.leader for t in topics for p in md.topics[t].partitions.values()}
+        ready = all(t in md.topics and md.topics[t].partitions
+                    and all(p.leader >= 0 for p in md.topics[t].partitions.values()) for t in topics)
+        if ready or time.monotonic() > deadline:
+            return {(t, p.id): p.leader for t in topics if t in md.topics
+                    for p in md.topics[t].partitions.values()}
         time.sleep(0.2)
 
 

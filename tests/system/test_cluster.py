@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from latentwatch.pipeline.devtools.local_kafka import _alive
 from latentwatch.pipeline.devtools.cluster import LocalCluster
 
-from tests.support.cluster import replicated_topic_maker
+from tests.support.cluster import leaders, replicated_topic_maker
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +86,7 @@ def test_one_node_down_writes_go_on_two_down_they_wait(cluster):
     """acks=all with min.insync.replicas=2: with one of three nodes down a write is acknowledged;
     with two down it is refused (NOT_ENOUGH_REPLICAS) rather than acknowledged by one copy."""
     topic = replicated_topic_maker(cluster.bootstrap)(partitions=1, prefix="isr")
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "log_level": 0})
-    leader = admin.list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+    leader = leaders(cluster.bootstrap, [topic])[(topic, 0)]
     others = [n for n in (1, 2, 3) if n != leader]
     cluster.node(others[0]).kill()
     results: list = []
