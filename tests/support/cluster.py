@@ -7,6 +7,7 @@ Each node is a JVM with a 384 MiB heap (devtools/cluster.py): about 1.5 GiB for 
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -76,8 +77,6 @@ def leaders(bootstrap: str, topics: list[str], timeout: float = 30) -> dict[tupl
     """(topic, partition) -> leader node, once every topic is in the metadata with every
     partition led (a topic just made may take a moment to reach the broker that answers: CI
     once read it with no partitions yet, KeyError 0). At the deadline, what the metadata says."""
-    import time
-
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout
     while True:
@@ -107,22 +106,16 @@ class ProgressWatch:
         self.started = self.stopped = 0.0
 
     def start(self) -> ProgressWatch:
-        import time
-
         self.started = time.monotonic()
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        import time
-
         self.stopped = time.monotonic()
         self._stop.set()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        import time
-
         from tests.support.streams import scrape
 
         while not self._stop.is_set():

@@ -269,9 +269,8 @@ def _wait_committed_past(bootstrap: str, s, marks: dict[int, int], procs, timeou
             try:
                 done = {tp.partition: tp.offset for tp in c.committed(
                     [TopicPartition(s.input, p) for p in range(s.partitions)], timeout=5)}
-            except KafkaException as exc:
-                assert time.monotonic() < deadline, f"no committed offsets in {timeout} s: {exc}"
-                continue
+            except KafkaException as exc:  # "not yet": the same checks and pause as an answer short of marks
+                done = {"no answer": str(exc)}
             if all(done.get(p, -1) >= mark for p, mark in marks.items()):
                 return
             assert all(p.poll() is None for p in procs), "a pipeline exited"
