@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from latentwatch.detectors import __version__, versions
+from latentwatch.detectors.baselines import Baselines, BaselineError
 from latentwatch.detectors.latent import ScoreParts
 from latentwatch.detectors.networks import MODELS, TorchDetector, make_detector
 from latentwatch.detectors.alarms import AlarmRule
@@ -47,6 +48,8 @@ class LoadedModel:
     name: str  # metadata "name", else the directory name
     version: str  # metadata "version" (default at save: the training time, e.g. 20260321T101500Z)
     alarm: AlarmRule | None = None  # None only before load fills it: then the threshold alone
+    baselines: Baselines | None = None  # per-sensor baselines and own models (None: one pooled normal)
+    own_alarm: AlarmRule | None = None  # the alarm rule of readings scored by their sensor's own model
 
     def __post_init__(self):
         if self.alarm is None:
@@ -63,8 +66,10 @@ def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str]
 
 
 def save(path: str | Path, detector: TorchDetector, threshold: Threshold, training_summary: dict, *,
-         name: str | None = None, version: str | None = None, alarm: AlarmRule | None = None) -> Path:
-    """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically)."""
+         name: str | None = None, version: str | None = None, alarm: AlarmRule | None = None,
+         baselines: Baselines | None = None, own_alarm: AlarmRule | None = None) -> Path:
+    """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically);
+    with `baselines`, also `baselines.npz` (its sha256 in model.json, checked at load)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
@@ -92,6 +97,11 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
                                    "best_val_loss": r.best_val_loss, "pca_val_loss": r.pca_val_loss,
                                    "validation_windows": r.validation_rows, "calibration": r.calibration,
                                    "seconds": round(r.seconds, 3)}
+    if baselines is not None:
+        meta["baselines"] = {"file": "baselines.npz", "sha256": baselines.save(path), "sensors": baselines.sensors,
+                             "own_models": baselines.owned, "cold_start": baselines.cold_start,
+                             "bytes_per_sensor": baselines.bytes_per_sensor(),
+                             "own_alarm": own_alarm.to_dict() if own_alarm is not None else None}
     tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
     torch.save(detector.state_dict(), tmp_w)
     meta["weights_sha256"] = _sha256(tmp_w)  # load refuses a weights file from another save
@@ -167,10 +177,29 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: {WEIGHTS} does not fit the model described in {METADATA} "
                               f"({' '.join(first[:2])[:300]}); {retrain}") from None
+    baselines, own_alarm = _load_baselines(path, meta, len(channels), retrain)
     detector.parts = parts
     detector.to(device)
     return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")),
-                       alarm)
+                       alarm, baselines, own_alarm)
+
+
+def _load_baselines(path: Path, meta: dict, channels: int, retrain: str):
+    """The per-sensor baselines a model was saved with (None for a model from before them)."""
+    b = meta.get("baselines")
+    if b is None:
+        return None, None
+    f = path / "baselines.npz"
+    if not isinstance(b, dict) or not f.is_file():
+        raise CheckpointError(f"{path}: baselines.npz is missing, so this is not a complete model; {retrain}")
+    if b.get("sha256") != _sha256(f):
+        raise CheckpointError(f"{path}: baselines.npz is not the one {METADATA} was saved with; {retrain}")
+    try:
+        baselines = Baselines.load(f, channels)
+        own = AlarmRule.from_dict(b["own_alarm"]) if b.get("own_alarm") is not None else None
+    except (BaselineError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}; {retrain}") from None
+    return baselines, own
 
 
 def _sha256(path: Path) -> str:

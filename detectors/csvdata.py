@@ -2,7 +2,8 @@
 
 The time column is found by name (timestamp, datetime, time, ts) or named explicitly; columns
 named anomaly, changepoint or label are never channels but come back as `labels` (SKAB-style
-files carry them). Every problem raises one `CSVError` naming the file and line, because the
+files carry them). A `sensor_id` column says whose reading each row is (a fleet in one file; each
+sensor's rows in time order, sensors interleaved or one after another). Every problem raises one `CSVError` naming the file and line, because the
 person reading it has to open that file and fix that line.
 
 Speed: valid files go through numpy's C parser (`np.loadtxt`); only when it objects do we
@@ -20,6 +21,7 @@ import numpy as np
 
 TIME_NAMES = ("timestamp", "datetime", "time", "ts")
 LABEL_NAMES = ("anomaly", "changepoint", "label")
+ID_NAME = "sensor_id"  # a column of sensor ids: whose reading each row is (a fleet in one file)
 
 
 class CSVError(ValueError):
@@ -34,6 +36,7 @@ class CSVData:
     timestamps: np.ndarray | None  # [n] str as written in the file; None without a time column
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. {"anomaly": [n] float32}
     time_column: str | None = None
+    sensor_ids: np.ndarray | None = None  # [n] str from a `sensor_id` column; None without one
 
     def __len__(self) -> int:
         return len(self.values)
@@ -60,19 +63,24 @@ def read_csv(path: str | Path, *, columns: list[str] | None = None, time_column:
         raise CSVError(f"{path}: line 1: duplicate column names {dupes}")
     tcol = _find_time_column(path, header, time_column)
     label_idx = {h: i for i, h in enumerate(header) if h.lower() in LABEL_NAMES and i != tcol}
-    names = _select_channels(path, header, tcol, label_idx, columns, expect_channels)
+    icol = header.index(ID_NAME) if ID_NAME in header and header.index(ID_NAME) != tcol else None
+    if icol is not None:
+        label_idx_with_id = dict(label_idx, **{ID_NAME: icol})
+    else:
+        label_idx_with_id = label_idx
+    names = _select_channels(path, header, tcol, label_idx_with_id, columns, expect_channels)
     chan_idx = [header.index(c) for c in names]
     num_idx = chan_idx + list(label_idx.values())
 
-    parsed = _fast_parse(path, data, delim, len(header), tcol, num_idx) if fast else None
+    parsed = _fast_parse(path, data, delim, len(header), tcol, num_idx, icol) if fast else None
     if parsed is None:
-        parsed = _careful_parse(path, delim, header, tcol, num_idx)
-    numbers, stamps = parsed
+        parsed = _careful_parse(path, delim, header, tcol, num_idx, icol)
+    numbers, stamps, ids = parsed
     if len(numbers) == 0:
         raise CSVError(f"{path}: line 2: no data rows after the header")
     values = np.ascontiguousarray(numbers[:, : len(chan_idx)])
     labels = {h: numbers[:, len(chan_idx) + j].copy() for j, h in enumerate(label_idx)}
-    return CSVData(str(path), names, values, stamps, labels, header[tcol] if tcol is not None else None)
+    return CSVData(str(path), names, values, stamps, labels, header[tcol] if tcol is not None else None, ids)
 
 
 def _find_time_column(path: Path, header: list[str], time_column: str | None) -> int | None:
@@ -108,7 +116,7 @@ def _select_channels(path, header, tcol, label_idx, columns, expect) -> list[str
     return chosen
 
 
-def _fast_parse(path, data: bytes, delim, ncols, tcol, num_idx):
+def _fast_parse(path, data: bytes, delim, ncols, tcol, num_idx, icol=None):
     """numpy's C parser for the common clean file; None means "let the careful parser explain"."""
     body_rows = data.count(b"\n") - 1 + (0 if data.endswith(b"\n") else 1)
     if b'"' in data or b"\n\n" in data or body_rows < 1 or data.count(delim.encode()) != (ncols - 1) * (body_rows + 1):
@@ -116,23 +124,28 @@ def _fast_parse(path, data: bytes, delim, ncols, tcol, num_idx):
     try:
         numbers = np.loadtxt(path, delimiter=delim, skiprows=1, usecols=num_idx, dtype=np.float32, ndmin=2,
                              encoding="utf-8")
-        stamps = None
+        stamps = ids = None
         if tcol is not None:
             stamps = np.loadtxt(path, delimiter=delim, skiprows=1, usecols=[tcol], dtype=str, ndmin=1,
                                 encoding="utf-8", comments=None)
+        if icol is not None:
+            ids = np.loadtxt(path, delimiter=delim, skiprows=1, usecols=[icol], dtype=str, ndmin=1,
+                             encoding="utf-8", comments=None)
     except (ValueError, UnicodeDecodeError):
         return None
-    if len(numbers) != body_rows or (stamps is not None and len(stamps) != body_rows):
+    if len(numbers) != body_rows or any(a is not None and len(a) != body_rows for a in (stamps, ids)):
         return None
     if not np.all(np.isfinite(numbers)):
         return None
-    return numbers, (np.char.strip(stamps) if stamps is not None else None)
+    return (numbers, (np.char.strip(stamps) if stamps is not None else None),
+            (np.char.strip(ids) if ids is not None else None))
 
 
-def _careful_parse(path, delim, header, tcol, num_idx):
+def _careful_parse(path, delim, header, tcol, num_idx, icol=None):
     """Row by row with the csv module: slower, but names the exact line of any problem."""
     rows: list[list[float]] = []
     stamps: list[str] = []
+    ids: list[str] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delim)
@@ -157,9 +170,12 @@ def _careful_parse(path, delim, header, tcol, num_idx):
                 rows.append(out)
                 if tcol is not None:
                     stamps.append(row[tcol].strip())
+                if icol is not None:
+                    ids.append(row[icol].strip())
     except UnicodeDecodeError as exc:
         raise CSVError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
         raise CSVError(f"{path}: line {reader.line_num}: {exc}") from None
     numbers = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(num_idx))
-    return numbers, (np.asarray(stamps, dtype=str) if tcol is not None else None)
+    return (numbers, (np.asarray(stamps, dtype=str) if tcol is not None else None),
+            (np.asarray(ids, dtype=str) if icol is not None else None))

@@ -183,7 +183,8 @@ def run_defaults(root: Path, options=None, *, files: int | None = None, name: st
     for path in paths:
         data = read_csv(path)
         trained = recipe.train(data.values[:TRAIN_ROWS], data.channels, options)
-        flagged = recipe.flag_series(trained.detector, trained.threshold, trained.rule, data.values[TRAIN_ROWS:])
+        flagged = recipe.flag_series(trained.detector, trained.threshold, trained.rule, data.values[TRAIN_ROWS:],
+                                     baselines=trained.baselines, own_rule=trained.own_rule)
         truth = data.labels["anomaly"][TRAIN_ROWS:]
         counts.add(flagged.anomaly, truth)
         kinds.append(trained.detector.kind)

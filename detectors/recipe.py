@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentwatch.detectors import alarms
+from latentwatch.detectors import alarms, baselines as bl
 from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.base import Scores, sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
@@ -54,6 +54,11 @@ class Recipe:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    # per-sensor normal (detectors/baselines.py)
+    cold_start: int = bl.COLD_START  # readings a new sensor is judged by the fleet baseline
+    own_min: int = bl.OWN_MIN  # training readings before a sensor gets its own model
+    own: bool = True  # own models for sensors with own_min readings
+    max_train_readings: int = 50_000  # the shared model's sample (baselines use every reading)
 
     def kind(self, rows: int) -> str:
         if self.model != "auto":
@@ -76,9 +81,40 @@ class Trained:
     threshold: Threshold  # the instant limit (`rule.instant` is its value)
     rule: AlarmRule
     held: np.ndarray  # the held-out normal scores the threshold and rule were set on
+    baselines: bl.Baselines | None = None
+    own_rule: AlarmRule | None = None  # the alarm rule of readings scored by their sensor's own model
+    sample_rows: int = 0  # readings the shared model was trained on
 
 
-def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = None) -> Trained:
+def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = None,
+          sensor_ids=None) -> Trained:
+    """Each sensor's baseline (and own model) from all of `X` [n, channels] (`sensor_ids` [n]:
+    whose reading each row is, each sensor's rows in time order; None: one sensor, id ""), then
+    the shared model (`train_shared`) on a bounded sample of the readings standardised by their
+    sensor's baseline (`Recipe.max_train_readings`: an equal share per sensor in contiguous
+    chunks spread over its history, baselines.sample_for_fleet)."""
+    o = options or Recipe()
+    X = np.asarray(X, np.float32)
+    if sensor_ids is None:
+        sensor_ids = np.full(len(X), "", dtype="U1")
+    sensor_ids = np.asarray(sensor_ids).astype(str)
+    if len(sensor_ids) != len(X):
+        raise ValueError(f"{len(sensor_ids)} sensor ids for {len(X)} readings")
+    b, own_held, own_segs = bl.fit(X, sensor_ids, cold_start=o.cold_start,
+                                   own_min=o.own_min if o.own else len(X) + 1)
+    _, groups = bl.group_rows(sensor_ids)
+    rows = bl.sample_for_fleet(groups, o.max_train_readings, chunk=max(64, 8 * (o.window or DEFAULT_WINDOW[o.model])))
+    Z = bl.standardise(X[rows], b.center[b.rows(sensor_ids[rows])], b.scale[b.rows(sensor_ids[rows])])
+    log.info("baselines of %d sensors (%d with an own model); shared model on %d of %d readings", b.sensors,
+             b.owned, len(Z), len(X))
+    t = train_shared(Z, channels, o)
+    own_rule = None
+    if len(own_held) >= 10:
+        own_rule = alarms.calibrate(own_held, o.false_alarm_rate, lam=o.ewma_lambda, segments=own_segs)
+    return Trained(t.detector, t.threshold, t.rule, t.held, b, own_rule, len(Z))
+
+
+def train_shared(X: np.ndarray, channels: list[str] | None, options: Recipe | None = None) -> Trained:
     """Fit the detector `options` describe on `X` [n, channels] (time order), with its score
     parts, instant limit and alarm rule (all from held-out normal data, no labels). An explicit
     model kind is kept (a warning when PCA did better on held-out data); `auto` keeps the guard
@@ -134,20 +170,55 @@ class Flagged:
     limit: np.ndarray | None = None
     ewma: np.ndarray | None = None
     events: list = field(default_factory=list)  # (event, row, Episode)
+    baseline: np.ndarray | None = None  # per row: own | learned | fleet (which baseline judged it); "" none
 
 
 def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
-                ts: np.ndarray | None = None) -> Flagged:
+                ts: np.ndarray | None = None, *, baselines: bl.Baselines | None = None, sensor_id: str = "",
+                own_rule: AlarmRule | None = None) -> Flagged:
     """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score`
     and the stream do. `ts`: the rows' event times (episode updates are rate-limited by them;
-    default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0))."""
-    scored = detector.score(sliding_windows(values, detector.window))
+    default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0)).
+    With `baselines` (a model trained per sensor), rows are standardised by `sensor_id`'s
+    baseline (a sensor the model has not seen: the fleet's for its first `cold_start` readings,
+    then its own learned from them) and a sensor with an own model is scored by it and judged by
+    `own_rule`; `Flagged.baseline` says which baseline judged each row."""
+    values = np.asarray(values, np.float32)
     n, first = len(values), detector.window - 1
+    state = np.full(n, "", dtype=object)
+    own = -1
+    if baselines is None:
+        scored = detector.score(sliding_windows(values, detector.window))
+    else:
+        row = baselines.row(sensor_id)
+        if row >= 0:
+            Z = bl.standardise(values, baselines.center[row], baselines.scale[row])
+            scored = detector.score(sliding_windows(Z, detector.window))
+            state[:] = "own"
+            own = int(baselines.own_row[row]) if own_rule is not None else -1
+            if own >= 0:
+                s, err = baselines.own_scores(Z[first:], np.full(max(n - first, 0), own, np.int64))
+                scored = Scores(scored.latent, err, s, {k: s for k in scored.parts} or {"reconstruction": s})
+        else:
+            N = baselines.cold_start
+            Za = bl.standardise(values, baselines.fleet_center, baselines.fleet_scale)
+            state[:] = "fleet"
+            if n > N:
+                Zb = bl.standardise(values, *baselines.learn(values[:N]))
+                state[N:] = "learned"
+                a = detector.score(sliding_windows(Za[:max(N, first + 1)], detector.window))
+                cut = max(N - first, 0)  # windows ending before row N
+                b_ = detector.score(sliding_windows(Zb, detector.window))
+                scored = _concat_scores(_slice_scores(a, 0, cut), _slice_scores(b_, cut, len(b_)))
+            else:
+                scored = detector.score(sliding_windows(Za, detector.window))
+    if own >= 0:
+        rule = own_rule
     m = n - first
     score = np.full(n, np.nan)
     score[first:] = scored.score
-    thr = np.full(n, threshold.value)
-    thr[first:] = threshold.thresholds(scored.score)
+    thr = np.full(n, rule.instant if own >= 0 else threshold.value)
+    thr[first:] = rule.instant if own >= 0 else threshold.thresholds(scored.score)
     above = np.nan_to_num(score, nan=-np.inf) > thr
     rows = np.arange(first, n)
     times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
@@ -159,4 +230,13 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
     events = [(e, int(pos) + first, ep) for e, pos, _, ep in d.events]
     return Flagged(score, thr, above, anomaly, first, scored, parts, pad(d.rule, -1), pad(d.statistic, np.nan),
-                   pad(d.limit, np.nan), pad(d.ewma, np.nan), events)
+                   pad(d.limit, np.nan), pad(d.ewma, np.nan), events, state)
+
+
+def _slice_scores(s: Scores, lo: int, hi: int) -> Scores:
+    return Scores(s.latent[lo:hi], s.channel_error[lo:hi], s.score[lo:hi], {k: v[lo:hi] for k, v in s.parts.items()})
+
+
+def _concat_scores(a: Scores, b: Scores) -> Scores:
+    return Scores(np.concatenate([a.latent, b.latent]), np.concatenate([a.channel_error, b.channel_error]),
+                  np.concatenate([a.score, b.score]), {k: np.concatenate([a.parts[k], b.parts[k]]) for k in a.parts})

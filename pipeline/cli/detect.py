@@ -78,6 +78,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--risk", type=float, default=None,
                    help="tail probability for --threshold pot (default: a fifth of the false-alarm rate)")
     t.add_argument("--name", default=None, help="model name (default: the directory name)")
+    fl = t.add_argument_group("per-sensor normal (docs/fleets.md)")
+    fl.add_argument("--sensor-id", default=None, metavar="ID",
+                    help="whose readings a file without a sensor_id column holds (default: the unnamed sensor \"\")")
+    fl.add_argument("--cold-start-readings", type=int, default=None, metavar="N",
+                    help="a sensor the model has not seen is judged by the fleet baseline for its first N readings, "
+                         "then by its own learned from them (default: 500)")
+    fl.add_argument("--own-min-readings", type=int, default=None, metavar="N",
+                    help="training readings a sensor needs for its own model (default: 1000)")
+    fl.add_argument("--no-own-models", action="store_true", help="every sensor is scored by the shared model")
+    fl.add_argument("--max-train-readings", type=int, default=None, metavar="N",
+                    help="readings the shared model is trained on, drawn evenly per sensor over time "
+                         "(baselines use every reading; default: 50000)")
     _data_options(t)
     _stream_options(t)
     t.set_defaults(func=_train)
@@ -89,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
     s.add_argument("--episodes", default=None, metavar="CSV",
                    help="also write the episode events (open, update, close) the stream would publish")
+    s.add_argument("--sensor-id", default=None, metavar="ID",
+                   help="whose readings a file without a sensor_id column holds (default: the unnamed sensor \"\")")
     _data_options(s)
     s.set_defaults(func=_score)
 
@@ -203,7 +217,11 @@ def _recipe(args):
                   margin=args.margin, risk=args.risk, false_alarm_rate=args.false_alarm_rate,
                   ewma_lambda=args.ewma_lambda, val_fraction=args.val_fraction,
                   calibration=args.calibration, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  device=_device(args.device))
+                  device=_device(args.device), own=not getattr(args, "no_own_models", False),
+                  **{k: v for k, v in (("cold_start", getattr(args, "cold_start_readings", None)),
+                                       ("own_min", getattr(args, "own_min_readings", None)),
+                                       ("max_train_readings", getattr(args, "max_train_readings", None)))
+                     if v is not None})
 
 
 def _train(args) -> int:
@@ -227,8 +245,14 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
+    sensor_ids = None
+    if parts and any(p.sensor_ids is not None for p in parts):  # a file without the column: --sensor-id or ""
+        sensor_ids = np.concatenate([p.sensor_ids if p.sensor_ids is not None else
+                                     np.full(len(p), args.sensor_id or "", dtype=object) for p in parts]).astype(str)
+    elif parts and args.sensor_id:
+        sensor_ids = np.full(len(X), args.sensor_id, dtype=object).astype(str)
     new = train_version(X, channels, options, args.out, parts=parts, stream=stream, name=args.name,
-                        promote=not args.no_promote)
+                        promote=not args.no_promote, sensor_ids=sensor_ids)
     print(new.describe(f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"))
     if new.note():
         print(new.note())
@@ -251,12 +275,20 @@ def _score(args) -> int:
     data = _read(args.data, args, expect=model.detector.channels)
     det = model.detector
     rule = model.alarm
-    f = flag_series(det, model.threshold, rule, data.values)
+    ids = data.sensor_ids
+    if ids is None:
+        ids = np.full(len(data), args.sensor_id or "", dtype=object)
+    groups, flagged = _flag_per_sensor(model, data.values, ids)
+    f = _merge_flagged(groups, flagged, len(data))
     rows = _format_rows(data.timestamps, f, f.scored.latent if args.latent else None)
     header = ["row", "timestamp", "score", "threshold", "anomaly", "above", "rule", "statistic", "limit", "ewma",
               *f.parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
+    if model.baselines is not None:  # whose reading, and which baseline judged it
+        header += ["sensor_id", "baseline"]
+        ids_list = np.asarray(ids).astype(str).tolist()
+        rows = ([*r, sid, b] for r, sid, b in zip(rows, ids_list, f.baseline.tolist()))
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
     try:
         w = csv.writer(out, lineterminator="\n")
@@ -274,11 +306,61 @@ def _score(args) -> int:
             for event, row, ep in f.events:
                 w.writerow([event, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}"])
     opened = sum(1 for e in f.events if e[0] == "open")
-    log.info("scored %d rows (%d anomalous, %d episodes) with %s: %s", len(data), int(f.anomaly.sum()), opened,
-             model.name, rule.describe())
+    log.info("scored %d rows of %d sensor(s) (%d anomalous, %d episodes) with %s: %s", len(data), len(groups),
+             int(f.anomaly.sum()), opened, model.name, rule.describe())
     if "anomaly" in data.labels:
         print(_tradeoff(f, data.labels["anomaly"]), file=sys.stderr if args.out == "-" else sys.stdout)
     return 0
+
+
+def _flag_per_sensor(model, values, ids):
+    """Each sensor's rows (in file order) flagged as the stream would: its own baseline and model."""
+    from latentwatch.detectors.baselines import group_rows
+    from latentwatch.detectors.recipe import flag_series
+
+    uniq, groups = group_rows(np.asarray(ids).astype(str))
+    flagged = [flag_series(model.detector, model.threshold, model.alarm, values[rows], baselines=model.baselines,
+                           sensor_id=str(sid), own_rule=model.own_alarm) for sid, rows in zip(uniq.tolist(), groups)]
+    return groups, flagged
+
+
+def _merge_flagged(groups, flagged, n):
+    """One `Flagged` over the file's rows from each sensor's (episode rows back in file numbering)."""
+    import dataclasses
+
+    from latentwatch.detectors.base import Scores
+
+    if len(flagged) == 1:
+        f = flagged[0]
+        if f.baseline is None:
+            f = dataclasses.replace(f, baseline=np.full(n, "", dtype=object))
+        return f
+    first = max(f.first for f in flagged)
+    one = flagged[0]
+
+    def col(name, fill, dtype=np.float64):
+        out = np.full(n, fill, dtype=dtype)
+        for rows, f in zip(groups, flagged):
+            out[rows] = getattr(f, name)
+        return out
+
+    parts = {}
+    for k in one.parts:
+        parts[k] = np.full(n, np.nan)
+        for rows, f in zip(groups, flagged):
+            parts[k][rows] = f.parts[k]
+    k = one.scored.latent.shape[1]
+    latent = np.full((n, k), np.nan, np.float32)
+    for rows, f in zip(groups, flagged):
+        latent[rows[f.first:]] = f.scored.latent
+    events = sorted(((e, int(rows[r]), ep) for rows, f in zip(groups, flagged) for e, r, ep in f.events),
+                    key=lambda t: t[1])
+    scored = Scores(latent[first:], np.zeros((n - first, 0), np.float32), np.zeros(n - first, np.float32), {})
+    return dataclasses.replace(
+        one, score=col("score", np.nan), threshold=col("threshold", np.nan), above=col("above", False, bool),
+        anomaly=col("anomaly", False, bool), first=first, scored=scored, parts=parts, rule=col("rule", -1, np.int8),
+        statistic=col("statistic", np.nan), limit=col("limit", np.nan), ewma=col("ewma", np.nan), events=events,
+        baseline=col("baseline", "", object))
 
 
 def _tradeoff(f, labels) -> str:

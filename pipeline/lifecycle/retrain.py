@@ -45,6 +45,7 @@ class StreamData:
     values: np.ndarray  # [n, channels] float32: what trains, per sensor in stream order, sensors by id
     full: np.ndarray | None = None  # the same with the alerted readings still in
     kept: np.ndarray | None = None  # [len(full)] bool: not alerted
+    full_ids: np.ndarray | None = None  # [len(full)] str: the sensor of each row of `full`
     sensors: int = 0
     messages: int = 0
     readings: int = 0
@@ -197,6 +198,7 @@ def read_training_data(settings: Settings, topic: str, channels: list[str], sinc
     data.readings = len(all_values)
     order: list[int] = []
     alerted: list[bool] = []
+    ids: list[str] = []
     for sensor in sorted(per_sensor):
         last = -np.inf
         for partition, offset, index, ts, row in sorted(per_sensor[sensor], key=lambda r: r[:3]):
@@ -205,10 +207,12 @@ def read_training_data(settings: Settings, topic: str, channels: list[str], sinc
                 continue
             last = ts
             order.append(row)
+            ids.append(sensor)
             alerted.append((partition, offset, index) in excluded)
     data.sensors = len(per_sensor)
     data.full = all_values[np.asarray(order, dtype=np.int64)] if order else data.values
     data.kept = ~np.asarray(alerted, dtype=bool)
+    data.full_ids = np.asarray(ids, dtype=str) if ids else np.zeros(0, dtype="U1")
     data.alerted = int((~data.kept).sum())
     data.values = data.full[data.kept]
     return data
@@ -224,9 +228,20 @@ class StreamTraining:
     source: dict
     alert_rate: float  # of the model whose alerts were left out
 
-    def finish(self, detector, threshold, held_out: np.ndarray) -> dict:
-        """Put the likely false alerts back into the threshold's data; the source summary."""
-        k = recalibrate(detector, threshold, self.data.full, self.data.kept, held_out, self.alert_rate)
+    @property
+    def sensor_ids(self) -> np.ndarray | None:
+        """The sensor of each row of `values`."""
+        d = self.data
+        return None if d.full_ids is None or d.kept is None else d.full_ids[d.kept]
+
+    def finish(self, detector, threshold, held_out: np.ndarray, baselines=None) -> dict:
+        """Put the likely false alerts back into the threshold's data; the source summary.
+        `baselines`: the model's per-sensor baselines (its shared model sees standardised rows)."""
+        full = self.data.full
+        if baselines is not None and full is not None and self.data.full_ids is not None and len(full):
+            r = baselines.rows(self.data.full_ids)
+            full = ((full - baselines.center[r]) / baselines.scale[r]).astype(np.float32)
+        k = recalibrate(detector, threshold, full, self.data.kept, held_out, self.alert_rate)
         self.source["readmitted_as_false_alerts"] = k
         return self.source
 

@@ -53,7 +53,7 @@ class NewVersion:
 
 
 def train_version(X: np.ndarray, channels: list[str], options, out: str, *, parts=(), stream=None,
-                  name: str | None = None, promote: bool = True) -> NewVersion:
+                  name: str | None = None, promote: bool = True, sensor_ids=None) -> NewVersion:
     """Train with `options` (detectors.recipe.Recipe) on `X` [n, channels] and publish the model
     as a new version of `out` (current unless `promote` is false). `parts`: the CSV files `X`
     came from; `stream`: lifecycle.retrain.StreamTraining when it came from a topic (its likely
@@ -64,26 +64,39 @@ def train_version(X: np.ndarray, channels: list[str], options, out: str, *, part
     from latentwatch.pipeline.lifecycle.drift import reference_for
 
     parts = list(parts)
+    if stream is not None and sensor_ids is None:
+        sensor_ids = stream.sensor_ids
     started = time.perf_counter()
     try:
-        trained = recipe.train(X, channels, options)
+        trained = recipe.train(X, channels, options, sensor_ids=sensor_ids)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     detector, threshold, held, rule = trained.detector, trained.threshold, trained.held, trained.rule
     seconds = time.perf_counter() - started
     summary = summarise_training_data(X, channels, [p.path for p in parts])
     if stream is not None:
-        summary["source"] = stream.finish(detector, threshold, held)
+        summary["source"] = stream.finish(detector, threshold, held, trained.baselines)
         from latentwatch.detectors import alarms  # the instant limit moved: the EWMA limit fills the rest again
 
         segments = getattr(detector.training_report, "validation_index", None)
         rule = alarms.calibrate(held, rule.budget, lam=rule.lam, instant=threshold.value,
                                 segments=segments if segments is not None and len(segments) == len(held) else None)
-    summary["drift_reference"] = reference_for(detector, X, held, threshold.value)
+    b = trained.baselines
+    if b is not None:  # the shared model sees readings standardised by their sensor's baseline
+        ids = np.asarray(sensor_ids if sensor_ids is not None else np.full(len(X), "", dtype="U1")).astype(str)
+        from latentwatch.detectors.baselines import group_rows, sample_for_fleet
+
+        pick = np.sort(sample_for_fleet(group_rows(ids)[1], 200_000, 256))  # contiguous chunks: real windows
+        r = b.rows(ids[pick])
+        Xd = ((np.asarray(X, np.float32)[pick] - b.center[r]) / b.scale[r]).astype(np.float32)
+    else:
+        Xd = X
+    summary["drift_reference"] = reference_for(detector, Xd, held, threshold.value)
     name = name or Path(out).resolve().name
     try:
         version = publish(out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
-                                                 alarm=rule),
+                                                 alarm=rule, baselines=trained.baselines,
+                                                 own_alarm=trained.own_rule),
                           make_current=promote)
     except VersionError as exc:
         raise UserError(str(exc)) from None
