@@ -11,21 +11,28 @@ detected each on a 32-asset fleet). Three layers fix that:
    standardised by its sensor's baseline before any model sees it, so the shared model learns
    the fleet's *shape* of normal, not the union of its set points.
 2. **Own model** for a sensor with at least `own_min` training readings: a PCA of its own
-   standardised readings (the fewest components explaining `variance`, at most C-1), scored by
+   standardised readings, scored by
    its squared prediction error (SPE, the Q statistic of multivariate SPC: Jackson & Mudholkar
    1979) divided by that sensor's median SPE on its own held-out readings (interleaved blocks).
    Each asset's mix of the shared process factors differs a little, so one fleet model's
    residual on an asset carries that difference and its limit must be loose; the asset's own
    subspace leaves only noise, and a ramp or small jump on one channel stands out (issue 28's
-   table: own PCA 4/4 ramps and 24/24 jumps, fleet PCA after baselines 0/4 and 13/24). Memory:
+   table: own PCA 4/4 ramps and 24/24 jumps, fleet PCA after baselines 0/4 and 13/24). It keeps
+   the components whose variance is over OWN_NOISE_RATIO x the noise floor (the median variance
+   of the smaller half of the components; at least 1, at most C-1): a share-of-variance rule
+   (0.9) dropped a process factor carrying 5 % of an asset's variance, whose normal wander then
+   alarmed on 16.5 % of that asset's normal readings (tests/support/fleet.py, asset 2). Ratio 2 / 3
+   / 5 on 18 such assets: normal readings alarmed 0.99 / 0.91 / 1.30 % (worst asset 4.9 / 4.5 /
+   14.9 %), stuck and ramp 18/18 each, one-reading 1.5-sigma jumps 16 / 17 / 17 of 18. Memory:
    (3 + K) x C + 2 float32 and an int per sensor (K = kept components; ~340 B at C=8, K=7).
 3. **Cold start**: a sensor the model has never seen is scored from its first readings with the
    *fleet baseline* (median of the sensors' centers; scale = sqrt(median sensor variance + the
    spread of centers), so a new asset at its own set point is not read as a shift). From its
    `cold_start`-th reading on, its own baseline is learned from those first readings (median and
    MAD, with the fleet's typical per-sensor scale as a floor: a short stretch of a slow process
-   underestimates its spread). The stream keeps the first readings in the sensor's state until
-   then (`ColdStart`), then only the learned center and scale.
+   underestimates its spread). The stream keeps every `stride`-th of those first readings in the
+   sensor's state (at most COLD_KEEP = 64 rows: 2 KB at 8 channels) until then, then only the
+   learned center and scale (pipeline/state.py `Baseline`); `score` learns from the same rows.
 
 Which one judged a reading is its *baseline state*: `own` (a baseline from training; scored by
 its own model when it has one), `learned` (a cold start that finished), `fleet` (still cold).
@@ -41,10 +48,11 @@ from pathlib import Path
 import numpy as np
 
 MAD_SIGMA = 1.4826  # MAD x this estimates sigma for Gaussian data
-COLD_START = 500  # readings a new sensor is judged by the fleet baseline (median's s.e. ~ 0.056 sigma)
+COLD_START = 500  # readings a new sensor is judged by the fleet baseline
+COLD_KEEP = 64  # of them a cold sensor keeps (every stride-th): bounded state, median's s.e. ~0.16 sigma
 OWN_MIN = 1000  # training readings before a sensor gets its own model (SKAB's per-file 400 rows: none)
 OWN_MAX = 20_000  # readings an own model is fitted on (evenly spread over the sensor's history)
-OWN_VARIANCE = 0.9  # share of the standardised variance an own PCA's components explain
+OWN_NOISE_RATIO = 3.0  # an own PCA keeps the components whose variance is over 3x the noise floor
 OWN_BLOCKS = 10  # interleaved blocks; every 5th is held out for the sensor's score scale
 SCALE_FLOOR = 1e-3  # of the fleet's typical scale: a constant channel cannot divide by ~0
 STATES = ("own", "learned", "fleet")  # baseline states, in the order of the metric's label values
@@ -105,9 +113,14 @@ class Baselines:
         get = self._index.get
         return np.fromiter((get(s, -1) for s in sensor_ids), np.int64, count=len(sensor_ids))
 
-    def learn(self, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A cold sensor's own baseline from its first readings [n, C]."""
-        center, scale = robust(first)
+    @property
+    def stride(self) -> int:
+        """A cold sensor keeps readings 0, stride, 2 stride, ... of its first `cold_start`."""
+        return cold_stride(self.cold_start)
+
+    def learn(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A cold sensor's own baseline from the rows it kept of its first readings [<=64, C]."""
+        center, scale = robust(kept)
         return center.astype(np.float32), np.maximum(scale, self.typical_scale).astype(np.float32)
 
     def bytes_per_sensor(self) -> int:
@@ -185,6 +198,10 @@ class Baselines:
             raise BaselineError(f"{FILE}: duplicate sensor ids")
 
 
+def cold_stride(cold_start: int) -> int:
+    return max(1, -(-int(cold_start) // COLD_KEEP))
+
+
 def group_rows(sensor_ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted unique ids and, for each, its rows in their original (time) order."""
     ids = np.asarray(sensor_ids).astype(str)
@@ -195,7 +212,7 @@ def group_rows(sensor_ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def fit(X: np.ndarray, sensor_ids, *, cold_start: int = COLD_START, own_min: int = OWN_MIN,
-        variance: float = OWN_VARIANCE) -> tuple[Baselines, np.ndarray, np.ndarray]:
+        noise_ratio: float = OWN_NOISE_RATIO) -> tuple[Baselines, np.ndarray, np.ndarray]:
     """Baselines (and own models) of readings `X` [n, C] of sensors `sensor_ids` [n] (each
     sensor's rows in time order). Returns (baselines, own held-out scores, their segment ids):
     the held-out scores, already divided by their sensor's median, calibrate the own models'
@@ -220,11 +237,19 @@ def fit(X: np.ndarray, sensor_ids, *, cold_start: int = COLD_START, own_min: int
     b = Baselines(uniq, center.astype(np.float32), scale.astype(np.float32),
                   np.array([len(g) for g in groups], np.int64), fleet_center.astype(np.float32),
                   fleet_scale.astype(np.float32), typical.astype(np.float32), cold_start=int(cold_start))
-    held, segs = _fit_own(b, X, groups, own_min, variance)
+    held, segs = _fit_own(b, X, groups, own_min, noise_ratio)
     return b, held, segs
 
 
-def _fit_own(b: Baselines, X: np.ndarray, groups, own_min: int, variance: float):
+def components(sv: np.ndarray, channels: int, noise_ratio: float = OWN_NOISE_RATIO) -> int:
+    """How many principal components are process, not noise: variance over `noise_ratio` x the
+    median variance of the smaller half (the noise floor); at least 1, at most C-1."""
+    var = np.sort(np.asarray(sv, np.float64) ** 2)[::-1]
+    floor = float(np.median(var[len(var) // 2:])) if len(var) > 1 else 0.0
+    return int(min(max(int((var > noise_ratio * floor).sum()), 1), channels - 1))
+
+
+def _fit_own(b: Baselines, X: np.ndarray, groups, own_min: int, noise_ratio: float):
     C = b.channels
     if C < 2:
         return np.zeros(0), np.zeros(0, np.int64)
@@ -241,8 +266,7 @@ def _fit_own(b: Baselines, X: np.ndarray, groups, own_min: int, variance: float)
         fit_z, held_z = Z[~hold], Z[hold]
         mean = fit_z.mean(axis=0)
         _, sv, vt = np.linalg.svd(fit_z - mean, full_matrices=False)
-        explained = np.cumsum(sv ** 2) / max(float((sv ** 2).sum()), 1e-30)
-        k = int(min(np.searchsorted(explained, variance) + 1, C - 1))
+        k = components(sv, C, noise_ratio)
         basis = np.zeros((C, C - 1), np.float32)
         basis[:, :k] = vt[:k].T
         D = held_z - mean

@@ -204,7 +204,7 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
             Za = bl.standardise(values, baselines.fleet_center, baselines.fleet_scale)
             state[:] = "fleet"
             if n > N:
-                Zb = bl.standardise(values, *baselines.learn(values[:N]))
+                Zb = bl.standardise(values, *baselines.learn(values[:N:baselines.stride]))
                 state[N:] = "learned"
                 a = detector.score(sliding_windows(Za[:max(N, first + 1)], detector.window))
                 cut = max(N - first, 0)  # windows ending before row N

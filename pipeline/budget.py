@@ -71,9 +71,14 @@ def _worst_records(model, channels, topic, names, latent) -> tuple[dict, dict]:
 
 def changelog_record_bytes(window: int, channels: int) -> int:
     """A sensor's changelog record at most: the entry and the one before it, each a full tail, an
-    adaptive threshold's statistics and the alarm rule's state with an open episode."""
+    adaptive threshold's statistics, the alarm rule's state with an open episode and a cold start
+    holding all it keeps and a learned baseline (never both at once; counted together here)."""
+    from latentwatch.detectors.baselines import COLD_KEEP
+
+    cold = state.Baseline(1, np.zeros((COLD_KEEP, channels), np.float32), np.zeros(channels, np.float32),
+                          np.ones(channels, np.float32))
     full = state.Entry(0.0, np.zeros((max(window - 1, 0), channels), np.float32), (0.0, 0.0), 0,
-                       SensorAlarm(0.0, _WORST_EPISODE))
+                       SensorAlarm(0.0, _WORST_EPISODE), cold)
     return len(state.pack(full, full)) + _KEY_AND_FRAMING
 
 

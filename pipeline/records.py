@@ -44,13 +44,16 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
                   scores: np.ndarray, thresholds: np.ndarray, tops: list[list[dict]], latent: np.ndarray,
                   model_name: str, model_version: str, critical_ratio: float, detected_at: str,
                   parts: dict[str, np.ndarray] | None = None, rules: np.ndarray | None = None,
-                  statistics: np.ndarray | None = None, limits: np.ndarray | None = None) -> list[dict]:
+                  statistics: np.ndarray | None = None, limits: np.ndarray | None = None,
+                  baselines: list[str] | None = None) -> list[dict]:
     """A batch's alerts, one per row: `sources` (topic, partition, offset, index) of each reading,
     `ts` its event time as ISO strings (`times.iso_many`), `tops` its row of `top_channels`, `latent`
     `[n, k]`, `parts` name -> `[n]`. Rounding and conversion are done per column in numpy: per
     alert in Python they were half of the scorer's time at a 2.3 % alert rate (cProfile, the
     bench's frames batches). `rules` (index into `alarms.RULES`), `statistics`, `limits`: what fired
-    (default: the instant rule, the score against the threshold); severity follows statistic/limit."""
+    (default: the instant rule, the score against the threshold); severity follows statistic/limit.
+    `baselines`: which baseline judged each reading (own | learned | fleet; a model trained per
+    sensor), as `baseline`."""
     score, threshold = np.asarray(scores, np.float64), np.asarray(thresholds, np.float64)
     n = len(score)
     rules = np.zeros(n, np.int8) if rules is None else np.asarray(rules)
@@ -77,12 +80,15 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
         if names:  # which part of the score fired (reconstruction, latent_distance)
             record["parts"] = dict(zip(names, pr))
         out.append(record)
+    if baselines is not None:
+        for record, b in zip(out, baselines):
+            record["baseline"] = b
     return out
 
 
 def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: np.ndarray,
                     tops: list[list[dict]], model_name: str, model_version: str, critical_ratio: float,
-                    detected_at: str) -> list[dict]:
+                    detected_at: str, baselines: list[str] | None = None) -> list[dict]:
     """One record per episode event (`alarms.Decision.events`: (event, reading, key, Episode)),
     row-aligned with `sources`/`sensor_ids`/`ts`/`tops` of the reading that raised it."""
     model = {"name": model_name, "version": model_version}
@@ -101,6 +107,9 @@ def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_
         if event == "close":
             record["ended_at"] = iso(t)
         out.append(record)
+    if baselines is not None:
+        for record, b in zip(out, baselines):
+            record["baseline"] = b
     return out
 
 

@@ -12,7 +12,10 @@ Steps, in order:
    its message is a dead letter ("out_of_range"; e.g. the 3.4e38 "no data" of field devices);
 4. windows per (partition, sensor) from the stored tails and this batch's readings, in offset
    order; a sensor's first `window - 1` readings ever are its warm-up (not scored, counted);
-5. one model call, the instant limits (per-sensor ones read their state, return the new one),
+   with a model trained per sensor (detectors/baselines.py), each window is standardised by the
+   baseline of its last reading's sensor: its own from training, else its cold start's (the
+   fleet's for its first `cold_start` readings, then the one learned from them);
+5. one model call (and the own models of sensors that have one), the instant limits (per-sensor ones read their state, return the new one),
    the alarm rule (detectors/alarms.py: instant and EWMA, per-sensor state from the store,
    episodes), alert, episode and latent records; a non-finite score (impossible after step 3,
    kept as a guard) becomes the largest finite float, so it alerts and never reaches a metric as NaN;
@@ -105,10 +108,12 @@ class _Windows:
     keys: list  # (partition, sensor) of each key index
     msg_key: np.ndarray  # key index of each kept message
     updates: dict
-    windows: np.ndarray  # [scored, window, channels]
+    windows: np.ndarray  # [scored, window, channels] (standardised by the sensor's baseline, if any)
     scored_idx: np.ndarray  # reading row of each window
     msg_of: np.ndarray  # kept message of each reading row
     pos: np.ndarray  # index of each reading in its message
+    own: np.ndarray | None = None  # [readings] own model index (-1: the shared model); None: no baselines
+    state: np.ndarray | None = None  # [readings] int8 index into baselines.STATES
 
 
 @dataclass
@@ -154,6 +159,15 @@ class Scorer:
                 self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
         self._empty_tail = np.empty((0, len(self.channels)), np.float32)
         self.rule = model.alarm
+        self.baselines = getattr(model, "baselines", None)  # per-sensor baselines (detectors/baselines.py)
+        self.own_rule = getattr(model, "own_alarm", None)
+        if self.baselines is not None and self._mean is not None:  # the range in raw units: the fleet baseline's
+            b = self.baselines
+            self._mean = b.fleet_center.astype(np.float64) + b.fleet_scale * self._mean
+            self._std = b.fleet_scale.astype(np.float64) * self._std
+            with np.errstate(over="ignore"):
+                self._lo = (self._mean - MAX_Z * self._std).astype(np.float32)
+                self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
 
     def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
               max_readings: int | None = None) -> ScoredBatch:
@@ -203,9 +217,12 @@ class Scorer:
         by_key = np.argsort(np.repeat(msg_key, counts), kind="stable")
         bounds = np.cumsum(np.bincount(msg_key, weights=counts, minlength=len(keys)).astype(np.int64))
         win_parts, idx_parts, updates = [], [], {}
+        base = _Base(self.baselines, len(values), self.own_rule is not None) if self.baselines is not None else None
         for k, key in enumerate(keys):
             idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
             prior = store.get(key)
+            cold = base.assign(key[1], idx, values, prior.baseline if prior is not None else None) \
+                if base is not None else None
             new_tail = self._empty_tail
             if self.window > 1:
                 tail = prior.tail if prior is not None else self._empty_tail
@@ -219,21 +236,35 @@ class Scorer:
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
                                        b.offsets[(valid[m][0].topic(), key[0])],
-                                       prior.alarm if prior is not None else None)
+                                       prior.alarm if prior is not None else None, cold)
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:
             windows, scored_idx = np.concatenate(win_parts), np.concatenate(idx_parts)
         else:
             windows, scored_idx = np.empty((0, self.window, len(self.channels)), np.float32), np.empty(0, np.int64)
+        if base is not None and len(scored_idx):  # each window by its last reading's baseline
+            windows = ((windows - base.center[scored_idx][:, None, :]) / base.scale[scored_idx][:, None, :]
+                       ).astype(np.float32, copy=False)
         return _Windows(keys, msg_key, updates, windows, scored_idx, np.repeat(np.arange(len(valid)), counts),
-                        np.arange(len(values)) - np.repeat(starts, counts))
+                        np.arange(len(values)) - np.repeat(starts, counts),
+                        base.own if base is not None else None, base.state if base is not None else None)
 
     # -- step 5: the model, the limits and the alarm rule, then the records ----------------------
     def _judge(self, b: "_Kept", w: "_Windows", store) -> "_Judged":
         valid, scored_idx = b.valid, w.scored_idx
         t0 = time.perf_counter()
         s = self.detector.score(w.windows)
+        own = w.own[scored_idx] if w.own is not None else None
+        own_mask = own >= 0 if own is not None else None
+        if own_mask is not None and own_mask.any():  # sensors with an own model: scored by it
+            sc, err = self.baselines.own_scores(w.windows[own_mask, -1, :], own[own_mask])
+            score, channel_error = np.array(s.score, np.float32), np.array(s.channel_error, np.float32)
+            score[own_mask], channel_error[own_mask] = sc, err
+            parts = {k: np.where(own_mask, score, v) for k, v in s.parts.items()}
+            s = dataclasses.replace(s, score=score, channel_error=channel_error, parts=parts)
+        elif own_mask is not None:
+            own_mask = None
         inference_s = time.perf_counter() - t0
         scores64 = s.score.astype(np.float64)
         bad = ~np.isfinite(scores64)
@@ -243,11 +274,13 @@ class Scorer:
         sensor_of = np.array([sid for _, sid in valid], dtype=object)[scored_msg]
         key_idx = w.msg_key[scored_msg]  # each scored reading's (partition, sensor), an index into keys
         thresholds = self._thresholds(scores64, sensor_of, key_idx, w.keys, w.updates, store)
+        if own_mask is not None:
+            thresholds = np.where(own_mask, self.own_rule.instant, thresholds)
         # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
         reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
                                  np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], w.pos[scored_idx]], 1)
         d = self._alarms(w.keys, key_idx, scores64, thresholds, b.ts[scored_idx], reading_refs,
-                         w.updates, store)
+                         w.updates, store, own_mask)
         out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
                       refs=reading_refs if self.refs else None)
         self._records(out, b, w, s, d, sensor_of, thresholds)
@@ -271,7 +304,8 @@ class Scorer:
             latent=s.latent[raised], model_name=model_name, model_version=model_version,
             critical_ratio=self.critical_ratio, detected_at=detected_at,
             parts={name: v[raised] for name, v in s.parts.items()},
-            rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised])
+            rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
+            baselines=self._baseline_names(w, rows))
         out.severities = [r["severity"] for r in alerts]
         if self.per_reading:
             out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
@@ -281,12 +315,21 @@ class Scorer:
             episodes = records.episode_records(
                 d.events, sources=sources(ev_rows), sensor_ids=sensor_of[at].tolist(), ts=ts[ev_rows],
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
-                model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at)
+                model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
+                baselines=self._baseline_names(w, ev_rows))
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
             out.latents = records.latent_records(sources(scored_idx), sensor_of.tolist(), iso_many(ts[scored_idx]),
                                                  out.scores, s.latent, model_name, model_version)
+
+    @staticmethod
+    def _baseline_names(w: "_Windows", rows) -> list[str] | None:
+        if w.state is None:
+            return None
+        from latentwatch.detectors.baselines import STATES
+
+        return [STATES[i] for i in w.state[rows].tolist()]
 
     def _late_and_range(self, messages, d, store, dead) -> np.ndarray:
         """Steps 2 and 3: which valid messages to keep (bool per valid message)."""
@@ -325,12 +368,17 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
-    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store):
+    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store, own_mask=None):
         """The alarm rule over the scored readings (`key_idx`: each one's index into `keys`): its
-        per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`."""
+        per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`.
+        Readings scored by their sensor's own model (`own_mask`) are judged by the own models' rule."""
         prior = {k: e.alarm for k in np.unique(key_idx).tolist()
                  if (e := store.get(keys[k])) is not None and e.alarm is not None}
-        d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
+        if own_mask is None:
+            d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
+        else:
+            d, posterior = _step_split(((self.own_rule, own_mask), (self.rule, ~own_mask)), key_idx, scores, ts, refs,
+                                       prior, instant)
         for k, a in posterior.items():
             key = keys[k]
             if key in updates:
@@ -353,6 +401,69 @@ class Scorer:
             if key in updates:
                 updates[key] = dataclasses.replace(updates[key], threshold=t)
         return np.asarray(out, dtype=np.float64)
+
+
+class _Base:
+    """Step 4's baselines: per reading of a batch, the center and scale it is standardised by, its
+    own model (-1: none) and its baseline state; `assign` fills a sensor's rows and returns its
+    new cold start (None for a sensor the model has a baseline of)."""
+
+    def __init__(self, baselines, n: int, own: bool):
+        self.b, self.use_own = baselines, own
+        C = baselines.channels
+        self.center = np.empty((n, C), np.float32)
+        self.scale = np.empty((n, C), np.float32)
+        self.own = np.full(n, -1, np.int64)
+        self.state = np.zeros(n, np.int8)
+
+    def assign(self, sensor_id: str, idx: np.ndarray, values: np.ndarray, prior):
+        b = self.b
+        row = b.row(sensor_id)
+        if row >= 0:
+            self.center[idx], self.scale[idx] = b.center[row], b.scale[row]
+            if self.use_own:
+                self.own[idx] = b.own_row[row]
+            return None  # state 0: own
+        m = len(idx)
+        seen0 = prior.seen if prior is not None else 0
+        if prior is not None and prior.learned:
+            self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
+            return dataclasses.replace(prior, seen=seen0 + m)
+        nums = seen0 + np.arange(m)
+        N, stride = b.cold_start, b.stride
+        first = prior.first if prior is not None and len(prior.first) else np.empty((0, b.channels), np.float32)
+        keep = (nums < N) & (nums % stride == 0)
+        if keep.any():
+            first = np.concatenate([first, values[idx[keep]]]).astype(np.float32)
+        cold = nums < N
+        self.center[idx[cold]], self.scale[idx[cold]], self.state[idx[cold]] = b.fleet_center, b.fleet_scale, 2
+        if cold.all():
+            return state.Baseline(seen0 + m, first)
+        center, scale = b.learn(first)
+        warm = idx[~cold]
+        self.center[warm], self.scale[warm], self.state[warm] = center, scale, 1
+        return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
+
+
+def _step_split(rules, keys, scores, ts, refs, prior, instant):
+    """`AlarmRule.step` of each (rule, mask) on its readings, merged back into one Decision in
+    the readings' order (event positions too). A sensor's readings are all under one rule."""
+    from latentwatch.detectors.alarms import Decision
+
+    m = len(scores)
+    out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
+    events, posterior = [], {}
+    for rule, mask in rules:
+        sub = np.flatnonzero(mask)
+        if not len(sub):
+            continue
+        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub])
+        for arr, src in zip(out, (d.alarm, d.rule, d.statistic, d.limit, d.ewma)):
+            arr[sub] = src
+        events += [(e, int(sub[p]), k, ep) for e, p, k, ep in d.events]
+        posterior.update(post)
+    events.sort(key=lambda e: e[1])
+    return Decision(*out, events), posterior
 
 
 def _sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:

@@ -3,7 +3,10 @@
 What a sensor needs to be scored: for windowed models the last `window - 1` readings (its
 *tail*), for per-sensor (adaptive) thresholds its score statistics; for the late policy the
 event time of its last reading; for the alarm rule (detectors/alarms.py) its EWMA and its open
-episode. Entries are keyed by (input partition, sensor id).
+episode; for a sensor the model has no baseline of, its *cold start* (`Baseline`: how many
+readings it has sent, every `stride`-th of its first `cold_start` ones, at most 64 rows, then
+the center and scale learned from them; detectors/baselines.py). Entries are keyed by (input
+partition, sensor id).
 
 Three rules keep it right and bounded:
 
@@ -46,8 +49,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from latentwatch.detectors.alarms import Episode, SensorAlarm
+from latentwatch.detectors.baselines import COLD_KEEP
 
 Key = tuple[int, str]  # (input partition, sensor id)
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A cold-start sensor's baseline: `seen` readings so far; `first` [<= COLD_KEEP, channels]
+    float32, every stride-th of its first `cold_start` readings, kept until the baseline is
+    learned; then `center` and `scale` [channels] (and `first` empty)."""
+
+    seen: int
+    first: np.ndarray
+    center: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.center is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,7 @@ class Entry:
     threshold: tuple[float, float] | None = None  # adaptive threshold (mean, var) of normal scores
     valid_at: int = -1  # input offset from which this entry is the sensor's state (changelog only)
     alarm: SensorAlarm | None = None  # the alarm rule's EWMA and open episode (None: a new sensor)
+    baseline: Baseline | None = None  # cold start of a sensor the model has no baseline of (None: it has)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +124,26 @@ def _check_alarm(e: Entry, fit: Fit) -> str | None:
     return None if ok else "alarm"
 
 
+def _check_baseline(e: Entry, fit: Fit) -> str | None:
+    """A cold start: a count, at most COLD_KEEP first readings of the model's channels, finite; a
+    learned center and a positive scale of the model's channels."""
+    b = e.baseline
+    if b is None:
+        return None
+    f = b.first
+    ok = (b.seen >= 0 and f.ndim == 2 and len(f) <= COLD_KEEP and (len(f) == 0 or f.shape[1] == fit.channels)
+          and bool(np.isfinite(f).all()))
+    if ok and b.center is not None:
+        ok = (b.scale is not None and b.center.shape == (fit.channels,) and b.scale.shape == (fit.channels,)
+              and bool(np.isfinite(b.center).all()) and bool(np.isfinite(b.scale).all()) and bool((b.scale > 0).all()))
+    return None if ok else "baseline"
+
+
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
 # A new kind of state adds its own here; its reason becomes a label value.
-ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm")
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm,
+                                                          _check_baseline]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "baseline")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:
@@ -138,6 +175,7 @@ class StateStore:
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
+        self._cold = Counter()  # entries by baseline_state(): kept as entries change, read per batch
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -145,17 +183,35 @@ class StateStore:
     def get(self, key: Key) -> Entry | None:
         return self._entries.get(key)
 
+    def baseline_counts(self) -> dict[str, int]:
+        """Entries by baseline state: `fleet` (cold start, still learning), `learned`, and `own`
+        (the model has a baseline of the sensor, or none of any: the rest)."""
+        fleet, learned = self._cold["fleet"], self._cold["learned"]
+        return {"own": len(self._entries) - fleet - learned, "learned": learned, "fleet": fleet}
+
+    def _count(self, entry: Entry | None, sign: int) -> None:
+        if entry is not None and entry.baseline is not None:
+            self._cold["learned" if entry.baseline.learned else "fleet"] += sign
+
+    def _recount(self) -> None:
+        self._cold = Counter()
+        for e in self._entries.values():
+            self._count(e, 1)
+
     def apply(self, updates: dict[Key, Entry], now: float | None = None) -> dict[str, list[Key]]:
         """Take a committed batch's new entries; evict over the bounds. Returns the evicted keys
         by reason ("capacity", "idle")."""
         now = time.monotonic() if now is None else now
         for key, entry in updates.items():
+            self._count(self._entries.get(key), -1)
+            self._count(entry, 1)
             self._entries[key] = entry
             self._entries.move_to_end(key)
             self._seen[key] = now
         evicted: dict[str, list[Key]] = {"capacity": [], "idle": []}
         while len(self._entries) > self.max_sensors:
-            key, _ = self._entries.popitem(last=False)
+            key, old = self._entries.popitem(last=False)
+            self._count(old, -1)
             self._seen.pop(key, None)
             evicted["capacity"].append(key)
         if now - self._last_sweep >= min(60.0, self.idle_ttl_s):
@@ -164,7 +220,7 @@ class StateStore:
             for key in list(self._entries):
                 if now - self._seen.get(key, now) <= self.idle_ttl_s:
                     break
-                del self._entries[key]
+                self._count(self._entries.pop(key), -1)
                 self._seen.pop(key, None)
                 evicted["idle"].append(key)
         return evicted
@@ -199,13 +255,14 @@ class StateStore:
             self._entries[key] = keep[key]
             self._entries.move_to_end(key)
             self._seen[key] = now - ago
+        self._recount()
         evicted = self.apply({}, now)
         evicted["idle"] = idle + evicted["idle"]
         return Loaded(dict(dropped), evicted)
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for key in [k for k in self._entries if k[0] in partitions]:
-            del self._entries[key]
+            self._count(self._entries.pop(key), -1)
             self._seen.pop(key, None)
 
     def for_model(self, window: int, channels: int) -> None:
@@ -228,9 +285,13 @@ class StateStore:
 # has_episode (B) and the episode (ref qqq, started_ts d, rule b, peak, peak_score, peak_ts ddd,
 # count, below qq, last_event_ts d); then the same again for the entry before (rows == 0xFFFFFFFF:
 # none); then the wall time it was written (d). Compact (a W=32, 16-channel tail is 2 KB) and read
-# by this module only. b"LWS1" records (before the alarm rule: a persistence int where the alarm
-# state is now; with or without the wall time) are still read, without alarm state.
-_MAGIC, _MAGIC1 = b"LWS2", b"LWS1"
+# by this module only. b"LWS3" adds, after each entry's alarm state, its cold start: has_baseline
+# (B), seen (q), rows, channels (II), first float32[rows*channels], learned (B), center and scale
+# float32[channels] each. b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
+# alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
+# still read, without the state they did not have.
+_MAGIC, _MAGIC2, _MAGIC1 = b"LWS3", b"LWS2", b"LWS1"
+_BASE = struct.Struct("<BqII")
 _HEAD = struct.Struct("<qdBddII")
 _HEAD1 = struct.Struct("<qdBddqII")
 _ALARM = struct.Struct("<BdB")
@@ -251,6 +312,15 @@ def _pack_one(e: Entry | None) -> bytes:
     if ep is not None:
         out += _EPISODE.pack(*ep.ref, ep.started_ts, ep.rule, ep.peak, ep.peak_score, ep.peak_ts, ep.count,
                              ep.below, ep.last_event_ts)
+    b = e.baseline
+    if b is None:
+        return out + _BASE.pack(0, 0, 0, 0)
+    f = np.ascontiguousarray(b.first, dtype="<f4")
+    rows, ch = (f.shape[0], f.shape[1]) if f.ndim == 2 else (0, 0)
+    out += _BASE.pack(1, b.seen, rows, ch) + f.tobytes() + bytes([b.center is not None])
+    if b.center is not None:
+        c = np.ascontiguousarray(b.center, dtype="<f4")
+        out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
     return out
 
 
@@ -260,7 +330,31 @@ def pack(entry: Entry, before: Entry | None, written_at: float | None = None) ->
                                                                           else written_at)
 
 
-def _unpack_one(buf: memoryview, pos: int, v1: bool) -> tuple[Entry | None, int]:
+def _unpack_baseline(buf: memoryview, pos: int) -> tuple[Baseline | None, int]:
+    has, seen, rows, ch = _BASE.unpack_from(buf, pos)
+    pos += _BASE.size
+    if not has:
+        return None, pos
+    n = rows * ch * 4
+    if rows > 1 << 16 or ch > 1 << 16 or pos + n + 1 > len(buf):
+        raise ValueError("cold start runs past the record")
+    first = np.frombuffer(bytes(buf[pos:pos + n]), dtype="<f4").astype(np.float32).reshape(rows, ch)
+    pos += n
+    learned = buf[pos]
+    pos += 1
+    center = scale = None
+    if learned:
+        (c,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if c > 1 << 16 or pos + 8 * c > len(buf):
+            raise ValueError("baseline runs past the record")
+        center = np.frombuffer(bytes(buf[pos:pos + 4 * c]), dtype="<f4").astype(np.float32)
+        scale = np.frombuffer(bytes(buf[pos + 4 * c:pos + 8 * c]), dtype="<f4").astype(np.float32)
+        pos += 8 * c
+    return Baseline(int(seen), first, center, scale), pos
+
+
+def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[Entry | None, int]:
     if v1:
         valid_at, last_ts, has_thr, mean, var, _persist, rows, channels = _HEAD1.unpack_from(buf, pos)
         pos += _HEAD1.size
@@ -284,7 +378,10 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool) -> tuple[Entry | None, int]
             pos += _EPISODE.size
             episode = Episode(tuple(f[:3]), *f[3:])
         alarm = SensorAlarm(z, episode) if has_alarm else None
-    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm), pos
+    baseline = None
+    if v3:
+        baseline, pos = _unpack_baseline(buf, pos)
+    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline), pos
 
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
@@ -296,14 +393,14 @@ def unpack(value: bytes) -> tuple[Entry, Entry | None]:
 def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
     """(entry, the entry before it, the wall time it was written or None for a record of a
     version before that was kept: readers of either version read both)."""
-    if not value or value[:4] not in (_MAGIC, _MAGIC1):
+    if not value or value[:4] not in (_MAGIC, _MAGIC2, _MAGIC1):
         raise ValueError("not a latentwatch state record")
-    v1 = value[:4] == _MAGIC1
+    v1, v3 = value[:4] == _MAGIC1, value[:4] == _MAGIC
     buf = memoryview(value)
     try:
-        entry, pos = _unpack_one(buf, 4, v1)
-        before, pos = _unpack_one(buf, pos, v1)
-    except (struct.error, ValueError) as exc:
+        entry, pos = _unpack_one(buf, 4, v1, v3)
+        before, pos = _unpack_one(buf, pos, v1, v3)
+    except (struct.error, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:
         raise ValueError("state record without an entry")
