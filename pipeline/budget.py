@@ -69,25 +69,27 @@ def _worst_records(model, channels, topic, names, latent) -> tuple[dict, dict]:
     return record, episode
 
 
-def changelog_record_bytes(window: int, channels: int) -> int:
+def changelog_record_bytes(window: int, channels: int, cold: bool = False) -> int:
     """A sensor's changelog record at most: the entry and the one before it, each a full tail, an
     adaptive threshold's statistics, the alarm rule's state with an open episode and a cold start
-    holding all it keeps and a learned baseline (never both at once; counted together here)."""
+    holding all it keeps and a learned baseline (never both at once; counted together here) when
+    the model has per-sensor baselines (`cold`)."""
     from latentwatch.detectors.baselines import COLD_KEEP
 
-    cold = state.Baseline(1, np.zeros((COLD_KEEP, channels), np.float32), np.zeros(channels, np.float32),
+    cold_start = state.Baseline(1, np.zeros((COLD_KEEP, channels), np.float32), np.zeros(channels, np.float32),
                           np.ones(channels, np.float32))
     full = state.Entry(0.0, np.zeros((max(window - 1, 0), channels), np.float32), (0.0, 0.0), 0,
-                       SensorAlarm(0.0, _WORST_EPISODE), cold)
+                       SensorAlarm(0.0, _WORST_EPISODE), cold_start if cold else None)
     return len(state.pack(full, full)) + _KEY_AND_FRAMING
 
 
-def changelog_fits(window: int, channels: int, producer_limit: int) -> str | None:
+def changelog_fits(window: int, channels: int, producer_limit: int, cold: bool = False) -> str | None:
     """None when a W x channels model's state records fit the producer's limit, else why not."""
-    need = changelog_record_bytes(window, channels)
+    need = changelog_record_bytes(window, channels, cold)
     if need <= producer_limit:
         return None
-    return (f"its per-sensor state record is {need:,} bytes (window {window} x {channels} channels, two tails) "
+    return (f"its per-sensor state record is {need:,} bytes (window {window} x {channels} channels, two tails"
+            f"{', two cold starts' if cold else ''}) "
             f"and the producer's message.max.bytes is {producer_limit:,}: raise it (kafka.producer."
             "message.max.bytes, and the state topic's max.message.bytes) or use a smaller window")
 

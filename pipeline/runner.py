@@ -223,7 +223,8 @@ class Pipeline:
         """Why `model`'s per-sensor state records could not be produced (None: they can)."""
         d = model.detector
         limit = int(clients.producer_config(self.settings).get("message.max.bytes", 1_000_000))
-        return budget.changelog_fits(d.window, len(d.channels), limit) if d.window > 1 else None
+        cold = getattr(model, "baselines", None) is not None
+        return budget.changelog_fits(d.window, len(d.channels), limit, cold) if d.window > 1 or cold else None
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept
