@@ -234,7 +234,13 @@ def report_from_files(model_dir, data_csv, out_html, png_prefix=None, top: int =
     det = model.detector
     table = read_csv(data_csv, channels=list(det.channels))
     w = det.window
-    scores = det.score(sliding_windows(table.X, w))
+    X = table.X
+    b = model.baselines
+    if b is not None:  # the file is the unnamed sensor's if the model knows it, else judged by the fleet's baseline
+        row = b.row("")
+        X = ((X - (b.center[row] if row >= 0 else b.fleet_center)) / (b.scale[row] if row >= 0 else b.fleet_scale)
+             ).astype(np.float32)
+    scores = det.score(sliding_windows(X, w))
     labels = None
     if table.labels:
         col = table.labels.get("anomaly")

@@ -182,6 +182,9 @@ def validate(new: LoadedModel, old: LoadedModel, sample: np.ndarray | None,
     if why is not None:
         return "incompatible", f"version {new.version} cannot run here: {why}"
     windows = _sample_windows(new, sample)
+    b = getattr(new, "baselines", None)
+    if b is not None:  # its shared model sees readings standardised by a baseline: the fleet's here
+        windows = ((windows - b.fleet_center) / b.fleet_scale).astype(np.float32)
     try:
         scores = new.detector.score(windows)
     except Exception as exc:  # noqa: BLE001
