@@ -22,6 +22,17 @@ READING_V1 = {
 }
 
 
+# The batch form (a sensor's several readings in one message), as the JSON contract's `readings`.
+READINGS_V1 = {
+    "type": "record", "name": "Readings", "namespace": "io.latentwatch",
+    "fields": [
+        {"name": "sensor_id", "type": "string"},
+        {"name": "readings", "type": {"type": "array", "items": {
+            "type": "record", "name": "Item", "fields": READING_V1["fields"][1:]}}},
+    ],
+}
+
+
 def reading_v2() -> dict:
     """v1 plus a field with a default: a BACKWARD-compatible evolution."""
     schema = json.loads(json.dumps(READING_V1))
@@ -40,6 +51,15 @@ class AvroReadings:
         self.client = client or SchemaRegistryClient({"url": registry_url})
         self._serializer = AvroSerializer(self.client, json.dumps(schema or READING_V1))
         self._ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def __call__(self, sensor_id: str, ts: list[float], values, channels: list[str]) -> bytes:
+        """simulate's encoder (`values` [n, channels]): one reading as READING_V1, several as
+        READINGS_V1 (then this encoder must have been made with that schema)."""
+        rows = [dict(zip(channels, map(float, r))) for r in values]
+        if len(ts) == 1:
+            return self.encode(sensor_id, ts[0], rows[0])
+        items = [{"ts": datetime.fromtimestamp(t, UTC), "values": r} for t, r in zip(ts, rows)]
+        return self._serializer({"sensor_id": sensor_id, "readings": items}, self._ctx)
 
     def encode(self, sensor_id: str, ts: float, values: dict[str, float], **extra) -> bytes:
         record = {"sensor_id": sensor_id, "ts": datetime.fromtimestamp(ts, UTC),

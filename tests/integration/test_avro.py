@@ -170,3 +170,32 @@ def test_a_wire_format_message_without_a_registry_is_a_dead_letter_and_the_rest_
     assert counter(m, "latentwatch_dead_letters_total", reason="unknown_schema") == 1
     dlq = read_topic(kafka_bootstrap, settings.topics.dead_letter, expected=1)
     assert dict(dlq[0].headers())["lw-dlq-reason"] == b"unknown_schema"
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_simulate_format_avro_writes_wire_format_records_the_pipeline_decodes(
+        kafka_bootstrap, make_topic, registry_url, batch_size):
+    from latentwatch.pipeline.cli.main import main
+    from latentwatch.pipeline.decode import Decoder, Mapping, SchemaInput
+    from latentwatch.pipeline.kafka.registry import RegistryLookup
+
+    topic = make_topic()
+    rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--format", "avro",
+               "--schema-registry", registry_url, "--count", "40", "--sensors", "2", "--channels", "3",
+               "--rate", "0", "--seed", "1", "--batch-size", str(batch_size)])
+    assert rc == 0
+    msgs = read_topic(kafka_bootstrap, topic)
+    assert msgs and all(m.value()[0] == 0 for m in msgs)
+    lookup = RegistryLookup(SchemaRegistryClient({"url": registry_url}))
+    dec = Decoder(["ch0", "ch1", "ch2"], schemas=SchemaInput(lookup, Mapping()))
+    got = dec.decode_many([(m.value(), m.key()) for m in msgs], time.time())
+    assert got.errors == [] and int(got.counts.sum()) == 40 and set(got.sensor_ids) == {m.key().decode() for m in msgs}
+
+
+def test_simulate_format_avro_without_a_registry_says_so_in_one_line(capsys, monkeypatch):
+    from latentwatch.pipeline.cli.main import main
+
+    monkeypatch.delenv("LATENTWATCH_SCHEMA_REGISTRY__URL", raising=False)
+    assert main(["simulate", "--topic", "t", "--bootstrap", "127.0.0.1:1", "--format", "avro", "--count", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--schema-registry" in err[0] and "Traceback" not in err[0]
