@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from latentwatch.pipeline.decode.batch import ContractError, Decoded, DecodedBatch, merge, renumber
 from latentwatch.pipeline.decode.frames import FRAME_MAGIC, FrameDecoder
 from latentwatch.pipeline.decode.jsonmsg import JsonDecoder

@@ -39,8 +39,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
-
-from latentwatch.pipeline.decode.batch import FLOAT32_MAX, TS_MIN, ContractError, DecodedBatch, check_sensor_id
+from latentwatch.pipeline.decode.batch import (
+    FLOAT32_MAX,
+    TS_MIN,
+    ContractError,
+    DecodedBatch,
+    check_sensor_id,
+)
 from latentwatch.pipeline.times import parse_time
 
 MAGIC = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,13 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from latentwatch.pipeline.devtools.local_kafka import _alive, _signal_group, cache_root, free_port, port_in_use
+from latentwatch.pipeline.devtools.local_kafka import (
+    _alive,
+    _signal_group,
+    cache_root,
+    free_port,
+    port_in_use,
+)
 from latentwatch.pipeline.errors import UserError
 
 APICURIO_VERSION = "3.0.9"  # the one release with a ready-to-run distribution that runs on JDK 17

@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-
 from latentwatch.pipeline.devtools.avro_readings import READING_V1, AvroReadings, reading_v2
+
 from tests.support.cloudevents import check_binding
 from tests.support.harness import RunningPipeline, counter, read_topic, settings_for
 from tests.support.stub_model import stub_model

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from latentwatch.pipeline.devtools.local_registry import LocalRegistry
 
 

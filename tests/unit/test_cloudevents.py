@@ -5,13 +5,14 @@ required attributes (id, source, specversion, type) and the formats of the optio
 from __future__ import annotations
 
 import numpy as np
-
 from latentwatch.pipeline import records
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.scorer import ScoredBatch
 from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.stop import StopBudget
+
 from tests.support.cloudevents import check_binding
+
 
 class Recorder:
     def __init__(self):

@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
+    MockSchemaRegistryClient,
+)
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
-from confluent_kafka.schema_registry._sync.mock_schema_registry_client import MockSchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
-
 from latentwatch.pipeline.decode import Decoder, Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.decode.wire import WireDecoder
 from latentwatch.pipeline.devtools.avro_readings import READING_V1, reading_v2
