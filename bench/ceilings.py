@@ -33,7 +33,7 @@ def consume_rate(cluster: Settings, topic: str, ends: dict[int, int], readings_p
     chunk = chunk or max(1, 4096 // readings_per_message)
     t_assign = time.perf_counter()
     c = _consumer(cluster, topic, len(ends))
-    decoder = Decoder(channels) if channels else None
+    decoder = Decoder(channels, schemas=_schemas()) if channels else None
     total = sum(ends.values())
     seen = first = readings = 0
     t0 = None
@@ -63,3 +63,15 @@ def consume_rate(cluster: Settings, topic: str, ends: dict[int, int], readings_p
             "decoded_readings": readings if decoder else None, "seconds": round(elapsed, 3),
             "messages_per_s": round(counted / elapsed, 1),
             "readings_per_s": round(counted * readings_per_message / elapsed, 1)}
+
+
+def _schemas():
+    """Schema'd input as the pipeline reads it, when the bench runs a registry (the avro workload)."""
+    import os
+
+    if not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):
+        return None
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.runner import schema_input
+
+    return schema_input(load_settings())

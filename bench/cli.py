@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import shlex
 import sys
 import tempfile
@@ -26,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readings", type=int, default=1_000_000, help="readings per workload (default 1,000,000)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
     p.add_argument("--workloads", default="single,batch,frames",
-                   help="comma-separated: single, batch (JSON), frames (binary Arrow frames of --batch-readings) "
-                        "(default all three)")
+                   help="comma-separated: single, batch (JSON), frames (binary Arrow frames of --batch-readings), "
+                        "avro (single-reading Avro records through a registry the bench starts) (default the first three)")
     p.add_argument("--channels", type=int, default=16, help="channels per reading, 8-32 (default 16)")
     p.add_argument("--sensors", type=int, default=64, help="sensors (message keys) (default 64)")
     p.add_argument("--batch-readings", type=int, default=250,
@@ -168,11 +170,21 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
            "targets": summary.TARGETS, "workloads": {}}
     models = [args.model_kind] if args.model_kind else [m.strip() for m in args.models.split(",") if m.strip()]
     res["models"] = {}
-    shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings}
+    # avro: single-reading Avro records (the Confluent wire format through a real registry, started
+    # here): beside `single`, the same readings as JSON messages.
+    shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings, "avro": 1}
     workloads: dict = {}
-    for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if "avro" in names and not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):
+        from latentwatch.pipeline.devtools.local_registry import LocalRegistry
+
+        registry = LocalRegistry(work / "registry")
+        os.environ["LATENTWATCH_SCHEMA_REGISTRY__URL"] = registry.start().url  # the pipeline processes inherit it
+        atexit.register(registry.stop)
+        log(f"schema registry on {os.environ['LATENTWATCH_SCHEMA_REGISTRY__URL']}")
+    for name in names:
         per = shapes[name]
-        fmt = "frames" if name == "frames" else "json"
+        fmt = name if name in ("frames", "avro") else "json"
         w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
         produce(cluster, w)

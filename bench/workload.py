@@ -108,6 +108,9 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
     if fmt == "frames":
         yield from _encode_frames(sim, n_readings, per_message, step0)
         return
+    if fmt == "avro":
+        yield from _encode_avro(sim, n_readings, per_message, step0)
+        return
     names = sim.channel_names
     S = sim.sensors
     done = 0
@@ -131,6 +134,24 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
                 yield sid.encode(), json.dumps(obj, separators=(",", ":")).encode(), k
                 done += k
         step += chunk_steps
+
+
+def _encode_avro(sim: SensorSimulator, n_readings: int, per_message: int, step0: int):
+    """The JSON workload's readings as Avro records in the Confluent wire format (READING_V1 /
+    READINGS_V1 through the registry at $LATENTWATCH_SCHEMA_REGISTRY__URL), as `simulate --format avro`."""
+    import os
+
+    from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
+    from latentwatch.pipeline.times import parse_time
+
+    enc = AvroReadings(os.environ["LATENTWATCH_SCHEMA_REGISTRY__URL"], "latentwatch-bench",
+                       READING_V1 if per_message == 1 else READINGS_V1)
+    names = sim.channel_names
+    for key, value, k in encode_messages(sim, n_readings, per_message, step0, fmt="json"):
+        obj = json.loads(value)
+        items = obj.get("readings") or [obj]
+        yield key, enc(key.decode(), [parse_time(r["ts"]) for r in items], [[r["values"][n] for n in names]
+                                                                             for r in items], names), k
 
 
 def _encode_frames(sim: SensorSimulator, n_readings: int, per_message: int, step0: int):

@@ -133,8 +133,40 @@ class HealthSettings(BaseModel):
 
 class AlertSettings(BaseModel):
     critical_ratio: float = Field(2.0, gt=1.0, description="statistic >= ratio x its limit is critical")
+    cloudevents: bool = Field(True, description="CloudEvents Kafka binding, binary mode: ce_* headers on every "
+                              "alert and episode record (the body is unchanged)")
+    cloudevents_source: str | None = Field(None, description="ce_source of the alerts; default "
+                                           "/latentwatch/<group_id>")
     per_reading: bool = Field(True, description="publish a record per alarmed reading (kind 'reading') beside "
                                                 "the episode events (kind 'episode'); false: episodes only")
+
+
+class RegistrySettings(BaseModel):
+    """The Schema Registry schema'd input is read through (Confluent's API; Apicurio's ccompat too)."""
+
+    url: str | None = Field(None, repr=False, description="Schema Registry URL, e.g. http://registry:8080/apis/ccompat/v7; "
+                            "unset: a Confluent wire-format message is a dead letter (unknown_schema)")
+    basic_auth_user_info: SecretStr | None = Field(None, description="user:password for HTTP basic auth")
+    bearer_token: SecretStr | None = Field(None, description="a static bearer token (Authorization: Bearer)")
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    timeout_s: float = Field(5.0, gt=0, description="per request; an unanswered request is an outage")
+    backoff_max_s: float = Field(10.0, gt=0, description="the longest wait between retries while the "
+                                 "registry cannot be reached (0.5 s doubling up to this)")
+
+
+class InputMapping(BaseModel):
+    """Which fields of a schema'd record give a reading (pipeline/decode/wire.py); the defaults
+    read a record shaped like our JSON contract."""
+
+    sensor_id: str = Field("sensor_id", description="field with the sensor id (else the message key)")
+    time: str = Field("ts", description="field with the event time: Avro timestamp-millis/-micros, "
+                      "ISO-8601 string, or a number in time_unit")
+    time_unit: Literal["s", "ms", "us"] = Field("s", description="unit of a plain-number event time")
+    channels: str | None = Field("values", description="field holding the channels (map, array in the "
+                                 "model's order, or record); null or absent: top-level fields named like them")
+    rename: dict[str, str] = Field(default_factory=dict, description="model channel -> field name")
 
 
 class Settings(BaseSettings):
@@ -152,6 +184,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    input_mapping: InputMapping = Field(default_factory=InputMapping)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     late_policy: Literal["dead-letter", "score"] = Field(
         "dead-letter", description="a reading not newer than its sensor's last one: dead-letter or score anyway")
@@ -179,7 +213,21 @@ class Settings(BaseSettings):
                 if any(word in key for word in ("password", "secret", "key", "token", "jaas", "oauthbearer.config",
                                                 "extensions", "credential")):
                     data["kafka"][section][key] = "**********"
+        data["schema_registry"]["url"] = mask_url(data["schema_registry"]["url"])
         return data
+
+
+def mask_url(url: str | None) -> str | None:
+    """`url` with user info (user:password@) masked, for showing and logging."""
+    if not url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc = rest.split("/", 1)[0]
+    if "@" not in netloc:
+        return url
+    return f"{scheme}{sep}**********@{netloc.rsplit('@', 1)[1]}{rest[len(netloc):]}"
 
 
 def load_settings(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -39,6 +39,7 @@ class Health(Listener):
         self._partitions: int | None = None  # None: no answer from the group yet
         self._rebalancing = False
         self._stopping = False
+        self._registry_down: tuple[float, str] | None = None  # (since, why) while the schema registry is unreachable
 
     # -- reported by the run loop --------------------------------------------------------------
     def beat(self) -> None:
@@ -62,6 +63,16 @@ class Health(Listener):
 
     def on_revoked(self, partitions) -> None:
         self.waiting_for_assignment()
+
+    def registry(self, ok: bool, why: str) -> None:
+        """The schema registry answers again (`ok`), or not (`why`). Readiness stays as it is: like
+        a Kafka outage, restarting or unrouting this process would not bring the registry back;
+        the probe's text says that scoring waits for it."""
+        with self._lock:
+            if ok:
+                self._registry_down = None
+            elif self._registry_down is None:
+                self._registry_down = (self._clock(), why)
 
     def stopping(self) -> None:
         """Shutting down (SIGTERM): no longer ready, so no new work is routed here; still alive."""
@@ -91,6 +102,10 @@ class Health(Listener):
             return False, "model not loaded"
         if partitions is None:
             return False, "joining the consumer group: no assignment yet"
+        down = self._registry_down
+        if down is not None:
+            return True, (f"model {model} loaded; schema registry unreachable for {self._clock() - down[0]:.0f} s "
+                          f"({down[1]}): scoring waits for it, nothing is committed past")
         if rebalancing:
             return True, f"model {model} loaded; consumer group rebalancing"
         if partitions == 0:

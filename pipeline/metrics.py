@@ -80,6 +80,9 @@ class PipelineMetrics(Listener):
         self.state_restore_seconds = Histogram(f"{p}_state_restore_duration_seconds", "Wall time of a per-sensor state restore from the changelog (on assignment or after a rewind)", buckets=RESTORE_BUCKETS, registry=r)
         self.batch_rewinds = Counter(f"{p}_batch_rewinds", "Batches not committed (a delivery or commit failed): rewound and redone", registry=r)
         self.dead_letters_truncated = Counter(f"{p}_dead_letters_truncated", "Dead letters produced truncated (the original was too large to produce whole)", registry=r)
+        self.registry_up = Gauge(f"{p}_schema_registry_up", "1 while the schema registry answers (or is not needed yet), 0 while schema'd input waits for it (nothing dead-lettered or committed meanwhile)", registry=r)
+        self.registry_up.set(1)
+        self.registry_failures = Counter(f"{p}_schema_registry_failures", "Batches held back and retried because the schema registry could not be reached", registry=r)
         self.started = Gauge(f"{p}_start_time_seconds", "Unix time the pipeline started", registry=r)
         self.started.set(time.time())
         for reason in DEAD_LETTER_REASONS:

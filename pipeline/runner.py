@@ -33,12 +33,14 @@ import torch
 
 from latentwatch.pipeline import budget
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
+from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
+from latentwatch.pipeline.kafka.registry import RegistryLookup
 from latentwatch.pipeline.kafka.txn_id import TransactionalId
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
@@ -51,6 +53,15 @@ from latentwatch.pipeline.state import Key, StateStore
 from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
+
+
+def schema_input(settings: Settings) -> SchemaInput | None:
+    """The registry lookup and field mapping of schema'd input; None without schema_registry.url."""
+    if not settings.schema_registry.url:
+        return None
+    m = settings.input_mapping
+    return SchemaInput(RegistryLookup.for_settings(settings.schema_registry),
+                       Mapping(m.sensor_id, m.time, m.time_unit, m.channels, dict(m.rename)))
 
 
 class Pipeline:
@@ -68,6 +79,8 @@ class Pipeline:
         if why is not None:
             raise UserError(f"model {model.name} version {model.version} cannot run: {why}")
         self.sizing = BatchSizing(s.batch, s.batch.max_readings)
+        self.schemas = schema_input(s)  # schema'd input (Avro, JSON Schema): one lookup, cached per schema id
+        self._registry_wait = None  # seconds until the next retry while the registry is unreachable
         self._set_model(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
@@ -184,7 +197,13 @@ class Pipeline:
         """One micro-batch, from messages to committed (or rewound); at most `limit` readings
         (default: what `sizing` allows now), the rest handed back to the source."""
         started = time.monotonic()
-        batch = self.scorer.score(messages, self.state, max_readings=self.sizing.limit() if limit is None else limit)
+        try:
+            batch = self.scorer.score(messages, self.state, max_readings=self.sizing.limit() if limit is None else limit)
+        except RegistryUnavailable as exc:  # transient: nothing decided, nothing committed; redo after a pause
+            self._registry_down(messages, str(exc))
+            return
+        if self._registry_wait is not None:
+            self._registry_back()
         self.sizing.observe(len(batch.messages) - len(batch.dead), batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
         tombstones = self._tombstones
@@ -199,6 +218,31 @@ class Pipeline:
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
         self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated))
+
+    def _registry_down(self, messages: list, why: str) -> None:
+        """The schema registry cannot be reached: the batch goes back to the source whole (no dead
+        letter, no commit), and the loop waits 0.5 s, doubling up to schema_registry.backoff_max_s,
+        beating the health probe (an outage is not a stall) before it tries again."""
+        first = self._registry_wait is None
+        wait = 0.5 if first else min(self._registry_wait * 2, self.settings.schema_registry.backoff_max_s)
+        self._registry_wait = wait
+        self.metrics.registry_up.set(0)
+        self.metrics.registry_failures.inc()
+        self.health.registry(False, why)
+        if first:
+            log.warning("%s: holding %d messages, retrying (nothing is dead-lettered or committed meanwhile)",
+                        why, len(messages))
+        self.source.put_back(messages)
+        deadline = time.monotonic() + wait
+        while not self.stopping and time.monotonic() < deadline:
+            self.health.beat()
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _registry_back(self) -> None:
+        self._registry_wait = None
+        self.metrics.registry_up.set(1)
+        self.health.registry(True, "")
+        log.info("the schema registry answers again: scoring resumed")
 
     def evicted_on_load(self, evicted: dict) -> None:
         """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""
@@ -217,7 +261,7 @@ class Pipeline:
                              late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
                              latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs,
                              max_message_readings=s.batch.max_output_bytes // per_reading,
-                             per_reading=s.alerts.per_reading)
+                             per_reading=s.alerts.per_reading, schemas=self.schemas)
 
     def _state_fits(self, model) -> str | None:
         """Why `model`'s per-sensor state records could not be produced (None: they can)."""

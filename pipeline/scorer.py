@@ -137,12 +137,12 @@ class Scorer:
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
                  critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False,
-                 max_message_readings: int | None = None, per_reading: bool = True):
+                 max_message_readings: int | None = None, per_reading: bool = True, schemas=None):
         self.model = model
         self.detector = model.detector
         self.channels = list(self.detector.channels)
         self.window = self.detector.window
-        self.decoder = Decoder(self.channels, max_message_bytes, max_future_s)
+        self.decoder = Decoder(self.channels, max_message_bytes, max_future_s, schemas)  # schemas: decode/wire.py
         self.late_dead = late_policy == "dead-letter"
         self.critical_ratio = critical_ratio
         self.latent_topic = latent_topic

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from latentwatch.pipeline import cloudevents
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
 from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.stop import StopBudget
@@ -66,14 +67,18 @@ class Sink:
         conf = clients.producer_config(settings)
         self.dlq_cap = int(conf.get("message.max.bytes", 1_000_000)) - _RECORD_OVERHEAD
         self.truncated = 0  # dead letters produced truncated since start (for the metric)
+        alerts = getattr(settings, "alerts", None)  # CloudEvents binary-mode headers on alerts (cloudevents.py)
+        self._ce_source = ((alerts.cloudevents_source or cloudevents.default_source(settings.group_id)).encode()
+                           if alerts is not None and alerts.cloudevents else None)
         self.producer = self._new_producer()
 
     # -- producing ----------------------------------------------------------------------------
     def produce_batch(self, batch, state_topic: str | None, tombstones=()) -> None:
         for i, reason, detail in batch.dead:
             self._dead_letter(batch.messages[i], reason, detail)
+        ce = self._ce_source
         for key, value in batch.alerts:
-            self._produce(self.topics.alerts, value, key)
+            self._produce(self.topics.alerts, value, key, cloudevents.headers(value, ce) if ce else None)
         for key, value in batch.latents:
             self._produce(self.topics.latent, value, key)
         # Evicted sensors are deleted from the changelog first (a restore keeps a key's last

@@ -20,6 +20,7 @@ pytest.register_assert_rewrite("tests.support")
 
 pytest_plugins = [
     "tests.support.kafka",
+    "tests.support.registry",
     "tests.support.prom",
     "tests.support.secure",
     "tests.support.streams",

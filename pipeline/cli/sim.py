@@ -9,6 +9,7 @@ import sys
 
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
 from latentwatch.pipeline.cli.signals import stop_on_signals
+from latentwatch.pipeline.config import mask_url
 from latentwatch.pipeline.errors import UserError
 
 
@@ -47,9 +48,12 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
     add_connection_flags(p)
     p.add_argument("--batch-size", type=int, default=1,
                    help="readings per message; 1 = single-reading messages (default: %(default)s)")
-    p.add_argument("--format", choices=["json", "frames"], default="json",
-                   help="message format: the JSON contract, or binary frames (Apache Arrow IPC stream, one "
-                        "per --batch-size readings of a sensor; see README) (default: %(default)s)")
+    p.add_argument("--format", choices=["json", "frames", "avro"], default="json",
+                   help="message format: the JSON contract, binary frames (Apache Arrow IPC stream, one "
+                        "per --batch-size readings of a sensor; see README), or Avro in the Confluent wire "
+                        "format through --schema-registry (docs/schemas.md) (default: %(default)s)")
+    p.add_argument("--schema-registry", metavar="URL", default=None,
+                   help="Schema Registry URL for --format avro (default: $LATENTWATCH_SCHEMA_REGISTRY__URL)")
     p.add_argument("--truth-csv", metavar="PATH", default=None,
                    help="also write the delivered ground truth: sensor_id,ts,kind,topic,partition,offset,index")
 
@@ -129,14 +133,41 @@ def _simulate(args) -> int:
             raise UserError(f"--operating-point-change {args.operating_point_change!r}: give AFTER_S or "
                             "AFTER_S:SHIFT, e.g. 600:2") from None
     start_ts = start_time(args.start_time) if args.start_time else None
+    fmt = _format(args)
     producer = make_producer(args)
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         produce_stream(producer, args.topic, sim, args.rate, count=args.count, duration=args.duration,
                        batch_size=args.batch_size, stop=stop, on_truth=sink, start_ts=start_ts,
-                       values_as=args.values_as, stats=stats, fmt=args.format)
+                       values_as=args.values_as, stats=stats, fmt=fmt)
     _summary(stats, args.topic)
     return 0 if stats.failed_messages == 0 else 1
+
+
+def _format(args):
+    """`--format` as `simulate.encode` takes it: a name, or the Avro encoder (registers its schema)."""
+    if args.format != "avro":
+        return args.format
+    import os
+
+    from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
+
+    url = args.schema_registry or os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL")
+    if not url:
+        raise UserError("--format avro needs a Schema Registry: give --schema-registry URL "
+                        "(or set LATENTWATCH_SCHEMA_REGISTRY__URL)")
+    import json
+
+    from confluent_kafka.schema_registry import Schema
+
+    schema = READING_V1 if args.batch_size == 1 else READINGS_V1
+    try:
+        enc = AvroReadings(url, args.topic, schema)
+        enc.client.register_schema(f"{args.topic}-value", Schema(json.dumps(schema), "AVRO"))  # a bad URL fails here
+    except Exception as exc:  # noqa: BLE001 - the registry's or the network's error, as one line
+        raise UserError(f"cannot register the Avro schema at {mask_url(url)}: {type(exc).__name__}: "
+                        f"{str(exc)[:200]}") from None
+    return enc
 
 
 def _summary(stats, topic: str) -> None:
@@ -152,13 +183,14 @@ def _replay(args) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     speed = 0.0 if args.as_fast_as_possible else args.speed
+    fmt = _format(args)
     if speed < 0 or (args.rate is not None and args.rate <= 0):
         raise UserError("--speed must be >= 0 and --rate > 0")
     producer = make_producer(args)
     stats = ProduceStats()
     with stop_on_signals() as stop, _truth_sink(args.truth_csv) as sink:
         replay_file(producer, args.topic, args.csv, speed=speed, rate=args.rate, sensor_id=args.sensor_id,
-                    batch_size=args.batch_size, stop=stop, on_truth=sink, stats=stats, fmt=args.format)
+                    batch_size=args.batch_size, stop=stop, on_truth=sink, stats=stats, fmt=fmt)
     _summary(stats, args.topic)
     return 0 if stats.failed_messages == 0 else 1
 

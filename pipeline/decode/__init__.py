@@ -7,7 +7,8 @@ the reason a message is dead-lettered.
 | `jsonmsg.py` | the JSON contract: `JsonDecoder`, `parse_ts`, `json_schemas` |
 | `frames.py` | the binary frame contract: `FrameDecoder`, `encode_frame` |
 | `arrow_ipc.py` | a bounds-checked reader of Arrow IPC messages (for `frames.py`) |
-| `decoder.py` | `Decoder`: tells frames from JSON and decodes a micro-batch of both |
+| `wire.py` | schema'd input (Avro, JSON Schema) in the Confluent wire format: `WireDecoder`, `Mapping` |
+| `decoder.py` | `Decoder`: tells frames, wire-format records and JSON apart and decodes a micro-batch of all |
 
 Imports go one way, batch <- arrow_ipc <- frames, batch <- jsonmsg, all <- decoder; nothing here
 imports the rest of the pipeline but `times.py` (tests/unit/test_layout.py checks both).
@@ -23,12 +24,13 @@ from latentwatch.pipeline.decode.batch import (
     DecodedBatch,
     check_sensor_id,
 )
-from latentwatch.pipeline.decode.decoder import Decoder
+from latentwatch.pipeline.decode.decoder import Decoder, SchemaInput
 from latentwatch.pipeline.decode.frames import FRAME_MAGIC, FrameDecoder, encode_frame
 from latentwatch.pipeline.decode.jsonmsg import JsonDecoder, json_schemas, parse_ts
+from latentwatch.pipeline.decode.wire import Mapping, RegistryUnavailable, SchemaNotFound, WireDecoder
 
 __all__ = [
     "DEAD_LETTER_REASONS", "FLOAT32_MAX", "FRAME_MAGIC", "MAX_SENSOR_ID_BYTES", "TS_MIN", "ContractError", "Decoded",
     "DecodedBatch", "Decoder", "FrameDecoder", "JsonDecoder", "check_sensor_id", "encode_frame", "json_schemas",
-    "parse_ts",
+    "parse_ts", "Mapping", "RegistryUnavailable", "SchemaInput", "SchemaNotFound", "WireDecoder",
 ]

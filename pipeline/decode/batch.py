@@ -30,6 +30,10 @@ DEAD_LETTER_REASONS = (
     # Binary frames (decode/frames.py) only; their other faults map onto the reasons above.
     "corrupt_frame",  # not a readable Arrow IPC stream: truncated, bit-flipped, bad offsets
     "unsupported_version",  # an Arrow metadata version or latentwatch.frame version we do not read
+    # Schema'd input in the Confluent wire format (decode/wire.py) only.
+    "unknown_schema",  # a schema id the registry does not have (or no registry configured)
+    "undecodable",  # a payload its own schema does not read (truncated, bytes left over)
+    "schema_mapping",  # a schema whose fields cannot give a reading (names the field), or Protobuf
 )
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -313,6 +313,8 @@ def encode(fmt: str, sensor_id: str, ts: list[float], values: np.ndarray, channe
            values_as: str = "object") -> bytes:
     """One sensor's readings (`ts` epoch seconds, sent to the millisecond either way) as a JSON
     message or a binary frame (sensor id as the message key, so every frame shares a schema)."""
+    if callable(fmt):  # a schema'd encoder (devtools/avro_readings.py, simulate --format avro)
+        return fmt(sensor_id, ts, values, channels)
     if fmt == "frames":
         from latentwatch.pipeline.decode import encode_frame
 

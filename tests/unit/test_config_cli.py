@@ -138,3 +138,18 @@ def test_run_help_states_the_defaults_the_settings_have():
         for part in path.split("."):
             value = getattr(value, part)
         assert float(said.group(1)) == float(value), f"{flag} says default {said.group(1)}, the setting is {value}"
+
+
+def test_config_show_masks_schema_registry_credentials():
+    from latentwatch.pipeline.config import Settings
+    from latentwatch.pipeline.kafka.registry import client_config
+
+    s = Settings(schema_registry={"url": "https://svc:url-pass-1@registry:8081/apis/ccompat/v7",
+                                  "basic_auth_user_info": "svc:basic-pass-2", "bearer_token": "bearer-tok-3",
+                                  "ssl_ca_location": "/etc/ca.pem"})
+    shown = str(s.masked())
+    for secret in ("url-pass-1", "basic-pass-2", "bearer-tok-3"):
+        assert secret not in shown and secret not in repr(s)
+    assert "registry:8081/apis/ccompat/v7" in shown and "/etc/ca.pem" in shown
+    conf = client_config(s.schema_registry)  # the client still gets them
+    assert conf["basic.auth.user.info"] == "svc:basic-pass-2" and conf["bearer.auth.token"] == "bearer-tok-3"

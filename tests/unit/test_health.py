@@ -117,3 +117,16 @@ def test_metrics_alone_without_health():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_registry_outage_keeps_the_process_alive_and_ready_and_says_so():
+    clock = Clock()
+    h = Health(stall_after_s=30, clock=clock)
+    h.model_loaded("m")
+    h.assignment(1)
+    h.registry(False, "connection refused")
+    clock.now += 12
+    ok, why = h.readiness()
+    assert ok and "schema registry unreachable for 12 s" in why and "connection refused" in why
+    h.registry(True, "")
+    assert "registry" not in h.readiness()[1]

@@ -1,0 +1,84 @@
+"""The Schema Registry as decode/wire.py asks it: confluent-kafka's `SchemaRegistryClient`
+behind the `SchemaLookup` protocol, its faults sorted into the two kinds that matter:
+
+- the registry answered that it has no such id (HTTP 404): `SchemaNotFound` -> a dead letter;
+- anything else (refused, timed out, 5xx, 401/403 after a credential change): `RegistryUnavailable`
+  -> a transient fault; the run loop backs off and redoes the batch, dead-lettering nothing.
+
+Schemas are cached by id for the process's life (ids are immutable in the registry): each id is
+asked once, and a restart of the registry does not matter to ids already seen. The client's own
+retries are off (`max.retries` 0): the run loop owns the backoff, and beats the health probe
+while it waits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from latentwatch.pipeline.config import mask_url
+from latentwatch.pipeline.decode.wire import RegistryUnavailable, SchemaNotFound
+
+log = logging.getLogger("latentwatch.run")
+
+
+def client_config(settings) -> dict:
+    """SchemaRegistryClient's configuration from `RegistrySettings` (secrets revealed: for the client only)."""
+    r = settings
+    conf: dict = {"url": r.url, "timeout": r.timeout_s, "max.retries": 0}
+    if r.basic_auth_user_info is not None:
+        conf["basic.auth.user.info"] = r.basic_auth_user_info.get_secret_value()
+    if r.bearer_token is not None:
+        conf["bearer.auth.credentials.source"] = "STATIC_TOKEN"
+        conf["bearer.auth.token"] = r.bearer_token.get_secret_value()
+        conf["bearer.auth.logical.cluster"] = "-"  # required by the client with a static token; unused here
+        conf["bearer.auth.identity.pool.id"] = "-"
+    for ours, theirs in (("ssl_ca_location", "ssl.ca.location"), ("ssl_certificate_location", "ssl.certificate.location"),
+                         ("ssl_key_location", "ssl.key.location")):
+        if getattr(r, ours) is not None:
+            conf[theirs] = getattr(r, ours)
+    return conf
+
+
+class RegistryLookup:
+    """`SchemaLookup` over a SchemaRegistryClient (or anything with its `get_schema(id)`)."""
+
+    def __init__(self, client, secrets: tuple[str, ...] = ()):
+        self.client = client
+        self._secrets = tuple(x for x in secrets if x)  # scrubbed from what is logged and shown
+        self._cache: dict[int, tuple[str, str]] = {}
+        self.fetched = 0  # schemas asked of the registry (tests: once per id)
+
+    @classmethod
+    def for_settings(cls, registry_settings) -> RegistryLookup:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        conf = client_config(registry_settings)
+        secrets = [conf.get("basic.auth.user.info"), conf.get("bearer.auth.token"), registry_settings.url]
+        return cls(SchemaRegistryClient(conf), tuple(s for s in secrets if s and s != mask_url(s)) + tuple(
+            s for s in secrets[:2] if s))
+
+    def get(self, schema_id: int) -> tuple[str, str]:
+        got = self._cache.get(schema_id)
+        if got is not None:
+            return got
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise SchemaNotFound(str(exc)) from None
+            raise RegistryUnavailable(self._scrub(f"the schema registry answered HTTP {exc.http_status_code}: "
+                                                  f"{exc.error_message}")) from None
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, TLS: the registry is not there
+            raise RegistryUnavailable(self._scrub(f"the schema registry cannot be reached: {type(exc).__name__}: "
+                                                  f"{exc}")) from None
+        self.fetched += 1
+        got = (schema.schema_type or "AVRO", schema.schema_str)
+        self._cache[schema_id] = got
+        return got
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, mask_url(secret) if "@" in secret else "**********")
+        return text[:300]

@@ -1,0 +1,54 @@
+"""Schema Registry fixtures: one real Apicurio Registry (devtools/local_registry.py) for the test
+run, bound to 127.0.0.1, global compatibility BACKWARD, stopped at the end. A pytest plugin
+(tests/conftest.py lists it). Tests use subject names of their own (`subject` below): the
+registry is shared by the whole session.
+
+Set LATENTWATCH_TEST_REGISTRY=http://host:port/apis/ccompat/v7 to use a registry you already run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from latentwatch.pipeline.devtools.local_registry import LocalRegistry
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory) -> Iterator[str]:
+    external = os.environ.get("LATENTWATCH_TEST_REGISTRY")
+    if external:
+        yield external
+        return
+    registry = LocalRegistry(tmp_path_factory.mktemp("registry"))
+    info = registry.start()
+    try:
+        yield info.url
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def own_registry(tmp_path) -> Iterator[LocalRegistry]:
+    """A registry of this test's own, for tests that stop and restart it (an outage)."""
+    registry = LocalRegistry(tmp_path / "registry")
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def sr_client(registry_url):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": registry_url})
+
+
+@pytest.fixture
+def subject() -> str:
+    """A subject name no other test uses (the registry outlives each test)."""
+    return f"lw-test-{uuid.uuid4().hex[:10]}-value"
