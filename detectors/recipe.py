@@ -58,7 +58,7 @@ class Recipe:
     cold_start: int = bl.COLD_START  # readings a new sensor is judged by the fleet baseline
     own_min: int = bl.OWN_MIN  # training readings before a sensor gets its own model
     own: bool = True  # own models for sensors with own_min readings
-    max_train_readings: int = 50_000  # the shared model's sample (baselines use every reading)
+    max_train_readings: int = 20_000  # the shared model's sample (baselines and own models use every reading)
 
     def kind(self, rows: int) -> str:
         if self.model != "auto":

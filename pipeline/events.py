@@ -28,6 +28,7 @@ class Committed:
     evicted: dict  # reason -> keys evicted from the state store when its updates took effect
     sensors: int  # sensors in the state store after it
     truncated: int  # dead letters produced truncated since start (the sink's running count)
+    baselines: dict | None = None  # sensors in the state store by baseline state (StateStore.baseline_counts)
 
 
 class Listener:

@@ -75,6 +75,7 @@ class PipelineMetrics(Listener):
             self.shadow_readings.labels(agreement=agreement)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
+        self.sensors_by_baseline = Gauge(f"{p}_sensors", "Sensors held by this process by the baseline that judges them: own (from training), learned (a cold start that finished), fleet (a cold start still learning; judged by the fleet baseline)", ["baseline"], registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
         self.state_dropped = Counter(f"{p}_state_dropped", "Restored per-sensor state entries that did not fit the loaded model and were dropped (the sensor warms up again), by reason (window, channels, dtype, non_finite, threshold, alarm)", ["reason"], registry=r)
         self.state_restore_seconds = Histogram(f"{p}_state_restore_duration_seconds", "Wall time of a per-sensor state restore from the changelog (on assignment or after a rewind)", buckets=RESTORE_BUCKETS, registry=r)
@@ -136,6 +137,9 @@ class PipelineMetrics(Listener):
             if keys:
                 self.state_evictions.labels(reason=reason).inc(len(keys))
         self.state_sensors.set(n_sensors)
+        if done.baselines is not None:
+            for state, n in done.baselines.items():
+                self.sensors_by_baseline.labels(baseline=state).set(n)
         if truncated > self._truncated_seen:
             self.dead_letters_truncated.inc(truncated - self._truncated_seen)
             self._truncated_seen = truncated

@@ -217,7 +217,8 @@ class Pipeline:
         evicted = self.state.apply(batch.updates)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
-        self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated))
+        self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated,
+                                                 self.state.baseline_counts()))
 
     def _registry_down(self, messages: list, why: str) -> None:
         """The schema registry cannot be reached: the batch goes back to the source whole (no dead

@@ -285,7 +285,8 @@ class StateStore:
 # has_episode (B) and the episode (ref qqq, started_ts d, rule b, peak, peak_score, peak_ts ddd,
 # count, below qq, last_event_ts d); then the same again for the entry before (rows == 0xFFFFFFFF:
 # none); then the wall time it was written (d). Compact (a W=32, 16-channel tail is 2 KB) and read
-# by this module only. b"LWS3" adds, after each entry's alarm state, its cold start: has_baseline
+# by this module only. b"LWS3" adds, after each entry's alarm state, whether its last reading was
+# over the instant limit (B, the alarm rule's `hot`) and its cold start: has_baseline
 # (B), seen (q), rows, channels (II), first float32[rows*channels], learned (B), center and scale
 # float32[channels] each. b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
@@ -312,6 +313,7 @@ def _pack_one(e: Entry | None) -> bytes:
     if ep is not None:
         out += _EPISODE.pack(*ep.ref, ep.started_ts, ep.rule, ep.peak, ep.peak_score, ep.peak_ts, ep.count,
                              ep.below, ep.last_event_ts)
+    out += bytes([bool(a is not None and a.hot)])
     b = e.baseline
     if b is None:
         return out + _BASE.pack(0, 0, 0, 0)
@@ -380,6 +382,10 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[
         alarm = SensorAlarm(z, episode) if has_alarm else None
     baseline = None
     if v3:
+        hot = bool(buf[pos])
+        pos += 1
+        if alarm is not None and hot:
+            alarm = SensorAlarm(alarm.z, alarm.episode, True)
         baseline, pos = _unpack_baseline(buf, pos)
     return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline), pos
 

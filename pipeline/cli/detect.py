@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--no-own-models", action="store_true", help="every sensor is scored by the shared model")
     fl.add_argument("--max-train-readings", type=int, default=None, metavar="N",
                     help="readings the shared model is trained on, drawn evenly per sensor over time "
-                         "(baselines use every reading; default: 50000)")
+                         "(baselines use every reading; default: 20000)")
     _data_options(t)
     _stream_options(t)
     t.set_defaults(func=_train)

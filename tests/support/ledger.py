@@ -33,6 +33,30 @@ class Ledger:
     scored_log: list[tuple[int, str, Ref]] = field(default_factory=list)
     alert_log: list[tuple[int, str, Ref]] = field(default_factory=list)
     episodes: Counter = field(default_factory=Counter)  # (episode_id, event) -> records
+    scores: dict = field(default_factory=dict)  # ref -> set of the scores its latent records carry
+
+    def score_faults(self, model, values: dict, rtol: float = 1e-4) -> list[str]:
+        """Scored readings whose score differs from what `score` gives each (partition, sensor)'s
+        readings in offset order (detectors.recipe.flag_series with the model's per-sensor
+        baselines): per-sensor state (tails, cold starts) lost, doubled or mixed up across a
+        fault shows as a different score. `values`: ref -> the reading's values as sent."""
+        import numpy as np
+
+        from latentwatch.detectors.recipe import flag_series
+
+        dead_msgs = {(p, o) for p, o, _ in self.dead}
+        per: dict = {}
+        for ref in sorted(r for r in self.inputs if (r[0], r[1]) not in dead_msgs and r in values):
+            per.setdefault((ref[0], self.sensors[ref]), []).append(ref)
+        faults = []
+        for (_, sensor), refs in per.items():
+            f = flag_series(model.detector, model.threshold, model.alarm, np.array([values[r] for r in refs], np.float32),
+                            baselines=model.baselines, sensor_id=sensor, own_rule=model.own_alarm)
+            for ref, want in zip(refs, f.score.tolist()):
+                for got in self.scores.get(ref, ()):
+                    if not np.isclose(got, want, rtol=rtol, atol=1e-6):
+                        faults.append(f"{ref} of {sensor}: scored {got}, {want} from the sensor's readings in order")
+        return faults
 
     def episode_faults(self, exactly_once: bool) -> list[str]:
         """What is wrong with the episode events: a close or update without its open, an id that
@@ -127,7 +151,9 @@ def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str,
                  sensors: dict | None = None, window: int = 1) -> Ledger:
     led = Ledger(inputs, sensors=sensors or {}, window=window)
     for m in read_topic(bootstrap, latent_topic, timeout=60, read_committed=read_committed):
-        led.scored[_log(led.scored_log, m)] += 1
+        ref = _log(led.scored_log, m)
+        led.scored[ref] += 1
+        led.scores.setdefault(ref, set()).add(json.loads(m.value())["score"])
     for m in read_topic(bootstrap, dead_topic, timeout=60, read_committed=read_committed):
         h = dict(m.headers())
         led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1

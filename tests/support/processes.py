@@ -116,6 +116,7 @@ class TimelineStream(Stream):
         self.sent = 0
         self.t0 = time.time() - 86_000  # a day's room before "now"
         self.bad: set = set()
+        self.values: dict = {}  # ref -> values sent (what `score` would read), for Ledger.score_faults
 
     def produce(self, producer, n, seed=0, anomaly_every=97, bad_every=0, per_second: float | None = None,
                 body_for=None, per_message: int = 1, sensor_ids=None):
@@ -130,11 +131,13 @@ class TimelineStream(Stream):
         self.sent += n
         started = time.monotonic()
 
-        def on_delivery(err, msg, anomalous=(), bad=False):
+        def on_delivery(err, msg, anomalous=(), bad=False, sent=()):
             assert err is None, err
             with self._lock:
                 for j in range(per_message):
                     ref = (msg.partition(), msg.offset(), j)
+                    if j < len(sent):
+                        self.values[ref] = sent[j]
                     self.refs.add(ref)
                     self.sensors[ref] = msg.key().decode()
                     if j in anomalous:
@@ -163,8 +166,9 @@ class TimelineStream(Stream):
             if body_for is not None:
                 body, bad = body_for(k, body, bad)
                 anomalous = [] if bad else anomalous
+            sent = tuple(r["values"] for r in readings)
             producer.produce(self.input, body, key=sensor.encode(),
-                             on_delivery=lambda e, m, a=tuple(anomalous), b=bad: on_delivery(e, m, a, b))
+                             on_delivery=lambda e, m, a=tuple(anomalous), b=bad, v=sent: on_delivery(e, m, a, b, v))
             producer.poll(0)
             if per_second and (i // per_message) % max(1, 50 // per_message) == 0:  # every ~50 readings
                 ahead = started + i / per_second - time.monotonic()

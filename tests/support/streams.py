@@ -62,6 +62,31 @@ def window_model_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def baseline_window_model_dir(tmp_path_factory):
+    """The windowed model (W=8) trained the way `train` does now, with per-sensor baselines: the
+    stream's sensors (s0..s15) are new to it, so each is judged by the fleet baseline for its
+    first 48 readings and by its own learned one after (a cold start kept in the per-sensor state
+    and changelog)."""
+    from latentwatch.detectors import alarms, baselines as bl
+    from latentwatch.detectors.base import sliding_windows
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from latentwatch.detectors.networks import make_detector
+    from latentwatch.detectors.thresholds import QuantileThreshold
+
+    rng = np.random.default_rng(0)
+    X = normal_values(rng, 3000).astype(np.float32)
+    b, _, _ = bl.fit(X, np.full(len(X), "trained"), cold_start=48, own_min=10**9)
+    Z = bl.standardise(X, b.center[0], b.scale[0])
+    det = make_detector("pca", window=WINDOW, latent_dim=3).fit(Z, CH)
+    held = bl.standardise(normal_values(rng, 3000).astype(np.float32), b.center[0], b.scale[0])
+    thr = QuantileThreshold(0.999).fit(det.score(sliding_windows(held, WINDOW)).score)
+    rule = alarms.calibrate(det.score(sliding_windows(held, WINDOW)).score, 0.001, instant=thr.value)
+    path = tmp_path_factory.mktemp("model") / "baseline-window"
+    save(path, det, thr, summarise_training_data(X, CH), name="test-baseline-window", alarm=rule, baselines=b)
+    return str(path)
+
+
 WINDOW = 8
 
 

@@ -124,8 +124,8 @@ def test_broker_sigkill_and_restart_mid_stream(private_broker, tmp_path, model_d
 
 
 @pytest.mark.parametrize(("delivery", "model"), MODES)
-def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, make_topic, producer, model_dir, window_model_dir,  # noqa: F811
-                                                            tmp_path, delivery, model):
+def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, make_topic, producer, model_dir,  # noqa: F811
+                                                            baseline_window_model_dir, tmp_path, delivery, model):
     """SOAK_ROUNDS rounds of: start the pipeline, SIGKILL it at a random moment (during start-up,
     assignment, a batch, a commit), while traffic flows; then one clean run drains the rest.
 
@@ -134,7 +134,9 @@ def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, mak
     then waited 120 s for a batch from an input that was all committed already (seen as a
     "stall" in CI: assigned, fetching at the log end, nothing to do)."""
     s = TimelineStream(make_topic)
-    s.window, model_dir = (WINDOW, window_model_dir) if model == "window" else (1, model_dir)
+    # the windowed model has per-sensor baselines: every sensor is new to it, so its cold start
+    # (fleet baseline, then its own learned from its first 48 readings) lives in the changelog too
+    s.window, model_dir = (WINDOW, baseline_window_model_dir) if model == "window" else (1, model_dir)
     rounds = SOAK_ROUNDS
     feeding = threading.Event()
     feeding.set()
@@ -182,18 +184,24 @@ def test_pipeline_sigkill_at_random_points_over_many_rounds(kafka_bootstrap, mak
         assert led.duplicates == 0
     else:
         assert led.duplicates <= rounds * 200  # at most the batch in flight per kill
+    if model == "window":  # tails and cold starts restored as of the committed offset: the scores `score` gives
+        from latentwatch.detectors.checkpoint import load
+
+        faults = led.score_faults(load(model_dir, device="cpu"), s.values)
+        assert not faults, faults[:5]
     RESULTS[f"sigkill_rounds_{delivery}_{model}"] = {"rounds": rounds, "readings": n, "lost": len(led.lost),
                                              "duplicates": led.duplicates,
                                              "batches_at_kill": killed_after_batches, "seed": seed}
 
 
 @pytest.mark.parametrize(("delivery", "model"), MODES)
-def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer, model_dir, window_model_dir, tmp_path,  # noqa: F811
-                                          delivery, model):
+def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer, model_dir, baseline_window_model_dir,  # noqa: F811
+                                          tmp_path, delivery, model):
     """A second instance joins while the first is mid-batch (slow batches: a long max wait and
-    paced traffic), then leaves: nothing lost, and no reading scored twice (clean hand-overs)."""
+    paced traffic), then leaves: nothing lost, and no reading scored twice (clean hand-overs).
+    The windowed model has per-sensor baselines: cold starts move with their partitions."""
     s = TimelineStream(make_topic)
-    s.window, model_dir = (WINDOW, window_model_dir) if model == "window" else (1, model_dir)
+    s.window, model_dir = (WINDOW, baseline_window_model_dir) if model == "window" else (1, model_dir)
     n = 8000
     slow = ("--delivery", delivery, "--max-wait-ms", "400")
     feeder = threading.Thread(target=s.produce, args=(producer, n), kwargs={"bad_every": 300, "per_second": 500})
@@ -225,6 +233,11 @@ def test_rebalance_with_batches_in_flight(kafka_bootstrap, make_topic, producer,
     # an episode open when its partition moved is closed by the next owner (state from the changelog)
     assert not led.episode_faults(exactly_once=True), led.episode_faults(True)[:5]
     assert any(e == "close" for _i, e in led.episodes)
+    if model == "window":
+        from latentwatch.detectors.checkpoint import load
+
+        faults = led.score_faults(load(model_dir, device="cpu"), s.values)
+        assert not faults, faults[:5]
 
 
 def _sample(url: str, name: str, proc=None, log: Path | None = None, **labels) -> float:

@@ -176,15 +176,21 @@ def test_an_isolated_spike_alarms_itself_and_the_ewma_does_not_carry_the_alarm_o
     assert carried <= 0.03 * spikes_total, (carried, spikes_total)
 
 
-def test_a_few_high_readings_in_a_row_under_the_instant_limit_lift_the_ewma_over_its_limit(rule):
+@pytest.mark.parametrize("level", [0.95, 3.0])
+def test_a_few_high_readings_in_a_row_lift_the_ewma_over_its_limit(rule, level):
+    """Under the instant limit (0.95) or over it (3): a run is not a spike, and the EWMA carries it
+    (only an isolated reading over the instant limit enters the EWMA capped)."""
     s = normal_scores(400, seed=9, rho=0.8)
-    s[200:206] = rule.instant * 0.95
+    s[200:206] = rule.instant * level
     d, _ = decide(rule, s)
     assert (d.rule[200:215] == 1).any()
 
 
-def test_a_run_over_the_instant_limit_alarms_reading_by_reading_and_stops_with_it(rule):
+def test_whether_the_last_reading_was_over_the_instant_limit_carries_across_batches(rule):
     s = normal_scores(400, seed=9, rho=0.8)
     s[200:206] = rule.instant * 3
-    d, _ = decide(rule, s)
-    assert d.alarm[200:206].all() and not d.alarm[206:211].any()
+    whole, _ = decide(rule, s)
+    d1, post = decide(rule, s[:203])
+    assert post[0].hot
+    d2, _ = decide(rule, s[203:], post)
+    assert np.array_equal(np.r_[d1.alarm, d2.alarm], whole.alarm)
