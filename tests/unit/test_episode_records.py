@@ -44,11 +44,14 @@ def test_the_scorer_writes_an_episode_open_and_close_beside_the_reading_record()
 def test_alertmanager_gets_one_alert_per_episode_firing_then_resolved():
     records, _ = _records()
     opened, closed = (parse_alert(json.dumps(r).encode()) for r in records[1:])
-    firing = episode_to_alertmanager(opened, resolve_timeout=300)
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.fromtimestamp(NOW, UTC)  # sending right after the readings (times: the test below)
+    firing = episode_to_alertmanager(opened, resolve_timeout=300, now=now)
     assert len(firing) == 1 and firing[0]["labels"] == {
         "alertname": "LatentwatchAnomaly", "sensor": "pump-7", "episode": "in/0/2/0", "severity": "critical"}
     assert firing[0]["endsAt"] > firing[0]["startsAt"]
-    resolved = episode_to_alertmanager(closed, resolve_timeout=300)
+    resolved = episode_to_alertmanager(closed, resolve_timeout=300, now=now + timedelta(seconds=1))
     assert {a["labels"]["severity"] for a in resolved} == {"warning", "critical"}  # whichever it escalated to
     assert all(a["startsAt"] == firing[0]["startsAt"] and a["endsAt"] < firing[0]["endsAt"] for a in resolved)
     assert "episode open (instant)" in format_line(opened) and "[in/0/2/0]" in format_line(closed)
@@ -87,3 +90,41 @@ def test_the_forwarder_sends_episodes_and_per_reading_records_only_when_asked():
         fw = Forwarder(None, client, "alerts", readings=readings)
         assert fw._deliver([_Msg(r) for r in records] + [_Msg(legacy)])
         assert len(client.posted) == expected  # legacy reading, open, close x2 severities (+ the reading)
+
+
+def _episode(event, started, ts, ended=None):
+    rec = {"kind": "episode", "event": event, "sensor_id": "pump-7", "episode_id": "in/0/2/0", "severity": "critical",
+           "started_at": started, "ts": ts, "rule": "instant", "peak_score": 81.0, "peak_margin": 2.7, "readings": 3}
+    if ended is not None:
+        rec["ended_at"] = ended
+    return parse_alert(json.dumps(rec).encode())
+
+
+def _iso(t):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_alertmanager_times_are_from_the_time_of_sending_not_the_readings_clock():
+    """Issue 29.3: Alertmanager decides "active" by its own clock. An open episode whose readings
+    are 10 min old (a backlog) was sent with endsAt already past (never fired); a device clock 1 h
+    ahead kept the alert active an hour past its close; a clock stepping back gave endsAt <
+    startsAt (HTTP 400, the resolve lost)."""
+    from datetime import UTC, datetime
+
+    now = datetime.fromtimestamp(NOW, UTC)
+    # a backlog: readings 10 min old, episode still open -> fires now, for resolve_timeout from now
+    old = episode_to_alertmanager(_episode("open", NOW - 600, NOW - 600), resolve_timeout=300, now=now)
+    assert old[0]["startsAt"] == _iso(NOW - 600) and old[0]["endsAt"] == _iso(NOW + 300)
+    # a clock 1 h ahead: starts no later than now; the close resolves now, under both severities
+    ahead = episode_to_alertmanager(_episode("open", NOW + 3600, NOW + 3600), resolve_timeout=300, now=now)
+    assert ahead[0]["startsAt"] == _iso(NOW) and ahead[0]["endsAt"] == _iso(NOW + 300)
+    closed = episode_to_alertmanager(_episode("close", NOW + 3600, NOW + 3700, NOW + 3700), resolve_timeout=300,
+                                     now=now)
+    assert [a["endsAt"] for a in closed] == [_iso(NOW)] * 2 and all(a["startsAt"] == _iso(NOW) for a in closed)
+    # a clock stepping back (late_policy score): ended_at before started_at -> never endsAt < startsAt
+    back = episode_to_alertmanager(_episode("close", NOW - 60, NOW - 120, NOW - 120), resolve_timeout=300, now=now)
+    assert all(a["startsAt"] <= a["endsAt"] for a in back) and back[0]["endsAt"] == _iso(NOW)
+    # the readings' own times stay readable in the annotations
+    assert closed[0]["annotations"]["ended_at"] == _iso(NOW + 3700)
