@@ -128,3 +128,37 @@ def test_alertmanager_times_are_from_the_time_of_sending_not_the_readings_clock(
     assert all(a["startsAt"] <= a["endsAt"] for a in back) and back[0]["endsAt"] == _iso(NOW)
     # the readings' own times stay readable in the annotations
     assert closed[0]["annotations"]["ended_at"] == _iso(NOW + 3700)
+
+
+def test_a_restored_episode_quiet_past_the_new_close_after_closes_under_its_own_sensor():
+    """Issue 29.1 through the scorer: state restored (or kept at a swap) from v1, which closes after
+    50, holds an episode 30 readings quiet; v2 closes after 10. The batch used to raise IndexError
+    (a restart: every restart) or write the close under the other sensor's key, id and time."""
+    from latentwatch.detectors.alarms import Episode, SensorAlarm
+    from latentwatch.pipeline.state import Entry
+
+    import numpy as np
+
+    model = stub_model(window=1, threshold=30.0)
+    model.alarm = AlarmRule(instant=30.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=10)
+    sc = Scorer(model, max_message_bytes=10**6, max_future_s=86_400, late_policy="dead-letter", critical_ratio=2.0,
+                latent_topic=False, changelog=True)
+    state = StateStore()
+    state.expect(1, 3)
+    ep = Episode((0, 5, 0), NOW - 500, 0, 2.7, 81.0, NOW - 500, 1, 30, NOW - 500)
+    loaded = state.load({(0, "pump-b"): Entry(NOW - 400, np.empty((0, 3), np.float32), None, 5,
+                                              SensorAlarm(0.0, ep))})
+    assert loaded.dropped == {}  # kept: dropping it would lose the close (issue 29.4)
+    batch = sc.score(messages([{"sensor_id": s, "ts": NOW - 100 + i, "values": [0.1] * 3}
+                               for i, s in enumerate(["pump-z", "pump-z", "pump-b", "pump-z"])], first_offset=10),
+                     state, NOW)
+    closes = [json.loads(v) for _, v in batch.alerts if json.loads(v).get("event") == "close"]
+    assert len(closes) == 1 and closes[0]["sensor_id"] == "pump-b" and closes[0]["episode_id"] == "in/0/5/0"
+    assert alert_time_of(closes[0]["ts"]) == NOW - 98  # pump-b's own (first) reading
+    assert batch.updates[(0, "pump-b")].alarm.episode is None
+
+
+def alert_time_of(value):
+    from latentwatch.pipeline.subscribers.alert_reader import alert_time
+
+    return alert_time(value).timestamp()
