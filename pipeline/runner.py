@@ -23,6 +23,7 @@ episode (state.py).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -31,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import budget
+from latentwatch.pipeline import budget, records
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
@@ -49,6 +50,7 @@ from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.source import Source
 from latentwatch.pipeline.state import Key, StateStore
 from latentwatch.pipeline.stop import StopBudget
+from latentwatch.pipeline.times import iso
 
 log = logging.getLogger("latentwatch.run")
 
@@ -83,6 +85,7 @@ class Pipeline:
         self.sink: Sink | None = None
         self.committer: Committer | None = None
         self._tombstones: list[Key] = []
+        self._closes: list[tuple[bytes, bytes]] = []  # close records of evicted open episodes, until produced
         self.metrics_server = None
         self.unclean_exit = False  # a Kafka client did not close in time: the caller should os._exit
 
@@ -188,6 +191,7 @@ class Pipeline:
         self.sizing.observe(len(batch.messages) - len(batch.dead), batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
         tombstones = self._tombstones
+        batch = self._with_eviction_closes(batch)
         try:
             self.committer.begin()
             self.sink.produce_batch(batch, self.state_topic, tombstones)
@@ -196,9 +200,26 @@ class Pipeline:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
+        self._closes = []
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
         self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated))
+
+    def _with_eviction_closes(self, batch):
+        """Sensors evicted with an episode open get their close with this batch (in its transaction
+        under exactly-once, beside their tombstones): kept until a batch carrying them commits."""
+        evicted = self.state.take_evicted_open()
+        if evicted:
+            found = records.evicted_close_records(
+                evicted, topic=self.settings.topics.input, model_name=self.model.name,
+                model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio,
+                detected_at=iso(time.time()))
+            self._closes += [(r["sensor_id"].encode(), records.encode(r)) for r in found]
+            log.info("%d sensors evicted with an episode open: closing them (reason evicted)", len(found))
+        if not self._closes:
+            return batch
+        return dataclasses.replace(batch, alerts=self._closes + batch.alerts,
+                                   episodes=["close"] * len(self._closes) + batch.episodes)
 
     def evicted_on_load(self, evicted: dict) -> None:
         """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""

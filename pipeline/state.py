@@ -138,6 +138,7 @@ class StateStore:
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
+        self._evicted_open: list[tuple[Key, Entry]] = []  # evicted with an episode open: to be closed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -155,19 +156,32 @@ class StateStore:
             self._seen[key] = now
         evicted: dict[str, list[Key]] = {"capacity": [], "idle": []}
         while len(self._entries) > self.max_sensors:
-            key, _ = self._entries.popitem(last=False)
+            key, gone = self._entries.popitem(last=False)
             self._seen.pop(key, None)
             evicted["capacity"].append(key)
+            self._note_evicted(key, gone)
         if now - self._last_sweep >= min(60.0, self.idle_ttl_s):
             self._last_sweep = now
             # oldest first: stop at the first one seen recently enough
             for key in list(self._entries):
                 if now - self._seen.get(key, now) <= self.idle_ttl_s:
                     break
-                del self._entries[key]
+                self._note_evicted(key, self._entries.pop(key))
                 self._seen.pop(key, None)
                 evicted["idle"].append(key)
         return evicted
+
+    def _note_evicted(self, key: Key, entry: Entry) -> None:
+        """An evicted entry's open episode must still be closed (issue 29.4): a returning sensor's
+        next `open` would otherwise follow an episode that never closed."""
+        if entry.alarm is not None and entry.alarm.episode is not None:
+            self._evicted_open.append((key, entry))
+
+    def take_evicted_open(self) -> list[tuple[Key, Entry]]:
+        """The entries evicted with an open episode since the last call (the run loop closes them
+        with its next batch, beside their changelog tombstones)."""
+        out, self._evicted_open = self._evicted_open, []
+        return out
 
     def expect(self, window: int, channels: int) -> None:
         """The model loaded now: entries that enter the store from outside a batch are checked
@@ -195,6 +209,7 @@ class StateStore:
             ago = max(0.0, wall - seen.get(key, wall))
             if ago > self.idle_ttl_s:
                 idle.append(key)
+                self._note_evicted(key, keep[key])
                 continue
             self._entries[key] = keep[key]
             self._entries.move_to_end(key)

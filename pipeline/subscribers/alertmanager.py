@@ -57,6 +57,8 @@ def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_
             },
             **sending_times(starts, now, resolve_timeout=resolve_timeout, closed=closed),
         }
+        if closed and ep.get("reason"):
+            am["annotations"]["close_reason"] = str(ep["reason"])
         if closed:
             am["annotations"]["ended_at"] = rfc3339(alert_time(ep.get("ended_at") or ep["ts"]))
         if generator_url:
