@@ -27,6 +27,7 @@ from latentwatch.pipeline.decode.batch import (
     Decoded,
     DecodedBatch,
     check_sensor_id,
+    key_sensor_id,
 )
 from latentwatch.pipeline.times import parse_time
 
@@ -193,7 +194,7 @@ class JsonDecoder:
 
         sensor_id = obj.get("sensor_id")
         if sensor_id is None and key:
-            sensor_id = key.decode("utf-8", "replace")
+            sensor_id = key_sensor_id(key)
         if not isinstance(sensor_id, str) or not sensor_id:
             raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
         check_sensor_id(sensor_id)
