@@ -39,6 +39,7 @@ class Health(Listener):
         self._partitions: int | None = None  # None: no answer from the group yet
         self._rebalancing = False
         self._stopping = False
+        self._failed: str | None = None  # a failure the user must fix (the run is ending with it)
 
     # -- reported by the run loop --------------------------------------------------------------
     def beat(self) -> None:
@@ -63,6 +64,10 @@ class Health(Listener):
     def on_revoked(self, partitions) -> None:
         self.waiting_for_assignment()
 
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        with self._lock:
+            self._failed = f"state topic {topic} has no partition for assigned input partitions {missing}"
+
     def stopping(self) -> None:
         """Shutting down (SIGTERM): no longer ready, so no new work is routed here; still alive."""
         with self._lock:
@@ -85,6 +90,9 @@ class Health(Listener):
         with self._lock:
             model, partitions, rebalancing, stopping = (self._model, self._partitions, self._rebalancing,
                                                         self._stopping)
+            failed = self._failed
+        if failed:
+            return False, failed
         if stopping:
             return False, "shutting down"
         if model is None:

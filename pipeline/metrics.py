@@ -74,6 +74,7 @@ class PipelineMetrics(Listener):
         for agreement in ("both", "current_only", "candidate_only", "neither"):  # shadow.AGREEMENTS
             self.shadow_readings.labels(agreement=agreement)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
+        self.changelog_missing = Gauge(f"{p}_changelog_missing_partitions", "Assigned input partitions the state changelog has no partition for (the input topic grew while running; the process is not ready and exits 2)", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
         self.state_dropped = Counter(f"{p}_state_dropped", "Restored per-sensor state entries that did not fit the loaded model and were dropped (the sensor warms up again), by reason (window, channels, dtype, non_finite, threshold, alarm)", ["reason"], registry=r)
@@ -161,6 +162,9 @@ class PipelineMetrics(Listener):
 
     def on_assigned(self, partitions) -> None:
         self.assigned_partitions.set(len(partitions))
+
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        self.changelog_missing.set(len(missing))
 
     def on_revoked(self, partitions) -> None:
         for tp in partitions:

@@ -176,6 +176,8 @@ class Pipeline:
         except TopicsGone as exc:
             log.error("%s", exc)
             rc = 2
+        except changelog.ChangelogShort:  # logged where found (rebalance.py), /readyz says so
+            rc = 2
         except Stopping as exc:
             log.warning("%s: the batch in hand is not committed (its partitions' next owner redoes it)", exc)
         finally:
