@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentwatch.pipeline.cli import outputs
+from latentwatch.pipeline.cli.connection import BOOTSTRAP_HELP
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.times import parse_time
 
@@ -51,9 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner; default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="windows per step (default: about 16 steps an epoch, 16-256 windows)")
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate of the autoencoders (default: %(default)s)")
     t.add_argument("--latent", type=int, default=None, help="latent size k (default: the model's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same data and options give the same weights (default: %(default)s)")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the data held out, in interleaved blocks, for early stopping, the score "
                         "parts and the threshold (default: %(default)s)")
@@ -83,9 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     s = sub.add_parser("score", help="score every row of a CSV with a saved model")
-    s.add_argument("--model", required=True, metavar="MODEL_DIR")
-    s.add_argument("--data", required=True, metavar="CSV")
-    s.add_argument("--out", required=True, metavar="SCORES_CSV", help="'-' for stdout")
+    s.add_argument("--model", required=True, metavar="MODEL_DIR",
+                   help="a model directory written by `train --out` (its current version is used)")
+    s.add_argument("--data", required=True, metavar="CSV", help="CSV file with the model's channels (and a time column)")
+    s.add_argument("--out", required=True, metavar="SCORES_CSV",
+                   help="CSV of one row per reading (score, threshold, anomaly, rule, ...); '-' for stdout")
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
     s.add_argument("--episodes", default=None, metavar="CSV",
                    help="also write the episode events (open, update, close) the stream would publish")
@@ -130,7 +135,7 @@ def _stream_options(t) -> None:
     g.add_argument("--until", default=None, help="end of the range, exclusive (default: the end of the topic)")
     g.add_argument("--config", default=None, help="YAML config of `run` (Kafka connection, TLS, SASL) "
                                                   "[env LATENTWATCH_CONFIG]")
-    g.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers [env LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    g.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     g.add_argument("--alerts-topic", default=None, help="alerts whose readings are left out (default: the "
                                                         "settings' topics.alerts)")
     g.add_argument("--include-alerted", action="store_true", help="keep the readings alerts name")
@@ -243,6 +248,8 @@ def _score(args) -> int:
     from latentwatch.detectors.checkpoint import CheckpointError, load
     from latentwatch.detectors.recipe import flag_series
 
+    outputs.writable(args.out, "--out")  # before any work: not a traceback after the scoring
+    outputs.writable(args.episodes, "--episodes")
     device = _device(args.device)
     try:
         model = load(args.model, device=device)
@@ -257,7 +264,7 @@ def _score(args) -> int:
               *f.parts]
     if args.latent:
         header += [f"latent_{i}" for i in range(det.latent_dim)]
-    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
+    out = sys.stdout if args.out == "-" else outputs.open_for_writing(args.out, "--out")
     try:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(header)
@@ -268,16 +275,20 @@ def _score(args) -> int:
     from latentwatch.detectors.alarms import RULES
 
     if args.episodes:
-        with open(args.episodes, "w", newline="") as fh:
+        with outputs.open_for_writing(args.episodes, "--episodes") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["event", "episode_row", "row", "rule", "readings", "peak_score", "peak_margin"])
             for event, row, ep in f.events:
                 w.writerow([event, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}"])
     opened = sum(1 for e in f.events if e[0] == "open")
-    log.info("scored %d rows (%d anomalous, %d episodes) with %s: %s", len(data), int(f.anomaly.sum()), opened,
-             model.name, rule.describe())
+    # Plain lines, as `train` prints (a log line's timestamp and logger name are noise here); on
+    # stderr when the scores go to stdout. "anomalous": alarmed by either rule (instant or EWMA).
+    summary = sys.stderr if args.out == "-" else sys.stdout
+    print(f"scored {len(data)} rows with {model.name} version {model.version}: {int(f.anomaly.sum())} anomalous "
+          f"(instant or EWMA rule), {opened} episodes", file=summary)
+    print(f"alarm rule: {rule.describe()}", file=summary)
     if "anomaly" in data.labels:
-        print(_tradeoff(f, data.labels["anomaly"]), file=sys.stderr if args.out == "-" else sys.stdout)
+        print(_tradeoff(f, data.labels["anomaly"]), file=summary)
     return 0
 
 
