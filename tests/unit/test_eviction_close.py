@@ -26,12 +26,13 @@ def _open(last_ts=NOW - 10):
 def test_the_store_hands_over_evicted_entries_with_an_open_episode_by_capacity_and_idle():
     store = StateStore(max_sensors=2, idle_ttl_s=100)
     quiet = Entry(NOW, np.empty((0, 3), np.float32), None, 1, SensorAlarm(0.1, None))
-    store.apply({(0, "open-1"): _open(), (0, "quiet"): quiet}, now=0.0)
-    store.apply({(0, "new"): quiet}, now=1.0)  # capacity: "open-1" (least recently seen) goes
+    t0 = store._last_sweep  # the idle sweep's clock (monotonic): the times below are relative to it
+    store.apply({(0, "open-1"): _open(), (0, "quiet"): quiet}, now=t0)
+    store.apply({(0, "new"): quiet}, now=t0 + 1)  # capacity: "open-1" (least recently seen) goes
     assert [k for k, _ in store.take_evicted_open()] == [(0, "open-1")] and store.take_evicted_open() == []
-    store.apply({(0, "open-2"): _open()}, now=2.0)  # capacity: "quiet" goes, nothing to close
+    store.apply({(0, "open-2"): _open()}, now=t0 + 2)  # capacity: "quiet" goes, nothing to close
     assert store.take_evicted_open() == []
-    store.apply({}, now=500.0)  # idle: "new" and "open-2"
+    store.apply({}, now=t0 + 500)  # idle: "new" and "open-2"
     taken = store.take_evicted_open()
     assert [k for k, _ in taken] == [(0, "open-2")] and taken[0][1].alarm.episode.ref == (0, 3, 0)
 
