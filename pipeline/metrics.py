@@ -230,12 +230,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _with_health(metrics_app, health):
     """/healthz and /readyz: 200 with the reason when ok, 503 with the reason when not (plain
-    text, one line: what `kubectl describe pod` shows for a failing probe); the rest: /metrics."""
+    text, one line: what `kubectl describe pod` shows for a failing probe); /metrics; any other
+    path 404 (serving the metrics everywhere hid a scrape config's typo)."""
 
     def app(environ, start_response):
-        check = {"/healthz": "liveness", "/readyz": "readiness"}.get(environ.get("PATH_INFO", ""))
-        if health is None or check is None:
+        path = environ.get("PATH_INFO", "")
+        check = {"/healthz": "liveness", "/readyz": "readiness"}.get(path) if health is not None else None
+        if path == "/metrics":
             return metrics_app(environ, start_response)
+        if check is None:
+            body = b"not found: /metrics, /healthz and /readyz are served here\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
         ok, reason = getattr(health, check)()
         body = f"{'ok' if ok else 'not ok'}: {reason}\n".encode()
         start_response("200 OK" if ok else "503 Service Unavailable",

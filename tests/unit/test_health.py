@@ -117,3 +117,19 @@ def test_metrics_alone_without_health():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("with_health", [True, False])
+def test_metrics_are_served_at_metrics_only_other_paths_are_404(with_health):
+    """Issue 29.7: /metrics was served at any path (/, /favicon.ico, a typo in a scrape config)."""
+    metrics = PipelineMetrics()
+    server, _ = metrics.serve(0, "127.0.0.1", health=Health() if with_health else None)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for path in ("/", "/metricz", "/favicon.ico", "/healthz/x"):
+            status, body = _get(base + path)
+            assert status == 404 and "latentwatch_" not in body, path
+        assert _get(base + "/metrics")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
