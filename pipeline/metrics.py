@@ -93,7 +93,7 @@ class PipelineMetrics(Listener):
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
-        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm"):  # state.DROP_REASONS
+        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts"):  # state.DROP_REASONS
             self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # lifecycle/watch.py RELOAD_OUTCOMES

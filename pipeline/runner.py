@@ -64,6 +64,7 @@ class Pipeline:
         self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = StateStore(s.state.max_sensors, s.state.idle_ttl_s)
+        self.state.max_future_s = s.batch.max_future_s  # a restored last event time past it is dropped
         self.state_topic = None
         self.stop_budget = StopBudget(s.shutdown_timeout_s)
         why = self._state_fits(model)

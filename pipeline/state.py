@@ -67,6 +67,7 @@ class Fit:
 
     window: int
     channels: int
+    max_future_s: float = float("inf")  # batch.max_future_s: no accepted reading is later than now + this
 
 
 def _check_tail(e: Entry, fit: Fit) -> str | None:
@@ -103,10 +104,17 @@ def _check_alarm(e: Entry, fit: Fit) -> str | None:
     return None if ok else "alarm"
 
 
+def _check_last_ts(e: Entry, fit: Fit) -> str | None:
+    """The last event time: finite and no later than the scorer could have accepted (now +
+    max_future_s). One at inf, or days ahead, made every later reading of the sensor `late`."""
+    ok = np.isfinite(e.last_ts) and e.last_ts <= time.time() + fit.max_future_s
+    return None if ok else "last_ts"
+
+
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
 # A new kind of state adds its own here; its reason becomes a label value.
-ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm")
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm, _check_last_ts]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:
@@ -135,6 +143,7 @@ class StateStore:
         self.max_sensors = max_sensors
         self.idle_ttl_s = idle_ttl_s
         self.fit: Fit | None = None  # what the loaded model needs (None: entries are not checked)
+        self.max_future_s = float("inf")  # batch.max_future_s (the runner's): restored last_ts is checked
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
@@ -186,7 +195,7 @@ class StateStore:
     def expect(self, window: int, channels: int) -> None:
         """The model loaded now: entries that enter the store from outside a batch are checked
         against it."""
-        self.fit = Fit(window, channels)
+        self.fit = Fit(window, channels, self.max_future_s)
 
     def load(self, entries: dict[Key, Entry], now: float | None = None,
              seen: dict[Key, float] | None = None) -> Loaded:
