@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and MODEL_DIR/current points at it (see `latentwatch models`)")
     t.add_argument("--no-promote", action="store_true",
                    help="write the new version but leave `current` where it is (promote it later)")
+    t.add_argument("--new-channels", action="store_true",
+                   help="allow channels other than those of MODEL_DIR's current version (a running pipeline "
+                        "refuses to swap such a version in; score and report need data of the new channels)")
     t.add_argument("--model", choices=["auto", "mlp", "window", "vae", "pca"], default="auto",
                    help="auto: PCA over windows, or the window autoencoder when there are at least "
                         f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
@@ -232,12 +235,32 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
+        X, channels = _as_current_channels(X, channels, args)
     new = train_version(X, channels, options, args.out, parts=parts, stream=stream, name=args.name,
                         promote=not args.no_promote)
     print(new.describe(f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"))
     if new.note():
         print(new.note())
     return 0
+
+
+def _as_current_channels(X: np.ndarray, channels: list[str], args) -> tuple[np.ndarray, list[str]]:
+    """The training data in the channel order of the current version at --out. The same names in
+    another column order are reordered (a running pipeline swaps a version in only with the same
+    names in the same order); other names are refused unless --new-channels: training them made
+    the incompatible model current without a word."""
+    from latentwatch.pipeline.lifecycle.retrain import current_metadata
+
+    current = current_metadata(args.out)
+    have = list(current["channels"]) if current else None
+    if have is None or have == list(channels):
+        return X, channels
+    if set(have) == set(channels):
+        return X[:, [channels.index(c) for c in have]], have
+    if not args.new_channels:
+        raise UserError(f"{args.out}: its current version has channels {have}, the data {list(channels)}; pass "
+                        f"--new-channels to make a model of the new ones current, or --out another directory")
+    return X, channels
 
 
 def _reorder(part, channels: list[str]) -> np.ndarray:
