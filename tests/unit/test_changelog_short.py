@@ -11,7 +11,6 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.events import Fanout
 from latentwatch.pipeline.health import Health

@@ -5,7 +5,6 @@ filesystem root), and --help that describes every option."""
 from __future__ import annotations
 
 import pytest
-
 from latentwatch.pipeline.cli.main import build_parser, main
 
 

@@ -8,10 +8,10 @@ import json
 import math
 
 import numpy as np
-
 from latentwatch.detectors.alarms import AlarmRule, Episode, SensorAlarm
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.state import Entry, StateStore
+
 from tests.support.fakes import messages
 from tests.support.stub_model import stub_model
 
@@ -69,7 +69,7 @@ def test_the_pipeline_produces_a_close_with_reason_evicted_before_the_sensor_ret
     model.alarm = AlarmRule(instant=30.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=50)
     p = Pipeline(Settings(state={"max_sensors": 1}, batch={"max_future_s": 10**9}, topics={"input": "in"}), model)
     p.sink, p.committer, p.state_topic = _Sink(), _Committer(), "changelog"
-    reading = lambda sid, i, v: {"sensor_id": sid, "ts": NOW + i, "values": [v] * 3}  # noqa: E731
+    reading = lambda sid, i, v: {"sensor_id": sid, "ts": NOW + i, "values": [v] * 3}
     p.process(messages([reading("pump-a", 0, 9.0)]))  # score 81: an episode opens
     p.process(messages([reading("pump-b", 1, 0.1)], first_offset=1))  # max_sensors 1: pump-a evicted
     p.process(messages([reading("pump-a", 2, 9.0)], first_offset=2))  # pump-a returns, alarmed again

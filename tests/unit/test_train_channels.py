@@ -5,7 +5,6 @@ version silently made the incompatible model current (a running pipeline refuses
 from __future__ import annotations
 
 import numpy as np
-
 from latentwatch.pipeline.cli.main import main
 
 
