@@ -220,6 +220,10 @@ class JsonDecoder:
                                 else "schema", f"missing key {exc}") from None
         except TypeError:
             raise ContractError("schema", "each reading must be an object with 'ts' and 'values'") from None
+        # JSON's true/false are not readings (numpy takes them as 1/0, and a frame has no booleans):
+        # looked for only when the bytes hold the words, so the usual message pays one scan in C.
+        if (b"true" in value or b"false" in value) and any(v is True or v is False for row in rows for v in row):
+            raise ContractError("schema", "values must be numbers, not true/false")
         return sensor_id, rows, ts_raw
 
     def _times(self, ts_raw: list, now: float) -> np.ndarray:

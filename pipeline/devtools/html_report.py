@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class ReportData:
 
 
 def _require_matplotlib():
+    # matplotlib's first import builds its font cache and says so at INFO through the root
+    # handler the CLI installs ("generated new fontManager"): noise in the report's output.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         from matplotlib.figure import Figure
     except ImportError:

@@ -171,3 +171,14 @@ def test_bidirectional_overrides_and_line_separators_in_a_sensor_id_are_a_dead_l
     assert reason(_one(sid)) == "bad_sensor_id"
     assert reason(_one(), key=sid.encode()) == "bad_sensor_id"
     assert dec(_one("pump-ä")).sensor_id == "pump-ä"  # other non-ASCII stays fine
+
+
+@pytest.mark.parametrize("values", [[True, 2.0, 3.0], {"temp": 1.0, "pressure": False, "flow": 3.0},
+                                    [True, False, True]])
+def test_booleans_are_not_numbers(values):
+    """Issue 29.7: JSON took true/false as 1/0 (a frame has no booleans to take)."""
+    assert reason({"sensor_id": "p", "ts": NOW - 1, "values": values}) == "schema"
+    d = Decoder(CH).decode_many([(json.dumps({"sensor_id": "p", "ts": NOW - 1, "values": values}).encode(), None),
+                                 (json.dumps({"sensor_id": "true", "ts": NOW - 1, "values": [1, 2, 3]}).encode(), None)],
+                                NOW)
+    assert [(i, e.reason) for i, e in d.errors] == [(0, "schema")] and d.sensor_ids == ["true"]
