@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
-import logging
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
