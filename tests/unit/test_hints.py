@@ -8,12 +8,15 @@ from latentwatch.detectors.csvdata import CSVError, read_csv
 
 
 def test_model_pointing_at_the_versions_folder_or_a_csv_file_hints_at_the_model_directory(tmp_path):
-    from latentwatch.detectors import versions
+    from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
+    from latentwatch.detectors.checkpoint import save, summarise_training_data
+    from tests.support.detector_data import normal_data
 
-    from tests.unit.test_model_watch import _writer
-
+    X, names = normal_data(300, seed=0), ["a", "b", "c", "d", "e", "f"]
+    det = make_detector("pca", device="cpu", latent_dim=2, window=1).fit(X, channels=names)
+    thr = QuantileThreshold(0.99).fit(det.score(sliding_windows(X, 1)).score)
     root = tmp_path / "pump"
-    versions.publish(root, _writer(0))
+    versions.publish(root, lambda d, v: save(d, det, thr, summarise_training_data(X, names), version=v))
     with pytest.raises(CheckpointError) as info:
         load(root / "versions")
     assert f"--model {root} " in str(info.value) and f"train --out {root}" not in str(info.value)
