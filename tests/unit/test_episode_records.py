@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.pipeline.scorer import Scorer
@@ -162,3 +163,46 @@ def alert_time_of(value):
     from latentwatch.pipeline.subscribers.alert_reader import alert_time
 
     return alert_time(value).timestamp()
+
+
+def test_the_forwarder_posts_times_of_sending_to_a_recording_alertmanager():
+    """Issue 29.3 end to end through AlertmanagerClient: a backlog episode 10 min old, still open,
+    arrives firing (endsAt after the time it was sent), its close resolves it at the sending time,
+    and a close whose readings' clock stepped back is not sent with endsAt < startsAt (HTTP 400)."""
+    import threading
+    from datetime import UTC, datetime
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from latentwatch.pipeline.subscribers.alertmanager import AlertmanagerClient
+
+    posted = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            posted.extend(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        now = time.time()
+        backlog = {"kind": "episode", "sensor_id": "pump-7", "episode_id": "in/0/2/0", "severity": "critical",
+                   "started_at": now - 600, "ts": now - 600, "rule": "instant", "peak_score": 81.0,
+                   "peak_margin": 2.7, "readings": 1}
+        fw = Forwarder(None, AlertmanagerClient(f"http://127.0.0.1:{server.server_port}"), "alerts")
+        sent = datetime.now(UTC)
+        assert fw._deliver([_Msg({**backlog, "event": "open"})])
+        assert fw._deliver([_Msg({**backlog, "event": "close", "started_at": now - 60, "ts": now - 120,
+                                  "ended_at": now - 120})])
+    finally:
+        server.shutdown()
+        server.server_close()
+    when = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    opened, closes = posted[0], posted[1:]
+    assert when(opened["endsAt"]) > sent and when(opened["startsAt"]) < sent  # fires now, started 10 min ago
+    assert len(closes) == 2 and all(when(a["startsAt"]) <= when(a["endsAt"]) for a in closes)
+    assert all(when(a["endsAt"]) >= sent for a in closes)  # resolved at the sending time, not 2 min ago
