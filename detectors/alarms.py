@@ -183,7 +183,7 @@ class AlarmRule:
         pos = lo
         for j in hits.tolist():
             if ep is not None and ep.below + (j - pos) >= self.close_after:  # closed in the gap before j
-                at = pos + self.close_after - ep.below - 1
+                at = self._close_at(pos, ep)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 ep = None
             if ep is None:
@@ -202,11 +202,19 @@ class AlarmRule:
         if ep is not None:
             gap = hi - pos
             if ep.below + gap >= self.close_after:
-                at = pos + self.close_after - ep.below - 1
+                at = self._close_at(pos, ep)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 return None
             ep = replace(ep, below=ep.below + gap)
         return ep
+
+    def _close_at(self, pos: int, ep: Episode) -> int:
+        """The sorted position of the reading at which `ep` reaches `close_after` quiet readings,
+        `pos` being the first quiet one not yet counted in `ep.below`. An episode restored or kept
+        across a model swap may already have `below >= close_after` (v1 closed after 50, v2 after
+        10): it closes at once, at `pos` (this sensor's first reading here), never before it - a
+        negative position was an IndexError at every restart, or another sensor's reading."""
+        return pos + max(self.close_after - ep.below - 1, 0)
 
     def describe(self) -> str:
         return (f"alarm when the score passes {self.instant:.5g} (instant) or its EWMA (lambda {self.lam:g}) "

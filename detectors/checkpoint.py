@@ -111,10 +111,22 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
     return path
 
 
+def _not_a_model_hint(path: Path) -> None:
+    """Paths a newcomer gives to --model that are not a model directory, with the fix (the usual
+    hint, `train --out PATH`, would make things worse there: a model inside versions/, or a
+    directory named like the CSV file)."""
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; --model takes the model directory that `train --out` wrote")
+    if path.name == versions.VERSIONS and versions.is_versioned(path.parent):
+        raise CheckpointError(f"{path} is the versions folder of a model: give the model directory, "
+                              f"--model {path.parent} (its current version), or one version, {path}/<version>")
+
+
 def load(path: str | Path, device: str = "auto") -> LoadedModel:
     """Read a model directory written by `save`, or the current version of a versioned one
     (detectors/versions.py); scoring runs on `device` ("auto"|"cpu"|"cuda")."""
     given = path
+    _not_a_model_hint(Path(path))
     try:
         path = versions.resolve(path)
     except versions.VersionError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def _careful_parse(path, delim, header, tcol, num_idx, icol=None):
                         v = float(cell)
                     except ValueError:
                         what = "an empty cell (missing value)" if not cell else f"non-numeric value {cell!r}"
-                        raise CSVError(f"{path}: line {line}: {what} in column {header[i]!r}") from None
+                        raise CSVError(f"{path}: line {line}: {what} in column {header[i]!r}"
+                                       f"{_hint(header[i], cell)}") from None
                     if not math.isfinite(v):
                         raise CSVError(f"{path}: line {line}: {cell!r} in column {header[i]!r} is not a finite number")
                     out.append(v)
@@ -179,3 +181,16 @@ def _careful_parse(path, delim, header, tcol, num_idx, icol=None):
     numbers = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(num_idx))
     return (numbers, (np.asarray(stamps, dtype=str) if tcol is not None else None),
             (np.asarray(ids, dtype=str) if icol is not None else None))
+
+
+_TIME_LIKE = re.compile(r"^\d{1,4}[-/.:]\d{1,2}[-/.:T ]")  # 2026-11-21..., 21.11.2026..., 10:00:00
+
+
+def _hint(column: str, cell: str) -> str:
+    """What to do about a text cell in a channel column: a time column not named like one
+    (timestamp/datetime/time/ts), or a column that is no channel at all."""
+    if not cell:
+        return ""
+    if _TIME_LIKE.match(cell):
+        return f"; it looks like a time: if it is the time column, say so with --time-column {column}"
+    return f"; if {column!r} is not a channel, pick the channel columns with --columns a,b,c"

@@ -47,6 +47,9 @@ class Listener:
     def on_offsets_committed(self) -> None:
         pass
 
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        """Assigned input partitions without a changelog partition: the run is about to end."""
+
     def on_batch_committed(self, done: Committed) -> None:
         pass
 
@@ -79,6 +82,10 @@ class Fanout(Listener):
     def on_offsets_committed(self) -> None:
         for x in self.listeners:
             x.on_offsets_committed()
+
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        for x in self.listeners:
+            x.on_changelog_short(topic, missing)
 
     def on_batch_committed(self, done: Committed) -> None:
         for x in self.listeners:

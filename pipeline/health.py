@@ -40,6 +40,7 @@ class Health(Listener):
         self._rebalancing = False
         self._stopping = False
         self._registry_down: tuple[float, str] | None = None  # (since, why) while the schema registry is unreachable
+        self._failed: str | None = None  # a failure the user must fix (the run is ending with it)
 
     # -- reported by the run loop --------------------------------------------------------------
     def beat(self) -> None:
@@ -73,6 +74,9 @@ class Health(Listener):
                 self._registry_down = None
             elif self._registry_down is None:
                 self._registry_down = (self._clock(), why)
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        with self._lock:
+            self._failed = f"state topic {topic} has no partition for assigned input partitions {missing}"
 
     def stopping(self) -> None:
         """Shutting down (SIGTERM): no longer ready, so no new work is routed here; still alive."""
@@ -96,6 +100,9 @@ class Health(Listener):
         with self._lock:
             model, partitions, rebalancing, stopping = (self._model, self._partitions, self._rebalancing,
                                                         self._stopping)
+            failed = self._failed
+        if failed:
+            return False, failed
         if stopping:
             return False, "shutting down"
         if model is None:

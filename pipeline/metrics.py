@@ -74,6 +74,7 @@ class PipelineMetrics(Listener):
         for agreement in ("both", "current_only", "candidate_only", "neither"):  # shadow.AGREEMENTS
             self.shadow_readings.labels(agreement=agreement)
         self.device_info = Info(f"{p}_device", "Where the model runs", registry=r)
+        self.changelog_missing = Gauge(f"{p}_changelog_missing_partitions", "Assigned input partitions the state changelog has no partition for (the input topic grew while running; the process is not ready and exits 2)", registry=r)
         self.state_sensors = Gauge(f"{p}_state_sensors", "Sensors with state held by this process (windows, thresholds, last event time)", registry=r)
         self.sensors_by_baseline = Gauge(f"{p}_sensors", "Sensors held by this process by the baseline that judges them: own (from training), learned (a cold start that finished), fleet (a cold start still learning; judged by the fleet baseline)", ["baseline"], registry=r)
         self.state_evictions = Counter(f"{p}_state_evictions", "Per-sensor state entries evicted, by reason (capacity, idle)", ["reason"], registry=r)
@@ -96,7 +97,7 @@ class PipelineMetrics(Listener):
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
-        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm"):  # state.DROP_REASONS
+        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts"):  # state.DROP_REASONS
             self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # lifecycle/watch.py RELOAD_OUTCOMES
@@ -169,6 +170,9 @@ class PipelineMetrics(Listener):
     def on_assigned(self, partitions) -> None:
         self.assigned_partitions.set(len(partitions))
 
+    def on_changelog_short(self, topic: str, missing: list[int]) -> None:
+        self.changelog_missing.set(len(missing))
+
     def on_revoked(self, partitions) -> None:
         for tp in partitions:
             self.forget_partition(tp.topic, tp.partition)
@@ -233,12 +237,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _with_health(metrics_app, health):
     """/healthz and /readyz: 200 with the reason when ok, 503 with the reason when not (plain
-    text, one line: what `kubectl describe pod` shows for a failing probe); the rest: /metrics."""
+    text, one line: what `kubectl describe pod` shows for a failing probe); /metrics; any other
+    path 404 (serving the metrics everywhere hid a scrape config's typo)."""
 
     def app(environ, start_response):
-        check = {"/healthz": "liveness", "/readyz": "readiness"}.get(environ.get("PATH_INFO", ""))
-        if health is None or check is None:
+        path = environ.get("PATH_INFO", "")
+        check = {"/healthz": "liveness", "/readyz": "readiness"}.get(path) if health is not None else None
+        if path == "/metrics":
             return metrics_app(environ, start_response)
+        if check is None:
+            body = b"not found: /metrics, /healthz and /readyz are served here\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
         ok, reason = getattr(health, check)()
         body = f"{'ok' if ok else 'not ok'}: {reason}\n".encode()
         start_response("200 OK" if ok else "503 Service Unavailable",

@@ -2,7 +2,8 @@
 between two batches, when everything processed is acknowledged and its commit sent.
 
 - assigned: restore the partitions' per-sensor state as of their committed offsets (from the
-  changelog, when the model needs state to score);
+  changelog, when the model needs state to score); a partition the changelog lacks (the input
+  grew while running) is a clear failure: not ready, one ERROR line, a metric, exit 2;
 - revoked: settle the last commit (the next owner starts after our last batch), drop the state;
 - lost: drop the state without committing (the partitions are someone else's already);
 - reload: after a rewind, the assigned partitions' state again as of the committed offsets (an
@@ -47,6 +48,12 @@ class Rebalance:
     def restore(self, partitions) -> None:
         if self.state_topic is None or not partitions:
             return
+        try:
+            changelog.check_partitions(self.settings, self.state_topic, partitions)
+        except changelog.ChangelogShort as exc:  # out of consume(): the run loop ends with exit 2
+            log.error("%s", exc)
+            self.events.on_changelog_short(exc.topic, exc.missing)
+            raise
         done = changelog.restore_into(self.store, self.settings, self.state_topic, partitions, self.committed_of,
                                       self.stop, on_wait=self.on_wait)
         if done is None:  # stopping: nothing of these partitions may be scored now

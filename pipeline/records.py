@@ -8,7 +8,8 @@ On the alerts topic, two kinds:
   same id and subscribers can drop duplicates.
 - `kind: "episode"`: a sensor's alarm as one incident, `event` `open` (its first alarmed reading),
   `update` (at most one per `update_s` of event time while it lasts: peak so far, readings so
-  far) and `close` (after `close_after` readings without an alarm). `episode_id` is the
+  far) and `close` (after `close_after` readings without an alarm; or, with `reason: "evicted"`,
+  when the sensor's state was evicted - idle TTL or capacity - with the episode open). `episode_id` is the
   `alert_id` of its first reading: a replay gives the same id.
 
 On the latent topic (`topics.latent`), one record per scored reading: its latent vector and
@@ -110,6 +111,22 @@ def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_
     if baselines is not None:
         for record, b in zip(out, baselines):
             record["baseline"] = b
+    return out
+
+
+def evicted_close_records(evicted, *, topic: str, model_name: str, model_version: str, critical_ratio: float,
+                          detected_at: str) -> list[dict]:
+    """Close records of episodes whose sensor's state was evicted (`StateStore.take_evicted_open`:
+    (key, entry) pairs), `reason: "evicted"`: at the event time of the sensor's last reading, named
+    by the episode's first reading like any close. No reading raised them, so no top channels."""
+    rows = [(key, entry, entry.alarm.episode) for key, entry in evicted]
+    out = episode_records([("close", -1, key, ep) for key, _e, ep in rows],
+                          sources=[(topic, *ep.ref) for _k, _e, ep in rows], sensor_ids=[k[1] for k, _e, _ep in rows],
+                          ts=np.array([e.last_ts for _k, e, _ep in rows], np.float64), tops=[[] for _ in rows],
+                          model_name=model_name, model_version=model_version, critical_ratio=critical_ratio,
+                          detected_at=detected_at)
+    for record in out:
+        record["reason"] = "evicted"
     return out
 
 

@@ -23,6 +23,7 @@ episode (state.py).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -31,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import budget
+from latentwatch.pipeline import budget, records
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
 from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
@@ -51,6 +52,7 @@ from latentwatch.pipeline.sink import Sink
 from latentwatch.pipeline.source import Source
 from latentwatch.pipeline.state import Key, StateStore
 from latentwatch.pipeline.stop import StopBudget
+from latentwatch.pipeline.times import iso
 
 log = logging.getLogger("latentwatch.run")
 
@@ -73,6 +75,7 @@ class Pipeline:
         self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
         self.health = Health(s.health.stall_after_s)  # /healthz and /readyz beside /metrics
         self.state = StateStore(s.state.max_sensors, s.state.idle_ttl_s)
+        self.state.max_future_s = s.batch.max_future_s  # a restored last event time past it is dropped
         self.state_topic = None
         self.stop_budget = StopBudget(s.shutdown_timeout_s)
         why = self._state_fits(model)
@@ -96,6 +99,7 @@ class Pipeline:
         self.sink: Sink | None = None
         self.committer: Committer | None = None
         self._tombstones: list[Key] = []
+        self._closes: list[tuple[bytes, bytes]] = []  # close records of evicted open episodes, until produced
         self.metrics_server = None
         self.unclean_exit = False  # a Kafka client did not close in time: the caller should os._exit
 
@@ -186,6 +190,8 @@ class Pipeline:
         except TopicsGone as exc:
             log.error("%s", exc)
             rc = 2
+        except changelog.ChangelogShort:  # logged where found (rebalance.py), /readyz says so
+            rc = 2
         except Stopping as exc:
             log.warning("%s: the batch in hand is not committed (its partitions' next owner redoes it)", exc)
         finally:
@@ -207,6 +213,7 @@ class Pipeline:
         self.sizing.observe(len(batch.messages) - len(batch.dead), batch.n_readings, time.monotonic() - started)
         self.source.put_back(batch.rest)
         tombstones = self._tombstones
+        batch = self._with_eviction_closes(batch)
         try:
             self.committer.begin()
             self.sink.produce_batch(batch, self.state_topic, tombstones)
@@ -215,6 +222,7 @@ class Pipeline:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
+        self._closes = []
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
         self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated,
@@ -244,6 +252,22 @@ class Pipeline:
         self.metrics.registry_up.set(1)
         self.health.registry(True, "")
         log.info("the schema registry answers again: scoring resumed")
+
+    def _with_eviction_closes(self, batch):
+        """Sensors evicted with an episode open get their close with this batch (in its transaction
+        under exactly-once, beside their tombstones): kept until a batch carrying them commits."""
+        evicted = self.state.take_evicted_open()
+        if evicted:
+            found = records.evicted_close_records(
+                evicted, topic=self.settings.topics.input, model_name=self.model.name,
+                model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio,
+                detected_at=iso(time.time()))
+            self._closes += [(r["sensor_id"].encode(), records.encode(r)) for r in found]
+            log.info("%d sensors evicted with an episode open: closing them (reason evicted)", len(found))
+        if not self._closes:
+            return batch
+        return dataclasses.replace(batch, alerts=self._closes + batch.alerts,
+                                   episodes=["close"] * len(self._closes) + batch.episodes)
 
     def evicted_on_load(self, evicted: dict) -> None:
         """Entries a restore evicted over the bound: deleted from the changelog with the next batch."""

@@ -88,6 +88,7 @@ class Fit:
 
     window: int
     channels: int
+    max_future_s: float = float("inf")  # batch.max_future_s: no accepted reading is later than now + this
 
 
 def _check_tail(e: Entry, fit: Fit) -> str | None:
@@ -139,11 +140,18 @@ def _check_baseline(e: Entry, fit: Fit) -> str | None:
     return None if ok else "baseline"
 
 
+def _check_last_ts(e: Entry, fit: Fit) -> str | None:
+    """The last event time: finite and no later than the scorer could have accepted (now +
+    max_future_s). One at inf, or days ahead, made every later reading of the sensor `late`."""
+    ok = np.isfinite(e.last_ts) and e.last_ts <= time.time() + fit.max_future_s
+    return None if ok else "last_ts"
+
+
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
 # A new kind of state adds its own here; its reason becomes a label value.
-ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm,
+ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm, _check_last_ts,
                                                           _check_baseline]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "baseline")
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:
@@ -172,10 +180,12 @@ class StateStore:
         self.max_sensors = max_sensors
         self.idle_ttl_s = idle_ttl_s
         self.fit: Fit | None = None  # what the loaded model needs (None: entries are not checked)
+        self.max_future_s = float("inf")  # batch.max_future_s (the runner's): restored last_ts is checked
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
         self._last_sweep = time.monotonic()
         self._cold = Counter()  # entries by baseline_state(): kept as entries change, read per batch
+        self._evicted_open: list[tuple[Key, Entry]] = []  # evicted with an episode open: to be closed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -210,25 +220,40 @@ class StateStore:
             self._seen[key] = now
         evicted: dict[str, list[Key]] = {"capacity": [], "idle": []}
         while len(self._entries) > self.max_sensors:
-            key, old = self._entries.popitem(last=False)
-            self._count(old, -1)
+            key, gone = self._entries.popitem(last=False)
+            self._count(gone, -1)
             self._seen.pop(key, None)
             evicted["capacity"].append(key)
+            self._note_evicted(key, gone)
         if now - self._last_sweep >= min(60.0, self.idle_ttl_s):
             self._last_sweep = now
             # oldest first: stop at the first one seen recently enough
             for key in list(self._entries):
                 if now - self._seen.get(key, now) <= self.idle_ttl_s:
                     break
-                self._count(self._entries.pop(key), -1)
+                gone = self._entries.pop(key)
+                self._count(gone, -1)
+                self._note_evicted(key, gone)
                 self._seen.pop(key, None)
                 evicted["idle"].append(key)
         return evicted
 
+    def _note_evicted(self, key: Key, entry: Entry) -> None:
+        """An evicted entry's open episode must still be closed (issue 29.4): a returning sensor's
+        next `open` would otherwise follow an episode that never closed."""
+        if entry.alarm is not None and entry.alarm.episode is not None:
+            self._evicted_open.append((key, entry))
+
+    def take_evicted_open(self) -> list[tuple[Key, Entry]]:
+        """The entries evicted with an open episode since the last call (the run loop closes them
+        with its next batch, beside their changelog tombstones)."""
+        out, self._evicted_open = self._evicted_open, []
+        return out
+
     def expect(self, window: int, channels: int) -> None:
         """The model loaded now: entries that enter the store from outside a batch are checked
         against it."""
-        self.fit = Fit(window, channels)
+        self.fit = Fit(window, channels, self.max_future_s)
 
     def load(self, entries: dict[Key, Entry], now: float | None = None,
              seen: dict[Key, float] | None = None) -> Loaded:
@@ -251,6 +276,7 @@ class StateStore:
             ago = max(0.0, wall - seen.get(key, wall))
             if ago > self.idle_ttl_s:
                 idle.append(key)
+                self._note_evicted(key, keep[key])
                 continue
             self._entries[key] = keep[key]
             self._entries.move_to_end(key)
@@ -269,14 +295,18 @@ class StateStore:
         """A model swap: tails cut to the new window's last `window - 1` readings (a longer window
         warms up the difference); other channels or thresholds start afresh (last times kept). An
         open alarm episode is kept (the new model continues and closes it); the EWMA, in the old
-        model's units, restarts at the new rule's center (NaN here)."""
+        model's units, restarts at the new rule's center (NaN here). A cold start is kept where the
+        channel count allows (a sensor the new model has a baseline of ignores it)."""
         for key, e in self._entries.items():
             same = e.tail.ndim == 2 and e.tail.shape[1] == channels
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)
             alarm = SensorAlarm(float("nan"), e.alarm.episode) if e.alarm is not None else None
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm)
+            baseline = e.baseline if e.baseline is not None and _check_baseline(e, Fit(window, channels)) is None \
+                else None
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm, baseline)
         self.expect(window, channels)
+        self._recount()
 
 
 # -- the changelog record -------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentwatch.pipeline.cli import outputs
+from latentwatch.pipeline.cli.connection import BOOTSTRAP_HELP
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.times import parse_time
 
@@ -33,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and MODEL_DIR/current points at it (see `latentwatch models`)")
     t.add_argument("--no-promote", action="store_true",
                    help="write the new version but leave `current` where it is (promote it later)")
+    t.add_argument("--new-channels", action="store_true",
+                   help="allow channels other than those of MODEL_DIR's current version (a running pipeline "
+                        "refuses to swap such a version in; score and report need data of the new channels)")
     t.add_argument("--model", choices=["auto", "mlp", "window", "vae", "pca"], default="auto",
                    help="auto: PCA over windows, or the window autoencoder when there are at least "
                         f"{AUTO_AE_MIN_ROWS} training readings (kept only if it beats PCA on held-out data); "
@@ -51,9 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping ends sooner; default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="windows per step (default: about 16 steps an epoch, 16-256 windows)")
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate of the autoencoders (default: %(default)s)")
     t.add_argument("--latent", type=int, default=None, help="latent size k (default: the model's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same data and options give the same weights (default: %(default)s)")
     t.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the data held out, in interleaved blocks, for early stopping, the score "
                         "parts and the threshold (default: %(default)s)")
@@ -95,9 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     s = sub.add_parser("score", help="score every row of a CSV with a saved model")
-    s.add_argument("--model", required=True, metavar="MODEL_DIR")
-    s.add_argument("--data", required=True, metavar="CSV")
-    s.add_argument("--out", required=True, metavar="SCORES_CSV", help="'-' for stdout")
+    s.add_argument("--model", required=True, metavar="MODEL_DIR",
+                   help="a model directory written by `train --out` (its current version is used)")
+    s.add_argument("--data", required=True, metavar="CSV", help="CSV file with the model's channels (and a time column)")
+    s.add_argument("--out", required=True, metavar="SCORES_CSV",
+                   help="CSV of one row per reading (score, threshold, anomaly, rule, ...); '-' for stdout")
     s.add_argument("--latent", action="store_true", help="add latent_0..latent_{k-1} columns")
     s.add_argument("--episodes", default=None, metavar="CSV",
                    help="also write the episode events (open, update, close) the stream would publish")
@@ -144,7 +152,7 @@ def _stream_options(t) -> None:
     g.add_argument("--until", default=None, help="end of the range, exclusive (default: the end of the topic)")
     g.add_argument("--config", default=None, help="YAML config of `run` (Kafka connection, TLS, SASL) "
                                                   "[env LATENTWATCH_CONFIG]")
-    g.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers [env LATENTWATCH_KAFKA__BOOTSTRAP_SERVERS]")
+    g.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
     g.add_argument("--alerts-topic", default=None, help="alerts whose readings are left out (default: the "
                                                         "settings' topics.alerts)")
     g.add_argument("--include-alerted", action="store_true", help="keep the readings alerts name")
@@ -245,6 +253,7 @@ def _train(args) -> int:
             if set(part.channels) != set(channels):
                 raise UserError(f"{part.path}: channels {part.channels} differ from {parts[0].path}'s {channels}")
         X = np.concatenate([parts[0].values] + [_reorder(p, channels) for p in parts[1:]])
+        X, channels = _as_current_channels(X, channels, args)
     sensor_ids = None
     if parts and any(p.sensor_ids is not None for p in parts):  # a file without the column: --sensor-id or ""
         sensor_ids = np.concatenate([p.sensor_ids if p.sensor_ids is not None else
@@ -259,6 +268,25 @@ def _train(args) -> int:
     return 0
 
 
+def _as_current_channels(X: np.ndarray, channels: list[str], args) -> tuple[np.ndarray, list[str]]:
+    """The training data in the channel order of the current version at --out. The same names in
+    another column order are reordered (a running pipeline swaps a version in only with the same
+    names in the same order); other names are refused unless --new-channels: training them made
+    the incompatible model current without a word."""
+    from latentwatch.pipeline.lifecycle.retrain import current_metadata
+
+    current = current_metadata(args.out)
+    have = list(current["channels"]) if current else None
+    if have is None or have == list(channels):
+        return X, channels
+    if set(have) == set(channels):
+        return X[:, [channels.index(c) for c in have]], have
+    if not args.new_channels:
+        raise UserError(f"{args.out}: its current version has channels {have}, the data {list(channels)}; pass "
+                        f"--new-channels to make a model of the new ones current, or --out another directory")
+    return X, channels
+
+
 def _reorder(part, channels: list[str]) -> np.ndarray:
     return part.values[:, [part.channels.index(c) for c in channels]]
 
@@ -267,6 +295,8 @@ def _score(args) -> int:
     from latentwatch.detectors.checkpoint import CheckpointError, load
     from latentwatch.detectors.recipe import flag_series
 
+    outputs.writable(args.out, "--out")  # before any work: not a traceback after the scoring
+    outputs.writable(args.episodes, "--episodes")
     device = _device(args.device)
     try:
         model = load(args.model, device=device)
@@ -289,7 +319,7 @@ def _score(args) -> int:
         header += ["sensor_id", "baseline"]
         ids_list = np.asarray(ids).astype(str).tolist()
         rows = ([*r, sid, b] for r, sid, b in zip(rows, ids_list, f.baseline.tolist()))
-    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
+    out = sys.stdout if args.out == "-" else outputs.open_for_writing(args.out, "--out")
     try:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(header)
@@ -300,16 +330,22 @@ def _score(args) -> int:
     from latentwatch.detectors.alarms import RULES
 
     if args.episodes:
-        with open(args.episodes, "w", newline="") as fh:
+        with outputs.open_for_writing(args.episodes, "--episodes") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["event", "episode_row", "row", "rule", "readings", "peak_score", "peak_margin"])
             for event, row, ep in f.events:
                 w.writerow([event, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}"])
     opened = sum(1 for e in f.events if e[0] == "open")
-    log.info("scored %d rows of %d sensor(s) (%d anomalous, %d episodes) with %s: %s", len(data), len(groups),
-             int(f.anomaly.sum()), opened, model.name, rule.describe())
+    # Plain lines, as `train` prints (a log line's timestamp and logger name are noise here); on
+    # stderr when the scores go to stdout. "anomalous": alarmed by either rule (instant or EWMA).
+    summary = sys.stderr if args.out == "-" else sys.stdout
+    print(f"scored {len(data)} rows of {len(groups)} sensor(s) with {model.name} version {model.version}: "
+          f"{int(f.anomaly.sum())} anomalous (instant or EWMA rule), {opened} episodes", file=summary)
+    print(f"alarm rule: {rule.describe()}", file=summary)
+    if model.baselines is not None and model.own_alarm is not None:
+        print(f"own models' alarm rule: {model.own_alarm.describe()}", file=summary)
     if "anomaly" in data.labels:
-        print(_tradeoff(f, data.labels["anomaly"]), file=sys.stderr if args.out == "-" else sys.stdout)
+        print(_tradeoff(f, data.labels["anomaly"]), file=summary)
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import sys
 
+from latentwatch.pipeline.cli import outputs
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
 from latentwatch.pipeline.cli.signals import stop_on_signals
 from latentwatch.pipeline.config import mask_url
@@ -198,6 +199,9 @@ def _replay(args) -> int:
 def _report(args) -> int:
     from latentwatch.pipeline.devtools.html_report import report_from_files
 
+    outputs.writable(args.out, "--out")  # not made silently: a typo in the path is an error
+    if args.png:
+        outputs.writable(args.png + "-score.png", "--png")
     paths = report_from_files(args.model, args.data, args.out, png_prefix=args.png, top=args.top)
     for path in paths:
         print(path)

@@ -42,7 +42,10 @@ TS_MIN = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 # A sensor id is the key (and a field) of every alert, latent and state record made of it: at most
 # this many bytes of UTF-8, no control characters (C0, DEL, C1), else reason "bad_sensor_id".
 MAX_SENSOR_ID_BYTES = 256
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Control characters, and what reorders or breaks a terminal line without being one: bidirectional
+# marks, embeddings, overrides and isolates (U+202E shows "pump-7" for another id in `alerts tail`),
+# line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 class ContractError(Exception):
@@ -67,6 +70,16 @@ def check_sensor_id(sensor_id: str, where: str = "sensor_id") -> str:
     if _CONTROL.search(sensor_id):
         raise ContractError("bad_sensor_id", f"{where} holds a control character")
     return sensor_id
+
+
+def key_sensor_id(key: bytes, where: str = "the message key (the sensor id)") -> str:
+    """The sensor id a message key names. Strict UTF-8: decoding with errors="replace" made
+    different Latin-1 keys (pump-\xe4, pump-\xf6) one sensor, pump-\ufffd."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError("invalid_utf8", f"{where}: byte {exc.start} is not UTF-8") from None
+    return check_sensor_id(text, where)
 
 
 @dataclass

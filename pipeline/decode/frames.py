@@ -34,6 +34,7 @@ from latentwatch.pipeline.decode.batch import (
     ContractError,
     DecodedBatch,
     check_sensor_id,
+    key_sensor_id,
 )
 
 FRAME_MAGIC = MAGIC  # the first bytes of a binary frame (never of UTF-8 JSON)
@@ -230,7 +231,7 @@ class FrameDecoder:
         if sensor_id is None:
             if not key:
                 raise ContractError("schema", "sensor_id missing (in the schema metadata or as the message key)")
-            sensor_id = check_sensor_id(key.decode("utf-8", "replace"), "the message key (the sensor id)")
+            sensor_id = key_sensor_id(key)
         return sensor_id, values, ts
 
     def _layout(self, value: bytes) -> _Layout:

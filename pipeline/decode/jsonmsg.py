@@ -27,6 +27,7 @@ from latentwatch.pipeline.decode.batch import (
     Decoded,
     DecodedBatch,
     check_sensor_id,
+    key_sensor_id,
 )
 from latentwatch.pipeline.times import parse_time
 
@@ -193,7 +194,7 @@ class JsonDecoder:
 
         sensor_id = obj.get("sensor_id")
         if sensor_id is None and key:
-            sensor_id = key.decode("utf-8", "replace")
+            sensor_id = key_sensor_id(key)
         if not isinstance(sensor_id, str) or not sensor_id:
             raise ContractError("schema", "sensor_id missing (in the body or as the message key)")
         check_sensor_id(sensor_id)
@@ -219,6 +220,10 @@ class JsonDecoder:
                                 else "schema", f"missing key {exc}") from None
         except TypeError:
             raise ContractError("schema", "each reading must be an object with 'ts' and 'values'") from None
+        # JSON's true/false are not readings (numpy takes them as 1/0, and a frame has no booleans):
+        # looked for only when the bytes hold the words, so the usual message pays one scan in C.
+        if (b"true" in value or b"false" in value) and any(v is True or v is False for row in rows for v in row):
+            raise ContractError("schema", "values must be numbers, not true/false")
         return sensor_id, rows, ts_raw
 
     def _times(self, ts_raw: list, now: float) -> np.ndarray:

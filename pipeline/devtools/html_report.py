@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,21 @@ class ReportData:
     channels: list[str]
     times: np.ndarray | None = None  # [n] epoch seconds; None = reading index
     labels: np.ndarray | None = None  # [n] bool, true anomalies when the file has them
+    alarm: np.ndarray | None = None  # [n] bool, the alarm rule's decision (instant or EWMA), as `score` flags
 
     @property
     def flagged(self) -> np.ndarray:
+        """What `score` calls anomalous (the alarm rule), so both count the same; without the
+        rule's decision, the instant limit alone."""
+        if self.alarm is not None:
+            return self.alarm
         return np.nan_to_num(self.score, nan=-np.inf) > self.threshold
 
 
 def _require_matplotlib():
+    # matplotlib's first import builds its font cache and says so at INFO through the root
+    # handler the CLI installs ("generated new fontManager"): noise in the report's output.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -188,8 +197,9 @@ def render(d: ReportData, top: int = 6) -> dict[str, bytes]:
 
 def summary(d: ReportData) -> dict[str, str]:
     f = d.flagged
-    out = {"readings scored": str(len(d.score)), "flagged": f"{int(f.sum())} ({f.mean():.2%})",
-           "threshold (median)": f"{np.median(d.threshold):.4g}"}
+    rule = "instant or EWMA rule" if d.alarm is not None else "instant limit"
+    out = {"readings scored": str(len(d.score)), f"flagged ({rule}, as score counts)": f"{int(f.sum())} ({f.mean():.2%})",
+           "instant limit (median)": f"{np.median(d.threshold):.4g}"}
     if d.labels is not None:
         tp = int((f & d.labels).sum())
         out["true anomalies"] = str(int(d.labels.sum()))
@@ -223,8 +233,8 @@ def write_report(pngs: dict[str, bytes], out_html, png_prefix=None, title: str =
 def report_from_files(model_dir, data_csv, out_html, png_prefix=None, top: int = 6) -> list[Path]:
     """Load the model, score the file, write the report: the `latentwatch report` command."""
     _require_matplotlib()
-    from latentwatch.detectors.base import sliding_windows
     from latentwatch.detectors.checkpoint import CheckpointError, load
+    from latentwatch.detectors.recipe import flag_series
     from latentwatch.pipeline.devtools.replay import read_csv
 
     try:
@@ -234,13 +244,9 @@ def report_from_files(model_dir, data_csv, out_html, png_prefix=None, top: int =
     det = model.detector
     table = read_csv(data_csv, channels=list(det.channels))
     w = det.window
-    X = table.X
-    b = model.baselines
-    if b is not None:  # the file is the unnamed sensor's if the model knows it, else judged by the fleet's baseline
-        row = b.row("")
-        X = ((X - (b.center[row] if row >= 0 else b.fleet_center)) / (b.scale[row] if row >= 0 else b.fleet_scale)
-             ).astype(np.float32)
-    scores = det.score(sliding_windows(X, w))
+    flags = flag_series(det, model.threshold, model.alarm, table.X, baselines=model.baselines,
+                        own_rule=model.own_alarm)  # as `score` flags the unnamed sensor "": the same counts
+    scores = flags.scored
     labels = None
     if table.labels:
         col = table.labels.get("anomaly")
@@ -248,7 +254,7 @@ def report_from_files(model_dir, data_csv, out_html, png_prefix=None, top: int =
         labels = hit[w - 1:]
     d = ReportData(scores.latent, scores.channel_error, scores.score,
                    np.asarray(model.threshold.thresholds(scores.score), dtype=np.float64), list(det.channels),
-                   table.times[w - 1:], labels)
+                   table.times[w - 1:], labels, flags.anomaly[w - 1:])
     facts = {"model": f"{model.name} {model.version} ({det.kind}, window {w})", "data": str(data_csv),
              **summary(d)}
     return write_report(render(d, top), out_html, png_prefix, f"latentwatch report: {Path(data_csv).name}", facts)

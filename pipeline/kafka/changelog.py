@@ -56,6 +56,40 @@ def ensure(settings, input_partitions: int) -> str:
     return name
 
 
+class ChangelogShort(UserError):
+    """Input partitions assigned that the changelog has no partition for: the input topic grew
+    while running. Checked at every assignment, not only at start (`ensure`): a restore of a
+    partition that does not exist waited for it inside the rebalance callback for good, every
+    partition stalled while the probes answered 200."""
+
+    def __init__(self, topic: str, have: int, missing: list[int], input_topic: str):
+        self.topic, self.have, self.missing = topic, have, missing
+        super().__init__(f"state topic {topic} has {have} partitions but input partitions {missing} of {input_topic} "
+                         f"were assigned (the input topic grew while running): give it as many "
+                         f"(kafka-topics --alter --topic {topic} --partitions {max(missing) + 1}, or the input's "
+                         f"count) and restart; stopping rather than scoring them without their state")
+
+
+def partition_count(settings, topic: str) -> int | None:
+    """The changelog's partition count from the cluster's metadata (None: not known now; the
+    restore then goes on as before and retries)."""
+    try:
+        metadata = AdminClient(settings.kafka.client_config()).list_topics(topic, timeout=10)
+    except KafkaException:
+        return None
+    found = metadata.topics.get(topic)
+    return len(found.partitions) if found is not None and found.error is None else None
+
+
+def check_partitions(settings, topic: str, partitions) -> None:
+    """ChangelogShort when some of `partitions` (assigned input partitions) have no changelog
+    partition."""
+    have = partition_count(settings, topic)
+    missing = sorted(tp.partition for tp in partitions if have is not None and tp.partition >= have)
+    if missing:
+        raise ChangelogShort(topic, have, missing, settings.topics.input)
+
+
 class Progress:
     """How far a restore has read: kept across its retries, so a retry goes on from where the
     last try stopped (a changelog too large to read in one try is never read again from 0)."""

@@ -126,8 +126,7 @@ class ModelWatcher:
             return Check(key, "corrupt", message=str(exc))
         except Exception as exc:  # noqa: BLE001 - anything else a broken file makes torch raise
             return Check(key, "corrupt", message=f"{target}: could not be loaded ({exc!r:.200})")
-        if model.metadata.get("weights_sha256") and \
-                model.metadata.get("weights_sha256") == self.current.metadata.get("weights_sha256"):
+        if same_model(model, self.current):
             return Check(key, "unchanged")  # the same model under another name (an adopted directory)
         outcome, message = validate(model, self.current, sample, self.fits)
         return Check(key, outcome, model if outcome == "success" else None, message)
@@ -151,6 +150,8 @@ class ModelWatcher:
             return None
         if found.outcome == "unchanged":
             self._known = found.key
+            log.info("model %s: %s holds the model already loaded (version %s, same model.json); nothing to swap",
+                     self.path, found.key, self.current.version)
             return None
         self.last_outcome = found.outcome
         if self.metrics is not None:
@@ -165,6 +166,13 @@ class ModelWatcher:
                  self.path, found.model.version, self.current.version)
         self.current = found.model
         return found.model
+
+
+def same_model(a: LoadedModel, b: LoadedModel) -> bool:
+    """The whole model.json is equal (it holds weights_sha256): a directory adopted as a version.
+    Equal weights alone are not enough: training is seeded, so a new false-alarm rate, EWMA weight
+    or --threshold on the same data gives the same weights with another threshold or alarm rule."""
+    return bool(a.metadata.get("weights_sha256")) and a.metadata == b.metadata
 
 
 def validate(new: LoadedModel, old: LoadedModel, sample: np.ndarray | None,

@@ -129,6 +129,8 @@ def format_line(alert: dict) -> str:
                 f"(x{float(alert.get('peak_margin', 0)):.1f}), {alert.get('readings', 0)} readings")
         if alert["event"] == "close":
             line += f" since {alert['started_at']}"
+            if alert.get("reason"):  # "evicted": the sensor's state was evicted, not back to normal
+                line += f", {alert['reason']}"
         return line + f" [{alert['episode_id']}]"
     score, threshold = float(alert["score"]), float(alert["threshold"])
     ratio = f" (x{score / threshold:.1f})" if threshold > 0 else ""

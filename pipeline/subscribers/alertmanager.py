@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from latentwatch.pipeline.subscribers.alert_reader import (ALERTNAME, SEVERITIES, BadAlert, alert_time, parse_alert,
                                                      rfc3339, top_channel)
@@ -21,12 +21,27 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- Alertmanager
-def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> list[dict]:
+def sending_times(started: datetime, now: datetime, *, resolve_timeout: float, closed: bool) -> dict:
+    """startsAt/endsAt on the clock Alertmanager judges them by: its own, i.e. the time of sending.
+    The readings' event time may be minutes old (a backlog after an outage), ahead (a device clock,
+    within batch.max_future_s) or step back (late_policy score), so endsAt from it either expired
+    before it arrived (an open episode that never fires), kept a closed one active, or fell before
+    startsAt (HTTP 400: the resolve lost). startsAt keeps the event time, never later than now;
+    a firing alert ends `resolve_timeout` after sending (the next update or the close renews or
+    ends it), a close ends it now; endsAt is never before startsAt."""
+    starts = min(started, now)
+    ends = now if closed else now + timedelta(seconds=resolve_timeout)
+    return {"startsAt": rfc3339(starts), "endsAt": rfc3339(max(ends, starts))}
+
+
+def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_url: str | None = None,
+                            now: datetime | None = None) -> list[dict]:
     """An episode event -> Alertmanager API v2 alerts: one alert per episode (its labels do not
-    change while it lasts), firing from `started_at`; a close resolves it (`endsAt` = `ended_at`)
-    under both severities, since an update may have raised it from warning to critical."""
+    change while it lasts), firing from `started_at`; a close resolves it (at the time of sending,
+    `sending_times`; `ended_at` in event time is an annotation) under both severities, since an
+    update may have raised it from warning to critical."""
+    now = now or datetime.now(UTC)
     starts = alert_time(ep["started_at"])
-    last = alert_time(ep.get("ended_at") or ep["ts"])
     closed = ep["event"] == "close"
     out = []
     for severity in (SEVERITIES if closed else (ep["severity"],)):
@@ -35,22 +50,27 @@ def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_
                        "severity": severity},
             "annotations": {
                 "rule": str(ep.get("rule", "")), "peak_score": f"{float(ep.get('peak_score', 0)):.6g}",
-                "readings": str(ep.get("readings", "")),
+                "readings": str(ep.get("readings", "")), "started_at": rfc3339(starts),
                 "summary": (f"Sensor {ep['sensor_id']} anomalous since {ep['started_at']} ({ep.get('rule')} rule): "
                             f"peak score {float(ep.get('peak_score', 0)):.4g}, x{float(ep.get('peak_margin', 0)):.1f} "
                             "its limit" + (", now back to normal" if closed else "")),
             },
-            "startsAt": rfc3339(starts),
-            "endsAt": rfc3339(last if closed else last + timedelta(seconds=resolve_timeout)),
+            **sending_times(starts, now, resolve_timeout=resolve_timeout, closed=closed),
         }
+        if closed and ep.get("reason"):
+            am["annotations"]["close_reason"] = str(ep["reason"])
+        if closed:
+            am["annotations"]["ended_at"] = rfc3339(alert_time(ep.get("ended_at") or ep["ts"]))
         if generator_url:
             am["generatorURL"] = generator_url
         out.append(am)
     return out
 
 
-def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None) -> dict:
-    """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert)."""
+def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None,
+                    now: datetime | None = None) -> dict:
+    """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert); times as
+    `sending_times` (firing for `resolve_timeout` from the time of sending)."""
     starts = alert_time(alert["ts"])
     score, threshold = float(alert["score"]), float(alert["threshold"])
     channel = top_channel(alert)
@@ -68,8 +88,7 @@ def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: 
             "summary": (f"Sensor {alert['sensor_id']} anomalous: score {score:.4g} above threshold "
                         f"{threshold:.4g}, mostly channel {channel}"),
         },
-        "startsAt": rfc3339(starts),
-        "endsAt": rfc3339(starts + timedelta(seconds=resolve_timeout)),
+        **sending_times(starts, now or datetime.now(UTC), resolve_timeout=resolve_timeout, closed=False),
     }
     if generator_url:
         am["generatorURL"] = generator_url
@@ -203,13 +222,14 @@ class Forwarder:
 
     def _deliver(self, messages: list) -> bool:
         alerts = []
+        now = datetime.now(UTC)  # one sending time for the batch (sending_times)
         for m in messages:
             try:
                 alert = parse_alert(m.value())
                 if alert.get("kind") == "episode":
-                    alerts += episode_to_alertmanager(alert, self.resolve_timeout)
+                    alerts += episode_to_alertmanager(alert, self.resolve_timeout, now=now)
                 elif alert.get("kind") != "reading" or self.readings:
-                    alerts.append(to_alertmanager(alert, self.resolve_timeout))
+                    alerts.append(to_alertmanager(alert, self.resolve_timeout, now=now))
             except BadAlert as exc:
                 self.stats.skipped += 1
                 log.warning("skipping %s/%d@%d: %s", m.topic(), m.partition(), m.offset(), exc)

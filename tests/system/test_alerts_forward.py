@@ -168,7 +168,8 @@ def forwarders():
 def test_to_alertmanager_maps_labels_annotations_and_times():
     rec = alert_record("pump-7", "critical", "temp", score=12.3,
                        ts=datetime(2026, 11, 21, 10, 0, 0, 250000, tzinfo=UTC))
-    am = to_alertmanager(parse_alert(json.dumps(rec).encode()), resolve_timeout=300)
+    sent = datetime(2026, 11, 21, 10, 0, 10, 250000, tzinfo=UTC)  # 10 s after the reading
+    am = to_alertmanager(parse_alert(json.dumps(rec).encode()), resolve_timeout=300, now=sent)
     assert am["labels"] == {"alertname": "LatentwatchAnomaly", "sensor": "pump-7",
                             "severity": "critical", "top_channel": "temp"}
     assert am["annotations"]["score"] == "12.3"
@@ -176,7 +177,7 @@ def test_to_alertmanager_maps_labels_annotations_and_times():
     assert am["annotations"]["alert_id"] == rec["alert_id"]
     assert "pump-7" in am["annotations"]["summary"]
     assert am["startsAt"] == "2026-11-21T10:00:00.250Z"
-    assert am["endsAt"] == "2026-11-21T10:05:00.250Z"
+    assert am["endsAt"] == "2026-11-21T10:05:10.250Z"  # from the time of sending (issue 29.3)
 
 
 @pytest.mark.parametrize("value", [b"not json", b"[]", b'{"sensor_id": "x"}', None,

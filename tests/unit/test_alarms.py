@@ -194,3 +194,27 @@ def test_whether_the_last_reading_was_over_the_instant_limit_carries_across_batc
     assert post[0].hot
     d2, _ = decide(rule, s[203:], post)
     assert np.array_equal(np.r_[d1.alarm, d2.alarm], whole.alarm)
+@pytest.mark.parametrize("below", [9, 10, 30, 49])
+def test_a_restored_episode_already_quiet_for_the_new_close_after_closes_at_its_sensors_first_reading(below):
+    """Issue 29.1: v1 (close after 50) saw `below` quiet readings; v2 closes after 10. The close
+    used to land at pos + 10 - below - 1: before the sensor's readings (IndexError at a restart,
+    another sensor's key, id and time at a hot swap). It closes at the sensor's first reading now
+    (or where v2's count ends, when that is later)."""
+    rule = AlarmRule(instant=10.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=10)
+    ep = alarms.Episode((0, 7, 0), 0.0, 0, 2.0, 20.0, 0.0, 3, below, 0.0)
+    m = 6
+    # "b" sorts first, so a negative close position wraps into "other"'s readings (the hot-swap symptom)
+    keys = np.array(["other", "b", "other", "b", "b", "other"], dtype=object)
+    refs = np.stack([np.zeros(m, np.int64), np.arange(m), np.zeros(m, np.int64)], 1)
+    ts = np.arange(m, dtype=float) + 100
+    d, post = rule.step(keys, np.zeros(m), ts, refs, {"b": alarms.SensorAlarm(0.0, ep)})
+    closes = [(p, k) for e, p, k, _ in d.events if e == "close"]
+    assert closes == [(1, "b")] and post["b"].episode is None  # b's first reading is at position 1
+
+
+def test_a_restored_episode_past_close_after_closes_before_a_new_one_opens_at_the_same_reading():
+    rule = AlarmRule(instant=10.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=10)
+    ep = alarms.Episode((0, 7, 0), 0.0, 0, 2.0, 20.0, 0.0, 3, 30, 0.0)
+    d, post = decide(rule, [20.0, 0.0], prior={0: alarms.SensorAlarm(0.0, ep)})
+    assert [(e, p, x.ref) for e, p, _k, x in d.events] == [("close", 0, (0, 7, 0)), ("open", 0, (0, 0, 0))]
+    assert post[0].episode is not None and post[0].episode.ref == (0, 0, 0)

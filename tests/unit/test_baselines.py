@@ -201,3 +201,17 @@ def test_the_shared_model_trains_on_a_bounded_sample_spread_over_sensors_and_tim
     assert inside.min() < 1_000 and inside.max() > 9_000  # over each sensor's whole history
     many = [np.arange(i * 100, (i + 1) * 100) for i in range(10_000)]
     assert len(bl.sample_for_fleet(many, 50_000, 64)) <= 50_000
+
+
+def test_a_model_swap_keeps_a_cold_start_where_the_channels_allow_it():
+    store = StateStore()
+    learned = state.Baseline(600, np.zeros((0, 3), np.float32), np.ones(3, np.float32), np.full(3, 2.0, np.float32))
+    learning = state.Baseline(10, np.ones((10, 3), np.float32))
+    store.apply({(0, "a"): state.Entry(1.0, np.zeros((0, 3), np.float32), baseline=learned),
+                 (0, "b"): state.Entry(1.0, np.zeros((0, 3), np.float32), baseline=learning)})
+    store.for_model(window=4, channels=3)
+    assert store.get((0, "a")).baseline is learned and store.get((0, "b")).baseline is learning
+    assert store.baseline_counts() == {"own": 0, "learned": 1, "fleet": 1}
+    store.for_model(window=4, channels=5)  # other channels: learnt again
+    assert store.get((0, "a")).baseline is None and store.get((0, "b")).baseline is None
+    assert store.baseline_counts() == {"own": 2, "learned": 0, "fleet": 0}

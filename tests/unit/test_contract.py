@@ -150,3 +150,35 @@ def test_a_frame_with_a_long_key_or_metadata_sensor_id_is_a_dead_letter():
                                  (frame, b"fine")], NOW)
     assert [(i, e.reason) for i, e in d.errors] == [(0, "bad_sensor_id"), (1, "bad_sensor_id")]
     assert d.sensor_ids == ["fine"]
+
+
+@pytest.mark.parametrize("key", ["pump-ä".encode("latin-1"), "pump-ö".encode("latin-1"), b"\xff", b"ok\xc3"])
+def test_a_key_that_is_not_utf8_is_a_dead_letter_invalid_utf8_in_json_and_frames(key):
+    """Issue 29.6: Latin-1 keys pump-ä and pump-ö both became pump-\\ufffd (errors="replace"): two
+    devices in one state entry, the second one's readings dead-lettered late."""
+    from latentwatch.pipeline.decode import encode_frame
+
+    assert reason(_one(), key=key) == "invalid_utf8"
+    frame = encode_frame(NOW - 10 + np.arange(3.0), np.ones((3, 3)), CH)
+    d = Decoder(CH).decode_many([(frame, key), (frame, b"fine")], NOW)
+    assert [(i, e.reason) for i, e in d.errors] == [(0, "invalid_utf8")] and d.sensor_ids == ["fine"]
+
+
+@pytest.mark.parametrize("sid", ["pump\u202e7", "pump\u20287", "pump\u20297", "a\u2066b\u2069", "x\u200fy"])
+def test_bidirectional_overrides_and_line_separators_in_a_sensor_id_are_a_dead_letter(sid):
+    """Issue 29.7: they were accepted, and `alerts tail` printed them as they are (a reversed or
+    split line, misleading a reader)."""
+    assert reason(_one(sid)) == "bad_sensor_id"
+    assert reason(_one(), key=sid.encode()) == "bad_sensor_id"
+    assert dec(_one("pump-ä")).sensor_id == "pump-ä"  # other non-ASCII stays fine
+
+
+@pytest.mark.parametrize("values", [[True, 2.0, 3.0], {"temp": 1.0, "pressure": False, "flow": 3.0},
+                                    [True, False, True]])
+def test_booleans_are_not_numbers(values):
+    """Issue 29.7: JSON took true/false as 1/0 (a frame has no booleans to take)."""
+    assert reason({"sensor_id": "p", "ts": NOW - 1, "values": values}) == "schema"
+    d = Decoder(CH).decode_many([(json.dumps({"sensor_id": "p", "ts": NOW - 1, "values": values}).encode(), None),
+                                 (json.dumps({"sensor_id": "true", "ts": NOW - 1, "values": [1, 2, 3]}).encode(), None)],
+                                NOW)
+    assert [(i, e.reason) for i, e in d.errors] == [(0, "schema")] and d.sensor_ids == ["true"]

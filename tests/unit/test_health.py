@@ -130,3 +130,17 @@ def test_registry_outage_keeps_the_process_alive_and_ready_and_says_so():
     assert ok and "schema registry unreachable for 12 s" in why and "connection refused" in why
     h.registry(True, "")
     assert "registry" not in h.readiness()[1]
+@pytest.mark.parametrize("with_health", [True, False])
+def test_metrics_are_served_at_metrics_only_other_paths_are_404(with_health):
+    """Issue 29.7: /metrics was served at any path (/, /favicon.ico, a typo in a scrape config)."""
+    metrics = PipelineMetrics()
+    server, _ = metrics.serve(0, "127.0.0.1", health=Health() if with_health else None)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for path in ("/", "/metricz", "/favicon.ico", "/healthz/x"):
+            status, body = _get(base + path)
+            assert status == 404 and "latentwatch_" not in body, path
+        assert _get(base + "/metrics")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()

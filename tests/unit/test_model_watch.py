@@ -306,3 +306,43 @@ def test_a_version_whose_state_record_cannot_fit_is_refused_like_the_other_refus
         assert pipeline.lifecycle.between_batches() is None and _reloads(metrics, "incompatible") == 1
     finally:
         pipeline.lifecycle.close()
+
+
+def _same_weights_writers(seed=0):
+    """Two writers of one fitted detector (the same weights, as seeded training on the same data
+    gives) with different thresholds: what `train --false-alarm-rate 0.2` after a default train is."""
+    X = normal_data(300, seed=seed)
+    det = make_detector("pca", device="cpu", latent_dim=2, window=1).fit(X, channels=NAMES)
+    scores = det.score(sliding_windows(X, 1)).score
+    return [lambda d, v, q=q: save(d, det, QuantileThreshold(q).fit(scores), summarise_training_data(X, NAMES),
+                                   name="pump", version=v) for q in (0.99, 0.8)]
+
+
+@pytest.mark.parametrize("move", ["promote", "rollback"])
+def test_a_version_with_the_same_weights_but_another_threshold_is_swapped_in(tmp_path, caplog, move):
+    """Issue 29.2: equal weights_sha256 was taken for "unchanged"; a new threshold or alarm rule
+    on the same weights was never swapped in, with no log line and no metric."""
+    root = tmp_path / "pump"
+    first, second = _same_weights_writers()
+    v1 = versions.publish(root, first)
+    if move == "promote":  # running v1, v2 promoted
+        loaded = load(root, device="cpu")
+        v2 = versions.publish(root, second)
+    else:  # running v2, rolled back to v1
+        v2 = versions.publish(root, second)
+        loaded = load(root, device="cpu")
+        versions.rollback(root)
+    metrics = PipelineMetrics()
+    watcher = ModelWatcher(root, loaded, metrics=metrics, interval_s=3600)
+    try:
+        want = v2 if move == "promote" else v1
+        assert loaded.version != want
+        watcher.request_check()
+        caplog.set_level(logging.INFO, logger="latentwatch.model")
+        _, new = _poll(watcher)
+        assert new is not None and new.version == want and new.threshold.value != loaded.threshold.value
+        assert new.metadata["weights_sha256"] == loaded.metadata["weights_sha256"]
+        assert _reloads(metrics, "success") == 1
+        assert any(want in r.getMessage() and "swapping it in" in r.getMessage() for r in caplog.records)
+    finally:
+        watcher.close()

@@ -88,7 +88,11 @@ def test_cli_report_on_a_saved_model_and_labelled_file(tmp_path, capsys):
     X = sim.normal_training_data(3000)
     det = PCADetector(latent_dim=2).fit(X[:2000], channels=sim.channel_names)
     thr = QuantileThreshold(0.99).fit(det.score(sliding_windows(X[2000:], 1)).score)
-    save(tmp_path / "model", det, thr, summarise_training_data(X, sim.channel_names))
+    from latentwatch.detectors.alarms import calibrate
+
+    held = det.score(sliding_windows(X[2000:], 1)).score
+    rule = calibrate(held, 0.01, instant=thr.value)  # an EWMA limit too: score flags more than the instant limit
+    save(tmp_path / "model", det, thr, summarise_training_data(X, sim.channel_names), alarm=rule)
     values, kinds = sim.next_readings(800)
     with open(tmp_path / "d.csv", "w", newline="") as f:
         w = csv.writer(f, delimiter=";")
@@ -96,6 +100,7 @@ def test_cli_report_on_a_saved_model_and_labelled_file(tmp_path, capsys):
         for i in range(800):
             w.writerow([iso_ts(1.7e9 + i), *values[0, i, ::-1].round(4), int(kinds[0, i] != "normal")])
     out = tmp_path / "rep.html"
+    (tmp_path / "png").mkdir()  # --png's folder must exist, as --out's: none is made silently (issue 29)
     assert main(["report", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.csv"),
                  "--out", str(out), "--png", str(tmp_path / "png" / "p")]) == 0
     assert capsys.readouterr().out.split() == [str(out)] + [str(tmp_path / "png" / f"p-{n}.png")
@@ -104,5 +109,12 @@ def test_cli_report_on_a_saved_model_and_labelled_file(tmp_path, capsys):
     assert text.count("data:image/png;base64,") == 3 and "precision / recall" in text
     prec, recall = map(float, re.search(r"precision / recall[^<]*</th><td>([\d.]+) / ([\d.]+)", text).groups())
     assert recall > 0.3 and prec > 0.3  # channels matched by name, not position: alarms are the anomalies
+    # the report counts what `score` counts (the alarm rule: instant or EWMA), not the instant limit alone
+    flagged = int(re.search(r"flagged \(instant or EWMA rule, as score counts\)</th><td>(\d+) ", text).group(1))
+    assert main(["score", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "d.csv"),
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    with open(tmp_path / "s.csv") as fh:
+        anomalous = sum(row["anomaly"] in ("1", "True", "true") for row in csv.DictReader(fh))
+    assert flagged == anomalous > 0 and f"{anomalous} anomalous" in capsys.readouterr().out
     assert main(["report", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "d.csv"),
                  "--out", str(out)]) == 2

@@ -146,3 +146,20 @@ def test_restored_alarm_state_that_makes_no_sense_is_dropped_and_a_nan_ewma_is_k
                 Episode((0, 5, 0), float("inf"), 0, 2.0, 3.0, 1.0, 1, 0, 1.0),
                 Episode((0, -5, 0), 1.0, 0, 2.0, 3.0, 1.0, 1, 0, 1.0)):
         assert state.check(Entry(1.0, tail, alarm=SensorAlarm(0.0, bad)), fit) == "alarm"
+
+
+@pytest.mark.parametrize("last_ts, ok", [(float("inf"), False), (float("nan"), False), (-float("inf"), False),
+                                         ("10 days ahead", False), ("now", True), ("an hour ago", True)])
+def test_a_restored_last_event_time_that_is_not_finite_or_past_max_future_is_dropped(last_ts, ok):
+    """Issue 29.7: a changelog record with last_ts = inf, or 10 days ahead, made every later reading
+    of its sensor `late`. No reading the scorer accepted can be later than now + batch.max_future_s."""
+    from latentwatch.pipeline import state
+
+    now = time.time()
+    last_ts = {"10 days ahead": now + 10 * 86_400, "now": now, "an hour ago": now - 3600}.get(last_ts, last_ts)
+    store = StateStore()
+    store.max_future_s = 300.0
+    store.expect(1, 3)
+    loaded = store.load({(0, "s"): Entry(last_ts, np.zeros((0, 3), np.float32))})
+    assert (loaded.dropped == {}) is ok and (loaded.dropped == {"last_ts": 1}) is not ok
+    assert "last_ts" in state.DROP_REASONS
