@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import budget
+from latentwatch.pipeline import avro_out, budget
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
 from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
@@ -129,9 +129,10 @@ class Pipeline:
         self.state_topic = changelog.ensure(s, self._input_partitions)
         txn = TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
+        avro = avro_out.for_settings(s, lambda: self.stopping)  # alerts.format avro: schemas registered now
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          stop=self.stop_budget, transactional_id=txn.value if txn else None,
-                         on_wait=self.health.beat)
+                         on_wait=self.health.beat, avro=avro)
         parts = (self.source, self.sink, self.events.on_offsets_committed)
         # With a state changelog an at-least-once commit may not travel past the next batch (state.py).
         self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, self.stop_budget, s.startup_timeout_s) if txn
