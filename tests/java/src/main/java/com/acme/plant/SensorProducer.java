@@ -9,9 +9,12 @@ import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.concurrent.Future;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -23,6 +26,7 @@ import org.apache.avro.io.BinaryEncoder;
 import org.apache.avro.io.EncoderFactory;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 
@@ -48,7 +52,7 @@ public final class SensorProducer {
         props.put("bootstrap.servers", bootstrap);
         props.put("linger.ms", "5");
         props.put("acks", "all");
-        int sent = 0;
+        List<Future<RecordMetadata>> sent = new ArrayList<>();
         try (KafkaProducer<String, byte[]> producer =
                      new KafkaProducer<>(props, new StringSerializer(), new ByteArraySerializer());
              BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8))) {
@@ -71,12 +75,12 @@ public final class SensorProducer {
                 BinaryEncoder enc = EncoderFactory.get().binaryEncoder(out, null);
                 writer.write(r, enc);
                 enc.flush();
-                producer.send(new ProducerRecord<>(topic, parts[0], out.toByteArray())).get();
-                sent++;
+                sent.add(producer.send(new ProducerRecord<>(topic, parts[0], out.toByteArray())));
             }
             producer.flush();
+            for (Future<RecordMetadata> f : sent) f.get();  // any failed send throws here
         }
-        System.out.println("sent " + sent + " records with schema id " + id);
+        System.out.println("sent " + sent.size() + " records with schema id " + id);
     }
 
     /** POST the schema to the registry's Confluent API; returns its id. */
