@@ -30,17 +30,16 @@ import time
 
 import numpy as np
 import torch
-
 from latentwatch.pipeline import avro_out, budget
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
-from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
-from latentwatch.pipeline.kafka.registry import RegistryLookup
+from latentwatch.pipeline.kafka.registry import schema_input
 from latentwatch.pipeline.kafka.txn_id import TransactionalId
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
@@ -53,15 +52,6 @@ from latentwatch.pipeline.state import Key, StateStore
 from latentwatch.pipeline.stop import StopBudget
 
 log = logging.getLogger("latentwatch.run")
-
-
-def schema_input(settings: Settings) -> SchemaInput | None:
-    """The registry lookup and field mapping of schema'd input; None without schema_registry.url."""
-    if not settings.schema_registry.url:
-        return None
-    m = settings.input_mapping
-    return SchemaInput(RegistryLookup.for_settings(settings.schema_registry),
-                       Mapping(m.sensor_id, m.time, m.time_unit, m.channels, dict(m.rename)))
 
 
 class Pipeline:
