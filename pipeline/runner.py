@@ -224,13 +224,17 @@ class Pipeline:
             log.warning("%s: holding %d messages, retrying (nothing is dead-lettered or committed meanwhile)",
                         why, len(messages))
         self.source.put_back(messages)
+        # The partitions paused and the consumer polled meanwhile: an outage longer than
+        # max.poll.interval.ms would otherwise cost the group membership (and a rebalance).
+        self.source.pause_all()
         deadline = time.monotonic() + wait
         while not self.stopping and time.monotonic() < deadline:
             self.health.beat()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            self.source.idle(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _registry_back(self) -> None:
         self._registry_wait = None
+        self.source.resume_all()
         self.metrics.registry_up.set(1)
         self.health.registry(True, "")
         log.info("the schema registry answers again: scoring resumed")
