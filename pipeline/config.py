@@ -139,6 +139,9 @@ class AlertSettings(BaseModel):
                                            "/latentwatch/<group_id>")
     per_reading: bool = Field(True, description="publish a record per alarmed reading (kind 'reading') beside "
                                                 "the episode events (kind 'episode'); false: episodes only")
+    format: Literal["json", "avro"] = Field("json", description="the records of the alerts and latent topics: "
+                                            "json, or avro (Confluent wire format, schemas pipeline/schemas/*.avsc "
+                                            "registered under <topic>-value; needs schema_registry.url)")
 
 
 class RegistrySettings(BaseModel):

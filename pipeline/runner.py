@@ -32,16 +32,16 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import budget, records
+from latentwatch.pipeline import avro_out, budget, records
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
-from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
-from latentwatch.pipeline.kafka.registry import RegistryLookup
+from latentwatch.pipeline.kafka.registry import schema_input
 from latentwatch.pipeline.kafka.txn_id import TransactionalId
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
@@ -55,15 +55,6 @@ from latentwatch.pipeline.stop import StopBudget
 from latentwatch.pipeline.times import iso
 
 log = logging.getLogger("latentwatch.run")
-
-
-def schema_input(settings: Settings) -> SchemaInput | None:
-    """The registry lookup and field mapping of schema'd input; None without schema_registry.url."""
-    if not settings.schema_registry.url:
-        return None
-    m = settings.input_mapping
-    return SchemaInput(RegistryLookup.for_settings(settings.schema_registry),
-                       Mapping(m.sensor_id, m.time, m.time_unit, m.channels, dict(m.rename)))
 
 
 class Pipeline:
@@ -133,9 +124,10 @@ class Pipeline:
         self.state_topic = changelog.ensure(s, self._input_partitions)
         txn = TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
+        avro = avro_out.for_settings(s, lambda: self.stopping)  # alerts.format avro: schemas registered now
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          stop=self.stop_budget, transactional_id=txn.value if txn else None,
-                         on_wait=self.health.beat)
+                         on_wait=self.health.beat, avro=avro)
         parts = (self.source, self.sink, self.events.on_offsets_committed)
         # With a state changelog an at-least-once commit may not travel past the next batch (state.py).
         self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, self.stop_budget, s.startup_timeout_s) if txn
@@ -242,13 +234,17 @@ class Pipeline:
             log.warning("%s: holding %d messages, retrying (nothing is dead-lettered or committed meanwhile)",
                         why, len(messages))
         self.source.put_back(messages)
+        # The partitions paused and the consumer polled meanwhile: an outage longer than
+        # max.poll.interval.ms would otherwise cost the group membership (and a rebalance).
+        self.source.pause_all()
         deadline = time.monotonic() + wait
         while not self.stopping and time.monotonic() < deadline:
             self.health.beat()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            self.source.idle(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _registry_back(self) -> None:
         self._registry_wait = None
+        self.source.resume_all()
         self.metrics.registry_up.set(1)
         self.health.registry(True, "")
         log.info("the schema registry answers again: scoring resumed")

@@ -146,3 +146,23 @@ def test_retrain_errors_are_one_line(stream, tmp_path, capsys):
     assert "pass --columns" in capsys.readouterr().err
     assert main(["train", "--since", "1h", "--out", str(tmp_path / "m")]) == 2
     assert "either --data" in capsys.readouterr().err
+
+
+def test_train_from_an_avro_topic_reads_it_through_the_registry(kafka_bootstrap, make_topic, registry_url):
+    """Issue 31: `train --from-topic` decodes Avro records through schema_registry.url as the
+    pipeline does (it built a Decoder without the registry, so every record was a dead letter)."""
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.devtools.avro_readings import AvroReadings
+    from latentwatch.pipeline.lifecycle.retrain import read_training_data
+
+    topic = make_topic()
+    enc = AvroReadings(registry_url, topic)
+    t0 = round(time.time() - 600)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(50):
+        sid = SENSORS[i % 2]
+        p.produce(topic, enc.encode(sid, t0 + i, {c: float(i + j) for j, c in enumerate(CH)}), key=sid.encode())
+    assert p.flush(30) == 0
+    settings = load_settings(None, {"kafka.bootstrap_servers": kafka_bootstrap, "schema_registry.url": registry_url})
+    data = read_training_data(settings, topic, CH, t0 - 3600, None, exclude_alerted=False)
+    assert sum(data.dead_letters.values()) == 0 and data.readings == 50 and data.sensors == 2
