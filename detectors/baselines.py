@@ -136,7 +136,7 @@ class Baselines:
             return np.zeros(0, np.float32), np.zeros((0, self.channels), np.float32)
         D = Z - self.own_mean[own]
         P = self.own_basis[own]  # [n, C, K]
-        R = D - np.einsum("nck,nk->nc", P, np.einsum("nck,nc->nk", P, D))
+        R = D - np.matmul(P, np.matmul(D[:, None, :], P).transpose(0, 2, 1))[:, :, 0]
         err = R * R
         return (err.mean(axis=1) / self.own_norm[own]).astype(np.float32), err
 
