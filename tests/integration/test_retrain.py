@@ -80,7 +80,7 @@ def stream(kafka_bootstrap, admin):
             n_alerts += 1
     assert p.flush(60) == 0
     return {"topic": topic, "alerts": alerts_topic, "t0": t0, "t1": t1, "t2": t2, "n_alerts": n_alerts,
-            "anomalous": anomalous, "bootstrap": kafka_bootstrap}
+            "anomalous": anomalous, "bootstrap": kafka_bootstrap, "values": refs["values"]}
 
 
 def _train(stream, out, since, until, *extra):
@@ -166,3 +166,34 @@ def test_train_from_an_avro_topic_reads_it_through_the_registry(kafka_bootstrap,
     settings = load_settings(None, {"kafka.bootstrap_servers": kafka_bootstrap, "schema_registry.url": registry_url})
     data = read_training_data(settings, topic, CH, t0 - 3600, None, exclude_alerted=False)
     assert sum(data.dead_letters.values()) == 0 and data.readings == 50 and data.sensors == 2
+
+
+def test_train_from_a_csv_with_sensor_ids_from_several_files_and_from_the_topic_gives_the_same_baselines(
+        stream, tmp_path):
+    """Issue 28: the same readings (phase 1 of the four pumps) give every sensor the same baseline
+    and own model whichever way they reach `train`."""
+    from_topic = _train(stream, tmp_path / "topic", stream["t0"], stream["t1"], "--columns", ",".join(CH))
+    values = stream["values"]  # (phase, sensor, i) -> the values sent
+    header = "timestamp,sensor_id," + ",".join(CH)
+
+    def rows(sensor):
+        return [f"{i},{sensor}," + ",".join(repr(float(v)) for v in values[(1, sensor, i)]) for i in range(PER_SENSOR)]
+
+    one = tmp_path / "fleet.csv"
+    one.write_text(header + "\n" + "\n".join(r for s in SENSORS for r in rows(s)) + "\n")
+    files = []
+    for s in SENSORS:
+        f = tmp_path / f"{s}.csv"
+        f.write_text(header + "\n" + "\n".join(rows(s)) + "\n")
+        files.append(str(f))
+    common = ["--model", "pca", "--window", "1", "--threshold", "quantile", "--device", "cpu"]
+    assert main(["train", "--data", str(one), "--out", str(tmp_path / "csv"), *common]) == 0
+    assert main(["train", *sum((["--data", f] for f in files), []), "--out", str(tmp_path / "files"), *common]) == 0
+    models = [from_topic, load(tmp_path / "csv", device="cpu"), load(tmp_path / "files", device="cpu")]
+    for m in models:
+        assert m.baselines.ids.tolist() == SENSORS and m.baselines.owned == len(SENSORS)
+        assert m.baselines.count.tolist() == [PER_SENSOR] * len(SENSORS)
+    for m in models[1:]:
+        assert np.allclose(m.baselines.center, models[0].baselines.center, atol=1e-6)
+        assert np.allclose(m.baselines.scale, models[0].baselines.scale, atol=1e-6)
+        assert np.allclose(m.baselines.own_norm, models[0].baselines.own_norm, rtol=1e-4)
