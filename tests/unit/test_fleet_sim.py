@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 
 import numpy as np
 import pytest
-
-from latentwatch.bench.fleet import assign_kinds, count_detections, false_alarm_rates, write_fleet_csv
+from latentwatch.bench.fleet import (
+    assign_kinds,
+    count_detections,
+    false_alarm_rates,
+    write_fleet_csv,
+)
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_KINDS,
     FLEET_LABELLED,
@@ -45,8 +50,9 @@ def test_assets_sit_at_their_own_operating_points():
     corr = np.corrcoef(x[0].T)
     assert np.median(np.abs(corr[np.triu_indices(8, 1)])) > 0.5
     # ... with a slightly different mix per asset
-    assert not np.allclose(sim.loadings[0], sim.loadings[1])
-    assert np.abs(sim.loadings[0] - sim.loadings[1]).max() < 1.0
+    shared = sim.loadings.mean(axis=0)
+    own = (sim.loadings - shared).std()
+    assert 0.05 < own < 0.4 and own < 0.5 * np.abs(shared).mean(), own
 
 
 def _one(kind: str, seed: int = 5, n: int = 1200, start: int = 500, **kw):
@@ -60,7 +66,7 @@ def _one(kind: str, seed: int = 5, n: int = 1200, start: int = 500, **kw):
 
 @pytest.mark.parametrize("kind", [*FLEET_KINDS, "flatline", "silent"])
 def test_each_kind_is_labelled_for_its_documented_length_on_its_asset_only(kind):
-    sim, ev, v, k, clean = _one(kind)
+    _sim, ev, v, k, clean = _one(kind)
     labelled = np.flatnonzero(k[1] == kind)
     assert ev.length == FLEET_LABELLED[kind]
     assert labelled.tolist() == list(range(500, 500 + FLEET_LABELLED[kind]))
@@ -70,7 +76,7 @@ def test_each_kind_is_labelled_for_its_documented_length_on_its_asset_only(kind)
 
 
 def test_setpoint_moves_by_one_and_a_half_units_stays_and_only_the_first_60_are_labelled():
-    sim, ev, v, k, clean = _one("setpoint")
+    _sim, _ev, v, k, clean = _one("setpoint")
     assert np.flatnonzero(k[1] == "setpoint").tolist() == list(range(500, 560))
     assert (k[1, 560:] == NORMAL).all()
     moved = v[1, 500:] - clean[1, 500:]
@@ -79,7 +85,7 @@ def test_setpoint_moves_by_one_and_a_half_units_stays_and_only_the_first_60_are_
 
 
 def test_foreign_point_sits_at_another_assets_operating_point_for_80_readings():
-    sim, ev, v, k, clean = _one("foreign_point", other=3)
+    sim, ev, v, _k, clean = _one("foreign_point", other=3)
     assert ev.other == 3
     d = v[1, 500:580] - clean[1, 500:580]
     assert np.allclose(d, sim.operating_points[3] - sim.operating_points[1])
@@ -87,7 +93,7 @@ def test_foreign_point_sits_at_another_assets_operating_point_for_80_readings():
 
 
 def test_stuck_holds_one_channel_flatline_holds_all():
-    _, ev, v, _, clean = _one("stuck", channel=2)
+    _, _ev, v, _, clean = _one("stuck", channel=2)
     seg = v[1, 500:700]
     assert np.all(seg[:, 2] == clean[1, 499, 2])  # its last value, 200 readings
     others = [c for c in range(8) if c != 2]
@@ -97,17 +103,17 @@ def test_stuck_holds_one_channel_flatline_holds_all():
 
 
 def test_ramp_reaches_plus_one_unit_over_300_readings_and_spike_is_one_reading():
-    _, ev, v, _, clean = _one("ramp", channel=4)
+    _, _, v, _, clean = _one("ramp", channel=4)
     d = v[1, 500:800, 4] - clean[1, 500:800, 4]
     assert np.all(np.diff(d) > 0) and np.isclose(d[-1], 1.0) and d[0] < 0.01
     assert np.allclose(v[1, 800:], clean[1, 800:])
-    _, ev, v, k, clean = _one("spike", channel=6)
+    _, _ev, v, _k, clean = _one("spike", channel=6)
     d = v[1] - clean[1]
     assert np.isclose(abs(d[500, 6]), 1.5) and np.count_nonzero(d) == 1
 
 
 def test_silent_readings_are_missing():
-    _, ev, v, k, _ = _one("silent")
+    _, _ev, v, k, _ = _one("silent")
     gap = k[1] == "silent"
     assert np.isnan(v[1][gap]).all() and not np.isnan(v[1][~gap]).any()
 
@@ -131,7 +137,7 @@ def test_random_events_in_a_stream_are_labelled_and_do_not_overlap():
         by_asset.setdefault(e.asset, []).append((e.start, e.start + e.span))
     for spans in by_asset.values():
         spans.sort()
-        assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
+        assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans))
 
 
 # ---- the harness's pure parts ------------------------------------------------------------------
