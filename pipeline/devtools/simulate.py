@@ -16,6 +16,11 @@ differences and their own phase, so a single model can learn "normal" for all of
 Anomalies: `anomaly_rate` is the expected fraction of each sensor's *readings* that lie inside an
 anomaly. Events never overlap; each has one kind, a length (spike 1-3 readings, others 5-30) and a
 random subset of channels it affects.
+
+Fleet mode (`FleetSimulator`, issue 28; docs/fleet-simulator.md): assets of one kind driven by
+the same 3 process factors, each at its own operating point with a slightly different mix, and
+fleet trouble kinds (`FLEET_KINDS`: setpoint, foreign_point, stuck, ramp, spike; opt-in sensor
+health flags `FLEET_FLAG_KINDS`: flatline, silent) with documented lengths and magnitudes.
 """
 
 from __future__ import annotations
@@ -575,7 +580,7 @@ def send(producer, topic: str, key: str, value: bytes, truth: list[tuple[str, st
     stats.by_kind.update(kind for _, kind in truth)
 
 
-def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, *,
+def produce_stream(producer, topic: str, simulator: SensorSimulator | FleetSimulator, rate: float = 100.0, *,
                    count: int | None = None, duration: float | None = None, batch_size: int = 1,
                    stop: threading.Event | None = None, on_truth=None, start_ts: float | None = None,
                    values_as: str = "object", stats: ProduceStats | None = None,
@@ -586,7 +591,8 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
     next batch, then the next step). `ts` is wall-clock now at produce time (earlier readings of a
     batch are spaced back by the real per-sensor interval), or with `start_ts` the simulated event
     time `start_ts + step * simulator.interval`. `fmt` "frames" sends binary frames instead of
-    JSON (see `encode`). Returns `stats` (also updated live)."""
+    JSON (see `encode`). A fleet's silent readings are not sent (`count` counts them as
+    simulated). Returns `stats` (also updated live)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     stats = stats if stats is not None else ProduceStats()
@@ -596,6 +602,7 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
     rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
     spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
     last_ms: dict[str, int] = {}  # per sensor: the last event time sent, in ms
+    silent_kind = "silent" in getattr(simulator, "kinds", ())
     t_start = time.monotonic()
     done = 0
     try:
@@ -623,8 +630,16 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
                         ts = [(first + i * spacing_ms) / 1000 for i in range(n)]
                     else:
                         ts = [start_ts + (step0 + r * b + i) * simulator.interval for i in range(n)]
-                    send(producer, topic, sid, encode(fmt, sid, ts, values[s, sl], channels, values_as),
-                         list(zip(map(iso_ts, ts), kinds[s, sl].tolist())), stats, on_truth)
+                    vals, labels = values[s, sl], kinds[s, sl]
+                    if silent_kind:  # fleet mode: a silent sensor sends nothing for those steps
+                        keep = labels != "silent"
+                        if not keep.all():
+                            vals, labels, ts = vals[keep], labels[keep], [t for t, k in zip(ts, keep) if k]
+                            if not len(labels):
+                                done += n
+                                continue
+                    send(producer, topic, sid, encode(fmt, sid, ts, vals, channels, values_as),
+                         list(zip(map(iso_ts, ts), labels.tolist())), stats, on_truth)
                     done += n
     finally:
         producer.flush(flush_timeout)
@@ -635,7 +650,8 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
 class BackgroundStream:
     """`produce_stream` in a daemon thread, for the demo: `.start()`, read `.stats`, `.stop()`."""
 
-    def __init__(self, producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, **kwargs):
+    def __init__(self, producer, topic: str, simulator: SensorSimulator | FleetSimulator, rate: float = 100.0,
+                 **kwargs):
         self.stats = ProduceStats()
         self._stop = threading.Event()
         self.error: BaseException | None = None

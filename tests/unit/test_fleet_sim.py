@@ -9,12 +9,8 @@ import itertools
 
 import numpy as np
 import pytest
-from latentwatch.bench.fleet import (
-    assign_kinds,
-    count_detections,
-    false_alarm_rates,
-    write_fleet_csv,
-)
+
+from latentwatch.bench.fleet import assign_kinds, count_detections, false_alarm_rates, write_fleet_csv
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_KINDS,
     FLEET_LABELLED,
