@@ -182,3 +182,12 @@ def test_fleet_csv_has_the_documented_columns_and_leaves_silent_readings_out():
     buf2 = io.StringIO()
     write_fleet_csv(buf2, ["a", "b"], values, [f"c{i}" for i in range(8)], start_ts=0.0, sensor_column=False)
     assert buf2.getvalue().splitlines()[0] == "timestamp," + ",".join(f"c{i}" for i in range(8))
+
+
+def test_simulate_fleet_flag_errors_are_one_line(capsys):
+    from latentwatch.pipeline.cli.main import main
+
+    assert main(["simulate", "--fleet", "--topic", "t", "--operating-point-change", "60", "--count", "1"]) == 2
+    assert "--operating-point-change is for the classic simulator" in capsys.readouterr().err
+    assert main(["simulate", "--fleet", "--topic", "t", "--kinds", "spike,level_shift", "--count", "1"]) == 2
+    assert "unknown fleet trouble kinds ['level_shift']" in capsys.readouterr().err
