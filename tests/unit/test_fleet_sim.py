@@ -191,3 +191,32 @@ def test_simulate_fleet_flag_errors_are_one_line(capsys):
     assert "--operating-point-change is for the classic simulator" in capsys.readouterr().err
     assert main(["simulate", "--fleet", "--topic", "t", "--kinds", "spike,level_shift", "--count", "1"]) == 2
     assert "unknown fleet trouble kinds ['level_shift']" in capsys.readouterr().err
+
+
+def test_the_demo_simulates_a_fleet_by_default_and_the_classic_one_on_request(monkeypatch):
+    from latentwatch.pipeline.cli.main import main
+    from latentwatch.pipeline.devtools import live_demo
+
+    seen: list = []
+    monkeypatch.setattr(live_demo, "main_demo", lambda opts, scenario=None: seen.append(opts) or 0)
+    assert main(["demo", "--duration", "1"]) == 0
+    assert seen[-1].fleet and seen[-1].fleet_kinds == live_demo.DEFAULT_FLEET_KINDS
+    assert "stuck" not in seen[-1].fleet_kinds and set(seen[-1].fleet_kinds) <= set(FLEET_KINDS)
+    assert main(["demo", "--duration", "1", "--classic"]) == 0
+    assert not seen[-1].fleet and seen[-1].kinds == live_demo.DEFAULT_KINDS
+    assert main(["demo", "--duration", "1", "--kinds", "all"]) == 0
+    assert "silent" in seen[-1].fleet_kinds and "stuck" in seen[-1].fleet_kinds
+    assert main(["demo", "--duration", "1", "--scenario", "drift"]) == 0
+    assert not seen[-1].fleet  # the drift scenario moves the classic simulator's operating point
+
+
+def test_the_training_scale_csv_has_exactly_n_rows_time_major(tmp_path):
+    from latentwatch.bench.fleet import write_scale_csv
+
+    path = tmp_path / "scale.csv"
+    assert write_scale_csv(path, 1000, assets=32, chunk_steps=7) == 1000
+    lines = path.read_text().splitlines()
+    assert lines[0] == "timestamp,sensor_id," + ",".join(f"c{i}" for i in range(8)) and len(lines) == 1001
+    ids = [line.split(",")[1] for line in lines[1:]]
+    assert ids[:3] == ["asset-000", "asset-001", "asset-002"] and ids[32] == "asset-000"
+    assert ids[-1] == "asset-007"  # 31 full steps of 32 assets, then 8 readings
