@@ -391,7 +391,7 @@ def run_detection(args) -> int:
 
 # ---- training scale -----------------------------------------------------------------------------
 def write_scale_csv(path: Path, readings: int, assets: int, channels: int = 8, seed: int = 0,
-                    chunk_steps: int = 2048) -> int:
+                    chunk_steps: int = 2048, sensor_column: bool = True) -> int:
     """A fleet CSV of `readings` rows (time-major), written `chunk_steps` steps at a time."""
     sim = FleetSimulator(assets, channels, seed=seed)
     steps = -(-readings // assets)
@@ -407,7 +407,8 @@ def write_scale_csv(path: Path, readings: int, assets: int, channels: int = 8, s
                 if extra:
                     v[extra:, -1] = np.nan  # not written
             buf = io.StringIO()
-            rows = write_fleet_csv(buf, sim.sensor_ids, v, sim.channel_names, step0=s0, header=first, order="time")
+            rows = write_fleet_csv(buf, sim.sensor_ids, v, sim.channel_names, step0=s0, header=first, order="time",
+                                   sensor_column=sensor_column)
             fh.write(buf.getvalue())
             written += int((rows >= 0).sum())
             first = False
@@ -426,28 +427,45 @@ def _timed_child(cmd: list[str], log_path: Path) -> dict:
             "cpu_s": round(ru.ru_utime + ru.ru_stime, 1)}
 
 
+def accepts_sensor_id(exe: str, work: Path) -> bool:
+    """Does `latentwatch train` take a CSV with a sensor_id column? (a 256-row probe)"""
+    probe = work / "probe.csv"
+    write_scale_csv(probe, 256, 4)
+    rc, _, _ = _run([exe, "train", "--data", str(probe), "--out", str(work / "model-probe")], work / "probe.log")
+    probe.unlink()
+    shutil.rmtree(work / "model-probe", ignore_errors=True)
+    return rc == 0
+
+
 def run_scale(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     exe, extra = latentwatch_exe(), shlex.split(args.train_args or "")
+    with_ids = {"per-sensor": True, "today": False}.get(args.mode)
+    if with_ids is None:
+        with_ids = accepts_sensor_id(exe, out)
+        log("train takes the sensor_id column" if with_ids else
+            "train refuses the sensor_id column: the scale CSVs leave it out (today's mode)")
     rows = []
     for text in args.train_scale.split(","):
         n = int(float(text))
         path = out / f"scale-{n}.csv"
         log(f"writing {n:,} fleet readings ({args.assets} assets, time-major) to {path}")
         t0 = time.monotonic()
-        written = write_scale_csv(path, n, args.assets, args.channels, args.seed)
+        written = write_scale_csv(path, n, args.assets, args.channels, args.seed, sensor_column=with_ids)
         write_s = time.monotonic() - t0
         log(f"wrote {written:,} rows, {path.stat().st_size / 2**20:.0f} MiB in {write_s:.0f} s; latentwatch train ...")
         r = _timed_child([exe, "train", "--data", str(path), "--out", str(out / f"model-scale-{n}"), *extra],
                          out / f"train-scale-{n}.log")
-        r.update(readings=written, csv_mib=round(path.stat().st_size / 2**20, 1), write_s=round(write_s, 1),
+        r.update(readings=written, sensor_id_column=with_ids, csv_mib=round(path.stat().st_size / 2**20, 1), write_s=round(write_s, 1),
                  readings_per_s=round(written / r["wall_s"], 1) if r["wall_s"] else None)
         rows.append(r)
         log(f"{n:,}: rc {r['rc']}, {r['wall_s']} s, peak RSS {r['peak_rss_mib']} MiB, {r['readings_per_s']} readings/s")
         if not args.keep_data:
             path.unlink()
-    md = ("| readings | train wall s | CPU s | peak RSS MiB | readings/s | rc |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    md = (f"`latentwatch train --data FLEET.csv {shlex.join(extra)}`: {args.assets} assets, time-major rows, "
+          f"sensor_id column {'kept' if with_ids else 'left out (today: train refuses it)'}\n\n"
+          "| readings | train wall s | CPU s | peak RSS MiB | readings/s | rc |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n"
           + "".join(f"| {r['readings']:,} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mib']} | {r['readings_per_s']} | "
                     f"{r['rc']} |\n" for r in rows))
     (out / "scale.json").write_text(json.dumps({"train_args": extra, "assets": args.assets, "rows": rows}, indent=1))
