@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=400.0, help="readings/s across all sensors (default 400)")
     p.add_argument("--sensors", type=int, default=20)
     p.add_argument("--channels", type=int, default=8)
-    p.add_argument("--anomaly-rate", type=float, default=0.02,
-                   help="fraction of each sensor's readings inside an injected anomaly (default 0.02)")
+    p.add_argument("--anomaly-rate", type=float, default=None,
+                   help="fraction of each sensor's readings inside an injected anomaly (default 0.1 for the fleet, "
+                        "whose events are 1-300 readings long, so a 30 s demo still has a dozen; 0.02 --classic)")
     p.add_argument("--classic", action="store_true",
                    help="the classic simulator (every sensor alike, the kinds spike, level_shift, drift, stuck, "
                         "correlation_break, noise_burst) instead of the default fleet (assets at their own "
@@ -68,7 +69,8 @@ def _demo(args) -> int:
     settings = connection_settings(args, local_fallback=False)
     kafka = settings.kafka if bootstrap_configured(settings) else None
     opts = DemoOptions(kafka=kafka, duration=args.duration, rate=args.rate, sensors=args.sensors,
-                       channels=args.channels, anomaly_rate=args.anomaly_rate,
+                       channels=args.channels,
+                       anomaly_rate=args.anomaly_rate if args.anomaly_rate is not None else (0.1 if fleet else 0.02),
                        kinds=DEFAULT_KINDS if fleet else kinds, fleet=fleet,
                        fleet_kinds=kinds if fleet else DEFAULT_FLEET_KINDS, window=args.window,
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,

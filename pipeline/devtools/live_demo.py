@@ -61,7 +61,7 @@ class DemoOptions:
     rate: float = 400.0
     sensors: int = 20
     channels: int = 8
-    anomaly_rate: float = 0.02
+    anomaly_rate: float = 0.02  # the CLI passes 0.1 for the fleet (its events are longer: fewer of them)
     kinds: tuple[str, ...] = DEFAULT_KINDS  # the classic simulator's (--classic, drift scenario)
     fleet: bool = True  # the anomalies scenario simulates a fleet (FleetSimulator) unless --classic
     fleet_kinds: tuple[str, ...] = DEFAULT_FLEET_KINDS

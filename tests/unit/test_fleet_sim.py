@@ -200,7 +200,7 @@ def test_the_demo_simulates_a_fleet_by_default_and_the_classic_one_on_request(mo
     seen: list = []
     monkeypatch.setattr(live_demo, "main_demo", lambda opts, scenario=None: seen.append(opts) or 0)
     assert main(["demo", "--duration", "1"]) == 0
-    assert seen[-1].fleet and seen[-1].fleet_kinds == live_demo.DEFAULT_FLEET_KINDS
+    assert seen[-1].fleet and seen[-1].fleet_kinds == live_demo.DEFAULT_FLEET_KINDS and seen[-1].anomaly_rate == 0.1
     assert "stuck" not in seen[-1].fleet_kinds and set(seen[-1].fleet_kinds) <= set(FLEET_KINDS)
     assert main(["demo", "--duration", "1", "--classic"]) == 0
     assert not seen[-1].fleet and seen[-1].kinds == live_demo.DEFAULT_KINDS
