@@ -107,8 +107,17 @@ def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: st
     from latentwatch.detectors import QuantileThreshold, WindowAutoencoder, sliding_windows
     from latentwatch.detectors.checkpoint import load, save, summarise_training_data
 
-    data = sim.normal_training_data(25_000)
-    train, held_out = data[:20_000], data[20_000:]
+    if isinstance(sim, FleetSimulator):
+        # Assets come one after another and each sits at its own operating point: hold out the
+        # last 20 % of *every* asset's readings (the last 20 % of the whole would be assets the
+        # model never saw).
+        per = 25_000 // sim.assets
+        data = sim.normal_training_data(per * sim.assets).reshape(sim.assets, per, -1)
+        cut = per * 4 // 5
+        train, held_out = data[:, :cut].reshape(-1, data.shape[2]), data[:, cut:].reshape(-1, data.shape[2])
+    else:
+        data = sim.normal_training_data(25_000)
+        train, held_out = data[:20_000], data[20_000:]
     out(f"training a window autoencoder (window {opts.window}) on {len(train):,} simulated normal readings ...")
 
     def progress(epoch, train_loss, val_loss):
