@@ -110,14 +110,14 @@ def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: st
     if isinstance(sim, FleetSimulator):
         # Assets come one after another and each sits at its own operating point: hold out the
         # last 20 % of *every* asset's readings (the last 20 % of the whole would be assets the
-        # model never saw).
+        # model never saw), windowed per asset (a window across two assets is not normal).
         per = 25_000 // sim.assets
         data = sim.normal_training_data(per * sim.assets).reshape(sim.assets, per, -1)
         cut = per * 4 // 5
-        train, held_out = data[:, :cut].reshape(-1, data.shape[2]), data[:, cut:].reshape(-1, data.shape[2])
+        train, held_out = data[:, :cut].reshape(-1, data.shape[2]), list(data[:, cut:])
     else:
         data = sim.normal_training_data(25_000)
-        train, held_out = data[:20_000], data[20_000:]
+        train, held_out = data[:20_000], [data[20_000:]]
     out(f"training a window autoencoder (window {opts.window}) on {len(train):,} simulated normal readings ...")
 
     def progress(epoch, train_loss, val_loss):
@@ -127,7 +127,8 @@ def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: st
     det = WindowAutoencoder(window=opts.window, latent_dim=8, device="cpu").fit(
         train, sim.channel_names, epochs=opts.epochs, seed=opts.seed, callback=progress)
     # Threshold from held-out normal data only (no labels): its 99.9th percentile score.
-    threshold = QuantileThreshold(0.999).fit(det.score(sliding_windows(held_out, det.window)).score)
+    threshold = QuantileThreshold(0.999).fit(np.concatenate([det.score(sliding_windows(h, det.window)).score
+                                                             for h in held_out]))
     path = f"{workdir}/model"
     save(path, det, threshold, summarise_training_data(train, sim.channel_names), name="demo-window-ae")
     out(f"trained in {time.monotonic() - t0:.1f} s; threshold {threshold.value:.4f}")
