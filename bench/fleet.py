@@ -225,7 +225,7 @@ def _flags_from_scores(path: Path, row_map: dict[int, tuple[int, int]], flags: n
 
 
 def run_latentwatch(args, fleet: dict, work: Path) -> dict:
-    exe, data = latentwatch_exe(), work / "data"
+    exe, data = args.latentwatch or latentwatch_exe(), work / "data"
     extra = shlex.split(args.train_args or "")
     sim, rows = fleet["sim"], fleet["rows"]
     flags = np.zeros(rows.shape, dtype=bool)
@@ -440,7 +440,7 @@ def accepts_sensor_id(exe: str, work: Path) -> bool:
 def run_scale(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    exe, extra = latentwatch_exe(), shlex.split(args.train_args or "")
+    exe, extra = args.latentwatch or latentwatch_exe(), shlex.split(args.train_args or "")
     with_ids = {"per-sensor": True, "today": False}.get(args.mode)
     if with_ids is None:
         with_ids = accepts_sensor_id(exe, out)
@@ -491,6 +491,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spikes-per-asset", type=int, default=6, help="isolated spikes per spike asset (default %(default)s)")
     p.add_argument("--mode", choices=["auto", "per-sensor", "today"], default="auto",
                    help="auto: per-sensor when train takes the sensor_id column, else today's pooled model")
+    p.add_argument("--latentwatch", default=None, metavar="EXE",
+                   help="the latentwatch executable to run (default: this venv's)")
     p.add_argument("--train-args", default="", help="extra arguments for `latentwatch train`, one string")
     p.add_argument("--skip-reference", action="store_true", help="no numpy reference columns")
     p.add_argument("--skip-latentwatch", action="store_true", help="only the references (no train / score)")
