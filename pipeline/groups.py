@@ -13,10 +13,10 @@ messages taken, the rest handed back): the batch is split by group (the messages
 their original order), each group's scorer scores its part, and the parts are merged into one
 `GroupedBatch` (dead letters by original position, offsets of the prefix taken, records and
 state updates of every part) that keeps each part (`parts`) for its group's lifecycle. The
-reading cap is shared: groups are scored in the order of their first message, each with what
-the ones before left; when one hands messages back, the batch is cut at the earliest of them and
-the parts holding messages past the cut are scored again without them (scoring is pure, so
-this is exact). Messages routed nowhere are dead letters, reason `no_group`.
+reading cap is the batch's: each group is scored with all of it; when one hands messages back,
+the batch is cut at the earliest of them, and when the groups together took more than the cap
+(rare: the source gathers about the cap's worth), at the longest prefix within it; the parts
+holding messages past the cut are scored again without them (scoring is pure, so this is exact). Messages routed nowhere are dead letters, reason `no_group`.
 
 Without `groups` none of this is built: the run loop is what it was.
 """
@@ -123,20 +123,15 @@ class GroupedScorer:
                 no_group.append(i)
                 continue
             members.setdefault(malformed_to if g == MALFORMED else g, []).append(i)
-        order = sorted(members, key=lambda g: members[g][0])
         parts: dict[int, ScoredBatch] = {}
-        cut, left = len(messages), max_readings
-        for g in order:
-            idx = members[g]
-            if left is not None and left <= 0:  # the cap is spent: this group's messages wait
-                cut = min(cut, idx[0])
-                continue
-            sub = self._score(g, [messages[i] for i in idx], store, now, left)
+        cut = len(messages)
+        for g, idx in members.items():
+            sub = self._score(g, [messages[i] for i in idx], store, now, max_readings)
             parts[g] = sub
-            if sub.rest:
+            if sub.rest:  # cut at the earliest message handed back by any group
                 cut = min(cut, idx[len(sub.messages)])
-            if left is not None:
-                left -= sub.n_readings
+        if max_readings is not None and sum(sub.n_readings for sub in parts.values()) > max_readings:
+            cut = min(cut, self._prefix_within(messages, members, parts, now, max_readings))
         if cut < len(messages):  # parts holding messages past the cut: scored again without them
             for g in list(parts):
                 taken = members[g][:len(parts[g].messages)]
@@ -147,6 +142,16 @@ class GroupedScorer:
                     else:
                         del parts[g]
         return self._merge(messages, cut, members, parts, [i for i in no_group if i < cut], now)
+
+    def _prefix_within(self, messages, members, parts, now: float, max_readings: int) -> int:
+        """The groups together took more than the cap (each may take all of it): the longest
+        prefix of the batch within it (at least one message), from each message's readings as
+        its group's decoder counts them. Rare: the source gathers about the cap's worth."""
+        counts = np.zeros(len(messages), np.int64)
+        for g, sub in parts.items():
+            d = self.groups[g].scorer.decoder.decode_many([(m.value(), m.key()) for m in sub.messages], now)
+            counts[np.asarray(members[g], np.int64)[np.asarray(d.index, np.int64)]] = d.counts
+        return max(1, int(np.searchsorted(np.cumsum(counts), max_readings, side="right")))
 
     def _score(self, g: int, sub: list, store, now: float, max_readings: int | None) -> ScoredBatch:
         group = self.groups[g]
