@@ -225,3 +225,33 @@ def test_state_restore_checks_each_entry_against_its_own_groups_model():
     store.for_model(2, 4, only=lambda key: key[1].startswith("fan-"))
     assert store.get((0, "fan-1")).tail.shape == (0, 4)
     assert store.get((0, "pump-1")).tail.shape == (2, 3)
+
+
+# -- the CLI: models groups, config show --------------------------------------------------------
+def test_models_groups_lists_rules_directories_and_current_versions(tmp_path, capsys, monkeypatch):
+    from latentwatch.detectors import versions
+    from latentwatch.pipeline.cli.main import main
+
+    monkeypatch.delenv("LATENTWATCH_CONFIG", raising=False)
+    pumps = tmp_path / "pumps"
+    v = versions.publish(pumps, lambda d, name: (d.mkdir(parents=True, exist_ok=True),
+                                                 (d / "model.json").write_text("{}")))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"groups:\n  - name: pumps\n    match: pump-*\n    model: {pumps}\n"
+                   f"  - name: fans\n    match: 're:fan-[0-9]+'\n    model: {tmp_path / 'nothing'}\n"
+                   "groups_fallback: none\n")
+    assert main(["models", "groups", "--config", str(cfg)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["GROUP", "MATCH", "MODEL", "DIR", "VERSION"]
+    assert lines[1].split() == ["pumps", "pump-*", str(pumps), v]
+    assert lines[2].split()[:3] == ["fans", "re:fan-[0-9]+", str(tmp_path / "nothing")]
+    assert "no model here" in lines[2]
+    assert "no_group" in lines[3]
+    assert main(["config", "show", "--config", str(cfg), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in shown["groups"]] == ["pumps", "fans"] and shown["groups_fallback"] == "none"
+    # With a fallback, model.path is its model; none set: one clear line.
+    cfg.write_text(f"groups:\n  - name: pumps\n    match: pump-*\n    model: {pumps}\n")
+    assert main(["models", "groups", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "groups_fallback is 'default' but model.path is not set" in err and err.count("\n") == 1
