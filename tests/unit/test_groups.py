@@ -255,3 +255,62 @@ def test_models_groups_lists_rules_directories_and_current_versions(tmp_path, ca
     assert main(["models", "groups", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "groups_fallback is 'default' but model.path is not set" in err and err.count("\n") == 1
+
+
+class _Watcher:
+    def __init__(self, new):
+        self.new = new
+
+    def poll(self, sample=None):
+        new, self.new = self.new, None
+        return new
+
+    def request_check(self):
+        pass
+
+    def close(self):
+        pass
+
+
+# -- a Pipeline with groups, without a broker: per-group metrics, lifecycle and swap -------------
+def test_a_pipeline_with_groups_counts_per_group_and_swaps_one_groups_model_alone():
+    from latentwatch.pipeline.events import Committed
+    from latentwatch.pipeline.runner import Pipeline
+
+    settings = load_settings(None, {"groups": [{"name": "pumps", "match": "pump-*", "model": "p"},
+                                               {"name": "fans", "match": "fan-*", "model": "f"}],
+                                    "groups_fallback": "none", "metrics.port": None})
+    pump, fan = stub_model(PUMP_CH, window=2), stub_model(FAN_CH, window=2)
+    pump.name, fan.name = "pump", "fan"
+    pipeline = Pipeline(settings, pump, groups=[(GroupSpec("pumps", "pump-*", "p"), pump, None),
+                                                (GroupSpec("fans", "fan-*", "f"), fan, None)])
+    try:
+        m = pipeline.metrics.registry.get_sample_value
+        assert m("latentwatch_group_model_info", {"group": "fans", "name": "fan", "version": "0"}) == 1
+        assert m("latentwatch_model_info", {"name": "pump", "version": "0", "kind": "zscore-stub", "window": "2",
+                                            "channels": "3"}) == 1  # the primary group's (no fallback: the first)
+        msgs = _stream()
+        batch = pipeline.scorer.score(msgs, pipeline.state, now=1_700_000_100.0)
+        pipeline.state.apply(batch.updates)
+        pipeline.events.on_batch_committed(Committed(batch, 0.0, {}, len(pipeline.state), 0))
+        assert m("latentwatch_group_readings_scored_total", {"group": "pumps"}) == 4  # 2 sensors x (3 - 1)
+        assert m("latentwatch_group_readings_scored_total", {"group": "fans"}) == 4
+        assert m("latentwatch_group_alerts_total", {"group": "pumps"}) == 1  # pump-1's window with reading 2
+        assert m("latentwatch_group_messages_consumed_total", {"group": "fans"}) == 6
+        assert m("latentwatch_readings_scored_total") == 8
+        # A new fans model with another window: the fans' tails re-fitted, the pumps' kept.
+        new = stub_model(FAN_CH, window=3)
+        new.name, new.version = "fan", "1"
+        pumps_tail = pipeline.state.get((0, "pump-1")).tail
+        fans_life = pipeline.groups.groups[1].lifecycle
+        fans_life.watcher = _Watcher(new)  # what the watcher hands over once a new version validated
+        assert pipeline.lifecycle.between_batches() is None  # swapped by the groups, not the run loop
+        assert fans_life.model is new
+        assert pipeline.groups.groups[1].scorer.model is new and pipeline.groups.groups[1].scorer.group == "fans"
+        assert pipeline.state.get((0, "pump-1")).tail is pumps_tail
+        assert pipeline.state.get((1, "fan-1")).tail.shape == (1, 2)  # kept: shorter than the new W - 1
+        assert m("latentwatch_group_model_info", {"group": "fans", "name": "fan", "version": "1"}) == 1
+        assert m("latentwatch_group_model_info", {"group": "fans", "name": "fan", "version": "0"}) is None
+        assert pipeline.model is pump  # the primary group was not swapped
+    finally:
+        pipeline.lifecycle.close()
