@@ -314,3 +314,16 @@ def test_a_pipeline_with_groups_counts_per_group_and_swaps_one_groups_model_alon
         assert pipeline.model is pump  # the primary group was not swapped
     finally:
         pipeline.lifecycle.close()
+
+
+def test_alertmanager_alerts_carry_the_group_label_only_with_groups():
+    from latentwatch.pipeline.subscribers.alertmanager import episode_to_alertmanager, to_alertmanager
+
+    reading = {"sensor_id": "fan-1", "ts": "2026-12-01T10:00:00Z", "score": 5.0, "threshold": 1.0,
+               "severity": "critical", "top_channels": [{"channel": "x", "share": 0.9}],
+               "model": {"name": "fan", "version": "1", "group": "fans"}}
+    assert to_alertmanager(reading)["labels"]["group"] == "fans"
+    assert "group" not in to_alertmanager({**reading, "model": {"name": "fan", "version": "1"}})["labels"]
+    ep = {"event": "open", "sensor_id": "fan-1", "episode_id": "in/0/1/0", "started_at": "2026-12-01T10:00:00Z",
+          "ts": "2026-12-01T10:00:00Z", "severity": "warning", "model": {"name": "fan", "version": "1", "group": "fans"}}
+    assert [a["labels"]["group"] for a in episode_to_alertmanager(ep)] == ["fans"]
