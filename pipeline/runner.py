@@ -91,6 +91,8 @@ class Pipeline:
         # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
         # Model groups (groups.py): sensors routed to several models, each with its own lifecycle;
         # `groups`: (GroupSettings, LoadedModel, shadow LoadedModel | None) of each, the fallback last.
+        if s.groups and not groups:
+            raise UserError("groups are configured but their models were not given (cli/run.py, load_groups)")
         self.groups = GroupSet(self, groups) if groups else None
         self.lifecycle = self.groups.lifecycle if self.groups else \
             Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)

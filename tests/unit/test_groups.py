@@ -327,3 +327,28 @@ def test_alertmanager_alerts_carry_the_group_label_only_with_groups():
     ep = {"event": "open", "sensor_id": "fan-1", "episode_id": "in/0/1/0", "started_at": "2026-12-01T10:00:00Z",
           "ts": "2026-12-01T10:00:00Z", "severity": "warning", "model": {"name": "fan", "version": "1", "group": "fans"}}
     assert [a["labels"]["group"] for a in episode_to_alertmanager(ep)] == ["fans"]
+
+
+def test_a_groups_shadow_scores_that_groups_readings_only():
+    from latentwatch.pipeline.events import Committed
+    from latentwatch.pipeline.runner import Pipeline
+
+    settings = load_settings(None, {"groups": [{"name": "pumps", "match": "pump-*", "model": "p"},
+                                               {"name": "fans", "match": "fan-*", "model": "f"}],
+                                    "groups_fallback": "none", "metrics.port": None})
+    pump, fan, candidate = stub_model(PUMP_CH), stub_model(FAN_CH), stub_model(FAN_CH, threshold=1e9)
+    with pytest.raises(UserError, match="groups are configured"):
+        Pipeline(settings, pump)
+    pipeline = Pipeline(settings, pump, groups=[(GroupSpec("pumps", "pump-*", "p"), pump, None),
+                                                (GroupSpec("fans", "fan-*", "f", "c"), fan, candidate)])
+    try:
+        batch = pipeline.scorer.score(_stream(), pipeline.state, now=1_700_000_100.0)
+        pipeline.events.on_batch_committed(Committed(batch, 0.0, {}, 0, 0))
+        m = pipeline.metrics.registry.get_sample_value
+        # fan-1's anomalous reading alarms with the fans' model only; the other 5 fan readings neither
+        assert {a: m("latentwatch_shadow_readings_total", {"agreement": a}) for a in
+                ("both", "current_only", "candidate_only", "neither")} == \
+            {"both": 0, "current_only": 1, "candidate_only": 0, "neither": 5}
+        assert candidate.detector.calls == 1 and m("latentwatch_shadow_unpaired_readings_total") == 0
+    finally:
+        pipeline.lifecycle.close()
