@@ -26,11 +26,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import Counter, Gauge
-
 from latentwatch.pipeline import budget, records, state
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.events import Committed, Listener
@@ -38,10 +36,11 @@ from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.lifecycle.shadow import Shadow
 from latentwatch.pipeline.routing import MALFORMED, NO_GROUP, Router
 from latentwatch.pipeline.scorer import ScoredBatch
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("latentwatch.groups")
 
-__all__ = ["GroupSet", "GroupedScorer", "GroupedBatch", "Group", "GroupSpec", "group_specs"]
+__all__ = ["Group", "GroupSet", "GroupSpec", "GroupedBatch", "GroupedScorer", "group_specs"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class _View:
     (a key naming one sensor and a body another) is shown only if it fits this group's model,
     so another model's tail never reaches this one."""
 
-    __slots__ = ("store", "route", "index", "fit")
+    __slots__ = ("fit", "index", "route", "store")
 
     def __init__(self, store, route, index: int, fit: state.Fit):
         self.store, self.route, self.index, self.fit = store, route, index, fit
@@ -276,7 +275,7 @@ class GroupedLifecycle(Listener):
     """The run loop's lifecycle with groups: each group's, fed its part of each committed batch;
     a new version of a group's model is swapped in here (between batches), never by the run loop."""
 
-    def __init__(self, groupset: "GroupSet"):
+    def __init__(self, groupset: GroupSet):
         self.set = groupset
 
     def _each(self):
@@ -301,7 +300,7 @@ class GroupedLifecycle(Listener):
             new = group.lifecycle.between_batches()
             if new is not None:
                 self.set.swap(group.index, new)
-        return None  # the run loop's own swap is for a process without groups
+        # the run loop's own swap is for a process without groups
 
     def request_check(self) -> None:
         for life in self._each():

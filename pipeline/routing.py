@@ -20,7 +20,7 @@ import re
 
 import orjson
 
-__all__ = ["Router", "compile_rule", "NO_GROUP", "MALFORMED", "ROUTE_CACHE"]
+__all__ = ["MALFORMED", "NO_GROUP", "ROUTE_CACHE", "Router", "compile_rule"]
 
 NO_GROUP = -1  # route_message: a dead letter (no_group)
 MALFORMED = -2  # route_message: no sensor id to route on; any group's decoder dead-letters it

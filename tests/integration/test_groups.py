@@ -7,7 +7,6 @@ import json
 import time
 
 import numpy as np
-
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
 from latentwatch.detectors.checkpoint import save, summarise_training_data
 from latentwatch.pipeline.cli.run import load_groups

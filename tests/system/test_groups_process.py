@@ -9,7 +9,6 @@ import signal
 import time
 
 import numpy as np
-
 from latentwatch.detectors import QuantileThreshold, make_detector, sliding_windows, versions
 from latentwatch.detectors.checkpoint import save, summarise_training_data
 from latentwatch.pipeline.times import parse_time

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import orjson
 import pytest
-
 from latentwatch.pipeline import routing
 from latentwatch.pipeline.config import load_settings
 from latentwatch.pipeline.errors import UserError
@@ -131,7 +130,7 @@ def test_each_sensor_is_scored_by_its_groups_model_and_records_name_the_group():
     assert {(a["sensor_id"], a["model"]["group"], a["model"]["name"]) for a in alerts if a["kind"] == "reading"} == \
         {("pump-1", "pumps", "m3"), ("fan-1", "fans", "m2")}
     fan_alert = next(a for a in alerts if a["sensor_id"] == "fan-1" and a["kind"] == "reading")
-    assert [c["channel"] for c in fan_alert["top_channels"]][0] == "x"  # the fans model's channels
+    assert [c["channel"] for c in fan_alert["top_channels"]] == ["x", "y"]  # the fans model's channels
     assert {json.loads(v)["model"]["group"] for _, v in batch.latents} == {"pumps", "fans"}
     # Each group's model saw its own sensors only, in one call each.
     assert groups[0].model.detector.calls == 1 and groups[1].model.detector.calls == 1
@@ -168,7 +167,7 @@ def test_dead_letters_keep_their_original_positions_and_unmatched_sensors_are_no
 
 
 def test_a_cap_cuts_the_whole_batch_at_the_earliest_message_handed_back():
-    groups, gs = _groups(fallback=False)
+    _, gs = _groups(fallback=False)
     t0 = 1_700_000_000.0
     # pumps send 1 reading a message, fans 4 (a batch message): the cap is 6 readings.
     fan = lambda k, off: FakeMessage(json.dumps({"sensor_id": "fan-1", "readings": [
@@ -186,7 +185,7 @@ def test_a_cap_cuts_the_whole_batch_at_the_earliest_message_handed_back():
 
 
 def test_groups_that_together_pass_the_cap_are_cut_at_the_longest_prefix_within_it():
-    groups, gs = _groups(fallback=False)
+    _, gs = _groups(fallback=False)
     t0 = 1_700_000_000.0
     msgs = [_msg("pump-1" if i % 2 == 0 else "fan-1", t0 + i, [0.0] * (3 if i % 2 == 0 else 2), i) for i in range(10)]
     batch = gs.score(msgs, StateStore(), now=t0 + 100, max_readings=7)  # each group alone fits (5 each)
@@ -317,7 +316,10 @@ def test_a_pipeline_with_groups_counts_per_group_and_swaps_one_groups_model_alon
 
 
 def test_alertmanager_alerts_carry_the_group_label_only_with_groups():
-    from latentwatch.pipeline.subscribers.alertmanager import episode_to_alertmanager, to_alertmanager
+    from latentwatch.pipeline.subscribers.alertmanager import (
+        episode_to_alertmanager,
+        to_alertmanager,
+    )
 
     reading = {"sensor_id": "fan-1", "ts": "2026-12-01T10:00:00Z", "score": 5.0, "threshold": 1.0,
                "severity": "critical", "top_channels": [{"channel": "x", "share": 0.9}],
