@@ -19,6 +19,7 @@ import fnmatch
 import re
 
 import orjson
+from latentwatch.pipeline.decode.batch import MAX_SENSOR_ID_BYTES
 
 __all__ = ["MALFORMED", "NO_GROUP", "ROUTE_CACHE", "Router", "compile_rule"]
 
@@ -57,9 +58,10 @@ class Router:
         got = next((i for i, r in enumerate(self._rules) if r.fullmatch(sensor_id)), None)
         if got is None:
             got = NO_GROUP if self.fallback is None else self.fallback
-        if len(self._cache) >= ROUTE_CACHE:
-            self._cache.clear()
-        self._cache[sensor_id] = got
+        if len(sensor_id) <= MAX_SENSOR_ID_BYTES:  # a longer one is a dead letter (bad_sensor_id): not kept
+            if len(self._cache) >= ROUTE_CACHE:
+                self._cache.clear()
+            self._cache[sensor_id] = got
         return got
 
     def route_message(self, value: bytes | None, key: bytes | None) -> int:

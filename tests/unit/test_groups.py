@@ -61,6 +61,8 @@ def test_the_route_cache_is_bounded(monkeypatch):
         assert r.route(f"pump-{i}") == 0
         assert len(r._cache) <= 4
     assert r.route("fan-1") == 1
+    r._cache.clear()
+    assert r.route("pump-" + "x" * 10_000) == 0 and r._cache == {}  # too long for a sensor id: not kept
 
 
 def test_config_errors_are_one_clear_line():
