@@ -38,6 +38,7 @@ from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
+from latentwatch.pipeline.groups import GroupSet
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
@@ -60,7 +61,8 @@ log = logging.getLogger("latentwatch.run")
 class Pipeline:
     """One pipeline process: `run()` until `stop()` (or a signal handled by the caller)."""
 
-    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None):
+    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None,
+                 groups: list | None = None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
         self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
@@ -78,7 +80,13 @@ class Pipeline:
         self._set_model(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
-        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
+        # Model groups (groups.py): sensors routed to several models, each with its own lifecycle;
+        # `groups`: (GroupSettings, LoadedModel, shadow LoadedModel | None) of each, the fallback last.
+        if s.groups and not groups:
+            raise UserError("groups are configured but their models were not given (cli/run.py, load_groups)")
+        self.groups = GroupSet(self, groups) if groups else None
+        self.lifecycle = self.groups.lifecycle if self.groups else \
+            Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
         self.events = Fanout(m, self.health, self.lifecycle)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
@@ -253,11 +261,14 @@ class Pipeline:
         """Sensors evicted with an episode open get their close with this batch (in its transaction
         under exactly-once, beside their tombstones): kept until a batch carrying them commits."""
         evicted = self.state.take_evicted_open()
-        if evicted:
+        if evicted and self.groups is not None:
+            found = self.groups.evicted_close_records(evicted, detected_at=iso(time.time()))
+        elif evicted:
             found = records.evicted_close_records(
                 evicted, topic=self.settings.topics.input, model_name=self.model.name,
                 model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio,
                 detected_at=iso(time.time()))
+        if evicted:
             self._closes += [(r["sensor_id"].encode(), records.encode(r)) for r in found]
             log.info("%d sensors evicted with an episode open: closing them (reason evicted)", len(found))
         if not self._closes:
@@ -276,13 +287,19 @@ class Pipeline:
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
         # batch.max_output_bytes; a message holding more readings than that is a dead letter.
-        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        self.scorer, per_reading = self._new_scorer(model)
         self.sizing.for_model(budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading))
-        self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
-                             late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs,
-                             max_message_readings=s.batch.max_output_bytes // per_reading,
-                             per_reading=s.alerts.per_reading, schemas=self.schemas)
+
+    def _new_scorer(self, model, refs: bool | None = None) -> tuple[Scorer, int]:
+        """A scorer of `model` as this process runs it, and the most bytes of records one reading makes."""
+        s = self.settings
+        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
+                        late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
+                        latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs if refs is None else refs,
+                        max_message_readings=s.batch.max_output_bytes // per_reading,
+                        per_reading=s.alerts.per_reading, schemas=self.schemas)
+        return scorer, per_reading
 
     def _state_fits(self, model) -> str | None:
         """Why `model`'s per-sensor state records could not be produced (None: they can)."""

@@ -133,7 +133,10 @@ class _Judged:
 
 class Scorer:
     """Scores micro-batches for one model. `changelog`: return state records for the changelog;
-    `refs`: say which reading each score is of (shadow scoring pairs two models' readings)."""
+    `refs`: say which reading each score is of (shadow scoring pairs two models' readings).
+    `group`: the model group it scores for (groups.py), named in its records' `model.group`."""
+
+    group: str | None = None
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
                  critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False,
@@ -311,7 +314,7 @@ class Scorer:
             critical_ratio=self.critical_ratio, detected_at=detected_at,
             parts={name: v[raised] for name, v in s.parts.items()},
             rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
-            baselines=self._baseline_names(w, rows))
+            baselines=self._baseline_names(w, rows), model_group=self.group)
         out.severities = [r["severity"] for r in alerts]
         if self.per_reading:
             out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
@@ -322,12 +325,12 @@ class Scorer:
                 d.events, sources=sources(ev_rows), sensor_ids=sensor_of[at].tolist(), ts=ts[ev_rows],
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
                 model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
-                baselines=self._baseline_names(w, ev_rows))
+                baselines=self._baseline_names(w, ev_rows), model_group=self.group)
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
             out.latents = records.latent_records(sources(scored_idx), sensor_of.tolist(), iso_many(ts[scored_idx]),
-                                                 out.scores, s.latent, model_name, model_version)
+                                                 out.scores, s.latent, model_name, model_version, self.group)
 
     @staticmethod
     def _baseline_names(w: "_Windows", rows) -> list[str] | None:
