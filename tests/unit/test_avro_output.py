@@ -24,7 +24,12 @@ def decode(value: bytes, name: str) -> tuple[int, dict]:
     buf = io.BytesIO(value[5:])
     record = fastavro.schemaless_reader(buf, fastavro.parse_schema(load_schema(name)), None)
     assert buf.tell() == len(value) - 5
-    return schema_id, {k: v for k, v in record.items() if v is not None}
+    return schema_id, _without_nulls(record)
+
+
+def _without_nulls(record: dict) -> dict:
+    """The JSON record: the schema's optional fields (null when absent), left out at every level."""
+    return {k: (_without_nulls(v) if isinstance(v, dict) else v) for k, v in record.items() if v is not None}
 
 
 def alerts(baselines=None, parts=True):
