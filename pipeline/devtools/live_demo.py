@@ -104,34 +104,26 @@ def run_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
 
 
 def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: str):
-    from latentwatch.detectors import QuantileThreshold, WindowAutoencoder, sliding_windows
+    """What `latentwatch train` does with a CSV of the simulator's normal readings and their
+    `sensor_id` column: each sensor's baseline (and own model where it holds), the shared window
+    autoencoder on the readings standardised by their sensor's baseline, the alarm rules."""
+    from latentwatch.detectors import recipe
     from latentwatch.detectors.checkpoint import load, save, summarise_training_data
 
-    if isinstance(sim, FleetSimulator):
-        # Assets come one after another and each sits at its own operating point: hold out the
-        # last 20 % of *every* asset's readings (the last 20 % of the whole would be assets the
-        # model never saw), windowed per asset (a window across two assets is not normal).
-        per = 25_000 // sim.assets
-        data = sim.normal_training_data(per * sim.assets).reshape(sim.assets, per, -1)
-        cut = per * 4 // 5
-        train, held_out = data[:, :cut].reshape(-1, data.shape[2]), list(data[:, cut:])
-    else:
-        data = sim.normal_training_data(25_000)
-        train, held_out = data[:20_000], [data[20_000:]]
-    out(f"training a window autoencoder (window {opts.window}) on {len(train):,} simulated normal readings ...")
-
-    def progress(epoch, train_loss, val_loss):
-        out(f"  epoch {epoch:2d}  loss {train_loss:.4f}  validation {val_loss:.4f}")
-
+    n = 25_000
+    data = sim.normal_training_data(n)
+    per = -(-n // len(sim.sensor_ids))  # sensors (assets) one after another, in time order
+    ids = np.repeat(np.asarray(sim.sensor_ids), per)[:len(data)]
+    out(f"training a window autoencoder (window {opts.window}) on {len(data):,} simulated normal readings of "
+        f"{len(sim.sensor_ids)} sensors, each with its own baseline ...")
     t0 = time.monotonic()
-    det = WindowAutoencoder(window=opts.window, latent_dim=8, device="cpu").fit(
-        train, sim.channel_names, epochs=opts.epochs, seed=opts.seed, callback=progress)
-    # Threshold from held-out normal data only (no labels): its 99.9th percentile score.
-    threshold = QuantileThreshold(0.999).fit(np.concatenate([det.score(sliding_windows(h, det.window)).score
-                                                             for h in held_out]))
+    t = recipe.train(data, sim.channel_names, recipe.Recipe(model="window", window=opts.window, epochs=opts.epochs,
+                                                            seed=opts.seed, latent=8), sensor_ids=ids)
     path = f"{workdir}/model"
-    save(path, det, threshold, summarise_training_data(train, sim.channel_names), name="demo-window-ae")
-    out(f"trained in {time.monotonic() - t0:.1f} s; threshold {threshold.value:.4f}")
+    save(path, t.detector, t.threshold, summarise_training_data(data, sim.channel_names), name="demo-window-ae",
+         alarm=t.rule, baselines=t.baselines, own_alarm=t.own_rule)
+    out(f"trained in {time.monotonic() - t0:.1f} s; {t.baselines.owned} of {t.baselines.sensors} sensors with an "
+        f"own model; {t.rule.describe()}")
     return load(path, device="auto")
 
 
