@@ -67,7 +67,9 @@ def test_score_writes_one_row_per_input_row_in_order(trained):
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 300 and [int(r["row"]) for r in rows] == list(range(300))
     assert list(rows[0]) == (["row", "timestamp", "score", "threshold", "anomaly", "above", "rule", "statistic",
-                              "limit", "ewma", "reconstruction", "latent_distance"] + [f"latent_{i}" for i in range(8)])
+                              "limit", "ewma", "reconstruction", "latent_distance"] + [f"latent_{i}" for i in range(8)]
+                             + ["sensor_id", "baseline"])  # a model trained per sensor: whose reading, judged how
+    assert {r["sensor_id"] for r in rows} == {""} and {r["baseline"] for r in rows} == {"own"}  # the file's sensor
     assert rows[0]["timestamp"] == "2024-01-01 00:00:00" and rows[299]["timestamp"] == "2024-01-01 00:04:59"
     assert all(r["score"] == "" and r["anomaly"] == "0" and r["latent_0"] == "" for r in rows[:7])
     assert all(r["score"] != "" for r in rows[7:])

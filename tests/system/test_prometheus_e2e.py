@@ -129,7 +129,7 @@ def test_dashboard_queries_and_counters_on_a_running_pipeline(
     # traffic: N single-reading messages from 8 sensors, event times increasing per sensor;
     # 8 anomalies (one channel pushed far out), K bad messages of known reasons
     n_good, anomalies = 400, 8
-    bad = {"not_json": [b"\x00garbage", b"{\"sensor_id\": "],
+    bad = {"not_json": [b"\x01garbage", b"{\"sensor_id\": "],  # a first byte 0 is the schema wire format now
            "missing_channels": [{"sensor_id": "s1", "ts": time.time(), "values": {"c0": 1.0, "c1": 1.0}}],
            "schema": [{"sensor_id": "s2", "ts": time.time(), "values": "high"},
                       {"sensor_id": "s3", "values": {c: 0.0 for c in CH}}]}
