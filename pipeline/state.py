@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from latentwatch.detectors import health as _health
 from latentwatch.detectors.alarms import Episode, SensorAlarm
 from latentwatch.detectors.baselines import COLD_KEEP
+from latentwatch.detectors.health import HealthEpisode, SensorHealth
 
 Key = tuple[int, str]  # (input partition, sensor id)
 
@@ -80,6 +82,19 @@ class Entry:
     valid_at: int = -1  # input offset from which this entry is the sensor's state (changelog only)
     alarm: SensorAlarm | None = None  # the alarm rule's EWMA and open episode (None: a new sensor)
     baseline: Baseline | None = None  # cold start of a sensor the model has no baseline of (None: it has)
+    health: SensorHealth | None = None  # sensor health (detectors/health.py): runs, last values, open episodes
+    control: "Control | None" = None  # the operator's commands in effect (mute, accept; pipeline/control.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """The operator's commands in effect for a sensor: muted until `mute_until` (event time; 0:
+    not muted), `suppressed` alarms counted while muted, and `applied` the event time of the
+    last command applied (an older or equal one is a repeat: idempotent)."""
+
+    mute_until: float = 0.0
+    applied: float = float("-inf")
+    suppressed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +164,22 @@ def _check_last_ts(e: Entry, fit: Fit) -> str | None:
 
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
 # A new kind of state adds its own here; its reason becomes a label value.
+def _check_health(e: Entry, fit: Fit) -> str | None:
+    """Sensor health: last values and runs of the model's channels, episodes that make sense."""
+    return None if _health.check(e.health, fit.channels) else "health"
+
+
+def _check_control(e: Entry, fit: Fit) -> str | None:
+    c = e.control
+    ok = c is None or (np.isfinite(c.mute_until) and c.mute_until >= 0 and c.suppressed >= 0
+                       and not np.isnan(c.applied))
+    return None if ok else "control"
+
+
 ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm, _check_last_ts,
-                                                          _check_baseline]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline")
+                                                          _check_baseline, _check_health, _check_control]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline", "health",
+                "control")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:
@@ -304,7 +332,8 @@ class StateStore:
             alarm = SensorAlarm(float("nan"), e.alarm.episode) if e.alarm is not None else None
             baseline = e.baseline if e.baseline is not None and _check_baseline(e, Fit(window, channels)) is None \
                 else None
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm, baseline)
+            health = e.health if e.health is not None and _health.check(e.health, channels) else None
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm, baseline, health, e.control)
         self.expect(window, channels)
         self._recount()
 
@@ -318,10 +347,15 @@ class StateStore:
 # by this module only. b"LWS3" adds, after each entry's alarm state, whether its last reading was
 # over the instant limit (B, the alarm rule's `hot`) and its cold start: has_baseline
 # (B), seen (q), rows, channels (II), first float32[rows*channels], learned (B), center and scale
-# float32[channels] each. b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
+# float32[channels] each. b"LWS4" adds, after the cold start, the sensor's health (has (B); channels
+# (I), last float32[C], run int32[C]; per rule stuck, flatline, silent: has (B), ref qqq, started_ts
+# d, n (I), channels uint32[n], values float64[n]) and the operator's control (has (B), mute_until d,
+# applied d, suppressed q). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
 # still read, without the state they did not have.
-_MAGIC, _MAGIC2, _MAGIC1 = b"LWS3", b"LWS2", b"LWS1"
+_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS4", b"LWS3", b"LWS2", b"LWS1"
+_HEP = struct.Struct("<BqqqdI")
+_CONTROL = struct.Struct("<Bddq")
 _BASE = struct.Struct("<BqII")
 _HEAD = struct.Struct("<qdBddII")
 _HEAD1 = struct.Struct("<qdBddqII")
@@ -346,14 +380,35 @@ def _pack_one(e: Entry | None) -> bytes:
     out += bytes([bool(a is not None and a.hot)])
     b = e.baseline
     if b is None:
-        return out + _BASE.pack(0, 0, 0, 0)
-    f = np.ascontiguousarray(b.first, dtype="<f4")
-    rows, ch = (f.shape[0], f.shape[1]) if f.ndim == 2 else (0, 0)
-    out += _BASE.pack(1, b.seen, rows, ch) + f.tobytes() + bytes([b.center is not None])
-    if b.center is not None:
-        c = np.ascontiguousarray(b.center, dtype="<f4")
-        out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
+        out += _BASE.pack(0, 0, 0, 0)
+    else:
+        f = np.ascontiguousarray(b.first, dtype="<f4")
+        rows, ch = (f.shape[0], f.shape[1]) if f.ndim == 2 else (0, 0)
+        out += _BASE.pack(1, b.seen, rows, ch) + f.tobytes() + bytes([b.center is not None])
+        if b.center is not None:
+            c = np.ascontiguousarray(b.center, dtype="<f4")
+            out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
+    return out + _pack_health(e.health) + _pack_control(e.control)
+
+
+def _pack_health(h: SensorHealth | None) -> bytes:
+    if h is None:
+        return b"\x00"
+    last = np.ascontiguousarray(h.last, dtype="<f4")
+    out = b"\x01" + struct.pack("<I", len(last)) + last.tobytes() + np.ascontiguousarray(h.run, dtype="<i4").tobytes()
+    for ep in (h.stuck, h.flat, h.silent):
+        if ep is None:
+            out += _HEP.pack(0, 0, 0, 0, 0.0, 0)
+            continue
+        n = len(ep.channels)
+        values = tuple(ep.value) + (0.0,) * (n - len(ep.value)) if len(ep.value) <= n else tuple(ep.value)[:n]
+        out += _HEP.pack(1, *ep.ref, ep.started_ts, n) + np.asarray(ep.channels, "<u4").tobytes() \
+            + np.asarray(values, "<f8").tobytes()
     return out
+
+
+def _pack_control(c: "Control | None") -> bytes:
+    return _CONTROL.pack(0, 0.0, 0.0, 0) if c is None else _CONTROL.pack(1, c.mute_until, c.applied, c.suppressed)
 
 
 def pack(entry: Entry, before: Entry | None, written_at: float | None = None) -> bytes:
@@ -386,7 +441,40 @@ def _unpack_baseline(buf: memoryview, pos: int) -> tuple[Baseline | None, int]:
     return Baseline(int(seen), first, center, scale), pos
 
 
-def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[Entry | None, int]:
+def _unpack_health(buf: memoryview, pos: int) -> tuple[SensorHealth | None, int]:
+    has = buf[pos]
+    pos += 1
+    if not has:
+        return None, pos
+    (c,) = struct.unpack_from("<I", buf, pos)
+    pos += 4
+    if c > 1 << 16 or pos + 8 * c > len(buf):
+        raise ValueError("health runs past the record")
+    last = np.frombuffer(bytes(buf[pos:pos + 4 * c]), dtype="<f4").astype(np.float32)
+    run = np.frombuffer(bytes(buf[pos + 4 * c:pos + 8 * c]), dtype="<i4").astype(np.int32)
+    pos += 8 * c
+    eps = []
+    for rule in range(3):
+        has_ep, p, o, i, started, n = _HEP.unpack_from(buf, pos)
+        pos += _HEP.size
+        if not has_ep:
+            eps.append(None)
+            continue
+        if n > 1 << 16 or pos + 12 * n > len(buf):
+            raise ValueError("health episode runs past the record")
+        channels = tuple(np.frombuffer(bytes(buf[pos:pos + 4 * n]), dtype="<u4").tolist())
+        values = tuple(np.frombuffer(bytes(buf[pos + 4 * n:pos + 12 * n]), dtype="<f8").tolist())
+        pos += 12 * n
+        eps.append(HealthEpisode(rule, (p, o, i), started, channels, values))
+    return SensorHealth(last, run, *eps), pos
+
+
+def _unpack_control(buf: memoryview, pos: int) -> tuple["Control | None", int]:
+    has, mute_until, applied, suppressed = _CONTROL.unpack_from(buf, pos)
+    return (Control(mute_until, applied, suppressed) if has else None), pos + _CONTROL.size
+
+
+def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool = False) -> tuple[Entry | None, int]:
     if v1:
         valid_at, last_ts, has_thr, mean, var, _persist, rows, channels = _HEAD1.unpack_from(buf, pos)
         pos += _HEAD1.size
@@ -417,7 +505,11 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[
         if alarm is not None and hot:
             alarm = SensorAlarm(alarm.z, alarm.episode, True)
         baseline, pos = _unpack_baseline(buf, pos)
-    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline), pos
+    health = control = None
+    if v4:
+        health, pos = _unpack_health(buf, pos)
+        control, pos = _unpack_control(buf, pos)
+    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline, health, control), pos
 
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
@@ -429,13 +521,14 @@ def unpack(value: bytes) -> tuple[Entry, Entry | None]:
 def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
     """(entry, the entry before it, the wall time it was written or None for a record of a
     version before that was kept: readers of either version read both)."""
-    if not value or value[:4] not in (_MAGIC, _MAGIC2, _MAGIC1):
+    if not value or value[:4] not in (_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1):
         raise ValueError("not a latentwatch state record")
-    v1, v3 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v1, v4 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v3 = v4 or value[:4] == _MAGIC3
     buf = memoryview(value)
     try:
-        entry, pos = _unpack_one(buf, 4, v1, v3)
-        before, pos = _unpack_one(buf, pos, v1, v3)
+        entry, pos = _unpack_one(buf, 4, v1, v3, v4)
+        before, pos = _unpack_one(buf, pos, v1, v3, v4)
     except (struct.error, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:
