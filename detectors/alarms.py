@@ -128,11 +128,13 @@ class AlarmRule:
 
     # -- the decision -----------------------------------------------------------------------------
     def step(self, keys, scores: np.ndarray, ts: np.ndarray, refs: np.ndarray, prior: dict,
-             instant: np.ndarray | float | None = None) -> tuple[Decision, dict]:
+             instant: np.ndarray | float | None = None, resets: np.ndarray | None = None) -> tuple[Decision, dict]:
         """Decide readings `scores` [m] of sensors `keys` [m] (a sensor's readings in time order;
         sensors may interleave), with event times `ts` [m] and reading ids `refs` [m, 3], given
         `prior` {key: SensorAlarm}. `instant`: per-reading instant limits (an adaptive threshold),
-        default the rule's. Pure: returns the decision and the posterior of every sensor seen."""
+        default the rule's. `resets` [m] bool: the sensor was silent before this reading (issue 30:
+        detectors/health.py); an episode open then closes first, event `close:silent`. Pure:
+        returns the decision and the posterior of every sensor seen."""
         scores = np.asarray(scores, np.float64)
         m = len(scores)
         inst = np.full(m, self.instant) if instant is None else np.broadcast_to(np.asarray(instant, np.float64), (m,))
@@ -164,28 +166,37 @@ class AlarmRule:
         events, posterior = [], {}
         ts_sorted = np.asarray(ts, np.float64)[order]
         refs_sorted = np.asarray(refs, np.int64).reshape(m, 3)[order]
+        reset_sorted = np.asarray(resets, bool)[order] if resets is not None else None
         for k, key in enumerate(uniq):
             lo, hi = int(ends[k] - counts[k]), int(ends[k])
             ep = priors[k].episode if priors[k] is not None else None
             if ep is not None or alarm_sorted[lo:hi].any():
                 ep = self._episodes(key, ep, lo, hi, alarm_sorted, rule_sorted, margin, s_sorted, ts_sorted,
-                                    refs_sorted, order, events)
+                                    refs_sorted, order, events, reset_sorted)
             posterior[key] = SensorAlarm(float(z[hi - 1]), ep, bool(fire_i[hi - 1]))
         out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
         for arr, src in zip(out, (alarm_sorted, rule_sorted, stat_sorted, limit_sorted, ez)):
             arr[order] = src
         return Decision(*out, events), posterior
 
-    def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events) -> Episode | None:
+    def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events,
+                  reset=None) -> Episode | None:
         """Walk one sensor's readings [lo, hi) of the sorted arrays: open, update, close its episodes.
         Python per alarmed reading only; a sensor without alarms is skipped when nothing is open."""
-        hits = np.flatnonzero(alarm[lo:hi]) + lo
+        marked = alarm[lo:hi] if reset is None else alarm[lo:hi] | reset[lo:hi]
+        hits = np.flatnonzero(marked) + lo
         pos = lo
         for j in hits.tolist():
             if ep is not None and ep.below + (j - pos) >= self.close_after:  # closed in the gap before j
                 at = self._close_at(pos, ep)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 ep = None
+            if reset is not None and reset[j] and ep is not None:  # silent before j: closed, reason silent
+                events.append(("close:silent", int(order[j]), key, replace(ep, below=ep.below + (j - pos))))
+                ep = None
+            if not alarm[j]:
+                pos = j
+                continue
             if ep is None:
                 ep = Episode(tuple(int(v) for v in refs[j]), float(ts[j]), int(rule[j]), float(margin[j]),
                              float(score[j]), float(ts[j]), 1, 0, float(ts[j]))

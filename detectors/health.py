@@ -316,3 +316,24 @@ def check(h: SensorHealth | None, channels: int) -> bool:
         if ep is not None and (not math.isfinite(ep.started_ts) or any(c < 0 or c >= channels for c in ep.channels)):
             return False
     return True
+
+
+def judge(rule: HealthRule, sensor_ids, values: np.ndarray, ts: np.ndarray) -> list[Event]:
+    """`score`'s health episodes: a file's readings (any sensors, in file order = one partition)
+    through `step` at once, sensors silent at the end included; events in event-time order
+    (`Event.key` the sensor id, `row` the file row). The stream gives the same (per partition)."""
+    return judge_marks(rule, sensor_ids, values, ts)[0]
+
+
+def judge_marks(rule: HealthRule, sensor_ids, values, ts) -> tuple[list[Event], np.ndarray, list]:
+    """`judge` with the per-row marks (bit 0 stuck, bit 1 flatline open) and the silences."""
+    ids = np.asarray(sensor_ids).astype(str)
+    keys, first = np.unique(ids, return_index=True)
+    keys = keys[np.argsort(first)].tolist()
+    index = {k: i for i, k in enumerate(keys)}
+    key_of_row = np.array([index[s] for s in ids.tolist()], np.int64)
+    n = len(ids)
+    refs = np.stack([np.zeros(n, np.int64), np.arange(n), np.zeros(n, np.int64)], 1)
+    events, _post, marks, silences = rule.step(key_of_row, keys, np.asarray(values, np.float32),
+                                               np.asarray(ts, np.float64), refs, {}, {}, -np.inf)
+    return sorted(events, key=lambda e: e.ts), marks, silences

@@ -20,6 +20,12 @@ Steps, in order:
    episodes), alert, episode and latent records; a non-finite score (impossible after step 3,
    kept as a guard) becomes the largest finite float, so it alerts and never reaches a metric as NaN;
 6. the new state entries of the sensors touched, and their changelog records when enabled.
+
+Sensor health (issue 30, detectors/health.py) runs between steps 4 and 5 on every kept reading,
+per partition in offset order: stuck, flatline and silent episodes (`kind: health` records), marks
+on the process alerts of a stuck or flatlined sensor, and the silences that close a process
+episode (reason `silent`); sensors of the partition without a reading here are checked for silence
+too (`StateStore.silent_due`) and get new entries.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class ScoredBatch:
     refs: np.ndarray | None = None  # [scored, 3] (partition, offset, index) of each scored reading (`refs=True`)
     now: float | None = None  # the wall time the batch was judged against (future timestamps)
     episodes: list[str] = field(default_factory=list)  # the event (open, update, close) of each episode record
+    health: list[tuple[str, str]] = field(default_factory=list)  # (rule, event) of each health record
 
     @property
     def n_scored(self) -> int:
@@ -114,6 +121,7 @@ class _Windows:
     pos: np.ndarray  # index of each reading in its message
     own: np.ndarray | None = None  # [readings] own model index (-1: the shared model); None: no baselines
     state: np.ndarray | None = None  # [readings] int8 index into baselines.STATES
+    health: "_HealthOut | None" = None  # sensor health of the batch (None: the model has no health rule)
 
 
 @dataclass
@@ -129,6 +137,7 @@ class _Judged:
     severities: list = field(default_factory=list)
     latents: list = field(default_factory=list)
     episodes: list = field(default_factory=list)
+    health: list = field(default_factory=list)
 
 
 class Scorer:
@@ -161,6 +170,7 @@ class Scorer:
         self.rule = model.alarm
         self.baselines = getattr(model, "baselines", None)  # per-sensor baselines (detectors/baselines.py)
         self.own_rule = getattr(model, "own_alarm", None)
+        self.health = getattr(model, "health", None)  # detectors/health.py HealthRule (None: no health rules)
         if self.baselines is not None and self._mean is not None:  # the range in raw units: the fleet baseline's
             b = self.baselines
             self._mean = b.fleet_center.astype(np.float64) + b.fleet_scale * self._mean
@@ -179,13 +189,17 @@ class Scorer:
         if not b.valid:
             return ScoredBatch(b.messages, b.dead, [], [], [], np.empty(0), 0, offsets=b.offsets, rest=b.rest, now=now)
         w = self._windows(b, store)  # step 4
+        if self.health is not None:  # sensor health (issue 30)
+            w.health = _health_step(self.health, b, w, store)
         out = self._judge(b, w, store) if len(w.scored_idx) else _Judged()  # step 5
+        if w.health is not None:
+            _health_finish(self, b, w, out, store)
         changelog = ([(key[0], key[1].encode(), state.pack(entry, store.get(key))) for key, entry in w.updates.items()]
                      if self.changelog else [])  # step 6
         return ScoredBatch(b.messages, b.dead, out.alerts, out.severities, out.latents, out.scores, len(b.values),
                            w.updates, changelog, float(b.ts.max()), values=b.values, latent=out.latent,
                            flagged=out.flagged, offsets=b.offsets, inference_s=out.inference_s, rest=b.rest,
-                           refs=out.refs, now=now, episodes=out.episodes)
+                           refs=out.refs, now=now, episodes=out.episodes, health=out.health)
 
     # -- steps 1-3: decode, then the late policy and the range check ---------------------------
     def _decode(self, messages, store, now: float, max_readings: int | None) -> "_Kept":
@@ -280,7 +294,7 @@ class Scorer:
         reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
                                  np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], w.pos[scored_idx]], 1)
         d = self._alarms(w.keys, key_idx, scores64, thresholds, b.ts[scored_idx], reading_refs,
-                         w.updates, store, own_mask)
+                         w.updates, store, own_mask, w.health.resets[scored_idx] if w.health is not None else None)
         out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
                       refs=reading_refs if self.refs else None)
         self._records(out, b, w, s, d, sensor_of, thresholds)
@@ -306,17 +320,29 @@ class Scorer:
             parts={name: v[raised] for name, v in s.parts.items()},
             rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
             baselines=self._baseline_names(w, rows))
+        if w.health is not None:
+            _mark(alerts, w.health.marks[rows])
         out.severities = [r["severity"] for r in alerts]
         if self.per_reading:
             out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
         if d.events:
             at = np.array([e[1] for e in d.events], np.int64)
             ev_rows = scored_idx[at]
+            silent = [e[0] == "close:silent" for e in d.events]  # closed by a silence: at its start
+            ev_ts = ts[ev_rows].astype(np.float64)
+            for i in np.flatnonzero(silent).tolist():
+                ev_ts[i] = w.health.started[int(ev_rows[i])]
             episodes = records.episode_records(
-                d.events, sources=sources(ev_rows), sensor_ids=sensor_of[at].tolist(), ts=ts[ev_rows],
+                [("close",) + e[1:] if q else e for e, q in zip(d.events, silent)], sources=sources(ev_rows),
+                sensor_ids=sensor_of[at].tolist(), ts=ev_ts,
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
                 model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
                 baselines=self._baseline_names(w, ev_rows))
+            for r, q in zip(episodes, silent):
+                if q:
+                    r["reason"] = "silent"
+            if w.health is not None:
+                _mark(episodes, w.health.marks[ev_rows])
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
@@ -368,17 +394,17 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
-    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store, own_mask=None):
+    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store, own_mask=None, resets=None):
         """The alarm rule over the scored readings (`key_idx`: each one's index into `keys`): its
         per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`.
         Readings scored by their sensor's own model (`own_mask`) are judged by the own models' rule."""
         prior = {k: e.alarm for k in np.unique(key_idx).tolist()
                  if (e := store.get(keys[k])) is not None and e.alarm is not None}
         if own_mask is None:
-            d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
+            d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant, resets=resets)
         else:
             d, posterior = _step_split(((self.own_rule, own_mask), (self.rule, ~own_mask)), key_idx, scores, ts, refs,
-                                       prior, instant)
+                                       prior, instant, resets)
         for k, a in posterior.items():
             key = keys[k]
             if key in updates:
@@ -445,7 +471,7 @@ class _Base:
         return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
 
 
-def _step_split(rules, keys, scores, ts, refs, prior, instant):
+def _step_split(rules, keys, scores, ts, refs, prior, instant, resets=None):
     """`AlarmRule.step` of each (rule, mask) on its readings, merged back into one Decision in
     the readings' order (event positions too). A sensor's readings are all under one rule."""
     from latentwatch.detectors.alarms import Decision
@@ -457,7 +483,8 @@ def _step_split(rules, keys, scores, ts, refs, prior, instant):
         sub = np.flatnonzero(mask)
         if not len(sub):
             continue
-        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub])
+        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub],
+                            resets=resets[sub] if resets is not None else None)
         for arr, src in zip(out, (d.alarm, d.rule, d.statistic, d.limit, d.ewma)):
             arr[sub] = src
         events += [(e, int(sub[p]), k, ep) for e, p, k, ep in d.events]
@@ -484,3 +511,95 @@ def _next_offsets(messages) -> dict[tuple[str, int], int]:
     (consume order, and what `Source.put_back` returns goes first), so the last one wins."""
     return {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
 
+
+
+# -- sensor health (issue 30; detectors/health.py): between steps 4 and 5, then after 5 ----------
+@dataclass
+class _HealthOut:
+    marks: np.ndarray  # [readings] int8: bit 0 stuck, bit 1 flatline open at the reading
+    resets: np.ndarray  # [readings] bool: the sensor was silent before this reading
+    started: dict  # reading row -> start of the silence before it
+    events: list  # (health.Event, reading row or -1)
+    silent_end: list  # (key, started_ts): silent at the end of the batch
+    idle: dict  # key -> new entry of a sensor without a reading here that fell silent
+
+
+def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
+    """The health rules per partition over the batch's kept readings (offset order), the
+    partition's other sensors checked for silence; new health state into `w.updates`."""
+    n = len(b.values)
+    out = _HealthOut(np.zeros(n, np.int8), np.zeros(n, bool), {}, [], [], {})
+    part_msg = np.array([m.partition() for m, _ in b.valid], np.int64)
+    off_msg = np.array([m.offset() for m, _ in b.valid], np.int64)
+    part_row, key_row = part_msg[w.msg_of], w.msg_key[w.msg_of]
+    topic = b.valid[0][0].topic()
+    for p in np.unique(part_row).tolist():
+        rows = np.flatnonzero(part_row == p)
+        kidx = np.unique(key_row[rows])
+        keys = [w.keys[g] for g in kidx.tolist()]
+        prior, last = {}, {}
+        for i, key in enumerate(keys):
+            e = store.get(key)
+            if e is not None:
+                last[i] = e.last_ts
+                if e.health is not None:
+                    prior[i] = e.health
+        wm0 = store.watermark(p)
+        wm_end = max(wm0, float(b.ts[rows].max()))
+        present = set(keys)
+        idle = {key: (e.last_ts, e.health) for key, e in store.silent_due(p, wm_end, rule.silent_s)
+                if key not in present}
+        refs = np.stack([part_row[rows], off_msg[w.msg_of[rows]], w.pos[rows]], 1)
+        events, post, marks, silences = rule.step(np.searchsorted(kidx, key_row[rows]), keys, b.values[rows],
+                                                  b.ts[rows], refs, prior, last, wm0, idle)
+        out.marks[rows] = marks
+        for i, key in enumerate(keys):
+            w.updates[key] = dataclasses.replace(w.updates[key], health=post[i])
+        for key in idle:
+            if key in post:
+                out.idle[key] = dataclasses.replace(store.get(key), health=post[key], valid_at=b.offsets[(topic, p)])
+        for key, r, started in silences:
+            if r >= 0:
+                out.resets[rows[r]] = True
+                out.started[int(rows[r])] = started
+            else:
+                out.silent_end.append((key, started))
+        out.events += [(e, int(rows[e.row]) if e.row >= 0 else -1) for e in events]
+    return out
+
+
+def _health_finish(scorer: "Scorer", b: "_Kept", w: "_Windows", out: "_Judged", store) -> None:
+    """After step 5: health records; a process episode open when its sensor fell silent closes
+    (reason silent, at the silence's start); the idle sensors' new entries join the updates."""
+    h = w.health
+    model, version, at = scorer.model.name, str(scorer.model.version), iso(time.time())
+    topic = b.valid[0][0].topic()
+    w.updates.update(h.idle)
+    closes = []
+    for key, started in h.silent_end:
+        e = w.updates[key]
+        if e.alarm is not None and e.alarm.episode is not None:
+            closes.append((key, e.alarm.episode, started))
+            w.updates[key] = dataclasses.replace(e, alarm=state.SensorAlarm(e.alarm.z, None, e.alarm.hot))
+    if closes:
+        recs = records.reason_close_records(closes, "silent", topic=topic, model_name=model, model_version=version,
+                                            critical_ratio=scorer.critical_ratio, detected_at=at)
+        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
+        out.episodes += [r["event"] for r in recs]
+    if h.events:
+        src = _sources(b.valid, w.msg_of, w.pos, np.array([max(r, 0) for _, r in h.events], np.int64))
+        recs = records.health_records([e for e, _ in h.events], [s if r >= 0 else None for s, (_, r) in
+                                                                 zip(src, h.events)],
+                                      topic=topic, model_name=model, model_version=version, detected_at=at,
+                                      channels=scorer.channels)
+        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
+        out.health = [(r["rule"], r["event"]) for r in recs]
+
+
+def _mark(recs: list[dict], marks: np.ndarray) -> None:
+    """Process alerts of a sensor with a stuck or flatline episode open are marked, not held back."""
+    from latentwatch.detectors.health import MARKS
+
+    for r, m in zip(recs, marks.tolist()):
+        if m:
+            r["sensor_health"] = MARKS[m]

@@ -214,12 +214,42 @@ class StateStore:
         self._last_sweep = time.monotonic()
         self._cold = Counter()  # entries by baseline_state(): kept as entries change, read per batch
         self._evicted_open: list[tuple[Key, Entry]] = []  # evicted with an episode open: to be closed
+        self._wm: dict[int, float] = {}  # per partition: the newest event time of its entries (silent rule)
+        self._min_last: dict[int, float] = {}  # per partition: a lower bound of its not-silent entries' last_ts
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Key) -> Entry | None:
         return self._entries.get(key)
+
+    def watermark(self, partition: int) -> float:
+        """The partition's newest event time as of the committed state (detectors/health.py, silent)."""
+        return self._wm.get(partition, float("-inf"))
+
+    def silent_due(self, partition: int, watermark: float, silent_s: float) -> list[tuple[Key, Entry]]:
+        """The partition's entries not yet silent whose last reading is more than `silent_s` before
+        `watermark`. A full scan only when the partition's oldest not-silent reading may be that old
+        (a cached lower bound): about once per reporting interval, not per batch. Read only, but for
+        that cache (a lower bound stays one whatever is committed or rewound)."""
+        if watermark - silent_s <= self._min_last.get(partition, float("-inf")):
+            return []
+        due, low = [], float("inf")
+        for key, e in self._entries.items():
+            if key[0] != partition or (e.health is not None and e.health.silent is not None):
+                continue
+            low = min(low, e.last_ts)
+            if watermark > e.last_ts + silent_s:
+                due.append((key, e))
+        self._min_last[partition] = low
+        return due
+
+    def _note_times(self, key: Key, entry: Entry) -> None:
+        p = key[0]
+        if entry.last_ts > self._wm.get(p, float("-inf")):
+            self._wm[p] = entry.last_ts
+        if (entry.health is None or entry.health.silent is None) and entry.last_ts < self._min_last.get(p, float("inf")):
+            self._min_last[p] = entry.last_ts
 
     def baseline_counts(self) -> dict[str, int]:
         """Entries by baseline state: `fleet` (cold start, still learning), `learned`, and `own`
@@ -246,6 +276,7 @@ class StateStore:
             self._entries[key] = entry
             self._entries.move_to_end(key)
             self._seen[key] = now
+            self._note_times(key, entry)
         evicted: dict[str, list[Key]] = {"capacity": [], "idle": []}
         while len(self._entries) > self.max_sensors:
             key, gone = self._entries.popitem(last=False)
@@ -309,12 +340,17 @@ class StateStore:
             self._entries[key] = keep[key]
             self._entries.move_to_end(key)
             self._seen[key] = now - ago
+            self._note_times(key, keep[key])
+            self._min_last[key[0]] = float("-inf")  # rescan restored partitions
         self._recount()
         evicted = self.apply({}, now)
         evicted["idle"] = idle + evicted["idle"]
         return Loaded(dict(dropped), evicted)
 
     def drop_partitions(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._wm.pop(p, None)
+            self._min_last.pop(p, None)
         for key in [k for k in self._entries if k[0] in partitions]:
             self._count(self._entries.pop(key), -1)
             self._seen.pop(key, None)

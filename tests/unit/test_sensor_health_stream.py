@@ -1,0 +1,104 @@
+"""Issue 30.1 in the stream: a frozen sensor and a silent one give health episodes (kind health)
+through the run loop, the same as `score`'s (detectors.health.judge) over the same readings; a
+silent sensor's open process episode closes with reason silent; process alerts of a frozen
+sensor are marked."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from latentwatch.detectors.alarms import AlarmRule
+from latentwatch.detectors.health import HealthRule, judge
+from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.times import iso
+
+from tests.support.fakes import messages
+from tests.support.stub_model import stub_model
+
+NOW = 1_800_000_000.0
+CH = ["a", "b", "c"]
+
+
+class _Sink:
+    def __init__(self):
+        self.alerts, self.tombstones, self.truncated = [], [], 0
+
+    def produce_batch(self, batch, state_topic, tombstones):
+        self.alerts += [json.loads(v) for _, v in batch.alerts]
+
+
+class _Committer:
+    def begin(self):
+        pass
+
+    def commit(self, offsets):
+        pass
+
+
+def _readings(seed=0):
+    """Three sensors, one reading each per second for 400 s: `frozen` repeats its message from
+    t=100 (a gateway fault), `quiet` stops at t=150 and is back at t=300, `spiky` alarms at
+    t=140-149 (an open process episode) and stops at t=150 for good; `ok` is normal."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(400):
+        for sid in ("ok", "frozen", "quiet", "spiky"):
+            v = rng.normal(0, 1, 3).round(4).tolist()
+            if sid == "frozen" and t >= 100:
+                v = [0.25, -0.5, 1.0]
+            if sid == "quiet" and 150 <= t < 300:
+                continue
+            if sid == "spiky":
+                if t >= 150:
+                    continue
+                if t >= 140:
+                    v = [9.0, 9.0, 9.0]
+            out.append({"sensor_id": sid, "ts": NOW + t, "values": v})
+    return out
+
+
+def _model():
+    model = stub_model(window=1, threshold=30.0)
+    model.alarm = AlarmRule(instant=30.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=50)
+    model.health = HealthRule.fit(np.random.default_rng(1).normal(0, 1, (5000, 3)), CH, silent_s=60.0)
+    return model
+
+
+def _stream(payloads, batch):
+    from latentwatch.pipeline.runner import Pipeline
+
+    p = Pipeline(Settings(batch={"max_future_s": 10**9}, topics={"input": "in"}), _model())
+    p.sink, p.committer, p.state_topic = _Sink(), _Committer(), "changelog"
+    for i in range(0, len(payloads), batch):
+        p.process(messages(payloads[i:i + batch], first_offset=i), limit=10**6)
+    return p.sink.alerts
+
+
+def test_frozen_and_silent_sensors_give_the_same_health_episodes_in_the_stream_and_in_score():
+    payloads = _readings()
+    rule = _model().health
+    ids = [r["sensor_id"] for r in payloads]
+    events = judge(rule, ids, np.array([r["values"] for r in payloads], np.float32),
+                   np.array([r["ts"] for r in payloads]))
+    offline = [(e.event, e.rule, e.key, iso(e.ts)) for e in events]
+    assert offline == [("open", "flatline", "frozen", iso(NOW + 100 + rule.flat_n)),
+                       ("open", "silent", "quiet", iso(NOW + 149 + 60)),
+                       ("open", "silent", "spiky", iso(NOW + 149 + 60)),
+                       ("close", "silent", "quiet", iso(NOW + 300))]
+    for batch in (7, 64, 2000):  # live batches and a replay's big ones
+        alerts = _stream(payloads, batch)
+        health = [(a["event"], a["rule"], a["sensor_id"], a["ts"]) for a in alerts if a["kind"] == "health"]
+        assert sorted(health) == sorted(offline), batch
+        closes = [a for a in alerts if a["kind"] == "episode" and a["event"] == "close"]
+        assert [(a["sensor_id"], a.get("reason"), a["ts"]) for a in closes] == [("spiky", "silent", iso(NOW + 209))]
+
+
+def test_health_records_carry_rule_evidence_and_their_own_ids():
+    alerts = _stream(_readings(), 50)
+    flat = next(a for a in alerts if a["kind"] == "health" and a["rule"] == "flatline")
+    assert flat["evidence"]["values"] == {"a": 0.25, "b": -0.5, "c": 1.0}
+    assert flat["evidence"]["readings"] >= 30 and flat["episode_id"].startswith("flatline:in/0/")
+    silent = next(a for a in alerts if a["kind"] == "health" and a["rule"] == "silent")
+    assert silent["evidence"]["limit_s"] == 60.0 and silent["started_at"] == iso(NOW + 209)
