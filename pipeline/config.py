@@ -131,6 +131,20 @@ class HealthSettings(BaseModel):
                                  "the longest a Kafka call may block (a transaction: shutdown_timeout_s + 5)")
 
 
+class SensorHealthSettings(BaseModel):
+    """Sensor health rules (issue 30, docs/sensor-health.md): the model's own (model.json "health",
+    set at train from each channel's normal steps) unless given here for this model group."""
+
+    stuck_n: int | None = Field(None, ge=2, description="readings a noisy channel must repeat to be stuck (default 30; "
+                                "a channel that repeats in normal data needs more: its stuck_after in model.json)")
+    flatline_n: int | None = Field(None, ge=2, description="readings every channel must repeat (default 30)")
+    silent_s: float | None = Field(None, gt=0, description="seconds of event time without a reading, while the "
+                                   "partition moves on, before a sensor is silent (default 300)")
+
+    def overrides(self) -> dict:
+        return {"stuck_n": self.stuck_n, "flatline_n": self.flatline_n, "silent_s": self.silent_s}
+
+
 class AlertSettings(BaseModel):
     critical_ratio: float = Field(2.0, gt=1.0, description="statistic >= ratio x its limit is critical")
     cloudevents: bool = Field(True, description="CloudEvents Kafka binding, binary mode: ce_* headers on every "
@@ -184,6 +198,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    sensors: SensorHealthSettings = Field(default_factory=SensorHealthSettings)
     schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
     input_mapping: InputMapping = Field(default_factory=InputMapping)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"

@@ -276,6 +276,12 @@ class Pipeline:
 
     def _set_model(self, model) -> None:
         s = self.settings
+        health = getattr(model, "health", None)
+        if health is not None and any(v is not None for v in s.sensors.overrides().values()):  # this group's limits
+            from latentwatch.detectors.health import HealthRule
+
+            model.health = HealthRule.from_dict(health.to_dict(), list(model.detector.channels),
+                                                **s.sensors.overrides())
         self.model, self.detector = model, model.detector
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
@@ -293,7 +299,9 @@ class Pipeline:
         d = model.detector
         limit = int(clients.producer_config(self.settings).get("message.max.bytes", 1_000_000))
         cold = getattr(model, "baselines", None) is not None
-        return budget.changelog_fits(d.window, len(d.channels), limit, cold) if d.window > 1 or cold else None
+        health = getattr(model, "health", None) is not None
+        return budget.changelog_fits(d.window, len(d.channels), limit, cold) if d.window > 1 or cold or health \
+            else None
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept

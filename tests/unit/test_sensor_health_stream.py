@@ -102,3 +102,45 @@ def test_health_records_carry_rule_evidence_and_their_own_ids():
     assert flat["evidence"]["readings"] >= 30 and flat["episode_id"].startswith("flatline:in/0/")
     silent = next(a for a in alerts if a["kind"] == "health" and a["rule"] == "silent")
     assert silent["evidence"]["limit_s"] == 60.0 and silent["started_at"] == iso(NOW + 209)
+
+
+def _csv(path, payloads):
+    with open(path, "w") as f:
+        f.write("timestamp,sensor_id,a,b,c\n")
+        for r in payloads:
+            f.write(f"{r['ts']},{r['sensor_id']}," + ",".join(str(v) for v in r["values"]) + "\n")
+
+
+def test_score_on_a_trained_model_gives_the_streams_health_and_silent_closes(tmp_path, capsys):
+    """`train` keeps each channel's step statistics in model.json; `score --episodes` writes the
+    same health episodes as the stream running that model, and the silent close."""
+    import csv
+
+    from latentwatch.detectors.checkpoint import load
+    from latentwatch.pipeline.cli.main import main
+    from latentwatch.pipeline.runner import Pipeline
+
+    rng = np.random.default_rng(3)
+    train = [{"sensor_id": f"s{i % 4}", "ts": NOW - 10_000 + i, "values": rng.normal(0, 1, 3).round(4).tolist()}
+             for i in range(4000)]
+    _csv(tmp_path / "train.csv", train)
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
+                 "--window", "1", "--no-own-models", "--silent-after", "60"]) == 0
+    model = load(tmp_path / "m")
+    assert model.health is not None and model.health.limit.tolist() == [30, 30, 30] and model.health.silent_s == 60
+    payloads = _readings()
+    _csv(tmp_path / "live.csv", payloads)
+    p = Pipeline(Settings(batch={"max_future_s": 10**9}, topics={"input": "in"}), model)
+    p.sink, p.committer, p.state_topic = _Sink(), _Committer(), "changelog"
+    for i in range(0, len(payloads), 33):
+        p.process(messages(payloads[i:i + 33], first_offset=i), limit=10**6)
+    stream = sorted((a["event"], a["rule"], a["sensor_id"]) for a in p.sink.alerts if a["kind"] == "health")
+    stream_silent_closes = [a["sensor_id"] for a in p.sink.alerts if a.get("reason") == "silent"]
+    assert main(["score", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "live.csv"),
+                 "--out", str(tmp_path / "s.csv"), "--episodes", str(tmp_path / "e.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
+    offline = sorted((r["event"], r["rule"], r["sensor_id"]) for r in rows if r["kind"] == "health")
+    assert offline == stream and ("open", "flatline", "frozen") in offline and ("close", "silent", "quiet") in offline
+    assert sorted(r["sensor_id"] for r in rows if r["reason"] == "silent") == sorted(stream_silent_closes)
+    assert "spiky" in stream_silent_closes
+    assert "sensor health:" in capsys.readouterr().out
