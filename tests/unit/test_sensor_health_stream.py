@@ -144,3 +144,31 @@ def test_score_on_a_trained_model_gives_the_streams_health_and_silent_closes(tmp
     assert sorted(r["sensor_id"] for r in rows if r["reason"] == "silent") == sorted(stream_silent_closes)
     assert "spiky" in stream_silent_closes
     assert "sensor health:" in capsys.readouterr().out
+
+
+def test_health_records_are_shown_by_alerts_tail_forwarded_with_their_own_labels_and_counted():
+    from latentwatch.pipeline.metrics import PipelineMetrics
+    from latentwatch.pipeline.subscribers.alert_reader import format_line, parse_alert
+    from latentwatch.pipeline.subscribers.alertmanager import health_to_alertmanager
+
+    from latentwatch.pipeline.runner import Pipeline
+
+    p = Pipeline(Settings(batch={"max_future_s": 10**9}, topics={"input": "in"}), _model())
+    p.sink, p.committer, p.state_topic = _Sink(), _Committer(), "changelog"
+    seen = []
+    p.events.on_batch_committed = lambda done: seen.append(done)  # noqa: E731
+    payloads = _readings()
+    for i in range(0, len(payloads), 100):
+        p.process(messages(payloads[i:i + 100], first_offset=i), limit=10**6)
+    health = [a for a in p.sink.alerts if a["kind"] == "health"]
+    lines = [format_line(parse_alert(json.dumps(a).encode())) for a in health]
+    assert any("frozen health open flatline: every channel unchanged for" in ln for ln in lines)
+    assert any("quiet health open silent: no reading since" in ln for ln in lines)
+    am = health_to_alertmanager(next(a for a in health if a["rule"] == "silent"))
+    assert am[0]["labels"]["alertname"] == "LatentwatchSensorHealth" and am[0]["labels"]["rule"] == "silent"
+    m = PipelineMetrics()
+    for done in seen:
+        m.on_batch_committed(done)
+    value = lambda rule, event: m.registry.get_sample_value(  # noqa: E731
+        "latentwatch_health_episode_events_total", {"rule": rule, "event": event})
+    assert value("silent", "open") == 2 and value("silent", "close") == 1 and value("flatline", "open") == 1
