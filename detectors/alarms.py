@@ -53,6 +53,7 @@ BUDGET = 0.01  # default false-alarm budget: 1 % of normal readings, the old 0.9
 LAMBDA = 0.1  # EWMA weight: the classic range is 0.05-0.25 for shifts of ~1 sigma (notes: SPC)
 INSTANT_SHARE = 0.2  # of the budget given to the instant limit ("wider than alone": Lucas & Saccucci)
 RULES = ("instant", "ewma")
+RESETS = ("", "silent", "accepted")  # why an episode closed before a reading (`step`'s `resets` codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +133,11 @@ class AlarmRule:
         """Decide readings `scores` [m] of sensors `keys` [m] (a sensor's readings in time order;
         sensors may interleave), with event times `ts` [m] and reading ids `refs` [m, 3], given
         `prior` {key: SensorAlarm}. `instant`: per-reading instant limits (an adaptive threshold),
-        default the rule's. `resets` [m] bool: the sensor was silent before this reading (issue 30:
-        detectors/health.py); an episode open then closes first, event `close:silent`. Pure:
-        returns the decision and the posterior of every sensor seen."""
+        default the rule's. `resets` [m] int8 (issue 30), a code of `RESETS` at a reading: 1 the
+        sensor was silent before it (detectors/health.py), 2 the operator accepted a new normal
+        from it (pipeline/control.py); an episode open then closes first (event `close:silent`,
+        `close:accepted`), and after an accept the EWMA restarts at the center. Pure: returns the
+        decision and the posterior of every sensor seen."""
         scores = np.asarray(scores, np.float64)
         m = len(scores)
         inst = np.full(m, self.instant) if instant is None else np.broadcast_to(np.asarray(instant, np.float64), (m,))
@@ -155,6 +158,10 @@ class AlarmRule:
         inst_sorted = inst[order]
         fire_i = ~(np.nan_to_num(s_sorted, nan=np.inf) <= inst_sorted)  # NaN alarms (never scored as normal)
         hot0 = np.repeat(np.array([p is not None and p.hot for p in priors], bool), counts)
+        reset_sorted = np.asarray(resets, np.int8)[order] if resets is not None else None
+        if reset_sorted is not None and (reset_sorted == 2).any():  # accepted: the EWMA starts again there
+            restart = reset_sorted == 2
+            first, z0, hot0 = first | restart, np.where(restart, self.center, z0), hot0 & ~restart
         z = self.ewma(s_sorted, first, z0, isolated(fire_i, first, hot0))
         fire_e = z > self.ewma_limit
         alarm_sorted = fire_i | fire_e
@@ -166,7 +173,6 @@ class AlarmRule:
         events, posterior = [], {}
         ts_sorted = np.asarray(ts, np.float64)[order]
         refs_sorted = np.asarray(refs, np.int64).reshape(m, 3)[order]
-        reset_sorted = np.asarray(resets, bool)[order] if resets is not None else None
         for k, key in enumerate(uniq):
             lo, hi = int(ends[k] - counts[k]), int(ends[k])
             ep = priors[k].episode if priors[k] is not None else None
@@ -183,7 +189,7 @@ class AlarmRule:
                   reset=None) -> Episode | None:
         """Walk one sensor's readings [lo, hi) of the sorted arrays: open, update, close its episodes.
         Python per alarmed reading only; a sensor without alarms is skipped when nothing is open."""
-        marked = alarm[lo:hi] if reset is None else alarm[lo:hi] | reset[lo:hi]
+        marked = alarm[lo:hi] if reset is None else alarm[lo:hi] | (reset[lo:hi] > 0)
         hits = np.flatnonzero(marked) + lo
         pos = lo
         for j in hits.tolist():
@@ -191,8 +197,8 @@ class AlarmRule:
                 at = self._close_at(pos, ep)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 ep = None
-            if reset is not None and reset[j] and ep is not None:  # silent before j: closed, reason silent
-                events.append(("close:silent", int(order[j]), key, replace(ep, below=ep.below + (j - pos))))
+            if reset is not None and reset[j] and ep is not None:  # silent before j, or accepted at j
+                events.append((f"close:{RESETS[reset[j]]}", int(order[j]), key, replace(ep, below=ep.below + (j - pos))))
                 ep = None
             if not alarm[j]:
                 pos = j

@@ -232,7 +232,7 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
     refs = np.stack([np.zeros(m, np.int64), rows, np.zeros(m, np.int64)], axis=1)
     d, post = rule.step(np.zeros(m, np.int64), score[first:], times, refs, {}, instant=thr[first:],
-                        resets=np.asarray(resets, bool)[first:] if resets is not None else None)
+                        resets=np.asarray(resets, np.int8)[first:] if resets is not None else None)
     if silent_end and m and post.get(0) is not None and post[0].episode is not None:
         d.events.append(("close:silent", m - 1, 0, post[0].episode))
     anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream

@@ -84,7 +84,8 @@ def changelog_record_bytes(window: int, channels: int, cold: bool = False) -> in
     worst_ep = HealthEpisode(0, (0, 0, 0), 0.0, every, (0.0,) * channels)  # every channel, each rule
     health = SensorHealth(np.zeros(channels, np.float32), np.zeros(channels, np.int32), worst_ep, worst_ep, worst_ep)
     full = state.Entry(0.0, np.zeros((max(window - 1, 0), channels), np.float32), (0.0, 0.0), 0,
-                       SensorAlarm(0.0, _WORST_EPISODE), cold_start if cold else None, health, state.Control())
+                       SensorAlarm(0.0, _WORST_EPISODE), cold_start if cold else None, health,
+                       state.Control(by="x" * 2000, why="x" * 2000))
     return len(state.pack(full, full)) + _KEY_AND_FRAMING
 
 

@@ -83,6 +83,7 @@ class ScoredBatch:
     now: float | None = None  # the wall time the batch was judged against (future timestamps)
     episodes: list[str] = field(default_factory=list)  # the event (open, update, close) of each episode record
     health: list[tuple[str, str]] = field(default_factory=list)  # (rule, event) of each health record
+    suppressed: int = 0  # alarms and health events held back by a mute (pipeline/control.py)
 
     @property
     def n_scored(self) -> int:
@@ -122,6 +123,10 @@ class _Windows:
     own: np.ndarray | None = None  # [readings] own model index (-1: the shared model); None: no baselines
     state: np.ndarray | None = None  # [readings] int8 index into baselines.STATES
     health: "_HealthOut | None" = None  # sensor health of the batch (None: the model has no health rule)
+    resets: np.ndarray | None = None  # [readings] int8 alarms.RESETS code: silent before it, accepted from it
+    reset_ts: dict = field(default_factory=dict)  # reading row -> event time of the close (silence's start, accept's at)
+    muted: np.ndarray | None = None  # [readings] bool: in a mute window (pipeline/control.py)
+    mutes: dict = field(default_factory=dict)  # key -> [(from, until)] mute windows in effect in this batch
 
 
 @dataclass
@@ -138,6 +143,7 @@ class _Judged:
     latents: list = field(default_factory=list)
     episodes: list = field(default_factory=list)
     health: list = field(default_factory=list)
+    suppressed: int = 0
 
 
 class Scorer:
@@ -180,15 +186,16 @@ class Scorer:
                 self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
 
     def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
-              max_readings: int | None = None) -> ScoredBatch:
+              max_readings: int | None = None, controls=None) -> ScoredBatch:
         """Score `messages` against `store` (read only). With `max_readings`, only the longest
         prefix of messages holding at most that many readings (at least one message) is taken;
-        the others are handed back in `rest`. The steps of the module's docstring, in order."""
+        the others are handed back in `rest`. `controls`: the operator's latest command per sensor
+        (pipeline/control.py `Commands`; read only). The steps of the module's docstring, in order."""
         now = time.time() if now is None else now
         b = self._decode(messages, store, now, max_readings)  # steps 1-3
         if not b.valid:
             return ScoredBatch(b.messages, b.dead, [], [], [], np.empty(0), 0, offsets=b.offsets, rest=b.rest, now=now)
-        w = self._windows(b, store)  # step 4
+        w = self._windows(b, store, controls)  # step 4
         if self.health is not None:  # sensor health (issue 30)
             w.health = _health_step(self.health, b, w, store)
         out = self._judge(b, w, store) if len(w.scored_idx) else _Judged()  # step 5
@@ -199,7 +206,8 @@ class Scorer:
         return ScoredBatch(b.messages, b.dead, out.alerts, out.severities, out.latents, out.scores, len(b.values),
                            w.updates, changelog, float(b.ts.max()), values=b.values, latent=out.latent,
                            flagged=out.flagged, offsets=b.offsets, inference_s=out.inference_s, rest=b.rest,
-                           refs=out.refs, now=now, episodes=out.episodes, health=out.health)
+                           refs=out.refs, now=now, episodes=out.episodes, health=out.health,
+                           suppressed=out.suppressed)
 
     # -- steps 1-3: decode, then the late policy and the range check ---------------------------
     def _decode(self, messages, store, now: float, max_readings: int | None) -> "_Kept":
@@ -217,7 +225,7 @@ class Scorer:
                      d.values[rows], d.ts[rows], counts, np.cumsum(counts) - counts)
 
     # -- step 4: windows and tails per (partition, sensor), in offset order ----------------------
-    def _windows(self, b: "_Kept", store) -> "_Windows":
+    def _windows(self, b: "_Kept", store, controls=None) -> "_Windows":
         """Readings are grouped by key with one stable argsort, not a Python loop per message
         (4 ms a batch of 4096). Each key's new entry: its last event time, tail and offset; the
         per-sensor threshold and alarm state carried over (steps 5 replaces them)."""
@@ -232,11 +240,28 @@ class Scorer:
         bounds = np.cumsum(np.bincount(msg_key, weights=counts, minlength=len(keys)).astype(np.int64))
         win_parts, idx_parts, updates = [], [], {}
         base = _Base(self.baselines, len(values), self.own_rule is not None) if self.baselines is not None else None
+        resets, reset_ts, muted, mutes = np.zeros(len(values), np.int8), {}, np.zeros(len(values), bool), {}
         for k, key in enumerate(keys):
             idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
             prior = store.get(key)
-            cold = base.assign(key[1], idx, values, prior.baseline if prior is not None else None) \
-                if base is not None else None
+            ctl, at = _control(prior, controls.get(key[1]) if controls is not None else None, ts[idx], idx, muted,
+                               mutes, key)
+            if at is not None:  # accepted from reading idx[at]: a new normal (pipeline/control.py)
+                resets[idx[at]], reset_ts[int(idx[at])] = 2, ctl.accepted
+            if base is None:
+                cold = None
+            elif at is None:
+                cold = base.assign(key[1], idx, values, prior.baseline if prior is not None else None,
+                                   relearn=ctl is not None and ctl.accepted > 0)
+            else:  # the old baseline before the accept, a cold start from it
+                if at:
+                    base.assign(key[1], idx[:at], values, prior.baseline if prior is not None else None,
+                                relearn=prior is not None and prior.control is not None and prior.control.accepted > 0)
+                cold = base.assign(key[1], idx[at:], values, None, relearn=True)
+            if base is not None and ctl is not None and ctl.accepted > 0:
+                _relearning(base, idx[at:] if at is not None else idx, at is not None or (
+                    prior is not None and prior.baseline is not None and not prior.baseline.learned), muted, resets,
+                    reset_ts, ts)
             new_tail = self._empty_tail
             if self.window > 1:
                 tail = prior.tail if prior is not None else self._empty_tail
@@ -250,7 +275,8 @@ class Scorer:
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
                                        b.offsets[(valid[m][0].topic(), key[0])],
-                                       prior.alarm if prior is not None else None, cold)
+                                       prior.alarm if prior is not None else None, cold,
+                                       prior.health if prior is not None else None, ctl)
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:
@@ -262,7 +288,8 @@ class Scorer:
                        ).astype(np.float32, copy=False)
         return _Windows(keys, msg_key, updates, windows, scored_idx, np.repeat(np.arange(len(valid)), counts),
                         np.arange(len(values)) - np.repeat(starts, counts),
-                        base.own if base is not None else None, base.state if base is not None else None)
+                        base.own if base is not None else None, base.state if base is not None else None,
+                        resets=resets, reset_ts=reset_ts, muted=muted, mutes=mutes)
 
     # -- step 5: the model, the limits and the alarm rule, then the records ----------------------
     def _judge(self, b: "_Kept", w: "_Windows", store) -> "_Judged":
@@ -293,10 +320,19 @@ class Scorer:
         # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
         reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
                                  np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], w.pos[scored_idx]], 1)
-        d = self._alarms(w.keys, key_idx, scores64, thresholds, b.ts[scored_idx], reading_refs,
-                         w.updates, store, own_mask, w.health.resets[scored_idx] if w.health is not None else None)
+        resets = w.resets[scored_idx] if w.resets is not None and w.resets.any() else None
+        judged = scores64
+        if w.muted is not None and w.muted.any():  # muted: scored, but the alarm rule sees a quiet reading
+            mute = w.muted[scored_idx]
+            judged = np.where(mute, 0.0, scores64)
+            held = mute & (scores64 > thresholds)  # would have alarmed (over its instant limit)
+            n_held = _count_suppressed(w, w.keys, key_idx[held])
+        else:
+            n_held = 0
+        d = self._alarms(w.keys, key_idx, judged, thresholds, b.ts[scored_idx], reading_refs,
+                         w.updates, store, own_mask, resets)
         out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
-                      refs=reading_refs if self.refs else None)
+                      refs=reading_refs if self.refs else None, suppressed=n_held)
         self._records(out, b, w, s, d, sensor_of, thresholds)
         return out
 
@@ -328,19 +364,20 @@ class Scorer:
         if d.events:
             at = np.array([e[1] for e in d.events], np.int64)
             ev_rows = scored_idx[at]
-            silent = [e[0] == "close:silent" for e in d.events]  # closed by a silence: at its start
+            why = [e[0].partition(":")[2] for e in d.events]  # close:silent, close:accepted
             ev_ts = ts[ev_rows].astype(np.float64)
-            for i in np.flatnonzero(silent).tolist():
-                ev_ts[i] = w.health.started[int(ev_rows[i])]
+            for i, q in enumerate(why):
+                if q:  # a silence's start, an accept's time
+                    ev_ts[i] = w.reset_ts.get(int(ev_rows[i]), ev_ts[i])
             episodes = records.episode_records(
-                [("close",) + e[1:] if q else e for e, q in zip(d.events, silent)], sources=sources(ev_rows),
+                [("close",) + e[1:] if q else e for e, q in zip(d.events, why)], sources=sources(ev_rows),
                 sensor_ids=sensor_of[at].tolist(), ts=ev_ts,
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
                 model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
                 baselines=self._baseline_names(w, ev_rows))
-            for r, q in zip(episodes, silent):
+            for r, q in zip(episodes, why):
                 if q:
-                    r["reason"] = "silent"
+                    r["reason"] = q
             if w.health is not None:
                 _mark(episodes, w.health.marks[ev_rows])
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
@@ -442,9 +479,11 @@ class _Base:
         self.own = np.full(n, -1, np.int64)
         self.state = np.zeros(n, np.int8)
 
-    def assign(self, sensor_id: str, idx: np.ndarray, values: np.ndarray, prior):
+    def assign(self, sensor_id: str, idx: np.ndarray, values: np.ndarray, prior, relearn: bool = False):
+        """`relearn`: the sensor's baseline is a cold start even if the model has one of it (an
+        operator's accept, pipeline/control.py), scored by the shared model."""
         b = self.b
-        row = b.row(sensor_id)
+        row = b.row(sensor_id) if not relearn else -1
         if row >= 0:
             self.center[idx], self.scale[idx] = b.center[row], b.scale[row]
             if self.use_own:
@@ -517,8 +556,6 @@ def _next_offsets(messages) -> dict[tuple[str, int], int]:
 @dataclass
 class _HealthOut:
     marks: np.ndarray  # [readings] int8: bit 0 stuck, bit 1 flatline open at the reading
-    resets: np.ndarray  # [readings] bool: the sensor was silent before this reading
-    started: dict  # reading row -> start of the silence before it
     events: list  # (health.Event, reading row or -1)
     silent_end: list  # (key, started_ts): silent at the end of the batch
     idle: dict  # key -> new entry of a sensor without a reading here that fell silent
@@ -528,7 +565,7 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
     """The health rules per partition over the batch's kept readings (offset order), the
     partition's other sensors checked for silence; new health state into `w.updates`."""
     n = len(b.values)
-    out = _HealthOut(np.zeros(n, np.int8), np.zeros(n, bool), {}, [], [], {})
+    out = _HealthOut(np.zeros(n, np.int8), [], [], {})
     part_msg = np.array([m.partition() for m, _ in b.valid], np.int64)
     off_msg = np.array([m.offset() for m, _ in b.valid], np.int64)
     part_row, key_row = part_msg[w.msg_of], w.msg_key[w.msg_of]
@@ -560,8 +597,8 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
                 out.idle[key] = dataclasses.replace(store.get(key), health=post[key], valid_at=b.offsets[(topic, p)])
         for key, r, started in silences:
             if r >= 0:
-                out.resets[rows[r]] = True
-                out.started[int(rows[r])] = started
+                if not w.resets[rows[r]]:  # an accept at the same reading wins
+                    w.resets[rows[r]], w.reset_ts[int(rows[r])] = 1, started
             else:
                 out.silent_end.append((key, started))
         out.events += [(e, int(rows[e.row]) if e.row >= 0 else -1) for e in events]
@@ -586,6 +623,11 @@ def _health_finish(scorer: "Scorer", b: "_Kept", w: "_Windows", out: "_Judged", 
                                             critical_ratio=scorer.critical_ratio, detected_at=at)
         out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
         out.episodes += [r["event"] for r in recs]
+    if h.events:  # a muted sensor's health events are held back too (counted)
+        held = [_muted_at(w, e.key, e.ts) for e, _r in h.events]
+        if any(held):
+            out.suppressed += _count_suppressed(w, [e.key for (e, _r), q in zip(h.events, held) if q], None)
+            h.events = [ev for ev, q in zip(h.events, held) if not q]
     if h.events:
         src = _sources(b.valid, w.msg_of, w.pos, np.array([max(r, 0) for _, r in h.events], np.int64))
         recs = records.health_records([e for e, _ in h.events], [s if r >= 0 else None for s, (_, r) in
@@ -603,3 +645,66 @@ def _mark(recs: list[dict], marks: np.ndarray) -> None:
     for r, m in zip(recs, marks.tolist()):
         if m:
             r["sensor_health"] = MARKS[m]
+
+
+# -- operator commands (issue 30.2; pipeline/control.py): applied per sensor in step 4 -------------
+def _control(prior, cmd, ts_k: np.ndarray, idx: np.ndarray, muted: np.ndarray, mutes: dict, key):
+    """The sensor's control state after its readings here (`ts_k`, rows `idx`) and the position in
+    them from which an accept applies (None: none). Its command applies from its first reading at
+    or after `cmd.at`, once (a command not after the last one applied is a repeat). Marks the
+    muted rows in `muted` and the mute windows in `mutes[key]`."""
+    pc = prior.control if prior is not None else None
+    until0 = pc.mute_until if pc is not None else 0.0
+    ctl, at, j = pc, None, len(ts_k)
+    if cmd is not None and cmd.at > (pc.applied if pc is not None else -np.inf):
+        later = np.flatnonzero(ts_k >= cmd.at)
+        if len(later):
+            j = int(later[0])
+            until = cmd.until if cmd.command == "mute" else (0.0 if cmd.command == "unmute" else until0)
+            accepted = cmd.at if cmd.command == "accept" else (pc.accepted if pc is not None else 0.0)
+            ctl = state.Control(until, cmd.at, pc.suppressed if pc is not None else 0, accepted, cmd.by[:500],
+                                cmd.reason[:500])
+            at = j if cmd.command == "accept" else None
+            if until > 0:
+                muted[idx[j:]] = ts_k[j:] < until
+                mutes.setdefault(key, []).append((cmd.at if cmd.command == "mute" else -np.inf, until))
+    if until0 > 0:
+        muted[idx[:j]] = ts_k[:j] < until0
+        mutes.setdefault(key, []).append((-np.inf, until0 if j == len(ts_k) else min(until0, float(ts_k[j]))))
+    return ctl, at
+
+
+def _relearning(base, rows: np.ndarray, was_cold: bool, muted, resets, reset_ts, ts) -> None:
+    """An accepted sensor re-learning its baseline: its readings judged by the fleet baseline
+    meanwhile are held back like a mute's (they measure the new normal against the old); the
+    EWMA restarts at its first reading judged by the re-learnt baseline."""
+    st = base.state[rows]
+    muted[rows[st == 2]] = True
+    if was_cold and (st == 1).any():
+        j = int(np.argmax(st == 1))
+        if (st[:j] == 2).all() and not resets[rows[j]]:
+            resets[rows[j]], reset_ts[int(rows[j])] = 2, float(ts[rows[j]])
+
+
+def _muted_at(w, key, t: float) -> bool:
+    """Whether `key` is muted at event time `t`: a mute window of this batch, or (a sensor without
+    a reading here, e.g. gone silent during maintenance) the mute its state holds."""
+    if any(a <= t < u for a, u in w.mutes.get(key, ())):
+        return True
+    e = w.updates.get(key)
+    return e is not None and e.control is not None and e.control.applied <= t < e.control.mute_until
+
+
+def _count_suppressed(w, keys, key_idx) -> int:
+    """Alarms (or health events) a mute held back, counted into each sensor's control state."""
+    from collections import Counter
+
+    n = 0
+    for k, c in Counter(key_idx.tolist() if key_idx is not None else keys).items():
+        key = keys[k] if key_idx is not None else k
+        e = w.updates.get(key)
+        if e is not None and e.control is not None:
+            w.updates[key] = dataclasses.replace(e, control=dataclasses.replace(e.control,
+                                                                                suppressed=e.control.suppressed + c))
+        n += c
+    return n

@@ -95,6 +95,9 @@ class Control:
     mute_until: float = 0.0
     applied: float = float("-inf")
     suppressed: int = 0
+    accepted: float = 0.0  # event time of the accept in effect (0: none): its baseline is a re-learnt one
+    by: str = ""  # who gave the last command applied, and why (sensors show); at most 500 characters each
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,7 @@ class StateStore:
         self._evicted_open: list[tuple[Key, Entry]] = []  # evicted with an episode open: to be closed
         self._wm: dict[int, float] = {}  # per partition: the newest event time of its entries (silent rule)
         self._min_last: dict[int, float] = {}  # per partition: a lower bound of its not-silent entries' last_ts
+        self._muted: dict[Key, float] = {}  # entries with a mute (its end, event time): the muted-sensors gauge
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -244,8 +248,18 @@ class StateStore:
         self._min_last[partition] = low
         return due
 
+    def muted_count(self) -> int:
+        """Entries muted at their partition's newest event time (a mute in the past is forgotten)."""
+        for key in [k for k, until in self._muted.items() if until <= self.watermark(k[0]) or k not in self._entries]:
+            del self._muted[key]
+        return len(self._muted)
+
     def _note_times(self, key: Key, entry: Entry) -> None:
         p = key[0]
+        if entry.control is not None and entry.control.mute_until > 0:
+            self._muted[key] = entry.control.mute_until
+        else:
+            self._muted.pop(key, None)
         if entry.last_ts > self._wm.get(p, float("-inf")):
             self._wm[p] = entry.last_ts
         if (entry.health is None or entry.health.silent is None) and entry.last_ts < self._min_last.get(p, float("inf")):
@@ -386,12 +400,12 @@ class StateStore:
 # float32[channels] each. b"LWS4" adds, after the cold start, the sensor's health (has (B); channels
 # (I), last float32[C], run int32[C]; per rule stuck, flatline, silent: has (B), ref qqq, started_ts
 # d, n (I), channels uint32[n], values float64[n]) and the operator's control (has (B), mute_until d,
-# applied d, suppressed q). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
+# applied d, suppressed q, accepted d, then who and why: lengths HH and UTF-8 bytes, 2000 at most). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
 # still read, without the state they did not have.
 _MAGIC, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS4", b"LWS3", b"LWS2", b"LWS1"
 _HEP = struct.Struct("<BqqqdI")
-_CONTROL = struct.Struct("<Bddq")
+_CONTROL = struct.Struct("<Bddqd")
 _BASE = struct.Struct("<BqII")
 _HEAD = struct.Struct("<qdBddII")
 _HEAD1 = struct.Struct("<qdBddqII")
@@ -444,7 +458,11 @@ def _pack_health(h: SensorHealth | None) -> bytes:
 
 
 def _pack_control(c: "Control | None") -> bytes:
-    return _CONTROL.pack(0, 0.0, 0.0, 0) if c is None else _CONTROL.pack(1, c.mute_until, c.applied, c.suppressed)
+    if c is None:
+        return _CONTROL.pack(0, 0.0, 0.0, 0, 0.0)
+    by, why = c.by.encode()[:2000], c.why.encode()[:2000]
+    return _CONTROL.pack(1, c.mute_until, c.applied, c.suppressed, c.accepted) + struct.pack("<HH", len(by), len(why)) \
+        + by + why
 
 
 def pack(entry: Entry, before: Entry | None, written_at: float | None = None) -> bytes:
@@ -506,8 +524,17 @@ def _unpack_health(buf: memoryview, pos: int) -> tuple[SensorHealth | None, int]
 
 
 def _unpack_control(buf: memoryview, pos: int) -> tuple["Control | None", int]:
-    has, mute_until, applied, suppressed = _CONTROL.unpack_from(buf, pos)
-    return (Control(mute_until, applied, suppressed) if has else None), pos + _CONTROL.size
+    has, mute_until, applied, suppressed, accepted = _CONTROL.unpack_from(buf, pos)
+    pos += _CONTROL.size
+    if not has:
+        return None, pos
+    nb, nw = struct.unpack_from("<HH", buf, pos)
+    pos += 4
+    if pos + nb + nw > len(buf):
+        raise ValueError("control runs past the record")
+    by, why = bytes(buf[pos:pos + nb]).decode("utf-8", "replace"), bytes(buf[pos + nb:pos + nb + nw]).decode(
+        "utf-8", "replace")
+    return Control(mute_until, applied, suppressed, accepted, by, why), pos + nb + nw
 
 
 def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool = False) -> tuple[Entry | None, int]:

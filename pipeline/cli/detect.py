@@ -398,10 +398,10 @@ def _flag_per_sensor(model, values, ids, health=None):
     from latentwatch.detectors.recipe import flag_series
 
     uniq, groups = group_rows(np.asarray(ids).astype(str))
-    resets, silent_end = np.zeros(len(values), bool), set()
+    resets, silent_end = np.zeros(len(values), np.int8), set()
     for key, row, _started in (health[2] if health is not None else []):
         if row >= 0:
-            resets[row] = True
+            resets[row] = 1
         else:
             silent_end.add(key)
     flagged = [flag_series(model.detector, model.threshold, model.alarm, values[rows], baselines=model.baselines,
