@@ -77,8 +77,9 @@ class TopicSettings(BaseModel):
     state: str | None = Field(None, description="compacted changelog of per-sensor state (windowed models, "
                               "per-sensor thresholds); default <group_id>-state, created when missing")
 
-    control: str = Field("sensor-control", description="compacted topic of operator commands (accept, mute, "
-                         "unmute) keyed by sensor id; every member reads all of it; created when missing")
+    control: str | None = Field(None, description="compacted topic of operator commands (accept, mute, unmute) "
+                                "keyed by sensor id; every member reads all of it; default <input>.control, "
+                                "created when missing")
 
     def names(self) -> list[str]:
         """Every topic the pipeline reads or writes (the latent one when set)."""

@@ -208,6 +208,11 @@ class ControlReader:
             pass
 
 
+def topic(settings) -> str:
+    """The control topic: topics.control, else <input topic>.control."""
+    return settings.topics.control or f"{settings.topics.input}.control"
+
+
 def ensure(settings) -> str:
     """The control topic, created compacted (one partition) when missing. Returns its name."""
     from confluent_kafka import KafkaError, KafkaException
@@ -216,7 +221,7 @@ def ensure(settings) -> str:
     from latentwatch.pipeline.errors import UserError
     from latentwatch.pipeline.kafka.changelog import TOPIC_CONFIG
 
-    name = settings.topics.control
+    name = topic(settings)
     admin = AdminClient(settings.kafka.client_config())
     metadata = admin.list_topics(timeout=settings.startup_timeout_s)
     if name in metadata.topics:
