@@ -96,7 +96,7 @@ class Control:
     applied: float = float("-inf")
     suppressed: int = 0
     accepted: float = 0.0  # event time of the accept in effect (0: none): its baseline is a re-learnt one
-    by: str = ""  # who gave the last command applied, and why (sensors show); at most 500 characters each
+    by: str = ""  # who gave the last command applied, and why (sensors show); kept to CONTROL_TEXT bytes each
     why: str = ""
 
 
@@ -400,7 +400,7 @@ class StateStore:
 # float32[channels] each. b"LWS4" adds, after the cold start, the sensor's health (has (B); channels
 # (I), last float32[C], run int32[C]; per rule stuck, flatline, silent: has (B), ref qqq, started_ts
 # d, n (I), channels uint32[n], values float64[n]) and the operator's control (has (B), mute_until d,
-# applied d, suppressed q, accepted d, then who and why: lengths HH and UTF-8 bytes, 2000 at most). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
+# applied d, suppressed q, accepted d, then who and why: lengths HH and UTF-8 bytes, 64 at most each). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
 # still read, without the state they did not have.
 _MAGIC, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS4", b"LWS3", b"LWS2", b"LWS1"
@@ -457,10 +457,17 @@ def _pack_health(h: SensorHealth | None) -> bytes:
     return out
 
 
+CONTROL_TEXT = 64  # bytes of who and why a sensor's state keeps (the control topic has them whole)
+
+
+def _cut(text: str) -> bytes:
+    return text.encode()[:CONTROL_TEXT].decode("utf-8", "ignore").encode()
+
+
 def _pack_control(c: "Control | None") -> bytes:
     if c is None:
         return _CONTROL.pack(0, 0.0, 0.0, 0, 0.0)
-    by, why = c.by.encode()[:2000], c.why.encode()[:2000]
+    by, why = _cut(c.by), _cut(c.why)
     return _CONTROL.pack(1, c.mute_until, c.applied, c.suppressed, c.accepted) + struct.pack("<HH", len(by), len(why)) \
         + by + why
 
