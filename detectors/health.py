@@ -200,32 +200,76 @@ class HealthRule:
         ts = np.asarray(ts, np.float64)
         wm_before = np.maximum.accumulate(np.concatenate([[wm0], ts]))[:-1] if m else np.empty(0)
         wm_end = max(wm0, float(ts.max())) if m else wm0
+        T, C, K = self.silent_s, values.shape[1], len(keys)
+        # One vectorised pass over every sensor's readings (grouped by key, input order kept);
+        # Python only for the sensors with something to say (an episode to open, close or carry).
         order = np.argsort(key_of_row, kind="stable")
-        bounds = np.cumsum(np.bincount(key_of_row, minlength=len(keys)))
-        T = self.silent_s
-        for k in range(len(keys)):
-            rows = order[(bounds[k - 1] if k else 0):bounds[k]]
-            if not len(rows):
+        counts = np.bincount(key_of_row, minlength=K)
+        ends = np.cumsum(counts)
+        firsts = ends - counts
+        group = key_of_row[order]
+        p_last = np.full((K, C), np.nan)
+        p_run = np.zeros((K, C), np.int64)
+        p_ts = np.full(K, np.nan)
+        busy = np.zeros(K, bool)  # an episode open before these readings
+        have = [k for k, h in prior.items() if h is not None]
+        if have:
+            p_last[have] = np.stack([prior[k].last for k in have])
+            p_run[have] = np.stack([prior[k].run for k in have])
+            busy[[k for k in have if prior[k].stuck is not None or prior[k].flat is not None
+                  or prior[k].silent is not None]] = True
+        for k, t in last_ts.items():
+            p_ts[k] = t
+        Xs = values[order].astype(np.float64)
+        ts_s = ts[order]
+        is_start = np.zeros(m, bool)
+        is_start[firsts[counts > 0]] = True
+        prev = np.empty_like(Xs)
+        prev[1:] = Xs[:-1]
+        prev[is_start] = p_last[group[is_start]]
+        still = np.abs(Xs - prev) <= self.tol  # NaN (a new sensor's first reading): not still
+        pos = np.arange(m)[:, None]
+        at = np.maximum.accumulate(np.where(~still | is_start[:, None], pos, -1), axis=0)
+        carried = np.take_along_axis(still, at, axis=0)  # the run began before these readings
+        run = pos - at + np.where(carried, p_run[group] + 1, 0)
+        frozen = ((run >= self.limit) & self.judged).any(axis=1)
+        if self.judged.any():
+            frozen |= (run[:, self.judged] >= self.flat_n).all(axis=1)
+        prev_ts = np.empty(m)
+        prev_ts[1:] = ts_s[:-1]
+        prev_ts[is_start] = p_ts[group[is_start]]
+        gap = wm_before[order] > prev_ts + T  # NaN (a new sensor): False
+        attention = busy.copy()
+        attention[group[frozen | gap]] = True
+        late = np.zeros(K, bool)
+        late[counts > 0] = wm_end > ts_s[ends[counts > 0] - 1] + T
+        attention |= late
+        last32 = Xs[ends - 1].astype(np.float32) if m else np.empty((K, C), np.float32)
+        run32 = np.minimum(run[ends - 1], NEVER).astype(np.int32) if m else np.empty((K, C), np.int32)
+        for k in np.flatnonzero(counts).tolist():
+            if not attention[k]:
+                posterior[k] = SensorHealth(last32[k], run32[k])
                 continue
+            rows = order[firsts[k]:ends[k]]
             h = prior.get(k)
-            prev_ts = np.concatenate([[last_ts.get(k, np.nan)], ts[rows[:-1]]])
-            gap = wm_before[rows] > prev_ts + T  # NaN (a new sensor): False
+            g = gap[firsts[k]:ends[k]].copy()
             if h is not None and h.silent is not None:
-                gap[0] = True
-            for j in np.flatnonzero(gap).tolist():
+                g[0] = True
+            pts = prev_ts[firsts[k]:ends[k]]
+            for j in np.flatnonzero(g).tolist():
                 r = int(rows[j])
                 ep = h.silent if (h is not None and j == 0 and h.silent is not None) else None
                 if ep is None:
-                    ep = HealthEpisode(2, (int(refs[r][0]), -1, 0), float(prev_ts[j] + T))
+                    ep = HealthEpisode(2, (int(refs[r][0]), -1, 0), float(pts[j] + T))
                     events.append(Event("open", "silent", keys[k], r, ep.started_ts, ep,
-                                        self._silent_evidence(prev_ts[j], wm_before[r])))
+                                        self._silent_evidence(pts[j], wm_before[r])))
                     silences.append((keys[k], r, ep.started_ts))
                 events.append(Event("close", "silent", keys[k], r, float(ts[r]), ep,
-                                    {"last_reading_at": float(prev_ts[j]), "back_at": float(ts[r])}))
+                                    {"last_reading_at": float(pts[j]), "back_at": float(ts[r])}))
             if h is not None and h.silent is not None:
                 h = replace(h, silent=None)
             h = self._channels(keys[k], rows, values, ts, refs, h, events, marks)
-            if wm_end > float(ts[rows[-1]]) + T:  # silent at the end of these readings
+            if late[k]:  # silent at the end of these readings
                 ep = HealthEpisode(2, (int(refs[rows[-1]][0]), -1, 0), float(ts[rows[-1]]) + T)
                 events.append(Event("open", "silent", keys[k], -1, ep.started_ts, ep,
                                     self._silent_evidence(float(ts[rows[-1]]), wm_end)))
