@@ -5,8 +5,11 @@ What a sensor needs to be scored: for windowed models the last `window - 1` read
 event time of its last reading; for the alarm rule (detectors/alarms.py) its EWMA and its open
 episode; for a sensor the model has no baseline of, its *cold start* (`Baseline`: how many
 readings it has sent, every `stride`-th of its first `cold_start` ones, at most 64 rows, then
-the center and scale learned from them; detectors/baselines.py). Entries are keyed by (input
-partition, sensor id).
+the center and scale learned from them; detectors/baselines.py); for the health rules
+(detectors/health.py) its last values, runs of unchanged readings and open health episodes
+(`SensorHealth`: 8 C + ~120 bytes); for the operator's commands (pipeline/control.py) its mute,
+the last command applied, who and why (64 bytes each) and the alarms a mute held back
+(`Control`). Entries are keyed by (input partition, sensor id).
 
 Three rules keep it right and bounded:
 
