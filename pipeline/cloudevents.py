@@ -33,6 +33,10 @@ def headers(value: bytes, source: bytes) -> list[tuple[str, bytes]]:
         event = r["event"]
         ce_id = f"{r['episode_id']}/{event}/{r['readings']}"
         ce_type = f"{TYPE_PREFIX}episode.{event}"
+    elif r.get("kind") == "health":  # issue 30: one open and one close per health episode
+        event = r["event"]
+        ce_id = f"{r['episode_id']}/{event}"
+        ce_type = f"{TYPE_PREFIX}health.{r['rule']}.{event}"
     else:
         ce_id = r["alert_id"]
         ce_type = f"{TYPE_PREFIX}alert.{r.get('kind', 'reading')}"

@@ -172,3 +172,17 @@ def test_health_records_are_shown_by_alerts_tail_forwarded_with_their_own_labels
     value = lambda rule, event: m.registry.get_sample_value(  # noqa: E731
         "latentwatch_health_episode_events_total", {"rule": rule, "event": event})
     assert value("silent", "open") == 2 and value("silent", "close") == 1 and value("flatline", "open") == 1
+
+
+def test_health_records_get_cloudevents_headers_like_every_alerts_record():
+    """The sink adds CloudEvents headers to every alerts-topic record (alerts.cloudevents, on by
+    default); a health record has no alert_id (it was a KeyError in the producing sink)."""
+    from latentwatch.pipeline import cloudevents
+    from latentwatch.pipeline.records import encode
+
+    health = [a for a in _stream(_readings(), 50) if a["kind"] == "health"]
+    for a in health:
+        h = dict(cloudevents.headers(encode(a), b"/latentwatch/test"))
+        assert h["ce_type"] == f"io.latentwatch.health.{a['rule']}.{a['event']}".encode() or \
+            h["ce_type"].endswith(f"health.{a['rule']}.{a['event']}".encode())
+        assert h["ce_id"] == f"{a['episode_id']}/{a['event']}".encode() and h["ce_subject"] == a["sensor_id"].encode()
