@@ -64,12 +64,12 @@ class Command:
     reason: str = ""
 
     def to_json(self) -> bytes:
-        from latentwatch.pipeline.times import iso
-
-        d = {"command": self.command, "sensor_id": self.sensor_id, "at": iso(self.at), "by": self.by,
+        """Times as epoch seconds, exactly (an ISO string in milliseconds could move `at` past
+        the reading it was meant to apply from)."""
+        d = {"command": self.command, "sensor_id": self.sensor_id, "at": self.at, "by": self.by,
              "reason": self.reason}
         if self.command == "mute":
-            d["until"] = iso(self.until)
+            d["until"] = self.until
         return orjson.dumps(d)
 
 

@@ -138,7 +138,10 @@ def _show(args) -> int:
         last = [v for (_p, k), v in commands.items() if k == sid and v is not None]
         if last:
             try:
-                info["last_command"] = json.loads(control.parse(last[-1], sid.encode()).to_json())
+                c = json.loads(control.parse(last[-1], sid.encode()).to_json())
+                from latentwatch.pipeline.times import iso
+
+                info["last_command"] = {**c, **{k: iso(c[k]) for k in ("at", "until") if k in c}}
             except control.BadCommand as exc:
                 info["last_command"] = {"invalid": str(exc)}
         shown += 1
