@@ -110,3 +110,56 @@ def test_a_command_reaches_the_member_that_owns_the_sensor_and_a_malformed_one_i
     dead = read_topic(kafka_bootstrap, settings.topics.dead_letter, expected=1)
     assert len(dead) == 1 and dict(dead[0].headers())["lw-dlq-reason"] == b"control_invalid"
     assert b"'by' is missing" in dict(dead[0].headers())["lw-dlq-detail"]
+
+
+def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic, producer, tmp_path):
+    """`latentwatch run` as a process: an accept applied, the process SIGKILLed, restarted on the
+    same group. The command is read again at the restart (the compacted topic keeps it) but not
+    applied again: the re-learnt baseline has counted every reading since the accept (a second
+    application would have restarted it at the restart's first reading)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from latentwatch.pipeline import state
+    from tests.support.processes import start_pipeline, stop_process, wait_drained, wait_url
+
+    rng = np.random.default_rng(3)
+    with open(tmp_path / "train.csv", "w") as f:
+        f.write("timestamp,sensor_id,a,b,c\n")
+        for i in range(4000):
+            f.write(f"{BASE - 10_000 + i},s{i % 4}," + ",".join(f"{v:.4f}" for v in rng.normal(0, 1, 3)) + "\n")
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
+                 "--window", "1", "--no-own-models", "--cold-start-readings", "50"]) == 0
+    topic = make_topic(partitions=1)
+    stream = SimpleNamespace(input=topic, alerts=f"{topic}.alerts", dead=f"{topic}.dlq", latent=f"{topic}.latent",
+                             group=f"lw-{uuid.uuid4().hex[:8]}", partitions=1)
+
+    def send(lo, hi):
+        for t in range(lo, hi):
+            v = (rng.normal(0, 1, 3) + (6.0 if t >= 100 else 0.0)).round(4).tolist()
+            producer.produce(topic, json.dumps({"sensor_id": "s1", "ts": BASE + t, "values": v}).encode(), key=b"s1")
+        producer.flush(30)
+
+    assert _cli(kafka_bootstrap, "accept", "s1", "--at", str(BASE + 200), "--by", "carol", "--reason", "new set-point",
+                "--topic", f"{topic}.control") == 0
+    send(0, 300)
+    log = tmp_path / "run.log"
+    proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics")
+    try:
+        wait_url(proc, log, since=0)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+        proc.kill()  # SIGKILL: no clean shutdown
+        proc.wait(30)
+        send(300, 600)
+        proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics")
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+    finally:
+        assert stop_process(proc) == 0
+    records = [m for m in read_topic(kafka_bootstrap, f"{stream.group}-state") if m.key() == b"s1" and m.value()]
+    entry, _before, _ = state.unpack_record(records[-1].value())
+    assert entry.control.applied == BASE + 200 and entry.control.by == "carol"
+    assert entry.baseline is not None and entry.baseline.learned and entry.baseline.seen == 400
+    closes = {e["episode_id"] for e in episodes_of(read_topic(kafka_bootstrap, stream.alerts))
+              if e.get("reason") == "accepted"}
+    assert len(closes) == 1
