@@ -186,3 +186,19 @@ def test_health_records_get_cloudevents_headers_like_every_alerts_record():
         assert h["ce_type"] == f"io.latentwatch.health.{a['rule']}.{a['event']}".encode() or \
             h["ce_type"].endswith(f"health.{a['rule']}.{a['event']}".encode())
         assert h["ce_id"] == f"{a['episode_id']}/{a['event']}".encode() and h["ce_subject"] == a["sensor_id"].encode()
+
+
+def test_a_deployment_overrides_the_models_health_limits_and_sensors_show_prints_them():
+    from latentwatch.pipeline.cli.sensors import _block
+    from latentwatch.pipeline.runner import Pipeline
+
+    p = Pipeline(Settings(topics={"input": "in"}, sensors={"silent_s": 10, "stuck_n": 40}), _model())
+    assert p.model.health.silent_s == 10 and p.model.health.limit.tolist() == [40, 40, 40]
+    assert Pipeline(Settings(topics={"input": "in"}), _model()).model.health.silent_s == 60  # the model's own
+    text = _block({"sensor_id": "pump-7", "partitions": [{
+        "partition": 3, "last_reading": "t1", "baseline": "learned", "health": ["stuck"],
+        "open_episode": {"since": "t0", "readings": 4, "peak_margin": 2.5}, "muted_until": "t9", "suppressed": 2,
+        "last_applied": {"at": "t0", "by": "alice", "why": "maintenance"}}],
+        "last_command": {"command": "mute", "at": "t0", "until": "t9", "by": "alice", "reason": "maintenance"}})
+    assert "health: stuck" in text and "muted until t9" in text and "held back by mutes: 2" in text
+    assert "last command on the control topic: mute at t0 until t9 by alice: maintenance" in text
