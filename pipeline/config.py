@@ -139,6 +139,8 @@ class SensorHealthSettings(BaseModel):
     """Sensor health rules (issue 30, docs/sensor-health.md): the model's own (model.json "health",
     set at train from each channel's normal steps) unless given here for this model group."""
 
+    enabled: bool = Field(True, description="judge sensor health (stuck, flatline, silent) when the model has "
+                          "the step statistics for it (every model trained since issue 30)")
     stuck_n: int | None = Field(None, ge=2, description="readings a noisy channel must repeat to be stuck (default 30; "
                                 "a channel that repeats in normal data needs more: its stuck_after in model.json)")
     flatline_n: int | None = Field(None, ge=2, description="readings every channel must repeat (default 30)")

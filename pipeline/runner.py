@@ -301,7 +301,9 @@ class Pipeline:
     def _set_model(self, model) -> None:
         s = self.settings
         health = getattr(model, "health", None)
-        if health is not None and any(v is not None for v in s.sensors.overrides().values()):  # this group's limits
+        if health is not None and not s.sensors.enabled:
+            model.health = None  # sensors.enabled: false (no health rules, episodes or state)
+        elif health is not None and any(v is not None for v in s.sensors.overrides().values()):  # this group's limits
             from latentwatch.detectors.health import HealthRule
 
             model.health = HealthRule.from_dict(health.to_dict(), list(model.detector.channels),

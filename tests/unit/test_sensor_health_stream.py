@@ -169,7 +169,7 @@ def test_health_records_are_shown_by_alerts_tail_forwarded_with_their_own_labels
     m = PipelineMetrics()
     for done in seen:
         m.on_batch_committed(done)
-    value = lambda rule, event: m.registry.get_sample_value(  # noqa: E731
+    value = lambda rule, event: m.registry.get_sample_value(
         "latentwatch_health_episode_events_total", {"rule": rule, "event": event})
     assert value("silent", "open") == 2 and value("silent", "close") == 1 and value("flatline", "open") == 1
 
@@ -195,6 +195,7 @@ def test_a_deployment_overrides_the_models_health_limits_and_sensors_show_prints
     p = Pipeline(Settings(topics={"input": "in"}, sensors={"silent_s": 10, "stuck_n": 40}), _model())
     assert p.model.health.silent_s == 10 and p.model.health.limit.tolist() == [40, 40, 40]
     assert Pipeline(Settings(topics={"input": "in"}), _model()).model.health.silent_s == 60  # the model's own
+    assert Pipeline(Settings(topics={"input": "in"}, sensors={"enabled": False}), _model()).scorer.health is None
     text = _block({"sensor_id": "pump-7", "partitions": [{
         "partition": 3, "last_reading": "t1", "baseline": "learned", "health": ["stuck"],
         "open_episode": {"since": "t0", "readings": 4, "peak_margin": 2.5}, "muted_until": "t9", "suppressed": 2,
