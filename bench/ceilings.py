@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.decode import Decoder
+from latentwatch.pipeline.kafka import clients
 
 
 def _consumer(cluster: Settings, topic: str, partitions: int) -> Consumer:
@@ -72,6 +71,6 @@ def _schemas():
     if not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):
         return None
     from latentwatch.pipeline.config import load_settings
-    from latentwatch.pipeline.runner import schema_input
+    from latentwatch.pipeline.kafka.registry import schema_input
 
     return schema_input(load_settings())

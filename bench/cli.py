@@ -297,6 +297,13 @@ def _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fm
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m latentwatch.bench", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fleet"]:  # `python -m latentwatch.bench fleet ...`: the fleet harness (bench/fleet.py)
+        from latentwatch.bench.fleet import main as fleet_main
+
+        return fleet_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m latentwatch.bench", description=__doc__,
+                                epilog="python -m latentwatch.bench fleet --help: the fleet detection harness "
+                                       "and training-scale timer (bench/fleet.py)")
     add_arguments(p)
     return run(p.parse_args(argv))

@@ -78,8 +78,9 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
 
     health = HealthRule.fit(X, sim.channel_names)
     if kind != "mlp":
-        det, thr, rule = _recipe_model(X, sim.channel_names, kind, epochs)
-        save(out, det, thr, summary, name=f"bench-{kind}-{channels}ch", alarm=rule, health=health)
+        t = _recipe_model(X, sim.channel_names, kind, epochs)
+        save(out, t.detector, t.threshold, summary, name=f"bench-{kind}-{channels}ch", alarm=t.rule,
+             baselines=t.baselines, own_alarm=t.own_rule, health=health)
         return out
     split = int(len(X) * 0.8)
     det = make_detector(kind, device="cpu").fit(X[:split], sim.channel_names, epochs=epochs, seed=0)
@@ -98,8 +99,7 @@ def _recipe_model(X, channels, kind: str, epochs: int):
     """`recipe.train(Recipe(model=kind, window=8))`: an explicit kind is kept (no PCA guard)."""
     from latentwatch.detectors import recipe
 
-    t = recipe.train(X, channels, recipe.Recipe(model=kind, window=recipe.DEFAULT_WINDOW["auto"], epochs=epochs))
-    return t.detector, t.threshold, t.rule
+    return recipe.train(X, channels, recipe.Recipe(model=kind, window=recipe.DEFAULT_WINDOW["auto"], epochs=epochs))
 
 
 def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, step0: int = 0, fmt: str = "json"):

@@ -26,6 +26,7 @@ from latentwatch.detectors.thresholds import AdaptiveThreshold, POTThreshold, Qu
 
 log = logging.getLogger(__name__)
 
+CHUNK = 256  # readings in a row the shared model's sample takes of a sensor (windows inside; few seams)
 AUTO_AE_MIN_ROWS = 5000  # below this, autoencoders ended worse than PCA on held-out data (SKAB, 400 rows)
 DEFAULT_WINDOW = {"auto": 8, "pca": 8, "window": 32, "mlp": 1, "vae": 32}
 SCORES = {"reconstruction": ("reconstruction",), "both": ("reconstruction", "latent_distance")}
@@ -107,7 +108,7 @@ def train(X: np.ndarray, channels: list[str] | None, options: Recipe | None = No
     b, own_held, own_segs = bl.fit(X, sensor_ids, cold_start=o.cold_start,
                                    own_min=o.own_min if o.own else len(X) + 1)
     _, groups = bl.group_rows(sensor_ids)
-    rows = bl.sample_for_fleet(groups, o.max_train_readings, chunk=max(64, 8 * (o.window or DEFAULT_WINDOW[o.model])))
+    rows = bl.sample_for_fleet(groups, o.max_train_readings, chunk=max(CHUNK, 32 * (o.window or DEFAULT_WINDOW[o.model])))
     Z = bl.standardise(X[rows], b.center[b.rows(sensor_ids[rows])], b.scale[b.rows(sensor_ids[rows])])
     log.info("baselines of %d sensors (%d with an own model); shared model on %d of %d readings", b.sensors,
              b.owned, len(Z), len(X))

@@ -10,7 +10,7 @@ so subscribers that read the body alone see no difference. On by default (`alert
 | `ce_type` | `io.latentwatch.alert.reading`, `io.latentwatch.episode.open` / `.update` / `.close` |
 | `ce_time` | the record's `ts` (event time of the reading, RFC 3339) |
 | `ce_subject` | the sensor id |
-| `content-type` | `application/json` (the binding's `datacontenttype`) |
+| `content-type` | `application/json`, or `application/avro` with `alerts.format: avro` (the binding's `datacontenttype`) |
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import orjson
 
 SPECVERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
+CONTENT_TYPES = {"json": CONTENT_TYPE, "avro": b"application/avro"}  # by alerts.format
 TYPE_PREFIX = "io.latentwatch."
 
 
@@ -28,7 +29,12 @@ def default_source(group_id: str) -> str:
 
 def headers(value: bytes, source: bytes) -> list[tuple[str, bytes]]:
     """The binary-mode headers of one alerts-topic record (its JSON `value`)."""
-    r = orjson.loads(value)
+    return headers_of(orjson.loads(value), source, CONTENT_TYPE)
+
+
+def headers_of(r: dict, source: bytes, content_type: bytes) -> list[tuple[str, bytes]]:
+    """The binary-mode headers of one alerts-topic record `r` (records.py's dict), whose body is
+    written as `content_type`."""
     if r.get("kind") == "episode":
         event = r["event"]
         ce_id = f"{r['episode_id']}/{event}/{r['readings']}"
@@ -42,4 +48,4 @@ def headers(value: bytes, source: bytes) -> list[tuple[str, bytes]]:
         ce_type = f"{TYPE_PREFIX}alert.{r.get('kind', 'reading')}"
     return [("ce_specversion", SPECVERSION), ("ce_id", ce_id.encode()), ("ce_source", source),
             ("ce_type", ce_type.encode()), ("ce_time", r["ts"].encode()), ("ce_subject", r["sensor_id"].encode()),
-            ("content-type", CONTENT_TYPE)]
+            ("content-type", content_type)]

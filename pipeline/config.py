@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -124,6 +124,27 @@ class ModelSettings(BaseModel):
                                                  "(no alerts from it; agreement metrics latentwatch_shadow_*)")
 
 
+class GroupSettings(BaseModel):
+    """One model group (pipeline/groups.py, docs/groups.md): sensors whose id matches `match` are
+    scored by the model in `model`, with its own lifecycle (hot swap, drift, shadow)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the group's name: the `group` label of "
+                      "its metrics and `model.group` of its alerts")
+    match: str = Field(description="a glob on the sensor id (`pump-*`; a prefix is `pump-*`), or `re:<regex>` "
+                       "(the whole id must match)")
+    model: str = Field(description="its model directory, watched for new versions like model.path")
+    shadow: str | None = Field(None, description="a candidate model directory scored beside the group's model")
+
+    @field_validator("match")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        from latentwatch.pipeline.routing import compile_rule  # the one place rules are read
+
+        compile_rule(v)
+        return v
+
+
 class MetricsSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address /metrics binds to; 0.0.0.0 to expose it")
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port")
@@ -159,6 +180,9 @@ class AlertSettings(BaseModel):
                                            "/latentwatch/<group_id>")
     per_reading: bool = Field(True, description="publish a record per alarmed reading (kind 'reading') beside "
                                                 "the episode events (kind 'episode'); false: episodes only")
+    format: Literal["json", "avro"] = Field("json", description="the records of the alerts and latent topics: "
+                                            "json, or avro (Confluent wire format, schemas pipeline/schemas/*.avsc "
+                                            "registered under <topic>-value; needs schema_registry.url)")
 
 
 class RegistrySettings(BaseModel):
@@ -207,6 +231,11 @@ class Settings(BaseSettings):
     sensors: SensorHealthSettings = Field(default_factory=SensorHealthSettings)
     schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
     input_mapping: InputMapping = Field(default_factory=InputMapping)
+    groups: list[GroupSettings] = Field(default_factory=list, description="model groups, in order: the first "
+                                        "whose `match` fits a sensor id scores it (pipeline/groups.py, docs/groups.md)")
+    groups_fallback: str | None = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="with groups: "
+                                        "the name of the group model.path scores (sensors no group matches); "
+                                        "none (or null): such sensors are dead letters (no_group)")
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     late_policy: Literal["dead-letter", "score"] = Field(
         "dead-letter", description="a reading not newer than its sensor's last one: dead-letter or score anyway")
@@ -224,6 +253,20 @@ class Settings(BaseSettings):
         if path:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _group_names(self) -> "Settings":
+        names = [g.name for g in self.groups] + ([self.groups_fallback] if self.fallback_group else [])
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"group name {twice[0]!r} is used twice (groups[].name and groups_fallback)")
+        return self
+
+    @property
+    def fallback_group(self) -> str | None:
+        """The name of the group model.path scores when groups are configured (None: no fallback)."""
+        fb = self.groups_fallback
+        return None if fb is None or fb.lower() == "none" else fb
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration with secrets masked, for `config show` and logs."""
@@ -275,7 +318,8 @@ def load_settings(config_file: str | None = None, overrides: dict[str, Any] | No
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         source = f" (from {config_file}, the environment or a flag)" if config_file else ""
-        raise UserError(f"invalid configuration: {where}: {err['msg']}{source}") from None
+        msg = err["msg"].removeprefix("Value error, ")  # a validator's own sentence
+        raise UserError(f"invalid configuration: {where + ': ' if where else ''}{msg}{source}") from None
     finally:
         _config_file.reset(token)
 

@@ -47,7 +47,7 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
                   model_name: str, model_version: str, critical_ratio: float, detected_at: str,
                   parts: dict[str, np.ndarray] | None = None, rules: np.ndarray | None = None,
                   statistics: np.ndarray | None = None, limits: np.ndarray | None = None,
-                  baselines: list[str] | None = None) -> list[dict]:
+                  baselines: list[str] | None = None, model_group: str | None = None) -> list[dict]:
     """A batch's alerts, one per row: `sources` (topic, partition, offset, index) of each reading,
     `ts` its event time as ISO strings (`times.iso_many`), `tops` its row of `top_channels`, `latent`
     `[n, k]`, `parts` name -> `[n]`. Rounding and conversion are done per column in numpy: per
@@ -69,7 +69,7 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
     names = list(parts or {})
     part_rows = (list(zip(*(_round(np.asarray(parts[n], np.float64), 3).tolist() for n in names)))
                  if names else [()] * len(sources))
-    model = {"name": model_name, "version": model_version}
+    model = _model(model_name, model_version, model_group)
     out = []
     for (topic, partition, offset, index), sid, t, sc, thr, lat, rule, st, lim, top, crit, pr in zip(
             sources, sensor_ids, ts, *columns, tops, critical, part_rows):
@@ -90,10 +90,11 @@ def alert_records(*, sources: list[tuple[str, int, int, int]], sensor_ids: list[
 
 def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: np.ndarray,
                     tops: list[list[dict]], model_name: str, model_version: str, critical_ratio: float,
-                    detected_at: str, baselines: list[str] | None = None) -> list[dict]:
+                    detected_at: str, baselines: list[str] | None = None,
+                    model_group: str | None = None) -> list[dict]:
     """One record per episode event (`alarms.Decision.events`: (event, reading, key, Episode)),
     row-aligned with `sources`/`sensor_ids`/`ts`/`tops` of the reading that raised it."""
-    model = {"name": model_name, "version": model_version}
+    model = _model(model_name, model_version, model_group)
     out = []
     for (event, _pos, _key, ep), (topic, _p, _o, _i), sid, t, top in zip(events, sources, sensor_ids,
                                                                        np.asarray(ts, np.float64).tolist(), tops):
@@ -116,7 +117,7 @@ def episode_records(events, *, sources: list[tuple[str, int, int, int]], sensor_
 
 
 def evicted_close_records(evicted, *, topic: str, model_name: str, model_version: str, critical_ratio: float,
-                          detected_at: str) -> list[dict]:
+                          detected_at: str, model_group: str | None = None) -> list[dict]:
     """Close records of episodes whose sensor's state was evicted (`StateStore.take_evicted_open`:
     (key, entry) pairs), `reason: "evicted"`: at the event time of the sensor's last reading, named
     by the episode's first reading like any close. No reading raised them, so no top channels."""
@@ -125,7 +126,7 @@ def evicted_close_records(evicted, *, topic: str, model_name: str, model_version
                           sources=[(topic, *ep.ref) for _k, _e, ep in rows], sensor_ids=[k[1] for k, _e, _ep in rows],
                           ts=np.array([e.last_ts for _k, e, _ep in rows], np.float64), tops=[[] for _ in rows],
                           model_name=model_name, model_version=model_version, critical_ratio=critical_ratio,
-                          detected_at=detected_at)
+                          detected_at=detected_at, model_group=model_group)
     for record in out:
         record["reason"] = "evicted"
     return out
@@ -196,13 +197,19 @@ def alert_record(*, topic: str, partition: int, offset: int, index: int, sensor_
 
 
 def latent_records(sources: list[tuple[str, int, int, int]], sensor_ids: list[str], ts: list[str],
-                   scores: np.ndarray, latent: np.ndarray, model_name: str, model_version: str) -> list[tuple[bytes, bytes]]:
+                   scores: np.ndarray, latent: np.ndarray, model_name: str, model_version: str,
+                   model_group: str | None = None) -> list[tuple[bytes, bytes]]:
     """(key, value) of one latent record per scored reading, built per column like the alerts."""
-    model = {"name": model_name, "version": model_version}
+    model = _model(model_name, model_version, model_group)
     return [(sid.encode(), encode({"sensor_id": sid, "ts": t, "score": sc, "latent": lat, "model": model,
                                    "source": _source(*src)}))
             for src, sid, t, sc, lat in zip(sources, sensor_ids, ts, np.asarray(scores, np.float64).tolist(),
                                             _round(np.asarray(latent, np.float64), 5).tolist())]
+
+
+def _model(name: str, version: str, group: str | None) -> dict:
+    """A record's `model`: name and version, and with model groups (docs/groups.md) the group's name."""
+    return {"name": name, "version": version} if group is None else {"name": name, "version": version, "group": group}
 
 
 def _source(topic: str, partition: int, offset: int, index: int) -> dict:

@@ -32,17 +32,18 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import budget, control, records
+from latentwatch.pipeline import avro_out, budget, control, records
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
-from latentwatch.pipeline.decode import Mapping, RegistryUnavailable, SchemaInput
 from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.control import Commands, ControlReader
+from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
+from latentwatch.pipeline.groups import GroupSet
 from latentwatch.pipeline.health import Health
 from latentwatch.pipeline.kafka import changelog, clients
 from latentwatch.pipeline.kafka.monitor import KafkaMonitor, TopicsGone
-from latentwatch.pipeline.kafka.registry import RegistryLookup
+from latentwatch.pipeline.kafka.registry import schema_input
 from latentwatch.pipeline.kafka.txn_id import TransactionalId
 from latentwatch.pipeline.lifecycle import Lifecycle
 from latentwatch.pipeline.metrics import PipelineMetrics
@@ -58,19 +59,11 @@ from latentwatch.pipeline.times import iso
 log = logging.getLogger("latentwatch.run")
 
 
-def schema_input(settings: Settings) -> SchemaInput | None:
-    """The registry lookup and field mapping of schema'd input; None without schema_registry.url."""
-    if not settings.schema_registry.url:
-        return None
-    m = settings.input_mapping
-    return SchemaInput(RegistryLookup.for_settings(settings.schema_registry),
-                       Mapping(m.sensor_id, m.time, m.time_unit, m.channels, dict(m.rename)))
-
-
 class Pipeline:
     """One pipeline process: `run()` until `stop()` (or a signal handled by the caller)."""
 
-    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None):
+    def __init__(self, settings: Settings, model, metrics: PipelineMetrics | None = None, shadow=None,
+                 groups: list | None = None):
         s = self.settings = settings
         self.metrics = m = metrics or PipelineMetrics()
         self._refs = shadow is not None  # the shadow model (lifecycle/shadow.py) pairs readings by their source
@@ -88,7 +81,13 @@ class Pipeline:
         self._set_model(model)
         # Hot swaps (a new version behind the model directory's `current`, or SIGHUP), drift, shadow.
         # A version whose state cannot be produced is refused by the watcher (outcome incompatible).
-        self.lifecycle = Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
+        # Model groups (groups.py): sensors routed to several models, each with its own lifecycle;
+        # `groups`: (GroupSettings, LoadedModel, shadow LoadedModel | None) of each, the fallback last.
+        if s.groups and not groups:
+            raise UserError("groups are configured but their models were not given (cli/run.py, load_groups)")
+        self.groups = GroupSet(self, groups) if groups else None
+        self.lifecycle = self.groups.lifecycle if self.groups else \
+            Lifecycle.for_settings(model, m, s, shadow, fits=self._state_fits)
         self.events = Fanout(m, self.health, self.lifecycle)
         self.monitor = KafkaMonitor(s, m.kafka_error)
         self.source = Source(s, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost,
@@ -140,9 +139,10 @@ class Pipeline:
         self._control_dead += self.control.catch_up(s.startup_timeout_s)
         txn = TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
+        avro = avro_out.for_settings(s, lambda: self.stopping)  # alerts.format avro: schemas registered now
         self.sink = Sink(s, on_error=lambda err: self.monitor.on_error(err, from_producer=True),
                          stop=self.stop_budget, transactional_id=txn.value if txn else None,
-                         on_wait=self.health.beat)
+                         on_wait=self.health.beat, avro=avro)
         parts = (self.source, self.sink, self.events.on_offsets_committed)
         # With a state changelog an at-least-once commit may not travel past the next batch (state.py).
         self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, self.stop_budget, s.startup_timeout_s) if txn
@@ -266,13 +266,17 @@ class Pipeline:
             log.warning("%s: holding %d messages, retrying (nothing is dead-lettered or committed meanwhile)",
                         why, len(messages))
         self.source.put_back(messages)
+        # The partitions paused and the consumer polled meanwhile: an outage longer than
+        # max.poll.interval.ms would otherwise cost the group membership (and a rebalance).
+        self.source.pause_all()
         deadline = time.monotonic() + wait
         while not self.stopping and time.monotonic() < deadline:
             self.health.beat()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            self.source.idle(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _registry_back(self) -> None:
         self._registry_wait = None
+        self.source.resume_all()
         self.metrics.registry_up.set(1)
         self.health.registry(True, "")
         log.info("the schema registry answers again: scoring resumed")
@@ -281,11 +285,14 @@ class Pipeline:
         """Sensors evicted with an episode open get their close with this batch (in its transaction
         under exactly-once, beside their tombstones): kept until a batch carrying them commits."""
         evicted = self.state.take_evicted_open()
-        if evicted:
+        if evicted and self.groups is not None:
+            found = self.groups.evicted_close_records(evicted, detected_at=iso(time.time()))
+        elif evicted:
             found = records.evicted_close_records(
                 evicted, topic=self.settings.topics.input, model_name=self.model.name,
                 model_version=str(self.model.version), critical_ratio=self.settings.alerts.critical_ratio,
                 detected_at=iso(time.time()))
+        if evicted:
             self._closes += [(r["sensor_id"].encode(), records.encode(r)) for r in found]
             log.info("%d sensors evicted with an episode open: closing them (reason evicted)", len(found))
         if not self._closes:
@@ -312,13 +319,19 @@ class Pipeline:
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
         # batch.max_output_bytes; a message holding more readings than that is a dead letter.
-        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        self.scorer, per_reading = self._new_scorer(model)
         self.sizing.for_model(budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading))
-        self.scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
-                             late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
-                             latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs,
-                             max_message_readings=s.batch.max_output_bytes // per_reading,
-                             per_reading=s.alerts.per_reading, schemas=self.schemas)
+
+    def _new_scorer(self, model, refs: bool | None = None) -> tuple[Scorer, int]:
+        """A scorer of `model` as this process runs it, and the most bytes of records one reading makes."""
+        s = self.settings
+        per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
+        scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
+                        late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,
+                        latent_topic=bool(s.topics.latent), changelog=True, refs=self._refs if refs is None else refs,
+                        max_message_readings=s.batch.max_output_bytes // per_reading,
+                        per_reading=s.alerts.per_reading, schemas=self.schemas)
+        return scorer, per_reading
 
     def _state_fits(self, model) -> str | None:
         """Why `model`'s per-sensor state records could not be produced (None: they can)."""

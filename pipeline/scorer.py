@@ -148,7 +148,10 @@ class _Judged:
 
 class Scorer:
     """Scores micro-batches for one model. `changelog`: return state records for the changelog;
-    `refs`: say which reading each score is of (shadow scoring pairs two models' readings)."""
+    `refs`: say which reading each score is of (shadow scoring pairs two models' readings).
+    `group`: the model group it scores for (groups.py), named in its records' `model.group`."""
+
+    group: str | None = None
 
     def __init__(self, model, *, max_message_bytes: int, max_future_s: float, late_policy: str,
                  critical_ratio: float, latent_topic: bool, changelog: bool, refs: bool = False,
@@ -236,10 +239,14 @@ class Scorer:
         keys = list(key_of_msg)
         last_msg = np.zeros(len(keys), np.int64)
         last_msg[msg_key] = np.arange(len(valid))  # later messages overwrite: the last of each key
-        by_key = np.argsort(np.repeat(msg_key, counts), kind="stable")
+        key_of_reading = np.repeat(msg_key, counts)
+        by_key = np.argsort(key_of_reading, kind="stable")
         bounds = np.cumsum(np.bincount(msg_key, weights=counts, minlength=len(keys)).astype(np.int64))
         win_parts, idx_parts, updates = [], [], {}
-        base = _Base(self.baselines, len(values), self.own_rule is not None) if self.baselines is not None else None
+        base = None
+        if self.baselines is not None:  # sensors with a baseline from training, all at once; cold starts per sensor
+            base = _Base(self.baselines, len(values), self.own_rule is not None)
+            base.known(keys, key_of_reading)
         resets, reset_ts, muted, mutes = np.zeros(len(values), np.int8), {}, np.zeros(len(values), bool), {}
         for k, key in enumerate(keys):
             idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
@@ -248,20 +255,22 @@ class Scorer:
                                mutes, key)
             if at is not None:  # accepted from reading idx[at]: a new normal (pipeline/control.py)
                 resets[idx[at]], reset_ts[int(idx[at])] = 2, ctl.accepted
-            if base is None:
-                cold = None
-            elif at is None:
-                cold = base.assign(key[1], idx, values, prior.baseline if prior is not None else None,
-                                   relearn=ctl is not None and ctl.accepted > 0)
-            else:  # the old baseline before the accept, a cold start from it
-                if at:
-                    base.assign(key[1], idx[:at], values, prior.baseline if prior is not None else None,
-                                relearn=prior is not None and prior.control is not None and prior.control.accepted > 0)
-                cold = base.assign(key[1], idx[at:], values, None, relearn=True)
-            if base is not None and ctl is not None and ctl.accepted > 0:
-                _relearning(base, idx[at:] if at is not None else idx, at is not None or (
-                    prior is not None and prior.baseline is not None and not prior.baseline.learned), muted, resets,
-                    reset_ts, ts)
+            cold = None
+            if base is not None:
+                known = bool(base.rows[k] >= 0)
+                pb = prior.baseline if prior is not None else None
+                relearning = ctl is not None and ctl.accepted > 0  # a cold start even if the model knows it
+                if at is None:
+                    if not known or relearning:
+                        cold = base.cold(idx, values, pb, reset=known, defer=not relearning)
+                else:  # the old baseline before the accept, a cold start from it
+                    was = prior is not None and prior.control is not None and prior.control.accepted > 0
+                    if at and (not known or was):
+                        base.cold(idx[:at], values, pb, reset=known, defer=False)
+                    cold = base.cold(idx[at:], values, None, reset=known, defer=False)
+                if relearning:
+                    _relearning(base, idx[at:] if at is not None else idx, at is not None or (
+                        pb is not None and not pb.learned), muted, resets, reset_ts, ts)
             new_tail = self._empty_tail
             if self.window > 1:
                 tail = prior.tail if prior is not None else self._empty_tail
@@ -277,6 +286,8 @@ class Scorer:
                                        b.offsets[(valid[m][0].topic(), key[0])],
                                        prior.alarm if prior is not None else None, cold,
                                        prior.health if prior is not None else None, ctl)
+        if base is not None:
+            base.finish()
         if self.window == 1:
             windows, scored_idx = values[:, None, :], np.arange(len(values))
         elif win_parts:
@@ -355,7 +366,7 @@ class Scorer:
             critical_ratio=self.critical_ratio, detected_at=detected_at,
             parts={name: v[raised] for name, v in s.parts.items()},
             rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
-            baselines=self._baseline_names(w, rows))
+            baselines=self._baseline_names(w, rows), model_group=self.group)
         if w.health is not None:
             _mark(alerts, w.health.marks[rows])
         out.severities = [r["severity"] for r in alerts]
@@ -374,7 +385,7 @@ class Scorer:
                 sensor_ids=sensor_of[at].tolist(), ts=ev_ts,
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
                 model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
-                baselines=self._baseline_names(w, ev_rows))
+                baselines=self._baseline_names(w, ev_rows), model_group=self.group)
             for r, q in zip(episodes, why):
                 if q:
                     r["reason"] = q
@@ -384,7 +395,7 @@ class Scorer:
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
             out.latents = records.latent_records(sources(scored_idx), sensor_of.tolist(), iso_many(ts[scored_idx]),
-                                                 out.scores, s.latent, model_name, model_version)
+                                                 out.scores, s.latent, model_name, model_version, self.group)
 
     @staticmethod
     def _baseline_names(w: "_Windows", rows) -> list[str] | None:
@@ -468,44 +479,73 @@ class Scorer:
 
 class _Base:
     """Step 4's baselines: per reading of a batch, the center and scale it is standardised by, its
-    own model (-1: none) and its baseline state; `assign` fills a sensor's rows and returns its
-    new cold start (None for a sensor the model has a baseline of)."""
+    own model (-1: none) and its baseline state (0 own, 1 learned, 2 fleet): `known` fills the
+    readings of sensors the model has a baseline of, `cold` those of one sensor new to it."""
 
     def __init__(self, baselines, n: int, own: bool):
         self.b, self.use_own = baselines, own
-        C = baselines.channels
-        self.center = np.empty((n, C), np.float32)
-        self.scale = np.empty((n, C), np.float32)
+        # every reading starts as a cold start's (the fleet baseline); `known` and `cold` overwrite
+        self.center = np.broadcast_to(baselines.fleet_center, (n, baselines.channels)).copy()
+        self.scale = np.broadcast_to(baselines.fleet_scale, (n, baselines.channels)).copy()
         self.own = np.full(n, -1, np.int64)
-        self.state = np.zeros(n, np.int8)
+        self.state = np.full(n, 2, np.int8)
+        self._learned: list = []  # (readings, Baseline) of sensors whose cold start has ended
 
-    def assign(self, sensor_id: str, idx: np.ndarray, values: np.ndarray, prior, relearn: bool = False):
-        """`relearn`: the sensor's baseline is a cold start even if the model has one of it (an
-        operator's accept, pipeline/control.py), scored by the shared model."""
+    def finish(self) -> None:
+        """The readings of sensors with a learned baseline, in one scatter (a Python assignment per
+        sensor cost 28 % of the scorer stage with 100,000 such sensors: bench/baselines_cost.py)."""
+        if not self._learned:
+            return
+        idx = np.concatenate([i for i, _ in self._learned])
+        counts = [len(i) for i, _ in self._learned]
+        self.center[idx] = np.repeat(np.stack([b.center for _, b in self._learned]), counts, axis=0)
+        self.scale[idx] = np.repeat(np.stack([b.scale for _, b in self._learned]), counts, axis=0)
+        self.state[idx] = 1
+        self._learned = []
+
+    def known(self, keys, key_of_reading: np.ndarray) -> None:
+        """The readings of sensors the model has a baseline of, in one gather (`rows`: each
+        key's row in the baselines, -1 for a cold start, which `cold` fills)."""
         b = self.b
-        row = b.row(sensor_id) if not relearn else -1
-        if row >= 0:
-            self.center[idx], self.scale[idx] = b.center[row], b.scale[row]
+        self.rows = b.rows([sid for _, sid in keys])
+        rr = self.rows[key_of_reading]
+        hit = rr >= 0
+        if hit.any():
+            r = rr[hit]
+            self.center[hit], self.scale[hit], self.state[hit] = b.center[r], b.scale[r], 0
             if self.use_own:
-                self.own[idx] = b.own_row[row]
-            return None  # state 0: own
+                self.own[hit] = b.own_row[r]
+
+    def cold(self, idx: np.ndarray, values: np.ndarray, prior, reset: bool = False, defer: bool = True):
+        """A sensor new to the model: its readings `idx` judged by the fleet baseline until its
+        cold start ends, then by the one learned from it; returns its new cold start. Python
+        per sensor, so kept lean: 21 -> 6 us a call in the bench's cold phase. `reset`: the
+        readings were filled by `known` (a sensor the model knows, re-learning after an operator's
+        accept, pipeline/control.py: scored by the shared model); `defer`: a learned baseline's
+        readings may wait for `finish` (not when the caller reads `state` right after)."""
+        b = self.b
+        if reset:
+            self.center[idx], self.scale[idx], self.state[idx], self.own[idx] = b.fleet_center, b.fleet_scale, 2, -1
+        if prior is not None and prior.learned:  # unchanged from now on (`seen` stops at the end of the cold start)
+            if defer:
+                self._learned.append((idx, prior))  # filled in one pass by `finish`
+            else:
+                self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
+            return prior
         m = len(idx)
         seen0 = prior.seen if prior is not None else 0
-        if prior is not None and prior.learned:
-            self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
-            return dataclasses.replace(prior, seen=seen0 + m)
-        nums = seen0 + np.arange(m)
         N, stride = b.cold_start, b.stride
-        first = prior.first if prior is not None and len(prior.first) else np.empty((0, b.channels), np.float32)
-        keep = (nums < N) & (nums % stride == 0)
-        if keep.any():
-            first = np.concatenate([first, values[idx[keep]]]).astype(np.float32)
-        cold = nums < N
-        self.center[idx[cold]], self.scale[idx[cold]], self.state[idx[cold]] = b.fleet_center, b.fleet_scale, 2
-        if cold.all():
+        upto = min(m, N - seen0)  # this batch's readings still in the cold start
+        keep = idx[(-seen0) % stride:upto:stride]  # reading numbers 0, stride, 2 stride, ... of the first N
+        first = prior.first if prior is not None else None
+        if len(keep):
+            first = values[keep] if first is None or not len(first) else np.concatenate([first, values[keep]])
+        elif first is None:
+            first = np.empty((0, b.channels), np.float32)
+        if upto == m:
             return state.Baseline(seen0 + m, first)
         center, scale = b.learn(first)
-        warm = idx[~cold]
+        warm = idx[upto:]
         self.center[warm], self.scale[warm], self.state[warm] = center, scale, 1
         return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
 

@@ -23,8 +23,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-
 from latentwatch.pipeline import cloudevents
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping
 from latentwatch.pipeline.kafka import clients
@@ -53,7 +53,9 @@ def dead_letter_headers(msg: Message, reason: str, detail: str) -> list[tuple[st
 
 class Sink:
     def __init__(self, settings, *, on_error: Callable, stop: StopBudget,
-                 transactional_id: str | None = None, on_wait: Callable[[], None] = lambda: None):
+                 transactional_id: str | None = None, on_wait: Callable[[], None] = lambda: None,
+                 avro=None):
+        self._avro = avro  # alerts.format avro: avro_out.AvroOutput re-encodes the alerts and latent records
         self._on_wait = on_wait  # called while waiting on Kafka (health: waiting, not stalled)
         self.settings = settings
         self.topics = settings.topics
@@ -76,11 +78,19 @@ class Sink:
     def produce_batch(self, batch, state_topic: str | None, tombstones=()) -> None:
         for i, reason, detail in batch.dead:
             self._dead_letter(batch.messages[i], reason, detail)
-        ce = self._ce_source
-        for key, value in batch.alerts:
-            self._produce(self.topics.alerts, value, key, cloudevents.headers(value, ce) if ce else None)
-        for key, value in batch.latents:
-            self._produce(self.topics.latent, value, key)
+        ce, avro = self._ce_source, self._avro
+        if avro is None:
+            for key, value in batch.alerts:
+                self._produce(self.topics.alerts, value, key, cloudevents.headers(value, ce) if ce else None)
+            for key, value in batch.latents:
+                self._produce(self.topics.latent, value, key)
+        else:  # the same records in Avro (avro_out.py); CloudEvents headers say application/avro
+            for key, value in batch.alerts:
+                r = orjson.loads(value)
+                self._produce(self.topics.alerts, avro.alert(r), key,
+                              cloudevents.headers_of(r, ce, cloudevents.CONTENT_TYPES["avro"]) if ce else None)
+            for key, value in batch.latents:
+                self._produce(self.topics.latent, avro.latent(orjson.loads(value)), key)
         # Evicted sensors are deleted from the changelog first (a restore keeps a key's last
         # record): one evicted and back in this batch has its new record after the tombstone, or
         # none (its record supersedes it).

@@ -35,6 +35,7 @@ class Source:
         self.consumer: Consumer | None = None
         self._revoked: set = set()
         self._held: list = []  # put back by the last batch, in consume order
+        self._paused = False  # pause_all() until resume_all()
 
     def open(self) -> None:
         self.consumer = Consumer(self._conf)
@@ -57,6 +58,30 @@ class Source:
 
     def put_back(self, messages: list) -> None:
         self._held = list(messages) + self._held
+
+    # -- waiting without consuming (a schema registry outage: runner._registry_down) -------------
+    def pause_all(self) -> None:
+        """Pause the assigned partitions (once): `idle` then polls without fetching more."""
+        if not self._paused:
+            parts = self.consumer.assignment()
+            if parts:
+                self.consumer.pause(parts)
+            self._paused = True
+
+    def idle(self, timeout: float) -> None:
+        """poll() while paused: librdkafka counts max.poll.interval.ms from the last poll, so a
+        wait longer than it would have cost the group membership. Rebalance callbacks run here;
+        a partition assigned meanwhile is not paused, and what it returns is held, after the rest."""
+        msg = self.consumer.poll(timeout)
+        if msg is not None and msg.error() is None:
+            self._held.append(msg)
+
+    def resume_all(self) -> None:
+        if self._paused:
+            parts = self.consumer.assignment()
+            if parts:
+                self.consumer.resume(parts)
+            self._paused = False
 
     def committed(self, partitions, stop: StopBudget) -> list | None:
         """Committed offsets of `partitions`, asked until answered; None on a stop."""

@@ -61,7 +61,7 @@ Key = tuple[int, str]  # (input partition, sensor id)
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """A cold-start sensor's baseline: `seen` readings so far; `first` [<= COLD_KEEP, channels]
+    """A cold-start sensor's baseline: `seen` readings so far (until it is learned); `first` [<= COLD_KEEP, channels]
     float32, every stride-th of its first `cold_start` readings, kept until the baseline is
     learned; then `center` and `scale` [channels] (and `first` empty)."""
 
@@ -214,6 +214,7 @@ class StateStore:
         self.max_sensors = max_sensors
         self.idle_ttl_s = idle_ttl_s
         self.fit: Fit | None = None  # what the loaded model needs (None: entries are not checked)
+        self.fit_of: Callable[[Key], Fit | None] | None = None  # per key instead (model groups, groups.py)
         self.max_future_s = float("inf")  # batch.max_future_s (the runner's): restored last_ts is checked
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._seen: dict[Key, float] = {}  # wall time last updated, for the idle TTL
@@ -342,7 +343,7 @@ class StateStore:
         dropped: Counter = Counter()
         keep = {}
         for key, entry in entries.items():
-            reason = check(entry, self.fit)
+            reason = check(entry, self.fit if self.fit_of is None else self.fit_of(key))
             if reason is None:
                 keep[key] = entry
             else:
@@ -372,13 +373,16 @@ class StateStore:
             self._count(self._entries.pop(key), -1)
             self._seen.pop(key, None)
 
-    def for_model(self, window: int, channels: int) -> None:
+    def for_model(self, window: int, channels: int, only: Callable[[Key], bool] | None = None) -> None:
         """A model swap: tails cut to the new window's last `window - 1` readings (a longer window
         warms up the difference); other channels or thresholds start afresh (last times kept). An
         open alarm episode is kept (the new model continues and closes it); the EWMA, in the old
         model's units, restarts at the new rule's center (NaN here). A cold start is kept where the
-        channel count allows (a sensor the new model has a baseline of ignores it)."""
+        channel count allows (a sensor the new model has a baseline of ignores it). `only`: the keys
+        the model scores (a model group's, groups.py); the others are left as they are."""
         for key, e in self._entries.items():
+            if only is not None and not only(key):
+                continue
             same = e.tail.ndim == 2 and e.tail.shape[1] == channels
             tail = e.tail[max(0, len(e.tail) - (window - 1)):] if same and window > 1 else \
                 np.empty((0, channels), np.float32)

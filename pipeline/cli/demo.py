@@ -9,7 +9,7 @@ from latentwatch.pipeline.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from latentwatch.pipeline.devtools.live_demo import DEFAULT_KINDS
+    from latentwatch.pipeline.devtools.live_demo import DEFAULT_FLEET_KINDS, DEFAULT_KINDS
 
     p = sub.add_parser(
         "demo", help="live demo: local broker, simulated sensors, pipeline, alerts, metrics",
@@ -29,11 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=400.0, help="readings/s across all sensors (default 400)")
     p.add_argument("--sensors", type=int, default=20)
     p.add_argument("--channels", type=int, default=8)
-    p.add_argument("--anomaly-rate", type=float, default=0.02,
-                   help="fraction of each sensor's readings inside an injected anomaly (default 0.02)")
-    p.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
-                   help="anomaly kinds to inject, comma-separated, or 'all' (default: all but stuck, "
-                        "which reconstruction error cannot see)")
+    p.add_argument("--anomaly-rate", type=float, default=None,
+                   help="fraction of each sensor's readings inside an injected anomaly (default 0.1 for the fleet, "
+                        "whose events are 1-300 readings long, so a 30 s demo still has a dozen; 0.02 --classic)")
+    p.add_argument("--classic", action="store_true",
+                   help="the classic simulator (every sensor alike, the kinds spike, level_shift, drift, stuck, "
+                        "correlation_break, noise_burst) instead of the default fleet (assets at their own "
+                        "operating points; docs/fleet-simulator.md). The drift scenario is always classic.")
+    p.add_argument("--kinds", default=None,
+                   help=f"anomaly kinds to inject, comma-separated, or 'all' (default: {','.join(DEFAULT_FLEET_KINDS)}; "
+                        f"with --classic: {','.join(DEFAULT_KINDS)}; stuck is left out by default, since "
+                        "reconstruction error cannot see it)")
     p.add_argument("--window", type=int, default=8, help="window of the demo model (default 8)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--metrics-port", type=int, default=9464,
@@ -44,14 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args) -> int:
-    from latentwatch.pipeline.devtools.live_demo import DemoOptions, main_demo
-    from latentwatch.pipeline.devtools.simulate import KINDS
+    from latentwatch.pipeline.devtools.live_demo import DEFAULT_FLEET_KINDS, DEFAULT_KINDS, DemoOptions, main_demo
+    from latentwatch.pipeline.devtools.simulate import FLEET_ALL_KINDS, KINDS
 
-    kinds = tuple(KINDS) if args.kinds == "all" else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    unknown = set(kinds) - set(KINDS)
+    fleet = not args.classic and args.scenario == "anomalies"
+    known, default = (FLEET_ALL_KINDS, DEFAULT_FLEET_KINDS) if fleet else (KINDS, DEFAULT_KINDS)
+    text = args.kinds if args.kinds is not None else ",".join(default)
+    kinds = tuple(known) if text == "all" else tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = set(kinds) - set(known)
     if unknown or not kinds:
         raise UserError(f"unknown anomaly kind(s) {', '.join(sorted(unknown)) or '(none)'}: "
-                        f"choose from {', '.join(KINDS)} or 'all'")
+                        f"choose from {', '.join(known)} or 'all'" + ("" if args.classic else
+                                                                       " (or --classic for the classic simulator)"))
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
     if args.phase < 5:
@@ -59,7 +69,10 @@ def _demo(args) -> int:
     settings = connection_settings(args, local_fallback=False)
     kafka = settings.kafka if bootstrap_configured(settings) else None
     opts = DemoOptions(kafka=kafka, duration=args.duration, rate=args.rate, sensors=args.sensors,
-                       channels=args.channels, anomaly_rate=args.anomaly_rate, kinds=kinds, window=args.window,
+                       channels=args.channels,
+                       anomaly_rate=args.anomaly_rate if args.anomaly_rate is not None else (0.1 if fleet else 0.02),
+                       kinds=DEFAULT_KINDS if fleet else kinds, fleet=fleet,
+                       fleet_kinds=kinds if fleet else DEFAULT_FLEET_KINDS, window=args.window,
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,
                        scenario=args.scenario, phase=args.phase)
     if args.scenario == "drift":

@@ -259,6 +259,7 @@ def _train(args) -> int:
         stream = _stream_training(args)
         X, channels, parts = stream.values, stream.channels, []
     else:
+        t_read = time.perf_counter()
         parts = [_read(p, args) for p in args.data]
         channels = parts[0].channels
         for part in parts[1:]:
@@ -272,6 +273,11 @@ def _train(args) -> int:
                                      np.full(len(p), args.sensor_id or "", dtype=object) for p in parts]).astype(str)
     elif parts and args.sensor_id:
         sensor_ids = np.full(len(X), args.sensor_id, dtype=object).astype(str)
+    if parts:  # a progress line before the long part: what was read, and how fast
+        n_sensors = len(np.unique(sensor_ids)) if sensor_ids is not None else 1
+        took = time.perf_counter() - t_read
+        print(f"read {len(X):,} readings of {n_sensors:,} sensor(s) from {len(parts)} file(s) in {took:.1f}s "
+              f"({len(X) / max(took, 1e-9):,.0f} readings/s); training ...", flush=True)
     new = train_version(X, channels, options, args.out, parts=parts, stream=stream, name=args.name,
                         promote=not args.no_promote, sensor_ids=sensor_ids)
     print(new.describe(f"{args.from_topic}" if args.from_topic else f"{len(parts)} file(s)"))

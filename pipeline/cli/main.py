@@ -17,7 +17,7 @@ COMMAND_MODULES = [
     "latentwatch.pipeline.cli.broker",  # broker start|stop|status
     "latentwatch.pipeline.cli.run",  # run, config show, schema
     "latentwatch.pipeline.cli.detect",  # train, score, evaluate
-    "latentwatch.pipeline.cli.models",  # models list|show|promote|rollback
+    "latentwatch.pipeline.cli.models",  # models list|show|promote|rollback|groups
     "latentwatch.pipeline.cli.sim",  # simulate, replay, report
     "latentwatch.pipeline.cli.alerts",  # alerts tail|forward
     "latentwatch.pipeline.cli.sensors",  # sensors accept|mute|unmute|show

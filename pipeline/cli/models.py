@@ -1,5 +1,5 @@
 """`latentwatch models list|show|promote|rollback DIR`: manage a versioned model directory
-(detectors/versions.py). `promote` and `rollback` only move the `current` pointer; a running
+(detectors/versions.py); `models groups --config FILE`: the model groups of a configuration. `promote` and `rollback` only move the `current` pointer; a running
 `latentwatch run --model DIR` notices the change and swaps the model in between batches."""
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb = msub.add_parser("rollback", help="make the version that was current before this one current again")
     rb.add_argument("dir", metavar="MODEL_DIR")
     rb.set_defaults(func=_rollback)
+    gr = msub.add_parser("groups", help="the model groups of a pipeline configuration: rule, directory and "
+                                        "current version of each, in routing order (docs/groups.md)")
+    gr.add_argument("--config", default=None, metavar="FILE", help="pipeline config file (default: "
+                    "$LATENTWATCH_CONFIG); the environment applies as for `run`")
+    gr.set_defaults(func=_groups)
 
 
 def _versioned(root: str) -> Path:
@@ -129,4 +134,39 @@ def _rollback(args) -> int:
     except versions.VersionError as exc:
         raise UserError(str(exc)) from None
     print(f"{root}: current is now {pointer.version} (rolled back from {was})")
+    return 0
+
+
+def _current_version(path: str) -> str:
+    """The version `run` would load from `path` (a versioned directory's `current`, a plain one's
+    model.json), or why none."""
+    from latentwatch.detectors import versions
+
+    root = Path(path)
+    if versions.is_versioned(root):
+        try:
+            return versions.read_pointer(root).version
+        except versions.VersionError as exc:
+            return f"? ({exc})"
+    if versions.is_plain(root):
+        return str(_metadata(root).get("version", "?")) + " (plain directory)"
+    return "? (no model here)"
+
+
+def _groups(args) -> int:
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.groups import group_specs
+
+    settings = load_settings(args.config)
+    if not settings.groups:
+        print(f"no model groups configured: every sensor is scored by model.path ({settings.model.path or 'unset'})")
+        return 0
+    rows = [("GROUP", "MATCH", "MODEL DIR", "VERSION")]
+    for spec in group_specs(settings):
+        rows.append((spec.name, spec.match or "(fallback: the rest)", spec.model, _current_version(spec.model)))
+    if settings.fallback_group is None:
+        rows.append(("-", "(the rest)", "-", "dead letters, reason no_group"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0

@@ -84,18 +84,37 @@ def load_model(path: str | None, device: str):
         raise UserError(str(exc)) from None
 
 
+def load_groups(settings) -> list:
+    """(GroupSpec, model, shadow model or None) of each configured group, the fallback last."""
+    from latentwatch.pipeline.groups import group_specs
+
+    out = []
+    for spec in group_specs(settings):
+        try:
+            model = load_model(spec.model, settings.model.device)
+            shadow = load_model(spec.shadow, settings.model.device) if spec.shadow else None
+        except UserError as exc:
+            raise UserError(f"group {spec.name}: {exc}") from None
+        out.append((spec, model, shadow))
+    return out
+
+
 def _run(args) -> int:
     from latentwatch.pipeline.runner import Pipeline
 
     settings = settings_from_args(args)
-    model = load_model(settings.model.path, settings.model.device)
-    shadow = None
-    if settings.model.shadow:
-        try:
-            shadow = load_model(settings.model.shadow, settings.model.device)
-        except UserError as exc:
-            raise UserError(f"shadow model (--shadow): {exc}") from None
-    pipeline = Pipeline(settings, model, shadow=shadow)
+    if settings.groups:  # model groups (pipeline/groups.py): a model per group, the fallback's last
+        groups = load_groups(settings)
+        pipeline = Pipeline(settings, groups[-1][1] if settings.fallback_group else groups[0][1], groups=groups)
+    else:
+        model = load_model(settings.model.path, settings.model.device)
+        shadow = None
+        if settings.model.shadow:
+            try:
+                shadow = load_model(settings.model.shadow, settings.model.device)
+            except UserError as exc:
+                raise UserError(f"shadow model (--shadow): {exc}") from None
+        pipeline = Pipeline(settings, model, shadow=shadow)
     signals = {"count": 0}
 
     def on_signal(signum, frame):

@@ -60,7 +60,7 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from latentwatch.pipeline.devtools.simulate import KINDS
+    from latentwatch.pipeline.devtools.simulate import FLEET_ALL_KINDS, FLEET_KINDS, KINDS
 
     p = sub.add_parser("simulate", help="stream synthetic multi-sensor data with labelled anomalies into Kafka",
                        description="Ground truth travels in the `lw-truth` header of each message: the kind "
@@ -74,7 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=None, help="stop after this many readings")
     p.add_argument("--anomaly-rate", type=float, default=0.01,
                    help="expected fraction of each sensor's readings inside an anomaly (default: %(default)s)")
-    p.add_argument("--kinds", default=",".join(KINDS), help="anomaly kinds to inject (default: %(default)s)")
+    p.add_argument("--fleet", action="store_true",
+                   help="fleet mode: assets of one kind, each at its own operating point with a slightly different "
+                        "mix of the same process factors, and fleet trouble kinds (docs/fleet-simulator.md)")
+    p.add_argument("--kinds", default=None,
+                   help=f"anomaly kinds to inject (default: {','.join(KINDS)}; with --fleet: {','.join(FLEET_KINDS)}, "
+                        f"from {','.join(FLEET_ALL_KINDS)})")
     p.add_argument("--interval", type=float, default=1.0,
                    help="simulated seconds between two readings of one sensor (default: %(default)s)")
     p.add_argument("--period", type=float, default=300.0,
@@ -114,16 +119,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args) -> int:
-    from latentwatch.pipeline.devtools.simulate import ProduceStats, SensorSimulator, produce_stream
+    from latentwatch.pipeline.devtools.simulate import (
+        FLEET_KINDS,
+        KINDS,
+        FleetSimulator,
+        ProduceStats,
+        SensorSimulator,
+        produce_stream,
+    )
 
     if args.count is not None and args.count < 1:
         raise UserError("--count must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.fleet and args.operating_point_change:
+        raise UserError("--operating-point-change is for the classic simulator; in --fleet mode every asset "
+                        "has its own operating point (the setpoint kind moves one)")
+    kinds_text = args.kinds if args.kinds is not None else ",".join(FLEET_KINDS if args.fleet else KINDS)
+    kinds = [k.strip() for k in kinds_text.split(",") if k.strip()]
+    make = FleetSimulator if args.fleet else SensorSimulator
     try:
-        sim = SensorSimulator(args.sensors, args.channels, seed=args.seed, anomaly_rate=args.anomaly_rate,
-                              kinds=kinds, interval=args.interval, period=args.period)
+        sim = make(args.sensors, args.channels, seed=args.seed, anomaly_rate=args.anomaly_rate,
+                   kinds=kinds, interval=args.interval, period=args.period)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.operating_point_change:

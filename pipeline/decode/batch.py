@@ -36,6 +36,8 @@ DEAD_LETTER_REASONS = (
     "schema_mapping",  # a schema whose fields cannot give a reading (names the field), or Protobuf
     # The control topic (pipeline/control.py) only.
     "control_invalid",  # not a command: unknown command, no sensor id, who or why missing, bad times
+    # Model groups (pipeline/groups.py, docs/groups.md) with `groups_fallback: none` only.
+    "no_group",  # its sensor id matches no group's rule (or a keyless frame / schema'd record)
 )
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

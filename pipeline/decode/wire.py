@@ -23,7 +23,7 @@ What goes wrong, and what follows:
 - a payload its schema does not read (truncated, bytes left over, bad JSON): `undecodable`;
 - a schema that cannot give the model's channels (or a sensor id, or an event time):
   `schema_mapping`, naming the field, at the first message of that schema id;
-- a schema type we do not read (Protobuf, for now): `schema_mapping` saying so.
+- a schema type we do not read (Protobuf, for now: docs/schemas.md says why): `schema_mapping` saying so.
 Values and times then follow the JSON contract's checks (non_finite, bad_timestamp, late ...).
 """
 

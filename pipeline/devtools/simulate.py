@@ -16,6 +16,11 @@ differences and their own phase, so a single model can learn "normal" for all of
 Anomalies: `anomaly_rate` is the expected fraction of each sensor's *readings* that lie inside an
 anomaly. Events never overlap; each has one kind, a length (spike 1-3 readings, others 5-30) and a
 random subset of channels it affects.
+
+Fleet mode (`FleetSimulator`, issue 28; docs/fleet-simulator.md): assets of one kind driven by
+the same 3 process factors, each at its own operating point with a slightly different mix, and
+fleet trouble kinds (`FLEET_KINDS`: setpoint, foreign_point, stuck, ramp, spike; opt-in sensor
+health flags `FLEET_FLAG_KINDS`: flatline, silent) with documented lengths and magnitudes.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from latentwatch.pipeline.times import iso
 
 KINDS = ("spike", "level_shift", "drift", "stuck", "correlation_break", "noise_burst")
@@ -239,6 +243,234 @@ class SensorSimulator:
         x[s, t] = np.where(mask, new, cur)
 
 
+# ---- fleet mode -------------------------------------------------------------------------------
+# Assets of one kind (issue 28): the same 3 process factors drive every asset, but each asset runs
+# at its own operating point with a slightly different mix, so "normal" differs per asset. Trouble
+# kinds, magnitudes in units (1 unit = the typical std of one channel of one asset over time):
+FLEET_KINDS = ("setpoint", "foreign_point", "stuck", "ramp", "spike")  # the default trouble kinds
+FLEET_FLAG_KINDS = ("flatline", "silent")  # sensor-health flags (another issue): opt-in
+FLEET_ALL_KINDS = FLEET_KINDS + FLEET_FLAG_KINDS
+FLEET_LABELLED = {  # labelled readings per event (also the readings it occupies: events never overlap)
+    "setpoint": 60,  # the set point moves by 1.5 units on every channel and stays; first 60 labelled
+    "foreign_point": 80,  # 80 readings at another asset's operating point
+    "stuck": 200,  # one channel holds its last value
+    "ramp": 300,  # one channel ramps to +1.0 unit, then is back (recalibrated)
+    "spike": 1,  # an isolated 1.5-unit jump on one channel
+    "flatline": 200,  # every channel holds its last value
+    "silent": 120,  # no readings at all (NaN in the arrays, left out of messages and CSV rows)
+}
+FLEET_MAGNITUDE = {"setpoint": 1.5, "ramp": 1.0, "spike": 1.5}
+
+
+@dataclass
+class FleetEvent:
+    """One trouble event of one asset, at absolute simulated steps [start, start + length)."""
+
+    asset: int
+    kind: str
+    start: int
+    channel: int = -1  # stuck, ramp, spike
+    other: int = -1  # foreign_point: whose operating point
+    delta: np.ndarray | None = None  # setpoint: the move per channel (units); spike: its jump;
+    # stuck / flatline: the values held (units), known once the event starts
+
+    @property
+    def length(self) -> int:
+        return FLEET_LABELLED[self.kind]
+
+    span = length  # the readings the event occupies (no other event of its asset may start there)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class FleetSimulator:
+    """Deterministic (per `seed` and sequence of calls) fleet of `assets` of one kind, C channels
+    each: `x[a, t] = op[a] + moves[a, t] + (L[a] . F[a, t] + noise) / std[a]`, in units; values
+    are `base + unit * x` per channel (one engineering scale for the fleet: the assets are alike).
+
+    - F: 3 process factors, each asset its own realisation of the same process (a periodic "day"
+      cycle of `period` s with the asset's own phase, plus AR(1) wander, 20 s time constant);
+    - L[a] = L0 + `mix` x N(0, 1): a shared loading matrix with a small per-asset perturbation;
+      std[a] scales each channel to 1 unit of std over time;
+    - op[a] ~ N(0, `spread`^2) per channel: the operating points differ between assets by about
+      as much as one asset varies over time (spread 1);
+    - noise: small, 0.1-0.2 of a factor's loading before scaling.
+    Trouble events come from `schedule` (explicit) and/or `anomaly_rate` (random, kinds from
+    `kinds`, geometric gaps, never overlapping). Same interface as `SensorSimulator` for
+    `produce_stream`: `sensors`, `sensor_ids`, `channel_names`, `interval`, `step`, `next_readings`.
+    """
+
+    def __init__(self, assets: int = 32, channels: int = 8, seed: int | None = None,
+                 anomaly_rate: float = 0.0, kinds: tuple[str, ...] | list[str] | None = None,
+                 interval: float = 1.0, period: float = 300.0, channel_names: list[str] | None = None,
+                 sensor_prefix: str = "asset-", spread: float = 1.0, mix: float = 0.2):
+        if assets < 1 or channels < 1:
+            raise ValueError("need at least one asset and one channel")
+        if not 0.0 <= anomaly_rate < 0.9:
+            raise ValueError("anomaly_rate is a fraction of readings in [0, 0.9)")
+        kinds = list(dict.fromkeys(kinds if kinds is not None else FLEET_KINDS))
+        unknown = [k for k in kinds if k not in FLEET_ALL_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"unknown fleet trouble kinds {unknown}; choose from {', '.join(FLEET_ALL_KINDS)}")
+        if "foreign_point" in kinds and assets < 2 and anomaly_rate > 0:
+            raise ValueError("foreign_point needs at least 2 assets")
+        if channel_names is not None and len(channel_names) != channels:
+            raise ValueError("channel_names must have one name per channel")
+        self.sensors = self.assets = assets
+        self.channels, self.interval, self.period = channels, interval, period
+        self.anomaly_rate, self.kinds, self.seed = anomaly_rate, kinds, seed
+        self.sensor_ids = [f"{sensor_prefix}{i:03d}" for i in range(assets)]
+        self.channel_names = list(channel_names or (f"c{i}" for i in range(channels)))
+        self.step = 0
+        self.events: list[FleetEvent] = []  # every event scheduled so far, in scheduling order
+        self._pending: list[FleetEvent] = []  # those not yet wholly generated
+
+        self._seeds = np.random.SeedSequence(seed).spawn(4)  # profile, signal, events, training
+        p = np.random.default_rng(self._seeds[0])
+        A, C, K = assets, channels, _FACTORS
+        L0 = np.column_stack([p.choice([-1.0, 1.0], C) * p.uniform(0.7, 1.2, C), 0.6 * p.normal(size=(C, K - 1))])
+        self.loadings = L0 + mix * p.normal(size=(A, C, K))  # [A, C, K]
+        self._noise = p.uniform(0.1, 0.2, size=C)
+        self._phase = p.uniform(0, 2 * np.pi, size=A)
+        self._amp = np.array([1.5, 0.5, 0.0])
+        self._phi = float(np.exp(-interval / 20.0))
+        fvar = self._amp ** 2 / 2 + 1.0
+        self._std = np.sqrt((self.loadings ** 2 * fvar).sum(-1) + self._noise ** 2)  # [A, C]
+        self.operating_points = spread * p.normal(size=(A, C))  # op[a] in units
+        self.unit = p.uniform(0.5, 10.0, size=C)  # engineering units per unit, per channel
+        self.base = p.uniform(0, 100, size=C)
+
+        self._rng = np.random.default_rng(self._seeds[1])
+        self._ev_rng = np.random.default_rng(self._seeds[2])
+        self._ar = self._rng.normal(size=(A, K))
+        self._moves = np.zeros((A, C))  # set-point moves so far (units), as of `step`
+        self._last = None  # [A, C] the last reading of every asset (units), for stuck/flatline
+        self._busy = np.zeros(A, dtype=np.int64)  # each asset's events occupy steps before this
+        mean_len = float(np.mean([FLEET_LABELLED[k] for k in kinds]))
+        self._gap_mean = mean_len * (1 - anomaly_rate) / anomaly_rate if anomaly_rate > 0 else None
+        self._horizon = np.zeros(A, dtype=np.int64)  # random events are drawn up to here
+
+    # ---- events -------------------------------------------------------------------------------
+    def schedule(self, asset: int, kind: str, start: int, *, channel: int | None = None,
+                 other: int | None = None, sign: float | None = None) -> FleetEvent:
+        """Add a trouble event of `kind` on `asset` from absolute step `start` (not before the
+        next reading). Refuses an event that overlaps another of the same asset."""
+        if kind not in FLEET_ALL_KINDS:
+            raise ValueError(f"unknown fleet trouble kind {kind!r}; choose from {', '.join(FLEET_ALL_KINDS)}")
+        if not 0 <= asset < self.assets:
+            raise ValueError(f"no asset {asset}")
+        if start < self.step:
+            raise ValueError(f"step {start} is already generated (next step {self.step})")
+        end = start + FLEET_LABELLED[kind]
+        for e in self._pending:  # an event that ended before `step` cannot overlap
+            if e.asset == asset and e.start < end and start < e.end:
+                raise ValueError(f"asset {asset}: a {kind} event at {start} would overlap the {e.kind} event at {e.start}")
+        rng, C = self._ev_rng, self.channels
+        if channel is None and kind in ("stuck", "ramp", "spike"):
+            channel = int(rng.integers(C))
+        if kind == "foreign_point" and other is None:
+            if self.assets < 2:
+                raise ValueError("foreign_point needs another asset")
+            other = int((asset + 1 + rng.integers(self.assets - 1)) % self.assets)
+        delta = None
+        if kind == "setpoint":
+            delta = FLEET_MAGNITUDE["setpoint"] * rng.choice([-1.0, 1.0], size=C)
+        elif kind == "spike":
+            delta = np.array([FLEET_MAGNITUDE["spike"] * (sign if sign is not None else rng.choice([-1.0, 1.0]))])
+        ev = FleetEvent(asset, kind, int(start), -1 if channel is None else int(channel),
+                        -1 if other is None else int(other), delta)
+        self.events.append(ev)
+        self._pending.append(ev)
+        self._busy[asset] = max(self._busy[asset], end)
+        return ev
+
+    def _draw_events(self, until: int) -> None:
+        """Random events (anomaly_rate) for every asset until its timeline reaches `until`."""
+        rng = self._ev_rng
+        for a in range(self.assets):
+            while self._horizon[a] < until:
+                gap = int(rng.geometric(1.0 / (self._gap_mean + 1.0))) - 1
+                kind = self.kinds[int(rng.integers(len(self.kinds)))]
+                start = max(int(self._horizon[a]) + gap, self.step, int(self._busy[a]))
+                if kind == "foreign_point" and self.assets < 2:
+                    kind = "spike"
+                self.schedule(a, kind, start)
+                self._horizon[a] = start + FLEET_LABELLED[kind]
+
+    # ---- the stream ---------------------------------------------------------------------------
+    def _clean(self, rng: np.random.Generator, steps: np.ndarray, ar_state: np.ndarray):
+        """(x in units without the operating point, new AR state) for absolute `steps` [A, n]."""
+        A, n = steps.shape
+        eps = rng.normal(size=(A, n, _FACTORS)) * np.sqrt(1 - self._phi ** 2)
+        F = _ar1_chunk(ar_state, eps, self._phi)
+        state = F[:, -1].copy()
+        ang = 2 * np.pi * steps * self.interval / self.period + self._phase[:, None]
+        F[..., 0] += self._amp[0] * np.sin(ang)
+        F[..., 1] += self._amp[1] * np.sin(2 * ang)
+        x = np.einsum("ank,ack->anc", F, self.loadings) + self._noise * rng.normal(size=(A, n, self.channels))
+        return x / self._std[:, None], state
+
+    def to_values(self, x: np.ndarray) -> np.ndarray:
+        """Units -> engineering values (`base + unit * x`, per channel)."""
+        return self.base + self.unit * x
+
+    def normal_training_data(self, n: int) -> np.ndarray:
+        """`[n, channels]` trouble-free readings for training: each asset at its own operating
+        point, assets one after another, from random points of the cycle. Leaves the stream alone."""
+        rng = np.random.default_rng(self._seeds[3])
+        per = -(-n // self.assets)
+        t0 = rng.integers(0, int(25 * self.period / self.interval), size=self.assets)
+        x, _ = self._clean(rng, t0[:, None] + np.arange(per)[None], rng.normal(size=(self.assets, _FACTORS)))
+        x = x + self.operating_points[:, None, :]
+        return self.to_values(x).reshape(-1, self.channels)[:n].astype(np.float32)
+
+    def next_readings(self, n_per_sensor: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next `n` readings of every asset: `(values [A, n, C] float64, kinds [A, n] str)`;
+        `kinds` is "normal" or the trouble kind of each labelled reading; a silent reading's
+        values are NaN."""
+        A, C, n, t0 = self.assets, self.channels, n_per_sensor, self.step
+        if n <= 0:
+            return np.zeros((A, 0, C)), np.zeros((A, 0), dtype="<U13")
+        if self._gap_mean is not None:
+            self._draw_events(t0 + n)
+        steps = np.broadcast_to(t0 + np.arange(n), (A, n))
+        x, self._ar = self._clean(self._rng, steps, self._ar)
+        op = np.broadcast_to((self.operating_points + self._moves)[:, None, :], (A, n, C)).copy()
+        live = sorted((e for e in self._pending if e.start < t0 + n), key=lambda e: e.start)
+        for e in live:  # set-point moves first: they move the operating point for good
+            if e.kind == "setpoint" and e.start >= t0:
+                op[e.asset, e.start - t0:] += e.delta
+                self._moves[e.asset] += e.delta
+        x += op
+        labels = np.full((A, n), NORMAL, dtype="<U13")
+        silent = np.zeros((A, n), dtype=bool)
+        last = self._last if self._last is not None else x[:, 0].copy()
+        for e in live:
+            a, lo, hi = e.asset, max(e.start - t0, 0), min(e.end - t0, n)
+            labels[a, lo:hi] = e.kind
+            pos = np.arange(lo, hi) + t0 - e.start  # position inside the event
+            if e.kind == "foreign_point":
+                x[a, lo:hi] += self.operating_points[e.other] - op[a, lo:hi]
+            elif e.kind == "ramp":
+                x[a, lo:hi, e.channel] += FLEET_MAGNITUDE["ramp"] * (pos + 1) / e.length
+            elif e.kind == "spike":
+                x[a, lo:hi, e.channel] += e.delta[0]
+            elif e.kind in ("stuck", "flatline"):
+                if e.delta is None:  # the value held: the reading just before the event
+                    e.delta = (x[a, lo - 1] if lo > 0 else last[a]).copy()
+                chans = slice(None) if e.kind == "flatline" else e.channel
+                x[a, lo:hi, chans] = e.delta[chans]
+            elif e.kind == "silent":
+                silent[a, lo:hi] = True
+        self._last = x[:, -1].copy()
+        x[silent] = np.nan
+        self._pending = [e for e in self._pending if e.end > t0 + n]
+        self.step += n
+        return self.to_values(x), labels
+
+
 # ---- producing to Kafka ---------------------------------------------------------------------
 @dataclass
 class TruthRow:
@@ -350,7 +582,7 @@ def send(producer, topic: str, key: str, value: bytes, truth: list[tuple[str, st
     stats.by_kind.update(kind for _, kind in truth)
 
 
-def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, *,
+def produce_stream(producer, topic: str, simulator: SensorSimulator | FleetSimulator, rate: float = 100.0, *,
                    count: int | None = None, duration: float | None = None, batch_size: int = 1,
                    stop: threading.Event | None = None, on_truth=None, start_ts: float | None = None,
                    values_as: str = "object", stats: ProduceStats | None = None,
@@ -361,7 +593,8 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
     next batch, then the next step). `ts` is wall-clock now at produce time (earlier readings of a
     batch are spaced back by the real per-sensor interval), or with `start_ts` the simulated event
     time `start_ts + step * simulator.interval`. `fmt` "frames" sends binary frames instead of
-    JSON (see `encode`). Returns `stats` (also updated live)."""
+    JSON (see `encode`). A fleet's silent readings are not sent (`count` counts them as
+    simulated). Returns `stats` (also updated live)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     stats = stats if stats is not None else ProduceStats()
@@ -371,6 +604,7 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
     rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
     spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
     last_ms: dict[str, int] = {}  # per sensor: the last event time sent, in ms
+    silent_kind = isinstance(simulator, FleetSimulator)  # its silent readings are not sent
     t_start = time.monotonic()
     done = 0
     try:
@@ -398,8 +632,16 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
                         ts = [(first + i * spacing_ms) / 1000 for i in range(n)]
                     else:
                         ts = [start_ts + (step0 + r * b + i) * simulator.interval for i in range(n)]
-                    send(producer, topic, sid, encode(fmt, sid, ts, values[s, sl], channels, values_as),
-                         list(zip(map(iso_ts, ts), kinds[s, sl].tolist())), stats, on_truth)
+                    vals, labels = values[s, sl], kinds[s, sl]
+                    if silent_kind:  # fleet mode: a silent sensor sends nothing for those steps
+                        keep = labels != "silent"
+                        if not keep.all():
+                            vals, labels, ts = vals[keep], labels[keep], [t for t, k in zip(ts, keep) if k]
+                            if not len(labels):
+                                done += n
+                                continue
+                    send(producer, topic, sid, encode(fmt, sid, ts, vals, channels, values_as),
+                         list(zip(map(iso_ts, ts), labels.tolist())), stats, on_truth)
                     done += n
     finally:
         producer.flush(flush_timeout)
@@ -410,7 +652,8 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator, rate: float
 class BackgroundStream:
     """`produce_stream` in a daemon thread, for the demo: `.start()`, read `.stats`, `.stop()`."""
 
-    def __init__(self, producer, topic: str, simulator: SensorSimulator, rate: float = 100.0, **kwargs):
+    def __init__(self, producer, topic: str, simulator: SensorSimulator | FleetSimulator, rate: float = 100.0,
+                 **kwargs):
         self.stats = ProduceStats()
         self._stop = threading.Event()
         self.error: BaseException | None = None

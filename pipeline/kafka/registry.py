@@ -82,3 +82,15 @@ class RegistryLookup:
         for secret in self._secrets:
             text = text.replace(secret, mask_url(secret) if "@" in secret else "**********")
         return text[:300]
+
+
+def schema_input(settings):
+    """The registry lookup and field mapping of schema'd input (decode.SchemaInput); None without
+    schema_registry.url. The pipeline and `train --from-topic` decode through the same."""
+    from latentwatch.pipeline.decode import Mapping, SchemaInput
+
+    if not settings.schema_registry.url:
+        return None
+    m = settings.input_mapping
+    return SchemaInput(RegistryLookup.for_settings(settings.schema_registry),
+                       Mapping(m.sensor_id, m.time, m.time_unit, m.channels, dict(m.rename)))

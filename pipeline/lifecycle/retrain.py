@@ -32,9 +32,10 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from latentwatch.detectors.calibrate import model_alert_rate, recalibrate
 from latentwatch.pipeline.config import Settings
-from latentwatch.pipeline.decode import Decoder
+from latentwatch.pipeline.decode import Decoder, RegistryUnavailable
 from latentwatch.pipeline.errors import UserError
 from latentwatch.pipeline.kafka.clients import consumer_config
+from latentwatch.pipeline.kafka.registry import schema_input
 from latentwatch.pipeline.times import iso
 
 log = logging.getLogger("latentwatch.retrain")
@@ -162,7 +163,8 @@ def read_training_data(settings: Settings, topic: str, channels: list[str], sinc
                        timeout_s: float = 60.0) -> StreamData:
     if until is not None and until <= since:
         raise UserError(f"--until ({iso(until)}) must be after --since ({iso(since)})")
-    decoder = Decoder(channels, settings.batch.max_message_bytes, settings.batch.max_future_s)
+    # schema'd records (Avro, JSON Schema) through schema_registry.url, as the pipeline reads them
+    decoder = Decoder(channels, settings.batch.max_message_bytes, settings.batch.max_future_s, schema_input(settings))
     reader = TopicRange(settings, timeout_s)
     data = StreamData(np.empty((0, len(channels)), np.float32))
     excluded: set[tuple] = set()
@@ -173,7 +175,10 @@ def read_training_data(settings: Settings, topic: str, channels: list[str], sinc
         excluded = alerted_readings(reader, settings.topics.alerts, topic, since) if exclude_alerted else set()
 
         def take(messages):
-            batch = decoder.decode_many(((m.value(), m.key()) for m in messages), time.time())
+            try:
+                batch = decoder.decode_many(((m.value(), m.key()) for m in messages), time.time())
+            except RegistryUnavailable as exc:  # a pipeline waits it out; a one-off read says so
+                raise UserError(f"{exc}: {topic} holds schema'd records; try again once it answers") from None
             for _, err in batch.errors:
                 data.dead_letters[err.reason] += 1
             data.messages += len(messages)

@@ -32,6 +32,8 @@ class NewVersion:
     channels: list[str]
     seconds: float
     parts: list  # the CSV files (detectors.csvdata.CSVData) it was trained on; empty from a topic
+    baselines: object = None  # detectors.baselines.Baselines
+    sample_rows: int = 0  # readings the shared model was trained on
 
     def describe(self, origin: str) -> str:
         """The line `train` prints."""
@@ -41,7 +43,15 @@ class NewVersion:
         epochs = f", {r.epochs_run} epochs (best {r.best_epoch})" if r and r.epochs_run else ""
         return (f"trained {detector.kind} model on {self.rows} rows x {len(self.channels)} channels from {origin} "
                 f"in {self.seconds:.1f}s{epochs}; instant limit {threshold.kind} = {threshold.value:.5g}; "
-                f"{rule.describe()}{_per_day(rule, self.parts)}; saved to {out}")
+                f"{rule.describe()}{_per_day(rule, self.parts)}{self._per_sensor()}; saved to {out}")
+
+    def _per_sensor(self) -> str:
+        b = self.baselines
+        if b is None:
+            return ""
+        return (f"; per-sensor baselines of {b.sensors:,} sensor(s), {b.owned:,} with an own model, the shared model "
+                f"on {self.sample_rows:,} of {self.rows:,} readings; a new sensor is judged by the fleet baseline for "
+                f"its first {b.cold_start} readings")
 
     def note(self) -> str | None:
         """What `train` adds when the held-out data cannot verify the false-alarm budget."""
@@ -104,7 +114,8 @@ def train_version(X: np.ndarray, channels: list[str], options, out: str, *, part
                           make_current=promote)
     except VersionError as exc:
         raise UserError(str(exc)) from None
-    return NewVersion(detector, threshold, rule, version, out, promote, len(X), channels, seconds, parts)
+    return NewVersion(detector, threshold, rule, version, out, promote, len(X), channels, seconds, parts,
+                      trained.baselines, trained.sample_rows)
 
 
 def promote(root: Path, version: str):

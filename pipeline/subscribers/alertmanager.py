@@ -57,6 +57,7 @@ def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_
             },
             **sending_times(starts, now, resolve_timeout=resolve_timeout, closed=closed),
         }
+        _group_label(am, ep)
         if closed and ep.get("reason"):
             am["annotations"]["close_reason"] = str(ep["reason"])
         if closed:
@@ -115,9 +116,18 @@ def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: 
         },
         **sending_times(starts, now or datetime.now(UTC), resolve_timeout=resolve_timeout, closed=False),
     }
+    _group_label(am, alert)
     if generator_url:
         am["generatorURL"] = generator_url
     return am
+
+
+def _group_label(am: dict, record: dict) -> None:
+    """With model groups (docs/groups.md), the group that scored the sensor is a label too (a
+    sensor's group does not change while an episode lasts): Alertmanager routes by it."""
+    group = (record.get("model") or {}).get("group") if isinstance(record.get("model"), dict) else None
+    if isinstance(group, str) and group:
+        am["labels"]["group"] = group
 
 
 class DeliveryError(Exception):

@@ -8,58 +8,23 @@ import json
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from latentwatch.pipeline.devtools.avro_readings import READING_V1, AvroReadings, reading_v2
 
 from tests.support.cloudevents import check_binding
 from tests.support.harness import RunningPipeline, counter, read_topic, settings_for
+from tests.support.schema_streams import (
+    CH,
+    SCORED,
+    as_json,
+    outcome,
+    produce,
+    readings,
+    run_until_scored,
+)
 from tests.support.stub_model import stub_model
-
-CH = ["a", "b", "c"]
-SCORED = "latentwatch_readings_scored_total"
-
-
-def readings(n: int, sensors: int = 3, t0: float | None = None) -> list[tuple[str, float, dict]]:
-    """(sensor, ts, values): quiet readings with an anomaly every 17th (z^2 far above 9)."""
-    t0 = round(time.time() - 3600) if t0 is None else t0
-    out = []
-    for i in range(n):
-        v = 50.0 if i % 17 == 5 else 0.1 * ((i % 5) - 2)
-        out.append((f"s{i % sensors}", t0 + i * 0.25, {"a": v, "b": -v, "c": 0.5 * v}))  # whole ms: Avro millis
-    return out
-
-
-def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for key, value in values:
-        p.produce(topic, value, key=key)
-    assert p.flush(30) == 0
-
-
-def as_json(rs) -> list[tuple[bytes, bytes]]:
-    return [(s.encode(), json.dumps({"sensor_id": s, "ts": ts, "values": v}).encode()) for s, ts, v in rs]
-
-
-def run_until_scored(bootstrap, topic, n, **overrides):
-    settings = settings_for(bootstrap, topic, **overrides)
-    run = RunningPipeline(settings, stub_model(CH))
-    try:
-        assert run.wait_for(lambda m: counter(m, SCORED) >= n, timeout=90)
-    finally:
-        assert run.stop() == 0
-    return settings, run.pipeline.metrics
-
-
-def outcome(messages) -> list[tuple]:
-    """What the alerts topic said, independent of ids (which name the input topic)."""
-    out = []
-    for m in messages:
-        r = json.loads(m.value())
-        out.append((r["kind"], r.get("event"), r["sensor_id"], r["ts"], r.get("score", r.get("peak_score")),
-                    r["severity"]))
-    return sorted(out)
 
 
 def test_avro_serializer_producer_gives_the_same_alerts_as_the_same_readings_in_json(

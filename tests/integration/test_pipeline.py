@@ -192,7 +192,8 @@ def test_isolated_readings_far_out_alarm_in_the_stream_with_a_trained_mlp(kafka_
     X = _plant(rng, 20_000)
     trained = recipe.train(X, names, recipe.Recipe(model="mlp", epochs=15, seed=0))
     assert trained.detector.kind == "mlp"
-    save(tmp_path / "m", trained.detector, trained.threshold, summarise_training_data(X, names), alarm=trained.rule)
+    save(tmp_path / "m", trained.detector, trained.threshold, summarise_training_data(X, names), alarm=trained.rule,
+         baselines=trained.baselines, own_alarm=trained.own_rule)  # its model sees standardised readings
     model = load(tmp_path / "m", device="cpu")
 
     topic = make_topic(partitions=3)

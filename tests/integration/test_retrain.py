@@ -80,7 +80,7 @@ def stream(kafka_bootstrap, admin):
             n_alerts += 1
     assert p.flush(60) == 0
     return {"topic": topic, "alerts": alerts_topic, "t0": t0, "t1": t1, "t2": t2, "n_alerts": n_alerts,
-            "anomalous": anomalous, "bootstrap": kafka_bootstrap}
+            "anomalous": anomalous, "bootstrap": kafka_bootstrap, "values": refs["values"]}
 
 
 def _train(stream, out, since, until, *extra):
@@ -146,3 +146,54 @@ def test_retrain_errors_are_one_line(stream, tmp_path, capsys):
     assert "pass --columns" in capsys.readouterr().err
     assert main(["train", "--since", "1h", "--out", str(tmp_path / "m")]) == 2
     assert "either --data" in capsys.readouterr().err
+
+
+def test_train_from_an_avro_topic_reads_it_through_the_registry(kafka_bootstrap, make_topic, registry_url):
+    """Issue 31: `train --from-topic` decodes Avro records through schema_registry.url as the
+    pipeline does (it built a Decoder without the registry, so every record was a dead letter)."""
+    from latentwatch.pipeline.config import load_settings
+    from latentwatch.pipeline.devtools.avro_readings import AvroReadings
+    from latentwatch.pipeline.lifecycle.retrain import read_training_data
+
+    topic = make_topic()
+    enc = AvroReadings(registry_url, topic)
+    t0 = round(time.time() - 600)
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(50):
+        sid = SENSORS[i % 2]
+        p.produce(topic, enc.encode(sid, t0 + i, {c: float(i + j) for j, c in enumerate(CH)}), key=sid.encode())
+    assert p.flush(30) == 0
+    settings = load_settings(None, {"kafka.bootstrap_servers": kafka_bootstrap, "schema_registry.url": registry_url})
+    data = read_training_data(settings, topic, CH, t0 - 3600, None, exclude_alerted=False)
+    assert sum(data.dead_letters.values()) == 0 and data.readings == 50 and data.sensors == 2
+
+
+def test_train_from_a_csv_with_sensor_ids_from_several_files_and_from_the_topic_gives_the_same_baselines(
+        stream, tmp_path):
+    """Issue 28: the same readings (phase 1 of the four pumps) give every sensor the same baseline
+    and own model whichever way they reach `train`."""
+    from_topic = _train(stream, tmp_path / "topic", stream["t0"], stream["t1"], "--columns", ",".join(CH))
+    values = stream["values"]  # (phase, sensor, i) -> the values sent
+    header = "timestamp,sensor_id," + ",".join(CH)
+
+    def rows(sensor):
+        return [f"{i},{sensor}," + ",".join(repr(float(v)) for v in values[(1, sensor, i)]) for i in range(PER_SENSOR)]
+
+    one = tmp_path / "fleet.csv"
+    one.write_text(header + "\n" + "\n".join(r for s in SENSORS for r in rows(s)) + "\n")
+    files = []
+    for s in SENSORS:
+        f = tmp_path / f"{s}.csv"
+        f.write_text(header + "\n" + "\n".join(rows(s)) + "\n")
+        files.append(str(f))
+    common = ["--model", "pca", "--window", "1", "--threshold", "quantile", "--device", "cpu"]
+    assert main(["train", "--data", str(one), "--out", str(tmp_path / "csv"), *common]) == 0
+    assert main(["train", *sum((["--data", f] for f in files), []), "--out", str(tmp_path / "files"), *common]) == 0
+    models = [from_topic, load(tmp_path / "csv", device="cpu"), load(tmp_path / "files", device="cpu")]
+    for m in models:
+        assert m.baselines.ids.tolist() == SENSORS and m.baselines.owned == len(SENSORS)
+        assert m.baselines.count.tolist() == [PER_SENSOR] * len(SENSORS)
+    for m in models[1:]:
+        assert np.allclose(m.baselines.center, models[0].baselines.center, atol=1e-6)
+        assert np.allclose(m.baselines.scale, models[0].baselines.scale, atol=1e-6)
+        assert np.allclose(m.baselines.own_norm, models[0].baselines.own_norm, rtol=1e-4)

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from latentwatch.pipeline.devtools.simulate import (
+    FLEET_LABELLED,
     KINDS,
     NORMAL,
     TRUTH_HEADER,
     BackgroundStream,
+    FleetSimulator,
     SensorSimulator,
     TruthCSV,
     encode_message,
@@ -178,6 +180,23 @@ class FakeProducer:
         return 0
 
     flush = poll
+
+
+def test_a_fleet_streams_through_produce_stream_and_a_silent_sensor_sends_nothing():
+    sim = FleetSimulator(3, 8, seed=2)
+    sim.schedule(1, "silent", 10)
+    sim.schedule(2, "spike", 12)
+    rows: list = []
+    prod = FakeProducer()
+    stats = produce_stream(prod, "t", sim, rate=0, count=3 * 200, on_truth=rows.extend, start_ts=1.7e9)
+    silent = FLEET_LABELLED["silent"]
+    assert stats.readings == len(rows) == 3 * 200 - silent  # asked 200 steps of 3 assets
+    assert "silent" not in {r.kind for r in rows}
+    assert sum(r.kind == "spike" for r in rows) == 1
+    sent_1 = [r for r in rows if r.sensor_id == "asset-001"]
+    assert len(sent_1) == 200 - silent
+    obj = json.loads(prod.messages[0][2])
+    assert set(obj["values"]) == {f"c{i}" for i in range(8)}
 
 
 @pytest.mark.parametrize("batch", [1, 4])

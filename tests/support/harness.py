@@ -29,8 +29,8 @@ def settings_for(bootstrap: str, input_topic: str, **overrides):
 
 
 class RunningPipeline:
-    def __init__(self, settings, model):
-        self.pipeline = Pipeline(settings, model)
+    def __init__(self, settings, model, groups=None):
+        self.pipeline = Pipeline(settings, model, groups=groups)
         self.pipeline.start()
         self.rc: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -45,7 +45,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Whether any Kafka secret is in use (SASL password, TLS files, key password). */}}
 {{- define "latentwatch.usesSecret" -}}
-{{- if or .Values.kafka.saslMechanism .Values.kafka.tls.ca .Values.kafka.tls.clientCert .Values.kafka.tls.keyPassword -}}
+{{- $r := .Values.schemaRegistry -}}
+{{- if or .Values.kafka.saslMechanism .Values.kafka.tls.ca .Values.kafka.tls.clientCert .Values.kafka.tls.keyPassword $r.basicAuth $r.bearerToken $r.tls.ca -}}
 true
 {{- end -}}
 {{- end -}}
@@ -78,7 +79,15 @@ Secrets never land here: they come from the Secret as environment variables and 
 {{- $_ := set $model "device" "cuda" -}}
 {{- end -}}
 {{- $forced := dict "model" $model "metrics" (dict "host" "0.0.0.0") -}}
-{{- $cfg := mergeOverwrite $base (dict "kafka" $kafka) (deepCopy (.Values.config | default dict)) $forced -}}
+{{- $registry := dict -}}
+{{- $r := .Values.schemaRegistry -}}
+{{- if $r.url -}}
+{{- $_ := set $registry "url" $r.url -}}
+{{- end -}}
+{{- if $r.tls.ca -}}
+{{- $_ := set $registry "ssl_ca_location" (printf "%s/registry-ca.crt" (include "latentwatch.tlsDir" .)) -}}
+{{- end -}}
+{{- $cfg := mergeOverwrite $base (dict "kafka" $kafka "schema_registry" $registry) (deepCopy (.Values.config | default dict)) $forced -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
