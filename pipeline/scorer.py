@@ -262,12 +262,12 @@ class Scorer:
                 relearning = ctl is not None and ctl.accepted > 0  # a cold start even if the model knows it
                 if at is None:
                     if not known or relearning:
-                        cold = base.cold(idx, values, pb, reset=known, defer=not relearning)
+                        cold = base.cold(idx, values, pb, reset=known, defer=not relearning, trust=relearning)
                 else:  # the old baseline before the accept, a cold start from it
                     was = prior is not None and prior.control is not None and prior.control.accepted > 0
                     if at and (not known or was):
-                        base.cold(idx[:at], values, pb, reset=known, defer=False)
-                    cold = base.cold(idx[at:], values, None, reset=known, defer=False)
+                        base.cold(idx[:at], values, pb, reset=known, defer=False, trust=was)
+                    cold = base.cold(idx[at:], values, None, reset=known, defer=False, trust=True)
                 if relearning:
                     _relearning(base, idx[at:] if at is not None else idx, at is not None or (
                         pb is not None and not pb.learned), muted, resets, reset_ts, ts)
@@ -516,13 +516,15 @@ class _Base:
             if self.use_own:
                 self.own[hit] = b.own_row[r]
 
-    def cold(self, idx: np.ndarray, values: np.ndarray, prior, reset: bool = False, defer: bool = True):
+    def cold(self, idx: np.ndarray, values: np.ndarray, prior, reset: bool = False, defer: bool = True,
+             trust: bool = False):
         """A sensor new to the model: its readings `idx` judged by the fleet baseline until its
         cold start ends, then by the one learned from it; returns its new cold start. Python
         per sensor, so kept lean: 21 -> 6 us a call in the bench's cold phase. `reset`: the
         readings were filled by `known` (a sensor the model knows, re-learning after an operator's
         accept, pipeline/control.py: scored by the shared model); `defer`: a learned baseline's
-        readings may wait for `finish` (not when the caller reads `state` right after)."""
+        readings may wait for `finish` (not when the caller reads `state` right after); `trust`:
+        an accepted new normal, learned as it is (not shrunk toward the fleet's)."""
         b = self.b
         if reset:
             self.center[idx], self.scale[idx], self.state[idx], self.own[idx] = b.fleet_center, b.fleet_scale, 2, -1
@@ -544,7 +546,7 @@ class _Base:
             first = np.empty((0, b.channels), np.float32)
         if upto == m:
             return state.Baseline(seen0 + m, first)
-        center, scale = b.learn(first)
+        center, scale = b.learn(first, trust)
         warm = idx[upto:]
         self.center[warm], self.scale[warm], self.state[warm] = center, scale, 1
         return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
