@@ -528,12 +528,12 @@ class _Base:
         b = self.b
         if reset:
             self.center[idx], self.scale[idx], self.state[idx], self.own[idx] = b.fleet_center, b.fleet_scale, 2, -1
-        if prior is not None and prior.learned:  # unchanged from now on (`seen` stops at the end of the cold start)
+        if prior is not None and prior.learned:  # learned: only `seen` (readings since the cold start began) moves
             if defer:
                 self._learned.append((idx, prior))  # filled in one pass by `finish`
             else:
                 self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
-            return prior
+            return state.Baseline(prior.seen + len(idx), prior.first, prior.center, prior.scale)
         m = len(idx)
         seen0 = prior.seen if prior is not None else 0
         N, stride = b.cold_start, b.stride

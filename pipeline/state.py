@@ -61,7 +61,7 @@ Key = tuple[int, str]  # (input partition, sensor id)
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """A cold-start sensor's baseline: `seen` readings so far (until it is learned); `first` [<= COLD_KEEP, channels]
+    """A cold-start sensor's baseline: `seen` readings since its cold start began; `first` [<= COLD_KEEP, channels]
     float32, every stride-th of its first `cold_start` readings, kept until the baseline is
     learned; then `center` and `scale` [channels] (and `first` empty)."""
 
