@@ -142,7 +142,7 @@ def run_latency(cluster: Settings, model_dir: str, work: Path, *, rate: float, d
 
     def on_alert(m):
         record = json.loads(m.value())
-        if record.get("kind") == "episode":
+        if record.get("kind") in ("episode", "health"):
             return
         src = record["source"]
         alert_src.append((src["partition"], src["offset"], m.timestamp()[1]))

@@ -74,10 +74,13 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
     sim = SensorSimulator(sensors=sensors, channels=channels, seed=seed)
     X = sim.normal_training_data(rows)
     summary = summarise_training_data(X, sim.channel_names)
+    from latentwatch.detectors.health import HealthRule  # as `train` keeps (issue 30); sensors.enabled turns it off
+
+    health = HealthRule.fit(X, sim.channel_names)
     if kind != "mlp":
         t = _recipe_model(X, sim.channel_names, kind, epochs)
         save(out, t.detector, t.threshold, summary, name=f"bench-{kind}-{channels}ch", alarm=t.rule,
-             baselines=t.baselines, own_alarm=t.own_rule)
+             baselines=t.baselines, own_alarm=t.own_rule, health=health)
         return out
     split = int(len(X) * 0.8)
     det = make_detector(kind, device="cpu").fit(X[:split], sim.channel_names, epochs=epochs, seed=0)
@@ -87,7 +90,8 @@ def train_model(out: Path, channels: int, sensors: int, kind: str = "mlp", seed:
     thr = QuantileThreshold(0.99).fit(held)
     from latentwatch.detectors import alarms  # the 0.99 quantile as the instant limit: it spends the 1 % budget
 
-    save(out, det, thr, summary, name=f"bench-{kind}-{channels}ch", alarm=alarms.calibrate(held, 0.01, instant=thr.value))
+    save(out, det, thr, summary, name=f"bench-{kind}-{channels}ch", alarm=alarms.calibrate(held, 0.01, instant=thr.value),
+         health=health)
     return out
 
 

@@ -53,6 +53,7 @@ BUDGET = 0.01  # default false-alarm budget: 1 % of normal readings, the old 0.9
 LAMBDA = 0.1  # EWMA weight: the classic range is 0.05-0.25 for shifts of ~1 sigma (notes: SPC)
 INSTANT_SHARE = 0.2  # of the budget given to the instant limit ("wider than alone": Lucas & Saccucci)
 RULES = ("instant", "ewma")
+RESETS = ("", "silent", "accepted")  # why an episode closed before a reading (`step`'s `resets` codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +129,15 @@ class AlarmRule:
 
     # -- the decision -----------------------------------------------------------------------------
     def step(self, keys, scores: np.ndarray, ts: np.ndarray, refs: np.ndarray, prior: dict,
-             instant: np.ndarray | float | None = None) -> tuple[Decision, dict]:
+             instant: np.ndarray | float | None = None, resets: np.ndarray | None = None) -> tuple[Decision, dict]:
         """Decide readings `scores` [m] of sensors `keys` [m] (a sensor's readings in time order;
         sensors may interleave), with event times `ts` [m] and reading ids `refs` [m, 3], given
         `prior` {key: SensorAlarm}. `instant`: per-reading instant limits (an adaptive threshold),
-        default the rule's. Pure: returns the decision and the posterior of every sensor seen."""
+        default the rule's. `resets` [m] int8 (issue 30), a code of `RESETS` at a reading: 1 the
+        sensor was silent before it (detectors/health.py), 2 the operator accepted a new normal
+        from it (pipeline/control.py); an episode open then closes first (event `close:silent`,
+        `close:accepted`), and after an accept the EWMA restarts at the center. Pure: returns the
+        decision and the posterior of every sensor seen."""
         scores = np.asarray(scores, np.float64)
         m = len(scores)
         inst = np.full(m, self.instant) if instant is None else np.broadcast_to(np.asarray(instant, np.float64), (m,))
@@ -153,6 +158,10 @@ class AlarmRule:
         inst_sorted = inst[order]
         fire_i = ~(np.nan_to_num(s_sorted, nan=np.inf) <= inst_sorted)  # NaN alarms (never scored as normal)
         hot0 = np.repeat(np.array([p is not None and p.hot for p in priors], bool), counts)
+        reset_sorted = np.asarray(resets, np.int8)[order] if resets is not None else None
+        if reset_sorted is not None and (reset_sorted == 2).any():  # accepted: the EWMA starts again there
+            restart = reset_sorted == 2
+            first, z0, hot0 = first | restart, np.where(restart, self.center, z0), hot0 & ~restart
         z = self.ewma(s_sorted, first, z0, isolated(fire_i, first, hot0))
         fire_e = z > self.ewma_limit
         alarm_sorted = fire_i | fire_e
@@ -169,23 +178,31 @@ class AlarmRule:
             ep = priors[k].episode if priors[k] is not None else None
             if ep is not None or alarm_sorted[lo:hi].any():
                 ep = self._episodes(key, ep, lo, hi, alarm_sorted, rule_sorted, margin, s_sorted, ts_sorted,
-                                    refs_sorted, order, events)
+                                    refs_sorted, order, events, reset_sorted)
             posterior[key] = SensorAlarm(float(z[hi - 1]), ep, bool(fire_i[hi - 1]))
         out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
         for arr, src in zip(out, (alarm_sorted, rule_sorted, stat_sorted, limit_sorted, ez)):
             arr[order] = src
         return Decision(*out, events), posterior
 
-    def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events) -> Episode | None:
+    def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events,
+                  reset=None) -> Episode | None:
         """Walk one sensor's readings [lo, hi) of the sorted arrays: open, update, close its episodes.
         Python per alarmed reading only; a sensor without alarms is skipped when nothing is open."""
-        hits = np.flatnonzero(alarm[lo:hi]) + lo
+        marked = alarm[lo:hi] if reset is None else alarm[lo:hi] | (reset[lo:hi] > 0)
+        hits = np.flatnonzero(marked) + lo
         pos = lo
         for j in hits.tolist():
             if ep is not None and ep.below + (j - pos) >= self.close_after:  # closed in the gap before j
                 at = self._close_at(pos, ep)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 ep = None
+            if reset is not None and reset[j] and ep is not None:  # silent before j, or accepted at j
+                events.append((f"close:{RESETS[reset[j]]}", int(order[j]), key, replace(ep, below=ep.below + (j - pos))))
+                ep = None
+            if not alarm[j]:
+                pos = j
+                continue
             if ep is None:
                 ep = Episode(tuple(int(v) for v in refs[j]), float(ts[j]), int(rule[j]), float(margin[j]),
                              float(score[j]), float(ts[j]), 1, 0, float(ts[j]))

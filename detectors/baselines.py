@@ -140,11 +140,12 @@ class Baselines:
         """A cold sensor keeps readings 0, stride, 2 stride, ... of its first `cold_start`."""
         return cold_stride(self.cold_start)
 
-    def learn(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def learn(self, kept: np.ndarray, trust: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """A cold sensor's own baseline from the rows it kept of its first readings [<=64, C],
-        shrunk toward the fleet's center and widened by the wander as the trained ones are."""
+        shrunk toward the fleet's center and widened by the wander as the trained ones are;
+        `trust`: an operator said these readings are the new normal (accept): its own, unshrunk."""
         center, scale = robust(kept)
-        w = self.shrink
+        w = np.ones_like(self.shrink) if trust else self.shrink
         center = self.fleet_center + w * (center - self.fleet_center)
         scale = np.maximum(np.sqrt(w * (scale ** 2 + self.wander) + (1 - w) * self.fleet_scale ** 2),
                            self.typical_scale)

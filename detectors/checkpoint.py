@@ -25,6 +25,7 @@ import torch
 
 from latentwatch.detectors import __version__, versions
 from latentwatch.detectors.baselines import Baselines, BaselineError
+from latentwatch.detectors.health import HealthRule
 from latentwatch.detectors.latent import ScoreParts
 from latentwatch.detectors.networks import MODELS, TorchDetector, make_detector
 from latentwatch.detectors.alarms import AlarmRule
@@ -50,6 +51,7 @@ class LoadedModel:
     alarm: AlarmRule | None = None  # None only before load fills it: then the threshold alone
     baselines: Baselines | None = None  # per-sensor baselines and own models (None: one pooled normal)
     own_alarm: AlarmRule | None = None  # the alarm rule of readings scored by their sensor's own model
+    health: HealthRule | None = None  # sensor health rules (issue 30; None: a model from before them)
 
     def __post_init__(self):
         if self.alarm is None:
@@ -67,7 +69,8 @@ def summarise_training_data(X: np.ndarray, channels: list[str], files: list[str]
 
 def save(path: str | Path, detector: TorchDetector, threshold: Threshold, training_summary: dict, *,
          name: str | None = None, version: str | None = None, alarm: AlarmRule | None = None,
-         baselines: Baselines | None = None, own_alarm: AlarmRule | None = None) -> Path:
+         baselines: Baselines | None = None, own_alarm: AlarmRule | None = None,
+         health: HealthRule | None = None) -> Path:
     """Write `detector` + `threshold` to the directory `path` (created; files replaced atomically);
     with `baselines`, also `baselines.npz` (its sha256 in model.json, checked at load)."""
     path = Path(path)
@@ -102,6 +105,8 @@ def save(path: str | Path, detector: TorchDetector, threshold: Threshold, traini
                              "own_models": baselines.owned, "cold_start": baselines.cold_start,
                              "bytes_per_sensor": baselines.bytes_per_sensor(),
                              "own_alarm": own_alarm.to_dict() if own_alarm is not None else None}
+    if health is not None:
+        meta["health"] = health.to_dict()
     tmp_w, tmp_m = path / (WEIGHTS + ".tmp"), path / (METADATA + ".tmp")
     torch.save(detector.state_dict(), tmp_w)
     meta["weights_sha256"] = _sha256(tmp_w)  # load refuses a weights file from another save
@@ -190,10 +195,14 @@ def load(path: str | Path, device: str = "auto") -> LoadedModel:
         raise CheckpointError(f"{path}: {WEIGHTS} does not fit the model described in {METADATA} "
                               f"({' '.join(first[:2])[:300]}); {retrain}") from None
     baselines, own_alarm = _load_baselines(path, meta, len(channels), retrain)
+    try:
+        health = HealthRule.from_dict(meta["health"], channels) if meta.get("health") is not None else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {METADATA} has an unreadable health section ({exc!r}); {retrain}") from None
     detector.parts = parts
     detector.to(device)
     return LoadedModel(detector, threshold, meta, str(meta.get("name") or path.name), str(meta.get("version", "")),
-                       alarm, baselines, own_alarm)
+                       alarm, baselines, own_alarm, health)
 
 
 def _load_baselines(path: Path, meta: dict, channels: int, retrain: str):

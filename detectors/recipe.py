@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from latentwatch.detectors import alarms, baselines as bl
+from latentwatch.detectors import alarms, baselines as bl, health
 from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.detectors.base import Scores, sliding_windows
 from latentwatch.detectors.calibrate import fit_and_calibrate, fit_no_worse_than_pca
@@ -60,6 +60,10 @@ class Recipe:
     own_min: int = bl.OWN_MIN  # training readings before a sensor gets its own model
     own: bool = True  # own models for sensors with own_min readings
     max_train_readings: int = 20_000  # the shared model's sample (baselines and own models use every reading)
+    # sensor health (detectors/health.py; kept in model.json, the model group's limits)
+    stuck_n: int = health.STUCK_N
+    flatline_n: int = health.FLATLINE_N
+    silent_s: float = health.SILENT_S
 
     def kind(self, rows: int) -> str:
         if self.model != "auto":
@@ -176,14 +180,18 @@ class Flagged:
 
 def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
                 ts: np.ndarray | None = None, *, baselines: bl.Baselines | None = None, sensor_id: str = "",
-                own_rule: AlarmRule | None = None) -> Flagged:
+                own_rule: AlarmRule | None = None, resets: np.ndarray | None = None,
+                silent_end: bool = False) -> Flagged:
     """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score`
     and the stream do. `ts`: the rows' event times (episode updates are rate-limited by them;
     default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0)).
     With `baselines` (a model trained per sensor), rows are standardised by `sensor_id`'s
     baseline (a sensor the model has not seen: the fleet's for its first `cold_start` readings,
     then its own learned from them) and a sensor with an own model is scored by it and judged by
-    `own_rule`; `Flagged.baseline` says which baseline judged each row."""
+    `own_rule`; `Flagged.baseline` says which baseline judged each row. Sensor health (issue 30,
+    detectors/health.py `judge_marks`): `resets` [n] rows after which the sensor was silent (an open
+    episode closes first, event `close:silent`), `silent_end` the sensor is silent at the end (an
+    episode still open closes so, at the last row)."""
     values = np.asarray(values, np.float32)
     n, first = len(values), detector.window - 1
     state = np.full(n, "", dtype=object)
@@ -224,7 +232,10 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     rows = np.arange(first, n)
     times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
     refs = np.stack([np.zeros(m, np.int64), rows, np.zeros(m, np.int64)], axis=1)
-    d, _ = rule.step(np.zeros(m, np.int64), score[first:], times, refs, {}, instant=thr[first:])
+    d, post = rule.step(np.zeros(m, np.int64), score[first:], times, refs, {}, instant=thr[first:],
+                        resets=np.asarray(resets, np.int8)[first:] if resets is not None else None)
+    if silent_end and m and post.get(0) is not None and post[0].episode is not None:
+        d.events.append(("close:silent", m - 1, 0, post[0].episode))
     anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
     anomaly[first:] = d.alarm
     pad = lambda v, fill: np.concatenate([np.full(first, fill, dtype=v.dtype), v])  # noqa: E731

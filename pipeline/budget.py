@@ -78,8 +78,14 @@ def changelog_record_bytes(window: int, channels: int, cold: bool = False) -> in
 
     cold_start = state.Baseline(1, np.zeros((COLD_KEEP, channels), np.float32), np.zeros(channels, np.float32),
                           np.ones(channels, np.float32))
+    from latentwatch.detectors.health import HealthEpisode, SensorHealth
+
+    every = tuple(range(channels))
+    worst_ep = HealthEpisode(0, (0, 0, 0), 0.0, every, (0.0,) * channels)  # every channel, each rule
+    health = SensorHealth(np.zeros(channels, np.float32), np.zeros(channels, np.int32), worst_ep, worst_ep, worst_ep)
     full = state.Entry(0.0, np.zeros((max(window - 1, 0), channels), np.float32), (0.0, 0.0), 0,
-                       SensorAlarm(0.0, _WORST_EPISODE), cold_start if cold else None)
+                       SensorAlarm(0.0, _WORST_EPISODE), cold_start if cold else None, health,
+                       state.Control(by="x" * state.CONTROL_TEXT, why="x" * state.CONTROL_TEXT))
     return len(state.pack(full, full)) + _KEY_AND_FRAMING
 
 

@@ -39,6 +39,10 @@ def headers_of(r: dict, source: bytes, content_type: bytes) -> list[tuple[str, b
         event = r["event"]
         ce_id = f"{r['episode_id']}/{event}/{r['readings']}"
         ce_type = f"{TYPE_PREFIX}episode.{event}"
+    elif r.get("kind") == "health":  # issue 30: one open and one close per health episode
+        event = r["event"]
+        ce_id = f"{r['episode_id']}/{event}"
+        ce_type = f"{TYPE_PREFIX}health.{r['rule']}.{event}"
     else:
         ce_id = r["alert_id"]
         ce_type = f"{TYPE_PREFIX}alert.{r.get('kind', 'reading')}"

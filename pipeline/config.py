@@ -77,6 +77,10 @@ class TopicSettings(BaseModel):
     state: str | None = Field(None, description="compacted changelog of per-sensor state (windowed models, "
                               "per-sensor thresholds); default <group_id>-state, created when missing")
 
+    control: str | None = Field(None, description="compacted topic of operator commands (accept, mute, unmute) "
+                                "keyed by sensor id; every member reads all of it; default <input>.control, "
+                                "created when missing")
+
     def names(self) -> list[str]:
         """Every topic the pipeline reads or writes (the latent one when set)."""
         return [self.input, self.alerts, self.dead_letter] + ([self.latent] if self.latent else [])
@@ -152,6 +156,22 @@ class HealthSettings(BaseModel):
                                  "the longest a Kafka call may block (a transaction: shutdown_timeout_s + 5)")
 
 
+class SensorHealthSettings(BaseModel):
+    """Sensor health rules (issue 30, docs/sensor-health.md): the model's own (model.json "health",
+    set at train from each channel's normal steps) unless given here for this model group."""
+
+    enabled: bool = Field(True, description="judge sensor health (stuck, flatline, silent) when the model has "
+                          "the step statistics for it (every model trained since issue 30)")
+    stuck_n: int | None = Field(None, ge=2, description="readings a noisy channel must repeat to be stuck (default 30; "
+                                "a channel that repeats in normal data needs more: its stuck_after in model.json)")
+    flatline_n: int | None = Field(None, ge=2, description="readings every channel must repeat (default 30)")
+    silent_s: float | None = Field(None, gt=0, description="seconds of event time without a reading, while the "
+                                   "partition moves on, before a sensor is silent (default 300)")
+
+    def overrides(self) -> dict:
+        return {"stuck_n": self.stuck_n, "flatline_n": self.flatline_n, "silent_s": self.silent_s}
+
+
 class AlertSettings(BaseModel):
     critical_ratio: float = Field(2.0, gt=1.0, description="statistic >= ratio x its limit is critical")
     cloudevents: bool = Field(True, description="CloudEvents Kafka binding, binary mode: ce_* headers on every "
@@ -208,6 +228,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    sensors: SensorHealthSettings = Field(default_factory=SensorHealthSettings)
     schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
     input_mapping: InputMapping = Field(default_factory=InputMapping)
     groups: list[GroupSettings] = Field(default_factory=list, description="model groups, in order: the first "

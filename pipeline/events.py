@@ -29,6 +29,7 @@ class Committed:
     sensors: int  # sensors in the state store after it
     truncated: int  # dead letters produced truncated since start (the sink's running count)
     baselines: dict | None = None  # sensors in the state store by baseline state (StateStore.baseline_counts)
+    muted: int | None = None  # sensors muted now (StateStore.muted_count)
 
 
 class Listener:

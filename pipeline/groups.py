@@ -111,7 +111,7 @@ class GroupedScorer:
         self.groups, self.router = groups, router
 
     def score(self, messages: list, store, now: float | None = None,
-              max_readings: int | None = None) -> GroupedBatch:
+              max_readings: int | None = None, controls=None) -> GroupedBatch:
         now = time.time() if now is None else now
         members: dict[int, list[int]] = {}
         no_group: list[int] = []
@@ -125,7 +125,7 @@ class GroupedScorer:
         parts: dict[int, ScoredBatch] = {}
         cut = len(messages)
         for g, idx in members.items():
-            sub = self._score(g, [messages[i] for i in idx], store, now, max_readings)
+            sub = self._score(g, [messages[i] for i in idx], store, now, max_readings, controls)
             parts[g] = sub
             if sub.rest:  # cut at the earliest message handed back by any group
                 cut = min(cut, idx[len(sub.messages)])
@@ -137,7 +137,7 @@ class GroupedScorer:
                 if taken[-1] >= cut:
                     keep = [i for i in taken if i < cut]
                     if keep:
-                        parts[g] = self._score(g, [messages[i] for i in keep], store, now, None)
+                        parts[g] = self._score(g, [messages[i] for i in keep], store, now, None, controls)
                     else:
                         del parts[g]
         return self._merge(messages, cut, members, parts, [i for i in no_group if i < cut], now)
@@ -152,16 +152,16 @@ class GroupedScorer:
             counts[np.asarray(members[g], np.int64)[np.asarray(d.index, np.int64)]] = d.counts
         return max(1, int(np.searchsorted(np.cumsum(counts), max_readings, side="right")))
 
-    def _score(self, g: int, sub: list, store, now: float, max_readings: int | None) -> ScoredBatch:
+    def _score(self, g: int, sub: list, store, now: float, max_readings: int | None, controls=None) -> ScoredBatch:
         group = self.groups[g]
         return group.scorer.score(sub, _View(store, self.router.route, g, group.fit), now=now,
-                                  max_readings=max_readings)
+                                  max_readings=max_readings, controls=controls)
 
     def _merge(self, messages, cut, members, parts, no_group, now) -> GroupedBatch:
         kept = messages[:cut]
         dead = [(i, "no_group", self._no_group_detail(messages[i])) for i in no_group]
         items = [(g, parts[g]) for g in sorted(parts, key=lambda g: members[g][0])]
-        alerts, severities, latents, episodes, changelog, scores = [], [], [], [], [], []
+        alerts, severities, latents, episodes, changelog, scores, health = [], [], [], [], [], [], []
         updates: dict = {}
         for g, sub in items:
             idx = members[g]
@@ -170,6 +170,7 @@ class GroupedScorer:
             severities += sub.severities
             latents += sub.latents
             episodes += sub.episodes
+            health += sub.health
             changelog += sub.changelog
             scores.append(sub.scores)
             updates.update(sub.updates)
@@ -182,7 +183,7 @@ class GroupedScorer:
                             sum(sub.n_readings for _, sub in items), updates, changelog,
                             max(ts) if ts else None, rest=list(messages[cut:]), offsets=offsets,
                             inference_s=sum(inference) if inference else None, now=now, episodes=episodes,
-                            parts=tuple(items))
+                            health=health, suppressed=sum(sub.suppressed for _, sub in items), parts=tuple(items))
 
     @staticmethod
     def _no_group_detail(message) -> str:

@@ -40,6 +40,10 @@ class PipelineMetrics(Listener):
         self.alerts = Counter(f"{p}_alerts", "Anomaly alerts produced, by severity", ["severity"], registry=r)
         self.episodes = Counter(f"{p}_episode_events", "Alarm episode events produced (open, update, close)", ["event"], registry=r)
         self.delivery_failures = Counter(f"{p}_producer_delivery_failures", "Produced messages the broker did not acknowledge", registry=r)
+        self.health_episodes = Counter(f"{p}_health_episode_events", "Sensor health episode events (issue 30), by rule (stuck, flatline, silent) and event (open, close)", ["rule", "event"], registry=r)
+        self.control_commands = Counter(f"{p}_control_commands", "Records read from the control topic, by command (accept, mute, unmute; invalid: dead-lettered)", ["command"], registry=r)
+        self.alarms_suppressed = Counter(f"{p}_alarms_suppressed", "Alarms and health events held back because their sensor was muted", registry=r)
+        self.sensors_muted = Gauge(f"{p}_sensors_muted", "Sensors held by this process that are muted (maintenance) at their partition's newest event time", registry=r)
         self.batches = Counter(f"{p}_batches", "Micro-batches processed", registry=r)
         self.batch_size = Histogram(f"{p}_batch_size_readings", "Readings per micro-batch", buckets=BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(f"{p}_inference_duration_seconds", "Model time per micro-batch", buckets=INFERENCE_BUCKETS, registry=r)
@@ -93,15 +97,24 @@ class PipelineMetrics(Listener):
             self.alerts.labels(severity=severity)
         for event in ("open", "update", "close"):
             self.episodes.labels(event=event)
+        for command in ("accept", "mute", "unmute", "invalid"):
+            self.control_commands.labels(command=command)
+        for rule in ("stuck", "flatline", "silent"):
+            for event in ("open", "close"):
+                self.health_episodes.labels(rule=rule, event=event)
         for kind in ("transport", "broker", "fatal"):
             self.errors.labels(kind=kind)
         for reason in ("capacity", "idle"):
             self.state_evictions.labels(reason=reason)
-        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts"):  # state.DROP_REASONS
+        for reason in ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline",
+                       "health", "control"):  # state.DROP_REASONS
             self.state_dropped.labels(reason=reason)
         self._truncated_seen = 0
         for outcome in ("success", "corrupt", "incompatible", "non_finite"):  # lifecycle/watch.py RELOAD_OUTCOMES
             self.model_reloads.labels(outcome=outcome)
+
+    def control_command(self, command: str) -> None:
+        self.control_commands.labels(command=command).inc()
 
     # -- fed by the pipeline's events (events.py): one committed batch, and the other parts' --------
     def on_batch_committed(self, done: Committed) -> None:
@@ -119,6 +132,12 @@ class PipelineMetrics(Listener):
             self.alerts.labels(severity=sev).inc(n)
         for event, n in Tally(batch.episodes).items():
             self.episodes.labels(event=event).inc(n)
+        for (rule, event), n in Tally(batch.health).items():
+            self.health_episodes.labels(rule=rule, event=event).inc(n)
+        if batch.suppressed:
+            self.alarms_suppressed.inc(batch.suppressed)
+        if done.muted is not None:
+            self.sensors_muted.set(done.muted)
         observe_many(self.score, batch.scores)
         if batch.inference_s is not None:
             self.inference_seconds.observe(batch.inference_s)

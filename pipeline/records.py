@@ -13,7 +13,8 @@ On the alerts topic, two kinds:
   `alert_id` of its first reading: a replay gives the same id.
 
 On the latent topic (`topics.latent`), one record per scored reading: its latent vector and
-score. Every record names its reading the same way (`source`: topic, partition, offset, index).
+score. On the alerts topic too, `kind: "health"` (issue 30): a sensor's own fault (stuck,
+flatline, silent) as an episode, `health_records`. Every record names its reading the same way (`source`: topic, partition, offset, index).
 budget.py sizes the worst case of each through these same functions.
 """
 
@@ -128,6 +129,54 @@ def evicted_close_records(evicted, *, topic: str, model_name: str, model_version
                           detected_at=detected_at, model_group=model_group)
     for record in out:
         record["reason"] = "evicted"
+    return out
+
+
+def reason_close_records(items, reason: str, *, topic: str, model_name: str, model_version: str,
+                         critical_ratio: float, detected_at: str) -> list[dict]:
+    """Close records of open episodes closed for `reason` (issue 30: `silent`, `accepted`):
+    `items` (key, Episode, event time of the close). No reading raised them: no top channels."""
+    out = episode_records([("close", -1, key, ep) for key, ep, _t in items],
+                          sources=[(topic, *ep.ref) for _k, ep, _t in items], sensor_ids=[k[1] for k, _e, _t in items],
+                          ts=np.array([t for _k, _e, t in items], np.float64), tops=[[] for _ in items],
+                          model_name=model_name, model_version=model_version, critical_ratio=critical_ratio,
+                          detected_at=detected_at)
+    for record in out:
+        record["reason"] = reason
+    return out
+
+
+def health_records(events, sources: list, *, topic: str, model_name: str, model_version: str, detected_at: str,
+                   channels: list[str]) -> list[dict]:
+    """`kind: "health"` records (detectors/health.py `Event`s): `rule` stuck | flatline | silent,
+    `event` open | close, `evidence` (open: the channels and values frozen and for how many
+    readings; silent: the sensor's last reading and the partition's event time), `source` the
+    reading it is at (none for a silence found without one). `episode_id`: `<rule>:` and the
+    alert_id of the reading that opened it; a silence: `silent:<topic>/<partition>/<sensor>@<start>`.
+    Severity warning: an instrument fault, not a process one."""
+    model = {"name": model_name, "version": model_version}
+    out = []
+    for e, src in zip(events, sources):
+        ep = e.episode
+        sid = e.key[1] if isinstance(e.key, tuple) else str(e.key)
+        if e.rule == "silent":
+            eid = f"silent:{topic}/{ep.ref[0]}/{sid}@{iso(ep.started_ts)}"
+        else:
+            eid = f"{e.rule}:{topic}/{ep.ref[0]}/{ep.ref[1]}/{ep.ref[2]}"
+        evidence = dict(e.evidence)
+        for k in ("last_reading_at", "partition_event_time", "back_at"):
+            if k in evidence:
+                evidence[k] = iso(evidence[k])
+        record = {"kind": "health", "event": e.event, "rule": e.rule, "episode_id": eid, "sensor_id": sid,
+                  "started_at": iso(ep.started_ts), "ts": iso(e.ts), "detected_at": detected_at,
+                  "severity": "warning", "evidence": evidence, "model": model}
+        if ep.channels and e.rule == "stuck":
+            record["channels"] = [channels[c] for c in ep.channels]
+        if src is not None:
+            record["source"] = _source(*src)
+        if e.event == "close":
+            record["ended_at"] = iso(e.ts)
+        out.append(record)
     return out
 
 

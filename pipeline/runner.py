@@ -32,9 +32,10 @@ import time
 import numpy as np
 import torch
 
-from latentwatch.pipeline import avro_out, budget, records
+from latentwatch.pipeline import avro_out, budget, control, records
 from latentwatch.pipeline.committer import AtLeastOnce, Committer, ExactlyOnce, in_thread
 from latentwatch.pipeline.config import Settings
+from latentwatch.pipeline.control import Commands, ControlReader
 from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.errors import BatchFailed, Fatal, ProducerBroken, Stopping, UserError
 from latentwatch.pipeline.events import Committed, Fanout
@@ -99,6 +100,10 @@ class Pipeline:
         self.committer: Committer | None = None
         self._tombstones: list[Key] = []
         self._closes: list[tuple[bytes, bytes]] = []  # close records of evicted open episodes, until produced
+        # operator commands (pipeline/control.py): every member follows the whole control topic
+        self.commands = Commands(s.state.max_sensors)
+        self.control: ControlReader | None = None
+        self._control_dead: list = []  # malformed commands, dead-lettered by the owner of input partition 0
         self.metrics_server = None
         self.unclean_exit = False  # a Kafka client did not close in time: the caller should os._exit
 
@@ -130,6 +135,8 @@ class Pipeline:
         metadata = clients.check_cluster(s)
         self._input_partitions = len(metadata.topics[s.topics.input].partitions)
         self.state_topic = changelog.ensure(s, self._input_partitions)
+        self.control = ControlReader(s, control.ensure(s), self.commands, on_command=m.control_command)
+        self._control_dead += self.control.catch_up(s.startup_timeout_s)
         txn = TransactionalId(s.group_id, s.instance_id) if s.delivery == "exactly-once" else None
         self._txn = txn  # holds the id's lock for the process's life
         avro = avro_out.for_settings(s, lambda: self.stopping)  # alerts.format avro: schemas registered now
@@ -175,6 +182,8 @@ class Pipeline:
                 new_model = self.lifecycle.between_batches()
                 if new_model is not None:
                     self._swap(new_model)
+                if self.control is not None:
+                    self._control_dead += self.control.poll()
                 limit = self.sizing.limit()
                 messages = self.monitor.on_messages(self.source.next_batch(self.sizing.messages(limit), self.stop_budget))
                 self.monitor.check(self.source.consumer)
@@ -204,7 +213,8 @@ class Pipeline:
         (default: what `sizing` allows now), the rest handed back to the source."""
         started = time.monotonic()
         try:
-            batch = self.scorer.score(messages, self.state, max_readings=self.sizing.limit() if limit is None else limit)
+            batch = self.scorer.score(messages, self.state, max_readings=self.sizing.limit() if limit is None else limit,
+                                      controls=self.commands)
         except RegistryUnavailable as exc:  # transient: nothing decided, nothing committed; redo after a pause
             self._registry_down(messages, str(exc))
             return
@@ -217,16 +227,30 @@ class Pipeline:
         try:
             self.committer.begin()
             self.sink.produce_batch(batch, self.state_topic, tombstones)
+            control_dead = self._produce_control_dead(batch)
             self.committer.commit(batch.next_offsets())
         except BatchFailed as exc:
             self._recover(exc)
             return
         evicted = self.state.apply(batch.updates)
         self._closes = []
+        if control_dead:
+            self._control_dead = self._control_dead[control_dead:]
+            self.metrics.dead_letters.labels(reason="control_invalid").inc(control_dead)
         self._tombstones = [k for keys in evicted.values() for k in keys] if self.state_topic else []
         # metrics, then the lifecycle (drift, shadow): after the batch's own timings are taken
         self.events.on_batch_committed(Committed(batch, started, evicted, len(self.state), self.sink.truncated,
-                                                 self.state.baseline_counts()))
+                                                 self.state.baseline_counts(), self.state.muted_count()))
+
+    def _produce_control_dead(self, batch) -> int:
+        """Malformed control records go to the dead-letter topic with this batch (acknowledged
+        before its commit) from the member that owns input partition 0 (one member, not all who
+        read them); how many were produced."""
+        if not self._control_dead or not any(p == 0 for _t, p in batch.next_offsets()):
+            return 0
+        for msg, reason, detail in self._control_dead:
+            self.sink._dead_letter(msg, reason, detail)
+        return len(self._control_dead)
 
     def _registry_down(self, messages: list, why: str) -> None:
         """The schema registry cannot be reached: the batch goes back to the source whole (no dead
@@ -283,6 +307,14 @@ class Pipeline:
 
     def _set_model(self, model) -> None:
         s = self.settings
+        health = getattr(model, "health", None)
+        if health is not None and not s.sensors.enabled:
+            model.health = None  # sensors.enabled: false (no health rules, episodes or state)
+        elif health is not None and any(v is not None for v in s.sensors.overrides().values()):  # this group's limits
+            from latentwatch.detectors.health import HealthRule
+
+            model.health = HealthRule.from_dict(health.to_dict(), list(model.detector.channels),
+                                                **s.sensors.overrides())
         self.model, self.detector = model, model.detector
         self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
         # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
@@ -306,7 +338,9 @@ class Pipeline:
         d = model.detector
         limit = int(clients.producer_config(self.settings).get("message.max.bytes", 1_000_000))
         cold = getattr(model, "baselines", None) is not None
-        return budget.changelog_fits(d.window, len(d.channels), limit, cold) if d.window > 1 or cold else None
+        health = getattr(model, "health", None) is not None
+        return budget.changelog_fits(d.window, len(d.channels), limit, cold) if d.window > 1 or cold or health \
+            else None
 
     def _swap(self, model) -> None:
         """Between batches: every later reading is scored by `model`. Per-sensor state is kept
@@ -367,6 +401,8 @@ class Pipeline:
             log.warning("Kafka clients did not close within the shutdown timeout: exiting without them")
             self.unclean_exit = True
         self.lifecycle.close()
+        if self.control is not None:
+            self.control.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server = None

@@ -20,6 +20,12 @@ Steps, in order:
    episodes), alert, episode and latent records; a non-finite score (impossible after step 3,
    kept as a guard) becomes the largest finite float, so it alerts and never reaches a metric as NaN;
 6. the new state entries of the sensors touched, and their changelog records when enabled.
+
+Sensor health (issue 30, detectors/health.py) runs between steps 4 and 5 on every kept reading,
+per partition in offset order: stuck, flatline and silent episodes (`kind: health` records), marks
+on the process alerts of a stuck or flatlined sensor, and the silences that close a process
+episode (reason `silent`); sensors of the partition without a reading here are checked for silence
+too (`StateStore.silent_due`) and get new entries.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ class ScoredBatch:
     refs: np.ndarray | None = None  # [scored, 3] (partition, offset, index) of each scored reading (`refs=True`)
     now: float | None = None  # the wall time the batch was judged against (future timestamps)
     episodes: list[str] = field(default_factory=list)  # the event (open, update, close) of each episode record
+    health: list[tuple[str, str]] = field(default_factory=list)  # (rule, event) of each health record
+    suppressed: int = 0  # alarms and health events held back by a mute (pipeline/control.py)
 
     @property
     def n_scored(self) -> int:
@@ -114,6 +122,11 @@ class _Windows:
     pos: np.ndarray  # index of each reading in its message
     own: np.ndarray | None = None  # [readings] own model index (-1: the shared model); None: no baselines
     state: np.ndarray | None = None  # [readings] int8 index into baselines.STATES
+    health: "_HealthOut | None" = None  # sensor health of the batch (None: the model has no health rule)
+    resets: np.ndarray | None = None  # [readings] int8 alarms.RESETS code: silent before it, accepted from it
+    reset_ts: dict = field(default_factory=dict)  # reading row -> event time of the close (silence's start, accept's at)
+    muted: np.ndarray | None = None  # [readings] bool: in a mute window (pipeline/control.py)
+    mutes: dict = field(default_factory=dict)  # key -> [(from, until)] mute windows in effect in this batch
 
 
 @dataclass
@@ -129,6 +142,8 @@ class _Judged:
     severities: list = field(default_factory=list)
     latents: list = field(default_factory=list)
     episodes: list = field(default_factory=list)
+    health: list = field(default_factory=list)
+    suppressed: int = 0
 
 
 class Scorer:
@@ -164,6 +179,7 @@ class Scorer:
         self.rule = model.alarm
         self.baselines = getattr(model, "baselines", None)  # per-sensor baselines (detectors/baselines.py)
         self.own_rule = getattr(model, "own_alarm", None)
+        self.health = getattr(model, "health", None)  # detectors/health.py HealthRule (None: no health rules)
         if self.baselines is not None and self._mean is not None:  # the range in raw units: the fleet baseline's
             b = self.baselines
             self._mean = b.fleet_center.astype(np.float64) + b.fleet_scale * self._mean
@@ -173,22 +189,28 @@ class Scorer:
                 self._hi = (self._mean + MAX_Z * self._std).astype(np.float32)
 
     def score(self, messages: list[Record], store: state.StateStore, now: float | None = None,
-              max_readings: int | None = None) -> ScoredBatch:
+              max_readings: int | None = None, controls=None) -> ScoredBatch:
         """Score `messages` against `store` (read only). With `max_readings`, only the longest
         prefix of messages holding at most that many readings (at least one message) is taken;
-        the others are handed back in `rest`. The steps of the module's docstring, in order."""
+        the others are handed back in `rest`. `controls`: the operator's latest command per sensor
+        (pipeline/control.py `Commands`; read only). The steps of the module's docstring, in order."""
         now = time.time() if now is None else now
         b = self._decode(messages, store, now, max_readings)  # steps 1-3
         if not b.valid:
             return ScoredBatch(b.messages, b.dead, [], [], [], np.empty(0), 0, offsets=b.offsets, rest=b.rest, now=now)
-        w = self._windows(b, store)  # step 4
+        w = self._windows(b, store, controls)  # step 4
+        if self.health is not None:  # sensor health (issue 30)
+            w.health = _health_step(self.health, b, w, store)
         out = self._judge(b, w, store) if len(w.scored_idx) else _Judged()  # step 5
+        if w.health is not None:
+            _health_finish(self, b, w, out, store)
         changelog = ([(key[0], key[1].encode(), state.pack(entry, store.get(key))) for key, entry in w.updates.items()]
                      if self.changelog else [])  # step 6
         return ScoredBatch(b.messages, b.dead, out.alerts, out.severities, out.latents, out.scores, len(b.values),
                            w.updates, changelog, float(b.ts.max()), values=b.values, latent=out.latent,
                            flagged=out.flagged, offsets=b.offsets, inference_s=out.inference_s, rest=b.rest,
-                           refs=out.refs, now=now, episodes=out.episodes)
+                           refs=out.refs, now=now, episodes=out.episodes, health=out.health,
+                           suppressed=out.suppressed)
 
     # -- steps 1-3: decode, then the late policy and the range check ---------------------------
     def _decode(self, messages, store, now: float, max_readings: int | None) -> "_Kept":
@@ -206,7 +228,7 @@ class Scorer:
                      d.values[rows], d.ts[rows], counts, np.cumsum(counts) - counts)
 
     # -- step 4: windows and tails per (partition, sensor), in offset order ----------------------
-    def _windows(self, b: "_Kept", store) -> "_Windows":
+    def _windows(self, b: "_Kept", store, controls=None) -> "_Windows":
         """Readings are grouped by key with one stable argsort, not a Python loop per message
         (4 ms a batch of 4096). Each key's new entry: its last event time, tail and offset; the
         per-sensor threshold and alarm state carried over (steps 5 replaces them)."""
@@ -225,11 +247,30 @@ class Scorer:
         if self.baselines is not None:  # sensors with a baseline from training, all at once; cold starts per sensor
             base = _Base(self.baselines, len(values), self.own_rule is not None)
             base.known(keys, key_of_reading)
+        resets, reset_ts, muted, mutes = np.zeros(len(values), np.int8), {}, np.zeros(len(values), bool), {}
         for k, key in enumerate(keys):
             idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
             prior = store.get(key)
-            cold = base.cold(idx, values, prior.baseline if prior is not None else None) \
-                if base is not None and base.rows[k] < 0 else None
+            ctl, at = _control(prior, controls.get(key[1]) if controls is not None else None, ts[idx], idx, muted,
+                               mutes, key)
+            if at is not None:  # accepted from reading idx[at]: a new normal (pipeline/control.py)
+                resets[idx[at]], reset_ts[int(idx[at])] = 2, ctl.accepted
+            cold = None
+            if base is not None:
+                known = bool(base.rows[k] >= 0)
+                pb = prior.baseline if prior is not None else None
+                relearning = ctl is not None and ctl.accepted > 0  # a cold start even if the model knows it
+                if at is None:
+                    if not known or relearning:
+                        cold = base.cold(idx, values, pb, reset=known, defer=not relearning, trust=relearning)
+                else:  # the old baseline before the accept, a cold start from it
+                    was = prior is not None and prior.control is not None and prior.control.accepted > 0
+                    if at and (not known or was):
+                        base.cold(idx[:at], values, pb, reset=known, defer=False, trust=was)
+                    cold = base.cold(idx[at:], values, None, reset=known, defer=False, trust=True)
+                if relearning:
+                    _relearning(base, idx[at:] if at is not None else idx, at is not None or (
+                        pb is not None and not pb.learned), muted, resets, reset_ts, ts)
             new_tail = self._empty_tail
             if self.window > 1:
                 tail = prior.tail if prior is not None else self._empty_tail
@@ -243,7 +284,8 @@ class Scorer:
             updates[key] = state.Entry(float(ts[starts[m] + counts[m] - 1]), new_tail,
                                        prior.threshold if prior is not None else None,
                                        b.offsets[(valid[m][0].topic(), key[0])],
-                                       prior.alarm if prior is not None else None, cold)
+                                       prior.alarm if prior is not None else None, cold,
+                                       prior.health if prior is not None else None, ctl)
         if base is not None:
             base.finish()
         if self.window == 1:
@@ -257,7 +299,8 @@ class Scorer:
                        ).astype(np.float32, copy=False)
         return _Windows(keys, msg_key, updates, windows, scored_idx, np.repeat(np.arange(len(valid)), counts),
                         np.arange(len(values)) - np.repeat(starts, counts),
-                        base.own if base is not None else None, base.state if base is not None else None)
+                        base.own if base is not None else None, base.state if base is not None else None,
+                        resets=resets, reset_ts=reset_ts, muted=muted, mutes=mutes)
 
     # -- step 5: the model, the limits and the alarm rule, then the records ----------------------
     def _judge(self, b: "_Kept", w: "_Windows", store) -> "_Judged":
@@ -288,10 +331,19 @@ class Scorer:
         # (partition, offset, index) of each scored reading: names episodes (and pairs shadow scores)
         reading_refs = np.stack([np.array([m.partition() for m, _ in valid], np.int64)[scored_msg],
                                  np.array([m.offset() for m, _ in valid], np.int64)[scored_msg], w.pos[scored_idx]], 1)
-        d = self._alarms(w.keys, key_idx, scores64, thresholds, b.ts[scored_idx], reading_refs,
-                         w.updates, store, own_mask)
+        resets = w.resets[scored_idx] if w.resets is not None and w.resets.any() else None
+        judged = scores64
+        if w.muted is not None and w.muted.any():  # muted: scored, but the alarm rule sees a quiet reading
+            mute = w.muted[scored_idx]
+            judged = np.where(mute, 0.0, scores64)
+            held = mute & (scores64 > thresholds)  # would have alarmed (over its instant limit)
+            n_held = _count_suppressed(w, w.keys, key_idx[held])
+        else:
+            n_held = 0
+        d = self._alarms(w.keys, key_idx, judged, thresholds, b.ts[scored_idx], reading_refs,
+                         w.updates, store, own_mask, resets)
         out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
-                      refs=reading_refs if self.refs else None)
+                      refs=reading_refs if self.refs else None, suppressed=n_held)
         self._records(out, b, w, s, d, sensor_of, thresholds)
         return out
 
@@ -315,17 +367,30 @@ class Scorer:
             parts={name: v[raised] for name, v in s.parts.items()},
             rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
             baselines=self._baseline_names(w, rows), model_group=self.group)
+        if w.health is not None:
+            _mark(alerts, w.health.marks[rows])
         out.severities = [r["severity"] for r in alerts]
         if self.per_reading:
             out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
         if d.events:
             at = np.array([e[1] for e in d.events], np.int64)
             ev_rows = scored_idx[at]
+            why = [e[0].partition(":")[2] for e in d.events]  # close:silent, close:accepted
+            ev_ts = ts[ev_rows].astype(np.float64)
+            for i, q in enumerate(why):
+                if q:  # a silence's start, an accept's time
+                    ev_ts[i] = w.reset_ts.get(int(ev_rows[i]), ev_ts[i])
             episodes = records.episode_records(
-                d.events, sources=sources(ev_rows), sensor_ids=sensor_of[at].tolist(), ts=ts[ev_rows],
+                [("close",) + e[1:] if q else e for e, q in zip(d.events, why)], sources=sources(ev_rows),
+                sensor_ids=sensor_of[at].tolist(), ts=ev_ts,
                 tops=records.top_channels(s.channel_error[at], self.channels), model_name=model_name,
                 model_version=model_version, critical_ratio=self.critical_ratio, detected_at=detected_at,
                 baselines=self._baseline_names(w, ev_rows), model_group=self.group)
+            for r, q in zip(episodes, why):
+                if q:
+                    r["reason"] = q
+            if w.health is not None:
+                _mark(episodes, w.health.marks[ev_rows])
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
@@ -377,17 +442,17 @@ class Scorer:
             last_seen[key] = lasts[j]
         return keep
 
-    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store, own_mask=None):
+    def _alarms(self, keys, key_idx, scores, instant, ts, refs, updates, store, own_mask=None, resets=None):
         """The alarm rule over the scored readings (`key_idx`: each one's index into `keys`): its
         per-sensor state (EWMA, open episode) comes from the store and goes back through `updates`.
         Readings scored by their sensor's own model (`own_mask`) are judged by the own models' rule."""
         prior = {k: e.alarm for k in np.unique(key_idx).tolist()
                  if (e := store.get(keys[k])) is not None and e.alarm is not None}
         if own_mask is None:
-            d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant)
+            d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant, resets=resets)
         else:
             d, posterior = _step_split(((self.own_rule, own_mask), (self.rule, ~own_mask)), key_idx, scores, ts, refs,
-                                       prior, instant)
+                                       prior, instant, resets)
         for k, a in posterior.items():
             key = keys[k]
             if key in updates:
@@ -451,14 +516,24 @@ class _Base:
             if self.use_own:
                 self.own[hit] = b.own_row[r]
 
-    def cold(self, idx: np.ndarray, values: np.ndarray, prior):
+    def cold(self, idx: np.ndarray, values: np.ndarray, prior, reset: bool = False, defer: bool = True,
+             trust: bool = False):
         """A sensor new to the model: its readings `idx` judged by the fleet baseline until its
         cold start ends, then by the one learned from it; returns its new cold start. Python
-        per sensor, so kept lean: 21 -> 6 us a call in the bench's cold phase."""
+        per sensor, so kept lean: 21 -> 6 us a call in the bench's cold phase. `reset`: the
+        readings were filled by `known` (a sensor the model knows, re-learning after an operator's
+        accept, pipeline/control.py: scored by the shared model); `defer`: a learned baseline's
+        readings may wait for `finish` (not when the caller reads `state` right after); `trust`:
+        an accepted new normal, learned as it is (not shrunk toward the fleet's)."""
         b = self.b
-        if prior is not None and prior.learned:  # unchanged from now on (`seen` stops at the end of the cold start)
-            self._learned.append((idx, prior))  # filled in one pass by `finish`
-            return prior
+        if reset:
+            self.center[idx], self.scale[idx], self.state[idx], self.own[idx] = b.fleet_center, b.fleet_scale, 2, -1
+        if prior is not None and prior.learned:  # learned: only `seen` (readings since the cold start began) moves
+            if defer:
+                self._learned.append((idx, prior))  # filled in one pass by `finish`
+            else:
+                self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
+            return state.Baseline(prior.seen + len(idx), prior.first, prior.center, prior.scale)
         m = len(idx)
         seen0 = prior.seen if prior is not None else 0
         N, stride = b.cold_start, b.stride
@@ -471,13 +546,13 @@ class _Base:
             first = np.empty((0, b.channels), np.float32)
         if upto == m:
             return state.Baseline(seen0 + m, first)
-        center, scale = b.learn(first)
+        center, scale = b.learn(first, trust)
         warm = idx[upto:]
         self.center[warm], self.scale[warm], self.state[warm] = center, scale, 1
         return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
 
 
-def _step_split(rules, keys, scores, ts, refs, prior, instant):
+def _step_split(rules, keys, scores, ts, refs, prior, instant, resets=None):
     """`AlarmRule.step` of each (rule, mask) on its readings, merged back into one Decision in
     the readings' order (event positions too). A sensor's readings are all under one rule."""
     from latentwatch.detectors.alarms import Decision
@@ -489,7 +564,8 @@ def _step_split(rules, keys, scores, ts, refs, prior, instant):
         sub = np.flatnonzero(mask)
         if not len(sub):
             continue
-        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub])
+        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub],
+                            resets=resets[sub] if resets is not None else None)
         for arr, src in zip(out, (d.alarm, d.rule, d.statistic, d.limit, d.ewma)):
             arr[sub] = src
         events += [(e, int(sub[p]), k, ep) for e, p, k, ep in d.events]
@@ -516,3 +592,163 @@ def _next_offsets(messages) -> dict[tuple[str, int], int]:
     (consume order, and what `Source.put_back` returns goes first), so the last one wins."""
     return {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
 
+
+
+# -- sensor health (issue 30; detectors/health.py): between steps 4 and 5, then after 5 ----------
+@dataclass
+class _HealthOut:
+    marks: np.ndarray  # [readings] int8: bit 0 stuck, bit 1 flatline open at the reading
+    events: list  # (health.Event, reading row or -1)
+    silent_end: list  # (key, started_ts): silent at the end of the batch
+    idle: dict  # key -> new entry of a sensor without a reading here that fell silent
+
+
+def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
+    """The health rules per partition over the batch's kept readings (offset order), the
+    partition's other sensors checked for silence; new health state into `w.updates`."""
+    n = len(b.values)
+    out = _HealthOut(np.zeros(n, np.int8), [], [], {})
+    part_msg = np.array([m.partition() for m, _ in b.valid], np.int64)
+    off_msg = np.array([m.offset() for m, _ in b.valid], np.int64)
+    part_row, key_row = part_msg[w.msg_of], w.msg_key[w.msg_of]
+    topic = b.valid[0][0].topic()
+    for p in np.unique(part_row).tolist():
+        rows = np.flatnonzero(part_row == p)
+        kidx = np.unique(key_row[rows])
+        keys = [w.keys[g] for g in kidx.tolist()]
+        prior, last = {}, {}
+        for i, key in enumerate(keys):
+            e = store.get(key)
+            if e is not None:
+                last[i] = e.last_ts
+                if e.health is not None:
+                    prior[i] = e.health
+        wm0 = store.watermark(p)
+        wm_end = max(wm0, float(b.ts[rows].max()))
+        present = set(keys)
+        idle = {key: (e.last_ts, e.health) for key, e in store.silent_due(p, wm_end, rule.silent_s)
+                if key not in present}
+        refs = np.stack([part_row[rows], off_msg[w.msg_of[rows]], w.pos[rows]], 1)
+        events, post, marks, silences = rule.step(np.searchsorted(kidx, key_row[rows]), keys, b.values[rows],
+                                                  b.ts[rows], refs, prior, last, wm0, idle)
+        out.marks[rows] = marks
+        for i, key in enumerate(keys):  # (positional: 3x dataclasses.replace's speed, per sensor per batch)
+            e = w.updates[key]
+            w.updates[key] = state.Entry(e.last_ts, e.tail, e.threshold, e.valid_at, e.alarm, e.baseline, post[i],
+                                         e.control)
+        for key in idle:
+            if key in post:
+                out.idle[key] = dataclasses.replace(store.get(key), health=post[key], valid_at=b.offsets[(topic, p)])
+        for key, r, started in silences:
+            if r >= 0:
+                if not w.resets[rows[r]]:  # an accept at the same reading wins
+                    w.resets[rows[r]], w.reset_ts[int(rows[r])] = 1, started
+            else:
+                out.silent_end.append((key, started))
+        out.events += [(e, int(rows[e.row]) if e.row >= 0 else -1) for e in events]
+    return out
+
+
+def _health_finish(scorer: "Scorer", b: "_Kept", w: "_Windows", out: "_Judged", store) -> None:
+    """After step 5: health records; a process episode open when its sensor fell silent closes
+    (reason silent, at the silence's start); the idle sensors' new entries join the updates."""
+    h = w.health
+    model, version, at = scorer.model.name, str(scorer.model.version), iso(time.time())
+    topic = b.valid[0][0].topic()
+    w.updates.update(h.idle)
+    closes = []
+    for key, started in h.silent_end:
+        e = w.updates[key]
+        if e.alarm is not None and e.alarm.episode is not None:
+            closes.append((key, e.alarm.episode, started))
+            w.updates[key] = dataclasses.replace(e, alarm=state.SensorAlarm(e.alarm.z, None, e.alarm.hot))
+    if closes:
+        recs = records.reason_close_records(closes, "silent", topic=topic, model_name=model, model_version=version,
+                                            critical_ratio=scorer.critical_ratio, detected_at=at)
+        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
+        out.episodes += [r["event"] for r in recs]
+    if h.events:  # a muted sensor's health events are held back too (counted)
+        held = [_muted_at(w, e.key, e.ts) for e, _r in h.events]
+        if any(held):
+            out.suppressed += _count_suppressed(w, [e.key for (e, _r), q in zip(h.events, held) if q], None)
+            h.events = [ev for ev, q in zip(h.events, held) if not q]
+    if h.events:
+        src = _sources(b.valid, w.msg_of, w.pos, np.array([max(r, 0) for _, r in h.events], np.int64))
+        recs = records.health_records([e for e, _ in h.events], [s if r >= 0 else None for s, (_, r) in
+                                                                 zip(src, h.events)],
+                                      topic=topic, model_name=model, model_version=version, detected_at=at,
+                                      channels=scorer.channels)
+        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
+        out.health = [(r["rule"], r["event"]) for r in recs]
+
+
+def _mark(recs: list[dict], marks: np.ndarray) -> None:
+    """Process alerts of a sensor with a stuck or flatline episode open are marked, not held back."""
+    from latentwatch.detectors.health import MARKS
+
+    for r, m in zip(recs, marks.tolist()):
+        if m:
+            r["sensor_health"] = MARKS[m]
+
+
+# -- operator commands (issue 30.2; pipeline/control.py): applied per sensor in step 4 -------------
+def _control(prior, cmd, ts_k: np.ndarray, idx: np.ndarray, muted: np.ndarray, mutes: dict, key):
+    """The sensor's control state after its readings here (`ts_k`, rows `idx`) and the position in
+    them from which an accept applies (None: none). Its command applies from its first reading at
+    or after `cmd.at`, once (a command not after the last one applied is a repeat). Marks the
+    muted rows in `muted` and the mute windows in `mutes[key]`."""
+    pc = prior.control if prior is not None else None
+    until0 = pc.mute_until if pc is not None else 0.0
+    ctl, at, j = pc, None, len(ts_k)
+    if cmd is not None and cmd.at > (pc.applied if pc is not None else -np.inf):
+        later = np.flatnonzero(ts_k >= cmd.at)
+        if len(later):
+            j = int(later[0])
+            until = cmd.until if cmd.command == "mute" else (0.0 if cmd.command == "unmute" else until0)
+            accepted = cmd.at if cmd.command == "accept" else (pc.accepted if pc is not None else 0.0)
+            ctl = state.Control(until, cmd.at, pc.suppressed if pc is not None else 0, accepted, cmd.by[:500],
+                                cmd.reason[:500])
+            at = j if cmd.command == "accept" else None
+            if until > 0:
+                muted[idx[j:]] = ts_k[j:] < until
+                mutes.setdefault(key, []).append((cmd.at if cmd.command == "mute" else -np.inf, until))
+    if until0 > 0:
+        muted[idx[:j]] = ts_k[:j] < until0
+        mutes.setdefault(key, []).append((-np.inf, until0 if j == len(ts_k) else min(until0, float(ts_k[j]))))
+    return ctl, at
+
+
+def _relearning(base, rows: np.ndarray, was_cold: bool, muted, resets, reset_ts, ts) -> None:
+    """An accepted sensor re-learning its baseline: its readings judged by the fleet baseline
+    meanwhile are held back like a mute's (they measure the new normal against the old); the
+    EWMA restarts at its first reading judged by the re-learnt baseline."""
+    st = base.state[rows]
+    muted[rows[st == 2]] = True
+    if was_cold and (st == 1).any():
+        j = int(np.argmax(st == 1))
+        if (st[:j] == 2).all() and not resets[rows[j]]:
+            resets[rows[j]], reset_ts[int(rows[j])] = 2, float(ts[rows[j]])
+
+
+def _muted_at(w, key, t: float) -> bool:
+    """Whether `key` is muted at event time `t`: a mute window of this batch, or (a sensor without
+    a reading here, e.g. gone silent during maintenance) the mute its state holds."""
+    if any(a <= t < u for a, u in w.mutes.get(key, ())):
+        return True
+    e = w.updates.get(key)
+    return e is not None and e.control is not None and e.control.applied <= t < e.control.mute_until
+
+
+def _count_suppressed(w, keys, key_idx) -> int:
+    """Alarms (or health events) a mute held back, counted into each sensor's control state."""
+    from collections import Counter
+
+    n = 0
+    for k, c in Counter(key_idx.tolist() if key_idx is not None else keys).items():
+        key = keys[k] if key_idx is not None else k
+        e = w.updates.get(key)
+        if e is not None and e.control is not None:
+            w.updates[key] = dataclasses.replace(e, control=dataclasses.replace(e.control,
+                                                                                suppressed=e.control.suppressed + c))
+        n += c
+    return n

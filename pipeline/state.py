@@ -5,8 +5,11 @@ What a sensor needs to be scored: for windowed models the last `window - 1` read
 event time of its last reading; for the alarm rule (detectors/alarms.py) its EWMA and its open
 episode; for a sensor the model has no baseline of, its *cold start* (`Baseline`: how many
 readings it has sent, every `stride`-th of its first `cold_start` ones, at most 64 rows, then
-the center and scale learned from them; detectors/baselines.py). Entries are keyed by (input
-partition, sensor id).
+the center and scale learned from them; detectors/baselines.py); for the health rules
+(detectors/health.py) its last values, runs of unchanged readings and open health episodes
+(`SensorHealth`: 8 C + ~120 bytes); for the operator's commands (pipeline/control.py) its mute,
+the last command applied, who and why (64 bytes each) and the alarms a mute held back
+(`Control`). Entries are keyed by (input partition, sensor id).
 
 Three rules keep it right and bounded:
 
@@ -48,15 +51,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from latentwatch.detectors import health as _health
 from latentwatch.detectors.alarms import Episode, SensorAlarm
 from latentwatch.detectors.baselines import COLD_KEEP
+from latentwatch.detectors.health import HealthEpisode, SensorHealth
 
 Key = tuple[int, str]  # (input partition, sensor id)
 
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """A cold-start sensor's baseline: `seen` readings so far (until it is learned); `first` [<= COLD_KEEP, channels]
+    """A cold-start sensor's baseline: `seen` readings since its cold start began; `first` [<= COLD_KEEP, channels]
     float32, every stride-th of its first `cold_start` readings, kept until the baseline is
     learned; then `center` and `scale` [channels] (and `first` empty)."""
 
@@ -80,6 +85,22 @@ class Entry:
     valid_at: int = -1  # input offset from which this entry is the sensor's state (changelog only)
     alarm: SensorAlarm | None = None  # the alarm rule's EWMA and open episode (None: a new sensor)
     baseline: Baseline | None = None  # cold start of a sensor the model has no baseline of (None: it has)
+    health: SensorHealth | None = None  # sensor health (detectors/health.py): runs, last values, open episodes
+    control: "Control | None" = None  # the operator's commands in effect (mute, accept; pipeline/control.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """The operator's commands in effect for a sensor: muted until `mute_until` (event time; 0:
+    not muted), `suppressed` alarms counted while muted, and `applied` the event time of the
+    last command applied (an older or equal one is a repeat: idempotent)."""
+
+    mute_until: float = 0.0
+    applied: float = float("-inf")
+    suppressed: int = 0
+    accepted: float = 0.0  # event time of the accept in effect (0: none): its baseline is a re-learnt one
+    by: str = ""  # who gave the last command applied, and why (sensors show); kept to CONTROL_TEXT bytes each
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +170,22 @@ def _check_last_ts(e: Entry, fit: Fit) -> str | None:
 
 # One check per kind of per-sensor state: (entry, fit) -> the reason it cannot be used, or None.
 # A new kind of state adds its own here; its reason becomes a label value.
+def _check_health(e: Entry, fit: Fit) -> str | None:
+    """Sensor health: last values and runs of the model's channels, episodes that make sense."""
+    return None if _health.check(e.health, fit.channels) else "health"
+
+
+def _check_control(e: Entry, fit: Fit) -> str | None:
+    c = e.control
+    ok = c is None or (np.isfinite(c.mute_until) and c.mute_until >= 0 and c.suppressed >= 0
+                       and not np.isnan(c.applied))
+    return None if ok else "control"
+
+
 ENTRY_CHECKS: list[Callable[[Entry, Fit], str | None]] = [_check_tail, _check_threshold, _check_alarm, _check_last_ts,
-                                                          _check_baseline]
-DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline")
+                                                          _check_baseline, _check_health, _check_control]
+DROP_REASONS = ("window", "channels", "dtype", "non_finite", "threshold", "alarm", "last_ts", "baseline", "health",
+                "control")
 
 
 def check(entry: Entry, fit: Fit | None) -> str | None:
@@ -187,12 +221,53 @@ class StateStore:
         self._last_sweep = time.monotonic()
         self._cold = Counter()  # entries by baseline_state(): kept as entries change, read per batch
         self._evicted_open: list[tuple[Key, Entry]] = []  # evicted with an episode open: to be closed
+        self._wm: dict[int, float] = {}  # per partition: the newest event time of its entries (silent rule)
+        self._min_last: dict[int, float] = {}  # per partition: a lower bound of its not-silent entries' last_ts
+        self._muted: dict[Key, float] = {}  # entries with a mute (its end, event time): the muted-sensors gauge
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Key) -> Entry | None:
         return self._entries.get(key)
+
+    def watermark(self, partition: int) -> float:
+        """The partition's newest event time as of the committed state (detectors/health.py, silent)."""
+        return self._wm.get(partition, float("-inf"))
+
+    def silent_due(self, partition: int, watermark: float, silent_s: float) -> list[tuple[Key, Entry]]:
+        """The partition's entries not yet silent whose last reading is more than `silent_s` before
+        `watermark`. A full scan only when the partition's oldest not-silent reading may be that old
+        (a cached lower bound): about once per reporting interval, not per batch. Read only, but for
+        that cache (a lower bound stays one whatever is committed or rewound)."""
+        if watermark - silent_s <= self._min_last.get(partition, float("-inf")):
+            return []
+        due, low = [], float("inf")
+        for key, e in self._entries.items():
+            if key[0] != partition or (e.health is not None and e.health.silent is not None):
+                continue
+            low = min(low, e.last_ts)
+            if watermark > e.last_ts + silent_s:
+                due.append((key, e))
+        self._min_last[partition] = low
+        return due
+
+    def muted_count(self) -> int:
+        """Entries muted at their partition's newest event time (a mute in the past is forgotten)."""
+        for key in [k for k, until in self._muted.items() if until <= self.watermark(k[0]) or k not in self._entries]:
+            del self._muted[key]
+        return len(self._muted)
+
+    def _note_times(self, key: Key, entry: Entry) -> None:
+        p = key[0]
+        if entry.control is not None and entry.control.mute_until > 0:
+            self._muted[key] = entry.control.mute_until
+        else:
+            self._muted.pop(key, None)
+        if entry.last_ts > self._wm.get(p, float("-inf")):
+            self._wm[p] = entry.last_ts
+        if (entry.health is None or entry.health.silent is None) and entry.last_ts < self._min_last.get(p, float("inf")):
+            self._min_last[p] = entry.last_ts
 
     def baseline_counts(self) -> dict[str, int]:
         """Entries by baseline state: `fleet` (cold start, still learning), `learned`, and `own`
@@ -219,6 +294,7 @@ class StateStore:
             self._entries[key] = entry
             self._entries.move_to_end(key)
             self._seen[key] = now
+            self._note_times(key, entry)
         evicted: dict[str, list[Key]] = {"capacity": [], "idle": []}
         while len(self._entries) > self.max_sensors:
             key, gone = self._entries.popitem(last=False)
@@ -282,12 +358,17 @@ class StateStore:
             self._entries[key] = keep[key]
             self._entries.move_to_end(key)
             self._seen[key] = now - ago
+            self._note_times(key, keep[key])
+            self._min_last[key[0]] = float("-inf")  # rescan restored partitions
         self._recount()
         evicted = self.apply({}, now)
         evicted["idle"] = idle + evicted["idle"]
         return Loaded(dict(dropped), evicted)
 
     def drop_partitions(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._wm.pop(p, None)
+            self._min_last.pop(p, None)
         for key in [k for k in self._entries if k[0] in partitions]:
             self._count(self._entries.pop(key), -1)
             self._seen.pop(key, None)
@@ -308,7 +389,8 @@ class StateStore:
             alarm = SensorAlarm(float("nan"), e.alarm.episode) if e.alarm is not None else None
             baseline = e.baseline if e.baseline is not None and _check_baseline(e, Fit(window, channels)) is None \
                 else None
-            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm, baseline)
+            health = e.health if e.health is not None and _health.check(e.health, channels) else None
+            self._entries[key] = Entry(e.last_ts, tail, None, e.valid_at, alarm, baseline, health, e.control)
         self.expect(window, channels)
         self._recount()
 
@@ -322,10 +404,15 @@ class StateStore:
 # by this module only. b"LWS3" adds, after each entry's alarm state, whether its last reading was
 # over the instant limit (B, the alarm rule's `hot`) and its cold start: has_baseline
 # (B), seen (q), rows, channels (II), first float32[rows*channels], learned (B), center and scale
-# float32[channels] each. b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
+# float32[channels] each. b"LWS4" adds, after the cold start, the sensor's health (has (B); channels
+# (I), last float32[C], run int32[C]; per rule stuck, flatline, silent: has (B), ref qqq, started_ts
+# d, n (I), channels uint32[n], values float64[n]) and the operator's control (has (B), mute_until d,
+# applied d, suppressed q, accepted d, then who and why: lengths HH and UTF-8 bytes, 64 at most each). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
 # still read, without the state they did not have.
-_MAGIC, _MAGIC2, _MAGIC1 = b"LWS3", b"LWS2", b"LWS1"
+_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS4", b"LWS3", b"LWS2", b"LWS1"
+_HEP = struct.Struct("<BqqqdI")
+_CONTROL = struct.Struct("<Bddqd")
 _BASE = struct.Struct("<BqII")
 _HEAD = struct.Struct("<qdBddII")
 _HEAD1 = struct.Struct("<qdBddqII")
@@ -350,14 +437,46 @@ def _pack_one(e: Entry | None) -> bytes:
     out += bytes([bool(a is not None and a.hot)])
     b = e.baseline
     if b is None:
-        return out + _BASE.pack(0, 0, 0, 0)
-    f = np.ascontiguousarray(b.first, dtype="<f4")
-    rows, ch = (f.shape[0], f.shape[1]) if f.ndim == 2 else (0, 0)
-    out += _BASE.pack(1, b.seen, rows, ch) + f.tobytes() + bytes([b.center is not None])
-    if b.center is not None:
-        c = np.ascontiguousarray(b.center, dtype="<f4")
-        out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
+        out += _BASE.pack(0, 0, 0, 0)
+    else:
+        f = np.ascontiguousarray(b.first, dtype="<f4")
+        rows, ch = (f.shape[0], f.shape[1]) if f.ndim == 2 else (0, 0)
+        out += _BASE.pack(1, b.seen, rows, ch) + f.tobytes() + bytes([b.center is not None])
+        if b.center is not None:
+            c = np.ascontiguousarray(b.center, dtype="<f4")
+            out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
+    return out + _pack_health(e.health) + _pack_control(e.control)
+
+
+def _pack_health(h: SensorHealth | None) -> bytes:
+    if h is None:
+        return b"\x00"
+    last = np.ascontiguousarray(h.last, dtype="<f4")
+    out = b"\x01" + struct.pack("<I", len(last)) + last.tobytes() + np.ascontiguousarray(h.run, dtype="<i4").tobytes()
+    for ep in (h.stuck, h.flat, h.silent):
+        if ep is None:
+            out += _HEP.pack(0, 0, 0, 0, 0.0, 0)
+            continue
+        n = len(ep.channels)
+        values = tuple(ep.value) + (0.0,) * (n - len(ep.value)) if len(ep.value) <= n else tuple(ep.value)[:n]
+        out += _HEP.pack(1, *ep.ref, ep.started_ts, n) + np.asarray(ep.channels, "<u4").tobytes() \
+            + np.asarray(values, "<f8").tobytes()
     return out
+
+
+CONTROL_TEXT = 64  # bytes of who and why a sensor's state keeps (the control topic has them whole)
+
+
+def _cut(text: str) -> bytes:
+    return text.encode()[:CONTROL_TEXT].decode("utf-8", "ignore").encode()
+
+
+def _pack_control(c: "Control | None") -> bytes:
+    if c is None:
+        return _CONTROL.pack(0, 0.0, 0.0, 0, 0.0)
+    by, why = _cut(c.by), _cut(c.why)
+    return _CONTROL.pack(1, c.mute_until, c.applied, c.suppressed, c.accepted) + struct.pack("<HH", len(by), len(why)) \
+        + by + why
 
 
 def pack(entry: Entry, before: Entry | None, written_at: float | None = None) -> bytes:
@@ -390,7 +509,49 @@ def _unpack_baseline(buf: memoryview, pos: int) -> tuple[Baseline | None, int]:
     return Baseline(int(seen), first, center, scale), pos
 
 
-def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[Entry | None, int]:
+def _unpack_health(buf: memoryview, pos: int) -> tuple[SensorHealth | None, int]:
+    has = buf[pos]
+    pos += 1
+    if not has:
+        return None, pos
+    (c,) = struct.unpack_from("<I", buf, pos)
+    pos += 4
+    if c > 1 << 16 or pos + 8 * c > len(buf):
+        raise ValueError("health runs past the record")
+    last = np.frombuffer(bytes(buf[pos:pos + 4 * c]), dtype="<f4").astype(np.float32)
+    run = np.frombuffer(bytes(buf[pos + 4 * c:pos + 8 * c]), dtype="<i4").astype(np.int32)
+    pos += 8 * c
+    eps = []
+    for rule in range(3):
+        has_ep, p, o, i, started, n = _HEP.unpack_from(buf, pos)
+        pos += _HEP.size
+        if not has_ep:
+            eps.append(None)
+            continue
+        if n > 1 << 16 or pos + 12 * n > len(buf):
+            raise ValueError("health episode runs past the record")
+        channels = tuple(np.frombuffer(bytes(buf[pos:pos + 4 * n]), dtype="<u4").tolist())
+        values = tuple(np.frombuffer(bytes(buf[pos + 4 * n:pos + 12 * n]), dtype="<f8").tolist())
+        pos += 12 * n
+        eps.append(HealthEpisode(rule, (p, o, i), started, channels, values))
+    return SensorHealth(last, run, *eps), pos
+
+
+def _unpack_control(buf: memoryview, pos: int) -> tuple["Control | None", int]:
+    has, mute_until, applied, suppressed, accepted = _CONTROL.unpack_from(buf, pos)
+    pos += _CONTROL.size
+    if not has:
+        return None, pos
+    nb, nw = struct.unpack_from("<HH", buf, pos)
+    pos += 4
+    if pos + nb + nw > len(buf):
+        raise ValueError("control runs past the record")
+    by, why = bytes(buf[pos:pos + nb]).decode("utf-8", "replace"), bytes(buf[pos + nb:pos + nb + nw]).decode(
+        "utf-8", "replace")
+    return Control(mute_until, applied, suppressed, accepted, by, why), pos + nb + nw
+
+
+def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool = False) -> tuple[Entry | None, int]:
     if v1:
         valid_at, last_ts, has_thr, mean, var, _persist, rows, channels = _HEAD1.unpack_from(buf, pos)
         pos += _HEAD1.size
@@ -421,7 +582,11 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False) -> tuple[
         if alarm is not None and hot:
             alarm = SensorAlarm(alarm.z, alarm.episode, True)
         baseline, pos = _unpack_baseline(buf, pos)
-    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline), pos
+    health = control = None
+    if v4:
+        health, pos = _unpack_health(buf, pos)
+        control, pos = _unpack_control(buf, pos)
+    return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline, health, control), pos
 
 
 def unpack(value: bytes) -> tuple[Entry, Entry | None]:
@@ -433,13 +598,14 @@ def unpack(value: bytes) -> tuple[Entry, Entry | None]:
 def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
     """(entry, the entry before it, the wall time it was written or None for a record of a
     version before that was kept: readers of either version read both)."""
-    if not value or value[:4] not in (_MAGIC, _MAGIC2, _MAGIC1):
+    if not value or value[:4] not in (_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1):
         raise ValueError("not a latentwatch state record")
-    v1, v3 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v1, v4 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v3 = v4 or value[:4] == _MAGIC3
     buf = memoryview(value)
     try:
-        entry, pos = _unpack_one(buf, 4, v1, v3)
-        before, pos = _unpack_one(buf, pos, v1, v3)
+        entry, pos = _unpack_one(buf, 4, v1, v3, v4)
+        before, pos = _unpack_one(buf, pos, v1, v3, v4)
     except (struct.error, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:

@@ -96,6 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     fl.add_argument("--max-train-readings", type=int, default=None, metavar="N",
                     help="readings the shared model is trained on, drawn evenly per sensor over time "
                          "(baselines use every reading; default: 20000)")
+    hl = t.add_argument_group("sensor health (docs/sensor-health.md); kept in the model, run's sensors.* override")
+    hl.add_argument("--stuck-after", type=int, default=None, metavar="N",
+                    help="readings a noisy channel must repeat to be stuck (default 30; a channel that repeats in "
+                         "the training data needs longer, from its step statistics)")
+    hl.add_argument("--flatline-after", type=int, default=None, metavar="N",
+                    help="readings every channel must repeat for the sensor to be flatlined (default 30)")
+    hl.add_argument("--silent-after", type=float, default=None, metavar="S",
+                    help="seconds of event time without a reading, while others on its partition report, "
+                         "before a sensor is silent (default 300)")
     _data_options(t)
     _stream_options(t)
     t.set_defaults(func=_train)
@@ -228,7 +237,10 @@ def _recipe(args):
                   device=_device(args.device), own=not getattr(args, "no_own_models", False),
                   **{k: v for k, v in (("cold_start", getattr(args, "cold_start_readings", None)),
                                        ("own_min", getattr(args, "own_min_readings", None)),
-                                       ("max_train_readings", getattr(args, "max_train_readings", None)))
+                                       ("max_train_readings", getattr(args, "max_train_readings", None)),
+                                       ("stuck_n", getattr(args, "stuck_after", None)),
+                                       ("flatline_n", getattr(args, "flatline_after", None)),
+                                       ("silent_s", getattr(args, "silent_after", None)))
                      if v is not None})
 
 
@@ -314,7 +326,8 @@ def _score(args) -> int:
     ids = data.sensor_ids
     if ids is None:
         ids = np.full(len(data), args.sensor_id or "", dtype=object)
-    groups, flagged = _flag_per_sensor(model, data.values, ids)
+    health = _health(model, data, ids)
+    groups, flagged = _flag_per_sensor(model, data.values, ids, health)
     f = _merge_flagged(groups, flagged, len(data))
     rows = _format_rows(data.timestamps, f, f.scored.latent if args.latent else None)
     header = ["row", "timestamp", "score", "threshold", "anomaly", "above", "rule", "statistic", "limit", "ewma",
@@ -338,9 +351,14 @@ def _score(args) -> int:
     if args.episodes:
         with outputs.open_for_writing(args.episodes, "--episodes") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["event", "episode_row", "row", "rule", "readings", "peak_score", "peak_margin"])
+            w.writerow(["event", "episode_row", "row", "rule", "readings", "peak_score", "peak_margin", "kind",
+                        "sensor_id", "reason"])
             for event, row, ep in f.events:
-                w.writerow([event, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}"])
+                name, _, reason = event.partition(":")  # close:silent
+                w.writerow([name, ep.ref[1], row, RULES[ep.rule], ep.count, f"{ep.peak_score:.6g}", f"{ep.peak:.4g}",
+                            "episode", str(ids[row]), reason])
+            for e in (health[0] if health is not None else []):  # health episodes (issue 30)
+                w.writerow([e.event, e.episode.ref[1], e.row, e.rule, "", "", "", "health", e.key, ""])
     opened = sum(1 for e in f.events if e[0] == "open")
     # Plain lines, as `train` prints (a log line's timestamp and logger name are noise here); on
     # stderr when the scores go to stdout. "anomalous": alarmed by either rule (instant or EWMA).
@@ -350,19 +368,51 @@ def _score(args) -> int:
     print(f"alarm rule: {rule.describe()}", file=summary)
     if model.baselines is not None and model.own_alarm is not None:
         print(f"own models' alarm rule: {model.own_alarm.describe()}", file=summary)
+    if health is not None:
+        from collections import Counter
+
+        opened = Counter(e.rule for e in health[0] if e.event == "open")
+        print(f"sensor health: {model.health.describe()}; episodes opened: "
+              + ", ".join(f"{r} {opened.get(r, 0)}" for r in ("stuck", "flatline", "silent")), file=summary)
     if "anomaly" in data.labels:
         print(_tradeoff(f, data.labels["anomaly"]), file=summary)
     return 0
 
 
-def _flag_per_sensor(model, values, ids):
-    """Each sensor's rows (in file order) flagged as the stream would: its own baseline and model."""
+def _health(model, data, ids):
+    """Health episodes of the file (detectors/health.py `judge_marks`, the file one partition in
+    row order, as the stream judges a partition): (events, marks, silences); None for a model
+    without health rules. Event times from the time column, else the row number as seconds."""
+    if getattr(model, "health", None) is None:
+        return None
+    from latentwatch.detectors.health import judge_marks
+    from latentwatch.pipeline.times import parse_time
+
+    n = len(data)
+    try:
+        ts = np.array([parse_time(t) for t in data.timestamps], np.float64) if data.timestamps is not None else None
+    except (TypeError, ValueError):
+        ts = None
+    return judge_marks(model.health, np.asarray(ids).astype(str), data.values,
+                       ts if ts is not None else np.arange(n, dtype=np.float64))
+
+
+def _flag_per_sensor(model, values, ids, health=None):
+    """Each sensor's rows (in file order) flagged as the stream would: its own baseline and model;
+    with `health` (`_health`), a silence closes the sensor's open episode (reason silent)."""
     from latentwatch.detectors.baselines import group_rows
     from latentwatch.detectors.recipe import flag_series
 
     uniq, groups = group_rows(np.asarray(ids).astype(str))
+    resets, silent_end = np.zeros(len(values), np.int8), set()
+    for key, row, _started in (health[2] if health is not None else []):
+        if row >= 0:
+            resets[row] = 1
+        else:
+            silent_end.add(key)
     flagged = [flag_series(model.detector, model.threshold, model.alarm, values[rows], baselines=model.baselines,
-                           sensor_id=str(sid), own_rule=model.own_alarm) for sid, rows in zip(uniq.tolist(), groups)]
+                           sensor_id=str(sid), own_rule=model.own_alarm, resets=resets[rows],
+                           silent_end=str(sid) in silent_end) for sid, rows in zip(uniq.tolist(), groups)]
     return groups, flagged
 
 

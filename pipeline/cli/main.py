@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "latentwatch.pipeline.cli.models",  # models list|show|promote|rollback|groups
     "latentwatch.pipeline.cli.sim",  # simulate, replay, report
     "latentwatch.pipeline.cli.alerts",  # alerts tail|forward
+    "latentwatch.pipeline.cli.sensors",  # sensors accept|mute|unmute|show
     "latentwatch.pipeline.cli.demo",  # demo
     "latentwatch.pipeline.cli.bench",  # bench
 ]

@@ -34,6 +34,8 @@ DEAD_LETTER_REASONS = (
     "unknown_schema",  # a schema id the registry does not have (or no registry configured)
     "undecodable",  # a payload its own schema does not read (truncated, bytes left over)
     "schema_mapping",  # a schema whose fields cannot give a reading (names the field), or Protobuf
+    # The control topic (pipeline/control.py) only.
+    "control_invalid",  # not a command: unknown command, no sensor id, who or why missing, bad times
     # Model groups (pipeline/groups.py, docs/groups.md) with `groups_fallback: none` only.
     "no_group",  # its sensor id matches no group's rule (or a keyless frame / schema'd record)
 )

@@ -246,6 +246,7 @@ class AlertWatcher(threading.Thread):
         self.consumer.subscribe([settings.topics.alerts])
         self.sink, self.quiet = sink, quiet
         self.episodes: list[dict] = []  # episode events (open, update, close), beside the per-reading alerts
+        self.health: list[dict] = []  # health episode events (stuck, flatline, silent; docs/sensor-health.md)
         self._halt = threading.Event()
         self._printed_at: list[float] = []
 
@@ -258,6 +259,9 @@ class AlertWatcher(threading.Thread):
     def _show(self, alert: dict) -> None:
         if alert.get("kind") == "episode":
             self.episodes.append(alert)
+            return
+        if alert.get("kind") == "health":  # issue 30: a sensor's own fault, not a process anomaly
+            self.health.append(alert)
             return
         self.sink.append(alert)
         now = time.monotonic()
@@ -295,6 +299,9 @@ def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) ->
         out(f"  {kind:18s} {hit}/{n}")
     out(f"episodes opened {metric(m, 'latentwatch_episode_events_total', event='open'):.0f}, closed "
         f"{metric(m, 'latentwatch_episode_events_total', event='close'):.0f} (one incident per sensor alarm)")
+    out("health episodes opened (sensor faults, beside the process anomalies above): " + ", ".join(
+        f"{rule} {metric(m, 'latentwatch_health_episode_events_total', rule=rule, event='open'):.0f}"
+        for rule in ("stuck", "flatline", "silent")))
     if ev.delays_s:
         out(f"detection delay (event time): median {np.median(ev.delays_s):.1f} s, max {max(ev.delays_s):.1f} s")
     out(f"end-to-end latency (Kafka timestamp -> outputs acknowledged and committed): "

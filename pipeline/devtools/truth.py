@@ -59,7 +59,7 @@ def evaluate(truth: list[TruthRow], alerts: list[dict], tolerance: int = 0) -> E
     kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     first_alert: dict[tuple[str, int], float] = {}
     for a in alerts:
-        if a.get("kind") == "episode":
+        if a.get("kind") in ("episode", "health"):
             continue  # the readings' own alerts are counted; an episode names its first one
         src = a["source"]
         ref = (src["partition"], src["offset"], src["index"])

@@ -102,11 +102,15 @@ def train_version(X: np.ndarray, channels: list[str], options, out: str, *, part
     else:
         Xd = X
     summary["drift_reference"] = reference_for(detector, Xd, held, threshold.value)
+    from latentwatch.detectors.health import HealthRule  # sensor health: each channel's normal steps (issue 30)
+
+    o = options or recipe.Recipe()
+    health = HealthRule.fit(X, channels, sensor_ids, stuck_n=o.stuck_n, flatline_n=o.flatline_n, silent_s=o.silent_s)
     name = name or Path(out).resolve().name
     try:
         version = publish(out, lambda d, v: save(d, detector, threshold, summary, name=name, version=v,
                                                  alarm=rule, baselines=trained.baselines,
-                                                 own_alarm=trained.own_rule),
+                                                 own_alarm=trained.own_rule, health=health),
                           make_current=promote)
     except VersionError as exc:
         raise UserError(str(exc)) from None

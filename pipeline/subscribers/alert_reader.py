@@ -56,6 +56,8 @@ def parse_alert(value: bytes | None) -> dict:
         raise BadAlert("not a JSON object")
     if alert.get("kind") == "episode":
         return _parse_episode(alert)
+    if alert.get("kind") == "health":
+        return _parse_health(alert)
     for key in ("sensor_id", "ts", "score", "threshold", "severity"):
         if key not in alert:
             raise BadAlert(f"missing {key!r}")
@@ -86,6 +88,26 @@ def _parse_episode(ep: dict) -> dict:
     alert_time(ep["ts"])
     alert_time(ep["started_at"])
     return ep
+
+
+HEALTH_RULES = ("stuck", "flatline", "silent")
+
+
+def _parse_health(h: dict) -> dict:
+    """A sensor health record (issue 30, records.health_records)."""
+    for key in ("event", "rule", "episode_id", "sensor_id", "ts", "started_at"):
+        if key not in h:
+            raise BadAlert(f"health record without {key!r}")
+    if h["event"] not in ("open", "close") or h["rule"] not in HEALTH_RULES:
+        raise BadAlert(f"unknown health event {h['event']!r} of rule {h['rule']!r}")
+    if not isinstance(h["sensor_id"], str) or not h["sensor_id"]:
+        raise BadAlert("sensor_id is not a non-empty string")
+    h.setdefault("severity", "warning")
+    if h["severity"] not in SEVERITIES:
+        raise BadAlert(f"unknown severity {h['severity']!r}")
+    alert_time(h["ts"])
+    alert_time(h["started_at"])
+    return h
 
 
 def alert_time(value) -> datetime:
@@ -123,6 +145,19 @@ def format_line(alert: dict) -> str:
     """One line for a terminal:
     `2026-11-21T10:00:00.250Z CRITICAL pump-7 score 12.3 > 4.5 (x2.7) top: temp 71%, flow 20% [id]`,
     an episode event as `... CRITICAL pump-7 episode open (ewma) peak 12.3 (x2.7), 4 readings ... [id]`."""
+    if alert.get("kind") == "health":  # `... WARNING pump-7 health open stuck: temp = 71.5 for 30 readings [id]`
+        line = f"{alert['ts']} {alert['severity'].upper():8} {alert['sensor_id']} health {alert['event']} {alert['rule']}"
+        ev = alert.get("evidence") or {}
+        if alert["event"] == "open" and alert["rule"] == "stuck":
+            line += ": " + ", ".join(f"{c.get('channel')} = {c.get('value')} for {c.get('readings')} readings"
+                                     for c in ev.get("channels", []) if isinstance(c, dict))
+        elif alert["event"] == "open" and alert["rule"] == "flatline":
+            line += f": every channel unchanged for {ev.get('readings')} readings"
+        elif alert["event"] == "open" and alert["rule"] == "silent":
+            line += f": no reading since {ev.get('last_reading_at')}, partition at {ev.get('partition_event_time')}"
+        else:
+            line += f" since {alert['started_at']}"
+        return line + f" [{alert['episode_id']}]"
     if alert.get("kind") == "episode":
         line = (f"{alert['ts']} {alert['severity'].upper():8} {alert['sensor_id']} episode {alert['event']} "
                 f"({alert.get('rule', '?')}) peak {float(alert.get('peak_score', 0)):.4g} "

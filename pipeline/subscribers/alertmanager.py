@@ -68,6 +68,31 @@ def episode_to_alertmanager(ep: dict, resolve_timeout: float = 300.0, generator_
     return out
 
 
+HEALTH_ALERTNAME = "LatentwatchSensorHealth"
+
+
+def health_to_alertmanager(h: dict, resolve_timeout: float = 300.0, generator_url: str | None = None,
+                           now: datetime | None = None) -> list[dict]:
+    """A sensor health event (issue 30) -> one Alertmanager alert, its own alertname and labels
+    (sensor, rule: stuck | flatline | silent, episode), firing from its start, resolved at its close:
+    an instrument fault routes to whoever fixes instruments, not to the process owner."""
+    now = now or datetime.now(UTC)
+    starts = alert_time(h["started_at"])
+    closed = h["event"] == "close"
+    am = {
+        "labels": {"alertname": HEALTH_ALERTNAME, "sensor": h["sensor_id"], "rule": str(h["rule"]),
+                   "episode": str(h["episode_id"]), "severity": str(h.get("severity", "warning"))},
+        "annotations": {"started_at": rfc3339(starts),
+                        "summary": f"Sensor {h['sensor_id']} {h['rule']} since {h['started_at']}"
+                                   + (", now reporting normally" if closed else ""),
+                        "evidence": json.dumps(h.get("evidence") or {}, sort_keys=True)[:1000]},
+        **sending_times(starts, now, resolve_timeout=resolve_timeout, closed=closed),
+    }
+    if generator_url:
+        am["generatorURL"] = generator_url
+    return [am]
+
+
 def to_alertmanager(alert: dict, resolve_timeout: float = 300.0, generator_url: str | None = None,
                     now: datetime | None = None) -> dict:
     """An anomaly alert record -> one Alertmanager API v2 alert (postableAlert); times as
@@ -238,6 +263,8 @@ class Forwarder:
                 alert = parse_alert(m.value())
                 if alert.get("kind") == "episode":
                     alerts += episode_to_alertmanager(alert, self.resolve_timeout, now=now)
+                elif alert.get("kind") == "health":
+                    alerts += health_to_alertmanager(alert, self.resolve_timeout, now=now)
                 elif alert.get("kind") != "reading" or self.readings:
                     alerts.append(to_alertmanager(alert, self.resolve_timeout, now=now))
             except BadAlert as exc:

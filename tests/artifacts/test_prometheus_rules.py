@@ -23,6 +23,7 @@ ALERTS = [
     "LatentwatchEndToEndLatencyHigh",
     "LatentwatchAnomalyRateSpike",
     "LatentwatchModelStale",
+    "LatentwatchManySensorsSilent",
 ]
 
 PROMTOOL = shutil.which("promtool")

@@ -95,7 +95,7 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
 
 def alerts_of(messages) -> list[dict]:
     """The per-reading alert records (kind "reading") among the alerts topic's messages."""
-    return [r for r in map(json.loads, (m.value() for m in messages)) if r.get("kind") != "episode"]
+    return [r for r in map(json.loads, (m.value() for m in messages)) if r.get("kind") not in ("episode", "health")]
 
 
 def episodes_of(messages) -> list[dict]:

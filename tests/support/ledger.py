@@ -159,7 +159,7 @@ def build_ledger(bootstrap: str, input_topic: str, inputs: set[Ref], group: str,
         led.dead[(int(h["lw-source-partition"]), int(h["lw-source-offset"]), 0)] += 1
     for m in read_topic(bootstrap, alerts_topic, timeout=60, read_committed=read_committed):
         record = json.loads(m.value())
-        if record.get("kind") == "episode":
+        if record.get("kind") in ("episode", "health"):  # health (issue 30): its own episode ids
             led.episodes[(record["episode_id"], record["event"])] += 1
         else:
             led.alerts[_log(led.alert_log, m)] += 1

@@ -276,13 +276,13 @@ def test_a_version_whose_state_record_cannot_fit_is_refused_like_the_other_refus
     from latentwatch.pipeline.runner import Pipeline
 
     root = tmp_path / "pump"
-    versions.publish(root, _writer(0, window=8))  # its state record: 1,380 bytes
-    settings = load_settings(None, {"model.path": str(root), "kafka.producer": {"message.max.bytes": 2000}})
+    versions.publish(root, _writer(0, window=8))  # its state record: 1,380 bytes (+ ~900 of health and control, issue 30)
+    settings = load_settings(None, {"model.path": str(root), "kafka.producer": {"message.max.bytes": 3000}})
     metrics = PipelineMetrics()
     pipeline = Pipeline(settings, load(root), metrics)
     try:
         old = pipeline.model.version
-        v2 = versions.publish(root, _writer(1, window=64))  # 4,068 bytes: over the 2,000 limit
+        v2 = versions.publish(root, _writer(1, window=64))  # 4,068 bytes (+ ~900): over the 3,000 limit
         caplog.set_level(logging.INFO, logger="latentwatch")
         pipeline.lifecycle.request_check()
         for _ in range(2):  # what the run loop does between two batches: start the check, then collect it
