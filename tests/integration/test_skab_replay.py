@@ -69,13 +69,10 @@ def test_model_trained_on_anomaly_free_alerts_inside_the_labelled_segment(kafka_
     alerts, truth = _replay_and_collect(kafka_bootstrap, make_topic, model, tmp_path)
     inside_rate, outside_rate, inside = _rates(alerts, truth)
     print(f"alert rate inside the segment {inside_rate:.3f}, outside {outside_rate:.3f}")
-    # anomaly-free.csv was recorded at another operating point (e.g. flow ~125 vs ~32 here). The
-    # replayed sensor is new to the model: judged by the training data's baseline for its first 500
-    # readings (all of them alarm, as the pooled model alarmed on 99 % of the file before issue 28),
-    # then by its own baseline learned from them: its later normal readings keep near the budget
-    # (the anomaly in rows 572-973 is not seen against that baseline: docs/fleets.md).
-    assert alerts, "the cold start, judged by another operating point's baseline, alarms"
-    assert outside_rate < 0.6, outside_rate  # before: ~1.0 (every reading alarmed)
+    assert inside > 0
+    # anomaly-free.csv was recorded at another operating point (e.g. flow ~125 vs ~32 here), so this
+    # model also flags the normal rows of the experiment: see the closing note / detectors README.
+    assert inside_rate >= outside_rate
 
 
 def test_model_trained_on_the_files_normal_start_singles_out_the_segment(kafka_bootstrap, make_topic, tmp_path,
