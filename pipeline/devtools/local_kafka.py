@@ -333,14 +333,7 @@ class LocalBroker:
         pid = info.pid if info else (self._proc.pid if self._proc and self._proc.poll() is None else None)
         if pid is None:
             return False
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._still_running(pid):
-            time.sleep(0.1)
-        if self._still_running(pid):
-            _signal_group(pid, signal.SIGKILL)
-            while self._still_running(pid):
-                time.sleep(0.05)
+        terminate_group(pid, self._still_running, timeout)
         self.info_file.unlink(missing_ok=True)
         return True
 
@@ -357,6 +350,19 @@ class LocalBroker:
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
         return _alive(pid)
+
+
+def terminate_group(pid: int, running, timeout: float) -> None:
+    """SIGTERM to `pid`'s process group, SIGKILL once `timeout` has passed with `running(pid)`
+    still true; returns when it is gone (the local broker and the local schema registry)."""
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running(pid):
+        time.sleep(0.1)
+    if running(pid):
+        _signal_group(pid, signal.SIGKILL)
+        while running(pid):
+            time.sleep(0.05)
 
 
 def _signal_group(pid: int, sig: int) -> None:

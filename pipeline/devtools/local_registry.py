@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,10 +27,10 @@ from pathlib import Path
 
 from latentwatch.pipeline.devtools.local_kafka import (
     _alive,
-    _signal_group,
     cache_root,
     free_port,
     port_in_use,
+    terminate_group,
 )
 from latentwatch.pipeline.errors import UserError
 
@@ -183,14 +182,7 @@ class LocalRegistry:
         pid = info.pid if info else (self._proc.pid if self._proc and self._proc.poll() is None else None)
         if pid is None:
             return False
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._running(pid):
-            time.sleep(0.1)
-        if self._running(pid):
-            _signal_group(pid, signal.SIGKILL)
-            while self._running(pid):
-                time.sleep(0.05)
+        terminate_group(pid, self._running, timeout)
         self.info_file.unlink(missing_ok=True)
         return True
 
