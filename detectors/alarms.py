@@ -43,7 +43,7 @@ the posterior only when its batch commits and a redone batch does not smooth twi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -54,6 +54,15 @@ LAMBDA = 0.1  # EWMA weight: the classic range is 0.05-0.25 for shifts of ~1 sig
 INSTANT_SHARE = 0.2  # of the budget given to the instant limit ("wider than alone": Lucas & Saccucci)
 RULES = ("instant", "ewma")
 RESETS = ("", "silent", "accepted")  # why an episode closed before a reading (`step`'s `resets` codes)
+# Automatic re-baselining (off unless `adapt_after` is set): an episode has settled into a new
+# level when the mean of its root score (sqrt of a squared error: the size of the deviation, whose
+# noise does not grow with it) over its last adapt_after/2 readings differs from the half before
+# by at most ADAPT_STEADY times their pooled within-half standard deviation. A level with noise
+# passes (its halves' means differ by ~sd*sqrt(2/half)); a ramp fails for as long as it lasts
+# unless it grows by less than ~1 sd per half-span (its halves differ by its growth g*half, its
+# within-half sd is sqrt(sd^2 + (g*half)^2/12)). A two-sample comparison of this kind is the usual
+# SPC check of a step against a trend; chosen a priori, not on SKAB (docs/sensor-health.md).
+ADAPT_STEADY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,14 @@ class Episode:
     count: int  # alarmed readings so far
     below: int  # readings without an alarm since the last alarmed one
     last_event_ts: float  # event time of the last open/update event (updates are rate-limited)
+    # automatic re-baselining (`AlarmRule.adapt_after`; issue 30): readings since it opened, the sums
+    # of root scores and their squares over the current half-span, the previous one's mean and
+    # variance (mean -inf: none yet)
+    seen: int = 0
+    s1: float = 0.0
+    s2: float = 0.0
+    mean: float = -math.inf
+    var: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,9 @@ class Decision:
     limit: np.ndarray  # the fired rule's limit (score units)
     ewma: np.ndarray  # exp(z) after each reading, score units
     events: list[tuple[str, int, "object", Episode]]  # (open|update|close, reading position, key, episode)
+    # (key, reading position) where an episode became the sensor's new normal (`adapt_after`): its
+    # readings after that one here are held back (alarm False), the caller re-learns its baseline
+    adapted: list = field(default_factory=list)
 
 
 class AlarmRule:
@@ -97,7 +117,7 @@ class AlarmRule:
 
     def __init__(self, *, instant: float, ewma_limit: float, floor: float, center: float, lam: float = LAMBDA,
                  budget: float = BUDGET, close_after: int | None = None, update_s: float = 60.0,
-                 measured: float | None = None, held_out: int = 0):
+                 measured: float | None = None, held_out: int = 0, adapt_after: int | None = None):
         if not 0 < lam <= 1:
             raise ValueError(f"the EWMA weight must be in (0, 1], got {lam}")
         if not 0 < budget < 1:
@@ -108,6 +128,20 @@ class AlarmRule:
         self.update_s = float(update_s)
         self.measured, self.held_out = measured, int(held_out)
         self.cap = math.log(max(self.instant, 1e-300))
+        self.adapt_after = adapt_after  # not saved with the model: the pipeline's `baseline.adapt_after`
+
+    @property
+    def adapt_after(self) -> int | None:
+        """Readings an episode lasts, with a steady score (`ADAPT_STEADY`), before it becomes the
+        sensor's new normal (issue 30; None: never, the default). Risk: a slow fault that levels
+        off is learnt as normal and alarms no more (docs/sensor-health.md)."""
+        return self._adapt_after
+
+    @adapt_after.setter
+    def adapt_after(self, n: int | None) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 4):
+            raise ValueError(f"adapt_after must be a whole number of readings >= 4 (or null: never), got {n!r}")
+        self._adapt_after = n
 
     # -- the statistics ---------------------------------------------------------------------------
     def g(self, scores: np.ndarray) -> np.ndarray:
@@ -170,31 +204,53 @@ class AlarmRule:
         stat_sorted = np.where(rule_sorted == 1, ez, s_sorted)
         limit_sorted = np.where(rule_sorted == 1, math.exp(self.ewma_limit), inst_sorted)
         margin = np.where(alarm_sorted, stat_sorted / np.maximum(limit_sorted, 1e-300), 0.0)
-        events, posterior = [], {}
+        events, posterior, adapted = [], {}, []
         ts_sorted = np.asarray(ts, np.float64)[order]
         refs_sorted = np.asarray(refs, np.int64).reshape(m, 3)[order]
+        cum = None
+        if self.adapt_after is not None:  # root scores (NaN: far out), summed per span by differences
+            x = np.sqrt(np.clip(np.nan_to_num(s_sorted, nan=1e200, posinf=1e200), 0.0, 1e200))
+            cum = (np.concatenate([[0.0], np.cumsum(x)]), np.concatenate([[0.0], np.cumsum(x * x)]))
         for k, key in enumerate(uniq):
             lo, hi = int(ends[k] - counts[k]), int(ends[k])
             ep = priors[k].episode if priors[k] is not None else None
+            at = None
             if ep is not None or alarm_sorted[lo:hi].any():
-                ep = self._episodes(key, ep, lo, hi, alarm_sorted, rule_sorted, margin, s_sorted, ts_sorted,
-                                    refs_sorted, order, events, reset_sorted)
+                ep, at = self._episodes(key, ep, lo, hi, alarm_sorted, rule_sorted, margin, s_sorted, ts_sorted,
+                                        refs_sorted, order, events, reset_sorted, cum)
+            if at is not None:  # the new normal from here: the rest held back while the caller re-learns
+                alarm_sorted[at + 1:hi], rule_sorted[at + 1:hi] = False, -1
+                stat_sorted[at + 1:hi], limit_sorted[at + 1:hi] = s_sorted[at + 1:hi], inst_sorted[at + 1:hi]
+                adapted.append((key, int(order[at])))
+                posterior[key] = SensorAlarm(self.center, None, False)
+                continue
             posterior[key] = SensorAlarm(float(z[hi - 1]), ep, bool(fire_i[hi - 1]))
         out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
         for arr, src in zip(out, (alarm_sorted, rule_sorted, stat_sorted, limit_sorted, ez)):
             arr[order] = src
-        return Decision(*out, events), posterior
+        return Decision(*out, events, adapted), posterior
 
     def _episodes(self, key, ep, lo, hi, alarm, rule, margin, score, ts, refs, order, events,
-                  reset=None) -> Episode | None:
+                  reset=None, cum=None) -> tuple[Episode | None, int | None]:
         """Walk one sensor's readings [lo, hi) of the sorted arrays: open, update, close its episodes.
-        Python per alarmed reading only; a sensor without alarms is skipped when nothing is open."""
+        Python per alarmed reading only; a sensor without alarms is skipped when nothing is open.
+        With `cum` (cumulative log scores; `adapt_after` set), the open episode's span is measured
+        too: returns the sorted position where it became the new normal (event `close:adapted`)."""
         marked = alarm[lo:hi] if reset is None else alarm[lo:hi] | (reset[lo:hi] > 0)
         hits = np.flatnonzero(marked) + lo
         pos = lo
+
+        def adapted(ep, at):
+            events.append(("close:adapted", int(order[at]), key, ep))
+            return None, at
+
         for j in hits.tolist():
             if ep is not None and ep.below + (j - pos) >= self.close_after:  # closed in the gap before j
                 at = self._close_at(pos, ep)
+                if cum is not None:
+                    ep, p = self._span(ep, pos, at + 1, cum)
+                    if p is not None:
+                        return adapted(ep, p)
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
                 ep = None
             if reset is not None and reset[j] and ep is not None:  # silent before j, or accepted at j
@@ -207,7 +263,13 @@ class AlarmRule:
                 ep = Episode(tuple(int(v) for v in refs[j]), float(ts[j]), int(rule[j]), float(margin[j]),
                              float(score[j]), float(ts[j]), 1, 0, float(ts[j]))
                 events.append(("open", int(order[j]), key, ep))
+                if cum is not None:
+                    ep, _ = self._span(ep, j, j + 1, cum)
             else:
+                if cum is not None:
+                    ep, p = self._span(ep, pos, j + 1, cum)
+                    if p is not None:
+                        return adapted(ep, p)
                 peak = margin[j] > ep.peak
                 ep = replace(ep, count=ep.count + 1, below=0,
                              **({"peak": float(margin[j]), "peak_score": float(score[j]), "peak_ts": float(ts[j])}
@@ -218,12 +280,36 @@ class AlarmRule:
             pos = j + 1
         if ep is not None:
             gap = hi - pos
-            if ep.below + gap >= self.close_after:
-                at = self._close_at(pos, ep)
+            closes = ep.below + gap >= self.close_after
+            at = self._close_at(pos, ep) if closes else hi - 1
+            if cum is not None:
+                ep, p = self._span(ep, pos, at + 1, cum)
+                if p is not None:
+                    return adapted(ep, p)
+            if closes:
                 events.append(("close", int(order[at]), key, replace(ep, below=self.close_after)))
-                return None
+                return None, None
             ep = replace(ep, below=ep.below + gap)
-        return ep
+        return ep, None
+
+    def _span(self, ep: Episode, a: int, b: int, cum) -> tuple[Episode, int | None]:
+        """`ep` grown by the readings [a, b) of its span: root scores summed in half-spans of
+        adapt_after/2 readings; the position where the means of two consecutive halves (the
+        episode at least adapt_after long) first differ by at most `ADAPT_STEADY` pooled
+        within-half sd (None: not steady yet). Python per half-span, not per reading."""
+        half, (c1, c2) = self.adapt_after // 2, cum
+        seen, s1, s2, mean0, var0 = ep.seen, ep.s1, ep.s2, ep.mean, ep.var
+        while a < b:
+            r = min(b - a, half - seen % half)
+            s1, s2 = s1 + float(c1[a + r] - c1[a]), s2 + float(c2[a + r] - c2[a])
+            seen, a = seen + r, a + r
+            if seen % half == 0:
+                mean = s1 / half
+                var = max(s2 / half - mean * mean, 0.0)
+                if seen >= self.adapt_after and abs(mean - mean0) <= ADAPT_STEADY * math.sqrt((var + var0) / 2):
+                    return replace(ep, seen=seen, s1=0.0, s2=0.0, mean=mean, var=var), a - 1
+                mean0, var0, s1, s2 = mean, var, 0.0, 0.0
+        return replace(ep, seen=seen, s1=s1, s2=s2, mean=mean0, var=var0), None
 
     def _close_at(self, pos: int, ep: Episode) -> int:
         """The sorted position of the reading at which `ep` reaches `close_after` quiet readings,

@@ -168,12 +168,13 @@ class DefaultsResult:
     detection: dict[str, list[float]] = field(default_factory=dict)  # statistic -> detection at FAR_LEVELS (pooled)
 
 
-def run_defaults(root: Path, options=None, *, files: int | None = None, name: str = "train + score defaults") -> DefaultsResult:
+def run_defaults(root: Path, options=None, *, files: int | None = None, name: str = "train + score defaults",
+                 adapt_after: int | None = None) -> DefaultsResult:
     """What a new user gets: per labelled file, `latentwatch train` on its first 400 rows (with
     `options`, a `recipe.Recipe`; None: train's defaults) and `latentwatch score` on the rest (a
     file of its own, as issue #14 measured it: its first window-1 rows have no score, so are not
     flagged); the anomaly flags against the labels, summed over the files. Same code as the CLI
-    (`detectors.recipe`)."""
+    (`detectors.recipe`). `adapt_after`: as `score --adapt-after` (automatic re-baselining)."""
     from latentwatch.detectors import recipe
 
     counts, kinds, measured = Counts(), [], []
@@ -183,6 +184,9 @@ def run_defaults(root: Path, options=None, *, files: int | None = None, name: st
     for path in paths:
         data = read_csv(path)
         trained = recipe.train(data.values[:TRAIN_ROWS], data.channels, options)
+        for rule in (trained.rule, trained.own_rule):
+            if rule is not None:
+                rule.adapt_after = adapt_after
         flagged = recipe.flag_series(trained.detector, trained.threshold, trained.rule, data.values[TRAIN_ROWS:],
                                      baselines=trained.baselines, own_rule=trained.own_rule)
         truth = data.labels["anomaly"][TRAIN_ROWS:]

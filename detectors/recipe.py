@@ -181,7 +181,7 @@ class Flagged:
 def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
                 ts: np.ndarray | None = None, *, baselines: bl.Baselines | None = None, sensor_id: str = "",
                 own_rule: AlarmRule | None = None, resets: np.ndarray | None = None,
-                silent_end: bool = False) -> Flagged:
+                silent_end: bool = False, relearn: bool = False) -> Flagged:
     """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score`
     and the stream do. `ts`: the rows' event times (episode updates are rate-limited by them;
     default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0)).
@@ -191,12 +191,35 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     `own_rule`; `Flagged.baseline` says which baseline judged each row. Sensor health (issue 30,
     detectors/health.py `judge_marks`): `resets` [n] rows after which the sensor was silent (an open
     episode closes first, event `close:silent`), `silent_end` the sensor is silent at the end (an
-    episode still open closes so, at the last row)."""
+    episode still open closes so, at the last row). With `rule.adapt_after` set, an episode that
+    became the new normal at row r has the rows after it re-learnt (`relearn`: judged by the fleet
+    baseline and held back for the model's `cold_start` rows, then by the baseline learnt from them
+    unshrunk, the EWMA restarted), as an operator's accept in the stream."""
     values = np.asarray(values, np.float32)
     n, first = len(values), detector.window - 1
     state = np.full(n, "", dtype=object)
-    own = -1
-    if baselines is None:
+    own, shared = -1, rule
+    if relearn:  # after a re-baselining: fleet for the first N readings (held back), then learned from them
+        N = baselines.cold_start if baselines is not None else 0
+        hold = np.zeros(n, bool)
+        hold[first:first + N] = True
+        if baselines is None:
+            scored = detector.score(sliding_windows(values, detector.window))
+        else:
+            Za = bl.standardise(values, baselines.fleet_center, baselines.fleet_scale)
+            state[:] = "fleet"
+            if n > first + N:
+                Zb = bl.standardise(values, *baselines.learn(values[first:first + N:baselines.stride], trust=True))
+                state[first + N:] = "learned"
+                cut = N
+                a = detector.score(sliding_windows(Za[:first + max(N, 1)], detector.window))
+                b_ = detector.score(sliding_windows(Zb, detector.window))
+                scored = _concat_scores(_slice_scores(a, 0, cut), _slice_scores(b_, cut, len(b_)))
+                resets = np.zeros(n, np.int8) if resets is None else np.array(resets, np.int8)
+                resets[first + N] = 2  # the EWMA starts again at the first reading judged by the new baseline
+            else:
+                scored = detector.score(sliding_windows(Za, detector.window))
+    elif baselines is None:
         scored = detector.score(sliding_windows(values, detector.window))
     else:
         row = baselines.row(sensor_id)
@@ -224,6 +247,10 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     if own >= 0:
         rule = own_rule
     m = n - first
+    if relearn:  # held back while re-learning: the rule sees quiet readings (as a mute's in the stream)
+        judged = np.where(hold[first:], 0.0, scored.score)
+    else:
+        judged = scored.score
     score = np.full(n, np.nan)
     score[first:] = scored.score
     thr = np.full(n, rule.instant if own >= 0 else threshold.value)
@@ -232,8 +259,10 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     rows = np.arange(first, n)
     times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
     refs = np.stack([np.zeros(m, np.int64), rows, np.zeros(m, np.int64)], axis=1)
-    d, post = rule.step(np.zeros(m, np.int64), score[first:], times, refs, {}, instant=thr[first:],
+    d, post = rule.step(np.zeros(m, np.int64), judged, times, refs, {}, instant=thr[first:],
                         resets=np.asarray(resets, np.int8)[first:] if resets is not None else None)
+    if relearn:
+        d.statistic[hold[first:]] = score[first:][hold[first:]]
     if silent_end and m and post.get(0) is not None and post[0].episode is not None:
         d.events.append(("close:silent", m - 1, 0, post[0].episode))
     anomaly = np.zeros(n, dtype=bool)  # the rule sees scored readings only, as in the stream
@@ -241,8 +270,31 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     pad = lambda v, fill: np.concatenate([np.full(first, fill, dtype=v.dtype), v])  # noqa: E731
     parts = {p: np.concatenate([np.full(first, np.nan), v]) for p, v in scored.parts.items()}
     events = [(e, int(pos) + first, ep) for e, pos, _, ep in d.events]
-    return Flagged(score, thr, above, anomaly, first, scored, parts, pad(d.rule, -1), pad(d.statistic, np.nan),
-                   pad(d.limit, np.nan), pad(d.ewma, np.nan), events, state)
+    out = Flagged(score, thr, above, anomaly, first, scored, parts, pad(d.rule, -1), pad(d.statistic, np.nan),
+                  pad(d.limit, np.nan), pad(d.ewma, np.nan), events, state)
+    if d.adapted:  # `adapt_after`: the rest re-learnt from the row after, as the stream does from its next batch
+        r = int(d.adapted[0][1]) + first + 1
+        if r < n:
+            rest = flag_series(detector, threshold, shared, values[r - first:],
+                               ts[r - first:] if ts is not None else np.arange(r - first, n, dtype=np.float64),
+                               baselines=baselines, relearn=True, silent_end=silent_end,
+                               resets=resets[r - first:] if resets is not None else None)
+            out = _splice(out, rest, r)
+    return out
+
+
+def _splice(a: Flagged, b: Flagged, r: int) -> Flagged:
+    """`a` with its rows r.. replaced by `b`'s scored rows (`b` starts `b.first` rows before r: context)."""
+    f = b.first
+    cat = lambda x, y: np.concatenate([x[:r], y[f:]])  # noqa: E731
+    k = r - a.first  # a's scored rows before r
+    scored = _concat_scores(_slice_scores(a.scored, 0, k), b.scored)
+    parts = {p: cat(v, b.parts[p]) for p, v in a.parts.items() if p in b.parts}
+    events = a.events + [(e, row + r - f, ep) for e, row, ep in b.events]
+    return Flagged(cat(a.score, b.score), cat(a.threshold, b.threshold), cat(a.above, b.above),
+                   cat(a.anomaly, b.anomaly), a.first, scored, parts, cat(a.rule, b.rule),
+                   cat(a.statistic, b.statistic), cat(a.limit, b.limit), cat(a.ewma, b.ewma), events,
+                   cat(a.baseline, b.baseline))
 
 
 def _slice_scores(s: Scores, lo: int, hi: int) -> Scores:

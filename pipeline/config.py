@@ -172,6 +172,14 @@ class SensorHealthSettings(BaseModel):
         return {"stuck_n": self.stuck_n, "flatline_n": self.flatline_n, "silent_s": self.silent_s}
 
 
+class BaselineSettings(BaseModel):
+    adapt_after: int | None = Field(None, ge=4, description="automatic re-baselining (issue 30, docs/sensor-health.md): "
+                                    "a process episode this many readings long whose score has settled (its last two "
+                                    "half-spans' mean log scores within log 2) becomes the sensor's new normal, as an "
+                                    "operator's accept; null (default): never. Risk: a slow fault that levels off is "
+                                    "learnt as normal")
+
+
 class AlertSettings(BaseModel):
     critical_ratio: float = Field(2.0, gt=1.0, description="statistic >= ratio x its limit is critical")
     cloudevents: bool = Field(True, description="CloudEvents Kafka binding, binary mode: ce_* headers on every "
@@ -229,6 +237,7 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sensors: SensorHealthSettings = Field(default_factory=SensorHealthSettings)
+    baseline: BaselineSettings = Field(default_factory=BaselineSettings)
     schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
     input_mapping: InputMapping = Field(default_factory=InputMapping)
     groups: list[GroupSettings] = Field(default_factory=list, description="model groups, in order: the first "

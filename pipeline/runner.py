@@ -307,6 +307,17 @@ class Pipeline:
 
     def _set_model(self, model) -> None:
         s = self.settings
+        self.model, self.detector = model, model.detector
+        self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
+        # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
+        # batch.max_output_bytes; a message holding more readings than that is a dead letter.
+        self.scorer, per_reading = self._new_scorer(model)
+        self.sizing.for_model(budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading))
+
+    def _configure(self, model) -> None:
+        """This process's settings applied to a model it is about to score with (the default group's,
+        a model group's, a shadow): `sensors` (health rules) and `baseline.adapt_after`."""
+        s = self.settings
         health = getattr(model, "health", None)
         if health is not None and not s.sensors.enabled:
             model.health = None  # sensors.enabled: false (no health rules, episodes or state)
@@ -315,16 +326,14 @@ class Pipeline:
 
             model.health = HealthRule.from_dict(health.to_dict(), list(model.detector.channels),
                                                 **s.sensors.overrides())
-        self.model, self.detector = model, model.detector
-        self.state.expect(self.detector.window, len(self.detector.channels))  # restored state is checked
-        # Bounded output (pipeline/budget.py): the reading cap lowered so a batch's records fit
-        # batch.max_output_bytes; a message holding more readings than that is a dead letter.
-        self.scorer, per_reading = self._new_scorer(model)
-        self.sizing.for_model(budget.readings_cap(s.batch.max_readings, s.batch.max_output_bytes, per_reading))
+        for rule in (model.alarm, getattr(model, "own_alarm", None)):  # baseline.adapt_after (issue 30)
+            if rule is not None:
+                rule.adapt_after = s.baseline.adapt_after
 
     def _new_scorer(self, model, refs: bool | None = None) -> tuple[Scorer, int]:
         """A scorer of `model` as this process runs it, and the most bytes of records one reading makes."""
         s = self.settings
+        self._configure(model)
         per_reading = budget.per_reading_bytes(model, s.topics, bool(s.topics.latent))
         scorer = Scorer(model, max_message_bytes=s.batch.max_message_bytes, max_future_s=s.batch.max_future_s,
                         late_policy=s.late_policy, critical_ratio=s.alerts.critical_ratio,

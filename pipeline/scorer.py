@@ -457,7 +457,22 @@ class Scorer:
             key = keys[k]
             if key in updates:
                 updates[key] = dataclasses.replace(updates[key], alarm=a)
+        for k, at in d.adapted:  # `baseline.adapt_after`: the new normal, as an operator's accept
+            self._adapt(keys[k], float(ts[at]), updates)
         return d
+
+    def _adapt(self, key, t: float, updates) -> None:
+        """An episode became `key`'s new normal at event time `t` (detectors/alarms.py `adapt_after`):
+        from its next batch its baseline is learnt again from its next `cold_start` readings, held
+        back meanwhile, as after an operator's accept (pipeline/control.py), by "latentwatch". A
+        model without baselines has nothing to re-learn: the episode closed and the EWMA restarted."""
+        e = updates.get(key)
+        if e is None or self.baselines is None:
+            return
+        c = e.control if e.control is not None else state.Control()
+        why = f"adapt_after: an episode of {self.rule.adapt_after}+ readings with a steady score"
+        updates[key] = dataclasses.replace(e, baseline=state.Baseline(0, self._empty_tail),
+                                           control=dataclasses.replace(c, accepted=t, by="latentwatch", why=why))
 
     def _thresholds(self, scores, sensor_of, key_idx, keys, updates, store) -> np.ndarray:
         """Each scored reading's instant limit. A per-sensor (adaptive) threshold's state is keyed
@@ -559,7 +574,7 @@ def _step_split(rules, keys, scores, ts, refs, prior, instant, resets=None):
 
     m = len(scores)
     out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
-    events, posterior = [], {}
+    events, posterior, adapted = [], {}, []
     for rule, mask in rules:
         sub = np.flatnonzero(mask)
         if not len(sub):
@@ -569,9 +584,10 @@ def _step_split(rules, keys, scores, ts, refs, prior, instant, resets=None):
         for arr, src in zip(out, (d.alarm, d.rule, d.statistic, d.limit, d.ewma)):
             arr[sub] = src
         events += [(e, int(sub[p]), k, ep) for e, p, k, ep in d.events]
+        adapted += [(k, int(sub[p])) for k, p in d.adapted]
         posterior.update(post)
     events.sort(key=lambda e: e[1])
-    return Decision(*out, events), posterior
+    return Decision(*out, events, adapted), posterior
 
 
 def _sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:

@@ -43,11 +43,12 @@ scorer, on this process or on the one a rebalance hands the partition to.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -410,7 +411,10 @@ class StateStore:
 # applied d, suppressed q, accepted d, then who and why: lengths HH and UTF-8 bytes, 64 at most each). b"LWS3" records are read without them; b"LWS2" records (before per-sensor baselines) and b"LWS1" ones (before the
 # alarm rule: a persistence int where the alarm state is now; with or without the wall time) are
 # still read, without the state they did not have.
-_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS4", b"LWS3", b"LWS2", b"LWS1"
+# b"LWS5" adds, at the end of an entry with an open episode, its re-baselining span (issue 30,
+# `baseline.adapt_after`): seen q, s1 s2 mean var dddd (mean -inf: none); LWS4 records are read with none.
+_MAGIC, _MAGIC4, _MAGIC3, _MAGIC2, _MAGIC1 = b"LWS5", b"LWS4", b"LWS3", b"LWS2", b"LWS1"
+_SPAN = struct.Struct("<qdddd")
 _HEP = struct.Struct("<BqqqdI")
 _CONTROL = struct.Struct("<Bddqd")
 _BASE = struct.Struct("<BqII")
@@ -445,7 +449,8 @@ def _pack_one(e: Entry | None) -> bytes:
         if b.center is not None:
             c = np.ascontiguousarray(b.center, dtype="<f4")
             out += struct.pack("<I", len(c)) + c.tobytes() + np.ascontiguousarray(b.scale, dtype="<f4").tobytes()
-    return out + _pack_health(e.health) + _pack_control(e.control)
+    out += _pack_health(e.health) + _pack_control(e.control)
+    return out + (_SPAN.pack(ep.seen, ep.s1, ep.s2, ep.mean, ep.var) if ep is not None else b"")
 
 
 def _pack_health(h: SensorHealth | None) -> bytes:
@@ -551,7 +556,8 @@ def _unpack_control(buf: memoryview, pos: int) -> tuple["Control | None", int]:
     return Control(mute_until, applied, suppressed, accepted, by, why), pos + nb + nw
 
 
-def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool = False) -> tuple[Entry | None, int]:
+def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool = False,
+                v5: bool = False) -> tuple[Entry | None, int]:
     if v1:
         valid_at, last_ts, has_thr, mean, var, _persist, rows, channels = _HEAD1.unpack_from(buf, pos)
         pos += _HEAD1.size
@@ -586,6 +592,13 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool 
     if v4:
         health, pos = _unpack_health(buf, pos)
         control, pos = _unpack_control(buf, pos)
+    if v5 and alarm is not None and alarm.episode is not None:
+        seen, s1, s2, mean, var = _SPAN.unpack_from(buf, pos)
+        pos += _SPAN.size
+        if seen < 0 or not all(math.isfinite(v) and v >= 0 for v in (s1, s2, var)) or not (
+                math.isfinite(mean) or mean == -math.inf):
+            raise ValueError("an episode's re-baselining span is out of range")
+        alarm = SensorAlarm(alarm.z, replace(alarm.episode, seen=seen, s1=s1, s2=s2, mean=mean, var=var), alarm.hot)
     return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline, health, control), pos
 
 
@@ -598,14 +611,15 @@ def unpack(value: bytes) -> tuple[Entry, Entry | None]:
 def unpack_record(value: bytes) -> tuple[Entry, Entry | None, float | None]:
     """(entry, the entry before it, the wall time it was written or None for a record of a
     version before that was kept: readers of either version read both)."""
-    if not value or value[:4] not in (_MAGIC, _MAGIC3, _MAGIC2, _MAGIC1):
+    if not value or value[:4] not in (_MAGIC, _MAGIC4, _MAGIC3, _MAGIC2, _MAGIC1):
         raise ValueError("not a latentwatch state record")
-    v1, v4 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v1, v5 = value[:4] == _MAGIC1, value[:4] == _MAGIC
+    v4 = v5 or value[:4] == _MAGIC4
     v3 = v4 or value[:4] == _MAGIC3
     buf = memoryview(value)
     try:
-        entry, pos = _unpack_one(buf, 4, v1, v3, v4)
-        before, pos = _unpack_one(buf, pos, v1, v3, v4)
+        entry, pos = _unpack_one(buf, 4, v1, v3, v4, v5)
+        before, pos = _unpack_one(buf, pos, v1, v3, v4, v5)
     except (struct.error, ValueError, IndexError) as exc:
         raise ValueError(f"corrupt state record: {exc}") from None
     if entry is None:

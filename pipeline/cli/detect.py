@@ -120,6 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the episode events (open, update, close) the stream would publish")
     s.add_argument("--sensor-id", default=None, metavar="ID",
                    help="whose readings a file without a sensor_id column holds (default: the unnamed sensor \"\")")
+    s.add_argument("--adapt-after", type=_adapt_after, default=None, metavar="N",
+                   help="automatic re-baselining, as the pipeline's baseline.adapt_after: an episode of N readings "
+                        "whose score has settled becomes the sensor's new normal (default: never; "
+                        "docs/sensor-health.md)")
     _data_options(s)
     s.set_defaults(func=_score)
 
@@ -144,7 +148,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     sk.add_argument("--epochs", type=int, default=None)
     sk.add_argument("--seed", type=int, default=0)
     sk.add_argument("--device", default="cpu", help="auto|cpu|cuda (default: %(default)s)")
+    sk.add_argument("--adapt-after", type=_adapt_after, default=None, metavar="N",
+                    help="with --select defaults: score with automatic re-baselining after N readings")
     sk.set_defaults(func=_evaluate_skab)
+
+
+def _adapt_after(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of readings >= 4")
+    return n
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -323,6 +339,9 @@ def _score(args) -> int:
     data = _read(args.data, args, expect=model.detector.channels)
     det = model.detector
     rule = model.alarm
+    for r in (model.alarm, model.own_alarm):
+        if r is not None:
+            r.adapt_after = args.adapt_after
     ids = data.sensor_ids
     if ids is None:
         ids = np.full(len(data), args.sensor_id or "", dtype=object)
@@ -524,7 +543,9 @@ def _defaults_skab(root: Path, args) -> int:
     for kind in _kinds(args.models or "auto"):
         options = Recipe(model=kind, seed=args.seed, device=args.device, **({"epochs": args.epochs} if args.epochs else {}))
         try:
-            r = evaluate.run_defaults(root, options, files=args.files, name=f"train --model {kind} + score, defaults")
+            r = evaluate.run_defaults(root, options, files=args.files, name=f"train --model {kind} + score, defaults"
+                                      + (f", adapt after {args.adapt_after}" if args.adapt_after else ""),
+                                      adapt_after=args.adapt_after)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         kept = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(r.kinds).items()))
