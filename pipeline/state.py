@@ -593,12 +593,12 @@ def _unpack_one(buf: memoryview, pos: int, v1: bool, v3: bool = False, v4: bool 
         health, pos = _unpack_health(buf, pos)
         control, pos = _unpack_control(buf, pos)
     if v5 and alarm is not None and alarm.episode is not None:
-        seen, s1, s2, mean, var = _SPAN.unpack_from(buf, pos)
+        seen, s1, s2, m, v = _SPAN.unpack_from(buf, pos)
         pos += _SPAN.size
-        if seen < 0 or not all(math.isfinite(v) and v >= 0 for v in (s1, s2, var)) or not (
-                math.isfinite(mean) or mean == -math.inf):
+        if seen < 0 or not all(math.isfinite(x) and x >= 0 for x in (s1, s2, v)) or not (
+                math.isfinite(m) or m == -math.inf):
             raise ValueError("an episode's re-baselining span is out of range")
-        alarm = SensorAlarm(alarm.z, replace(alarm.episode, seen=seen, s1=s1, s2=s2, mean=mean, var=var), alarm.hot)
+        alarm = SensorAlarm(alarm.z, replace(alarm.episode, seen=seen, s1=s1, s2=s2, mean=m, var=v), alarm.hot)
     return Entry(last_ts, tail, (mean, var) if has_thr else None, valid_at, alarm, baseline, health, control), pos
 
 

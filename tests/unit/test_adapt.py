@@ -13,7 +13,7 @@ import pytest
 from latentwatch.detectors.alarms import AlarmRule, Episode, SensorAlarm
 from latentwatch.pipeline import state
 
-from tests.unit.test_control import NOW, _feed, _pipeline, _trained
+from tests.support.control_harness import NOW, _feed, _pipeline, _trained
 
 
 def _rule(adapt_after=None):

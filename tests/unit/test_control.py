@@ -5,24 +5,16 @@ the cold start's N readings. The real-broker tests are in tests/integration/test
 
 from __future__ import annotations
 
-import json
-import math
 
 import numpy as np
 import orjson
 import pytest
-from latentwatch.detectors.alarms import AlarmRule
 from latentwatch.pipeline import control
-from latentwatch.pipeline.config import Settings
 from latentwatch.pipeline.control import BadCommand, Command, Commands
 from latentwatch.pipeline.state import unpack_record
 from latentwatch.pipeline.times import iso
 
-from tests.support.fakes import messages
-from tests.support.stub_model import stub_model
-
-NOW = 1_800_000_000.0
-
+from tests.support.control_harness import NOW, _feed, _pipeline, _trained
 
 def _cmd(**kw):
     d = {"command": "mute", "sensor_id": "pump-1", "at": iso(NOW), "until": iso(NOW + 60), "by": "alice",
@@ -56,41 +48,6 @@ def test_a_command_parses_and_the_latest_per_sensor_is_kept():
     cs.put(Command("accept", "a", NOW, 0, "x", "y"))
     cs.put(Command("accept", "b", NOW, 0, "x", "y"))
     assert len(cs) == 2 and cs.get("pump-1") is None  # bounded
-
-
-class _Sink:
-    def __init__(self):
-        self.alerts, self.changelog, self.truncated = [], [], 0
-
-    def produce_batch(self, batch, state_topic, tombstones):
-        self.alerts += [json.loads(v) for _, v in batch.alerts]
-        self.changelog += batch.changelog
-
-
-class _Committer:
-    def begin(self):
-        pass
-
-    def commit(self, offsets):
-        pass
-
-
-def _pipeline(model=None, commands=()):
-    from latentwatch.pipeline.runner import Pipeline
-
-    if model is None:
-        model = stub_model(window=1, threshold=30.0)
-        model.alarm = AlarmRule(instant=30.0, ewma_limit=math.inf, floor=0.0, center=0.0, close_after=5)
-    p = Pipeline(Settings(batch={"max_future_s": 10**9}, topics={"input": "in"}), model)
-    p.sink, p.committer, p.state_topic = _Sink(), _Committer(), "changelog"
-    for c in commands:
-        p.commands.put(c)
-    return p
-
-
-def _feed(p, payloads, batch=9, first=0):
-    for i in range(0, len(payloads), batch):
-        p.process(messages(payloads[i:i + batch], first_offset=first + i), limit=10**6)
 
 
 def _spiky(n=120, start=0):
@@ -136,20 +93,6 @@ def test_control_state_is_in_the_changelog_record():
     last = [v for part, k, v in p.sink.changelog if k == b"pump-1"][-1]
     entry, _before, _ = unpack_record(last)
     assert entry.control.mute_until == NOW + 50 and entry.control.applied == NOW + 5 and entry.control.why == "why"
-
-
-def _trained(tmp_path):
-    from latentwatch.detectors.checkpoint import load
-    from latentwatch.pipeline.cli.main import main
-
-    rng = np.random.default_rng(3)
-    with open(tmp_path / "train.csv", "w") as f:
-        f.write("timestamp,sensor_id,a,b,c\n")
-        for i in range(4000):
-            f.write(f"{NOW - 10_000 + i},s{i % 4}," + ",".join(f"{v:.4f}" for v in rng.normal(0, 1, 3)) + "\n")
-    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
-                 "--window", "1", "--no-own-models", "--cold-start-readings", "50"]) == 0
-    return load(tmp_path / "m")
 
 
 def test_accept_closes_the_episode_and_alarms_on_the_new_normal_stop_within_the_cold_start(tmp_path):
