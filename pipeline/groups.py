@@ -183,7 +183,8 @@ class GroupedScorer:
                             sum(sub.n_readings for _, sub in items), updates, changelog,
                             max(ts) if ts else None, rest=list(messages[cut:]), offsets=offsets,
                             inference_s=sum(inference) if inference else None, now=now, episodes=episodes,
-                            health=health, suppressed=sum(sub.suppressed for _, sub in items), parts=tuple(items))
+                            health=health, suppressed=sum(sub.suppressed for _, sub in items),
+                            adapted=sum(sub.adapted for _, sub in items), parts=tuple(items))
 
     @staticmethod
     def _no_group_detail(message) -> str:

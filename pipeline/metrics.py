@@ -43,6 +43,7 @@ class PipelineMetrics(Listener):
         self.health_episodes = Counter(f"{p}_health_episode_events", "Sensor health episode events (issue 30), by rule (stuck, flatline, silent) and event (open, close)", ["rule", "event"], registry=r)
         self.control_commands = Counter(f"{p}_control_commands", "Records read from the control topic, by command (accept, mute, unmute; invalid: dead-lettered)", ["command"], registry=r)
         self.alarms_suppressed = Counter(f"{p}_alarms_suppressed", "Alarms and health events held back because their sensor was muted", registry=r)
+        self.baselines_adapted = Counter(f"{p}_baselines_adapted", "Episodes that became their sensor's new normal (baseline.adapt_after; the sensor re-learns its baseline)", registry=r)
         self.sensors_muted = Gauge(f"{p}_sensors_muted", "Sensors held by this process that are muted (maintenance) at their partition's newest event time", registry=r)
         self.batches = Counter(f"{p}_batches", "Micro-batches processed", registry=r)
         self.batch_size = Histogram(f"{p}_batch_size_readings", "Readings per micro-batch", buckets=BATCH_BUCKETS, registry=r)
@@ -136,6 +137,8 @@ class PipelineMetrics(Listener):
             self.health_episodes.labels(rule=rule, event=event).inc(n)
         if batch.suppressed:
             self.alarms_suppressed.inc(batch.suppressed)
+        if batch.adapted:
+            self.baselines_adapted.inc(batch.adapted)
         if done.muted is not None:
             self.sensors_muted.set(done.muted)
         observe_many(self.score, batch.scores)

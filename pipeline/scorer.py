@@ -84,6 +84,7 @@ class ScoredBatch:
     episodes: list[str] = field(default_factory=list)  # the event (open, update, close) of each episode record
     health: list[tuple[str, str]] = field(default_factory=list)  # (rule, event) of each health record
     suppressed: int = 0  # alarms and health events held back by a mute (pipeline/control.py)
+    adapted: int = 0  # episodes that became their sensor's new normal (baseline.adapt_after)
 
     @property
     def n_scored(self) -> int:
@@ -144,6 +145,7 @@ class _Judged:
     episodes: list = field(default_factory=list)
     health: list = field(default_factory=list)
     suppressed: int = 0
+    adapted: int = 0
 
 
 class Scorer:
@@ -210,7 +212,7 @@ class Scorer:
                            w.updates, changelog, float(b.ts.max()), values=b.values, latent=out.latent,
                            flagged=out.flagged, offsets=b.offsets, inference_s=out.inference_s, rest=b.rest,
                            refs=out.refs, now=now, episodes=out.episodes, health=out.health,
-                           suppressed=out.suppressed)
+                           suppressed=out.suppressed, adapted=out.adapted)
 
     # -- steps 1-3: decode, then the late policy and the range check ---------------------------
     def _decode(self, messages, store, now: float, max_readings: int | None) -> "_Kept":
@@ -343,7 +345,7 @@ class Scorer:
         d = self._alarms(w.keys, key_idx, judged, thresholds, b.ts[scored_idx], reading_refs,
                          w.updates, store, own_mask, resets)
         out = _Judged(scores=scores64, latent=s.latent, flagged=d.alarm, inference_s=inference_s,
-                      refs=reading_refs if self.refs else None, suppressed=n_held)
+                      refs=reading_refs if self.refs else None, suppressed=n_held, adapted=len(d.adapted))
         self._records(out, b, w, s, d, sensor_of, thresholds)
         return out
 

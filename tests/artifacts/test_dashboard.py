@@ -58,7 +58,7 @@ def test_dashboard_covers_the_operator_questions():
                    "latentwatch_model_reloads_total", "latentwatch_shadow_readings_total",
                    "latentwatch_shadow_score_correlation", "latentwatch_health_episode_events_total",
                    "latentwatch_sensors_muted", "latentwatch_alarms_suppressed_total",
-                   "latentwatch_control_commands_total"):
+                   "latentwatch_control_commands_total", "latentwatch_baselines_adapted_total"):
         assert needle in exprs, needle
     heatmaps = [p for p in all_panels(load()) if p["type"] == "heatmap"]
     assert heatmaps and "latentwatch_reconstruction_score_bucket" in heatmaps[0]["targets"][0]["expr"]
@@ -113,6 +113,7 @@ def test_every_dashboard_query_returns_finite_data(make_prometheus):
             m.shadow_correlation.set(0.93)  # NaN without a shadow model
             m.health_episodes.labels(rule="silent", event="open").inc(k)  # issue 30
             m.alarms_suppressed.inc(k)
+            m.baselines_adapted.inc(k)
             m.sensors_muted.set(2)
             m.control_command("mute")
             m.on_stats('{"topics": {"readings": {"partitions": {"0": {"fetch_state": "active", "consumer_lag": 3}}}}}')

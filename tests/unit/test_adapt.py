@@ -14,6 +14,7 @@ from latentwatch.detectors.alarms import AlarmRule, Episode, SensorAlarm
 from latentwatch.pipeline import state
 
 from tests.support.control_harness import NOW, _feed, _pipeline, _trained
+from tests.support.harness import counter
 
 
 def _rule(adapt_after=None):
@@ -124,6 +125,7 @@ def test_the_stream_learns_the_new_normal_and_its_alarms_stop(tmp_path):
     assert len(late) <= 0.02 * 300  # the false-alarm budget (1 %) doubled, once re-learnt
     e = p.state.get((0, "s1"))
     assert e.control.by == "latentwatch" and e.control.accepted > 0 and e.baseline.learned
+    assert counter(p.metrics, "latentwatch_baselines_adapted_total") == 1
     without = _pipeline(model)
     _feed(without, shifted, batch=37)
     assert len([a for a in without.sink.alerts if a["kind"] == "reading" and a["ts"] >= iso_of(NOW + 400)]) > 250
