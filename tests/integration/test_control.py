@@ -121,15 +121,11 @@ def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic,
 
     import numpy as np
     from latentwatch.pipeline import state
+    from tests.support.control_harness import train_small
     from tests.support.processes import start_pipeline, stop_process, wait_drained, wait_url
 
     rng = np.random.default_rng(3)
-    with open(tmp_path / "train.csv", "w") as f:
-        f.write("timestamp,sensor_id,a,b,c\n")
-        for i in range(4000):
-            f.write(f"{BASE - 10_000 + i},s{i % 4}," + ",".join(f"{v:.4f}" for v in rng.normal(0, 1, 3)) + "\n")
-    assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
-                 "--window", "1", "--no-own-models", "--cold-start-readings", "50"]) == 0
+    train_small(tmp_path, BASE, rng)
     topic = make_topic(partitions=1)
     stream = SimpleNamespace(input=topic, alerts=f"{topic}.alerts", dead=f"{topic}.dlq", latent=f"{topic}.latent",
                              group=f"lw-{uuid.uuid4().hex[:8]}", partitions=1)

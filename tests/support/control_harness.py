@@ -52,15 +52,20 @@ def _feed(p, payloads, batch=9, first=0):
 
 
 
-def _trained(tmp_path):
-    from latentwatch.detectors.checkpoint import load
+def train_small(tmp_path, now: float, rng) -> None:
+    """A window-1 PCA model of 4 sensors' N(0, 1) readings in tmp_path/m, cold start 50 readings."""
     from latentwatch.pipeline.cli.main import main
 
-    rng = np.random.default_rng(3)
     with open(tmp_path / "train.csv", "w") as f:
         f.write("timestamp,sensor_id,a,b,c\n")
         for i in range(4000):
-            f.write(f"{NOW - 10_000 + i},s{i % 4}," + ",".join(f"{v:.4f}" for v in rng.normal(0, 1, 3)) + "\n")
+            f.write(f"{now - 10_000 + i},s{i % 4}," + ",".join(f"{v:.4f}" for v in rng.normal(0, 1, 3)) + "\n")
     assert main(["train", "--data", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
                  "--window", "1", "--no-own-models", "--cold-start-readings", "50"]) == 0
+
+
+def _trained(tmp_path):
+    from latentwatch.detectors.checkpoint import load
+
+    train_small(tmp_path, NOW, np.random.default_rng(3))
     return load(tmp_path / "m")
