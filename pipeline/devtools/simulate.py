@@ -435,7 +435,8 @@ class FleetSimulator:
             while self._horizon[a] < until:
                 gap = int(rng.geometric(1.0 / (self._gap_mean + 1.0))) - 1
                 kind = self.kinds[int(rng.integers(len(self.kinds)))]
-                start = max(int(self._horizon[a]) + gap, self.step, int(self._busy[a]))
+                # after a scheduled event (busy) the gap counts from its end, not from before it
+                start = max(int(self._horizon[a]), self.step, int(self._busy[a])) + gap
                 if kind == "foreign_point" and self.assets < 2:
                     kind = "spike"
                 self.schedule(a, kind, start)
