@@ -133,7 +133,7 @@ class SensorSimulator:
         self._faults: list[FleetEvent] = []  # scheduled health faults (`schedule`), not yet wholly generated
         self._last = None  # [S, C] the last reading (standardised units), for a fault that holds it
 
-    def schedule(self, sensor: int, kind: str, start: int, *, channel: int | None = None) -> "FleetEvent":
+    def schedule(self, sensor: int, kind: str, start: int, *, channel: int | None = None) -> FleetEvent:
         """A sensor-health fault (`HEALTH_KINDS`) on `sensor` from absolute step `start`, for
         `HEALTH_FAULT_LENGTH[kind]` readings: stuck holds one channel (`channel`, default random) at
         the reading before it, flatline holds every channel, silent sends nothing (NaN). It

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from latentwatch.detectors.health import FLATLINE_N, SILENT_S, STUCK_N, HealthRule, judge
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_KINDS,
@@ -82,6 +81,7 @@ class _Producer:
 
     def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
         self.messages.append(key)
+        n = len(self.messages)
 
         class M:
             def topic(self):
@@ -90,7 +90,7 @@ class _Producer:
             def partition(self):
                 return 0
 
-            def offset(self, n=len(self.messages)):
+            def offset(self):
                 return n
 
         on_delivery(None, M())
