@@ -191,6 +191,8 @@ def test_simulate_fleet_flag_errors_are_one_line(capsys):
     assert "--operating-point-change is for the classic simulator" in capsys.readouterr().err
     assert main(["simulate", "--fleet", "--topic", "t", "--kinds", "spike,level_shift", "--count", "1"]) == 2
     assert "unknown fleet trouble kinds ['level_shift']" in capsys.readouterr().err
+    assert main(["simulate", "--fleet", "--topic", "t", "--health-faults", "stuck,spike", "--count", "1"]) == 2
+    assert "--health-faults 'stuck,spike': give some of stuck, flatline, silent" in capsys.readouterr().err
 
 
 def test_the_demo_simulates_a_fleet_by_default_and_the_classic_one_on_request(monkeypatch):
