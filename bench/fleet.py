@@ -18,7 +18,10 @@ Then the real CLI: `latentwatch train --data train.csv --out DIR` and `latentwat
     are scored from a file of their own (so no window or EWMA spans two assets).
 An event is detected when at least one of its labelled readings is flagged. Normal readings
 alarmed: readings labelled normal, not silent and not after a set-point change; all assets
-together, and the worst asset.
+together, and the worst asset. Sensor health (issue 30; `score --episodes`): a stuck, flatline or
+silent event is caught when a health episode of its rule opened on its asset within it (a
+silence: at the asset's first reading after it); the other health episodes are counted as false,
+on clean assets and on the others.
 Reference columns (numpy, outside latentwatch, same readings): (a) each asset standardised by its
 own training median / MAD (x 1.4826), one fleet PCA (3 components) on the pooled standardised
 training readings, Q statistic (squared residual) against its 99.5 % training quantile; (b) each
@@ -48,21 +51,24 @@ import numpy as np
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_ALL_KINDS,
     FLEET_LABELLED,
+    HEALTH_KINDS,
     NORMAL,
     FleetSimulator,
 )
 from latentwatch.pipeline.times import iso_many
 
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the training readings' first timestamp
-DEFAULT_KINDS = FLEET_ALL_KINDS  # 32 assets = 4 clean + 7 kinds x 4
+# 32 assets = 4 clean + 7 kinds x 4. Pinned here, not the simulator's defaults (FLEET_KINDS), so
+# the issue-28 figures stay comparable when those change (issue 30 added flatline and silent there).
+DEFAULT_KINDS = ("setpoint", "foreign_point", "stuck", "ramp", "spike", "flatline", "silent")
 DESCRIBE = {
     "setpoint": "set point moves by 1.5 units and stays (first 60 readings labelled)",
     "foreign_point": "80 readings at another asset's operating point",
-    "stuck": "one channel stuck for 200 readings",
+    "stuck": f"one channel stuck for {FLEET_LABELLED['stuck']} readings",
     "ramp": "one channel ramps to +1.0 over 300 readings",
     "spike": "isolated 1.5-unit jumps on one channel",
-    "flatline": "every channel frozen for 200 readings (sensor-health flag)",
-    "silent": "no readings for 120 steps (sensor-health flag; nothing to flag in a file)",
+    "flatline": f"every channel frozen for {FLEET_LABELLED['flatline']} readings (sensor health)",
+    "silent": f"no readings for {FLEET_LABELLED['silent']} steps (sensor health; nothing to flag in a file)",
 }
 REF_COMPONENTS, REF_QUANTILE = 3, 0.995
 
@@ -229,6 +235,7 @@ def run_latentwatch(args, fleet: dict, work: Path) -> dict:
     extra = shlex.split(args.train_args or "")
     sim, rows = fleet["sim"], fleet["rows"]
     flags = np.zeros(rows.shape, dtype=bool)
+    health_opens: list[tuple[str, int, int]] = []  # (rule, asset, step index in test; -1: none)
     res: dict = {"exe": exe, "train_args": extra}
     mode = args.mode
     if mode in ("auto", "per-sensor"):
@@ -241,13 +248,15 @@ def run_latentwatch(args, fleet: dict, work: Path) -> dict:
             res["train_s"], res["train_output"] = round(secs, 1), text.strip().splitlines()[-3:]
             log(f"trained in {secs:.0f} s; scoring test.csv")
             rc, text, secs = _run([exe, "score", "--model", str(model), "--data", str(data / "test.csv"),
-                                   "--out", str(work / "scores.csv")], work / "score-per-sensor.log")
+                                   "--out", str(work / "scores.csv"), "--episodes", str(work / "episodes.csv")],
+                                  work / "score-per-sensor.log")
             if rc != 0:
                 raise RuntimeError(f"latentwatch score failed (rc {rc}): {text[-2000:]}")
             res["score_s"] = round(secs, 1)
             idx = np.argwhere(rows >= 0)
             row_map = {int(rows[a, t]): (int(a), int(t)) for a, t in idx}
             _flags_from_scores(work / "scores.csv", row_map, flags, sim.sensor_ids)
+            health_opens += _health_opens(work / "episodes.csv", row_map, sim.sensor_ids)
         elif args.mode == "per-sensor":
             raise RuntimeError(f"latentwatch train refused the sensor_id CSV (rc {rc}): {text[-2000:]}")
         else:
@@ -272,16 +281,58 @@ def run_latentwatch(args, fleet: dict, work: Path) -> dict:
             one = fleet["test"][a:a + 1]
             own_rows = write_fleet_csv(per / f"{sid}.csv", [sid], one, ch, step0=n_train, sensor_column=False)
             out = per / f"{sid}-scores.csv"
+            eps = per / f"{sid}-episodes.csv"
             rc, text, _ = _run([exe, "score", "--model", str(model), "--data", str(per / f"{sid}.csv"),
-                                "--out", str(out)], per / f"{sid}-score.log")
+                                "--out", str(out), "--episodes", str(eps)], per / f"{sid}-score.log")
             if rc != 0:
                 raise RuntimeError(f"latentwatch score failed on {sid} (rc {rc}): {text[-2000:]}")
             row_map = {int(r): (a, int(t)) for t, r in enumerate(own_rows[0]) if r >= 0}
             _flags_from_scores(out, row_map, flags, None)
+            health_opens += [(rule, a, t) for rule, _a, t in _health_opens(eps, row_map, None, asset=a)]
         res["score_s"] = round(time.monotonic() - t0, 1)
     res["mode"] = mode
     res["flags"] = flags
+    res["health_opens"] = health_opens
     return res
+
+
+def _health_opens(path: Path, row_map: dict[int, tuple[int, int]], sensor_ids: list[str] | None,
+                  asset: int | None = None) -> list[tuple[str, int, int]]:
+    """The health episodes `score --episodes` opened: (rule, asset, test step index of the reading it
+    opened at; a silence: the asset's first reading after it; -1: found at the end of the file)."""
+    if not path.exists():
+        return []
+    index = {s: a for a, s in enumerate(sensor_ids)} if sensor_ids is not None else None
+    out = []
+    with open(path, newline="") as fh:
+        for rec in csv.DictReader(fh):
+            if rec["kind"] != "health" or rec["event"] != "open":
+                continue
+            row = int(rec["row"])
+            a = index[rec["sensor_id"]] if index is not None else asset
+            out.append((rec["rule"], a, row_map[row][1] if row >= 0 else -1))
+    return out
+
+
+def count_health(fleet: dict, opens: list[tuple[str, int, int]]) -> dict:
+    """Per health rule: [events injected, caught] (an episode of the rule on the event's asset at one
+    of its readings, or for a silence at the asset's first reading after it); episodes opened
+    outside any injected event of their rule, on clean assets and on the others, by rule."""
+    sim, plan, n_train = fleet["sim"], fleet["plan"], fleet["sim"].step - fleet["labels"].shape[1]
+    events = [(i, e) for i, e in enumerate(sim.events) if e.kind in HEALTH_KINDS]
+    caught: set[int] = set()
+    false = {"clean": dict.fromkeys(HEALTH_KINDS, 0), "other": dict.fromkeys(HEALTH_KINDS, 0)}
+    for rule, a, t in opens:
+        hit = [i for i, e in events if e.kind == rule and e.asset == a and
+               (t == -1 and e.end - n_train >= fleet["labels"].shape[1] or
+                e.start - n_train <= t <= e.end - n_train - (0 if rule == "silent" else 1))]
+        if hit:
+            caught.update(hit)
+        else:
+            false["clean" if plan[a] == "clean" else "other"][rule] += 1
+    per = {k: [sum(1 for _, e in events if e.kind == k), sum(1 for i, e in events if e.kind == k and i in caught)]
+           for k in HEALTH_KINDS}
+    return {"caught": per, "false": false}
 
 
 # ---- the references (numpy) ---------------------------------------------------------------------
@@ -326,12 +377,15 @@ def reference_own_pca(train: np.ndarray, test: np.ndarray, k: int = REF_COMPONEN
 
 
 # ---- report -------------------------------------------------------------------------------------
-def evaluate(fleet: dict, flags: np.ndarray) -> dict:
+def evaluate(fleet: dict, flags: np.ndarray, health_opens: list | None = None) -> dict:
     plan = fleet["plan"]
     clean = [a for a, k in enumerate(plan) if k == "clean"]
     det = count_detections(fleet["event_of"], fleet["event_kinds"], flags)
-    return {"detected": det, "normal_alarmed": false_alarm_rates(fleet["normal"], flags),
-            "clean_assets_alarmed": false_alarm_rates(fleet["normal"], flags, clean) if clean else None}
+    out = {"detected": det, "normal_alarmed": false_alarm_rates(fleet["normal"], flags),
+           "clean_assets_alarmed": false_alarm_rates(fleet["normal"], flags, clean) if clean else None}
+    if health_opens is not None:  # latentwatch's health episodes (the references have none)
+        out["health"] = count_health(fleet, health_opens)
+    return out
 
 
 def table(results: dict, kinds: list[str]) -> str:
@@ -349,6 +403,16 @@ def table(results: dict, kinds: list[str]) -> str:
     cl = [f"{r['clean_assets_alarmed']['all_pct']:.1f} % / {r['clean_assets_alarmed']['worst_pct']:.1f} %"
           if r.get("clean_assets_alarmed") else "-" for r in results.values()]
     lines.append("| clean assets only: all / worst | " + " | ".join(cl) + " |")
+    for rule in HEALTH_KINDS:
+        if rule not in kinds:
+            continue
+        cells = [f"{r['health']['caught'][rule][1]} / {r['health']['caught'][rule][0]}" if "health" in r else "-"
+                 for r in results.values()]
+        lines.append(f"| health rule `{rule}`: {rule} events caught by a {rule} episode | " + " | ".join(cells) + " |")
+    if any("health" in r for r in results.values()):
+        fh = [(f"{sum(r['health']['false']['clean'].values())} / {sum(r['health']['false']['other'].values())}"
+               if "health" in r else "-") for r in results.values()]
+        lines.append("| health episodes outside an injected fault: clean assets / others | " + " | ".join(fh) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -364,7 +428,7 @@ def run_detection(args) -> int:
     lw = run_latentwatch(args, fleet, out) if not args.skip_latentwatch else None
     if lw is not None:
         name = "latentwatch (per-sensor)" if lw["mode"] == "per-sensor" else "latentwatch today (pooled, one model)"
-        results[name] = evaluate(fleet, lw.pop("flags"))
+        results[name] = evaluate(fleet, lw.pop("flags"), lw.pop("health_opens"))
     if not args.skip_reference:
         log("reference columns (numpy)")
         results["(a) per-asset median/MAD, one fleet PCA (Q, 99.5 %)"] = evaluate(

@@ -238,7 +238,11 @@ class HealthRule:
         prev_ts = np.empty(m)
         prev_ts[1:] = ts_s[:-1]
         prev_ts[is_start] = p_ts[group[is_start]]
-        gap = wm_before[order] > prev_ts + T  # NaN (a new sensor): False
+        # Silent before this reading: the partition's clock passed the sensor's last reading + T,
+        # and the sensor's own gap is longer than T (in a file sorted by sensor, or behind a sensor
+        # whose readings lag its partition's, the clock is past every reading: without the second
+        # condition each reading opened a "silence" that started after it). NaN (a new sensor): False
+        gap = (wm_before[order] > prev_ts + T) & (ts_s > prev_ts + T)
         attention = busy.copy()
         attention[group[frozen | gap]] = True
         late = np.zeros(K, bool)

@@ -10,6 +10,7 @@ from latentwatch.pipeline.errors import UserError
 
 def register(sub: argparse._SubParsersAction) -> None:
     from latentwatch.pipeline.devtools.live_demo import DEFAULT_FLEET_KINDS, DEFAULT_KINDS
+    from latentwatch.pipeline.devtools.simulate import HEALTH_KINDS
 
     p = sub.add_parser(
         "demo", help="live demo: local broker, simulated sensors, pipeline, alerts, metrics",
@@ -37,9 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "correlation_break, noise_burst) instead of the default fleet (assets at their own "
                         "operating points; docs/fleet-simulator.md). The drift scenario is always classic.")
     p.add_argument("--kinds", default=None,
-                   help=f"anomaly kinds to inject, comma-separated, or 'all' (default: {','.join(DEFAULT_FLEET_KINDS)}; "
-                        f"with --classic: {','.join(DEFAULT_KINDS)}; stuck is left out by default, since "
-                        "reconstruction error cannot see it)")
+                   help=f"random anomaly kinds to inject, comma-separated, or 'all' (default: "
+                        f"{','.join(DEFAULT_FLEET_KINDS)}; with --classic: {','.join(DEFAULT_KINDS)}: the classic "
+                        "stuck events, 5-30 readings, are shorter than the stuck rule's 30)")
+    p.add_argument("--health-faults", default=",".join(HEALTH_KINDS),
+                   help="sensor faults on sensors of their own from reading 60, comma-separated, or 'none' "
+                        f"(default: {','.join(HEALTH_KINDS)}: a stuck channel and a flatlined sensor for 200 "
+                        "readings, a sensor silent for 360; judged by the health rules, docs/sensor-health.md)")
     p.add_argument("--window", type=int, default=8, help="window of the demo model (default 8)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--metrics-port", type=int, default=9464,
@@ -51,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args) -> int:
     from latentwatch.pipeline.devtools.live_demo import DEFAULT_FLEET_KINDS, DEFAULT_KINDS, DemoOptions, main_demo
-    from latentwatch.pipeline.devtools.simulate import FLEET_ALL_KINDS, KINDS
+    from latentwatch.pipeline.devtools.simulate import FLEET_ALL_KINDS, HEALTH_KINDS, KINDS
 
     fleet = not args.classic and args.scenario == "anomalies"
     known, default = (FLEET_ALL_KINDS, DEFAULT_FLEET_KINDS) if fleet else (KINDS, DEFAULT_KINDS)
@@ -62,6 +67,11 @@ def _demo(args) -> int:
         raise UserError(f"unknown anomaly kind(s) {', '.join(sorted(unknown)) or '(none)'}: "
                         f"choose from {', '.join(known)} or 'all'" + ("" if args.classic else
                                                                        " (or --classic for the classic simulator)"))
+    faults = () if args.health_faults.strip() == "none" else tuple(
+        k.strip() for k in args.health_faults.split(",") if k.strip())
+    if set(faults) - set(HEALTH_KINDS) or len(set(faults)) != len(faults):
+        raise UserError(f"--health-faults {args.health_faults!r}: give some of {', '.join(HEALTH_KINDS)} "
+                        "(each at most once), or 'none'")
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
     if args.phase < 5:
@@ -73,6 +83,7 @@ def _demo(args) -> int:
                        anomaly_rate=args.anomaly_rate if args.anomaly_rate is not None else (0.1 if fleet else 0.02),
                        kinds=DEFAULT_KINDS if fleet else kinds, fleet=fleet,
                        fleet_kinds=kinds if fleet else DEFAULT_FLEET_KINDS, window=args.window,
+                       health_faults=faults if args.scenario == "anomalies" else (),
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,
                        scenario=args.scenario, phase=args.phase)
     if args.scenario == "drift":

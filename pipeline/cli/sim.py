@@ -80,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", default=None,
                    help=f"anomaly kinds to inject (default: {','.join(KINDS)}; with --fleet: {','.join(FLEET_KINDS)}, "
                         f"from {','.join(FLEET_ALL_KINDS)})")
+    p.add_argument("--health-faults", default=None, metavar="KINDS",
+                   help="sensor faults on sensors of their own from step 60, comma-separated, or 'none' (default with "
+                        "--fleet: stuck,flatline,silent: a stuck channel and a flatlined sensor for 200 readings, a "
+                        "sensor silent for 360, past the health rules' 30 readings and 300 s at --interval 1; "
+                        "classic: none; docs/fleet-simulator.md)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="simulated seconds between two readings of one sensor (default: %(default)s)")
     p.add_argument("--period", type=float, default=300.0,
@@ -121,11 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _simulate(args) -> int:
     from latentwatch.pipeline.devtools.simulate import (
         FLEET_KINDS,
+        HEALTH_KINDS,
         KINDS,
         FleetSimulator,
         ProduceStats,
         SensorSimulator,
         produce_stream,
+        schedule_health_faults,
     )
 
     if args.count is not None and args.count < 1:
@@ -143,6 +150,12 @@ def _simulate(args) -> int:
                    kinds=kinds, interval=args.interval, period=args.period)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    text = args.health_faults if args.health_faults is not None else (",".join(HEALTH_KINDS) if args.fleet else "none")
+    faults = [] if text.strip() == "none" else [k.strip() for k in text.split(",") if k.strip()]
+    if set(faults) - set(HEALTH_KINDS) or len(set(faults)) != len(faults):
+        raise UserError(f"--health-faults {text!r}: give some of {', '.join(HEALTH_KINDS)} (each at most once), "
+                        "or 'none'")
+    schedule_health_faults(sim, faults)
     if args.operating_point_change:
         after, _, shift = args.operating_point_change.partition(":")
         try:

@@ -3,6 +3,11 @@
 Local broker (unless a Kafka address is configured: --bootstrap, --config, LATENTWATCH_*) -> topics -> a model trained on simulated normal data ->
 simulator + pipeline + metrics -> live progress in the terminal -> a summary scored against the
 simulator's ground truth -> everything started is stopped again.
+
+Sensor health (issue 30): the demo injects a stuck, a flatlined and a silent sensor (one each, on
+the last sensors, from step 60: `simulate.schedule_health_faults`), trains the health rules with
+its model, and its summary lists the health episodes by rule and sensor beside the process
+anomalies, and whether each injected fault opened an episode of its own rule.
 """
 
 from __future__ import annotations
@@ -26,26 +31,34 @@ from latentwatch.pipeline.devtools.local_kafka import LocalBroker, port_in_use
 from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_KINDS,
+    HEALTH_FAULT_LENGTH,
+    HEALTH_KINDS,
     KINDS,
     BackgroundStream,
     FleetSimulator,
     SensorSimulator,
+    schedule_health_faults,
 )
-from latentwatch.pipeline.devtools.truth import evaluate
+from latentwatch.pipeline.devtools.truth import evaluate, evaluate_health
 
 log = logging.getLogger("latentwatch.demo")
 _QUIET = logging.getLogger("latentwatch.demo.clients")  # the demo's own clients: no librdkafka chatter
 _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
 
-# Reconstruction error cannot see a stuck sensor (a frozen value is easy to reconstruct), so the
-# demo injects the other kinds by default; `--kinds all` includes it. (The classic simulator:
-# `demo --classic`, and the drift scenario.)
+# The classic simulator's random kinds (`demo --classic`, and the drift scenario) leave its own
+# `stuck` out: its events are 5-30 readings long, shorter than the stuck rule's N = 30
+# (detectors/health.py), and reconstruction error cannot see a frozen value. The stuck, flatlined
+# and silent sensors come from the health faults instead (DemoOptions.health_faults, both
+# simulators: 200, 200 and 360 readings); `--kinds all` adds the short random ones.
 DEFAULT_KINDS = tuple(k for k in KINDS if k != "stuck")
-# The default demo simulates a fleet (issue 28): assets at their own operating points, with the
-# fleet's trouble kinds. `stuck` stays out until the model sees it (issue 28, "The stuck kind comes
-# back into the demo once it is detected"); `--kinds` takes any of FLEET_ALL_KINDS.
-DEFAULT_FLEET_KINDS = tuple(k for k in FLEET_KINDS if k != "stuck")
+# The default demo simulates a fleet (issue 28): assets at their own operating points, with every
+# fleet trouble kind (FLEET_KINDS: stuck, flatline and silent included, which the health rules see).
+DEFAULT_FLEET_KINDS = FLEET_KINDS
+# The demo's event time is the wall clock, at rate / sensors readings/s per sensor (20/s at the
+# defaults), so the health rules' default silent_s (300 s) would not fit a demo: its model is
+# trained with silent_s = this fraction of a silent fault's length (360 readings: 9 s at the defaults).
+SILENT_FRACTION = 0.5
 # The simulated sensors start once the pipeline holds partitions (or after this long): readings
 # produced before the group's first join are a start-up backlog, which made the demo's end-to-end
 # p99 (416 ms at 400 readings/s, p50 19 ms) a measure of its own start, not of the steady state.
@@ -65,6 +78,7 @@ class DemoOptions:
     kinds: tuple[str, ...] = DEFAULT_KINDS  # the classic simulator's (--classic, drift scenario)
     fleet: bool = True  # the anomalies scenario simulates a fleet (FleetSimulator) unless --classic
     fleet_kinds: tuple[str, ...] = DEFAULT_FLEET_KINDS
+    health_faults: tuple[str, ...] = HEALTH_KINDS  # one sensor each, both simulators (schedule_health_faults)
     window: int = 8
     epochs: int = 15
     metrics_port: int = 9464
@@ -103,12 +117,33 @@ def run_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def silent_after(opts: DemoOptions) -> float:
+    """The demo model's silent_s: SILENT_FRACTION of a silent fault's length in event time at the
+    demo's pace (rate / sensors readings/s per sensor, the wall clock)."""
+    per_sensor_s = opts.sensors / opts.rate if opts.rate > 0 else 0.05
+    return max(1.0, round(SILENT_FRACTION * HEALTH_FAULT_LENGTH["silent"] * per_sensor_s, 1))
+
+
+def make_simulator(opts: DemoOptions):
+    """(simulator, its random kinds, the health faults scheduled on it)."""
+    kinds = opts.fleet_kinds if opts.fleet else opts.kinds
+    if opts.fleet:
+        sim = FleetSimulator(opts.sensors, opts.channels, seed=opts.seed, anomaly_rate=opts.anomaly_rate,
+                             kinds=list(kinds), sensor_prefix="sensor-")
+    else:
+        sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
+                              anomaly_rate=opts.anomaly_rate, kinds=list(kinds))
+    return sim, kinds, schedule_health_faults(sim, opts.health_faults)
+
+
 def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: str):
     """What `latentwatch train` does with a CSV of the simulator's normal readings and their
     `sensor_id` column: each sensor's baseline (and own model where it holds), the shared window
-    autoencoder on the readings standardised by their sensor's baseline, the alarm rules."""
+    autoencoder on the readings standardised by their sensor's baseline, the alarm rules, the
+    sensor-health rules (with the demo's silent_s: `silent_after`)."""
     from latentwatch.detectors import recipe
     from latentwatch.detectors.checkpoint import load, save, summarise_training_data
+    from latentwatch.detectors.health import HealthRule
 
     n = 25_000
     data = sim.normal_training_data(n)
@@ -119,11 +154,12 @@ def _train(opts: DemoOptions, sim: SensorSimulator | FleetSimulator, workdir: st
     t0 = time.monotonic()
     t = recipe.train(data, sim.channel_names, recipe.Recipe(model="window", window=opts.window, epochs=opts.epochs,
                                                             seed=opts.seed, latent=8), sensor_ids=ids)
+    health = HealthRule.fit(data, sim.channel_names, ids, silent_s=silent_after(opts))
     path = f"{workdir}/model"
     save(path, t.detector, t.threshold, summarise_training_data(data, sim.channel_names), name="demo-window-ae",
-         alarm=t.rule, baselines=t.baselines, own_alarm=t.own_rule)
+         alarm=t.rule, baselines=t.baselines, own_alarm=t.own_rule, health=health)
     out(f"trained in {time.monotonic() - t0:.1f} s; {t.baselines.owned} of {t.baselines.sensors} sensors with an "
-        f"own model; {t.rule.describe()}")
+        f"own model; {t.rule.describe()}; sensor health: {health.describe()}")
     return load(path, device="auto")
 
 
@@ -135,16 +171,12 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     settings = load_settings(None, {"kafka": kafka.model_dump(), **topics,
                                     "group_id": f"demo-{run_id}", "metrics.port": port,
                                     "create_topics": True, "batch.max_wait_ms": 10})
-    kinds = opts.fleet_kinds if opts.fleet else opts.kinds
-    if opts.fleet:
-        sim = FleetSimulator(opts.sensors, opts.channels, seed=opts.seed, anomaly_rate=opts.anomaly_rate,
-                             kinds=list(kinds), sensor_prefix="sensor-")
-    else:
-        sim = SensorSimulator(sensors=opts.sensors, channels=opts.channels, seed=opts.seed,
-                              anomaly_rate=opts.anomaly_rate, kinds=list(kinds))
+    sim, kinds, faults = make_simulator(opts)
     truth: list = []
-    pipeline, runner, producer, stream, metrics_url = start_live(settings, _train(opts, sim, workdir), sim, opts.rate,
-                                                                 on_truth=truth.extend)
+    unsent: list = []  # silent readings: not sent, with the event time they would have had
+    model = _train(opts, sim, workdir)
+    pipeline, runner, producer, stream, metrics_url = start_live(settings, model, sim, opts.rate,
+                                                                 on_truth=truth.extend, on_unsent=unsent.extend)
     alerts: list[dict] = []
     watcher = AlertWatcher(settings, alerts, quiet=opts.quiet)
     watcher.start()
@@ -152,6 +184,9 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     out(f"simulating {what}{opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s, "
         f"anomalies: {', '.join(kinds)} — Ctrl+C to stop" +
         (f" (or {opts.duration:.0f} s)" if opts.duration else ""))
+    if faults:
+        out("sensor faults: " + ", ".join(f"{sim.sensor_ids[e.asset]} {e.kind} for {e.length} readings"
+                                          for e in faults) + f" from reading {min(e.start for e in faults)}")
 
     started = time.monotonic()
     try:
@@ -174,11 +209,12 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     pipeline.stop()
     runner.join(settings.shutdown_timeout_s + 5)
     watcher.stop(expect=pipeline.metrics)
-    _summary(pipeline, stats, truth, alerts, bad_i, opts, metrics_url, time.monotonic() - started)
+    _summary(pipeline, stats, truth, alerts, bad_i, opts, metrics_url, time.monotonic() - started,
+             health=(unsent, watcher.health, model.health))
     return 0  # Ctrl+C is how the demo is meant to end
 
 
-def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: float, on_truth=None):
+def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: float, on_truth=None, on_unsent=None):
     """What both scenarios start: the input topic, the pipeline in its own thread, a producer
     and the simulated stream. Returns (pipeline, its thread, producer, stream, metrics URL)."""
     from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
@@ -192,7 +228,8 @@ def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: flo
     runner.start()
     _wait_assigned(pipeline.health, ASSIGNMENT_WAIT_S)
     producer = Producer(clients.tool_producer_config(settings, {"logger": _QUIET}))
-    stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth).start()
+    stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth,
+                              on_unsent=on_unsent).start()
     return pipeline, runner, producer, stream, metrics_url
 
 
@@ -275,38 +312,65 @@ class AlertWatcher(threading.Thread):
 
     def stop(self, expect) -> None:
         want = metric(expect, "latentwatch_alerts_total")
+        want_health = metric(expect, "latentwatch_health_episode_events_total")
         deadline = time.monotonic() + 10
-        while len(self.sink) < want and time.monotonic() < deadline:
+        while (len(self.sink) < want or len(self.health) < want_health) and time.monotonic() < deadline:
             time.sleep(0.1)
         self._halt.set()
         self.join(5)
         self.consumer.close()
 
 
-def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed) -> None:
+def _summary(pipeline, stats, truth, alerts, bad, opts, metrics_url, elapsed, health=None) -> None:
     m = pipeline.metrics
-    ev = evaluate(truth, alerts, tolerance=opts.window - 1)
+    ev = evaluate(truth, alerts, tolerance=opts.window - 1, health_kinds=HEALTH_KINDS)
     p50, p99 = (_histogram_quantile(m.registry, "latentwatch_end_to_end_latency_seconds", q) for q in (0.5, 0.99))
     out("\n=== latentwatch demo summary ===")
     out(f"ran {elapsed:.0f} s; readings produced {stats.delivered_readings:,}, "
         f"scored {metric(m, 'latentwatch_readings_scored_total'):,.0f}, "
         f"warming up {metric(m, 'latentwatch_readings_warming_up_total'):,.0f}")
     out(f"dead letters {metric(m, 'latentwatch_dead_letters_total'):.0f} (malformed messages sent: {bad})")
-    out(f"anomalies injected {ev.events} (events), alerted {ev.detected}: recall {ev.recall:.3f}")
+    out(f"anomalies injected {ev.events} (events), alerted {ev.detected}: recall {ev.recall:.3f} (process "
+        f"anomalies; the sensor faults {', '.join(HEALTH_KINDS)} are judged by the health rules, below)")
     out(f"alerts {ev.alerts}: precision {ev.precision:.3f} (an alert is right when it falls on an injected "
-        f"anomaly or within {opts.window - 1} readings after it)")
+        f"anomaly or sensor fault, or within {opts.window - 1} readings after it)")
     for kind, (n, hit) in sorted(ev.by_kind.items()):
         out(f"  {kind:18s} {hit}/{n}")
     out(f"episodes opened {metric(m, 'latentwatch_episode_events_total', event='open'):.0f}, closed "
         f"{metric(m, 'latentwatch_episode_events_total', event='close'):.0f} (one incident per sensor alarm)")
-    out("health episodes opened (sensor faults, beside the process anomalies above): " + ", ".join(
-        f"{rule} {metric(m, 'latentwatch_health_episode_events_total', rule=rule, event='open'):.0f}"
-        for rule in ("stuck", "flatline", "silent")))
+    if health is not None:
+        _health_summary(truth, *health)
     if ev.delays_s:
         out(f"detection delay (event time): median {np.median(ev.delays_s):.1f} s, max {max(ev.delays_s):.1f} s")
     out(f"end-to-end latency (Kafka timestamp -> outputs acknowledged and committed): "
         f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     out(f"metrics were served at {metrics_url}")
+
+
+def _health_summary(truth, unsent, records, rule, show: int = 12) -> None:
+    """Injected sensor faults against the health episodes (truth.evaluate_health), and the episodes
+    opened by rule with their sensors."""
+    if rule is None:
+        out("health episodes opened: none (the model has no health rules)")
+        return
+    limits = {"stuck": int(rule.limit[rule.judged].max()) if rule.judged.any() else None,
+              "flatline": rule.flat_n if rule.judged.any() else None, "silent": rule.silent_s}
+    h = evaluate_health(truth, unsent, records, limits)
+    judged = [f for f in h.faults if f.status != "too short"]
+    out(f"sensor faults injected {len(h.faults)}, caught {sum(f.status == 'caught' for f in h.faults)} of the "
+        f"{len(judged)} that outlasted their rule's limit (a health episode of the fault's rule on its sensor; "
+        f"stuck after {limits['stuck']} and flatline after {limits['flatline']} still readings, silent after "
+        f"{rule.silent_s:g} s of event time):")
+    for f in h.faults[:show]:
+        when = f" after {f.delay_s:.1f} s" if f.delay_s is not None else ""
+        out(f"  fault {f.kind:9s} {f.sensor_id}  {f.status}{when} ({f.readings} readings"
+            + (f", {f.span_s:.1f} s" if f.kind == "silent" else "") + ")")
+    if len(h.faults) > show:
+        out(f"  ... and {len(h.faults) - show} more")
+    by_rule = ", ".join(f"{r} {len(s)}" + (f" ({', '.join(sorted(set(s)))})" if s else "")
+                        for r, s in h.opened.items())
+    out(f"health episodes opened: {by_rule}; {len(h.false)} on a sensor without an injected fault"
+        + (f" ({', '.join(f'{r} {s}' for r, s in h.false[:show])})" if h.false else ""))
 
 
 def _histogram_quantile(registry, name: str, q: float) -> float:

@@ -19,8 +19,15 @@ random subset of channels it affects.
 
 Fleet mode (`FleetSimulator`, issue 28; docs/fleet-simulator.md): assets of one kind driven by
 the same 3 process factors, each at its own operating point with a slightly different mix, and
-fleet trouble kinds (`FLEET_KINDS`: setpoint, foreign_point, stuck, ramp, spike; opt-in sensor
-health flags `FLEET_FLAG_KINDS`: flatline, silent) with documented lengths and magnitudes.
+fleet trouble kinds (`FLEET_KINDS`: setpoint, foreign_point, stuck, ramp, spike, flatline, silent)
+with documented lengths and magnitudes.
+
+Sensor-health faults (issue 30, `HEALTH_KINDS`: stuck, flatline, silent): both simulators take
+them on a chosen sensor and step (`schedule`; the classic one only these kinds), each as long as
+`HEALTH_FAULT_LENGTH` says, past the health rules' default limits (detectors/health.py: 30
+readings; 300 s of event time at the default 1 s interval). `schedule_health_faults` puts one of
+each on the last sensors, so a short run has all three. A silent reading is NaN in the arrays and
+is not sent by `produce_stream` (`on_unsent` hears of it).
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ TRUTH_HEADER = "lw-truth"
 _LEN = {"spike": (1, 3)}  # readings per event; every other kind 5-30
 _MAG = {"spike": (6, 10), "level_shift": (3, 5), "drift": (4, 6), "noise_burst": (3, 5)}
 _FACTORS = 3
+HEALTH_KINDS = ("stuck", "flatline", "silent")  # the kinds a sensor-health rule judges (detectors/health.py)
+# Readings per health fault: past the rules' defaults (stuck_n = flatline_n = 30 readings; silent_s =
+# 300 s, i.e. 300 readings at the default 1 s interval, + 60 so the silence is found inside it).
+HEALTH_FAULT_LENGTH = {"stuck": 200, "flatline": 200, "silent": 360}
+HEALTH_FAULT_START = 60  # the step `schedule_health_faults` starts them at by default
 
 
 def _ar1_chunk(state: np.ndarray, eps: np.ndarray, phi: float) -> np.ndarray:
@@ -118,6 +130,29 @@ class SensorSimulator:
         self._horizon = np.zeros(S, dtype=np.int64)  # events are generated up to here
         self._op_from: int | None = None  # operating-point change: from this step on ...
         self._op_delta = np.zeros((S, C))  # ... every reading moves by this (standardised units)
+        self._faults: list[FleetEvent] = []  # scheduled health faults (`schedule`), not yet wholly generated
+        self._last = None  # [S, C] the last reading (standardised units), for a fault that holds it
+
+    def schedule(self, sensor: int, kind: str, start: int, *, channel: int | None = None) -> FleetEvent:
+        """A sensor-health fault (`HEALTH_KINDS`) on `sensor` from absolute step `start`, for
+        `HEALTH_FAULT_LENGTH[kind]` readings: stuck holds one channel (`channel`, default random) at
+        the reading before it, flatline holds every channel, silent sends nothing (NaN). It
+        overrides the random anomalies of its readings (values and labels)."""
+        if kind not in HEALTH_KINDS:
+            raise ValueError(f"the classic simulator schedules {', '.join(HEALTH_KINDS)}, not {kind!r}")
+        if not 0 <= sensor < self.sensors:
+            raise ValueError(f"no sensor {sensor}")
+        if start < self.step:
+            raise ValueError(f"step {start} is already generated (next step {self.step})")
+        end = start + HEALTH_FAULT_LENGTH[kind]
+        for e in self._faults:
+            if e.asset == sensor and e.start < end and start < e.end:
+                raise ValueError(f"sensor {sensor}: a {kind} fault at {start} would overlap the {e.kind} fault at {e.start}")
+        if kind == "stuck" and channel is None:
+            channel = int(self._ev_rng.integers(self.channels))
+        ev = FleetEvent(sensor, kind, int(start), -1 if channel is None else int(channel))
+        self._faults.append(ev)
+        return ev
 
     # ---- clean signal -------------------------------------------------------------------
     def _clean(self, rng: np.random.Generator, steps: np.ndarray, ar_state: np.ndarray):
@@ -220,9 +255,15 @@ class SensorSimulator:
             self._apply(x, lat, eid, t0)
             codes = np.where(eid >= 0, ev["kind"][np.arange(S)[:, None], np.maximum(eid, 0)], 0)
             self._drop_events_before(t0 + n)
+        labels = np.array((NORMAL,) + KINDS)[codes]
+        silent = _hold_faults(self._faults, x, labels, self._last, t0) if self._faults and n > 0 else None
+        if n > 0:
+            self._last = x[:, -1].copy()
+        if silent is not None:
+            x[silent] = np.nan
+            self._faults = [e for e in self._faults if e.end > t0 + n]
         self.step += n
-        names = np.array((NORMAL,) + KINDS)
-        return self._to_units(x), names[codes]
+        return self._to_units(x), labels
 
     def _apply(self, x: np.ndarray, lat: np.ndarray, eid: np.ndarray, t0: int) -> None:
         """Add each reading's anomaly to `x` in place (standardised units)."""
@@ -247,17 +288,18 @@ class SensorSimulator:
 # Assets of one kind (issue 28): the same 3 process factors drive every asset, but each asset runs
 # at its own operating point with a slightly different mix, so "normal" differs per asset. Trouble
 # kinds, magnitudes in units (1 unit = the typical std of one channel of one asset over time):
-FLEET_KINDS = ("setpoint", "foreign_point", "stuck", "ramp", "spike")  # the default trouble kinds
-FLEET_FLAG_KINDS = ("flatline", "silent")  # sensor-health flags (another issue): opt-in
-FLEET_ALL_KINDS = FLEET_KINDS + FLEET_FLAG_KINDS
+# The default trouble kinds: process trouble, and the sensor-health faults (HEALTH_KINDS: stuck,
+# flatline, silent; issue 30), every one of them since the health rules see the last three.
+FLEET_KINDS = ("setpoint", "foreign_point", "stuck", "ramp", "spike", "flatline", "silent")
+FLEET_ALL_KINDS = FLEET_KINDS
 FLEET_LABELLED = {  # labelled readings per event (also the readings it occupies: events never overlap)
     "setpoint": 60,  # the set point moves by 1.5 units on every channel and stays; first 60 labelled
     "foreign_point": 80,  # 80 readings at another asset's operating point
-    "stuck": 200,  # one channel holds its last value
+    "stuck": HEALTH_FAULT_LENGTH["stuck"],  # 200: one channel holds its last value
     "ramp": 300,  # one channel ramps to +1.0 unit, then is back (recalibrated)
     "spike": 1,  # an isolated 1.5-unit jump on one channel
-    "flatline": 200,  # every channel holds its last value
-    "silent": 120,  # no readings at all (NaN in the arrays, left out of messages and CSV rows)
+    "flatline": HEALTH_FAULT_LENGTH["flatline"],  # 200: every channel holds its last value
+    "silent": HEALTH_FAULT_LENGTH["silent"],  # 360: no readings (NaN in the arrays, left out of messages and CSV rows)
 }
 FLEET_MAGNITUDE = {"setpoint": 1.5, "ramp": 1.0, "spike": 1.5}
 
@@ -393,7 +435,8 @@ class FleetSimulator:
             while self._horizon[a] < until:
                 gap = int(rng.geometric(1.0 / (self._gap_mean + 1.0))) - 1
                 kind = self.kinds[int(rng.integers(len(self.kinds)))]
-                start = max(int(self._horizon[a]) + gap, self.step, int(self._busy[a]))
+                # after a scheduled event (busy) the gap counts from its end, not from before it
+                start = max(int(self._horizon[a]), self.step, int(self._busy[a])) + gap
                 if kind == "foreign_point" and self.assets < 2:
                     kind = "spike"
                 self.schedule(a, kind, start)
@@ -469,6 +512,46 @@ class FleetSimulator:
         self._pending = [e for e in self._pending if e.end > t0 + n]
         self.step += n
         return self.to_values(x), labels
+
+
+def _hold_faults(faults: list[FleetEvent], x: np.ndarray, labels: np.ndarray, last: np.ndarray | None,
+                 t0: int) -> np.ndarray:
+    """The classic simulator's health faults on readings [t0, t0 + n) in place: stuck / flatline
+    hold the reading before the fault, labels become the fault's kind. Returns the silent mask [S, n]."""
+    S, n = labels.shape
+    silent = np.zeros((S, n), dtype=bool)
+    for e in sorted(faults, key=lambda e: e.start):
+        a, lo, hi = e.asset, max(e.start - t0, 0), min(e.end - t0, n)
+        if lo >= hi:
+            continue
+        labels[a, lo:hi] = e.kind
+        if e.kind == "silent":
+            silent[a, lo:hi] = True
+            continue
+        if e.delta is None:  # the value held: the reading just before the fault
+            e.delta = (x[a, lo - 1] if lo > 0 else (last[a] if last is not None else x[a, 0])).copy()
+        chans = slice(None) if e.kind == "flatline" else e.channel
+        x[a, lo:hi, chans] = e.delta[chans]
+    return silent
+
+
+def schedule_health_faults(sim: SensorSimulator | FleetSimulator, kinds=HEALTH_KINDS,
+                           start: int = HEALTH_FAULT_START) -> list[FleetEvent]:
+    """One fault of each of `kinds` (stuck, flatline, silent) from step `start`, each on a sensor of
+    its own from the last sensor backwards (sim.sensor_ids[-1] gets the first kind); with fewer
+    sensors than kinds, a sensor's next fault follows its previous one 60 steps after it ends.
+    Before any reading of those sensors is generated (the fleet's random events then avoid them)."""
+    out: list[FleetEvent] = []
+    S = sim.sensors
+    free = {}  # sensor -> the first step free for its next fault
+    for i, kind in enumerate(kinds):
+        if kind not in HEALTH_KINDS:
+            raise ValueError(f"unknown health fault {kind!r}; choose from {', '.join(HEALTH_KINDS)}")
+        sensor = S - 1 - i % S
+        at = max(start, free.get(sensor, start))
+        out.append(sim.schedule(sensor, kind, at))
+        free[sensor] = at + HEALTH_FAULT_LENGTH[kind] + 60
+    return out
 
 
 # ---- producing to Kafka ---------------------------------------------------------------------
@@ -586,15 +669,17 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator | FleetSimul
                    count: int | None = None, duration: float | None = None, batch_size: int = 1,
                    stop: threading.Event | None = None, on_truth=None, start_ts: float | None = None,
                    values_as: str = "object", stats: ProduceStats | None = None,
-                   flush_timeout: float = 30.0, fmt: str = "json") -> ProduceStats:
+                   flush_timeout: float = 30.0, fmt: str = "json",
+                   on_unsent: Callable[[list[TruthRow]], None] | None = None) -> ProduceStats:
     """Stream the simulator to `topic` until `count` readings, `duration` seconds or `stop`.
 
     `rate` is total readings/s (0 = as fast as possible). Messages go out time-major (every sensor's
     next batch, then the next step). `ts` is wall-clock now at produce time (earlier readings of a
     batch are spaced back by the real per-sensor interval), or with `start_ts` the simulated event
     time `start_ts + step * simulator.interval`. `fmt` "frames" sends binary frames instead of
-    JSON (see `encode`). A fleet's silent readings are not sent (`count` counts them as
-    simulated). Returns `stats` (also updated live)."""
+    JSON (see `encode`). Silent readings (a health fault, either simulator) are not sent (`count`
+    counts them as simulated); `on_unsent` gets them as TruthRows with partition and offset -1
+    and the event time they would have had. Returns `stats` (also updated live)."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     stats = stats if stats is not None else ProduceStats()
@@ -604,13 +689,13 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator | FleetSimul
     rounds = max(1, 2000 // (S * b))  # steps per chunk, independent of timing -> deterministic
     spacing_ms = max(round(1000 * S / rate), 1) if rate > 0 else 1
     last_ms: dict[str, int] = {}  # per sensor: the last event time sent, in ms
-    silent_kind = isinstance(simulator, FleetSimulator)  # its silent readings are not sent
     t_start = time.monotonic()
     done = 0
     try:
         while not stop.is_set():
             step0 = simulator.step
             values, kinds = simulator.next_readings(rounds * b)
+            any_silent = bool((kinds == "silent").any())  # a silent sensor sends nothing for those steps
             for r in range(rounds):
                 for s in range(S):
                     if stop.is_set() or (count is not None and done >= count):
@@ -633,9 +718,12 @@ def produce_stream(producer, topic: str, simulator: SensorSimulator | FleetSimul
                     else:
                         ts = [start_ts + (step0 + r * b + i) * simulator.interval for i in range(n)]
                     vals, labels = values[s, sl], kinds[s, sl]
-                    if silent_kind:  # fleet mode: a silent sensor sends nothing for those steps
+                    if any_silent:
                         keep = labels != "silent"
                         if not keep.all():
+                            if on_unsent is not None:
+                                on_unsent([TruthRow(sid, iso_ts(t), "silent", topic, -1, -1, i)
+                                           for i, (t, k) in enumerate(zip(ts, keep)) if not k])
                             vals, labels, ts = vals[keep], labels[keep], [t for t, k in zip(ts, keep) if k]
                             if not len(labels):
                                 done += n

@@ -188,13 +188,14 @@ def test_a_fleet_streams_through_produce_stream_and_a_silent_sensor_sends_nothin
     sim.schedule(2, "spike", 12)
     rows: list = []
     prod = FakeProducer()
-    stats = produce_stream(prod, "t", sim, rate=0, count=3 * 200, on_truth=rows.extend, start_ts=1.7e9)
+    steps = FLEET_LABELLED["silent"] + 80
+    stats = produce_stream(prod, "t", sim, rate=0, count=3 * steps, on_truth=rows.extend, start_ts=1.7e9)
     silent = FLEET_LABELLED["silent"]
-    assert stats.readings == len(rows) == 3 * 200 - silent  # asked 200 steps of 3 assets
+    assert stats.readings == len(rows) == 3 * steps - silent  # asked `steps` steps of 3 assets
     assert "silent" not in {r.kind for r in rows}
     assert sum(r.kind == "spike" for r in rows) == 1
     sent_1 = [r for r in rows if r.sensor_id == "asset-001"]
-    assert len(sent_1) == 200 - silent
+    assert len(sent_1) == steps - silent
     obj = json.loads(prod.messages[0][2])
     assert set(obj["values"]) == {f"c{i}" for i in range(8)}
 

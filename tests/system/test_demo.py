@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
                         "--metrics-port", "0", "--quiet", "--classic"], capture_output=True, text=True, timeout=840)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
+    print(out[out.find("=== latentwatch demo summary"):])
     m = re.search(r"anomalies injected (\d+) \(events\), alerted (\d+): recall ([\d.]+)", out)
     assert m, out
     events, alerted, recall = int(m.group(1)), int(m.group(2)), float(m.group(3))
@@ -47,6 +48,16 @@ def test_demo_runs_end_to_end_finds_the_anomalies_and_cleans_up():
     scored = int(re.search(r"scored ([\d,]+), warming", out).group(1).replace(",", ""))
     warming = int(re.search(r"warming up ([\d,]+)", out).group(1).replace(",", ""))
     assert produced > 5000 and scored + warming == produced
+    # Sensor health (issue 30): the demo injects a stuck, a flatlined and a silent sensor; each
+    # opens a health episode of its own rule on its own sensor, reported beside the anomalies.
+    faults = {m.group(1): (m.group(2), m.group(3))
+              for m in re.finditer(r"^  fault (stuck|flatline|silent)\s+(\S+)\s+(caught|missed|too short)", out, re.M)}
+    assert set(faults) == {"stuck", "flatline", "silent"}, out
+    assert all(how == "caught" for _sensor, how in faults.values()), out
+    opened = re.search(r"^health episodes opened: (.*)$", out, re.M)
+    assert opened, out
+    for rule, (sensor, _how) in faults.items():
+        assert re.search(rf"\b{rule} \d+ \([^)]*\b{sensor}\b", opened.group(1)), out
     assert "precision" in out and "p99" in out and "broker stopped" in out
     assert "nanobind" not in r.stdout + r.stderr, "Triton's leak warnings bury the summary"
     assert out.rstrip().endswith("broker stopped")  # the summary is the last thing shown

@@ -191,6 +191,8 @@ def test_simulate_fleet_flag_errors_are_one_line(capsys):
     assert "--operating-point-change is for the classic simulator" in capsys.readouterr().err
     assert main(["simulate", "--fleet", "--topic", "t", "--kinds", "spike,level_shift", "--count", "1"]) == 2
     assert "unknown fleet trouble kinds ['level_shift']" in capsys.readouterr().err
+    assert main(["simulate", "--fleet", "--topic", "t", "--health-faults", "stuck,spike", "--count", "1"]) == 2
+    assert "--health-faults 'stuck,spike': give some of stuck, flatline, silent" in capsys.readouterr().err
 
 
 def test_the_demo_simulates_a_fleet_by_default_and_the_classic_one_on_request(monkeypatch):
@@ -201,13 +203,19 @@ def test_the_demo_simulates_a_fleet_by_default_and_the_classic_one_on_request(mo
     monkeypatch.setattr(live_demo, "main_demo", lambda opts, scenario=None: seen.append(opts) or 0)
     assert main(["demo", "--duration", "1"]) == 0
     assert seen[-1].fleet and seen[-1].fleet_kinds == live_demo.DEFAULT_FLEET_KINDS and seen[-1].anomaly_rate == 0.1
-    assert "stuck" not in seen[-1].fleet_kinds and set(seen[-1].fleet_kinds) <= set(FLEET_KINDS)
+    # issue 30: the health rules see stuck, flatlined and silent sensors, so the demo has them
+    assert seen[-1].fleet_kinds == FLEET_KINDS and {"stuck", "flatline", "silent"} <= set(FLEET_KINDS)
+    assert seen[-1].health_faults == ("stuck", "flatline", "silent")
     assert main(["demo", "--duration", "1", "--classic"]) == 0
     assert not seen[-1].fleet and seen[-1].kinds == live_demo.DEFAULT_KINDS
+    assert seen[-1].health_faults == ("stuck", "flatline", "silent")  # the classic demo has them too
+    assert main(["demo", "--duration", "1", "--health-faults", "none"]) == 0
+    assert seen[-1].health_faults == ()
     assert main(["demo", "--duration", "1", "--kinds", "all"]) == 0
     assert "silent" in seen[-1].fleet_kinds and "stuck" in seen[-1].fleet_kinds
     assert main(["demo", "--duration", "1", "--scenario", "drift"]) == 0
     assert not seen[-1].fleet  # the drift scenario moves the classic simulator's operating point
+    assert main(["demo", "--duration", "1", "--health-faults", "stuck,spike"]) == 2
 
 
 def test_the_training_scale_csv_has_exactly_n_rows_time_major(tmp_path):
@@ -220,3 +228,28 @@ def test_the_training_scale_csv_has_exactly_n_rows_time_major(tmp_path):
     ids = [line.split(",")[1] for line in lines[1:]]
     assert ids[:3] == ["asset-000", "asset-001", "asset-002"] and ids[32] == "asset-000"
     assert ids[-1] == "asset-007"  # 31 full steps of 32 assets, then 8 readings
+
+
+def test_the_harness_counts_health_episodes_per_injected_fault_and_false_ones_by_asset(tmp_path):
+    """bench/fleet.py's health figures (issue 30): a stuck / flatline event is caught by an episode
+    of its rule opened at one of its readings; a silence by one at its asset's first reading after
+    it; anything else is false, counted on clean assets and on the others."""
+    from types import SimpleNamespace
+
+    from latentwatch.bench.fleet import build_fleet, count_health
+
+    args = SimpleNamespace(assets=5, channels=8, seed=0, mix=0.2, spread=1.0, kinds="stuck,flatline,silent",
+                           per_kind=1, clean=2, train_per_asset=200, test_per_asset=1200, spikes_per_asset=1)
+    (tmp_path / "data").mkdir()
+    fleet = build_fleet(args, tmp_path / "data")
+    assert fleet["plan"] == ["clean", "stuck", "flatline", "silent", "clean"]
+    ev = {e.kind: e for e in fleet["sim"].events}
+    s = {k: e.start - 200 for k, e in ev.items()}
+    opens = [("stuck", 1, s["stuck"] + 29), ("flatline", 2, s["flatline"] + 29),
+             ("silent", 3, s["silent"] + FLEET_LABELLED["silent"]),  # at its first reading after the silence
+             ("stuck", 0, 50), ("silent", 2, 10), ("flatline", 1, s["stuck"] + 40)]  # false: clean, other, wrong rule
+    got = count_health(fleet, opens)
+    assert got["caught"] == {"stuck": [1, 1], "flatline": [1, 1], "silent": [1, 1]}
+    assert got["false"] == {"clean": {"stuck": 1, "flatline": 0, "silent": 0},
+                            "other": {"stuck": 0, "flatline": 1, "silent": 1}}
+    assert count_health(fleet, [("stuck", 1, s["stuck"] + 200)])["caught"]["stuck"] == [1, 0]  # after it: not caught

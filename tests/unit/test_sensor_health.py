@@ -133,3 +133,26 @@ def test_health_and_control_state_survive_the_changelog_record_and_older_records
         + state._HEAD.pack(-1, 0.0, 0, 0.0, 0.0, state._NONE, 0)
     entry, _ = state.unpack(v3)
     assert entry.health is None and entry.control is None and entry.valid_at == 9
+
+
+def test_a_file_sorted_by_sensor_is_not_silent_but_a_real_gap_in_it_is():
+    """`score` judges a file as one partition in row order; `train`'s CSVs (and bench/fleet.py's)
+    hold every sensor's readings one after another. The partition's newest event time is then
+    far past the second sensor's readings from its first one on, which opened (and closed) a
+    "silent" episode starting after the reading that closed it, at every reading of every sensor
+    after the first. A silence needs the sensor's own gap to exceed T too; a real gap is found
+    in either order."""
+    from latentwatch.detectors.health import judge
+
+    rule = HealthRule.fit(_normal(5_000), CH, silent_s=60.0)
+    n = 600
+    X = np.concatenate([_normal(n, seed=s) for s in range(3)])
+    ts = np.tile(np.arange(n, dtype=float), 3)
+    ids = np.repeat(["a", "b", "c"], n)
+    keep = ~((ids == "c") & (ts >= 200) & (ts < 400))  # c stops reporting for 200 s
+    X, ts, ids = X[keep], ts[keep], ids[keep]
+    by_sensor = [(e.event, e.rule, e.key, e.ts) for e in judge(rule, ids, X, ts)]
+    order = np.argsort(ts, kind="stable")
+    by_time = [(e.event, e.rule, e.key, e.ts) for e in judge(rule, ids[order], X[order], ts[order])]
+    assert by_time == [("open", "silent", "c", 259.0), ("close", "silent", "c", 400.0)]
+    assert by_sensor == by_time
