@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
     MockSchemaRegistryClient,
 )
@@ -19,7 +18,6 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from latentwatch.pipeline.decode import Decoder, Mapping, RegistryUnavailable, SchemaInput
-from latentwatch.pipeline.decode.wire import WireDecoder
 from latentwatch.pipeline.devtools.avro_readings import READING_V1, reading_v2
 from latentwatch.pipeline.kafka.registry import RegistryLookup
 
@@ -169,9 +167,3 @@ def test_json_schema_records_decode_through_the_registry(client):
     assert got.errors == [] and got.sensor_ids == ["j"]
     np.testing.assert_allclose(got.values, [[1.5, 2.5]])
 
-
-def test_protobuf_schemas_are_refused_with_one_clear_reason(client):
-    sid = client.register_schema("p-value", Schema('syntax = "proto3"; message R { string sensor_id = 1; }', "PROTOBUF"))
-    dec = WireDecoder(CHANNELS, RegistryLookup(client))
-    got = dec.decode_many([(struct.pack(">bI", 0, sid) + b"\x00\x0a\x01a", None)], now=T0)
-    assert got.errors[0][1].reason == "schema_mapping" and "PROTOBUF" in got.errors[0][1].detail
