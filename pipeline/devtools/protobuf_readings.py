@@ -91,6 +91,16 @@ class ProtobufReadings:
         self._serializer = ProtobufSerializer(self.cls, self.client, {"use.deprecated.format": False})
         self._ctx = SerializationContext(topic, MessageField.VALUE)
 
+    def register(self) -> int:
+        """Register the schema under `<topic>-value` now, as the serializer would at the first record
+        (base64 FileDescriptorProto: the same text, so the same id)."""
+        import base64
+
+        from confluent_kafka.schema_registry import Schema
+
+        text = base64.b64encode(self.cls.DESCRIPTOR.file.serialized_pb).decode()
+        return self.client.register_schema(f"{self._ctx.topic}-value", Schema(text, "PROTOBUF"))
+
     def __call__(self, sensor_id: str, ts: list[float], values, channels: list[str]) -> bytes:
         """simulate's encoder (`values` [n, channels])."""
         rows = [dict(zip(channels, map(float, r))) for r in values]

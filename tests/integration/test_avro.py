@@ -137,15 +137,15 @@ def test_a_wire_format_message_without_a_registry_is_a_dead_letter_and_the_rest_
     assert dict(dlq[0].headers())["lw-dlq-reason"] == b"unknown_schema"
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_simulate_format_avro_writes_wire_format_records_the_pipeline_decodes(
-        kafka_bootstrap, make_topic, registry_url, batch_size):
+@pytest.mark.parametrize("fmt,batch_size", [("avro", 1), ("avro", 4), ("protobuf", 1), ("protobuf", 4)])
+def test_simulate_format_avro_or_protobuf_writes_wire_format_records_the_pipeline_decodes(
+        kafka_bootstrap, make_topic, registry_url, fmt, batch_size):
     from latentwatch.pipeline.cli.main import main
     from latentwatch.pipeline.decode import Decoder, Mapping, SchemaInput
     from latentwatch.pipeline.kafka.registry import RegistryLookup
 
     topic = make_topic()
-    rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--format", "avro",
+    rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--format", fmt,
                "--schema-registry", registry_url, "--count", "40", "--sensors", "2", "--channels", "3",
                "--rate", "0", "--seed", "1", "--batch-size", str(batch_size)])
     assert rc == 0
@@ -155,6 +155,7 @@ def test_simulate_format_avro_writes_wire_format_records_the_pipeline_decodes(
     dec = Decoder(["ch0", "ch1", "ch2"], schemas=SchemaInput(lookup, Mapping()))
     got = dec.decode_many([(m.value(), m.key()) for m in msgs], time.time())
     assert got.errors == [] and int(got.counts.sum()) == 40 and set(got.sensor_ids) == {m.key().decode() for m in msgs}
+    assert lookup.get(int.from_bytes(msgs[0].value()[1:5], "big"))[0] == fmt.upper()
 
 
 def test_simulate_format_avro_without_a_registry_says_so_in_one_line(capsys, monkeypatch):
