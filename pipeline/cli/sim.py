@@ -10,7 +10,6 @@ import sys
 from latentwatch.pipeline.cli import outputs
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
 from latentwatch.pipeline.cli.signals import stop_on_signals
-from latentwatch.pipeline.config import mask_url
 from latentwatch.pipeline.errors import UserError
 
 
@@ -163,34 +162,18 @@ def _simulate(args) -> int:
 
 
 def _format(args):
-    """`--format` as `simulate.encode` takes it: a name, or a schema'd encoder (Avro or Protobuf through
-    the registry; its schema is registered here, so a wrong URL fails before anything is produced)."""
+    """`--format` as `simulate.encode` takes it: a name, or a schema'd encoder (simulate.schema_encoder)."""
     if args.format not in ("avro", "protobuf"):
         return args.format
     import os
+
+    from latentwatch.pipeline.devtools.simulate import schema_encoder
 
     url = args.schema_registry or os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL")
     if not url:
         raise UserError(f"--format {args.format} needs a Schema Registry: give --schema-registry URL "
                         "(or set LATENTWATCH_SCHEMA_REGISTRY__URL)")
-    try:
-        if args.format == "avro":
-            from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
-
-            enc = AvroReadings(url, args.topic, READING_V1 if args.batch_size == 1 else READINGS_V1)
-        else:
-            from latentwatch.pipeline.devtools.protobuf_readings import ProtobufReadings
-
-            enc = ProtobufReadings(url, args.topic, batch=args.batch_size > 1)
-    except ImportError as exc:
-        raise UserError(f"--format {args.format} needs the protobuf extra ({exc.name} is missing): "
-                        "pip install 'latentwatch[protobuf]'") from None
-    try:
-        enc.register()
-    except Exception as exc:  # noqa: BLE001 - the registry's or the network's error, as one line
-        raise UserError(f"cannot register the {args.format} schema at {mask_url(url)}: {type(exc).__name__}: "
-                        f"{str(exc)[:200]}") from None
-    return enc
+    return schema_encoder(args.format, url, args.topic, args.batch_size)
 
 
 def _summary(stats, topic: str) -> None:
