@@ -19,30 +19,19 @@ from tests.support.schema_streams import (
     CH,
     SCORED,
     as_json,
-    outcome,
     produce,
     readings,
     run_until_scored,
+    same_alerts_as_json,
 )
 from tests.support.stub_model import stub_model
 
 
 def test_avro_serializer_producer_gives_the_same_alerts_as_the_same_readings_in_json(
         kafka_bootstrap, make_topic, registry_url):
-    rs = readings(120)
-    json_topic, avro_topic = make_topic(), make_topic()
-    produce(kafka_bootstrap, json_topic, as_json(rs))
-    enc = AvroReadings(registry_url, avro_topic)  # auto-registers READING_V1 under <topic>-value
-    produce(kafka_bootstrap, avro_topic, [(s.encode(), enc.encode(s, ts, v)) for s, ts, v in rs])
-
-    s_json, _ = run_until_scored(kafka_bootstrap, json_topic, len(rs))
-    s_avro, m_avro = run_until_scored(kafka_bootstrap, avro_topic, len(rs), **{"schema_registry.url": registry_url})
-    alerts_json = read_topic(kafka_bootstrap, s_json.topics.alerts)
-    alerts_avro = read_topic(kafka_bootstrap, s_avro.topics.alerts)
-    assert len(alerts_avro) >= 7  # 120 // 17 anomalies, plus episode events
-    assert outcome(alerts_avro) == outcome(alerts_json)
-    assert sum(counter(m_avro, "latentwatch_dead_letters_total", reason=r) for r in
-               ("unknown_schema", "undecodable", "schema_mapping", "schema")) == 0
+    # AvroReadings auto-registers READING_V1 under <topic>-value
+    alerts_avro = same_alerts_as_json(kafka_bootstrap, make_topic, registry_url,
+                                      lambda topic: AvroReadings(registry_url, topic).encode)
     kinds = set()
     for m in alerts_avro:  # CloudEvents on every alert and episode record
         h = check_binding(m.headers(), json.loads(m.value()))

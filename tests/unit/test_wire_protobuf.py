@@ -193,3 +193,16 @@ def test_a_timestamp_not_set_is_no_time_not_1970(client):
     msg.values.update({"temp": 1.0, "pressure": 2.0})
     got = decoder(client)[0].decode_many([(serializer(client, cls)(msg), None)], now=T0 + 1)
     assert [e.reason for _, e in got.errors] == ["schema"] and "ts" in got.errors[0][1].detail
+
+
+def test_registry_unreachable_is_the_same_transient_fault_as_for_avro(client):
+    from latentwatch.pipeline.decode import RegistryUnavailable
+
+    cls = message_classes()[f"{PACKAGE}.Reading"]
+    msg = serializer(client, cls)(reading(cls, "a", T0, {"temp": 1.0, "pressure": 2.0}))
+    dec, lookup = decoder(client)
+    lookup.down = True
+    with pytest.raises(RegistryUnavailable):
+        dec.decode_many([(msg, None)], now=T0 + 1)
+    lookup.down = False  # back: the same message decodes
+    assert dec.decode_many([(msg, None)], now=T0 + 1).errors == []
