@@ -14,7 +14,9 @@ The schema comes from the registry in one of two forms, and both are read:
   `grpcio-tools` wheel (the `latentwatch[protobuf]` extra), in a subprocess, once per schema id.
   The whole language is read as protoc reads it (enums, oneofs, options, nested messages, the
   well-known types' imports), not a subset; protoc's first error line is what a refusal says.
-Imports of schemas that are neither well-known types nor in the text are not fetched (a refusal).
+Imports: the well-known types (google/protobuf/*.proto) come with the packages; other schemas a
+schema imports are its registry *references*, fetched once with it (kafka/registry.py), in
+either form.
 
 The message classes come from `google.protobuf.message_factory.GetMessageClass` over a private
 descriptor pool per schema id. `record_reader` turns a parsed message into the dict wire.py maps
@@ -104,8 +106,12 @@ def _as_descriptor_proto(text: str):
     return fdp if fdp.message_type else None
 
 
-def compile_proto(text: str, name: str = "schema.proto") -> list:
-    """.proto text -> its FileDescriptorProtos, imports first (protoc from grpcio-tools)."""
+MAIN = "lw-registry-schema.proto"  # the file name a .proto text schema is compiled under
+
+
+def compile_proto(texts: dict[str, str], given: list | tuple = ()) -> list:
+    """.proto texts by file name -> their FileDescriptorProtos and their imports' (protoc from
+    grpcio-tools); `given`: FileDescriptorProtos they may import (base64 references)."""
     from google.protobuf import descriptor_pb2
 
     try:
@@ -115,50 +121,105 @@ def compile_proto(text: str, name: str = "schema.proto") -> list:
                           "(grpcio-tools)") from None
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")  # the well-known types
     with tempfile.TemporaryDirectory(prefix="lw-proto-") as tmp:
-        with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-            f.write(text)
+        src = os.path.join(tmp, "src")
+        for name, text in texts.items():
+            path = os.path.realpath(os.path.join(src, name))
+            if not path.startswith(src + os.sep):
+                raise SchemaError(f"import name {name!r} leaves the schema's folder")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        args = [f"-I{src}", f"-I{include}"]
+        if given:
+            with open(os.path.join(tmp, "given.pb"), "wb") as f:
+                f.write(descriptor_pb2.FileDescriptorSet(file=list(given)).SerializeToString())
+            args.append(f"--descriptor_set_in={os.path.join(tmp, 'given.pb')}")
         out = os.path.join(tmp, "set.pb")
         env = dict(os.environ, GRPC_PYTHON_DISABLE_DYNAMIC_STUBS="1")
         try:
-            done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp}", f"-I{include}",
-                                   "--include_imports", f"--descriptor_set_out={out}", name],
-                                  check=False, capture_output=True, text=True, timeout=PROTOC_TIMEOUT_S,
-                                  env=env, cwd=tmp)
+            done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args, "--include_imports",
+                                   f"--descriptor_set_out={out}", *texts], check=False, capture_output=True,
+                                  text=True, timeout=PROTOC_TIMEOUT_S, env=env, cwd=src)
         except subprocess.TimeoutExpired:
             raise SchemaError(f"protoc took more than {PROTOC_TIMEOUT_S:.0f} s") from None
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["protoc failed"])[0]
-            raise SchemaError(f".proto text not readable: {first.replace(tmp + os.sep, '')}")
+            raise SchemaError(f".proto text not readable: {first.replace(src + os.sep, '')}")
         with open(out, "rb") as f:
             return list(descriptor_pb2.FileDescriptorSet.FromString(f.read()).file)
 
 
-class ProtoSchema:
-    """One registry schema: its file in a private descriptor pool, message classes by index path."""
+def _well_known(name: str):
+    """The FileDescriptorProto of a google/protobuf/*.proto import the protobuf package ships; None if not."""
+    import importlib
 
-    def __init__(self, text: str):
+    from google.protobuf import descriptor_pb2
+
+    if not name.startswith("google/protobuf/") or not name.endswith(".proto"):
+        return None
+    try:
+        module = importlib.import_module("google.protobuf." + name[len("google/protobuf/"):-6].replace("/", ".") + "_pb2")
+    except ImportError:
+        return None
+    return descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+
+
+class ProtoSchema:
+    """One registry schema: its file (and what it imports) in a private descriptor pool, message
+    descriptors by index path. `imports`: the schemas its references name, {import name: text}."""
+
+    def __init__(self, text: str, imports: dict[str, str] | None = None):
         try:
-            from google.protobuf import descriptor_pool, timestamp_pb2
+            from google.protobuf import descriptor_pool
         except ImportError:
             raise SchemaError("Protobuf input needs the protobuf package: pip install 'latentwatch[protobuf]'") from None
-        fdp = _as_descriptor_proto(text)
-        files = [fdp] if fdp is not None else compile_proto(text)
+        binary, texts = [], {}
+        for name, body in (imports or {}).items():
+            fdp = _as_descriptor_proto(body)
+            if fdp is None:
+                texts[name] = body
+            else:
+                fdp.name = name  # what the importing file's `dependency` says
+                binary.append(fdp)
+        main = _as_descriptor_proto(text)
+        if main is None:
+            texts[MAIN] = text
+        else:
+            binary.append(main)
+        files = {f.name: f for f in binary}
+        if texts:
+            files.update((f.name, f) for f in compile_proto(texts, binary) if f.name not in files)
         self.pool = descriptor_pool.DescriptorPool()
-        names = {f.name for f in files}
-        if timestamp_pb2.DESCRIPTOR.name not in names:  # a base64 schema names its imports only
-            self.pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+        done: set[str] = set()
+
+        def add(name: str) -> None:
+            if name in done:
+                return
+            f = files.get(name) or _well_known(name)
+            if f is None:
+                raise SchemaError(f"it imports {name!r}, which neither its references nor the well-known types give")
+            for dep in f.dependency:
+                add(dep)
+            self.pool.Add(f)
+            done.add(name)
+
+        main_name = MAIN if main is None else main.name
         try:
-            for f in files:
-                self.pool.Add(f)
-            self.file = self.pool.FindFileByName(files[-1].name)
-        except Exception as exc:  # noqa: BLE001 - an import we do not have, a type it cannot resolve
+            add(main_name)
+            self.file = self.pool.FindFileByName(main_name)
+        except SchemaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a type it cannot resolve, a clash of names
             raise SchemaError(f"schema not usable: {type(exc).__name__}: {exc}"[:250]) from None
-        if not self.file.message_types_by_name:
+        proto = files[main_name]  # its messages in declaration order: what message indexes count
+        prefix = f"{proto.package}." if proto.package else ""
+        self.top = [self.pool.FindMessageTypeByName(prefix + m.name) for m in proto.message_type]
+        if not self.top:
             raise SchemaError("the schema has no message")
 
     def message(self, indexes: list[int]):
         """The Descriptor an index path names; ValueError when there is none."""
-        types = self.file.message_types_by_name.values()
+        types = self.top
         desc = None
         for i in indexes:
             types = list(types)

@@ -67,7 +67,8 @@ class SchemaNotFound(Exception):
 
 class SchemaLookup(Protocol):
     def get(self, schema_id: int) -> tuple[str, str]:
-        """(schema type: AVRO, JSON or PROTOBUF, schema text); raises SchemaNotFound or RegistryUnavailable."""
+        """(schema type: AVRO, JSON or PROTOBUF, schema text); raises SchemaNotFound or RegistryUnavailable.
+        A lookup may also have `imports(schema_id) -> {import name: schema text}` (Protobuf references)."""
 
 
 @dataclass(frozen=True)
@@ -153,17 +154,22 @@ class WireDecoder:
             refusal = self._check(where, props) if isinstance(props, dict) else None
             return _Reader(None if refusal else orjson.loads, refusal, frozenset(props or ()))
         if kind == "PROTOBUF":
-            return self._protobuf(where, text)
+            return self._protobuf(schema_id, where, text)
         return _Reader(None, ContractError("schema_mapping", f"{where}: {kind} input is not supported "
                                            "(Avro, JSON Schema and Protobuf are)"))
 
-    def _protobuf(self, where: str, text: str) -> _Reader:
-        """A Protobuf schema: its message types are looked up, checked and given a reader at the first
-        payload naming each (message indexes); a message type that cannot give a reading is refused."""
+    def _protobuf(self, schema_id: int, where: str, text: str) -> _Reader:
+        """A Protobuf schema (with the schemas it imports: its references, RegistryUnavailable passes
+        through): its message types are looked up, checked and given a reader at the first payload
+        naming each (message indexes); a message type that cannot give a reading is refused."""
         from latentwatch.pipeline.decode import protobuf as pb
 
+        imports = getattr(self.lookup, "imports", None)
         try:
-            schema = pb.ProtoSchema(text)
+            schema = pb.ProtoSchema(text, imports(schema_id) if imports else None)
+        except SchemaNotFound as exc:
+            return _Reader(None, ContractError("schema_mapping", f"{where}: a schema it references is not in the "
+                                               f"registry: {exc}"[:300]))
         except pb.SchemaError as exc:
             return _Reader(None, ContractError("schema_mapping", f"{where}: {exc}"[:300]))
         m = self.mapping

@@ -206,3 +206,70 @@ def test_registry_unreachable_is_the_same_transient_fault_as_for_avro(client):
         dec.decode_many([(msg, None)], now=T0 + 1)
     lookup.down = False  # back: the same message decodes
     assert dec.decode_many([(msg, None)], now=T0 + 1).errors == []
+
+
+COMMON_PROTO = """syntax = "proto3";
+package acme.common;
+message Channels { double temp = 1; double pressure = 2; string unit = 3; }
+"""
+MAIN_PROTO = """syntax = "proto3";
+package acme.main;
+import "acme/common.proto";
+import "google/protobuf/timestamp.proto";
+message Reading { string sensor_id = 1; google.protobuf.Timestamp ts = 2; acme.common.Channels values = 3; }
+"""
+
+
+def test_a_text_schema_importing_another_registered_schema_by_reference_channels_in_a_nested_message(client):
+    from confluent_kafka.schema_registry import SchemaReference
+
+    client.register_schema("acme-common", Schema(COMMON_PROTO, "PROTOBUF"))
+    sid = client.register_schema("main-value", Schema(MAIN_PROTO, "PROTOBUF", [
+        SchemaReference("acme/common.proto", "acme-common", 1)]))
+    from latentwatch.pipeline.decode.protobuf import ProtoSchema, message_class
+
+    Reading = message_class(ProtoSchema(MAIN_PROTO, {"acme/common.proto": COMMON_PROTO}).message([0]))
+    msg = Reading(sensor_id="r")
+    msg.ts.FromMilliseconds(int(T0 * 1000))
+    msg.values.temp, msg.values.pressure = 4.0, 5.0
+    got = Decoder(CHANNELS, schemas=SchemaInput(RegistryLookup(client), Mapping())).decode_many(
+        [(_wire(sid, [0], msg), None)], now=T0 + 1)
+    assert got.errors == []
+    np.testing.assert_allclose(got.values, [[4.0, 5.0]])
+
+
+def test_protobuf_serializer_registers_an_imported_file_as_a_reference_and_it_is_read_back(client):
+    from google.protobuf import descriptor_pb2, descriptor_pool, timestamp_pb2
+    from google.protobuf.message_factory import GetMessageClass
+
+    F = descriptor_pb2.FieldDescriptorProto
+    dep = descriptor_pb2.FileDescriptorProto(name="acme/ch.proto", package="acme.ch", syntax="proto3")
+    ch = dep.message_type.add(name="Channels")
+    ch.field.add(name="temp", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    ch.field.add(name="pressure", number=2, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    main = descriptor_pb2.FileDescriptorProto(name="acme/r.proto", package="acme.r", syntax="proto3",
+                                              dependency=["acme/ch.proto", "google/protobuf/timestamp.proto"])
+    r = main.message_type.add(name="R")
+    r.field.add(name="sensor_id", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    r.field.add(name="ts", number=2, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp", label=F.LABEL_OPTIONAL)
+    r.field.add(name="values", number=3, type=F.TYPE_MESSAGE, type_name=".acme.ch.Channels", label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(dep)
+    pool.Add(main)
+    R = GetMessageClass(pool.FindMessageTypeByName("acme.r.R"))
+    msg = R(sensor_id="x")
+    msg.ts.FromMilliseconds(int(T0 * 1000))
+    msg.values.temp, msg.values.pressure = 6.0, 7.0
+    data = serializer(client, R)(msg)
+    sid = int.from_bytes(data[1:5], "big")
+    assert [ref.name for ref in client.get_schema(sid).references] == ["acme/ch.proto"]
+    got = Decoder(CHANNELS, schemas=SchemaInput(RegistryLookup(client), Mapping())).decode_many([(data, None)], now=T0 + 1)
+    assert got.errors == []
+    np.testing.assert_allclose(got.values, [[6.0, 7.0]])
+
+
+def test_a_text_schema_importing_what_nobody_gives_is_refused_naming_the_import(client):
+    sid = client.register_schema("lonely-value", Schema(MAIN_PROTO, "PROTOBUF"))
+    got = decoder(client)[0].decode_many([(struct.pack(">bI", 0, sid) + b"\x00", None)], now=T0 + 1)
+    assert got.errors[0][1].reason == "schema_mapping" and "acme/common.proto" in got.errors[0][1].detail
