@@ -21,22 +21,11 @@ from latentwatch.pipeline.decode import Decoder, Mapping, RegistryUnavailable, S
 from latentwatch.pipeline.devtools.avro_readings import READING_V1, reading_v2
 from latentwatch.pipeline.kafka.registry import RegistryLookup
 
+from tests.support.registry import Counting
+
 CHANNELS = ["temp", "pressure"]
 T0 = 1_780_000_000.0
 CTX = SerializationContext("readings", MessageField.VALUE)
-
-
-class Counting:
-    """A lookup that counts what it is asked, and can be switched off (an outage)."""
-
-    def __init__(self, inner):
-        self.inner, self.asked, self.down = inner, [], False
-
-    def get(self, schema_id):
-        if self.down:
-            raise RegistryUnavailable("connection refused")
-        self.asked.append(schema_id)
-        return self.inner.get(schema_id)
 
 
 @pytest.fixture

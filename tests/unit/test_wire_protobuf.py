@@ -22,7 +22,7 @@ from latentwatch.pipeline.decode.protobuf import encode_indexes, read_indexes
 from latentwatch.pipeline.devtools.protobuf_readings import PACKAGE, message_classes
 from latentwatch.pipeline.kafka.registry import RegistryLookup
 
-from tests.unit.test_wire import Counting
+from tests.support.registry import Counting
 
 CHANNELS = ["temp", "pressure"]
 T0 = 1_780_000_000.0
