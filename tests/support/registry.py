@@ -66,3 +66,25 @@ class Counting:
             raise RegistryUnavailable("connection refused")
         self.asked.append(schema_id)
         return self.inner.get(schema_id)
+
+
+@pytest.fixture
+def mock_sr():
+    """confluent-kafka's in-process MockSchemaRegistryClient, a fresh one per test: for unit tests
+    only (it checks no compatibility)."""
+    import time
+
+    from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
+        MockSchemaRegistryClient,
+    )
+
+    return MockSchemaRegistryClient({"url": f"mock://{time.monotonic_ns()}"})
+
+
+def counting_decoder(client, channels, mapping=None):
+    """(a Decoder of schema'd input through `client`, its Counting lookup)."""
+    from latentwatch.pipeline.decode import Decoder, Mapping, SchemaInput
+    from latentwatch.pipeline.kafka.registry import RegistryLookup
+
+    lookup = Counting(RegistryLookup(client))
+    return Decoder(channels, schemas=SchemaInput(lookup, mapping or Mapping())), lookup
