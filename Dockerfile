@@ -17,7 +17,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.2"
 
 # Then the package (what is copied is limited by .dockerignore).
 COPY . /app
-RUN pip install /app \
+RUN pip install "/app[protobuf]" \
     && useradd --create-home --uid 10001 latentwatch \
     && mkdir -p /models \
     && chown latentwatch /models

@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 $(BIN)/latentwatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,report]'
+	$(BIN)/pip install -q -e '.[dev,report,protobuf]'
 	@touch $@
 
 setup: $(BIN)/latentwatch

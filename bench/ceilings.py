@@ -65,7 +65,7 @@ def consume_rate(cluster: Settings, topic: str, ends: dict[int, int], readings_p
 
 
 def _schemas():
-    """Schema'd input as the pipeline reads it, when the bench runs a registry (the avro workload)."""
+    """Schema'd input as the pipeline reads it, when the bench runs a registry (the avro and protobuf workloads)."""
     import os
 
     if not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny smoke run (20k readings, short latency run)")
     p.add_argument("--workloads", default="single,batch,frames",
                    help="comma-separated: single, batch (JSON), frames (binary Arrow frames of --batch-readings), "
-                        "avro (single-reading Avro records through a registry the bench starts) (default the first three)")
+                        "avro, protobuf (single-reading Avro / Protobuf records through a registry the bench starts) "
+                        "(default the first three)")
     p.add_argument("--channels", type=int, default=16, help="channels per reading, 8-32 (default 16)")
     p.add_argument("--sensors", type=int, default=64, help="sensors (message keys) (default 64)")
     p.add_argument("--batch-readings", type=int, default=250,
@@ -170,12 +171,12 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
            "targets": summary.TARGETS, "workloads": {}}
     models = [args.model_kind] if args.model_kind else [m.strip() for m in args.models.split(",") if m.strip()]
     res["models"] = {}
-    # avro: single-reading Avro records (the Confluent wire format through a real registry, started
-    # here): beside `single`, the same readings as JSON messages.
-    shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings, "avro": 1}
+    # avro, protobuf: single-reading Avro / Protobuf records (the Confluent wire format through a real
+    # registry, started here): beside `single`, the same readings as JSON messages.
+    shapes = {"single": 1, "batch": args.batch_readings, "frames": args.batch_readings, "avro": 1, "protobuf": 1}
     workloads: dict = {}
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    if "avro" in names and not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):
+    if {"avro", "protobuf"} & set(names) and not os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL"):
         from latentwatch.pipeline.devtools.local_registry import LocalRegistry
 
         registry = LocalRegistry(work / "registry")
@@ -184,7 +185,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
         log(f"schema registry on {os.environ['LATENTWATCH_SCHEMA_REGISTRY__URL']}")
     for name in names:
         per = shapes[name]
-        fmt = name if name in ("frames", "avro") else "json"
+        fmt = name if name in ("frames", "avro", "protobuf") else "json"
         w = Workload(name, per, args.channels, args.sensors, args.readings // per * per, format=fmt)
         log(f"{name}: producing {w.readings:,} readings ({per} per message) to 8 partitions")
         produce(cluster, w)
@@ -246,7 +247,7 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
                                 env=env, max_wait_ms=args.max_wait_ms)
                 out.setdefault("scale", []).append(row)
                 log(f"{name}: {n} process(es) {row['readings_per_s'] or 0:,.0f} readings/s")
-            if "naive" not in skip and det.window == 1:
+            if "naive" not in skip and det.window == 1 and fmt in ("json", "frames"):  # it reads no schema'd records
                 log(f"{name}: naive baseline on the first {args.naive_readings:,} readings "
                     f"(at most {args.naive_seconds:.0f} s)")
                 alerts = unique("naive-alerts")

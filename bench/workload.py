@@ -112,8 +112,8 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
     if fmt == "frames":
         yield from _encode_frames(sim, n_readings, per_message, step0)
         return
-    if fmt == "avro":
-        yield from _encode_avro(sim, n_readings, per_message, step0)
+    if fmt in ("avro", "protobuf"):
+        yield from _encode_schemad(sim, n_readings, per_message, step0, fmt)
         return
     names = sim.channel_names
     S = sim.sensors
@@ -140,16 +140,15 @@ def encode_messages(sim: SensorSimulator, n_readings: int, per_message: int, ste
         step += chunk_steps
 
 
-def _encode_avro(sim: SensorSimulator, n_readings: int, per_message: int, step0: int):
-    """The JSON workload's readings as Avro records in the Confluent wire format (READING_V1 /
-    READINGS_V1 through the registry at $LATENTWATCH_SCHEMA_REGISTRY__URL), as `simulate --format avro`."""
+def _encode_schemad(sim: SensorSimulator, n_readings: int, per_message: int, step0: int, fmt: str):
+    """The JSON workload's readings as Avro or Protobuf records in the Confluent wire format (through
+    the registry at $LATENTWATCH_SCHEMA_REGISTRY__URL), as `simulate --format avro|protobuf`."""
     import os
 
-    from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
+    from latentwatch.pipeline.devtools.simulate import schema_encoder
     from latentwatch.pipeline.times import parse_time
 
-    enc = AvroReadings(os.environ["LATENTWATCH_SCHEMA_REGISTRY__URL"], "latentwatch-bench",
-                       READING_V1 if per_message == 1 else READINGS_V1)
+    enc = schema_encoder(fmt, os.environ["LATENTWATCH_SCHEMA_REGISTRY__URL"], f"latentwatch-bench-{fmt}", per_message)
     names = sim.channel_names
     for key, value, k in encode_messages(sim, n_readings, per_message, step0, fmt="json"):
         obj = json.loads(value)

@@ -214,10 +214,11 @@ class InputMapping(BaseModel):
 
     sensor_id: str = Field("sensor_id", description="field with the sensor id (else the message key)")
     time: str = Field("ts", description="field with the event time: Avro timestamp-millis/-micros, "
-                      "ISO-8601 string, or a number in time_unit")
+                      "Protobuf google.protobuf.Timestamp, ISO-8601 string, or a number in time_unit")
     time_unit: Literal["s", "ms", "us"] = Field("s", description="unit of a plain-number event time")
     channels: str | None = Field("values", description="field holding the channels (map, array in the "
-                                 "model's order, or record); null or absent: top-level fields named like them")
+                                 "model's order, or record / nested message); null or absent: top-level fields "
+                                 "named like them")
     rename: dict[str, str] = Field(default_factory=dict, description="model channel -> field name")
 
 

@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="port of /metrics (default 9464; a free one if taken)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quiet", action="store_true", help="no per-alert lines")
+    p.add_argument("--format", choices=["json", "avro", "protobuf"], default="json",
+                   help="what the simulated sensors write: the JSON contract (default), or Avro / Protobuf records "
+                        "in the Confluent wire format through a local schema registry the demo starts "
+                        "(Apicurio, needs Java; docs/schemas.md)")
     p.set_defaults(func=_demo)
 
 
@@ -76,6 +80,8 @@ def _demo(args) -> int:
         raise UserError("--duration must be positive")
     if args.phase < 5:
         raise UserError("--phase must be at least 5 seconds (the drift metric needs readings to compare)")
+    if args.format != "json" and args.scenario == "drift":
+        raise UserError(f"--format {args.format} is for the anomalies scenario; the drift scenario writes JSON")
     settings = connection_settings(args, local_fallback=False)
     kafka = settings.kafka if bootstrap_configured(settings) else None
     opts = DemoOptions(kafka=kafka, duration=args.duration, rate=args.rate, sensors=args.sensors,
@@ -85,7 +91,7 @@ def _demo(args) -> int:
                        fleet_kinds=kinds if fleet else DEFAULT_FLEET_KINDS, window=args.window,
                        health_faults=faults if args.scenario == "anomalies" else (),
                        epochs=args.epochs, metrics_port=args.metrics_port, seed=args.seed, quiet=args.quiet,
-                       scenario=args.scenario, phase=args.phase)
+                       scenario=args.scenario, phase=args.phase, format=args.format)
     if args.scenario == "drift":
         from latentwatch.pipeline.devtools.drift_demo import run_drift
 

@@ -10,7 +10,6 @@ import sys
 from latentwatch.pipeline.cli import outputs
 from latentwatch.pipeline.cli.connection import add_connection_flags, connection_settings
 from latentwatch.pipeline.cli.signals import stop_on_signals
-from latentwatch.pipeline.config import mask_url
 from latentwatch.pipeline.errors import UserError
 
 
@@ -49,12 +48,12 @@ def _kafka_flags(p: argparse.ArgumentParser) -> None:
     add_connection_flags(p)
     p.add_argument("--batch-size", type=int, default=1,
                    help="readings per message; 1 = single-reading messages (default: %(default)s)")
-    p.add_argument("--format", choices=["json", "frames", "avro"], default="json",
+    p.add_argument("--format", choices=["json", "frames", "avro", "protobuf"], default="json",
                    help="message format: the JSON contract, binary frames (Apache Arrow IPC stream, one "
-                        "per --batch-size readings of a sensor; see README), or Avro in the Confluent wire "
-                        "format through --schema-registry (docs/schemas.md) (default: %(default)s)")
+                        "per --batch-size readings of a sensor; see README), or Avro / Protobuf in the "
+                        "Confluent wire format through --schema-registry (docs/schemas.md) (default: %(default)s)")
     p.add_argument("--schema-registry", metavar="URL", default=None,
-                   help="Schema Registry URL for --format avro (default: $LATENTWATCH_SCHEMA_REGISTRY__URL)")
+                   help="Schema Registry URL for --format avro|protobuf (default: $LATENTWATCH_SCHEMA_REGISTRY__URL)")
     p.add_argument("--truth-csv", metavar="PATH", default=None,
                    help="also write the delivered ground truth: sensor_id,ts,kind,topic,partition,offset,index")
 
@@ -176,29 +175,18 @@ def _simulate(args) -> int:
 
 
 def _format(args):
-    """`--format` as `simulate.encode` takes it: a name, or the Avro encoder (registers its schema)."""
-    if args.format != "avro":
+    """`--format` as `simulate.encode` takes it: a name, or a schema'd encoder (simulate.schema_encoder)."""
+    if args.format not in ("avro", "protobuf"):
         return args.format
     import os
 
-    from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
+    from latentwatch.pipeline.devtools.simulate import schema_encoder
 
     url = args.schema_registry or os.environ.get("LATENTWATCH_SCHEMA_REGISTRY__URL")
     if not url:
-        raise UserError("--format avro needs a Schema Registry: give --schema-registry URL "
+        raise UserError(f"--format {args.format} needs a Schema Registry: give --schema-registry URL "
                         "(or set LATENTWATCH_SCHEMA_REGISTRY__URL)")
-    import json
-
-    from confluent_kafka.schema_registry import Schema
-
-    schema = READING_V1 if args.batch_size == 1 else READINGS_V1
-    try:
-        enc = AvroReadings(url, args.topic, schema)
-        enc.client.register_schema(f"{args.topic}-value", Schema(json.dumps(schema), "AVRO"))  # a bad URL fails here
-    except Exception as exc:  # noqa: BLE001 - the registry's or the network's error, as one line
-        raise UserError(f"cannot register the Avro schema at {mask_url(url)}: {type(exc).__name__}: "
-                        f"{str(exc)[:200]}") from None
-    return enc
+    return schema_encoder(args.format, url, args.topic, args.batch_size)
 
 
 def _summary(stats, topic: str) -> None:

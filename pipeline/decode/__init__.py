@@ -7,7 +7,8 @@ the reason a message is dead-lettered.
 | `jsonmsg.py` | the JSON contract: `JsonDecoder`, `parse_ts`, `json_schemas` |
 | `frames.py` | the binary frame contract: `FrameDecoder`, `encode_frame` |
 | `arrow_ipc.py` | a bounds-checked reader of Arrow IPC messages (for `frames.py`) |
-| `wire.py` | schema'd input (Avro, JSON Schema) in the Confluent wire format: `WireDecoder`, `Mapping` |
+| `wire.py` | schema'd input (Avro, JSON Schema, Protobuf) in the Confluent wire format: `WireDecoder`, `Mapping` |
+| `protobuf.py` | Protobuf for `wire.py`: message indexes, descriptors from the registry's schema (base64 or .proto text via protoc), records |
 | `decoder.py` | `Decoder`: tells frames, wire-format records and JSON apart and decodes a micro-batch of all |
 
 Imports go one way, batch <- arrow_ipc <- frames, batch <- jsonmsg, all <- decoder; nothing here

@@ -33,7 +33,7 @@ DEAD_LETTER_REASONS = (
     # Schema'd input in the Confluent wire format (decode/wire.py) only.
     "unknown_schema",  # a schema id the registry does not have (or no registry configured)
     "undecodable",  # a payload its own schema does not read (truncated, bytes left over)
-    "schema_mapping",  # a schema whose fields cannot give a reading (names the field), or Protobuf
+    "schema_mapping",  # a schema whose fields cannot give a reading (names the field), or not readable
     # The control topic (pipeline/control.py) only.
     "control_invalid",  # not a command: unknown command, no sensor id, who or why missing, bad times
     # Model groups (pipeline/groups.py, docs/groups.md) with `groups_fallback: none` only.

@@ -1,16 +1,18 @@
-"""Schema'd input: Avro and JSON Schema records in the Confluent wire format, decoded through a
-Schema Registry.
+"""Schema'd input: Avro, JSON Schema and Protobuf records in the Confluent wire format, decoded
+through a Schema Registry.
 
 On the wire: byte 0 is 0 (the magic byte; JSON starts with `{`, frames with `FF FF FF FF`),
-bytes 1-4 the schema id (big-endian), then the Avro binary or the JSON text. The registry is
-reached through a `SchemaLookup` (pipeline/kafka/registry.py: confluent-kafka's
-SchemaRegistryClient), asked once per schema id: an id seen once is never asked again.
+bytes 1-4 the schema id (big-endian), then the Avro binary, the JSON text, or the Protobuf
+message indexes and payload. The registry is reached through a `SchemaLookup`
+(pipeline/kafka/registry.py: confluent-kafka's SchemaRegistryClient), asked once per schema id: an
+id seen once is never asked again.
 
 `Mapping` says which fields give a reading: the sensor id (else the message key), the event time
-(Avro `timestamp-millis`/`-micros`, an ISO-8601 string, or a number in `time_unit`), and the
-channels, one of:
-- a field holding a map (by channel name), an array (in the model's channel order) or a record
-  (fields named like the channels): `channels: values`, the default, as in our JSON contract;
+(Avro `timestamp-millis`/`-micros`, a Protobuf `Timestamp`, an ISO-8601 string, or a number in
+`time_unit`), and the channels, one of:
+- a field holding a map (by channel name), an array (in the model's channel order) or a record /
+  nested message (fields named like the channels): `channels: values`, the default, as in our
+  JSON contract;
 - top-level fields named like the model's channels (`channels: null`, or no such field);
 `rename` maps a model channel to another field name. A record with a `readings` array of
 {ts, values} records carries several readings, as the JSON contract's batch form.
@@ -23,7 +25,9 @@ What goes wrong, and what follows:
 - a payload its schema does not read (truncated, bytes left over, bad JSON): `undecodable`;
 - a schema that cannot give the model's channels (or a sensor id, or an event time):
   `schema_mapping`, naming the field, at the first message of that schema id;
-- a schema type we do not read (Protobuf, for now: docs/schemas.md says why): `schema_mapping` saying so.
+- a Protobuf schema that cannot be read (protoc's error, or the `protobuf` extra not installed):
+  `schema_mapping` saying so. Protobuf payloads carry message indexes (decode/protobuf.py): each
+  message type of a schema is checked, and read, on its own.
 Values and times then follow the JSON contract's checks (non_finite, bad_timestamp, late ...).
 """
 
@@ -46,6 +50,7 @@ from latentwatch.pipeline.decode.batch import (
     DecodedBatch,
     check_sensor_id,
 )
+from latentwatch.pipeline.decode.protobuf import Instant
 from latentwatch.pipeline.times import parse_time
 
 MAGIC = 0
@@ -63,7 +68,8 @@ class SchemaNotFound(Exception):
 
 class SchemaLookup(Protocol):
     def get(self, schema_id: int) -> tuple[str, str]:
-        """(schema type: AVRO, JSON or PROTOBUF, schema text); raises SchemaNotFound or RegistryUnavailable."""
+        """(schema type: AVRO, JSON or PROTOBUF, schema text); raises SchemaNotFound or RegistryUnavailable.
+        A lookup may also have `imports(schema_id) -> {import name: schema text}` (Protobuf references)."""
 
 
 @dataclass(frozen=True)
@@ -148,10 +154,50 @@ class WireDecoder:
             props = schema.get("properties") if isinstance(schema, dict) else None
             refusal = self._check(where, props) if isinstance(props, dict) else None
             return _Reader(None if refusal else orjson.loads, refusal, frozenset(props or ()))
+        if kind == "PROTOBUF":
+            return self._protobuf(schema_id, where, text)
         return _Reader(None, ContractError("schema_mapping", f"{where}: {kind} input is not supported "
-                                           "(Avro and JSON Schema are)"))
+                                           "(Avro, JSON Schema and Protobuf are)"))
 
-    def _check(self, where: str, fields: dict) -> ContractError | None:
+    def _protobuf(self, schema_id: int, where: str, text: str) -> _Reader:
+        """A Protobuf schema (with the schemas it imports: its references, RegistryUnavailable passes
+        through): its message types are looked up, checked and given a reader at the first payload
+        naming each (message indexes); a message type that cannot give a reading is refused."""
+        from latentwatch.pipeline.decode import protobuf as pb
+
+        imports = getattr(self.lookup, "imports", None)
+        try:
+            schema = pb.ProtoSchema(text, imports(schema_id) if imports else None)
+        except SchemaNotFound as exc:
+            return _Reader(None, ContractError("schema_mapping", f"{where}: a schema it references is not in the "
+                                               f"registry: {exc}"[:300]))
+        except pb.SchemaError as exc:
+            return _Reader(None, ContractError("schema_mapping", f"{where}: {exc}"[:300]))
+        m = self.mapping
+        wanted = {m.sensor_id, m.time, m.channels, "readings", *self._names}
+        by_path: dict[tuple, tuple | ContractError] = {}
+
+        def message(indexes: list[int]):
+            got = by_path.get(tuple(indexes))
+            if got is None:
+                desc = schema.message(indexes)  # ValueError: undecodable
+                got = self._check(f"{where} (message {desc.full_name})", pb.fields_of(desc), pb.record_fields)
+                if got is None:
+                    got = (pb.message_class(desc).FromString, pb.record_reader(desc, wanted, m.channels, self._names))
+                by_path[tuple(indexes)] = got
+            return got
+
+        def read(payload: bytes):
+            indexes, start = pb.read_indexes(payload)
+            got = message(indexes)
+            if isinstance(got, ContractError):
+                raise got
+            parse, to_record = got
+            return to_record(parse(payload[start:]))
+
+        return _Reader(read, None, frozenset(pb.fields_of(schema.first_message())))
+
+    def _check(self, where: str, fields: dict, sub_fields=None) -> ContractError | None:
         """The refusal of a schema whose top-level fields cannot give a reading (None: they can)."""
         m = self.mapping
         if "readings" in fields:
@@ -160,7 +206,7 @@ class WireDecoder:
             return ContractError("schema_mapping", f"{where} has no field '{m.time}' for the event time "
                                  "(input_mapping.time)")
         if m.channels and m.channels in fields:
-            sub = _record_fields(fields[m.channels])
+            sub = (sub_fields or _record_fields)(fields[m.channels])
             if sub is not None:  # a record of channels: every one named
                 missing = [n for n in self._names if n not in sub]
                 if missing:
@@ -215,6 +261,8 @@ class WireDecoder:
             raise reader.refusal
         try:
             record = reader.read(value[5:])
+        except ContractError:
+            raise  # a refusal of the payload's message type (Protobuf)
         except Exception as exc:  # noqa: BLE001 - whatever the payload makes the reader raise
             raise ContractError("undecodable", f"payload does not decode with schema id "
                                 f"{HEADER.unpack_from(value)[1]}: {type(exc).__name__}: {exc}"[:300]) from None
@@ -263,6 +311,8 @@ class WireDecoder:
     def _time(self, raw) -> float:
         if isinstance(raw, datetime):  # Avro timestamp-millis / -micros (fastavro gives UTC datetimes)
             return raw.timestamp()
+        if isinstance(raw, Instant):  # a google.protobuf.Timestamp
+            return float(raw)
         if isinstance(raw, bool) or raw is None:
             raise ContractError("schema", f"event time field '{self.mapping.time}' is missing or not a time")
         if isinstance(raw, (int, float)):

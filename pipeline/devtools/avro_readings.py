@@ -49,8 +49,15 @@ class AvroReadings:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         self.client = client or SchemaRegistryClient({"url": registry_url})
-        self._serializer = AvroSerializer(self.client, json.dumps(schema or READING_V1))
+        self.schema = schema or READING_V1
+        self._serializer = AvroSerializer(self.client, json.dumps(self.schema))
         self._ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def register(self) -> int:
+        """Register the schema under `<topic>-value` now (the serializer would at the first record)."""
+        from confluent_kafka.schema_registry import Schema
+
+        return self.client.register_schema(f"{self._ctx.topic}-value", Schema(json.dumps(self.schema), "AVRO"))
 
     def __call__(self, sensor_id: str, ts: list[float], values, channels: list[str]) -> bytes:
         """simulate's encoder (`values` [n, channels]): one reading as READING_V1, several as

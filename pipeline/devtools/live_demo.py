@@ -1,7 +1,8 @@
 """`latentwatch demo`: the whole system live on one machine.
 
 Local broker (unless a Kafka address is configured: --bootstrap, --config, LATENTWATCH_*) -> topics -> a model trained on simulated normal data ->
-simulator + pipeline + metrics -> live progress in the terminal -> a summary scored against the
+simulator + pipeline + metrics (with `--format avro|protobuf`, a local schema registry too, and the
+simulator writes schema'd records through it) -> live progress in the terminal -> a summary scored against the
 simulator's ground truth -> everything started is stopped again.
 
 Sensor health (issue 30): the demo injects a stuck, a flatlined and a silent sensor (one each, on
@@ -21,13 +22,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
 from latentwatch.pipeline.config import KafkaSettings, load_settings
 from latentwatch.pipeline.devtools.local_kafka import LocalBroker, port_in_use
+from latentwatch.pipeline.devtools.local_registry import LocalRegistry
 from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.devtools.simulate import (
     FLEET_KINDS,
@@ -38,6 +40,7 @@ from latentwatch.pipeline.devtools.simulate import (
     FleetSimulator,
     SensorSimulator,
     schedule_health_faults,
+    schema_encoder,
 )
 from latentwatch.pipeline.devtools.truth import evaluate, evaluate_health
 
@@ -86,6 +89,8 @@ class DemoOptions:
     quiet: bool = False
     scenario: str = "anomalies"  # or "drift": drift_demo.py
     phase: float = 40.0  # seconds per phase of the drift scenario
+    format: str = "json"  # or avro / protobuf: records through a schema registry (run_demo starts one)
+    registry_url: str | None = None  # set by run_demo for a schema'd format
 
 
 def out(text: str = "") -> None:
@@ -100,7 +105,7 @@ Scenario = Callable[[DemoOptions, KafkaSettings, str], int]
 
 def run_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="latentwatch-demo-")
-    broker = None
+    broker = registry = None
     try:
         kafka = opts.kafka
         if kafka is None:
@@ -109,8 +114,17 @@ def run_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
             t0 = time.monotonic()
             kafka = KafkaSettings(bootstrap_servers=broker.start().bootstrap)
             out(f"broker ready at {kafka.bootstrap_servers} ({time.monotonic() - t0:.1f} s)")
+        if opts.format != "json" and opts.registry_url is None:
+            out("starting a local schema registry (Apicurio) ...")
+            registry = LocalRegistry(f"{workdir}/registry")
+            t0 = time.monotonic()
+            opts = replace(opts, registry_url=registry.start().url)
+            out(f"schema registry ready at {opts.registry_url} ({time.monotonic() - t0:.1f} s)")
         return (scenario or _run)(opts, kafka, workdir)
     finally:
+        if registry is not None:
+            registry.stop()
+            out("schema registry stopped")
         if broker is not None:
             broker.stop()
             out("broker stopped")
@@ -168,20 +182,24 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     topics = {"topics.input": f"demo-readings-{run_id}", "topics.alerts": f"demo-alerts-{run_id}",
               "topics.dead_letter": f"demo-readings-{run_id}.dlq"}
     port = opts.metrics_port if opts.metrics_port and not port_in_use(opts.metrics_port) else 0
-    settings = load_settings(None, {"kafka": kafka.model_dump(), **topics,
+    registry = {"schema_registry.url": opts.registry_url} if opts.registry_url else {}
+    settings = load_settings(None, {"kafka": kafka.model_dump(), **topics, **registry,
                                     "group_id": f"demo-{run_id}", "metrics.port": port,
                                     "create_topics": True, "batch.max_wait_ms": 10})
     sim, kinds, faults = make_simulator(opts)
     truth: list = []
     unsent: list = []  # silent readings: not sent, with the event time they would have had
     model = _train(opts, sim, workdir)
+    fmt = schema_encoder(opts.format, opts.registry_url, settings.topics.input) if opts.format != "json" else "json"
     pipeline, runner, producer, stream, metrics_url = start_live(settings, model, sim, opts.rate,
-                                                                 on_truth=truth.extend, on_unsent=unsent.extend)
+                                                                 on_truth=truth.extend, on_unsent=unsent.extend,
+                                                                 fmt=fmt)
     alerts: list[dict] = []
     watcher = AlertWatcher(settings, alerts, quiet=opts.quiet)
     watcher.start()
     what = "a fleet of " if opts.fleet else ""
-    out(f"simulating {what}{opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s, "
+    out(f"simulating {what}{opts.sensors} sensors x {opts.channels} channels at {opts.rate:.0f} readings/s "
+        f"({opts.format}), "
         f"anomalies: {', '.join(kinds)} — Ctrl+C to stop" +
         (f" (or {opts.duration:.0f} s)" if opts.duration else ""))
     if faults:
@@ -214,7 +232,8 @@ def _run(opts: DemoOptions, kafka: KafkaSettings, workdir: str) -> int:
     return 0  # Ctrl+C is how the demo is meant to end
 
 
-def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: float, on_truth=None, on_unsent=None):
+def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: float, on_truth=None, on_unsent=None,
+               fmt="json"):
     """What both scenarios start: the input topic, the pipeline in its own thread, a producer
     and the simulated stream. Returns (pipeline, its thread, producer, stream, metrics URL)."""
     from latentwatch.pipeline.runner import Pipeline  # torch: only once the demo really runs
@@ -229,7 +248,7 @@ def start_live(settings, model, sim: SensorSimulator | FleetSimulator, rate: flo
     _wait_assigned(pipeline.health, ASSIGNMENT_WAIT_S)
     producer = Producer(clients.tool_producer_config(settings, {"logger": _QUIET}))
     stream = BackgroundStream(producer, settings.topics.input, sim, rate=rate, on_truth=on_truth,
-                              on_unsent=on_unsent).start()
+                              on_unsent=on_unsent, fmt=fmt).start()
     return pipeline, runner, producer, stream, metrics_url
 
 
@@ -393,6 +412,7 @@ def _histogram_quantile(registry, name: str, q: float) -> float:
 def main_demo(opts: DemoOptions, scenario: Scenario | None = None) -> int:
     logging.getLogger("latentwatch").setLevel(logging.WARNING)
     logging.getLogger("latentwatch.librdkafka").setLevel(logging.ERROR)  # start-up retries are normal
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # the registry client's every request (--format avro)
     try:
         return run_demo(opts, scenario)
     except KeyboardInterrupt:

@@ -622,6 +622,34 @@ def encode_message(sensor_id: str, ts: list[str], values: np.ndarray, channels: 
 
 
 FORMATS = ("json", "frames")  # the JSON contract, or binary frames (pipeline/decode/frames.py)
+SCHEMA_FORMATS = ("avro", "protobuf")  # through a Schema Registry: schema_encoder
+
+
+def schema_encoder(fmt: str, registry_url: str, topic: str, batch_size: int = 1):
+    """The `encode` callable of a schema'd format (avro_readings.py, protobuf_readings.py), its schema
+    registered under `<topic>-value` now, so a wrong URL fails before anything is produced.
+    Problems are one line (UserError)."""
+    from latentwatch.pipeline.config import mask_url
+    from latentwatch.pipeline.errors import UserError
+
+    try:
+        if fmt == "avro":
+            from latentwatch.pipeline.devtools.avro_readings import READING_V1, READINGS_V1, AvroReadings
+
+            enc = AvroReadings(registry_url, topic, READING_V1 if batch_size == 1 else READINGS_V1)
+        else:
+            from latentwatch.pipeline.devtools.protobuf_readings import ProtobufReadings
+
+            enc = ProtobufReadings(registry_url, topic, batch=batch_size > 1)
+    except ImportError as exc:
+        raise UserError(f"--format {fmt} needs the protobuf extra ({exc.name} is missing): "
+                        "pip install 'latentwatch[protobuf]'") from None
+    try:
+        enc.register()
+    except Exception as exc:  # noqa: BLE001 - the registry's or the network's error, as one line
+        raise UserError(f"cannot register the {fmt} schema at {mask_url(registry_url)}: {type(exc).__name__}: "
+                        f"{str(exc)[:200]}") from None
+    return enc
 
 
 def encode(fmt: str, sensor_id: str, ts: list[float], values: np.ndarray, channels: list[str],

@@ -46,6 +46,8 @@ class RegistryLookup:
         self.client = client
         self._secrets = tuple(x for x in secrets if x)  # scrubbed from what is logged and shown
         self._cache: dict[int, tuple[str, str]] = {}
+        self._references: dict[int, list] = {}  # schema id -> its SchemaReferences (Protobuf imports)
+        self._versions: dict[tuple, object] = {}  # (subject, version) -> RegisteredSchema of a reference
         self.fetched = 0  # schemas asked of the registry (tests: once per id)
 
     @classmethod
@@ -61,10 +63,37 @@ class RegistryLookup:
         got = self._cache.get(schema_id)
         if got is not None:
             return got
+        schema = self._ask(lambda: self.client.get_schema(schema_id))
+        self.fetched += 1
+        got = (schema.schema_type or "AVRO", schema.schema_str)
+        self._cache[schema_id] = got
+        self._references[schema_id] = list(schema.references or ())
+        return got
+
+    def imports(self, schema_id: int) -> dict[str, str]:
+        """The schemas a schema (asked with `get` before) imports: its references and theirs, by
+        import name: {name: schema text}. Each (subject, version) is asked once."""
+        out: dict[str, str] = {}
+        todo = list(self._references.get(schema_id, ()))
+        while todo:
+            ref = todo.pop()
+            key = (ref.subject, ref.version)
+            if ref.name in out:
+                continue
+            if key not in self._versions:
+                self._versions[key] = self._ask(lambda: self.client.get_version(ref.subject, ref.version))  # noqa: B023
+            schema = self._versions[key].schema
+            out[ref.name] = schema.schema_str
+            todo.extend(schema.references or ())
+        return out
+
+    def _ask(self, call):
+        """`call()` against the registry, its faults sorted: 404 -> SchemaNotFound, anything else
+        -> RegistryUnavailable (module docstring)."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            schema = self.client.get_schema(schema_id)
+            return call()
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise SchemaNotFound(str(exc)) from None
@@ -73,10 +102,6 @@ class RegistryLookup:
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, TLS: the registry is not there
             raise RegistryUnavailable(self._scrub(f"the schema registry cannot be reached: {type(exc).__name__}: "
                                                   f"{exc}")) from None
-        self.fetched += 1
-        got = (schema.schema_type or "AVRO", schema.schema_str)
-        self._cache[schema_id] = got
-        return got
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -19,30 +19,19 @@ from tests.support.schema_streams import (
     CH,
     SCORED,
     as_json,
-    outcome,
     produce,
     readings,
     run_until_scored,
+    same_alerts_as_json,
 )
 from tests.support.stub_model import stub_model
 
 
 def test_avro_serializer_producer_gives_the_same_alerts_as_the_same_readings_in_json(
         kafka_bootstrap, make_topic, registry_url):
-    rs = readings(120)
-    json_topic, avro_topic = make_topic(), make_topic()
-    produce(kafka_bootstrap, json_topic, as_json(rs))
-    enc = AvroReadings(registry_url, avro_topic)  # auto-registers READING_V1 under <topic>-value
-    produce(kafka_bootstrap, avro_topic, [(s.encode(), enc.encode(s, ts, v)) for s, ts, v in rs])
-
-    s_json, _ = run_until_scored(kafka_bootstrap, json_topic, len(rs))
-    s_avro, m_avro = run_until_scored(kafka_bootstrap, avro_topic, len(rs), **{"schema_registry.url": registry_url})
-    alerts_json = read_topic(kafka_bootstrap, s_json.topics.alerts)
-    alerts_avro = read_topic(kafka_bootstrap, s_avro.topics.alerts)
-    assert len(alerts_avro) >= 7  # 120 // 17 anomalies, plus episode events
-    assert outcome(alerts_avro) == outcome(alerts_json)
-    assert sum(counter(m_avro, "latentwatch_dead_letters_total", reason=r) for r in
-               ("unknown_schema", "undecodable", "schema_mapping", "schema")) == 0
+    # AvroReadings auto-registers READING_V1 under <topic>-value
+    alerts_avro = same_alerts_as_json(kafka_bootstrap, make_topic, registry_url,
+                                      lambda topic: AvroReadings(registry_url, topic).encode)
     kinds = set()
     for m in alerts_avro:  # CloudEvents on every alert and episode record
         h = check_binding(m.headers(), json.loads(m.value()))
@@ -137,15 +126,15 @@ def test_a_wire_format_message_without_a_registry_is_a_dead_letter_and_the_rest_
     assert dict(dlq[0].headers())["lw-dlq-reason"] == b"unknown_schema"
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_simulate_format_avro_writes_wire_format_records_the_pipeline_decodes(
-        kafka_bootstrap, make_topic, registry_url, batch_size):
+@pytest.mark.parametrize("fmt,batch_size", [("avro", 1), ("avro", 4), ("protobuf", 1), ("protobuf", 4)])
+def test_simulate_format_avro_or_protobuf_writes_wire_format_records_the_pipeline_decodes(
+        kafka_bootstrap, make_topic, registry_url, fmt, batch_size):
     from latentwatch.pipeline.cli.main import main
     from latentwatch.pipeline.decode import Decoder, Mapping, SchemaInput
     from latentwatch.pipeline.kafka.registry import RegistryLookup
 
     topic = make_topic()
-    rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--format", "avro",
+    rc = main(["simulate", "--topic", topic, "--bootstrap", kafka_bootstrap, "--format", fmt,
                "--schema-registry", registry_url, "--count", "40", "--sensors", "2", "--channels", "3",
                "--rate", "0", "--seed", "1", "--batch-size", str(batch_size)])
     assert rc == 0
@@ -155,6 +144,7 @@ def test_simulate_format_avro_writes_wire_format_records_the_pipeline_decodes(
     dec = Decoder(["ch0", "ch1", "ch2"], schemas=SchemaInput(lookup, Mapping()))
     got = dec.decode_many([(m.value(), m.key()) for m in msgs], time.time())
     assert got.errors == [] and int(got.counts.sum()) == 40 and set(got.sensor_ids) == {m.key().decode() for m in msgs}
+    assert lookup.get(int.from_bytes(msgs[0].value()[1:5], "big"))[0] == fmt.upper()
 
 
 def test_simulate_format_avro_without_a_registry_says_so_in_one_line(capsys, monkeypatch):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from latentwatch.pipeline.decode import RegistryUnavailable
 from latentwatch.pipeline.devtools.local_registry import LocalRegistry
 
 
@@ -52,3 +53,38 @@ def sr_client(registry_url):
 def subject() -> str:
     """A subject name no other test uses (the registry outlives each test)."""
     return f"lw-test-{uuid.uuid4().hex[:10]}-value"
+
+
+class Counting:
+    """A lookup that counts what it is asked, and can be switched off (an outage)."""
+
+    def __init__(self, inner):
+        self.inner, self.asked, self.down = inner, [], False
+
+    def get(self, schema_id):
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        self.asked.append(schema_id)
+        return self.inner.get(schema_id)
+
+
+@pytest.fixture
+def mock_sr():
+    """confluent-kafka's in-process MockSchemaRegistryClient, a fresh one per test: for unit tests
+    only (it checks no compatibility)."""
+    import time
+
+    from confluent_kafka.schema_registry._sync.mock_schema_registry_client import (
+        MockSchemaRegistryClient,
+    )
+
+    return MockSchemaRegistryClient({"url": f"mock://{time.monotonic_ns()}"})
+
+
+def counting_decoder(client, channels, mapping=None):
+    """(a Decoder of schema'd input through `client`, its Counting lookup)."""
+    from latentwatch.pipeline.decode import Decoder, Mapping, SchemaInput
+    from latentwatch.pipeline.kafka.registry import RegistryLookup
+
+    lookup = Counting(RegistryLookup(client))
+    return Decoder(channels, schemas=SchemaInput(lookup, mapping or Mapping())), lookup

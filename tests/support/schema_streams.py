@@ -9,7 +9,7 @@ import time
 
 from confluent_kafka import Producer
 
-from tests.support.harness import RunningPipeline, counter, settings_for
+from tests.support.harness import RunningPipeline, counter, read_topic, settings_for
 from tests.support.stub_model import stub_model
 
 CH = ["a", "b", "c"]
@@ -55,3 +55,23 @@ def outcome(messages) -> list[tuple]:
         out.append((r["kind"], r.get("event"), r["sensor_id"], r["ts"], r.get("score", r.get("peak_score")),
                     r["severity"]))
     return sorted(out)
+
+
+def same_alerts_as_json(bootstrap, make_topic, registry_url, encoder_for, n: int = 120) -> list:
+    """`n` readings as JSON on one topic and as `encoder_for(topic)(sensor, ts, values)` on another, each
+    scored by its own pipeline: the alerts must be the same, nothing dead-lettered. Returns the
+    schema'd run's alert records."""
+    rs = readings(n)
+    json_topic, topic = make_topic(), make_topic()
+    produce(bootstrap, json_topic, as_json(rs))
+    encode = encoder_for(topic)
+    produce(bootstrap, topic, [(s.encode(), encode(s, ts, v)) for s, ts, v in rs])
+    s_json, _ = run_until_scored(bootstrap, json_topic, len(rs))
+    s_reg, m_reg = run_until_scored(bootstrap, topic, len(rs), **{"schema_registry.url": registry_url})
+    alerts_json = read_topic(bootstrap, s_json.topics.alerts)
+    alerts = read_topic(bootstrap, s_reg.topics.alerts)
+    assert len(alerts) >= n // 17  # an anomaly every 17th reading, plus episode events
+    assert outcome(alerts) == outcome(alerts_json)
+    assert sum(counter(m_reg, "latentwatch_dead_letters_total", reason=r) for r in
+               ("unknown_schema", "undecodable", "schema_mapping", "schema")) == 0
+    return alerts
