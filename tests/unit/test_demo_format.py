@@ -49,7 +49,7 @@ def test_the_demo_starts_a_registry_and_the_avro_producer_only_for_a_schemad_for
                         lambda f, url, topic, batch_size=1: encoders.append((f, url, topic)) or f"{f}-encoder")
     given: dict = {}
 
-    def start_live(settings, model, sim, rate, on_truth=None, fmt="json"):
+    def start_live(settings, model, sim, rate, on_truth=None, on_unsent=None, fmt="json"):
         given.update(settings=settings, fmt=fmt)
         raise Started
 
