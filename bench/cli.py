@@ -63,6 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated fractions of the measured maximum to offer; the first is the headline "
                         "(default 0.5; e.g. 0.5,0.25,0.1 for a sweep)")
     p.add_argument("--skip", default="", help="comma-separated stages to skip: ceilings,pipeline,naive,latency,model")
+    p.add_argument("--ab", default="",
+                   help="the pipeline stage (and latency) as an A/B in one run: variants that differ in the pipeline "
+                        "process's environment, 'NAME:VAR=VALUE,...;NAME:...' (the first is A, e.g. "
+                        "'new:;old:PYTHONPATH=/path/to/tree'), run alternated A B A B ...; 'health' is short for "
+                        "'on:;off:LATENTWATCH_SENSORS__ENABLED=false' (bench/ab.py)")
+    p.add_argument("--ab-rounds", type=int, default=2, help="rounds of the A/B (each runs every variant once; default 2)")
     p.add_argument("--profile", action="store_true", help="run the pipeline processes under py-spy (speedscope files in the work dir)")
     p.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
     p.add_argument("--stem", default="latest", help="results file name stem (default latest)")
@@ -229,7 +235,11 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
 
                 out["model_stage_ceiling"] = {"readings_per_s": ceiling(m["model_stage"], batch_size),
                                               "max_batch": batch_size}
-            if "pipeline" not in skip:
+            if "pipeline" not in skip and args.ab:
+                _ab(args, cluster, model_dir, work, out, kind, name, w, ends, batch_size, env, run_pipeline)
+                if "ceilings" not in skip:
+                    out["ceiling_decode_after"] = consume_rate(cluster, w.topic, ends, per, channels)
+            elif "pipeline" not in skip:
                 log(f"{name} / {kind}: pipeline end to end")
                 prof = work / f"profile-{kind}-{name}.speedscope.json" if args.profile else None
                 out["pipeline"] = run_pipeline(cluster, model_dir, w.topic, ends, per, work, batch_size,
@@ -254,7 +264,9 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
                 make_topics(cluster, {alerts: (1, {})})
                 out["naive"] = run_naive(cluster, w.topic, PARTITIONS, model_dir, alerts,
                                          min(args.naive_readings, w.readings), args.naive_seconds, fmt=fmt)
-            if "latency" not in skip:
+            if "latency" not in skip and args.ab:
+                _ab_latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt)
+            elif "latency" not in skip:
                 _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt, run_latency)
             out["verdict"] = summary.verdicts(out)
             log(f"{name} / {kind}: {out['verdict']}")
@@ -264,6 +276,64 @@ def _measure(args, cluster, broker_info: dict, work: Path) -> dict:
         res["model_stage"] = first["model_stage"]
     res["loadavg_end"] = summary.loadavg()
     return res
+
+
+def _ab(args, cluster, model_dir, work, out, kind, name, w, ends, batch_size, env, run_pipeline) -> None:
+    """The pipeline stage as an A/B (bench/ab.py): every variant once a round, alternated."""
+    from latentwatch.bench import ab, summary
+
+    variants = ab.parse(args.ab)
+    codes = {n: ab.code_of({**(env or {}), **e}) for n, e in variants.items()}
+    runs = []
+    for rnd, v in ab.order(variants, args.ab_rounds):
+        log(f"{name} / {kind}: pipeline end to end, A/B round {rnd + 1}, {v}")
+        load = summary.loadavg()
+        r = run_pipeline(cluster, model_dir, w.topic, ends, w.readings_per_message, work, batch_size,
+                         env={**(env or {}), **variants[v]}, max_wait_ms=args.max_wait_ms)
+        r.update(variant=v, round=rnd, code=codes[v], loadavg_start=load)
+        runs.append(r)
+        log(f"{name} / {kind}: {v}: {r['readings_per_s']:,.0f} readings/s, "
+            f"{r['readings_per_cpu_s'] or 0:,.0f} per CPU s, health events "
+            f"{(r.get('pipeline_metrics') or {}).get('health_episode_events')}, state records with health "
+            f"{r['state'].get('with_health')} of {r['state'].get('records')}")
+    res = {"variants": variants, "rounds": args.ab_rounds, "model": kind, "workload": name, "code": codes,
+           "runs": runs, "summary": {k: ab.summarise(runs, variants, k)
+                                     for k in ("readings_per_s", "readings_per_cpu_s", "peak_rss_bytes")}}
+    out["ab"] = res
+    first = list(variants)[0]
+    out["pipeline"] = dict(next(r for r in runs if r["variant"] == first),
+                           readings_per_s=res["summary"]["readings_per_s"]["median"][first],
+                           note=f"the A/B's first variant ({first}): readings/s the median of its runs")
+
+
+def _ab_latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt) -> None:
+    """Latency of the A/B's variants at one offered rate (a fraction of A's median), alternated."""
+    from latentwatch.bench import ab
+    from latentwatch.bench.latency import run_latency
+
+    res = out["ab"]
+    variants = res["variants"]
+    first = list(variants)[0]
+    frac = float(args.latency_fractions.split(",")[0])
+    rate = args.latency_rate or frac * res["summary"]["readings_per_s"]["median"][first]
+
+    def latency(v: str, duration: float) -> dict:
+        return run_latency(cluster, model_dir, work, rate=rate, duration=duration, channels=args.channels,
+                           sensors=args.sensors, readings_per_message=per, batch_size=batch_size,
+                           env={**(env or {}), **variants[v]}, max_wait_ms=args.max_wait_ms, fmt=fmt)
+
+    if not args.quick:
+        log(f"{name}: latency warm-up run at {rate:,.0f} readings/s for {WARMUP_RUN_S:.0f} s (not reported)")
+        latency(first, WARMUP_RUN_S)
+    lat = []
+    for rnd, v in ab.order(variants, args.ab_rounds):
+        log(f"{name}: latency at {rate:,.0f} readings/s for {args.latency_seconds:.0f} s, {v}")
+        x = latency(v, args.latency_seconds)
+        x.update(variant=v, round=rnd)
+        lat.append(x)
+    res["latency"] = lat
+    res["summary"]["p99_ms"] = ab.summarise(lat, variants, "p99_ms")
+    out["latency"] = next(x for x in lat if x["variant"] == first)
 
 
 def _latency(args, cluster, model_dir, work, out, name, per, batch_size, env, fmt, run_latency) -> None:

@@ -64,6 +64,14 @@ class PipelineProcess:
             pass
         return out
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the pipeline's Python process so far (its threads included)."""
+        try:
+            stat = Path(f"/proc/{self.python_pid()}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
     def python_pid(self) -> int:
         if not self._profiled:
             return self.pid
@@ -109,7 +117,12 @@ class PipelineProcess:
                "mean_inference_seconds": round(get("latentwatch_inference_duration_seconds_sum", 0) / batches, 5)
                if batches else None,
                "alerts": sum(v for k, v in values.items() if k.startswith("latentwatch_alerts_total")),
-               "dead_letters": sum(v for k, v in values.items() if k.startswith("latentwatch_dead_letters_total"))}
+               "dead_letters": sum(v for k, v in values.items() if k.startswith("latentwatch_dead_letters_total")),
+               "readings_scored": get("latentwatch_readings_scored_total"),
+               # sensor health (issue 30): {rule/event: n}; none at all when the rules are off
+               "health_episode_events": {k.split('rule="')[1].split('"')[0] + "/" + k.split('event="')[1].split('"')[0]: v
+                                         for k, v in values.items()
+                                         if k.startswith("latentwatch_health_episode_events_total{") and v}}
         buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in values.items()
                          if k.startswith("latentwatch_end_to_end_latency_seconds_bucket") and "+Inf" not in k)
         total = get("latentwatch_end_to_end_latency_seconds_count") or 0
@@ -141,7 +154,8 @@ def wait_for_commits(proc: PipelineProcess, watcher: CommitWatcher, ends: dict[i
                      interval: float = 0.05) -> dict:
     """Poll until every partition's committed offset reaches its end offset.
 
-    Returns the time and total committed offsets at the first commit seen and at the last."""
+    Returns the time, total committed offsets and the pipeline's CPU seconds at the first commit
+    seen and at the last."""
     total = sum(ends.values())
     first = None
     deadline = time.monotonic() + timeout
@@ -152,12 +166,52 @@ def wait_for_commits(proc: PipelineProcess, watcher: CommitWatcher, ends: dict[i
         committed = watcher.committed()
         done = sum(min(committed[p], ends[p]) for p in ends)
         if first is None and done > 0:
-            first = (now, done)
+            first = (now, done, proc.cpu_seconds())
         if all(committed[p] >= ends[p] for p in ends):
             return {"first_t": first[0], "first_offsets": first[1], "last_t": now, "last_offsets": done,
-                    "total_offsets": total}
+                    "total_offsets": total, "first_cpu_s": first[2], "last_cpu_s": proc.cpu_seconds()}
         time.sleep(interval)
     raise RuntimeError(f"pipeline did not commit {total} offsets within {timeout:.0f} s: {proc.tail()}")
+
+
+def state_health(cluster: Settings, topic: str, timeout: float = 30) -> dict:
+    """What the run's state changelog holds: records, and those whose entry carries sensor health
+    state (detectors/health.py `SensorHealth`; issue 30). A check that the health rules really ran:
+    with them on, every sensor's entry has it; off (or a tree before them), none."""
+    from latentwatch.pipeline import state
+
+    c = Consumer(clients.client_config(cluster) | {"group.id": "bench-state-reader", "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {"state_topic": topic, "records": None}
+        tps = [TopicPartition(topic, p) for p in meta.partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        pos = {p: 0 for p in ends}
+        n = with_health = open_episodes = unreadable = 0
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+            for msg in c.consume(1000, 0.5):
+                if msg.error() is not None:
+                    continue
+                pos[msg.partition()] = msg.offset() + 1
+                if msg.value() is None:
+                    continue
+                n += 1
+                try:
+                    entry, _ = state.unpack(msg.value())
+                except ValueError:
+                    unreadable += 1
+                    continue
+                h = entry.health
+                if h is not None:
+                    with_health += 1
+                    open_episodes += len(h.open_rules)
+        return {"state_topic": topic, "records": n, "with_health": with_health,
+                "open_health_episodes_in_records": open_episodes, "unreadable": unreadable}
+    finally:
+        c.close()
 
 
 def run_pipeline(cluster: Settings, model_dir: str, topic: str, ends: dict[int, int], readings_per_message: int,
@@ -181,9 +235,11 @@ def run_pipeline(cluster: Settings, model_dir: str, topic: str, ends: dict[int, 
     finally:
         watcher.close()
         rc = proc.stop()
+    health_state = state_health(cluster, f"{group}-state")
     span = res["last_t"] - res["first_t"]
     offsets = res["last_offsets"] - res["first_offsets"]
     method = "first to last commit"
+    cpu = (res["last_cpu_s"] - res["first_cpu_s"]) if None not in (res["first_cpu_s"], res["last_cpu_s"]) else None
     if offsets <= 0 or span <= 0:  # everything went in one commit (tiny runs): time from the assignment
         span, offsets, method = res["last_t"] - t_assigned, res["total_offsets"], "assignment to last commit"
     return {"readings": res["total_offsets"] * readings_per_message, "batch_size": batch_size,
@@ -191,6 +247,10 @@ def run_pipeline(cluster: Settings, model_dir: str, topic: str, ends: dict[int, 
             "seconds_assigned_to_last_commit": round(res["last_t"] - t_assigned, 3),
             "seconds_start_to_last_commit": round(res["last_t"] - t_start, 3),
             "readings_per_s": round(offsets * readings_per_message / span, 1), "rate_method": method,
+            # the pipeline's own CPU over the same readings (first to last commit): less sensitive to
+            # the other work on a shared machine than the wall-clock rate
+            "readings_per_cpu_s": round(offsets * readings_per_message / cpu, 1)
+            if cpu and method == "first to last commit" else None,
             "peak_rss_bytes": rss.get("VmHWM"), "rss_at_end_bytes": rss.get("VmRSS"), "exit_code": rc,
             "alerts_topic": alerts, "group": group, "env": env or {},
-            "pipeline_metrics": own}
+            "pipeline_metrics": own, "state": health_state}

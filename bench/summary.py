@@ -142,6 +142,12 @@ def markdown(res: dict) -> str:
             f"| {_n(lat.get('offered_readings_per_s'))} | {_n(lat.get('p50_ms'), 1)} "
             f"| {mark('p99_latency_ms', _n(lat.get('p99_ms'), 1))} | {_n(lat.get('p999_ms'), 1)} "
             f"| {mark('peak_rss_bytes', _n((pipe.get('peak_rss_bytes') or 0) / (1 << 20), 0))} |")
+    for mm in by_model.values():
+        for w in mm["workloads"].values():
+            if w.get("ab"):
+                from latentwatch.bench import ab
+
+                lines += ab.markdown(w["ab"])
     sweeps = [(name, w["latency_sweep"]) for name, w in res["workloads"].items() if w.get("latency_sweep")]
     if sweeps:
         lines += ["", "Latency against offered rate:", "",
