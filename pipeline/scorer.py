@@ -630,9 +630,18 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
     off_msg = np.array([m.offset() for m, _ in b.valid], np.int64)
     part_row, key_row = part_msg[w.msg_of], w.msg_key[w.msg_of]
     topic = b.valid[0][0].topic()
-    for p in np.unique(part_row).tolist():
-        rows = np.flatnonzero(part_row == p)
-        kidx = np.unique(key_row[rows])
+    # Rows by partition (input order kept) with one stable sort, the keys of each partition from
+    # the keys' own partitions: no mask and np.unique per partition (a third of this function's
+    # time on 32,768-reading batches over 8 partitions, 2026-12-06).
+    by_part = np.argsort(part_row, kind="stable")
+    parts, part_first, part_n = np.unique(part_row[by_part], return_index=True, return_counts=True)
+    key_part = np.fromiter((k[0] for k in w.keys), np.int64, len(w.keys))
+    key_part[np.bincount(key_row, minlength=len(w.keys)) == 0] = -1  # a key without a reading (none today)
+    local = np.empty(len(w.keys), np.int64)  # key index -> its index among its partition's keys
+    for p, first, cnt in zip(parts.tolist(), part_first.tolist(), part_n.tolist()):
+        rows = by_part[first:first + cnt]
+        kidx = np.flatnonzero(key_part == p)  # the keys with a reading in partition p
+        local[kidx] = np.arange(len(kidx))
         keys = [w.keys[g] for g in kidx.tolist()]
         prior, last = {}, {}
         for i, key in enumerate(keys):
@@ -647,7 +656,7 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
         idle = {key: (e.last_ts, e.health) for key, e in store.silent_due(p, wm_end, rule.silent_s)
                 if key not in present}
         refs = np.stack([part_row[rows], off_msg[w.msg_of[rows]], w.pos[rows]], 1)
-        events, post, marks, silences = rule.step(np.searchsorted(kidx, key_row[rows]), keys, b.values[rows],
+        events, post, marks, silences = rule.step(local[key_row[rows]], keys, b.values[rows],
                                                   b.ts[rows], refs, prior, last, wm0, idle)
         out.marks[rows] = marks
         for i, key in enumerate(keys):  # (positional: 3x dataclasses.replace's speed, per sensor per batch)

@@ -156,3 +156,65 @@ def test_a_file_sorted_by_sensor_is_not_silent_but_a_real_gap_in_it_is():
     by_time = [(e.event, e.rule, e.key, e.ts) for e in judge(rule, ids[order], X[order], ts[order])]
     assert by_time == [("open", "silent", "c", 259.0), ("close", "silent", "c", 400.0)]
     assert by_sensor == by_time
+
+
+def _stream(run_id: int, sensors: int = 6, n: int = 3_000):
+    """Several sensors interleaved in messages of random length, with stuck channels, flatlines,
+    a quantised channel, a sensor that goes quiet and one that comes back: everything `step`'s
+    shortcut must agree with the full computation on."""
+    rng = np.random.default_rng(run_id)
+    X = np.stack([_normal(n, seed=100 * run_id + s, quantise=3.0 if s == 0 else None) for s in range(sensors)])
+    for s in range(1, sensors):
+        for _ in range(rng.integers(0, 4)):
+            a = int(rng.integers(0, n - 10))
+            b = min(n, a + int(rng.integers(5, 200)))
+            if rng.random() < 0.5:
+                X[s, a:b, rng.integers(0, C)] = X[s, a, 0]  # one channel stuck
+            else:
+                X[s, a:b] = X[s, a]  # flatlined
+    rows = []  # (sensor, index), messages of 1-300 readings, sensors in turn
+    pos = np.zeros(sensors, np.int64)
+    while (pos < n).any():
+        s = int(rng.choice(np.flatnonzero(pos < n)))
+        k = int(min(n - pos[s], rng.integers(1, 300)))
+        rows += [(s, int(i)) for i in range(pos[s], pos[s] + k)]
+        pos[s] += k
+    rows = [(s, i) for s, i in rows if not (s == sensors - 1 and 1000 <= i < 1600)]  # quiet for a while
+    keys = np.array([s for s, _ in rows])
+    vals = np.stack([X[s, i] for s, i in rows])
+    ts = np.array([float(i) for _, i in rows])
+    return keys, vals, ts
+
+
+def test_the_shortcut_without_every_readings_runs_gives_the_same_as_the_full_computation():
+    train = _normal(20_000, quantise=3.0)
+    opened = set()
+    for run_id in range(6):
+        keys, vals, ts = _stream(run_id)
+        refs = np.stack([np.zeros(len(keys), np.int64), np.arange(len(keys)), np.zeros(len(keys), np.int64)], 1)
+        results = []
+        for fast in (True, False):
+            rule = HealthRule.fit(train, CH, silent_s=120.0, stuck_n=20 + run_id)
+            rule.fast = fast
+            out, prior, last, wm = [], {}, {}, -np.inf
+            cuts = np.sort(np.random.default_rng(run_id).choice(len(keys), 400, replace=False))
+            for idx in np.split(np.arange(len(keys)), cuts):
+                if not len(idx):
+                    continue
+                present = sorted(set(keys[idx].tolist()))
+                ki = np.searchsorted(present, keys[idx])
+                idle = {k: (last[k], prior.get(k)) for k in last if k not in present}
+                ev, post, marks, sil = rule.step(ki, present, vals[idx], ts[idx], refs[idx],
+                                                 {i: prior[k] for i, k in enumerate(present) if k in prior},
+                                                 {i: last[k] for i, k in enumerate(present) if k in last}, wm, idle)
+                for i, k in enumerate(present):
+                    prior[k], last[k] = post[i], float(ts[idx][ki == i].max())
+                    out.append(("state", k, post[i].last.tolist(), post[i].run.tolist(), post[i].open_rules))
+                prior.update({k: v for k, v in post.items() if k in idle})
+                wm = max(wm, float(ts[idx].max()))
+                out += [(e.event, e.rule, e.key, e.row, e.ts, e.episode) for e in ev]
+                out += [("marks", marks.tolist()), ("silences", sil)]
+            results.append(out)
+        assert results[0] == results[1], run_id
+        opened |= {e[1] for e in results[0] if e[0] == "open"}
+    assert opened == {"stuck", "flatline", "silent"}  # every rule was exercised
