@@ -63,12 +63,13 @@ def markdown(ab: dict) -> list[str]:
     """The A/B's lines for a results file."""
     names = list(ab["variants"])
     a = names[0]
-    lines = ["", f"A/B in one run ({ab['model']} / {ab['workload']}, {ab['rounds']} rounds, run order "
-             + " ".join(f"{n}" for _, n in order(ab["variants"], ab["rounds"])) + "); variants' environment: "
-             + "; ".join(f"**{n}** `{' '.join(f'{k}={v}' for k, v in env.items()) or '(as is)'}`"
-                         for n, env in ab["variants"].items()), "",
-             "| run | round | variant | readings/s | readings per pipeline CPU s | peak RSS MiB | batches "
-             "| health episode events | state records with health state | code | load avg (1 min) at start |",
+    runs = " ".join(n for _, n in order(ab["variants"], ab["rounds"]))
+    envs = "; ".join(f"**{n}** `{' '.join(f'{k}={v}' for k, v in env.items()) or '(as is)'}`"
+                     for n, env in ab["variants"].items())
+    lines = ["", (f"A/B in one run ({ab['model']} / {ab['workload']}, {ab['rounds']} rounds, run order {runs}); "
+                  f"variants' environment: {envs}"), "",
+             ("| run | round | variant | readings/s | readings per pipeline CPU s | peak RSS MiB | batches "
+              "| health episode events | state records with health state | code | load avg (1 min) at start |"),
              "|---:|---:|---|---:|---:|---:|---:|---|---:|---|---:|"]
     for i, r in enumerate(ab["runs"], 1):
         pm = r.get("pipeline_metrics") or {}
@@ -89,12 +90,14 @@ def markdown(ab: dict) -> list[str]:
                          f"of the medians **{_n(r['of_medians'], 3)}**")
     lat = ab.get("latency") or []
     if lat:
-        lines += ["", f"Latency at {_n(lat[0]['offered_readings_per_s'])} readings/s (half the median readings/s "
-                  f"of {a}), alternated the same way:", "",
+        head = (f"Latency at {_n(lat[0]['offered_readings_per_s'])} readings/s (half the median readings/s "
+                f"of {a}), alternated the same way:")
+        lines += ["", head, "",
                   "| run | variant | p50 ms | p99 ms | p99.9 ms | samples |", "|---:|---|---:|---:|---:|---:|"]
         lines += [f"| {i} | {x['variant']} | {_n(x.get('p50_ms'), 1)} | {_n(x.get('p99_ms'), 1)} "
                   f"| {_n(x.get('p999_ms'), 1)} | {x.get('samples')} |" for i, x in enumerate(lat, 1)]
         s = ab["summary"].get("p99_ms")
+        lines.append("")
         if s:
             for n, r in s[f"ratio_to_{a}"].items():
                 lines.append(f"- p99, {n} / {a}: per round {', '.join(_n(x, 3) for x in r['per_round'])}; "
@@ -117,11 +120,12 @@ def code_of(env: dict) -> str:
     from pathlib import Path
 
     out = subprocess.run([sys.executable, "-c", "import latentwatch.pipeline.runner as r; print(r.__file__)"],
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
     path = out.stdout.strip() or f"(import failed: {out.stderr.strip()[-200:]})"
     if out.returncode == 0:
         tree = Path(path).resolve().parent.parent
-        rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=False)
         if rev.returncode == 0:
             path = f"{tree} @ {rev.stdout.strip()}"
     return path

@@ -288,9 +288,10 @@ def _ab(args, cluster, model_dir, work, out, kind, name, w, ends, batch_size, en
     for rnd, v in ab.order(variants, args.ab_rounds):
         log(f"{name} / {kind}: pipeline end to end, A/B round {rnd + 1}, {v}")
         load = summary.loadavg()
+        prof = work / f"profile-{kind}-{name}-{v}-{rnd + 1}.speedscope.json" if args.profile else None
         r = run_pipeline(cluster, model_dir, w.topic, ends, w.readings_per_message, work, batch_size,
-                         env={**(env or {}), **variants[v]}, max_wait_ms=args.max_wait_ms)
-        r.update(variant=v, round=rnd, code=codes[v], loadavg_start=load)
+                         env={**(env or {}), **variants[v]}, max_wait_ms=args.max_wait_ms, profile_out=prof)
+        r.update(variant=v, round=rnd, code=codes[v], loadavg_start=load, profile=str(prof) if prof else None)
         runs.append(r)
         log(f"{name} / {kind}: {v}: {r['readings_per_s']:,.0f} readings/s, "
             f"{r['readings_per_cpu_s'] or 0:,.0f} per CPU s, health events "
@@ -300,7 +301,7 @@ def _ab(args, cluster, model_dir, work, out, kind, name, w, ends, batch_size, en
            "runs": runs, "summary": {k: ab.summarise(runs, variants, k)
                                      for k in ("readings_per_s", "readings_per_cpu_s", "peak_rss_bytes")}}
     out["ab"] = res
-    first = list(variants)[0]
+    first = next(iter(variants))
     out["pipeline"] = dict(next(r for r in runs if r["variant"] == first),
                            readings_per_s=res["summary"]["readings_per_s"]["median"][first],
                            note=f"the A/B's first variant ({first}): readings/s the median of its runs")
@@ -313,7 +314,7 @@ def _ab_latency(args, cluster, model_dir, work, out, name, per, batch_size, env,
 
     res = out["ab"]
     variants = res["variants"]
-    first = list(variants)[0]
+    first = next(iter(variants))
     frac = float(args.latency_fractions.split(",")[0])
     rate = args.latency_rate or frac * res["summary"]["readings_per_s"]["median"][first]
 

@@ -29,7 +29,6 @@ import time
 from functools import cache
 from pathlib import Path
 
-import fastavro
 from latentwatch.pipeline.config import mask_url
 from latentwatch.pipeline.errors import UserError
 
@@ -54,6 +53,9 @@ class AvroOutput:
     schema ids the registry gave them."""
 
     def __init__(self, alerts_id: int, latent_id: int | None):
+        import fastavro  # here, not at the top: a JSON pipeline never loads it (tests/unit/test_lazy_imports.py)
+
+        self._writer = fastavro.schemaless_writer
         self._alert = (_HEADER.pack(0, alerts_id), fastavro.parse_schema(load_schema("alert")),
                        frozenset(f["name"] for f in load_schema("alert")["fields"]))
         self._latent = (None if latent_id is None else
@@ -61,20 +63,20 @@ class AvroOutput:
                          frozenset(f["name"] for f in load_schema("latent")["fields"])))
 
     def alert(self, record: dict) -> bytes:
-        return _encode(self._alert, record)
+        return _encode(self._alert, record, self._writer)
 
     def latent(self, record: dict) -> bytes:
-        return _encode(self._latent, record)
+        return _encode(self._latent, record, self._writer)
 
 
-def _encode(how, record: dict) -> bytes:
+def _encode(how, record: dict, writer) -> bytes:
     header, schema, names = how
     extra = record.keys() - names
     if extra:  # fastavro would drop it silently: the schema must follow records.py
         raise ValueError(f"field {sorted(extra)[0]} of the record is not in schema {schema['name']}")
     buf = io.BytesIO()
     buf.write(header)
-    fastavro.schemaless_writer(buf, schema, record)
+    writer(buf, schema, record)
     return buf.getvalue()
 
 

@@ -4,7 +4,6 @@ ratios per round and of the medians computed from the runs as they came."""
 from __future__ import annotations
 
 import pytest
-
 from latentwatch.bench import ab
 
 
