@@ -188,7 +188,8 @@ class HealthRule:
     def step(self, key_of_row: np.ndarray, keys: list, values: np.ndarray, ts: np.ndarray, refs: np.ndarray,
              prior: dict, last_ts: dict, wm0: float, idle: dict | None = None):
         """Judge readings `values` [m, C] of one partition in input order (`key_of_row` [m]: index
-        into `keys`; `refs` [m, 3] reading ids), given `prior` {key index: SensorHealth} and
+        into `keys`; `refs` [m, 3] reading ids, or anything giving row r's (partition, offset, index) as
+        refs[r]), given `prior` {key index: SensorHealth} and
         `last_ts` {key index: event time of its last reading before these}, and `wm0` the
         partition's newest event time before them. `idle` {key: (last_ts, SensorHealth)}: the
         partition's sensors without a reading here (silent at the end?). Pure. Returns (events,
@@ -223,15 +224,16 @@ class HealthRule:
                   or prior[k].silent is not None]] = True
         for k, t in last_ts.items():
             p_ts[k] = t
-        Xs = values[order].astype(np.float64)
+        Xs = values[order]  # as given (float32); the steps below in float64, exact for float32 inputs
         ts_s = ts[order]
         present = np.flatnonzero(counts)
         starts = firsts[present]
         still = np.empty((m, C), bool)  # |x_t - x_(t-1)| <= tol, the previous reading of the same sensor
         if m > 1:
-            np.less_equal(np.abs(Xs[1:] - Xs[:-1]), self.tol, out=still[1:])
+            d = np.subtract(Xs[1:], Xs[:-1], dtype=np.float64)
+            np.less_equal(np.abs(d, out=d), self.tol, out=still[1:])
         if m:  # NaN (a new sensor's first reading): not still
-            still[starts] = np.abs(Xs[starts] - p_last[present]) <= self.tol
+            still[starts] = np.abs(Xs[starts].astype(np.float64) - p_last[present]) <= self.tol
         run_end, frozen = self._runs_fast(still, starts, present, ends, p_run) if self.fast else (None, None)
         if run_end is None:  # a run may reach a limit in these readings: every reading's runs
             is_start = np.zeros(m, bool)
@@ -257,7 +259,7 @@ class HealthRule:
         late = np.zeros(K, bool)
         late[counts > 0] = wm_end > ts_s[ends[counts > 0] - 1] + T
         attention |= late
-        last32 = Xs[ends - 1].astype(np.float32) if m else np.empty((K, C), np.float32)
+        last32 = Xs[ends - 1].astype(np.float32) if m else np.empty((K, C), np.float32)  # a copy, not a view
         run32 = np.minimum(run_end, NEVER).astype(np.int32)
         for k in np.flatnonzero(counts).tolist():
             if not attention[k]:

@@ -655,7 +655,7 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
         present = set(keys)
         idle = {key: (e.last_ts, e.health) for key, e in store.silent_due(p, wm_end, rule.silent_s)
                 if key not in present}
-        refs = np.stack([part_row[rows], off_msg[w.msg_of[rows]], w.pos[rows]], 1)
+        refs = _Refs(p, off_msg, w.msg_of, w.pos, rows)
         events, post, marks, silences = rule.step(local[key_row[rows]], keys, b.values[rows],
                                                   b.ts[rows], refs, prior, last, wm0, idle)
         out.marks[rows] = marks
@@ -674,6 +674,20 @@ def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
                 out.silent_end.append((key, started))
         out.events += [(e, int(rows[e.row]) if e.row >= 0 else -1) for e in events]
     return out
+
+
+class _Refs:
+    """(partition, offset, index) of a partition's reading `r` (local row), made when asked: the
+    rules need them only for the rare reading that opens an episode."""
+
+    __slots__ = ("msg_of", "off", "p", "pos", "rows")
+
+    def __init__(self, p, off, msg_of, pos, rows):
+        self.p, self.off, self.msg_of, self.pos, self.rows = p, off, msg_of, pos, rows
+
+    def __getitem__(self, r) -> tuple[int, int, int]:
+        row = self.rows[r]
+        return (self.p, int(self.off[self.msg_of[row]]), int(self.pos[row]))
 
 
 def _health_finish(scorer: "Scorer", b: "_Kept", w: "_Windows", out: "_Judged", store) -> None:
