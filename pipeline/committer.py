@@ -97,9 +97,9 @@ class Committer(Protocol):
 
 class AtLeastOnce(Committer):
     def __init__(self, source, sink, on_committed: Callable[[], None], stop: StopBudget,
-                 travel_ok: bool = True):
+                 travel_ok: bool = True, timeout_s: float = 30.0):
         self.source, self.sink, self._on_committed = source, sink, on_committed
-        self._stop, self._travel_ok = stop, travel_ok
+        self._stop, self._travel_ok, self.timeout_s = stop, travel_ok, timeout_s
         self._travelling: list[dict[tuple[str, int], int]] = []  # asynchronous commits, oldest first
         self._failed = False  # an on_commit reported an error: settle before the next batch
 
@@ -143,7 +143,10 @@ class AtLeastOnce(Committer):
     def settle(self, in_callback: bool = False) -> None:
         """Commit what travels, synchronously. `in_callback`: called from a rebalance callback
         (inside consume()), where the commit must run on this thread: one from a helper thread
-        waits for the callback to end."""
+        waits for the callback to end. Elsewhere it is left behind after `timeout_s`: a commit in
+        flight when the broker died waits for a coordinator to come back, and the run loop, stuck
+        in it, polled nothing and never said Kafka was unreachable (the disk-full system test);
+        the batch fails instead (rewound and redone: duplicates, no loss)."""
         if not self._travelling:
             self._failed = False
             return
@@ -153,10 +156,13 @@ class AtLeastOnce(Committer):
         offsets, consumer = _tps(merged), self.source.consumer
         try:
             commit = lambda: consumer.commit(offsets=offsets, asynchronous=False)  # noqa: E731
-            exc = _call_here(commit) if in_callback else in_thread(commit, None, self._stop)
+            exc = _call_here(commit) if in_callback else in_thread(commit, self.timeout_s, self._stop)
         except Stopping:
             self.forget()  # the next owner redoes the last batches: duplicates, no loss
             raise
+        except TimeoutError as timeout:
+            self.forget()
+            raise BatchFailed(f"commit not confirmed: {timeout}") from None
         self.forget()  # confirmed, or we go back to whatever the broker has
         if isinstance(exc, KafkaException):
             if exc.args[0].fatal():

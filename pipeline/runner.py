@@ -146,7 +146,8 @@ class Pipeline:
         parts = (self.source, self.sink, self.events.on_offsets_committed)
         # With a state changelog an at-least-once commit may not travel past the next batch (state.py).
         self.committer = (ExactlyOnce(*parts, s.shutdown_timeout_s, self.stop_budget, s.startup_timeout_s) if txn
-                          else AtLeastOnce(*parts, self.stop_budget, travel_ok=self.state_topic is None))
+                          else AtLeastOnce(*parts, self.stop_budget, travel_ok=self.state_topic is None,
+                                           timeout_s=s.shutdown_timeout_s))
         self.committer.start(self.sink.producer)
         self.rebalance.attach(self.committer, self.state_topic)
         self.source.open()

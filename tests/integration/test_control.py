@@ -82,10 +82,11 @@ def test_mute_and_accept_through_the_cli_with_a_restart_in_between(kafka_bootstr
     assert shown["last_command"]["command"] == "accept"
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_a_command_reaches_the_member_that_owns_the_sensor_and_a_malformed_one_is_a_dead_letter(
-        kafka_bootstrap, make_topic, producer):
+        kafka_bootstrap, make_topic, producer, delivery):
     topic = make_topic(partitions=2)
-    settings = settings_for(kafka_bootstrap, topic, group_id=f"lw-{uuid.uuid4().hex[:8]}")
+    settings = settings_for(kafka_bootstrap, topic, group_id=f"lw-{uuid.uuid4().hex[:8]}", delivery=delivery)
     control = f"{topic}.control"
     members = [RunningPipeline(settings, _model()), RunningPipeline(settings, _model())]
     try:
@@ -112,7 +113,8 @@ def test_a_command_reaches_the_member_that_owns_the_sensor_and_a_malformed_one_i
     assert b"'by' is missing" in dict(dead[0].headers())["lw-dlq-detail"]
 
 
-def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic, producer, tmp_path):
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic, producer, tmp_path, delivery):
     """`latentwatch run` as a process: an accept applied, the process SIGKILLed, restarted on the
     same group. The command is read again at the restart (the compacted topic keeps it) but not
     applied again: the re-learnt baseline has counted every reading since the accept (a second
@@ -140,14 +142,15 @@ def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic,
                 "--topic", f"{topic}.control") == 0
     send(0, 300)
     log = tmp_path / "run.log"
-    proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics")
+    proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics", "--delivery", delivery)
     try:
         wait_url(proc, log, since=0)
         wait_drained(kafka_bootstrap, stream, proc=proc)
         proc.kill()  # SIGKILL: no clean shutdown
         proc.wait(30)
         send(300, 600)
-        proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics")
+        proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics", "--delivery",
+                              delivery)
         wait_url(proc, log)
         wait_drained(kafka_bootstrap, stream, proc=proc)
     finally:
@@ -159,3 +162,55 @@ def test_an_accept_is_applied_once_across_a_sigkill(kafka_bootstrap, make_topic,
     closes = {e["episode_id"] for e in episodes_of(read_topic(kafka_bootstrap, stream.alerts))
               if e.get("reason") == "accepted"}
     assert len(closes) == 1
+
+
+def test_a_steady_episode_adapts_at_the_same_reading_across_a_sigkill(kafka_bootstrap, make_topic, producer,
+                                                                        tmp_path):
+    """`baseline.adapt_after` (issue 30.3) with `latentwatch run` as a process SIGKILLed while the
+    episode is open: the episode's span comes back from the changelog, so it adapts at the same
+    reading as an uninterrupted run of the same readings (the broker-less pipeline), once."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from latentwatch.detectors.checkpoint import load
+    from tests.support.control_harness import _feed, _pipeline, train_small
+    from tests.support.processes import start_pipeline, stop_process, wait_drained, wait_url
+
+    train_small(tmp_path, BASE, np.random.default_rng(3))
+    rng = np.random.default_rng(5)
+    readings = [{"sensor_id": "s1", "ts": BASE + t,
+                 "values": (rng.normal(0, 1, 3) + (6.0 if t >= 100 else 0.0)).round(4).tolist()} for t in range(500)]
+    model = load(tmp_path / "m")
+    ref = _pipeline(model)
+    ref.settings.baseline.adapt_after = 100
+    ref._set_model(model)
+    _feed(ref, readings, batch=200)
+    expected = [a["ts"] for a in ref.sink.alerts if a["kind"] == "episode" and a.get("reason") == "adapted"]
+    assert len(expected) == 1
+
+    topic = make_topic(partitions=1)
+    stream = SimpleNamespace(input=topic, alerts=f"{topic}.alerts", dead=f"{topic}.dlq", latent=f"{topic}.latent",
+                             group=f"lw-{uuid.uuid4().hex[:8]}", partitions=1)
+
+    def send(lo, hi):
+        for r in readings[lo:hi]:
+            producer.produce(topic, json.dumps(r).encode(), key=b"s1")
+        producer.flush(30)
+
+    env = {"LATENTWATCH_BASELINE__ADAPT_AFTER": "100"}
+    log = tmp_path / "run.log"
+    send(0, 170)  # the episode opens at ~100: killed ~70 readings into it
+    proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics", env=env)
+    try:
+        wait_url(proc, log, since=0)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+        proc.kill()
+        proc.wait(30)
+        send(170, 500)
+        proc = start_pipeline(kafka_bootstrap, stream, str(tmp_path / "m"), log, "--create-topics", env=env)
+        wait_url(proc, log)
+        wait_drained(kafka_bootstrap, stream, proc=proc)
+    finally:
+        assert stop_process(proc) == 0
+    got = [e["ts"] for e in episodes_of(read_topic(kafka_bootstrap, stream.alerts)) if e.get("reason") == "adapted"]
+    assert got == expected

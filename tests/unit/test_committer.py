@@ -152,3 +152,35 @@ def test_both_committers_implement_the_whole_protocol_themselves():
     for cls in (AtLeastOnce, ExactlyOnce):
         assert Committer in cls.__mro__
         assert methods <= set(vars(cls)), (cls.__name__, methods - set(vars(cls)))
+
+
+def test_a_synchronous_commit_the_broker_never_answers_fails_the_batch_within_the_bound():
+    """A broker that died with a commit in flight (its disk full: tests/system/test_faults.py) left
+    librdkafka's synchronous commit waiting for the coordinator to come back; with no bound the run
+    loop hung inside it, polled nothing, and never said Kafka was unreachable. Now the commit is
+    left behind after `timeout_s` and the batch fails (rewound, redone: duplicates, no loss)."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class Hanging(FakeConsumer):
+        def commit(self, offsets, asynchronous):
+            super().commit(offsets, asynchronous)
+            if not asynchronous:
+                release.wait(30)
+
+    consumer = Hanging()
+    parts = Parts(consumer)
+    c = AtLeastOnce(parts, parts, lambda: None, StopBudget.never(), travel_ok=False, timeout_s=0.5)
+    c.begin()
+    c.commit({("in", 0): 10})
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BatchFailed, match="no answer from Kafka"):
+            c.begin()
+        assert time.monotonic() - t0 < 5
+    finally:
+        release.set()
+    c.begin()  # forgotten: nothing travels, nothing to settle
+    assert [a for a, _ in consumer.calls] == [True, False]
