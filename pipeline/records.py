@@ -29,6 +29,13 @@ from latentwatch.detectors.alarms import RULES
 from latentwatch.pipeline.times import iso
 
 
+def reading_sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, offset, index in its message) of the readings `rows`, for the records
+    that name them: indices converted once per column, not as numpy scalars per record."""
+    msgs = [valid[k][0] for k in msg_of[rows].tolist()]
+    return [(m.topic(), m.partition(), m.offset(), i) for m, i in zip(msgs, pos[rows].tolist())]
+
+
 def top_channels(channel_error: np.ndarray, channels: list[str], k: int = 3) -> list[list[dict]]:
     """For each row of `[n, channels]`, the `k` channels with the largest share of that reading's
     reconstruction error. A batch's alerts in one pass: numpy's overhead per call, per alert,

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-
-from latentwatch.pipeline import records, state
+from latentwatch.pipeline import health_steps, records, sensor_steps, state
 from latentwatch.pipeline.decode import Decoder
 from latentwatch.pipeline.times import iso, iso_many
 
@@ -123,7 +122,7 @@ class _Windows:
     pos: np.ndarray  # index of each reading in its message
     own: np.ndarray | None = None  # [readings] own model index (-1: the shared model); None: no baselines
     state: np.ndarray | None = None  # [readings] int8 index into baselines.STATES
-    health: "_HealthOut | None" = None  # sensor health of the batch (None: the model has no health rule)
+    health: "health_steps.HealthOut | None" = None  # sensor health of the batch (None: the model has no health rule)
     resets: np.ndarray | None = None  # [readings] int8 alarms.RESETS code: silent before it, accepted from it
     reset_ts: dict = field(default_factory=dict)  # reading row -> event time of the close (silence's start, accept's at)
     muted: np.ndarray | None = None  # [readings] bool: in a mute window (pipeline/control.py)
@@ -202,10 +201,10 @@ class Scorer:
             return ScoredBatch(b.messages, b.dead, [], [], [], np.empty(0), 0, offsets=b.offsets, rest=b.rest, now=now)
         w = self._windows(b, store, controls)  # step 4
         if self.health is not None:  # sensor health (issue 30)
-            w.health = _health_step(self.health, b, w, store)
+            w.health = health_steps.health_step(self.health, b, w, store)
         out = self._judge(b, w, store) if len(w.scored_idx) else _Judged()  # step 5
         if w.health is not None:
-            _health_finish(self, b, w, out, store)
+            health_steps.health_finish(self, b, w, out, store)
         changelog = ([(key[0], key[1].encode(), state.pack(entry, store.get(key))) for key, entry in w.updates.items()]
                      if self.changelog else [])  # step 6
         return ScoredBatch(b.messages, b.dead, out.alerts, out.severities, out.latents, out.scores, len(b.values),
@@ -247,14 +246,14 @@ class Scorer:
         win_parts, idx_parts, updates = [], [], {}
         base = None
         if self.baselines is not None:  # sensors with a baseline from training, all at once; cold starts per sensor
-            base = _Base(self.baselines, len(values), self.own_rule is not None)
+            base = sensor_steps.BatchBaselines(self.baselines, len(values), self.own_rule is not None)
             base.known(keys, key_of_reading)
         resets, reset_ts, muted, mutes = np.zeros(len(values), np.int8), {}, np.zeros(len(values), bool), {}
         for k, key in enumerate(keys):
             idx = by_key[(bounds[k - 1] if k else 0):bounds[k]]
             prior = store.get(key)
-            ctl, at = _control(prior, controls.get(key[1]) if controls is not None else None, ts[idx], idx, muted,
-                               mutes, key)
+            cmd = controls.get(key[1]) if controls is not None else None
+            ctl, at = sensor_steps.apply_control(prior, cmd, ts[idx], idx, muted, mutes, key)
             if at is not None:  # accepted from reading idx[at]: a new normal (pipeline/control.py)
                 resets[idx[at]], reset_ts[int(idx[at])] = 2, ctl.accepted
             cold = None
@@ -271,7 +270,7 @@ class Scorer:
                         base.cold(idx[:at], values, pb, reset=known, defer=False, trust=was)
                     cold = base.cold(idx[at:], values, None, reset=known, defer=False, trust=True)
                 if relearning:
-                    _relearning(base, idx[at:] if at is not None else idx, at is not None or (
+                    sensor_steps.relearning(base, idx[at:] if at is not None else idx, at is not None or (
                         pb is not None and not pb.learned), muted, resets, reset_ts, ts)
             new_tail = self._empty_tail
             if self.window > 1:
@@ -339,7 +338,7 @@ class Scorer:
             mute = w.muted[scored_idx]
             judged = np.where(mute, 0.0, scores64)
             held = mute & (scores64 > thresholds)  # would have alarmed (over its instant limit)
-            n_held = _count_suppressed(w, w.keys, key_idx[held])
+            n_held = sensor_steps.count_suppressed(w, w.keys, key_idx[held])
         else:
             n_held = 0
         d = self._alarms(w.keys, key_idx, judged, thresholds, b.ts[scored_idx], reading_refs,
@@ -354,7 +353,7 @@ class Scorer:
         scored_idx, ts = w.scored_idx, b.ts
 
         def sources(rows):
-            return _sources(b.valid, w.msg_of, w.pos, rows)
+            return records.reading_sources(b.valid, w.msg_of, w.pos, rows)
 
         raised = np.flatnonzero(out.flagged)
         rows = scored_idx[raised]
@@ -370,7 +369,7 @@ class Scorer:
             rules=d.rule[raised], statistics=d.statistic[raised], limits=d.limit[raised],
             baselines=self._baseline_names(w, rows), model_group=self.group)
         if w.health is not None:
-            _mark(alerts, w.health.marks[rows])
+            health_steps.mark(alerts, w.health.marks[rows])
         out.severities = [r["severity"] for r in alerts]
         if self.per_reading:
             out.alerts = [(sid.encode(), records.encode(r)) for sid, r in zip(sensor_ids, alerts)]
@@ -392,7 +391,7 @@ class Scorer:
                 if q:
                     r["reason"] = q
             if w.health is not None:
-                _mark(episodes, w.health.marks[ev_rows])
+                health_steps.mark(episodes, w.health.marks[ev_rows])
             out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in episodes]
             out.episodes = [r["event"] for r in episodes]
         if self.latent_topic:
@@ -453,8 +452,8 @@ class Scorer:
         if own_mask is None:
             d, posterior = self.rule.step(key_idx, scores, ts, refs, prior, instant=instant, resets=resets)
         else:
-            d, posterior = _step_split(((self.own_rule, own_mask), (self.rule, ~own_mask)), key_idx, scores, ts, refs,
-                                       prior, instant, resets)
+            d, posterior = sensor_steps.step_split(((self.own_rule, own_mask), (self.rule, ~own_mask)), key_idx,
+                                                   scores, ts, refs, prior, instant, resets)
         for k, a in posterior.items():
             key = keys[k]
             if key in updates:
@@ -494,111 +493,6 @@ class Scorer:
         return np.asarray(out, dtype=np.float64)
 
 
-class _Base:
-    """Step 4's baselines: per reading of a batch, the center and scale it is standardised by, its
-    own model (-1: none) and its baseline state (0 own, 1 learned, 2 fleet): `known` fills the
-    readings of sensors the model has a baseline of, `cold` those of one sensor new to it."""
-
-    def __init__(self, baselines, n: int, own: bool):
-        self.b, self.use_own = baselines, own
-        # every reading starts as a cold start's (the fleet baseline); `known` and `cold` overwrite
-        self.center = np.broadcast_to(baselines.fleet_center, (n, baselines.channels)).copy()
-        self.scale = np.broadcast_to(baselines.fleet_scale, (n, baselines.channels)).copy()
-        self.own = np.full(n, -1, np.int64)
-        self.state = np.full(n, 2, np.int8)
-        self._learned: list = []  # (readings, Baseline) of sensors whose cold start has ended
-
-    def finish(self) -> None:
-        """The readings of sensors with a learned baseline, in one scatter (a Python assignment per
-        sensor cost 28 % of the scorer stage with 100,000 such sensors: bench/baselines_cost.py)."""
-        if not self._learned:
-            return
-        idx = np.concatenate([i for i, _ in self._learned])
-        counts = [len(i) for i, _ in self._learned]
-        self.center[idx] = np.repeat(np.stack([b.center for _, b in self._learned]), counts, axis=0)
-        self.scale[idx] = np.repeat(np.stack([b.scale for _, b in self._learned]), counts, axis=0)
-        self.state[idx] = 1
-        self._learned = []
-
-    def known(self, keys, key_of_reading: np.ndarray) -> None:
-        """The readings of sensors the model has a baseline of, in one gather (`rows`: each
-        key's row in the baselines, -1 for a cold start, which `cold` fills)."""
-        b = self.b
-        self.rows = b.rows([sid for _, sid in keys])
-        rr = self.rows[key_of_reading]
-        hit = rr >= 0
-        if hit.any():
-            r = rr[hit]
-            self.center[hit], self.scale[hit], self.state[hit] = b.center[r], b.scale[r], 0
-            if self.use_own:
-                self.own[hit] = b.own_row[r]
-
-    def cold(self, idx: np.ndarray, values: np.ndarray, prior, reset: bool = False, defer: bool = True,
-             trust: bool = False):
-        """A sensor new to the model: its readings `idx` judged by the fleet baseline until its
-        cold start ends, then by the one learned from it; returns its new cold start. Python
-        per sensor, so kept lean: 21 -> 6 us a call in the bench's cold phase. `reset`: the
-        readings were filled by `known` (a sensor the model knows, re-learning after an operator's
-        accept, pipeline/control.py: scored by the shared model); `defer`: a learned baseline's
-        readings may wait for `finish` (not when the caller reads `state` right after); `trust`:
-        an accepted new normal, learned as it is (not shrunk toward the fleet's)."""
-        b = self.b
-        if reset:
-            self.center[idx], self.scale[idx], self.state[idx], self.own[idx] = b.fleet_center, b.fleet_scale, 2, -1
-        if prior is not None and prior.learned:  # learned: only `seen` (readings since the cold start began) moves
-            if defer:
-                self._learned.append((idx, prior))  # filled in one pass by `finish`
-            else:
-                self.center[idx], self.scale[idx], self.state[idx] = prior.center, prior.scale, 1
-            return state.Baseline(prior.seen + len(idx), prior.first, prior.center, prior.scale)
-        m = len(idx)
-        seen0 = prior.seen if prior is not None else 0
-        N, stride = b.cold_start, b.stride
-        upto = min(m, N - seen0)  # this batch's readings still in the cold start
-        keep = idx[(-seen0) % stride:upto:stride]  # reading numbers 0, stride, 2 stride, ... of the first N
-        first = prior.first if prior is not None else None
-        if len(keep):
-            first = values[keep] if first is None or not len(first) else np.concatenate([first, values[keep]])
-        elif first is None:
-            first = np.empty((0, b.channels), np.float32)
-        if upto == m:
-            return state.Baseline(seen0 + m, first)
-        center, scale = b.learn(first, trust)
-        warm = idx[upto:]
-        self.center[warm], self.scale[warm], self.state[warm] = center, scale, 1
-        return state.Baseline(seen0 + m, np.empty((0, b.channels), np.float32), center, scale)
-
-
-def _step_split(rules, keys, scores, ts, refs, prior, instant, resets=None):
-    """`AlarmRule.step` of each (rule, mask) on its readings, merged back into one Decision in
-    the readings' order (event positions too). A sensor's readings are all under one rule."""
-    from latentwatch.detectors.alarms import Decision
-
-    m = len(scores)
-    out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]
-    events, posterior, adapted = [], {}, []
-    for rule, mask in rules:
-        sub = np.flatnonzero(mask)
-        if not len(sub):
-            continue
-        d, post = rule.step(keys[sub], scores[sub], ts[sub], refs[sub], prior, instant=instant[sub],
-                            resets=resets[sub] if resets is not None else None)
-        for arr, src in zip(out, (d.alarm, d.rule, d.statistic, d.limit, d.ewma)):
-            arr[sub] = src
-        events += [(e, int(sub[p]), k, ep) for e, p, k, ep in d.events]
-        adapted += [(k, int(sub[p])) for k, p in d.adapted]
-        posterior.update(post)
-    events.sort(key=lambda e: e[1])
-    return Decision(*out, events, adapted), posterior
-
-
-def _sources(valid, msg_of, pos, rows) -> list[tuple[str, int, int, int]]:
-    """(topic, partition, offset, index in its message) of the readings `rows`, for the records
-    that name them: indices converted once per column, not as numpy scalars per record."""
-    msgs = [valid[k][0] for k in msg_of[rows].tolist()]
-    return [(m.topic(), m.partition(), m.offset(), i) for m, i in zip(msgs, pos[rows].tolist())]
-
-
 def _windows(seq: np.ndarray, window: int) -> np.ndarray:
     if len(seq) < window:
         return np.empty((0, window, seq.shape[1]), np.float32)
@@ -609,187 +503,3 @@ def _next_offsets(messages) -> dict[tuple[str, int], int]:
     """One past the last message of each partition: a partition's messages come in offset order
     (consume order, and what `Source.put_back` returns goes first), so the last one wins."""
     return {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
-
-
-
-# -- sensor health (issue 30; detectors/health.py): between steps 4 and 5, then after 5 ----------
-@dataclass
-class _HealthOut:
-    marks: np.ndarray  # [readings] int8: bit 0 stuck, bit 1 flatline open at the reading
-    events: list  # (health.Event, reading row or -1)
-    silent_end: list  # (key, started_ts): silent at the end of the batch
-    idle: dict  # key -> new entry of a sensor without a reading here that fell silent
-
-
-def _health_step(rule, b: "_Kept", w: "_Windows", store) -> _HealthOut:
-    """The health rules per partition over the batch's kept readings (offset order), the
-    partition's other sensors checked for silence; new health state into `w.updates`."""
-    n = len(b.values)
-    out = _HealthOut(np.zeros(n, np.int8), [], [], {})
-    part_msg = np.array([m.partition() for m, _ in b.valid], np.int64)
-    off_msg = np.array([m.offset() for m, _ in b.valid], np.int64)
-    part_row, key_row = part_msg[w.msg_of], w.msg_key[w.msg_of]
-    topic = b.valid[0][0].topic()
-    # Rows by partition (input order kept) with one stable sort, the keys of each partition from
-    # the keys' own partitions: no mask and np.unique per partition (a third of this function's
-    # time on 32,768-reading batches over 8 partitions, 2026-12-06).
-    by_part = np.argsort(part_row, kind="stable")
-    parts, part_first, part_n = np.unique(part_row[by_part], return_index=True, return_counts=True)
-    key_part = np.fromiter((k[0] for k in w.keys), np.int64, len(w.keys))
-    key_part[np.bincount(key_row, minlength=len(w.keys)) == 0] = -1  # a key without a reading (none today)
-    local = np.empty(len(w.keys), np.int64)  # key index -> its index among its partition's keys
-    for p, first, cnt in zip(parts.tolist(), part_first.tolist(), part_n.tolist()):
-        rows = by_part[first:first + cnt]
-        kidx = np.flatnonzero(key_part == p)  # the keys with a reading in partition p
-        local[kidx] = np.arange(len(kidx))
-        keys = [w.keys[g] for g in kidx.tolist()]
-        prior, last = {}, {}
-        for i, key in enumerate(keys):
-            e = store.get(key)
-            if e is not None:
-                last[i] = e.last_ts
-                if e.health is not None:
-                    prior[i] = e.health
-        wm0 = store.watermark(p)
-        wm_end = max(wm0, float(b.ts[rows].max()))
-        present = set(keys)
-        idle = {key: (e.last_ts, e.health) for key, e in store.silent_due(p, wm_end, rule.silent_s)
-                if key not in present}
-        refs = _Refs(p, off_msg, w.msg_of, w.pos, rows)
-        events, post, marks, silences = rule.step(local[key_row[rows]], keys, b.values[rows],
-                                                  b.ts[rows], refs, prior, last, wm0, idle)
-        out.marks[rows] = marks
-        for i, key in enumerate(keys):  # (positional: 3x dataclasses.replace's speed, per sensor per batch)
-            e = w.updates[key]
-            w.updates[key] = state.Entry(e.last_ts, e.tail, e.threshold, e.valid_at, e.alarm, e.baseline, post[i],
-                                         e.control)
-        for key in idle:
-            if key in post:
-                out.idle[key] = dataclasses.replace(store.get(key), health=post[key], valid_at=b.offsets[(topic, p)])
-        for key, r, started in silences:
-            if r >= 0:
-                if not w.resets[rows[r]]:  # an accept at the same reading wins
-                    w.resets[rows[r]], w.reset_ts[int(rows[r])] = 1, started
-            else:
-                out.silent_end.append((key, started))
-        out.events += [(e, int(rows[e.row]) if e.row >= 0 else -1) for e in events]
-    return out
-
-
-class _Refs:
-    """(partition, offset, index) of a partition's reading `r` (local row), made when asked: the
-    rules need them only for the rare reading that opens an episode."""
-
-    __slots__ = ("msg_of", "off", "p", "pos", "rows")
-
-    def __init__(self, p, off, msg_of, pos, rows):
-        self.p, self.off, self.msg_of, self.pos, self.rows = p, off, msg_of, pos, rows
-
-    def __getitem__(self, r) -> tuple[int, int, int]:
-        row = self.rows[r]
-        return (self.p, int(self.off[self.msg_of[row]]), int(self.pos[row]))
-
-
-def _health_finish(scorer: "Scorer", b: "_Kept", w: "_Windows", out: "_Judged", store) -> None:
-    """After step 5: health records; a process episode open when its sensor fell silent closes
-    (reason silent, at the silence's start); the idle sensors' new entries join the updates."""
-    h = w.health
-    model, version, at = scorer.model.name, str(scorer.model.version), iso(time.time())
-    topic = b.valid[0][0].topic()
-    w.updates.update(h.idle)
-    closes = []
-    for key, started in h.silent_end:
-        e = w.updates[key]
-        if e.alarm is not None and e.alarm.episode is not None:
-            closes.append((key, e.alarm.episode, started))
-            w.updates[key] = dataclasses.replace(e, alarm=state.SensorAlarm(e.alarm.z, None, e.alarm.hot))
-    if closes:
-        recs = records.reason_close_records(closes, "silent", topic=topic, model_name=model, model_version=version,
-                                            critical_ratio=scorer.critical_ratio, detected_at=at)
-        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
-        out.episodes += [r["event"] for r in recs]
-    if h.events:  # a muted sensor's health events are held back too (counted)
-        held = [_muted_at(w, e.key, e.ts) for e, _r in h.events]
-        if any(held):
-            out.suppressed += _count_suppressed(w, [e.key for (e, _r), q in zip(h.events, held) if q], None)
-            h.events = [ev for ev, q in zip(h.events, held) if not q]
-    if h.events:
-        src = _sources(b.valid, w.msg_of, w.pos, np.array([max(r, 0) for _, r in h.events], np.int64))
-        recs = records.health_records([e for e, _ in h.events], [s if r >= 0 else None for s, (_, r) in
-                                                                 zip(src, h.events)],
-                                      topic=topic, model_name=model, model_version=version, detected_at=at,
-                                      channels=scorer.channels)
-        out.alerts += [(r["sensor_id"].encode(), records.encode(r)) for r in recs]
-        out.health = [(r["rule"], r["event"]) for r in recs]
-
-
-def _mark(recs: list[dict], marks: np.ndarray) -> None:
-    """Process alerts of a sensor with a stuck or flatline episode open are marked, not held back."""
-    from latentwatch.detectors.health import MARKS
-
-    for r, m in zip(recs, marks.tolist()):
-        if m:
-            r["sensor_health"] = MARKS[m]
-
-
-# -- operator commands (issue 30.2; pipeline/control.py): applied per sensor in step 4 -------------
-def _control(prior, cmd, ts_k: np.ndarray, idx: np.ndarray, muted: np.ndarray, mutes: dict, key):
-    """The sensor's control state after its readings here (`ts_k`, rows `idx`) and the position in
-    them from which an accept applies (None: none). Its command applies from its first reading at
-    or after `cmd.at`, once (a command not after the last one applied is a repeat). Marks the
-    muted rows in `muted` and the mute windows in `mutes[key]`."""
-    pc = prior.control if prior is not None else None
-    until0 = pc.mute_until if pc is not None else 0.0
-    ctl, at, j = pc, None, len(ts_k)
-    if cmd is not None and cmd.at > (pc.applied if pc is not None else -np.inf):
-        later = np.flatnonzero(ts_k >= cmd.at)
-        if len(later):
-            j = int(later[0])
-            until = cmd.until if cmd.command == "mute" else (0.0 if cmd.command == "unmute" else until0)
-            accepted = cmd.at if cmd.command == "accept" else (pc.accepted if pc is not None else 0.0)
-            ctl = state.Control(until, cmd.at, pc.suppressed if pc is not None else 0, accepted, cmd.by[:500],
-                                cmd.reason[:500])
-            at = j if cmd.command == "accept" else None
-            if until > 0:
-                muted[idx[j:]] = ts_k[j:] < until
-                mutes.setdefault(key, []).append((cmd.at if cmd.command == "mute" else -np.inf, until))
-    if until0 > 0:
-        muted[idx[:j]] = ts_k[:j] < until0
-        mutes.setdefault(key, []).append((-np.inf, until0 if j == len(ts_k) else min(until0, float(ts_k[j]))))
-    return ctl, at
-
-
-def _relearning(base, rows: np.ndarray, was_cold: bool, muted, resets, reset_ts, ts) -> None:
-    """An accepted sensor re-learning its baseline: its readings judged by the fleet baseline
-    meanwhile are held back like a mute's (they measure the new normal against the old); the
-    EWMA restarts at its first reading judged by the re-learnt baseline."""
-    st = base.state[rows]
-    muted[rows[st == 2]] = True
-    if was_cold and (st == 1).any():
-        j = int(np.argmax(st == 1))
-        if (st[:j] == 2).all() and not resets[rows[j]]:
-            resets[rows[j]], reset_ts[int(rows[j])] = 2, float(ts[rows[j]])
-
-
-def _muted_at(w, key, t: float) -> bool:
-    """Whether `key` is muted at event time `t`: a mute window of this batch, or (a sensor without
-    a reading here, e.g. gone silent during maintenance) the mute its state holds."""
-    if any(a <= t < u for a, u in w.mutes.get(key, ())):
-        return True
-    e = w.updates.get(key)
-    return e is not None and e.control is not None and e.control.applied <= t < e.control.mute_until
-
-
-def _count_suppressed(w, keys, key_idx) -> int:
-    """Alarms (or health events) a mute held back, counted into each sensor's control state."""
-    from collections import Counter
-
-    n = 0
-    for k, c in Counter(key_idx.tolist() if key_idx is not None else keys).items():
-        key = keys[k] if key_idx is not None else k
-        e = w.updates.get(key)
-        if e is not None and e.control is not None:
-            w.updates[key] = dataclasses.replace(e, control=dataclasses.replace(e.control,
-                                                                                suppressed=e.control.suppressed + c))
-        n += c
-    return n
