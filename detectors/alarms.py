@@ -222,7 +222,9 @@ class AlarmRule:
                 alarm_sorted[at + 1:hi], rule_sorted[at + 1:hi] = False, -1
                 stat_sorted[at + 1:hi], limit_sorted[at + 1:hi] = s_sorted[at + 1:hi], inst_sorted[at + 1:hi]
                 adapted.append((key, int(order[at])))
-                posterior[key] = SensorAlarm(self.center, None, False)
+                # NaN: the next rule to judge it starts at its own center (an own-model sensor is
+                # judged by the shared rule while it re-learns; its EWMA is not in those units)
+                posterior[key] = SensorAlarm(math.nan, None, False)
                 continue
             posterior[key] = SensorAlarm(float(z[hi - 1]), ep, bool(fire_i[hi - 1]))
         out = [np.empty(m, t) for t in (bool, np.int8, np.float64, np.float64, np.float64)]

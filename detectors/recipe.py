@@ -12,6 +12,8 @@ stream does, episodes included.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 from dataclasses import dataclass, field
 
@@ -181,7 +183,7 @@ class Flagged:
 def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
                 ts: np.ndarray | None = None, *, baselines: bl.Baselines | None = None, sensor_id: str = "",
                 own_rule: AlarmRule | None = None, resets: np.ndarray | None = None,
-                silent_end: bool = False, relearn: bool = False) -> Flagged:
+                silent_end: bool = False) -> Flagged:
     """Score every row of `values` [n, channels] (one sensor, time order) and flag it as `score`
     and the stream do. `ts`: the rows' event times (episode updates are rate-limited by them;
     default the row number as seconds). Episodes are named by their first row (`ref` (0, row, 0)).
@@ -191,14 +193,42 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     `own_rule`; `Flagged.baseline` says which baseline judged each row. Sensor health (issue 30,
     detectors/health.py `judge_marks`): `resets` [n] rows after which the sensor was silent (an open
     episode closes first, event `close:silent`), `silent_end` the sensor is silent at the end (an
-    episode still open closes so, at the last row). With `rule.adapt_after` set, an episode that
-    became the new normal at row r has the rows after it re-learnt (`relearn`: judged by the fleet
-    baseline and held back for the model's `cold_start` rows, then by the baseline learnt from them
-    unshrunk, the EWMA restarted), as an operator's accept in the stream."""
+    episode still open closes so, at the last row). With `rule.adapt_after` set and `baselines`
+    (ignored without: nothing to re-learn), an episode that became the new normal at row r has the
+    rows after it re-learnt (judged by the fleet baseline and held back for the model's
+    `cold_start` rows, then by the baseline learnt from them unshrunk, the EWMA restarted), as an
+    operator's accept in the stream; again at each later adaptation (a loop, spliced once)."""
+    if rule.adapt_after is not None and baselines is None:
+        rule = copy.copy(rule)
+        rule.adapt_after = None
+    first = detector.window - 1
+    n = len(values)
+    out, at = _flag_once(detector, threshold, rule, values, ts, baselines=baselines, sensor_id=sensor_id,
+                         own_rule=own_rule, resets=resets, silent_end=silent_end)
+    pieces = [(0, out)]
+    while at is not None and at + 1 < n:  # the rows after `at` re-learnt, then judged by the shared rule
+        r = at + 1
+        lo = r - first  # the sub-series starts `first` rows before r: the windows' context
+        rest, sub_at = _flag_once(detector, threshold, rule, values[lo:],
+                                  ts[lo:] if ts is not None else np.arange(lo, n, dtype=np.float64),
+                                  baselines=baselines, relearn=True, silent_end=silent_end,
+                                  resets=resets[lo:] if resets is not None else None, row0=lo)
+        pieces.append((r, rest))
+        at = sub_at + lo if sub_at is not None else None
+    return out if len(pieces) == 1 else _splice(pieces, n, first)
+
+
+def _flag_once(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, values: np.ndarray,
+               ts: np.ndarray | None = None, *, baselines: bl.Baselines | None = None, sensor_id: str = "",
+               own_rule: AlarmRule | None = None, resets: np.ndarray | None = None, silent_end: bool = False,
+               relearn: bool = False, row0: int = 0) -> tuple[Flagged, int | None]:
+    """`flag_series` up to its first adaptation: (the flags, the row it adapted at or None).
+    `relearn`: the series follows an adaptation (fleet baseline for N rows, held back, then the
+    learnt one); `row0`: the series' first row in the file (episodes are named by file rows)."""
     values = np.asarray(values, np.float32)
     n, first = len(values), detector.window - 1
     state = np.full(n, "", dtype=object)
-    own, shared = -1, rule
+    own = -1
     if relearn:  # after a re-baselining: fleet for the first N readings (held back), then learned from them
         N = baselines.cold_start if baselines is not None else 0
         hold = np.zeros(n, bool)
@@ -258,7 +288,7 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     above = np.nan_to_num(score, nan=-np.inf) > thr
     rows = np.arange(first, n)
     times = (np.asarray(ts, np.float64) if ts is not None else np.arange(n, dtype=np.float64))[first:]
-    refs = np.stack([np.zeros(m, np.int64), rows, np.zeros(m, np.int64)], axis=1)
+    refs = np.stack([np.zeros(m, np.int64), rows + row0, np.zeros(m, np.int64)], axis=1)
     d, post = rule.step(np.zeros(m, np.int64), judged, times, refs, {}, instant=thr[first:],
                         resets=np.asarray(resets, np.int8)[first:] if resets is not None else None)
     if relearn:
@@ -272,29 +302,34 @@ def flag_series(detector: TorchDetector, threshold: Threshold, rule: AlarmRule, 
     events = [(e, int(pos) + first, ep) for e, pos, _, ep in d.events]
     out = Flagged(score, thr, above, anomaly, first, scored, parts, pad(d.rule, -1), pad(d.statistic, np.nan),
                   pad(d.limit, np.nan), pad(d.ewma, np.nan), events, state)
-    if d.adapted:  # `adapt_after`: the rest re-learnt from the row after, as the stream does from its next batch
-        r = int(d.adapted[0][1]) + first + 1
-        if r < n:
-            rest = flag_series(detector, threshold, shared, values[r - first:],
-                               ts[r - first:] if ts is not None else np.arange(r - first, n, dtype=np.float64),
-                               baselines=baselines, relearn=True, silent_end=silent_end,
-                               resets=resets[r - first:] if resets is not None else None)
-            out = _splice(out, rest, r)
-    return out
+    return out, (int(d.adapted[0][1]) + first if d.adapted else None)
 
 
-def _splice(a: Flagged, b: Flagged, r: int) -> Flagged:
-    """`a` with its rows r.. replaced by `b`'s scored rows (`b` starts `b.first` rows before r: context)."""
-    f = b.first
-    cat = lambda x, y: np.concatenate([x[:r], y[f:]])  # noqa: E731
-    k = r - a.first  # a's scored rows before r
-    scored = _concat_scores(_slice_scores(a.scored, 0, k), b.scored)
-    parts = {p: cat(v, b.parts[p]) for p, v in a.parts.items() if p in b.parts}
-    events = a.events + [(e, row + r - f, ep) for e, row, ep in b.events]
-    return Flagged(cat(a.score, b.score), cat(a.threshold, b.threshold), cat(a.above, b.above),
-                   cat(a.anomaly, b.anomaly), a.first, scored, parts, cat(a.rule, b.rule),
-                   cat(a.statistic, b.statistic), cat(a.limit, b.limit), cat(a.ewma, b.ewma), events,
-                   cat(a.baseline, b.baseline))
+def _splice(pieces: list[tuple[int, Flagged]], n: int, first: int) -> Flagged:
+    """One Flagged over rows [0, n) from the pieces (start row, flags): piece i gives rows from
+    its start to the next piece's; a piece after the first starts `first` rows before its start
+    row (the windows' context), so its local row is the file row minus (start - first)."""
+    bounds = [r for r, _ in pieces[1:]] + [n]
+    cols = ("score", "threshold", "above", "anomaly", "rule", "statistic", "limit", "ewma", "baseline")
+    parts_of: dict[str, list] = {}
+    out = {c: [] for c in cols}
+    scored, events = [], []
+    for (r, f), end in zip(pieces, bounds):
+        shift = 0 if r == 0 else r - first  # file row = local row + shift
+        lo, hi = r - shift, end - shift  # local rows taken
+        for c in cols:
+            out[c].append(getattr(f, c)[lo:hi])
+        for p, v in f.parts.items():
+            parts_of.setdefault(p, []).append(v[lo:hi])
+        scored.append(_slice_scores(f.scored, max(lo - first, 0), hi - first))
+        events += [(e, row + shift, ep) for e, row, ep in f.events if lo <= row < hi]
+    merged = scored[0]
+    for sc in scored[1:]:
+        merged = _concat_scores(merged, sc)
+    cat = {c: np.concatenate(v) for c, v in out.items()}
+    parts = {p: np.concatenate(v) for p, v in parts_of.items() if len(v) == len(pieces)}
+    return Flagged(cat["score"], cat["threshold"], cat["above"], cat["anomaly"], first, merged, parts, cat["rule"],
+                   cat["statistic"], cat["limit"], cat["ewma"], events, cat["baseline"])
 
 
 def _slice_scores(s: Scores, lo: int, hi: int) -> Scores:

@@ -45,7 +45,9 @@ class Rebalance:
         self.events.on_assigned(partitions)
         self.restore(partitions)
 
-    def restore(self, partitions) -> None:
+    def restore(self, partitions, committed: list | None = None) -> None:
+        """The partitions' state from the changelog as of their committed offsets (`committed`:
+        those already read, e.g. by the rewind the consumer went back to)."""
         if self.state_topic is None or not partitions:
             return
         try:
@@ -54,7 +56,8 @@ class Rebalance:
             log.error("%s", exc)
             self.events.on_changelog_short(exc.topic, exc.missing)
             raise
-        done = changelog.restore_into(self.store, self.settings, self.state_topic, partitions, self.committed_of,
+        committed_of = self.committed_of if committed is None else (lambda _partitions, _stop: committed)
+        done = changelog.restore_into(self.store, self.settings, self.state_topic, partitions, committed_of,
                                       self.stop, on_wait=self.on_wait)
         if done is None:  # stopping: nothing of these partitions may be scored now
             self.incomplete = True
@@ -63,10 +66,10 @@ class Rebalance:
         self.events.on_restored(loaded, seconds)
         self.on_evicted(loaded.evicted)  # tombstones, so the next restore does not bring them back
 
-    def reload(self, partitions) -> None:
+    def reload(self, partitions, committed: list | None = None) -> None:
         self.store.drop_partitions({tp.partition for tp in partitions})
         self.events.on_reloaded(partitions)
-        self.restore(partitions)
+        self.restore(partitions, committed)
 
     def revoked(self, partitions) -> None:
         try:

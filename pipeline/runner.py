@@ -327,9 +327,14 @@ class Pipeline:
 
             model.health = HealthRule.from_dict(health.to_dict(), list(model.detector.channels),
                                                 **s.sensors.overrides())
+        adapt = s.baseline.adapt_after
+        if adapt is not None and getattr(model, "baselines", None) is None:
+            log.warning("baseline.adapt_after is ignored for model %s: it has no per-sensor baselines to learn "
+                        "again (train it with a sensor_id column or the current train)", model.name)
+            adapt = None
         for rule in (model.alarm, getattr(model, "own_alarm", None)):  # baseline.adapt_after (issue 30)
             if rule is not None:
-                rule.adapt_after = s.baseline.adapt_after
+                rule.adapt_after = adapt
 
     def _new_scorer(self, model, refs: bool | None = None) -> tuple[Scorer, int]:
         """A scorer of `model` as this process runs it, and the most bytes of records one reading makes."""
@@ -380,8 +385,9 @@ class Pipeline:
             self.sink.replace(self.committer.init_producer)
         self.sink.reset()
         if not self.stopping:
-            self.source.rewind(self.stop_budget)
-            self.rebalance.reload(self.source.consumer.assignment())
+            sought = self.source.rewind(self.stop_budget)
+            # the state as of the offsets gone back to, not as of a second read of them
+            self.rebalance.reload(self.source.consumer.assignment(), sought)
 
     def close(self) -> None:
         """Finish within what is left of the stop budget; a client that will not close in time is

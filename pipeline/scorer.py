@@ -466,7 +466,7 @@ class Scorer:
         """An episode became `key`'s new normal at event time `t` (detectors/alarms.py `adapt_after`):
         from its next batch its baseline is learnt again from its next `cold_start` readings, held
         back meanwhile, as after an operator's accept (pipeline/control.py), by "latentwatch". A
-        model without baselines has nothing to re-learn: the episode closed and the EWMA restarted."""
+        model without baselines is never given `adapt_after` (runner.py `_configure`)."""
         e = updates.get(key)
         if e is None or self.baselines is None:
             return

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from latentwatch.pipeline.kafka import clients
 from latentwatch.pipeline.stop import StopBudget
@@ -94,17 +94,20 @@ class Source:
                     return None
                 log.warning("could not read committed offsets (%s); retrying", exc.args[0].str())
 
-    def rewind(self, stop: StopBudget) -> None:
+    def rewind(self, stop: StopBudget) -> list | None:
         """Back to the committed offsets. Never seek without knowing them: the assignment's
         offsets are INVALID, which would seek to the beginning (redo everything) or, with
-        'latest', skip readings."""
+        'latest', skip readings. Returns the committed offsets it went back to, as read (None:
+        none read), so that the state restored with them is as of the same offsets: a commit
+        left behind (committer.py) may land between two reads."""
         self._held = []
         assignment = self.consumer.assignment()
         if not assignment:
-            return
+            return None
         committed = self.committed(assignment, stop)
         if committed is None:
-            return  # nothing was committed past the batch: the next owner redoes it
+            return None  # nothing was committed past the batch: the next owner redoes it
+        read = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in committed]
         for tp in committed:
             if tp.offset < 0:
                 tp.offset = -2 if self.settings.auto_offset_reset == "earliest" else -1  # BEGINNING / END
@@ -112,6 +115,7 @@ class Source:
                 self.consumer.seek(tp)
             except KafkaException as exc:
                 log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc.args[0].str())
+        return read
 
     def close(self) -> None:
         if self.consumer is not None:

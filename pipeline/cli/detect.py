@@ -339,6 +339,9 @@ def _score(args) -> int:
     data = _read(args.data, args, expect=model.detector.channels)
     det = model.detector
     rule = model.alarm
+    if args.adapt_after is not None and model.baselines is None:
+        print("--adapt-after is ignored: the model has no per-sensor baselines to learn again (train it again)",
+              file=sys.stderr)
     for r in (model.alarm, model.own_alarm):
         if r is not None:
             r.adapt_after = args.adapt_after

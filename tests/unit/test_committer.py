@@ -184,3 +184,30 @@ def test_a_synchronous_commit_the_broker_never_answers_fails_the_batch_within_th
         release.set()
     c.begin()  # forgotten: nothing travels, nothing to settle
     assert [a for a, _ in consumer.calls] == [True, False]
+
+
+def test_after_a_rewind_the_state_is_restored_as_of_the_offsets_gone_back_to(monkeypatch):
+    """Review finding: a commit left behind (above) may land between the rewind's read of the
+    committed offsets and the restore's; the state was then restored as of the newer offsets while
+    the consumer re-read from the older ones (batches scored twice on state that had them). The
+    restore now takes the offsets the rewind read."""
+    from types import SimpleNamespace
+
+    from latentwatch.pipeline.config import Settings
+    from latentwatch.pipeline.events import Fanout
+    from latentwatch.pipeline.health import Health
+    from latentwatch.pipeline.kafka import changelog
+    from latentwatch.pipeline.rebalance import Rebalance
+    from latentwatch.pipeline.state import StateStore
+
+    landed = [SimpleNamespace(topic="in", partition=0, offset=50)]  # the left-behind commit, landed now
+    monkeypatch.setattr(changelog, "partition_count", lambda settings, topic: 1)
+    seen = []
+    monkeypatch.setattr(changelog, "restore_into",
+                        lambda store, s, topic, parts, committed_of, stop, **kw: seen.append(committed_of(parts, stop)))
+    rb = Rebalance(store=StateStore(), settings=Settings(), committed_of=lambda p, s: landed, stop=StopBudget(30),
+                   events=Fanout(Health()))
+    rb.attach(committer=None, state_topic="latentwatch-state")
+    sought = [SimpleNamespace(topic="in", partition=0, offset=40)]
+    rb.reload([SimpleNamespace(topic="in", partition=0, offset=-1001)], sought)
+    assert [tp.offset for tp in seen[0]] == [40]

@@ -45,7 +45,7 @@ def _pipeline(gone: bool):
                              replace=lambda *a: calls.append("replace"))
     p.source = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: []),
                                rewind=lambda stop: calls.append("rewind"))
-    p.rebalance = SimpleNamespace(reload=lambda parts: calls.append("reload"))
+    p.rebalance = SimpleNamespace(reload=lambda parts, committed=None: calls.append("reload"))
     p.stop_budget = StopBudget.never()
     return p, calls
 
