@@ -186,12 +186,26 @@ class ControlReader:
         return bad
 
     def catch_up(self, timeout_s: float = 10.0) -> list:
-        """Read to the end of the control topic now (at start: commands before the first batch)."""
+        """Read to the end of the control topic now (at start: commands before the first batch).
+        Its end is asked again while the broker answers with a passing error (a leader moving:
+        NOT_LEADER_FOR_PARTITION crashed `run` at start in the failover test); past `timeout_s`
+        the run starts anyway and the commands arrive with `poll()` between batches."""
         import time
 
+        from confluent_kafka import KafkaException
+
         bad, deadline = [], time.monotonic() + timeout_s
-        ends = {tp.partition: self._consumer.get_watermark_offsets(tp, timeout=5)[1]
-                for tp in self._consumer.assignment()}
+        ends: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            while tp.partition not in ends:
+                try:
+                    ends[tp.partition] = self._consumer.get_watermark_offsets(tp, timeout=5)[1]
+                except KafkaException as exc:
+                    if exc.args[0].fatal() or time.monotonic() >= deadline:
+                        log.warning("control topic %s: its end is not known (%s): commands are read as they "
+                                    "arrive", self.topic, exc.args[0].str())
+                        return bad
+                    time.sleep(0.5)
         done = {p: end == 0 for p, end in ends.items()}
         while not all(done.values()) and time.monotonic() < deadline:
             msgs = self._consumer.consume(10_000, 0.2)

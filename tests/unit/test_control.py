@@ -113,3 +113,34 @@ def test_accept_closes_the_episode_and_alarms_on_the_new_normal_stop_within_the_
     without = _pipeline(model)  # no accept: the shift alarms on
     _feed(without, shifted, batch=37)
     assert len([a for a in without.sink.alerts if a["kind"] == "reading" and a["ts"] >= iso(NOW + 250)]) > 100
+
+
+def test_catch_up_asks_again_while_the_leader_moves_and_never_crashes_the_start():
+    """The failover system test: a leader moving at start answered the control topic's watermark
+    query with NOT_LEADER_FOR_PARTITION and `run` died with a traceback."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    class Flaky:
+        def __init__(self, failures):
+            self.failures, self.asked = failures, 0
+
+        def assignment(self):
+            return [SimpleNamespace(topic="in.control", partition=0)]
+
+        def get_watermark_offsets(self, tp, timeout):
+            self.asked += 1
+            if self.asked <= self.failures:
+                raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+            return (0, 0)
+
+        def consume(self, n, timeout):
+            return []
+
+    reader = control.ControlReader.__new__(control.ControlReader)
+    reader.topic, reader.commands, reader.bad_total, reader._on_command = "in.control", Commands(), 0, lambda c: None
+    reader._consumer = Flaky(2)
+    assert reader.catch_up(5.0) == [] and reader._consumer.asked == 3
+    reader._consumer = Flaky(10**6)  # never answers: the start goes on after the timeout
+    assert reader.catch_up(0.6) == []
