@@ -26,6 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from latentwatch.bench.messages import Msg
 
 
 def _model(channels: int, window: int, sensors: int, variant: str, seed: int = 0):
@@ -56,40 +57,13 @@ def _model(channels: int, window: int, sensors: int, variant: str, seed: int = 0
         b.own_mean = np.zeros((sensors, channels), np.float32)
         b.own_basis = np.broadcast_to(basis, (sensors, channels, channels - 1)).copy()
         b.own_norm = np.ones(sensors, np.float32)
+        b.own_gain = np.ones((sensors, channels), np.float32)  # set after construction: sized here too
         own_rule = rule
     if variant in ("cold", "learned"):  # the model knows other sensors than the stream's
         b = Baselines(np.array(["elsewhere"]), np.zeros((1, channels), np.float32), np.ones((1, channels), np.float32),
                       np.full(1, 4000, np.int64), np.zeros(channels, np.float32), np.ones(channels, np.float32),
                       np.ones(channels, np.float32), cold_start=64)
     return LoadedModel(det, thr, {}, "bench", "v1", rule, b, own_rule)
-
-
-class _Msg:
-    __slots__ = ("_v", "_k", "_o")
-
-    def __init__(self, v, k, o):
-        self._v, self._k, self._o = v, k, o
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return self._k
-
-    def topic(self):
-        return "in"
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._o
-
-    def timestamp(self):
-        return (1, 0)
-
-    def headers(self):
-        return []
 
 
 def _batches(sensors: int, channels: int, batches: int, size: int, seed: int = 1):
@@ -104,18 +78,17 @@ def _batches(sensors: int, channels: int, batches: int, size: int, seed: int = 1
         vals = rng.normal(size=(size, channels)).round(4).tolist()
         for j in range(size):
             s = k % sensors
-            msgs.append(_Msg(orjson.dumps({"sensor_id": f"s{s:06d}", "ts": t0 + k * 1e-3, "values": vals[j]}),
-                             None, k))
+            msgs.append(Msg(orjson.dumps({"sensor_id": f"s{s:06d}", "ts": t0 + k * 1e-3, "values": vals[j]}),
+                            None, 0, k))
             k += 1
         out.append(msgs)
     return out
 
 
 def run(sensors: int = 100_000, channels: int = 16, window: int = 8, rounds: int = 3, size: int = 4096) -> dict:
+    from latentwatch.pipeline import state as st
     from latentwatch.pipeline.scorer import Scorer
     from latentwatch.pipeline.state import StateStore
-
-    from latentwatch.pipeline import state as st
 
     variants = ("pooled", "baselines", "own", "cold", "learned")
     models = {v: _model(channels, window, sensors, v) for v in variants}

@@ -13,33 +13,7 @@ import argparse
 import json
 import time
 
-
-class _Msg:
-    __slots__ = ("_k", "_o", "_p", "_v")
-
-    def __init__(self, v, k, o, p):
-        self._v, self._k, self._o, self._p = v, k, o, p
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return self._k
-
-    def topic(self):
-        return "in"
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def timestamp(self):
-        return (1, 0)
-
-    def headers(self):
-        return []
+from latentwatch.bench.messages import Msg
 
 
 def run(model_dir: str, readings: int = 1_000_000, passes: int = 2, sensors: int = 64, batch: int = 32_768) -> dict:
@@ -58,7 +32,7 @@ def run(model_dir: str, readings: int = 1_000_000, passes: int = 2, sensors: int
     offsets, msgs = [0] * 8, []
     for key, value, _k in encode_messages(sim, readings, 250):
         p = int(key.decode().rsplit("-", 1)[-1]) % 8
-        msgs.append(_Msg(value, key, offsets[p], p))
+        msgs.append(Msg(value, key, p, offsets[p]))
         offsets[p] += 1
     per = batch // 250
     batches = [msgs[i:i + per] for i in range(0, len(msgs), per)]

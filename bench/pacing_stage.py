@@ -12,20 +12,7 @@ import json
 import time
 
 import numpy as np
-
-
-class _Msg:
-    __slots__ = ("_v", "_k", "_p", "_o")
-
-    def __init__(self, value: bytes, key: bytes, partition: int, offset: int):
-        self._v, self._k, self._p, self._o = value, key, partition, offset
-
-    def value(self): return self._v  # noqa: E704
-    def key(self): return self._k  # noqa: E704
-    def topic(self): return "bench"  # noqa: E704
-    def partition(self): return self._p  # noqa: E704
-    def offset(self): return self._o  # noqa: E704
-    def timestamp(self): return (1, 0)  # noqa: E704
+from latentwatch.bench.messages import Msg
 
 
 def backlog(channels: int, sensors: int, readings: int, per_message: int, fmt: str = "json") -> list:
@@ -38,7 +25,7 @@ def backlog(channels: int, sensors: int, readings: int, per_message: int, fmt: s
     for key, value, _ in encode_messages(sim, readings, per_message, fmt=fmt):
         p = hash(key) % 8
         offsets[p] = offsets.get(p, -1) + 1
-        out.append(_Msg(value, key, p, offsets[p]))
+        out.append(Msg(value, key, p, offsets[p], topic="bench"))
     return out
 
 
@@ -75,7 +62,6 @@ def drain(model, messages: list, max_readings: int, budget_ms: float | None, per
 def run(model_dir: str, budgets=(None, 50.0, 20.0), readings: int = 65536, per_message: int = 1,
         max_readings: int = 32768, rounds: int = 2) -> dict:
     import torch
-
     from latentwatch.detectors.checkpoint import load
 
     torch.set_num_threads(1)  # as the pipeline on a CPU
