@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import statistics
 
-from latentwatch.bench.summary import _n  # the bench tables' number format
-
 HEALTH = "on:;off:LATENTWATCH_SENSORS__ENABLED=false"  # --ab health: the sensor health rules (issue 30)
 
 
@@ -105,6 +103,12 @@ def markdown(ab: dict) -> list[str]:
                 lines.append(f"- p99, {n} / {a}: per round {', '.join(_n(x, 3) for x in r['per_round'])}; "
                              f"of the medians **{_n(r['of_medians'], 3)}**")
     return lines
+
+
+def _n(x, digits=0) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.{digits}f}"
 
 
 def code_of(env: dict) -> str:
